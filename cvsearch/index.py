@@ -1,0 +1,646 @@
+"""The index: train a vocabulary, add and remove images, query, save and load.
+
+This module ties the stages together; the work of each stage lives in its own
+module (features, vocabulary, weighting, scoring, rerank, storage).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import threading
+from typing import NamedTuple, Sequence
+
+import numpy as np
+
+from cvsearch import rerank as _rerank
+from cvsearch import storage
+from cvsearch._validation import check_int
+from cvsearch.features import FeatureExtractor, Features
+from cvsearch.scoring import cosine_scores, top_k
+from cvsearch.vocabulary import Vocabulary, sample_rows
+from cvsearch.weighting import bag_of_words, inverse_document_frequency, tfidf
+
+logger = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+
+#: Exceptions that mean "this file is not a readable image": skipped by add/train.
+_READ_ERRORS = (FileNotFoundError, ValueError, OSError)
+
+
+class SkippedImage(NamedTuple):
+    """An input that ``Index.add`` or ``Index.train`` skipped, and why."""
+
+    name: str
+    reason: str
+
+
+class _Snapshot(NamedTuple):
+    """Immutable view of the database used by queries (safe across threads)."""
+
+    names: tuple
+    offsets: np.ndarray
+    words: np.ndarray
+    keypoints: np.ndarray
+    shapes: np.ndarray
+    idf: np.ndarray
+    inverted: object  # csr_matrix (n_words, n_images)
+
+
+class Index:
+    """Bag-of-visual-words image index with optional geometric re-ranking.
+
+    Images get integer ids ``0 .. len(index) - 1`` in insertion order and a name
+    each (``names[id]``). ``remove`` renumbers the ids of the images after the
+    removed ones, as a list would: use names as stable identifiers.
+
+    Weights: the idf is recomputed from the images in the index whenever images are
+    added or removed (it is not frozen at ``train``), so an index that was trained,
+    then given A and then B, answers exactly like one given A and B at once, and
+    removing an image answers exactly as if it had never been added.
+
+    Blank images (no keypoints) are added, with a warning: they match nothing and
+    score 0 against every query. A blank query scores 0 against every image, and its
+    results are then in id order.
+
+    Queries may run from several threads at once; ``add`` and ``remove`` may run
+    while they do (each query sees the index as it was when it started).
+
+    Parameters
+    ----------
+    extractor : FeatureExtractor, optional
+        Defaults to ``FeatureExtractor("sift")``.
+    n_words : int
+        Vocabulary size, >= 2.
+    random_state : int or None
+        Seed for the vocabulary (sampling and k-means).
+    **vocabulary_params
+        Further arguments of :class:`cvsearch.vocabulary.Vocabulary`
+        (``max_samples``, ``batch_size``, ``max_iter``, ``n_probe``, ``exact_below``).
+
+    Attributes
+    ----------
+    extractor : FeatureExtractor
+    vocabulary : Vocabulary
+
+    Examples
+    --------
+    >>> from cvsearch import FeatureExtractor, Index
+    >>> index = Index(FeatureExtractor("sift"), n_words=1000, random_state=0)
+    >>> # index.train(paths).add(paths)
+    >>> # scores, ids = index.query("query.jpg", k=10, rerank=50)
+    """
+
+    def __init__(self, extractor: FeatureExtractor | None = None,
+                 n_words: int = 20_000, *, random_state: int | None = None,
+                 **vocabulary_params):
+        if extractor is None:
+            extractor = FeatureExtractor()
+        if not isinstance(extractor, FeatureExtractor):
+            raise TypeError(f"extractor must be a FeatureExtractor, got "
+                            f"{type(extractor).__name__}")
+        self.extractor = extractor
+        self.vocabulary = Vocabulary(n_words, random_state=random_state,
+                                     **vocabulary_params)
+        self._lock = threading.RLock()
+        self._set_database([], np.zeros(1, np.int64), np.zeros(0, np.int32),
+                           np.zeros((0, 4), np.float32), np.zeros((0, 2), np.int32))
+
+    # ------------------------------------------------------------------ state
+    def _set_database(self, names, offsets, words, keypoints, shapes):
+        with self._lock:
+            self._names = list(names)
+            self._name_set = set(self._names)
+            self._offsets = offsets
+            self._words = words
+            self._keypoints = keypoints
+            self._shapes = shapes
+            self._snapshot = None
+
+    def _current(self) -> _Snapshot:
+        with self._lock:
+            if self._snapshot is None:
+                counts = bag_of_words(self._words, self._offsets, self.n_words)
+                idf = inverse_document_frequency(counts)
+                inverted = tfidf(counts, idf).T.tocsr()
+                self._snapshot = _Snapshot(
+                    tuple(self._names), self._offsets, self._words,
+                    self._keypoints, self._shapes, idf, inverted)
+            return self._snapshot
+
+    @property
+    def n_words(self) -> int:
+        return self.vocabulary.n_words
+
+    @property
+    def names(self) -> tuple:
+        """Names of the images, by id."""
+        return tuple(self._names)
+
+    @property
+    def is_trained(self) -> bool:
+        return self.vocabulary.is_fitted
+
+    def __len__(self) -> int:
+        return len(self._names)
+
+    def __repr__(self) -> str:
+        state = "trained" if self.is_trained else "untrained"
+        return (f"Index({self.extractor!r}, n_words={self.n_words}, {state}, "
+                f"{len(self)} images)")
+
+    def _check_trained(self):
+        from sklearn.exceptions import NotFittedError
+
+        if not self.is_trained:
+            raise NotFittedError("this index has no vocabulary yet; call "
+                                 "index.train(paths) first, or use Index.build(paths)")
+
+    # ------------------------------------------------------------ extraction
+    @staticmethod
+    def _as_list(images, what: str, ids: bool = False) -> list:
+        if ids and isinstance(images, np.ndarray) and images.ndim == 1:
+            return images.tolist()
+        if isinstance(images, (str, os.PathLike, np.ndarray)):
+            raise TypeError(f"{what} takes a list of images; wrap a single image "
+                            f"in a list: [{images!r:.40}]")
+        try:
+            return list(images)
+        except TypeError:
+            raise TypeError(f"{what} takes a list of paths or arrays, got "
+                            f"{type(images).__name__}") from None
+
+    @staticmethod
+    def _default_names(images: list, names, what: str) -> list[str]:
+        if names is None:
+            result = []
+            for position, image in enumerate(images):
+                if isinstance(image, np.ndarray):
+                    raise ValueError(f"{what}: image {position} is an array; give "
+                                     "names=[...] to name array images")
+                if not isinstance(image, (str, os.PathLike)):
+                    raise TypeError(f"{what}: image {position} is a "
+                                    f"{type(image).__name__}, not a path or array")
+                result.append(os.fspath(image))
+            return result
+        names = list(names)
+        if len(names) != len(images):
+            raise ValueError(f"{what}: got {len(names)} names for {len(images)} images")
+        for name in names:
+            if not isinstance(name, str):
+                raise TypeError(f"{what}: names must be strings, got "
+                                f"{type(name).__name__} {name!r}")
+        return names
+
+    def _extract(self, image, name: str) -> Features | SkippedImage:
+        """Features of one image, or a SkippedImage if a file cannot be read."""
+        if isinstance(image, np.ndarray):
+            return self.extractor.extract(image)  # bad arrays are caller errors
+        if not isinstance(image, (str, os.PathLike)):
+            raise TypeError(f"image {name!r} is a {type(image).__name__}, not a path "
+                            "or array")
+        try:
+            return self.extractor.extract(image)
+        except _READ_ERRORS as error:
+            return SkippedImage(name, str(error))
+
+    def _extract_many(self, images: list, names: list[str]):
+        """Yield ``(name, Features or SkippedImage)`` for each image, in order."""
+        for image, name in zip(images, names):
+            yield name, self._extract(image, name)
+
+    # --------------------------------------------------------------- training
+    def train(self, images: Sequence) -> "Index":
+        """Learn the visual vocabulary from the features of ``images``.
+
+        Unreadable files are skipped with a warning.
+
+        Parameters
+        ----------
+        images : sequence of str, os.PathLike or ndarray
+
+        Returns
+        -------
+        self
+
+        Raises
+        ------
+        ValueError
+            If the index already holds images (their words would be meaningless
+            under a new vocabulary), or there are fewer descriptors than ``n_words``.
+        """
+        images = self._as_list(images, "train")
+        names = [os.fspath(i) if isinstance(i, (str, os.PathLike)) else f"array {n}"
+                 for n, i in enumerate(images)]
+        if len(self):
+            raise ValueError(f"this index already holds {len(self)} images; retraining "
+                             "would invalidate them. Create a new Index to retrain")
+        rng = np.random.default_rng(self.vocabulary.random_state)
+        # Keep a bounded random share of each image's descriptors, so memory stays
+        # near 2 * max_samples however many images there are.
+        per_image = max(1, math.ceil(2 * self.vocabulary.max_samples / max(1, len(images))))
+        samples = []
+        for name, features in self._extract_many(images, names):
+            if isinstance(features, SkippedImage):
+                logger.warning("skipped %s: %s", name, features.reason)
+                continue
+            samples.append(_sample_features(features.descriptors, per_image, rng))
+        self._fit_vocabulary(samples, rng)
+        return self
+
+    def _fit_vocabulary(self, samples: list, rng: np.random.Generator):
+        samples = [s for s in samples if len(s)]
+        if not samples:
+            raise ValueError(f"got 0 training descriptors, need >= n_words="
+                             f"{self.n_words}; train on readable images with texture")
+        sample = sample_rows(samples, self.vocabulary.max_samples, rng)
+        if len(sample) < self.n_words:
+            raise ValueError(f"got {len(sample)} training descriptors, need >= "
+                             f"n_words={self.n_words}; add images or lower n_words")
+        with self._lock:
+            self.vocabulary.fit(sample)
+            self._snapshot = None
+
+    @classmethod
+    def build(cls, images: Sequence, extractor: FeatureExtractor | None = None,
+              n_words: int = 20_000, *, names: Sequence[str] | None = None,
+              random_state: int | None = None, **vocabulary_params) -> "Index":
+        """Train on ``images`` and add them, extracting their features once.
+
+        Parameters are those of :class:`Index` and :meth:`add`. Unreadable files
+        are skipped with a warning; the list is in ``index.skipped_``.
+
+        Returns
+        -------
+        Index
+        """
+        index = cls(extractor, n_words, random_state=random_state, **vocabulary_params)
+        images = index._as_list(images, "build")
+        names = index._default_names(images, names, "build")
+        extracted = list(index._extract_many(images, names))
+        rng = np.random.default_rng(random_state)
+        index._fit_vocabulary(
+            [f.descriptors for _, f in extracted if isinstance(f, Features)], rng)
+        index.skipped_ = index._add_extracted(extracted)
+        return index
+
+    # ------------------------------------------------------------ add, remove
+    def add(self, images: Sequence, names: Sequence[str] | None = None
+            ) -> list[SkippedImage]:
+        """Add images to the index.
+
+        Files that cannot be read (missing, empty, truncated, not an image, a
+        directory) and names already in the index are skipped, logged as warnings
+        and returned; the other images are added. The index changes only once all
+        features are computed, so an error leaves it as it was.
+
+        Parameters
+        ----------
+        images : sequence of str, os.PathLike or ndarray
+            Paths, or arrays of shape (H, W), (H, W, 3) BGR or (H, W, 4) BGRA, uint8
+            or uint16.
+        names : sequence of str, optional
+            One per image; defaults to the paths as given. Required for arrays.
+
+        Returns
+        -------
+        skipped : list of SkippedImage
+            ``(name, reason)`` for each image not added.
+        """
+        self._check_trained()
+        images = self._as_list(images, "add")
+        names = self._default_names(images, names, "add")
+        return self._add_extracted(list(self._extract_many(images, names)))
+
+    def _add_extracted(self, extracted: list) -> list[SkippedImage]:
+        skipped, kept, seen = [], [], set()
+        for name, features in extracted:
+            if isinstance(features, SkippedImage):
+                skipped.append(features)
+            elif name in self._name_set or name in seen:
+                skipped.append(SkippedImage(name, "an image of this name is already "
+                                            "in the index; remove it first"))
+            else:
+                seen.add(name)
+                kept.append((name, features))
+        for item in skipped:
+            logger.warning("skipped %s: %s", item.name, item.reason)
+        for name, features in kept:
+            if len(features.keypoints) == 0:
+                logger.warning("%s has no keypoints (blank or tiny image); it is "
+                               "added but will match nothing", name)
+        if not kept:
+            return skipped
+        descriptors = np.concatenate([f.descriptors for _, f in kept])
+        words = self.vocabulary.predict(descriptors).astype(np.int32)
+        sizes = np.array([len(f.keypoints) for _, f in kept], np.int64)
+        keypoints = np.concatenate([f.keypoints for _, f in kept]).astype(np.float32)
+        shapes = np.array([f.image_shape for _, f in kept], np.int32).reshape(-1, 2)
+        with self._lock:
+            duplicates = self._name_set.intersection(name for name, _ in kept)
+            if duplicates:  # another thread added them meanwhile
+                raise ValueError(f"images named {sorted(duplicates)[:5]} were added "
+                                 "concurrently; nothing was added")
+            offsets = np.concatenate(
+                [self._offsets, self._offsets[-1] + np.cumsum(sizes)])
+            self._set_database(
+                self._names + [name for name, _ in kept], offsets,
+                np.concatenate([self._words, words]),
+                np.concatenate([self._keypoints, keypoints]),
+                np.concatenate([self._shapes, shapes]))
+        return skipped
+
+    def remove(self, ids: Sequence) -> "Index":
+        """Remove images by id or by name.
+
+        Parameters
+        ----------
+        ids : sequence of int or str
+            Ids (positions, as returned by ``query``) or names. All are resolved
+            before anything is removed: an unknown id or name raises and leaves the
+            index unchanged.
+
+        Returns
+        -------
+        self
+        """
+        ids = self._as_list(ids, "remove", ids=True)
+        with self._lock:
+            position = {name: i for i, name in enumerate(self._names)}
+            drop = set()
+            for item in ids:
+                if isinstance(item, str):
+                    if item not in position:
+                        raise ValueError(f"no image named {item!r} in the index")
+                    drop.add(position[item])
+                elif isinstance(item, (int, np.integer)) and not isinstance(item, bool):
+                    if not 0 <= item < len(self):
+                        raise ValueError(f"id {item} is out of range: the index holds "
+                                         f"{len(self)} images (ids 0..{len(self) - 1})")
+                    drop.add(int(item))
+                else:
+                    raise TypeError(f"remove takes ids (int) or names (str), got "
+                                    f"{type(item).__name__} {item!r}")
+            keep = np.ones(len(self), bool)
+            keep[list(drop)] = False
+            sizes = np.diff(self._offsets)
+            keypoint_keep = np.repeat(keep, sizes)
+            self._set_database(
+                [n for n, k in zip(self._names, keep) if k],
+                np.concatenate([[0], np.cumsum(sizes[keep])]).astype(np.int64),
+                self._words[keypoint_keep], self._keypoints[keypoint_keep],
+                self._shapes[keep])
+        return self
+
+    # ------------------------------------------------------------------ query
+    def query(self, image, k: int = 10, *, rerank: int = 0, min_inliers: int = 20,
+              return_inliers: bool = False):
+        """The ``k`` most similar images to ``image``.
+
+        Parameters
+        ----------
+        image : str, os.PathLike or ndarray
+            A path, or an array of shape (H, W), (H, W, 3) BGR or (H, W, 4) BGRA,
+            uint8 or uint16.
+        k : int
+            Number of results, >= 1.
+        rerank : int
+            If > 0, verify the top ``rerank`` bag-of-words results with RANSAC and
+            move those with at least ``min_inliers`` inliers up, by inliers.
+        min_inliers : int
+            Inliers needed to count as geometrically verified.
+        return_inliers : bool
+            Also return the inlier counts.
+
+        Returns
+        -------
+        scores : ndarray of shape (min(k, len(index)),), float32
+            Bag-of-words cosine similarity in [0, 1].
+        ids : ndarray of shape (min(k, len(index)),), int64
+            Best first; ``index.names[ids[i]]`` is the name.
+        inliers : ndarray of shape (min(k, len(index)),), int32
+            Only with ``return_inliers``: RANSAC inliers, -1 where not verified.
+
+        Raises
+        ------
+        NotFittedError
+            If the index is not trained.
+        ValueError
+            If the index is empty, or the image cannot be read.
+        FileNotFoundError
+            If the image path does not exist.
+        """
+        k = check_int(k, "k", minimum=1, hint="ask for at least one result")
+        rerank = check_int(rerank, "rerank", minimum=0)
+        min_inliers = check_int(min_inliers, "min_inliers", minimum=1)
+        snapshot = self._ready_snapshot()
+        features = self.extractor.extract(image)
+        scores, ids, inliers = self._query_features(snapshot, features, k, rerank,
+                                                    min_inliers)
+        return (scores, ids, inliers) if return_inliers else (scores, ids)
+
+    def query_batch(self, images: Sequence, k: int = 10, *, rerank: int = 0,
+                    min_inliers: int = 20, return_inliers: bool = False):
+        """:meth:`query` for several images, padded to ``k`` columns.
+
+        Returns
+        -------
+        scores : ndarray of shape (n_images, k), float32, -inf where padded
+        ids : ndarray of shape (n_images, k), int64, -1 where padded
+        inliers : ndarray of shape (n_images, k), int32, with ``return_inliers``
+        """
+        images = self._as_list(images, "query_batch")
+        k = check_int(k, "k", minimum=1, hint="ask for at least one result")
+        rerank = check_int(rerank, "rerank", minimum=0)
+        min_inliers = check_int(min_inliers, "min_inliers", minimum=1)
+        snapshot = self._ready_snapshot()
+        all_scores = np.full((len(images), k), -np.inf, np.float32)
+        all_ids = np.full((len(images), k), -1, np.int64)
+        all_inliers = np.full((len(images), k), -1, np.int32)
+        for row, image in enumerate(images):
+            scores, ids, inliers = self._query_features(
+                snapshot, self.extractor.extract(image), k, rerank, min_inliers)
+            all_scores[row, :len(ids)] = scores
+            all_ids[row, :len(ids)] = ids
+            all_inliers[row, :len(ids)] = inliers
+        if return_inliers:
+            return all_scores, all_ids, all_inliers
+        return all_scores, all_ids
+
+    def _ready_snapshot(self) -> _Snapshot:
+        self._check_trained()
+        snapshot = self._current()
+        if not snapshot.names:
+            raise ValueError("the index holds no images; add images before querying")
+        return snapshot
+
+    def _query_features(self, snapshot: _Snapshot, features: Features, k: int,
+                        rerank: int, min_inliers: int):
+        words = self.vocabulary.predict(features.descriptors)
+        query = tfidf(bag_of_words(words, np.array([0, len(words)]), self.n_words),
+                      snapshot.idf)
+        scores = cosine_scores(snapshot.inverted, query)[0]
+        top_scores, ids = top_k(scores, max(k, rerank))
+        n = min(len(snapshot.names), max(k, rerank))
+        top_scores, ids = top_scores[:n], ids[:n]
+        inliers = np.full(n, -1, np.int32)
+        if rerank:
+            short = ids[:rerank]
+            verified = self._verify(snapshot, words, features.keypoints, short)
+            order = _rerank.reorder(verified, min_inliers)
+            ids[:len(short)] = short[order]
+            top_scores[:len(short)] = top_scores[:len(short)][order]
+            inliers[:len(short)] = verified[order]
+        m = min(k, n)
+        return top_scores[:m], ids[:m], inliers[:m]
+
+    def _verify(self, snapshot: _Snapshot, words, keypoints, ids) -> np.ndarray:
+        offsets = snapshot.offsets
+        candidates = (
+            (snapshot.words[offsets[i]:offsets[i + 1]],
+             snapshot.keypoints[offsets[i]:offsets[i + 1]], snapshot.shapes[i])
+            for i in ids)
+        return _rerank.verify_shortlist(words, keypoints, candidates,
+                                        max_side=self.extractor.max_side)
+
+    def inliers(self, image, ids: Sequence[int]) -> np.ndarray:
+        """RANSAC inlier counts of ``image`` against the images ``ids``.
+
+        Returns
+        -------
+        ndarray of shape (len(ids),), int32
+        """
+        snapshot = self._ready_snapshot()
+        ids = self._as_list(ids, "inliers", ids=True)
+        if not all(isinstance(i, (int, np.integer)) for i in ids):
+            raise TypeError("inliers takes a list of integer ids")
+        ids = np.asarray(ids, dtype=np.int64)
+        if len(ids) and (ids.min() < 0 or ids.max() >= len(snapshot.names)):
+            raise ValueError(f"ids must be in 0..{len(snapshot.names) - 1}")
+        features = self.extractor.extract(image)
+        words = self.vocabulary.predict(features.descriptors)
+        return self._verify(snapshot, words, features.keypoints, ids)
+
+    # ----------------------------------------------------------- persistence
+    def save(self, directory: str | os.PathLike) -> None:
+        """Save the index to a directory of plain files (JSON and .npz, no pickle).
+
+        Saving is atomic: if it fails (a crash, a full disk), a previous index saved
+        in ``directory`` is left intact.
+        """
+        self._check_trained()
+        with self._lock:
+            snapshot = self._current()
+            vocabulary = self.vocabulary.get_state()
+        from cvsearch import __version__
+
+        manifest = {
+            "format": "cvsearch-index", "format_version": FORMAT_VERSION,
+            "cvsearch_version": __version__,
+            "extractor": self.extractor.get_params(),
+            "vocabulary": self.vocabulary.get_params(),
+            "n_images": len(snapshot.names), "n_keypoints": int(len(snapshot.words)),
+        }
+        files = {
+            "vocabulary": ("npz", storage.npz_bytes(vocabulary)),
+            "database": ("npz", storage.npz_bytes({
+                "offsets": snapshot.offsets, "words": snapshot.words,
+                "keypoints": snapshot.keypoints, "shapes": snapshot.shapes})),
+            "names": ("json", storage.json_bytes(list(snapshot.names))),
+        }
+        storage.save_directory(directory, manifest, files)
+
+    @classmethod
+    def load(cls, directory: str | os.PathLike) -> "Index":
+        """Load an index saved by :meth:`save`.
+
+        Every file is checked against its SHA-256 and every array against the
+        others, and nothing is unpickled, so an index from an untrusted source is
+        safe to load.
+
+        Raises
+        ------
+        FileNotFoundError
+            If the directory or one of its files is missing.
+        ValueError
+            If a file is truncated, modified, inconsistent or of another format
+            version; the message names the file.
+        """
+        path, manifest = storage.read_manifest(directory)
+        directory = path.parent
+        version = manifest.get("format_version")
+        if version != FORMAT_VERSION:
+            raise ValueError(f"{path} has format_version {version!r}, but this cvsearch "
+                             f"reads format_version {FORMAT_VERSION}; rebuild the index "
+                             "with this version")
+        try:
+            index = cls(FeatureExtractor(**manifest["extractor"]),
+                        **manifest["vocabulary"])
+        except (KeyError, TypeError, ValueError) as error:
+            raise ValueError(f"{path}: bad parameters ({error}); the index is "
+                             "corrupt") from None
+
+        def fail(key, problem):
+            name = manifest["files"][key]["name"]
+            raise ValueError(f"{directory / name}: {problem}; the index is corrupt")
+
+        vocab = storage.load_npz(
+            storage.read_file(directory, manifest, "vocabulary"),
+            directory / manifest["files"]["vocabulary"]["name"],
+            {"centers": np.float32, "cell_centers": np.float32,
+             "word_cells": np.int32, "binary": np.bool_})
+        try:
+            index.vocabulary = Vocabulary.from_state(manifest["vocabulary"], vocab)
+        except ValueError as error:
+            fail("vocabulary", str(error))
+        if index.vocabulary.descriptor_dim != index.extractor.dim:
+            fail("vocabulary", f"dim {index.vocabulary.descriptor_dim} does not fit "
+                 f"the {index.extractor.method} features")
+        db = storage.load_npz(
+            storage.read_file(directory, manifest, "database"),
+            directory / manifest["files"]["database"]["name"],
+            {"offsets": np.int64, "words": np.int32, "keypoints": np.float32,
+             "shapes": np.int32})
+        try:
+            names = json.loads(storage.read_file(directory, manifest, "names"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as error:
+            fail("names", f"not valid JSON ({error})")
+        problem = _check_database(db, names, index.n_words)
+        if problem:
+            fail("database", problem)
+        index._set_database(names, db["offsets"], db["words"], db["keypoints"],
+                            db["shapes"])
+        return index
+
+
+def _sample_features(descriptors: np.ndarray, n: int, rng) -> np.ndarray:
+    if len(descriptors) <= n:
+        return descriptors
+    return descriptors[np.sort(rng.choice(len(descriptors), n, replace=False))]
+
+
+def _check_database(db: dict, names, n_words: int) -> str | None:
+    """Describe the first inconsistency of loaded database arrays, or None."""
+    offsets, words, keypoints, shapes = (db["offsets"], db["words"], db["keypoints"],
+                                         db["shapes"])
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        return "names is not a list of strings"
+    if len(set(names)) != len(names):
+        return "names are not unique"
+    n = len(names)
+    if offsets.shape != (n + 1,):
+        return f"offsets has shape {offsets.shape}, expected ({n + 1},) for {n} names"
+    if offsets[0] != 0 or np.any(np.diff(offsets) < 0) or offsets[-1] != len(words):
+        return "offsets are not increasing from 0 to the number of keypoints"
+    if words.ndim != 1 or keypoints.shape != (len(words), 4):
+        return f"words {words.shape} and keypoints {keypoints.shape} do not match"
+    if len(words) and (words.min() < 0 or words.max() >= n_words):
+        return f"word ids outside 0..{n_words - 1}"
+    if not np.isfinite(keypoints).all():
+        return "keypoints hold NaN or infinity"
+    if shapes.shape != (n, 2) or (n and shapes.min() < 1):
+        return f"shapes has shape {shapes.shape}, expected ({n}, 2) positive sizes"
+    return None

@@ -1,0 +1,338 @@
+"""Stage 2: a visual vocabulary (k-means centres) and fast word assignment.
+
+The vocabulary is learnt with scikit-learn's ``MiniBatchKMeans`` on a random sample of
+descriptors (Sivic & Zisserman 2003; Philbin et al. 2007 for large vocabularies).
+
+Word assignment with a large vocabulary would cost more than extracting the features
+if every descriptor were compared with every centre. Above ``exact_below`` words it
+therefore uses an inverted file over the centres (as faiss ``IndexIVFFlat``; Jegou et
+al., "Product quantization for nearest neighbor search", 2011): the centres are
+grouped by a second, coarse k-means into about sqrt(n_words) cells, and a descriptor is
+compared only with the centres of its ``n_probe`` nearest cells. Unlike randomised
+kd-trees this is deterministic, so a saved and reloaded index answers identically.
+
+ORB descriptors are 256-bit strings. They are unpacked to 256 values in {0, 1} and
+clustered like real vectors: for binary vectors the squared Euclidean distance is
+the Hamming distance, and a centre (the mean of its members, each coordinate the
+fraction of members with that bit set) is closest to the strings its members agree
+on. Word assignment then uses the squared Euclidean distance to these real-valued
+centres, which for a binary descriptor is its expected Hamming distance to a random
+member of the cluster, plus a constant per centre. This keeps one k-means for all
+methods, at 8x the memory of packed bits during assignment.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+
+from cvsearch._validation import check_int
+
+logger = logging.getLogger(__name__)
+
+
+def sample_rows(arrays, max_rows: int, rng: np.random.Generator) -> np.ndarray:
+    """Draw at most ``max_rows`` rows uniformly at random from a list of arrays.
+
+    Parameters
+    ----------
+    arrays : list of ndarray of shape (n_i, dim)
+    max_rows : int
+    rng : numpy.random.Generator
+
+    Returns
+    -------
+    ndarray of shape (min(max_rows, sum n_i), dim), the dtype of the arrays
+    """
+    sizes = np.array([len(a) for a in arrays], dtype=np.int64)
+    total = int(sizes.sum())
+    if total <= max_rows:
+        return np.concatenate(arrays) if arrays else np.zeros((0, 0), np.float32)
+    chosen = np.sort(rng.choice(total, size=max_rows, replace=False))
+    starts = np.concatenate([[0], np.cumsum(sizes)])
+    owner = np.searchsorted(starts, chosen, side="right") - 1
+    return np.concatenate(
+        [arrays[i][chosen[owner == i] - starts[i]] for i in np.unique(owner)]
+    )
+
+
+class Vocabulary:
+    """Visual vocabulary: k-means centres and nearest-centre word assignment.
+
+    Parameters
+    ----------
+    n_words : int
+        Number of visual words (k-means centres), >= 2.
+    max_samples : int
+        ``fit`` clusters at most this many descriptors, drawn at random.
+    batch_size : int
+        Mini-batch size of ``MiniBatchKMeans``.
+    max_iter : int
+        Maximum passes over the sample (``MiniBatchKMeans`` stops early too).
+    n_probe : int
+        Cells of the coarse quantiser searched per descriptor (see module docstring).
+        Larger is more exact and slower.
+    exact_below : int
+        Vocabularies with fewer words than this are searched exactly.
+    random_state : int or None
+        Seed for sampling and clustering; an int makes ``fit`` reproducible.
+
+    Attributes
+    ----------
+    centers_ : ndarray of shape (n_words, dim), float32
+        The visual words. dim is 128 for SIFT/RootSIFT and 256 (unpacked bits) for ORB.
+    binary_ : bool
+        True if the vocabulary was learnt from binary (ORB) descriptors.
+    cell_centers_ : ndarray of shape (n_cells, dim), float32
+        Coarse quantiser, empty if the search is exact.
+    word_cells_ : ndarray of shape (n_words,), int32
+        Coarse cell of each word, empty if the search is exact.
+    """
+
+    def __init__(self, n_words: int = 20_000, *, max_samples: int = 250_000,
+                 batch_size: int = 4096, max_iter: int = 20, n_probe: int = 8,
+                 exact_below: int = 2048, random_state: int | None = None):
+        self.n_words = check_int(n_words, "n_words", minimum=2)
+        self.max_samples = check_int(max_samples, "max_samples", minimum=2)
+        self.batch_size = check_int(batch_size, "batch_size", minimum=1)
+        self.max_iter = check_int(max_iter, "max_iter", minimum=1)
+        self.n_probe = check_int(n_probe, "n_probe", minimum=1)
+        self.exact_below = check_int(exact_below, "exact_below", minimum=0)
+        if random_state is not None:
+            check_int(random_state, "random_state", minimum=0)
+        self.random_state = random_state
+
+    def get_params(self) -> dict:
+        """Constructor arguments, as a JSON-serialisable dict."""
+        return {name: getattr(self, name) for name in (
+            "n_words", "max_samples", "batch_size", "max_iter", "n_probe",
+            "exact_below", "random_state")}
+
+    def __repr__(self) -> str:
+        return f"Vocabulary(n_words={self.n_words}, n_probe={self.n_probe})"
+
+    @property
+    def is_fitted(self) -> bool:
+        return hasattr(self, "centers_")
+
+    def _check_fitted(self):
+        from sklearn.exceptions import NotFittedError
+
+        if not self.is_fitted:
+            raise NotFittedError(
+                "this vocabulary is not trained yet; call fit (or Index.train) first")
+
+    def _as_float(self, descriptors: np.ndarray, binary: bool) -> np.ndarray:
+        """Descriptors as float32 rows; binary ones unpacked to one value per bit."""
+        if binary:
+            return np.unpackbits(descriptors, axis=1).astype(np.float32)
+        return np.ascontiguousarray(descriptors, dtype=np.float32)
+
+    def fit(self, descriptors: np.ndarray) -> "Vocabulary":
+        """Learn the vocabulary.
+
+        Parameters
+        ----------
+        descriptors : ndarray of shape (n, dim)
+            float32 (SIFT, RootSIFT) or uint8 (ORB, packed bits). At most
+            ``max_samples`` rows, drawn at random, are clustered.
+
+        Returns
+        -------
+        self
+        """
+        from sklearn.cluster import KMeans, MiniBatchKMeans
+
+        descriptors = np.asarray(descriptors)
+        if descriptors.ndim != 2 or descriptors.shape[1] == 0:
+            raise ValueError(
+                f"descriptors must have shape (n, dim), got {descriptors.shape}")
+        if len(descriptors) < self.n_words:
+            raise ValueError(
+                f"got {len(descriptors)} training descriptors, need >= "
+                f"n_words={self.n_words}; add images or lower n_words")
+        binary = descriptors.dtype == np.uint8
+        rng = np.random.default_rng(self.random_state)
+        sample = sample_rows([descriptors], self.max_samples, rng)
+        data = self._as_float(sample, binary)
+        # k-means++ seeding costs O(n * k^2 * dim): fine for small vocabularies,
+        # hours for 20,000 words, where random seeding is the usual choice (Philbin
+        # et al. 2007).
+        init = "k-means++" if self.n_words <= 4096 else "random"
+        seed = None if self.random_state is None else int(self.random_state)
+        kmeans = MiniBatchKMeans(
+            n_clusters=self.n_words, init=init, batch_size=self.batch_size,
+            max_iter=self.max_iter, n_init=1, random_state=seed,
+            init_size=min(len(data), max(3 * self.batch_size, 3 * self.n_words)),
+        ).fit(data)
+        centers = kmeans.cluster_centers_.astype(np.float32)
+        if self.n_words >= max(self.exact_below, 4):
+            n_cells = int(round(np.sqrt(self.n_words)))
+            coarse = KMeans(n_clusters=n_cells, n_init=1, random_state=seed,
+                            max_iter=50).fit(centers)
+            cell_centers = coarse.cluster_centers_.astype(np.float32)
+            word_cells = coarse.labels_.astype(np.int32)
+        else:
+            cell_centers = np.zeros((0, centers.shape[1]), np.float32)
+            word_cells = np.zeros(0, np.int32)
+        self._set_state(centers, cell_centers, word_cells, binary)
+        return self
+
+    def _set_state(self, centers, cell_centers, word_cells, binary):
+        self.centers_ = centers
+        self.binary_ = bool(binary)
+        self.cell_centers_ = cell_centers
+        self.word_cells_ = word_cells
+        self._center_sqnorms = (centers.astype(np.float64) ** 2).sum(1).astype(
+            np.float32)
+        if len(word_cells):
+            order = np.argsort(word_cells, kind="stable").astype(np.int32)
+            self._cell_order = order
+            self._cell_bounds = np.searchsorted(
+                word_cells[order], np.arange(len(cell_centers) + 1)).astype(np.int64)
+            self._sorted_centers = np.ascontiguousarray(centers[order])
+            self._sorted_sqnorms = self._center_sqnorms[order]
+            self._cell_sqnorms = (cell_centers.astype(np.float64) ** 2).sum(1).astype(
+                np.float32)
+
+    @property
+    def descriptor_dim(self) -> int:
+        """Length of the descriptors this vocabulary takes: 128 or 32 (ORB bytes)."""
+        self._check_fitted()
+        dim = self.centers_.shape[1]
+        return dim // 8 if self.binary_ else dim
+
+    def _check_descriptors(self, descriptors) -> np.ndarray:
+        self._check_fitted()
+        descriptors = np.asarray(descriptors)
+        kind = "ORB, binary" if self.binary_ else "SIFT/RootSIFT"
+        if descriptors.ndim != 2 or descriptors.shape[1] != self.descriptor_dim:
+            raise ValueError(
+                f"descriptors have shape {descriptors.shape} but the vocabulary takes "
+                f"dim {self.descriptor_dim} ({kind}); use the feature method the "
+                "vocabulary was trained with")
+        if self.binary_ != (descriptors.dtype == np.uint8):
+            raise ValueError(
+                f"descriptors have dtype {descriptors.dtype} but the vocabulary was "
+                f"trained on {kind} descriptors")
+        return self._as_float(descriptors, self.binary_)
+
+    def predict(self, descriptors: np.ndarray) -> np.ndarray:
+        """Assign each descriptor to a visual word (approximate for large vocabularies).
+
+        Parameters
+        ----------
+        descriptors : ndarray of shape (n, dim), float32 or uint8 (ORB)
+
+        Returns
+        -------
+        words : ndarray of shape (n,), int32, in [0, n_words)
+        """
+        data = self._check_descriptors(descriptors)
+        if len(data) == 0:
+            return np.zeros(0, np.int32)
+        if len(self.word_cells_) == 0:
+            return self._nearest(data, self.centers_, self._center_sqnorms)[0]
+        return self._predict_ivf(data)
+
+    def predict_exact(self, descriptors: np.ndarray) -> np.ndarray:
+        """Assign each descriptor to its exact nearest centre (brute force).
+
+        Parameters
+        ----------
+        descriptors : ndarray of shape (n, dim), float32 or uint8 (ORB)
+
+        Returns
+        -------
+        words : ndarray of shape (n,), int32
+        """
+        data = self._check_descriptors(descriptors)
+        return self._nearest(data, self.centers_, self._center_sqnorms)[0]
+
+    @staticmethod
+    def _nearest(data, centers, sqnorms, chunk: int = 2048):
+        """Exact nearest centre; returns (index int32, squared distance minus |x|^2)."""
+        index = np.empty(len(data), np.int32)
+        value = np.empty(len(data), np.float32)
+        for start in range(0, len(data), chunk):
+            # |x - c|^2 = |x|^2 - 2 x.c + |c|^2; |x|^2 does not change the argmin.
+            d = sqnorms - 2.0 * (data[start:start + chunk] @ centers.T)
+            index[start:start + chunk] = d.argmin(axis=1)
+            value[start:start + chunk] = d[np.arange(len(d)), index[start:start + chunk]]
+        return index, value
+
+    def _predict_ivf(self, data: np.ndarray) -> np.ndarray:
+        n_probe = min(self.n_probe, len(self.cell_centers_))
+        cell_d = self._cell_sqnorms - 2.0 * (data @ self.cell_centers_.T)
+        if n_probe < cell_d.shape[1]:
+            probes = np.argpartition(cell_d, n_probe - 1, axis=1)[:, :n_probe]
+        else:
+            probes = np.broadcast_to(np.arange(cell_d.shape[1]), cell_d.shape)
+        rows = np.repeat(np.arange(len(data)), n_probe)
+        cells = probes.ravel()
+        order = np.argsort(cells, kind="stable")
+        rows, cells = rows[order], cells[order]
+        splits = np.flatnonzero(np.diff(cells)) + 1
+        best = np.full(len(data), np.inf, np.float32)
+        word = np.zeros(len(data), np.int32)
+        # A descriptor probes a cell once, so the rows of one cell are distinct and
+        # the fancy-indexed update below is safe.
+        for cell_rows, cell in zip(np.split(rows, splits), cells[np.r_[0, splits]]):
+            lo, hi = self._cell_bounds[cell], self._cell_bounds[cell + 1]
+            if lo == hi:
+                continue
+            j, d = self._nearest(data[cell_rows], self._sorted_centers[lo:hi],
+                                 self._sorted_sqnorms[lo:hi], chunk=1 << 30)
+            better = d < best[cell_rows]
+            best[cell_rows[better]] = d[better]
+            word[cell_rows[better]] = self._cell_order[lo + j[better]]
+        return word
+
+    def get_state(self) -> dict:
+        """Learnt arrays, for saving: centers, cell_centers, word_cells, binary."""
+        self._check_fitted()
+        return {"centers": self.centers_, "cell_centers": self.cell_centers_,
+                "word_cells": self.word_cells_,
+                "binary": np.array(self.binary_)}
+
+    @classmethod
+    def from_state(cls, params: dict, state: dict) -> "Vocabulary":
+        """Rebuild a fitted vocabulary from ``get_params()`` and ``get_state()``.
+
+        Raises
+        ------
+        ValueError
+            If the arrays are inconsistent with each other or with ``params``.
+        """
+        vocabulary = cls(**params)
+        centers = np.asarray(state["centers"])
+        cell_centers = np.asarray(state["cell_centers"])
+        word_cells = np.asarray(state["word_cells"])
+        binary = np.asarray(state["binary"])
+        problems = []
+        if centers.dtype != np.float32 or centers.shape != (
+                vocabulary.n_words, centers.shape[1] if centers.ndim == 2 else -1):
+            problems.append(f"centers {centers.dtype} {centers.shape}, expected float32 "
+                            f"({vocabulary.n_words}, dim)")
+        elif not np.isfinite(centers).all():
+            problems.append("centers hold NaN or infinity")
+        elif binary.shape != () or binary.dtype != np.bool_:
+            problems.append("binary flag is not a boolean")
+        elif centers.shape[1] not in ((256,) if binary else (128,)):
+            problems.append(f"centers have dim {centers.shape[1]}")
+        elif (cell_centers.dtype != np.float32 or cell_centers.ndim != 2
+              or cell_centers.shape[1] != centers.shape[1]
+              or not np.isfinite(cell_centers).all()):
+            problems.append(f"cell_centers {cell_centers.dtype} {cell_centers.shape}")
+        elif word_cells.dtype != np.int32 or word_cells.shape not in (
+                (0,), (vocabulary.n_words,)) or (len(word_cells) == 0) != (
+                len(cell_centers) == 0):
+            problems.append(f"word_cells {word_cells.dtype} {word_cells.shape}")
+        elif len(word_cells) and (word_cells.min() < 0
+                                  or word_cells.max() >= len(cell_centers)):
+            problems.append("word_cells out of range")
+        if problems:
+            raise ValueError("inconsistent vocabulary: " + "; ".join(problems))
+        vocabulary._set_state(centers, cell_centers, word_cells, bool(binary))
+        return vocabulary

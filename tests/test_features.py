@@ -1,0 +1,70 @@
+import cv2
+import numpy as np
+import pytest
+
+from cvsearch.features import FeatureExtractor, root_sift
+
+
+@pytest.mark.parametrize("method, dim, dtype", [
+    ("sift", 128, np.float32), ("rootsift", 128, np.float32), ("orb", 32, np.uint8)])
+def test_shapes_and_geometry(images, method, dim, dtype):
+    features = FeatureExtractor(method, max_keypoints=300).extract(images[0])
+    n = len(features.keypoints)
+    assert 50 < n <= 300
+    assert features.keypoints.shape == (n, 4) and features.keypoints.dtype == np.float32
+    assert features.descriptors.shape == (n, dim) and features.descriptors.dtype == dtype
+    assert features.image_shape == (480, 480)
+    x, y = features.keypoints[:, 0], features.keypoints[:, 1]
+    assert x.min() >= 0 and y.min() >= 0 and x.max() < 480 and y.max() < 480
+
+
+@pytest.mark.parametrize("method, dim, dtype", [
+    ("sift", 128, np.float32), ("rootsift", 128, np.float32), ("orb", 32, np.uint8)])
+def test_blank_image_gives_empty_arrays(method, dim, dtype):
+    features = FeatureExtractor(method).extract(np.full((128, 128), 255, np.uint8))
+    assert features.keypoints.shape == (0, 4)
+    assert features.descriptors.shape == (0, dim)
+    assert features.descriptors.dtype == dtype
+
+
+def test_root_sift_is_hellinger_and_safe_on_zero():
+    rng = np.random.default_rng(0)
+    sift = rng.integers(0, 255, (5, 128)).astype(np.float32)
+    sift[2] = 0
+    root = root_sift(sift)
+    assert np.isfinite(root).all()
+    assert np.allclose(np.linalg.norm(root[[0, 1, 3, 4]], axis=1), 1, atol=1e-5)
+    assert np.all(root[2] == 0)
+    expected = np.sqrt(sift[0] / sift[0].sum())
+    assert np.allclose(root[0], expected, atol=1e-6)
+
+
+def test_large_images_are_downscaled_and_keypoints_reported_in_original_pixels(images):
+    big = cv2.resize(images[0], (1920, 1920), interpolation=cv2.INTER_CUBIC)
+    small = FeatureExtractor("sift", max_side=480).extract(images[0])
+    large = FeatureExtractor("sift", max_side=480).extract(big)
+    assert large.image_shape == (1920, 1920)
+    # The downscaled copy is nearly the small image: keypoints land at 4x positions.
+    assert abs(len(large.keypoints) - len(small.keypoints)) < 0.2 * len(small.keypoints)
+    assert large.keypoints[:, :2].max() > 1000
+    assert large.keypoints[:, :2].max() < 1920
+
+
+def test_colour_and_16_bit_inputs_match_gray(images):
+    extractor = FeatureExtractor("sift")
+    reference = extractor.extract(images[1])
+    for variant in (cv2.cvtColor(images[1], cv2.COLOR_GRAY2BGRA),
+                    images[1].astype(np.uint16) * 257):
+        features = extractor.extract(variant)
+        assert np.array_equal(features.descriptors, reference.descriptors)
+
+
+@pytest.mark.parametrize("kwargs, error, match", [
+    ({"method": "surf"}, ValueError, "method"),
+    ({"max_keypoints": 0}, ValueError, "max_keypoints"),
+    ({"max_keypoints": 1.5}, TypeError, "max_keypoints"),
+    ({"max_side": 8}, ValueError, "max_side"),
+])
+def test_bad_parameters(kwargs, error, match):
+    with pytest.raises(error, match=match):
+        FeatureExtractor(**kwargs)

@@ -1,0 +1,208 @@
+import logging
+import threading
+
+import cv2
+import numpy as np
+import pytest
+from sklearn.exceptions import NotFittedError
+from sklearn.preprocessing import normalize
+
+from conftest import textured_image, warped
+from cvsearch import FeatureExtractor, Index
+
+
+def fresh_index(image_files, n_words=400):
+    """An untrained-database index sharing the fixture's vocabulary."""
+    index = Index(FeatureExtractor("sift", max_side=1024), n_words=n_words,
+                  random_state=0)
+    return index.train(image_files)
+
+
+def results(index, queries, k=12, rerank=0):
+    out = []
+    for q in queries:
+        scores, ids, inliers = index.query(q, k=k, rerank=rerank, return_inliers=True)
+        out.append(([index.names[i] for i in ids], scores, inliers))
+    return out
+
+
+def assert_same_results(a, b):
+    for (names_a, scores_a, inl_a), (names_b, scores_b, inl_b) in zip(a, b):
+        assert names_a == names_b
+        assert np.array_equal(scores_a, scores_b)
+        assert np.array_equal(inl_a, inl_b)
+
+
+def test_every_image_finds_itself_first(trained_index, image_files):
+    scores, ids = trained_index.query_batch(image_files, k=3)
+    assert ids[:, 0].tolist() == list(range(len(image_files)))
+    assert np.allclose(scores[:, 0], 1.0)
+    assert np.all(scores[:, 1] < 0.8)
+
+
+def test_sparse_scores_equal_dense_cosine_of_tfidf(trained_index, image_files):
+    """Recompute tf-idf and the cosine densely from each image's words."""
+    index = trained_index
+    n = len(index)
+    counts = np.zeros((n, index.n_words))
+    for i in range(n):
+        words = index.vocabulary.predict(index.extractor.extract(image_files[i])[1])
+        counts[i] = np.bincount(words, minlength=index.n_words)
+    df = (counts > 0).sum(0)
+    idf = np.where(df > 0, np.log(n / np.maximum(df, 1)), 0)
+    db = normalize(counts * idf)
+    query, _ = warped(textured_image(5), rotation=20)
+    q_words = index.vocabulary.predict(index.extractor.extract(query)[1])
+    q = normalize((np.bincount(q_words, minlength=index.n_words) * idf)[None])
+    scores, ids = index.query(query, k=n)
+    dense = (q @ db.T)[0]
+    assert np.allclose(scores, dense[ids], atol=1e-5)
+    assert np.all(np.diff(scores) <= 0)
+
+
+def test_add_in_two_steps_equals_add_at_once(image_files):
+    queries = [warped(textured_image(s), 30, 0.8)[0] for s in (1, 7, 99)]
+    once = fresh_index(image_files)
+    once.add(image_files)
+    twice = fresh_index(image_files)
+    twice.add(image_files[:5])
+    twice.add(image_files[5:])
+    assert once.names == twice.names
+    assert_same_results(results(once, queries, rerank=6), results(twice, queries, rerank=6))
+
+
+def test_remove_equals_never_added(image_files):
+    queries = [warped(textured_image(s), 30, 0.8)[0] for s in (2, 4, 99)]
+    never = fresh_index(image_files)
+    never.add([p for i, p in enumerate(image_files) if i not in (4, 9)])
+    removed = fresh_index(image_files)
+    removed.add(image_files)
+    removed.remove([4, image_files[9]])  # by id and by name
+    assert removed.names == never.names
+    assert_same_results(results(never, queries, rerank=6),
+                        results(removed, queries, rerank=6))
+
+
+def test_remove_unknown_changes_nothing(image_files):
+    index = fresh_index(image_files)
+    index.add(image_files[:3])
+    for bad, error in ([5], ValueError), (["missing"], ValueError), ([1.0], TypeError):
+        with pytest.raises(error):
+            index.remove([0] + bad)
+        assert len(index) == 3
+    index.remove(np.array([0]))
+    assert index.names == tuple(image_files[1:3])
+
+
+def test_bad_files_are_skipped_reported_and_the_rest_indexed(image_files, tmp_path,
+                                                              caplog):
+    empty = tmp_path / "empty.jpg"
+    empty.write_bytes(b"")
+    text = tmp_path / "notes.png"
+    text.write_text("not an image")
+    truncated = tmp_path / "truncated.jpg"
+    truncated.write_bytes(cv2.imencode(".jpg", textured_image(0))[1].tobytes()[:2000])
+    bad = [str(tmp_path / "missing.jpg"), str(empty), str(text), str(truncated),
+           str(tmp_path)]
+    index = fresh_index(image_files)
+    with caplog.at_level(logging.WARNING, logger="cvsearch"):
+        skipped = index.add(image_files[:2] + bad + image_files[2:4])
+    assert [s.name for s in skipped] == bad
+    assert "0 bytes" in skipped[1].reason and "directory" in skipped[4].reason
+    assert index.names == tuple(image_files[:4])
+    for path in bad:
+        assert path in caplog.text
+    # the same names again are skipped as duplicates, nothing changes
+    skipped = index.add(image_files[:1])
+    assert "already" in skipped[0].reason and len(index) == 4
+
+
+def test_bad_query_files_name_the_file(trained_index, tmp_path):
+    with pytest.raises(FileNotFoundError, match="nothere.jpg"):
+        trained_index.query(tmp_path / "nothere.jpg")
+    (tmp_path / "zero.png").write_bytes(b"")
+    with pytest.raises(ValueError, match="zero.png"):
+        trained_index.query(tmp_path / "zero.png")
+    with pytest.raises(ValueError, match="directory"):
+        trained_index.query(tmp_path)
+
+
+def test_blank_images_are_added_and_blank_queries_work(image_files, caplog):
+    index = fresh_index(image_files)
+    blank = np.full((200, 300), 17, np.uint8)
+    with caplog.at_level(logging.WARNING, logger="cvsearch"):
+        index.add([blank] + image_files[:3], names=["blank"] + image_files[:3])
+    assert "no keypoints" in caplog.text and len(index) == 4
+    scores, ids = index.query(blank, k=4)
+    assert np.all(scores == 0) and ids.tolist() == [0, 1, 2, 3]
+    scores, ids = index.query(image_files[1], k=4, rerank=4)
+    assert ids[0] == 2 and scores[ids.tolist().index(0)] == 0
+
+
+@pytest.mark.parametrize("convert", [
+    lambda g: cv2.cvtColor(g, cv2.COLOR_GRAY2BGR),
+    lambda g: cv2.cvtColor(g, cv2.COLOR_GRAY2BGRA),
+    lambda g: g.astype(np.uint16) * 257,
+], ids=["bgr", "bgra", "uint16"])
+def test_colour_and_16_bit_queries(trained_index, images, convert):
+    assert_same_results(results(trained_index, [images[6]], rerank=3),
+                        results(trained_index, [convert(images[6])], rerank=3))
+
+
+def test_argument_errors(trained_index, image_files, images):
+    with pytest.raises(ValueError, match="k=0"):
+        trained_index.query(images[0], k=0)
+    with pytest.raises(TypeError, match="k must be an integer"):
+        trained_index.query(images[0], k="5")
+    with pytest.raises(ValueError, match="rerank=-1"):
+        trained_index.query(images[0], rerank=-1)
+    with pytest.raises(ValueError, match="n_words=1"):
+        Index(n_words=1)
+    with pytest.raises(TypeError, match="FeatureExtractor"):
+        Index("sift")
+    with pytest.raises(TypeError, match="list"):
+        trained_index.add(image_files[0])
+    with pytest.raises(ValueError, match="names="):
+        fresh_index(image_files).add([images[0]])
+    with pytest.raises(TypeError, match="dtype"):
+        trained_index.query(images[0].astype(np.float64))
+
+
+def test_untrained_empty_and_too_small(image_files):
+    index = Index(FeatureExtractor("sift"), n_words=400)
+    with pytest.raises(NotFittedError, match="train"):
+        index.query(image_files[0])
+    with pytest.raises(NotFittedError):
+        index.add(image_files)
+    with pytest.raises(ValueError, match=r"training descriptors, need >= n_words=5000"):
+        Index(n_words=5000).train(image_files[:2])
+    index.train(image_files)
+    with pytest.raises(ValueError, match="no images"):
+        index.query(image_files[0])
+    index.add(image_files[:1])
+    with pytest.raises(ValueError, match="retrain"):
+        index.train(image_files)
+
+
+def test_k_larger_than_the_index(trained_index, images):
+    scores, ids = trained_index.query(images[0], k=50)
+    assert len(ids) == len(trained_index) == len(set(ids.tolist()))
+    scores, ids = trained_index.query_batch([images[0]], k=15)
+    assert ids.shape == (1, 15) and ids[0, 12:].tolist() == [-1, -1, -1]
+    assert np.all(scores[0, 12:] == -np.inf)
+
+
+def test_concurrent_queries_equal_serial(trained_index, images):
+    queries = [warped(images[i], 15 * i, 0.7 + 0.1 * i)[0] for i in range(8)]
+    serial = results(trained_index, queries, k=5, rerank=6)
+    found = [None] * len(queries)
+
+    def work(i):
+        found[i] = results(trained_index, [queries[i]], k=5, rerank=6)[0]
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(len(queries))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert_same_results(serial, found)

@@ -1,0 +1,71 @@
+import cv2
+import numpy as np
+import pytest
+
+from cvsearch._validation import check_image
+from cvsearch.io import read_image
+
+
+def test_missing_file_names_the_path(tmp_path):
+    missing = tmp_path / "nope.jpg"
+    with pytest.raises(FileNotFoundError, match="nope.jpg"):
+        read_image(missing)
+
+
+@pytest.mark.parametrize("content, message", [
+    (b"", "0 bytes"),
+    (b"this is not an image at all", "cannot decode"),
+], ids=["zero-byte", "text"])
+def test_unreadable_files_name_the_file(tmp_path, content, message):
+    path = tmp_path / "bad.jpg"
+    path.write_bytes(content)
+    with pytest.raises(ValueError, match=message) as error:
+        read_image(path)
+    assert "bad.jpg" in str(error.value)
+
+
+def test_truncated_jpeg_is_rejected(tmp_path, images):
+    ok, data = cv2.imencode(".jpg", images[0])
+    path = tmp_path / "truncated.jpg"
+    path.write_bytes(data.tobytes()[: len(data) // 2])
+    with pytest.raises(ValueError, match="truncated.jpg"):
+        read_image(path)
+
+
+def test_directory_is_rejected(tmp_path):
+    with pytest.raises(ValueError, match="directory"):
+        read_image(tmp_path)
+
+
+def test_wrong_type():
+    with pytest.raises(TypeError, match="path"):
+        read_image(42)
+
+
+def test_sixteen_bit_and_unicode_path(tmp_path, images):
+    path = tmp_path / "фото 16 bit.png"
+    cv2.imwrite(str(path), images[0].astype(np.uint16) * 257)
+    assert np.array_equal(read_image(path), images[0])
+    assert read_image(path, grayscale=False).shape == (*images[0].shape, 3)
+
+
+@pytest.mark.parametrize("convert", [
+    lambda g: g,
+    lambda g: g[:, :, None],
+    lambda g: cv2.cvtColor(g, cv2.COLOR_GRAY2BGR),
+    lambda g: cv2.cvtColor(g, cv2.COLOR_GRAY2BGRA),
+    lambda g: g.astype(np.uint16) * 257,
+], ids=["gray", "gray1", "bgr", "bgra", "uint16"])
+def test_check_image_gives_the_same_gray(images, convert):
+    assert np.array_equal(check_image(convert(images[0])), images[0])
+
+
+@pytest.mark.parametrize("array, error, match", [
+    (np.zeros((8, 8), np.float32), TypeError, "uint8"),
+    (np.zeros((8, 8, 2), np.uint8), ValueError, "shape"),
+    (np.zeros((0, 8), np.uint8), ValueError, "empty"),
+    ([[0, 1], [2, 3]], TypeError, "numpy array"),
+])
+def test_check_image_rejects(array, error, match):
+    with pytest.raises(error, match=match):
+        check_image(array)

@@ -1,0 +1,39 @@
+"""Real photos: UKBench (first 56 images) instance retrieval."""
+
+import json
+
+import numpy as np
+import pytest
+
+from conftest import UKBENCH, requires
+from cvsearch import FeatureExtractor, Index
+from cvsearch.evaluation import ns_score
+
+pytestmark = requires(UKBENCH)
+
+
+@pytest.fixture(scope="module")
+def ukbench():
+    truth = json.loads((UKBENCH / "groundtruth.json").read_text())["object_of_image"]
+    names = sorted(truth)
+    paths = [str(UKBENCH / "images" / name) for name in names]
+    labels = np.array([truth[name] for name in names])
+    index = Index.build(paths, FeatureExtractor("sift"), n_words=5000, random_state=0)
+    return index, paths, labels
+
+
+def test_ns_score_with_and_without_reranking(ukbench):
+    index, paths, labels = ukbench
+    _, bow = index.query_batch(paths, k=4)
+    _, reranked = index.query_batch(paths, k=4, rerank=20)
+    ns_bow, ns_rerank = ns_score(labels[bow], labels), ns_score(labels[reranked], labels)
+    assert ns_bow >= 3.9
+    assert ns_rerank >= ns_bow
+
+
+def test_views_of_a_planar_object_are_verified(ukbench):
+    index, paths, labels = ukbench
+    # Object 0 (a CD cover): its other three views get many inliers, others few.
+    _, ids, inliers = index.query(paths[0], k=8, rerank=20, return_inliers=True)
+    assert sorted(ids[:4].tolist()) == [0, 1, 2, 3]
+    assert inliers[:4].min() >= 100 and inliers[4:].max() < 20
