@@ -63,6 +63,9 @@ def main():
         f"Machine: {platform.machine()}, {platform.processor() or 'cpu'}, "
         f"Python {platform.python_version()}; date: {date.today()}",
         "",
+        "Times are wall-clock on a shared 2-core machine: compare them only within "
+        "one run.",
+        "",
         "| method | words | N-S (BoW) | N-S (re-ranked) | ms/query BoW | "
         "ms/query re-ranked | build s |",
         "|---|---|---|---|---|---|---|",
