@@ -11,7 +11,8 @@ import logging
 import math
 import os
 import threading
-from typing import NamedTuple, Sequence
+from collections.abc import Sequence
+from typing import NamedTuple
 
 import numpy as np
 
@@ -207,13 +208,19 @@ class Index:
         except _READ_ERRORS as error:
             return SkippedImage(name, str(error))
 
+    def _features_of(self, image) -> Features:
+        """Features of a query: computed, or given precomputed by the caller."""
+        if isinstance(image, Features):
+            return image
+        return self.extractor.extract(image)
+
     def _extract_many(self, images: list, names: list[str]):
         """Yield ``(name, Features or SkippedImage)`` for each image, in order."""
         for image, name in zip(images, names):
             yield name, self._extract(image, name)
 
     # --------------------------------------------------------------- training
-    def train(self, images: Sequence) -> "Index":
+    def train(self, images: Sequence) -> Index:
         """Learn the visual vocabulary from the features of ``images``.
 
         Unreadable files are skipped with a warning.
@@ -267,7 +274,7 @@ class Index:
     @classmethod
     def build(cls, images: Sequence, extractor: FeatureExtractor | None = None,
               n_words: int = 20_000, *, names: Sequence[str] | None = None,
-              random_state: int | None = None, **vocabulary_params) -> "Index":
+              random_state: int | None = None, **vocabulary_params) -> Index:
         """Train on ``images`` and add them, extracting their features once.
 
         Parameters are those of :class:`Index` and :meth:`add`. Unreadable files
@@ -353,7 +360,7 @@ class Index:
                 np.concatenate([self._shapes, shapes]))
         return skipped
 
-    def remove(self, ids: Sequence) -> "Index":
+    def remove(self, ids: Sequence) -> Index:
         """Remove images by id or by name.
 
         Parameters
@@ -402,9 +409,9 @@ class Index:
 
         Parameters
         ----------
-        image : str, os.PathLike or ndarray
+        image : str, os.PathLike, ndarray or Features
             A path, or an array of shape (H, W), (H, W, 3) BGR or (H, W, 4) BGRA,
-            uint8 or uint16.
+            uint8 or uint16, or features already computed by ``index.extractor``.
         k : int
             Number of results, >= 1.
         rerank : int
@@ -437,7 +444,7 @@ class Index:
         rerank = check_int(rerank, "rerank", minimum=0)
         min_inliers = check_int(min_inliers, "min_inliers", minimum=1)
         snapshot = self._ready_snapshot()
-        features = self.extractor.extract(image)
+        features = self._features_of(image)
         scores, ids, inliers = self._query_features(snapshot, features, k, rerank,
                                                     min_inliers)
         return (scores, ids, inliers) if return_inliers else (scores, ids)
@@ -462,7 +469,7 @@ class Index:
         all_inliers = np.full((len(images), k), -1, np.int32)
         for row, image in enumerate(images):
             scores, ids, inliers = self._query_features(
-                snapshot, self.extractor.extract(image), k, rerank, min_inliers)
+                snapshot, self._features_of(image), k, rerank, min_inliers)
             all_scores[row, :len(ids)] = scores
             all_ids[row, :len(ids)] = ids
             all_inliers[row, :len(ids)] = inliers
@@ -520,7 +527,7 @@ class Index:
         ids = np.asarray(ids, dtype=np.int64)
         if len(ids) and (ids.min() < 0 or ids.max() >= len(snapshot.names)):
             raise ValueError(f"ids must be in 0..{len(snapshot.names) - 1}")
-        features = self.extractor.extract(image)
+        features = self._features_of(image)
         words = self.vocabulary.predict(features.descriptors)
         return self._verify(snapshot, words, features.keypoints, ids)
 
@@ -554,7 +561,7 @@ class Index:
         storage.save_directory(directory, manifest, files)
 
     @classmethod
-    def load(cls, directory: str | os.PathLike) -> "Index":
+    def load(cls, directory: str | os.PathLike) -> Index:
         """Load an index saved by :meth:`save`.
 
         Every file is checked against its SHA-256 and every array against the

@@ -9,7 +9,6 @@ from pathlib import Path
 import numpy as np
 
 
-
 def read_image(path: str | os.PathLike, *, grayscale: bool = True) -> np.ndarray:
     """Read an image file.
 

@@ -129,7 +129,7 @@ class Vocabulary:
             return np.unpackbits(descriptors, axis=1).astype(np.float32)
         return np.ascontiguousarray(descriptors, dtype=np.float32)
 
-    def fit(self, descriptors: np.ndarray) -> "Vocabulary":
+    def fit(self, descriptors: np.ndarray) -> Vocabulary:
         """Learn the vocabulary.
 
         Parameters
@@ -297,7 +297,7 @@ class Vocabulary:
                 "binary": np.array(self.binary_)}
 
     @classmethod
-    def from_state(cls, params: dict, state: dict) -> "Vocabulary":
+    def from_state(cls, params: dict, state: dict) -> Vocabulary:
         """Rebuild a fitted vocabulary from ``get_params()`` and ``get_state()``.
 
         Raises

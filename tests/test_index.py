@@ -4,10 +4,10 @@ import threading
 import cv2
 import numpy as np
 import pytest
+from conftest import textured_image, warped
 from sklearn.exceptions import NotFittedError
 from sklearn.preprocessing import normalize
 
-from conftest import textured_image, warped
 from cvsearch import FeatureExtractor, Index
 
 
@@ -206,3 +206,13 @@ def test_concurrent_queries_equal_serial(trained_index, images):
     for t in threads:
         t.join()
     assert_same_results(serial, found)
+
+
+def test_precomputed_features_answer_like_the_image(trained_index):
+    query, _ = warped(textured_image(3), rotation=30, scale=0.8)
+    features = trained_index.extractor.extract(query)
+    by_image = trained_index.query(query, k=5, rerank=5, return_inliers=True)
+    by_features = trained_index.query(features, k=5, rerank=5, return_inliers=True)
+    for a, b in zip(by_image, by_features):
+        assert np.array_equal(a, b)
+    assert by_features[1][0] == 3

@@ -4,8 +4,8 @@ import json
 
 import numpy as np
 import pytest
-
 from conftest import UKBENCH, requires
+
 from cvsearch import FeatureExtractor, Index
 from cvsearch.evaluation import ns_score
 

@@ -1,8 +1,8 @@
 import cv2
 import numpy as np
 import pytest
-
 from conftest import warped
+
 from cvsearch.rerank import count_inliers, reorder, word_correspondences
 
 

@@ -5,10 +5,10 @@ import zipfile
 
 import numpy as np
 import pytest
-
 from conftest import warped
-from cvsearch import Index, storage
 from test_index import assert_same_results, results
+
+from cvsearch import Index, storage
 
 
 @pytest.fixture
@@ -70,7 +70,7 @@ def test_failed_save_leaves_the_previous_index_intact(trained_index, saved,
     # names files are written, then the manifest. Fail at each of them.
     for failing in ("database", "names", "index.json"):
 
-        def failing_write(path, data):
+        def failing_write(path, data, failing=failing):
             if path.name.startswith(failing):
                 # a partial temporary file, as a full disk would leave it
                 (path.parent / ".cvsearch-tmp-partial").write_bytes(data[:10])
