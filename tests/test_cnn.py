@@ -2,7 +2,6 @@
 
 import numpy as np
 import pytest
-
 from conftest import CALTECH, requires
 
 pytest.importorskip("onnx", reason="the CNN baseline needs: pip install -e '.[cnn]'")

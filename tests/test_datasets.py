@@ -10,10 +10,15 @@ import zipfile
 
 import numpy as np
 import pytest
-
 from conftest import CALTECH, requires
-from cvsearch.datasets import (caltech101, data_root, download_archive,
-                               image_folder, query_gallery)
+
+from cvsearch.datasets import (
+    caltech101,
+    data_root,
+    download_archive,
+    image_folder,
+    query_gallery,
+)
 
 JPEG = b"\xff\xd8\xff\xe0 not really decoded here"
 
@@ -144,8 +149,9 @@ def test_hostile_member_paths_are_refused(serve, tmp_path, member):
 
 
 def test_links_are_refused(serve, tmp_path):
+    link = ("symlink", "/etc/passwd")
     server = serve(caltech_zip({"101_ObjectCategories/a/image_0001.jpg": JPEG,
-                                "101_ObjectCategories/a/link.jpg": ("symlink", "/etc/passwd")}))
+                                "101_ObjectCategories/a/link.jpg": link}))
     with pytest.raises(ValueError, match="links"):
         caltech101(tmp_path, url=server.url, md5=server.md5)
     assert leftovers(tmp_path / "caltech101") == []
@@ -157,7 +163,8 @@ def test_archive_without_the_tarball_is_an_error(serve, tmp_path):
         archive.writestr("other.txt", b"x")
     server = serve(buffer.getvalue())
     with pytest.raises(ValueError, match="no 101_ObjectCategories.tar.gz"):
-        download_archive(server.url, server.md5, tmp_path, member="101_ObjectCategories.tar.gz",
+        download_archive(server.url, server.md5, tmp_path,
+                         member="101_ObjectCategories.tar.gz",
                          folder="101_ObjectCategories")
     assert leftovers(tmp_path) == []
 
