@@ -18,11 +18,16 @@ import numpy as np
 
 from cvsearch import rerank as _rerank
 from cvsearch import storage
-from cvsearch._validation import check_int
+from cvsearch._validation import check_float, check_int
 from cvsearch.features import FeatureExtractor, Features
 from cvsearch.scoring import cosine_scores, top_k
 from cvsearch.vocabulary import Vocabulary, sample_rows
-from cvsearch.weighting import bag_of_words, inverse_document_frequency, tfidf
+from cvsearch.weighting import (
+    inverse_document_frequency,
+    pyramid_size,
+    spatial_bag_of_words,
+    tfidf,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -78,6 +83,13 @@ class Index:
         Vocabulary size, >= 2.
     random_state : int or None
         Seed for the vocabulary (sampling and k-means).
+    power : float in (0, 1]
+        Power-law normalisation of the tf-idf vectors; 0.5 damps words repeated
+        within an image ("burstiness"), 1 is plain tf-idf.
+    pyramid_levels : int
+        Spatial pyramid levels above the whole image (0: none; 2: 1x1 + 2x2 + 4x4
+        cells). Helps category search, hurts instance search under large
+        translation or rotation. See ``benchmarks/results/caltech101.md``.
     **vocabulary_params
         Further arguments of :class:`cvsearch.vocabulary.Vocabulary`
         (``max_samples``, ``batch_size``, ``max_iter``, ``n_probe``, ``exact_below``).
@@ -97,7 +109,7 @@ class Index:
 
     def __init__(self, extractor: FeatureExtractor | None = None,
                  n_words: int = 20_000, *, random_state: int | None = None,
-                 **vocabulary_params):
+                 power: float = 1.0, pyramid_levels: int = 0, **vocabulary_params):
         if extractor is None:
             extractor = FeatureExtractor()
         if not isinstance(extractor, FeatureExtractor):
@@ -106,6 +118,12 @@ class Index:
         self.extractor = extractor
         self.vocabulary = Vocabulary(n_words, random_state=random_state,
                                      **vocabulary_params)
+        self.power = check_float(power, "power", minimum=0.01, maximum=1.0)
+        self.pyramid_levels = check_int(pyramid_levels, "pyramid_levels", minimum=0,
+                                        hint="0 for none, 1 or 2 for category search")
+        if self.pyramid_levels > 4:
+            raise ValueError(f"pyramid_levels={pyramid_levels} makes "
+                             f"{pyramid_size(self.pyramid_levels)} cells; use at most 4")
         self._lock = threading.RLock()
         self._set_database([], np.zeros(1, np.int64), np.zeros(0, np.int32),
                            np.zeros((0, 4), np.float32), np.zeros((0, 2), np.int32))
@@ -124,9 +142,11 @@ class Index:
     def _current(self) -> _Snapshot:
         with self._lock:
             if self._snapshot is None:
-                counts = bag_of_words(self._words, self._offsets, self.n_words)
+                counts = spatial_bag_of_words(
+                    self._words, self._keypoints, self._shapes, self._offsets,
+                    self.n_words, self.pyramid_levels)
                 idf = inverse_document_frequency(counts)
-                inverted = tfidf(counts, idf).T.tocsr()
+                inverted = tfidf(counts, idf, self.power).T.tocsr()
                 self._snapshot = _Snapshot(
                     tuple(self._names), self._offsets, self._words,
                     self._keypoints, self._shapes, idf, inverted)
@@ -196,31 +216,39 @@ class Index:
                                 f"{type(name).__name__} {name!r}")
         return names
 
-    def _extract(self, image, name: str) -> Features | SkippedImage:
-        """Features of one image, or a SkippedImage if a file cannot be read."""
-        if isinstance(image, np.ndarray):
-            return self.extractor.extract(image)  # bad arrays are caller errors
-        if not isinstance(image, (str, os.PathLike)):
-            raise TypeError(f"image {name!r} is a {type(image).__name__}, not a path "
-                            "or array")
-        try:
-            return self.extractor.extract(image)
-        except _READ_ERRORS as error:
-            return SkippedImage(name, str(error))
-
     def _features_of(self, image) -> Features:
         """Features of a query: computed, or given precomputed by the caller."""
         if isinstance(image, Features):
             return image
         return self.extractor.extract(image)
 
-    def _extract_many(self, images: list, names: list[str]):
-        """Yield ``(name, Features or SkippedImage)`` for each image, in order."""
-        for image, name in zip(images, names):
-            yield name, self._extract(image, name)
+    def _extract_many(self, images: list, names: list[str], *, assign: bool,
+                       n_jobs: int, progress, stage: str):
+        """Yield ``(name, item)`` per image, in order: a SkippedImage if a file
+        cannot be read, else an _Entry (``assign``: words, no descriptors) or
+        Features. With ``n_jobs != 1``, chunks of images go to joblib worker
+        processes; the results are the same as a serial run's.
+        """
+        vocabulary = self.vocabulary if assign else None
+        chunks = [(images[i:i + _CHUNK], names[i:i + _CHUNK])
+                  for i in range(0, len(images), _CHUNK)]
+        if n_jobs == 1 or len(chunks) <= 1:
+            results = (_extract_chunk(self.extractor, vocabulary, *c) for c in chunks)
+        else:
+            from joblib import Parallel, delayed
+
+            # A generator keeps only a few chunks in flight: memory stays bounded.
+            results = Parallel(n_jobs=n_jobs, return_as="generator")(
+                delayed(_extract_chunk)(self.extractor, vocabulary, *c) for c in chunks)
+        done = 0
+        for (_, chunk_names), items in zip(chunks, results):
+            done += len(items)
+            if progress is not None:  # before yielding: consumers may stop early
+                progress(stage, done, len(images))
+            yield from zip(chunk_names, items)
 
     # --------------------------------------------------------------- training
-    def train(self, images: Sequence) -> Index:
+    def train(self, images: Sequence, *, n_jobs: int = 1, progress=None) -> Index:
         """Learn the visual vocabulary from the features of ``images``.
 
         Unreadable files are skipped with a warning.
@@ -228,6 +256,11 @@ class Index:
         Parameters
         ----------
         images : sequence of str, os.PathLike or ndarray
+        n_jobs : int
+            Worker processes for feature extraction (-1: all cores).
+        progress : callable, optional
+            ``progress(stage, done, total)`` after each chunk of images, with
+            stage ``"train"``.
 
         Returns
         -------
@@ -240,23 +273,29 @@ class Index:
             under a new vocabulary), or there are fewer descriptors than ``n_words``.
         """
         images = self._as_list(images, "train")
+        n_jobs = _check_n_jobs(n_jobs)
         names = [os.fspath(i) if isinstance(i, (str, os.PathLike)) else f"array {n}"
                  for n, i in enumerate(images)]
         if len(self):
             raise ValueError(f"this index already holds {len(self)} images; retraining "
                              "would invalidate them. Create a new Index to retrain")
         rng = np.random.default_rng(self.vocabulary.random_state)
-        # Keep a bounded random share of each image's descriptors, so memory stays
-        # near 2 * max_samples however many images there are.
-        per_image = max(1, math.ceil(2 * self.vocabulary.max_samples / max(1, len(images))))
+        per_image = self._sample_per_image(len(images))
         samples = []
-        for name, features in self._extract_many(images, names):
+        for name, features in self._extract_many(images, names, assign=False,
+                                                 n_jobs=n_jobs, progress=progress,
+                                                 stage="train"):
             if isinstance(features, SkippedImage):
                 logger.warning("skipped %s: %s", name, features.reason)
                 continue
             samples.append(_sample_features(features.descriptors, per_image, rng))
         self._fit_vocabulary(samples, rng)
         return self
+
+    def _sample_per_image(self, n_images: int) -> int:
+        # Keep a bounded random share of each image's descriptors, so memory stays
+        # near 2 * max_samples however many images there are.
+        return max(1, math.ceil(2 * self.vocabulary.max_samples / max(1, n_images)))
 
     def _fit_vocabulary(self, samples: list, rng: np.random.Generator):
         samples = [s for s in samples if len(s)]
@@ -274,29 +313,70 @@ class Index:
     @classmethod
     def build(cls, images: Sequence, extractor: FeatureExtractor | None = None,
               n_words: int = 20_000, *, names: Sequence[str] | None = None,
-              random_state: int | None = None, **vocabulary_params) -> Index:
-        """Train on ``images`` and add them, extracting their features once.
+              random_state: int | None = None, n_jobs: int = 1, progress=None,
+              train_images: int = 1000, power: float = 1.0, pyramid_levels: int = 0,
+              **vocabulary_params) -> Index:
+        """Train on (a random subset of) ``images`` and add them all.
 
-        Parameters are those of :class:`Index` and :meth:`add`. Unreadable files
-        are skipped with a warning; the list is in ``index.skipped_``.
+        The vocabulary learns from at most ``train_images`` images drawn at random
+        (seeded by ``random_state``); their features are computed once and reused
+        when they are added, so every image is read once. Memory stays bounded:
+        only the training images' features are held at once, and an added image
+        keeps its words and keypoints, not its descriptors.
+
+        Parameters are those of :class:`Index`, :meth:`train` and :meth:`add`, and
+
+        train_images : int
+            Images the vocabulary is trained on, >= 1.
+
+        Unreadable files are skipped with a warning; the list is in
+        ``index.skipped_``.
 
         Returns
         -------
         Index
         """
-        index = cls(extractor, n_words, random_state=random_state, **vocabulary_params)
+        index = cls(extractor, n_words, random_state=random_state, power=power,
+                    pyramid_levels=pyramid_levels, **vocabulary_params)
         images = index._as_list(images, "build")
         names = index._default_names(images, names, "build")
-        extracted = list(index._extract_many(images, names))
+        n_jobs = _check_n_jobs(n_jobs)
+        train_images = check_int(train_images, "train_images", minimum=1)
         rng = np.random.default_rng(random_state)
+        if len(images) <= train_images:
+            chosen = np.arange(len(images))
+        else:
+            chosen = np.sort(rng.choice(len(images), train_images, replace=False))
+        per_image = index._sample_per_image(len(chosen))
+        training = dict(zip(chosen.tolist(), (item for _, item in index._extract_many(
+            [images[i] for i in chosen], [names[i] for i in chosen], assign=False,
+            n_jobs=n_jobs, progress=progress, stage="train"))))
         index._fit_vocabulary(
-            [f.descriptors for _, f in extracted if isinstance(f, Features)], rng)
-        index.skipped_ = index._add_extracted(extracted)
+            [_sample_features(f.descriptors, per_image, rng)
+             for f in training.values() if isinstance(f, Features)], rng)
+        for i, item in training.items():  # keep words, drop descriptors
+            if isinstance(item, Features):
+                training[i] = _Entry.of(item, index.vocabulary)
+        rest = [i for i in range(len(images)) if i not in training]
+        extracted = index._extract_many(
+            [images[i] for i in rest], [names[i] for i in rest], assign=True,
+            n_jobs=n_jobs, progress=None, stage="add")
+
+        def in_order():
+            for i in range(len(images)):
+                if i in training:
+                    yield names[i], training.pop(i)
+                else:
+                    yield next(extracted)
+                if progress is not None:
+                    progress("add", i + 1, len(images))
+
+        index.skipped_ = index._add_extracted(in_order())
         return index
 
     # ------------------------------------------------------------ add, remove
-    def add(self, images: Sequence, names: Sequence[str] | None = None
-            ) -> list[SkippedImage]:
+    def add(self, images: Sequence, names: Sequence[str] | None = None, *,
+            n_jobs: int = 1, progress=None) -> list[SkippedImage]:
         """Add images to the index.
 
         Files that cannot be read (missing, empty, truncated, not an image, a
@@ -311,6 +391,11 @@ class Index:
             or uint16.
         names : sequence of str, optional
             One per image; defaults to the paths as given. Required for arrays.
+        n_jobs : int
+            Worker processes for feature extraction and word assignment (-1: all
+            cores); the result is the same as with 1.
+        progress : callable, optional
+            ``progress(stage, done, total)`` after each chunk, stage ``"add"``.
 
         Returns
         -------
@@ -320,32 +405,34 @@ class Index:
         self._check_trained()
         images = self._as_list(images, "add")
         names = self._default_names(images, names, "add")
-        return self._add_extracted(list(self._extract_many(images, names)))
+        n_jobs = _check_n_jobs(n_jobs)
+        return self._add_extracted(self._extract_many(
+            images, names, assign=True, n_jobs=n_jobs, progress=progress, stage="add"))
 
-    def _add_extracted(self, extracted: list) -> list[SkippedImage]:
+    def _add_extracted(self, extracted) -> list[SkippedImage]:
+        """Add ``(name, _Entry or SkippedImage)`` pairs; the index changes once,
+        after the last."""
         skipped, kept, seen = [], [], set()
-        for name, features in extracted:
-            if isinstance(features, SkippedImage):
-                skipped.append(features)
+        for name, entry in extracted:
+            if isinstance(entry, SkippedImage):
+                skipped.append(entry)
             elif name in self._name_set or name in seen:
                 skipped.append(SkippedImage(name, "an image of this name is already "
                                             "in the index; remove it first"))
             else:
                 seen.add(name)
-                kept.append((name, features))
+                kept.append((name, entry))
+                if len(entry.keypoints) == 0:
+                    logger.warning("%s has no keypoints (blank or tiny image); it is "
+                                   "added but will match nothing", name)
         for item in skipped:
             logger.warning("skipped %s: %s", item.name, item.reason)
-        for name, features in kept:
-            if len(features.keypoints) == 0:
-                logger.warning("%s has no keypoints (blank or tiny image); it is "
-                               "added but will match nothing", name)
         if not kept:
             return skipped
-        descriptors = np.concatenate([f.descriptors for _, f in kept])
-        words = self.vocabulary.predict(descriptors).astype(np.int32)
-        sizes = np.array([len(f.keypoints) for _, f in kept], np.int64)
-        keypoints = np.concatenate([f.keypoints for _, f in kept]).astype(np.float32)
-        shapes = np.array([f.image_shape for _, f in kept], np.int32).reshape(-1, 2)
+        words = np.concatenate([e.words for _, e in kept]).astype(np.int32)
+        sizes = np.array([len(e.keypoints) for _, e in kept], np.int64)
+        keypoints = np.concatenate([e.keypoints for _, e in kept]).astype(np.float32)
+        shapes = np.array([e.image_shape for _, e in kept], np.int32).reshape(-1, 2)
         with self._lock:
             duplicates = self._name_set.intersection(name for name, _ in kept)
             if duplicates:  # another thread added them meanwhile
@@ -487,8 +574,10 @@ class Index:
     def _query_features(self, snapshot: _Snapshot, features: Features, k: int,
                         rerank: int, min_inliers: int):
         words = self.vocabulary.predict(features.descriptors)
-        query = tfidf(bag_of_words(words, np.array([0, len(words)]), self.n_words),
-                      snapshot.idf)
+        query = tfidf(spatial_bag_of_words(
+            words, features.keypoints, np.array([features.image_shape]),
+            np.array([0, len(words)]), self.n_words, self.pyramid_levels),
+            snapshot.idf, self.power)
         scores = cosine_scores(snapshot.inverted, query)[0]
         top_scores, ids = top_k(scores, max(k, rerank))
         n = min(len(snapshot.names), max(k, rerank))
@@ -549,6 +638,7 @@ class Index:
             "cvsearch_version": __version__,
             "extractor": self.extractor.get_params(),
             "vocabulary": self.vocabulary.get_params(),
+            "weighting": {"power": self.power, "pyramid_levels": self.pyramid_levels},
             "n_images": len(snapshot.names), "n_keypoints": int(len(snapshot.words)),
         }
         files = {
@@ -585,7 +675,7 @@ class Index:
                              "with this version")
         try:
             index = cls(FeatureExtractor(**manifest["extractor"]),
-                        **manifest["vocabulary"])
+                        **manifest["vocabulary"], **manifest.get("weighting", {}))
         except (KeyError, TypeError, ValueError) as error:
             raise ValueError(f"{path}: bad parameters ({error}); the index is "
                              "corrupt") from None
@@ -651,3 +741,52 @@ def _check_database(db: dict, names, n_words: int) -> str | None:
     if shapes.shape != (n, 2) or (n and shapes.min() < 1):
         return f"shapes has shape {shapes.shape}, expected ({n}, 2) positive sizes"
     return None
+
+
+#: Images per task sent to a worker process: large enough that sending the
+#: vocabulary along costs little, small enough to balance the load.
+_CHUNK = 16
+
+
+class _Entry(NamedTuple):
+    """What the index keeps of an image: its words and keypoints."""
+
+    words: np.ndarray
+    keypoints: np.ndarray
+    image_shape: tuple
+
+    @classmethod
+    def of(cls, features: Features, vocabulary: Vocabulary) -> _Entry:
+        return cls(vocabulary.predict(features.descriptors).astype(np.int32),
+                   features.keypoints, features.image_shape)
+
+
+def _extract_one(extractor: FeatureExtractor, image, name: str):
+    """Features of one image, or a SkippedImage if a file cannot be read."""
+    if isinstance(image, np.ndarray):
+        return extractor.extract(image)  # bad arrays are caller errors
+    if not isinstance(image, (str, os.PathLike)):
+        raise TypeError(f"image {name!r} is a {type(image).__name__}, not a path "
+                        "or array")
+    try:
+        return extractor.extract(image)
+    except _READ_ERRORS as error:
+        return SkippedImage(name, str(error))
+
+
+def _extract_chunk(extractor: FeatureExtractor, vocabulary: Vocabulary | None,
+                   images: list, names: list) -> list:
+    """Features (or, given a vocabulary, _Entry) or SkippedImage per image; runs
+    in worker processes."""
+    items = [_extract_one(extractor, image, name) for image, name in zip(images, names)]
+    if vocabulary is None:
+        return items
+    return [_Entry.of(i, vocabulary) if isinstance(i, Features) else i for i in items]
+
+
+def _check_n_jobs(n_jobs) -> int:
+    n_jobs = check_int(n_jobs, "n_jobs", minimum=-1,
+                       hint="use 1 for serial, -1 for all cores")
+    if n_jobs == 0 or n_jobs < -1:
+        raise ValueError(f"n_jobs must be >= 1 or -1 (all cores), got {n_jobs}")
+    return n_jobs

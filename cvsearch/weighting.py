@@ -58,13 +58,18 @@ def inverse_document_frequency(counts: sp.csr_matrix) -> np.ndarray:
     return idf.astype(np.float32)
 
 
-def tfidf(counts: sp.csr_matrix, idf: np.ndarray) -> sp.csr_matrix:
-    """Weight counts by idf and L2-normalise each row (all-zero rows stay zero).
+def tfidf(counts: sp.csr_matrix, idf: np.ndarray, power: float = 1.0) -> sp.csr_matrix:
+    """Weight counts by idf, raise to ``power`` and L2-normalise each row (all-zero
+    rows stay zero).
 
     Parameters
     ----------
     counts : csr_matrix of shape (n, n_words)
     idf : ndarray of shape (n_words,), float32
+    power : float in (0, 1]
+        Power-law normalisation: 0.5 damps "bursty" words that repeat within an
+        image (Jegou et al., CVPR 2009; Perronnin et al., ECCV 2010); 1 is plain
+        tf-idf.
 
     Returns
     -------
@@ -72,8 +77,59 @@ def tfidf(counts: sp.csr_matrix, idf: np.ndarray) -> sp.csr_matrix:
     """
     weighted = counts.multiply(idf[np.newaxis, :]).tocsr().astype(np.float32)
     weighted.eliminate_zeros()
+    if power != 1.0:
+        np.power(weighted.data, power, out=weighted.data)
     norms = np.sqrt(np.asarray(weighted.multiply(weighted).sum(axis=1)).ravel())
     scale = np.divide(1.0, norms, out=np.zeros_like(norms), where=norms > 0)
     weighted = sp.csr_matrix(sp.diags(scale.astype(np.float32)) @ weighted)
     weighted.sort_indices()
     return weighted
+
+
+def pyramid_size(levels: int) -> int:
+    """Cells of a spatial pyramid with ``levels`` levels above the whole image:
+    1 + 4 + ... + 4**levels."""
+    return sum(4 ** level for level in range(levels + 1))
+
+
+def spatial_bag_of_words(words: np.ndarray, keypoints: np.ndarray, shapes: np.ndarray,
+                         offsets: np.ndarray, n_words: int, levels: int) -> sp.csr_matrix:
+    """Word counts per cell of a spatial pyramid (Lazebnik et al., CVPR 2006).
+
+    Level l splits the image into a 2**l x 2**l grid; each cell has its own copy
+    of the vocabulary. Level 0 is the plain bag of words, so ``levels=0`` gives
+    exactly :func:`bag_of_words`. The histograms of all cells are concatenated:
+    cell c of level l holds columns ``n_words * (first cell of l + c) + word``.
+    It helps category search (objects roughly in place), and costs invariance
+    to large translations and rotations.
+
+    Parameters
+    ----------
+    words : ndarray of shape (n_keypoints_total,), int32
+    keypoints : ndarray of shape (n_keypoints_total, >= 2), float32
+        ``x, y`` in pixels of the image.
+    shapes : ndarray of shape (n_images, 2), int
+        ``(height, width)`` of each image.
+    offsets : ndarray of shape (n_images + 1,), int64
+    n_words : int
+    levels : int
+        0 for no pyramid.
+
+    Returns
+    -------
+    counts : csr_matrix of shape (n_images, n_words * pyramid_size(levels)), float32
+    """
+    if levels == 0:
+        return bag_of_words(words, offsets, n_words)
+    sizes = np.diff(offsets)
+    height_width = np.repeat(np.asarray(shapes, np.float64).reshape(-1, 2), sizes, axis=0)
+    x = keypoints[:, 0] / height_width[:, 1]
+    y = keypoints[:, 1] / height_width[:, 0]
+    blocks = []
+    for level in range(levels + 1):
+        grid = 2 ** level
+        cx = np.clip((x * grid).astype(np.int64), 0, grid - 1)
+        cy = np.clip((y * grid).astype(np.int64), 0, grid - 1)
+        cell = cy * grid + cx
+        blocks.append(bag_of_words(words + n_words * cell, offsets, n_words * grid * grid))
+    return sp.hstack(blocks, format="csr")

@@ -68,3 +68,32 @@ def test_colour_and_16_bit_inputs_match_gray(images):
 def test_bad_parameters(kwargs, error, match):
     with pytest.raises(error, match=match):
         FeatureExtractor(**kwargs)
+
+
+def test_dense_sift_grid_is_shift_equivariant():
+    from conftest import textured_image
+
+    image = textured_image(0, size=160)
+    extractor = FeatureExtractor("sift", dense_step=8, dense_sizes=(16,))
+    features = extractor.extract(image)
+    shifted = extractor.extract(image[8:, 8:])  # the grid moves by one step
+    assert features.descriptors.shape[1] == 128
+    assert np.all(features.keypoints[:, 3] == 0)  # upright
+    assert np.allclose(np.linalg.norm(features.descriptors, axis=1), 512, rtol=1e-4)
+    by_position = {tuple(k[:2]): d for k, d in zip(features.keypoints,
+                                                   features.descriptors)}
+    matched = 0
+    for k, d in zip(shifted.keypoints, shifted.descriptors):
+        twin = by_position.get((k[0] + 8, k[1] + 8))
+        if twin is not None and k[0] > 8 and k[1] > 8:  # away from the new border
+            assert np.allclose(d, twin, atol=1e-3)
+            matched += 1
+    assert matched > 100
+
+
+def test_dense_sift_blank_image_and_rootsift():
+    extractor = FeatureExtractor("rootsift", dense_step=4)
+    blank = extractor.extract(np.full((64, 64), 128, np.uint8))
+    assert blank.keypoints.shape == (0, 4) and blank.descriptors.shape == (0, 128)
+    with pytest.raises(ValueError, match="orb"):
+        FeatureExtractor("orb", dense_step=8)

@@ -216,3 +216,57 @@ def test_precomputed_features_answer_like_the_image(trained_index):
     for a, b in zip(by_image, by_features):
         assert np.array_equal(a, b)
     assert by_features[1][0] == 3
+
+
+def test_parallel_extraction_gives_the_serial_results(image_files):
+    calls = []
+    serial = Index.build(image_files, FeatureExtractor("sift", max_side=1024),
+                         n_words=300, random_state=0, n_jobs=1)
+    parallel = Index.build(image_files, FeatureExtractor("sift", max_side=1024),
+                           n_words=300, random_state=0, n_jobs=2,
+                           progress=lambda *args: calls.append(args))
+    assert np.array_equal(serial.vocabulary.centers_, parallel.vocabulary.centers_)
+    queries = [warped(textured_image(s), rotation=10)[0] for s in (1, 7)]
+    assert_same_results(results(serial, queries, rerank=5),
+                        results(parallel, queries, rerank=5))
+    # progress: the training pass, then every image added, counts rising to the total
+    stages = [c[0] for c in calls]
+    assert stages[0] == "train" and stages[-1] == "add"
+    adds = [c[1] for c in calls if c[0] == "add"]
+    assert adds == sorted(adds) and adds[-1] == len(image_files)
+    again = Index(FeatureExtractor("sift", max_side=1024), n_words=300, random_state=0)
+    again.vocabulary = serial.vocabulary
+    assert again.add(image_files, n_jobs=2) == []
+    assert_same_results(results(serial, queries), results(again, queries))
+
+
+def test_build_trains_on_a_bounded_random_subset(image_files):
+    index = Index.build(image_files, FeatureExtractor("sift", max_side=1024),
+                        n_words=200, random_state=0, train_images=5)
+    assert len(index) == len(image_files)
+    scores, ids = index.query_batch(image_files, k=1)
+    assert ids[:, 0].tolist() == list(range(len(image_files)))
+    with pytest.raises(ValueError, match="n_jobs"):
+        index.add(image_files, n_jobs=0)
+
+
+def test_power_and_pyramid_options_survive_save_and_load(trained_index, image_files,
+                                                         tmp_path):
+    index = Index(FeatureExtractor("sift", max_side=1024), n_words=400,
+                  random_state=0, power=0.5, pyramid_levels=2)
+    index.vocabulary = trained_index.vocabulary
+    index.add(image_files)
+    query = warped(textured_image(4), rotation=5)[0]
+    before = index.query(query, k=5)
+    assert before[1][0] == 4
+    # the options change the scores
+    assert not np.allclose(before[0], trained_index.query(query, k=5)[0])
+    index.save(tmp_path / "index")
+    loaded = Index.load(tmp_path / "index")
+    assert (loaded.power, loaded.pyramid_levels) == (0.5, 2)
+    for a, b in zip(before, loaded.query(query, k=5)):
+        assert np.array_equal(a, b)
+    with pytest.raises(ValueError, match="power"):
+        Index(power=0)
+    with pytest.raises(ValueError, match="pyramid_levels"):
+        Index(pyramid_levels=9)

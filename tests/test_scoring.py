@@ -57,3 +57,28 @@ def test_top_k_pads_and_single_row():
 def test_top_k_rejects_bad_k(k, error):
     with pytest.raises(error, match="k"):
         top_k(np.zeros(5), k)
+
+
+def test_spatial_pyramid_columns():
+    from cvsearch.weighting import pyramid_size, spatial_bag_of_words
+
+    words = np.array([1, 1, 2], np.int32)
+    # image 100 high, 200 wide: points top-left, bottom-right, bottom-left
+    keypoints = np.array([[10, 10], [190, 90], [10, 90]], np.float32)
+    shapes = np.array([[100, 200]])
+    offsets = np.array([0, 3])
+    counts = spatial_bag_of_words(words, keypoints, shapes, offsets, 3, 1)
+    assert counts.shape == (1, 3 * pyramid_size(1)) == (1, 15)
+    # level 0: words 1, 1, 2; level 1 cells (row-major 2x2): 0, 3, 2
+    expected = {1: 2, 2: 1, 3 + 0 * 3 + 1: 1, 3 + 3 * 3 + 1: 1, 3 + 2 * 3 + 2: 1}
+    assert dict(zip(counts.indices.tolist(), counts.data.tolist())) == expected
+    plain = spatial_bag_of_words(words, keypoints, shapes, offsets, 3, 0)
+    assert (plain != bag_of_words(words, offsets, 3)).nnz == 0
+
+
+def test_power_law_normalisation():
+
+
+    counts = sp.csr_matrix(np.array([[4.0, 1.0, 0.0]], np.float32))
+    vector = tfidf(counts, np.ones(3, np.float32), power=0.5).toarray()[0]
+    assert np.allclose(vector, np.array([2.0, 1.0, 0.0]) / np.sqrt(5))
