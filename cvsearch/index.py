@@ -574,18 +574,26 @@ class Index:
     def _query_features(self, snapshot: _Snapshot, features: Features, k: int,
                         rerank: int, min_inliers: int):
         words = self.vocabulary.predict(features.descriptors)
+        return self._rank(snapshot, words, features.keypoints, features.image_shape,
+                          k, rerank, min_inliers)
+
+    def _rank(self, snapshot: _Snapshot, words, keypoints, image_shape, k: int,
+              rerank: int, min_inliers: int, exclude: int | None = None):
         query = tfidf(spatial_bag_of_words(
-            words, features.keypoints, np.array([features.image_shape]),
-            np.array([0, len(words)]), self.n_words, self.pyramid_levels),
-            snapshot.idf, self.power)
+            words, keypoints, np.array([image_shape]), np.array([0, len(words)]),
+            self.n_words, self.pyramid_levels), snapshot.idf, self.power)
         scores = cosine_scores(snapshot.inverted, query)[0]
+        n = len(snapshot.names)
+        if exclude is not None:
+            scores[exclude] = -np.inf
+            n -= 1
         top_scores, ids = top_k(scores, max(k, rerank))
-        n = min(len(snapshot.names), max(k, rerank))
+        n = min(n, max(k, rerank))
         top_scores, ids = top_scores[:n], ids[:n]
         inliers = np.full(n, -1, np.int32)
         if rerank:
             short = ids[:rerank]
-            verified = self._verify(snapshot, words, features.keypoints, short)
+            verified = self._verify(snapshot, words, keypoints, short)
             order = _rerank.reorder(verified, min_inliers)
             ids[:len(short)] = short[order]
             top_scores[:len(short)] = top_scores[:len(short)][order]
@@ -601,6 +609,28 @@ class Index:
             for i in ids)
         return _rerank.verify_shortlist(words, keypoints, candidates,
                                         max_side=self.extractor.max_side)
+
+    def similar(self, id: int, k: int = 10, *, rerank: int = 0, min_inliers: int = 20,
+                return_inliers: bool = False):
+        """The ``k`` images most similar to image ``id`` of the index, itself left
+        out: "more like this", or near-duplicates, without reading the image again.
+
+        Parameters and returns are those of :meth:`query`, with ``id`` an image id.
+        """
+        snapshot = self._ready_snapshot()
+        if isinstance(id, bool) or not isinstance(id, (int, np.integer)):
+            raise TypeError(f"similar takes an integer id, got {type(id).__name__}")
+        if not 0 <= id < len(snapshot.names):
+            raise ValueError(f"id {id} is out of range: the index holds "
+                             f"{len(snapshot.names)} images")
+        k = check_int(k, "k", minimum=1, hint="ask for at least one result")
+        rerank = check_int(rerank, "rerank", minimum=0)
+        min_inliers = check_int(min_inliers, "min_inliers", minimum=1)
+        lo, hi = snapshot.offsets[id], snapshot.offsets[id + 1]
+        scores, ids, inliers = self._rank(
+            snapshot, snapshot.words[lo:hi], snapshot.keypoints[lo:hi],
+            tuple(snapshot.shapes[id]), k, rerank, min_inliers, exclude=id)
+        return (scores, ids, inliers) if return_inliers else (scores, ids)
 
     def inliers(self, image, ids: Sequence[int]) -> np.ndarray:
         """RANSAC inlier counts of ``image`` against the images ``ids``.
@@ -619,6 +649,71 @@ class Index:
         features = self._features_of(image)
         words = self.vocabulary.predict(features.descriptors)
         return self._verify(snapshot, words, features.keypoints, ids)
+
+    def matches(self, image, id: int):
+        """The RANSAC inlier correspondences between ``image`` and image ``id``.
+
+        Returns
+        -------
+        query_xy : ndarray of shape (n_inliers, 2), float32
+            Points ``(x, y)`` in the query image's pixels.
+        db_xy : ndarray of shape (n_inliers, 2), float32
+            The matching points in image ``id``.
+        """
+        snapshot = self._ready_snapshot()
+        if not 0 <= int(id) < len(snapshot.names):
+            raise ValueError(f"id {id} is out of range: the index holds "
+                             f"{len(snapshot.names)} images")
+        features = self._features_of(image)
+        words = self.vocabulary.predict(features.descriptors)
+        lo, hi = snapshot.offsets[id], snapshot.offsets[id + 1]
+        _, query_xy, db_xy = _rerank.inlier_pairs(
+            words, features.keypoints, snapshot.words[lo:hi], snapshot.keypoints[lo:hi],
+            snapshot.shapes[id], max_side=self.extractor.max_side)
+        return query_xy, db_xy
+
+    def vectors(self):
+        """The database's weighted bag-of-words vectors, one row per image.
+
+        Row ``i`` is what a query made of image ``i``'s features scores with:
+        the cosine of two images is the dot product of their rows.
+
+        Returns
+        -------
+        csr_matrix of shape (n_images, n_words * cells), float32, unit rows
+        """
+        return self._ready_snapshot().inverted.T.tocsr()
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the arrays held in memory: vocabulary, words, keypoints and
+        the inverted file."""
+        snapshot = self._current()
+        arrays = [snapshot.offsets, snapshot.words, snapshot.keypoints,
+                  snapshot.shapes, snapshot.idf, snapshot.inverted.data,
+                  snapshot.inverted.indices, snapshot.inverted.indptr]
+        if self.is_trained:
+            arrays += list(self.vocabulary.get_state().values())
+        return int(sum(np.asarray(a).nbytes for a in arrays))
+
+    def reweighted(self, *, power: float | None = None,
+                   pyramid_levels: int | None = None) -> Index:
+        """A copy with other weighting options, sharing the vocabulary and the
+        images' words (nothing is extracted again): to compare options.
+
+        Returns
+        -------
+        Index
+        """
+        with self._lock:
+            copy = Index(self.extractor, self.n_words,
+                         power=self.power if power is None else power,
+                         pyramid_levels=(self.pyramid_levels if pyramid_levels is None
+                                         else pyramid_levels))
+            copy.vocabulary = self.vocabulary
+            copy._set_database(self._names, self._offsets, self._words,
+                               self._keypoints, self._shapes)
+        return copy
 
     # ----------------------------------------------------------- persistence
     def save(self, directory: str | os.PathLike) -> None:

@@ -154,11 +154,29 @@ def verify_shortlist(query_words, query_keypoints, candidates, *,
     reproj_threshold = check_float(reproj_threshold, "reproj_threshold",
                                    minimum=0.0)
     check_int(max_per_word, "max_per_word", minimum=1)
-    result = []
-    for words, keypoints, image_shape in candidates:
-        query_idx, db_idx = word_correspondences(query_words, words, max_per_word)
-        scale = max(1.0, max(image_shape) / max_side)
-        n, _ = count_inliers(query_keypoints[query_idx, :2], keypoints[db_idx, :2],
-                             reproj_threshold=reproj_threshold * scale)
-        result.append(n)
-    return np.asarray(result, np.int32)
+    return np.asarray(
+        [inlier_pairs(query_words, query_keypoints, words, keypoints, image_shape,
+                      max_side=max_side, reproj_threshold=reproj_threshold,
+                      max_per_word=max_per_word)[0]
+         for words, keypoints, image_shape in candidates], np.int32)
+
+
+def inlier_pairs(query_words, query_keypoints, words, keypoints, image_shape, *,
+                 max_side: int, reproj_threshold: float = 6.0,
+                 max_per_word: int = MAX_PER_WORD):
+    """Verify one database image; return its inlier count and inlier points.
+
+    Parameters are those of :func:`verify_shortlist` for one candidate.
+
+    Returns
+    -------
+    n_inliers : int
+    query_xy, db_xy : ndarray of shape (n_pairs, 2), float32
+        The RANSAC inlier correspondences, in each image's pixels.
+    """
+    query_idx, db_idx = word_correspondences(query_words, words, max_per_word)
+    scale = max(1.0, max(image_shape) / max_side)
+    query_xy = query_keypoints[query_idx, :2]
+    db_xy = keypoints[db_idx, :2]
+    n, mask = count_inliers(query_xy, db_xy, reproj_threshold=reproj_threshold * scale)
+    return n, query_xy[mask], db_xy[mask]

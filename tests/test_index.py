@@ -270,3 +270,44 @@ def test_power_and_pyramid_options_survive_save_and_load(trained_index, image_fi
         Index(power=0)
     with pytest.raises(ValueError, match="pyramid_levels"):
         Index(pyramid_levels=9)
+
+
+def test_similar_leaves_the_image_out_and_equals_a_query(trained_index, image_files):
+    scores, ids, inliers = trained_index.similar(3, k=4, rerank=4, return_inliers=True)
+    assert 3 not in ids.tolist() and len(ids) == 4
+    q_scores, q_ids = trained_index.query(image_files[3], k=5)
+    assert q_ids[0] == 3
+    assert np.array_equal(q_ids[1:], trained_index.similar(3, k=4)[1])
+    assert np.allclose(q_scores[1:], trained_index.similar(3, k=4)[0])
+    assert len(trained_index.similar(0, k=50)[1]) == len(image_files) - 1
+    with pytest.raises(ValueError, match="out of range"):
+        trained_index.similar(99)
+
+
+def test_vectors_give_the_query_scores(trained_index, image_files):
+    vectors = trained_index.vectors()
+    assert vectors.shape == (len(image_files), trained_index.n_words)
+    scores, ids = trained_index.query(image_files[2], k=len(image_files))
+    assert np.allclose((vectors[2] @ vectors.T).toarray()[0][ids], scores, atol=1e-6)
+    assert trained_index.nbytes > vectors.data.nbytes
+
+
+def test_matches_are_the_inliers_of_the_warp(trained_index, images):
+    query, H = warped(images[6], rotation=25, scale=0.8)
+    query_xy, db_xy = trained_index.matches(query, 6)
+    assert len(query_xy) >= 30
+    # the database points map to the query points through H
+    mapped = cv2.perspectiveTransform(db_xy[None].astype(np.float64), H)[0]
+    assert np.median(np.linalg.norm(mapped - query_xy, axis=1)) < 3
+
+
+def test_reweighted_copy_shares_words_and_matches_a_fresh_index(trained_index,
+                                                                image_files):
+    copy = trained_index.reweighted(power=0.5, pyramid_levels=1)
+    fresh = Index(FeatureExtractor("sift", max_side=1024), n_words=400, power=0.5,
+                  pyramid_levels=1)
+    fresh.vocabulary = trained_index.vocabulary
+    fresh.add(image_files)
+    query = warped(textured_image(2), rotation=5)[0]
+    assert_same_results(results(copy, [query]), results(fresh, [query]))
+    assert trained_index.power == 1.0 and trained_index.pyramid_levels == 0
