@@ -386,11 +386,12 @@ class Index:
 
         Parameters
         ----------
-        images : sequence of str, os.PathLike or ndarray
-            Paths, or arrays of shape (H, W), (H, W, 3) BGR or (H, W, 4) BGRA, uint8
-            or uint16.
+        images : sequence of str, os.PathLike, ndarray or Features
+            Paths, arrays of shape (H, W), (H, W, 3) BGR or (H, W, 4) BGRA, uint8
+            or uint16, or features computed beforehand with ``index.extractor``.
         names : sequence of str, optional
-            One per image; defaults to the paths as given. Required for arrays.
+            One per image; defaults to the paths as given. Required for arrays
+            and Features.
         n_jobs : int
             Worker processes for feature extraction and word assignment (-1: all
             cores); the result is the same as with 1.
@@ -858,6 +859,8 @@ class _Entry(NamedTuple):
 
 def _extract_one(extractor: FeatureExtractor, image, name: str):
     """Features of one image, or a SkippedImage if a file cannot be read."""
+    if isinstance(image, Features):  # computed beforehand by the caller
+        return image
     if isinstance(image, np.ndarray):
         return extractor.extract(image)  # bad arrays are caller errors
     if not isinstance(image, (str, os.PathLike)):

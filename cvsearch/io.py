@@ -56,3 +56,62 @@ def read_image(path: str | os.PathLike, *, grayscale: bool = True) -> np.ndarray
             "is not supported by OpenCV; re-copy, convert or remove the file"
         )
     return image
+
+
+# Leading bytes of the formats OpenCV decodes: recognising images by content finds
+# files with odd or missing extensions (Caltech-101's BACKGROUND_Google/tmp is a
+# JPEG named "tmp") and skips non-images cheaply, without decoding them.
+_SIGNATURES = (
+    b"\xff\xd8\xff",  # JPEG
+    b"\x89PNG\r\n\x1a\n",  # PNG
+    b"BM",  # BMP
+    b"II*\x00", b"MM\x00*",  # TIFF
+    b"\x00\x00\x00\x0cjP  \r\n\x87\n", b"\xff\x4f\xff\x51",  # JPEG 2000
+    b"P1", b"P2", b"P3", b"P4", b"P5", b"P6",  # PBM, PGM, PPM
+)
+
+
+def looks_like_image(path: str | os.PathLike) -> bool:
+    """Whether a file starts like an image format OpenCV reads (by its bytes, not
+    its name). False for unreadable files; a True file may still be truncated."""
+    try:
+        with open(path, "rb") as file:
+            head = file.read(16)
+    except OSError:
+        return False
+    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        return True
+    return head.startswith(_SIGNATURES)
+
+
+def find_images(folder: str | os.PathLike) -> tuple[list[str], list[str]]:
+    """Image files under ``folder``, recursively, recognised by content.
+
+    Hidden files and folders (names starting with ".") are left out.
+
+    Returns
+    -------
+    images : list of str
+        Sorted paths (``folder`` joined with the relative path).
+    others : list of str
+        Sorted paths of the other files, which are not images.
+
+    Raises
+    ------
+    FileNotFoundError
+        If ``folder`` does not exist; NotADirectoryError if it is a file.
+    """
+    folder = Path(folder)
+    if not folder.exists():
+        raise FileNotFoundError(errno.ENOENT, "No such folder", str(folder))
+    if not folder.is_dir():
+        raise NotADirectoryError(errno.ENOTDIR, "Not a folder of images", str(folder))
+    images, others = [], []
+    for root, dirs, files in os.walk(folder):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        for name in files:
+            if name.startswith("."):
+                continue
+            path = os.path.join(root, name)
+            (images if looks_like_image(path) else others).append(path)
+    return sorted(images), sorted(others)

@@ -100,7 +100,12 @@ def results_grid(query, results, *, scores=None, inliers=None, names=None,
     def place(image, x, y, lines, colour):
         import cv2
 
-        square, _, _ = _tile(_as_bgr(image), tile)
+        try:
+            square, _, _ = _tile(_as_bgr(image), tile)
+        except (FileNotFoundError, ValueError):  # moved or deleted since indexed
+            square = np.full((tile, tile, 3), 200, np.uint8)
+            cv2.putText(square, "unreadable", (8, tile // 2), _FONT, 0.5, (60, 60, 60),
+                        1, cv2.LINE_AA)
         canvas[y:y + tile, x:x + tile] = square
         if colour is not None:
             cv2.rectangle(canvas, (x - 3, y - 3), (x + tile + 2, y + tile + 2), colour, 4)

@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import cv2
 import numpy as np
 import pytest
@@ -69,3 +71,25 @@ def test_check_image_gives_the_same_gray(images, convert):
 def test_check_image_rejects(array, error, match):
     with pytest.raises(error, match=match):
         check_image(array)
+
+
+def test_find_images_by_content(tmp_path):
+    from cvsearch.io import find_images
+
+    image = np.zeros((20, 20), np.uint8)
+    (tmp_path / "sub" / ".hidden").mkdir(parents=True)
+    cv2.imwrite(str(tmp_path / "a.png"), image)
+    cv2.imwrite(str(tmp_path / "sub" / "b.jpg"), image)
+    jpeg = (tmp_path / "sub" / "b.jpg").read_bytes()
+    (tmp_path / "sub" / "no_extension").write_bytes(jpeg)
+    (tmp_path / "sub" / "fake.jpg").write_text("not an image")
+    (tmp_path / "sub" / ".hidden" / "c.png").write_bytes(jpeg)
+    (tmp_path / "empty.png").write_bytes(b"")
+    images, others = find_images(tmp_path)
+    rel = lambda paths: [str(Path(p).relative_to(tmp_path)) for p in paths]  # noqa: E731
+    assert rel(images) == ["a.png", "sub/b.jpg", "sub/no_extension"]
+    assert rel(others) == ["empty.png", "sub/fake.jpg"]
+    with pytest.raises(FileNotFoundError):
+        find_images(tmp_path / "missing")
+    with pytest.raises(NotADirectoryError):
+        find_images(tmp_path / "a.png")

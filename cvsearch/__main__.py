@@ -1,0 +1,7 @@
+"""``python -m cvsearch``: the command line."""
+
+import sys
+
+from cvsearch.cli import main
+
+sys.exit(main())

@@ -1,0 +1,382 @@
+"""The ``cvsearch`` command line: index, add, remove, query, info.
+
+Every error the library raises for bad input becomes one line on stderr and exit
+code 1 (2 for a bad option, as argparse does); no traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+EXIT_ERROR = 1
+
+
+class CommandError(Exception):
+    """A user error the command reports in one line."""
+
+
+# ------------------------------------------------------------------- progress
+class ProgressBar:
+    """A one-line progress bar with rate and time left, for ``Index`` progress
+    hooks. Draws only on a terminal, and never when ``quiet``."""
+
+    def __init__(self, stream=None, quiet: bool = False, width: int = 30):
+        self.stream = stream or sys.stderr
+        self.enabled = not quiet and hasattr(self.stream, "isatty") and self.stream.isatty()
+        self.width = width
+        self.stage = None
+        self.started = 0.0
+
+    def __call__(self, stage: str, done: int, total: int):
+        if not self.enabled:
+            return
+        now = time.perf_counter()
+        if stage != self.stage:
+            if self.stage is not None:
+                self.stream.write("\n")
+            self.stage, self.started = stage, now
+        elapsed = max(now - self.started, 1e-9)
+        rate = done / elapsed
+        left = (total - done) / rate if rate > 0 else float("inf")
+        filled = int(self.width * done / max(1, total))
+        label = {"train": "training", "add": "indexing"}.get(stage, stage)
+        self.stream.write(f"\r{label:9s} [{'#' * filled}{'.' * (self.width - filled)}] "
+                          f"{done}/{total}  {rate:.1f} img/s  "
+                          f"{_duration(left)} left ")
+        if done >= total:
+            self.stream.write("\n")
+            self.stage = None
+        self.stream.flush()
+
+
+def _duration(seconds: float) -> str:
+    if seconds == float("inf"):
+        return "?"
+    seconds = int(round(seconds))
+    return f"{seconds // 60}:{seconds % 60:02d}"
+
+
+# ------------------------------------------------------------------- helpers
+def _say(args, text: str):
+    if not args.quiet:
+        print(text, file=sys.stderr)
+
+
+def _emit_json(payload):
+    print(json.dumps(payload, indent=1))
+
+
+def _collect_images(paths: list[str]) -> tuple[list[str], list[str]]:
+    """Files given, and image files found (by content) in folders given."""
+    from cvsearch.io import find_images
+
+    images, others = [], []
+    for path in paths:
+        if os.path.isdir(path):
+            found, not_images = find_images(path)
+            images += found
+            others += not_images
+        elif not os.path.exists(path):
+            raise CommandError(f"{path}: no such file or folder")
+        else:
+            images.append(path)
+    return images, others
+
+
+def _report_skipped(args, skipped, others):
+    for path in others:
+        _say(args, f"skipped {path}: not an image file")
+    for item in skipped:
+        _say(args, f"skipped {item.name}: {item.reason}")
+
+
+def _load(directory):
+    from cvsearch import Index
+
+    if not os.path.isdir(directory):
+        raise CommandError(f"{directory}: no such index folder; create one with "
+                           "'cvsearch index IMAGE_DIR -o INDEX_DIR'")
+    return Index.load(directory)
+
+
+def _disk_bytes(directory) -> int:
+    from cvsearch import storage
+
+    path, manifest = storage.read_manifest(directory)
+    files = [path] + [Path(directory) / f["name"] for f in manifest["files"].values()]
+    return sum(p.stat().st_size for p in files if p.exists())
+
+
+# ------------------------------------------------------------------ commands
+def cmd_index(args):
+    from cvsearch import FeatureExtractor, Index, storage
+
+    if os.path.exists(os.path.join(args.output, storage.MANIFEST)) and not args.overwrite:
+        raise CommandError(f"{args.output} already holds an index; pass --overwrite "
+                           "to replace it, or 'cvsearch add' to grow it")
+    if not os.path.isdir(args.image_dir):
+        raise CommandError(f"{args.image_dir}: no such folder of images")
+    images, others = _collect_images([args.image_dir])
+    if not images:
+        raise CommandError(f"{args.image_dir}: found no image files in it")
+    extractor = FeatureExtractor(args.features, max_keypoints=args.max_keypoints,
+                                 max_side=args.max_side, dense_step=args.dense_step)
+    started = time.perf_counter()
+    index = Index.build(images, extractor, args.words, random_state=args.seed,
+                        n_jobs=args.jobs, progress=ProgressBar(quiet=args.quiet),
+                        train_images=args.train_images, power=args.power,
+                        pyramid_levels=args.pyramid)
+    index.save(args.output)
+    _report_skipped(args, index.skipped_, others)
+    summary = {"index": args.output, "images": len(index),
+               "skipped": [{"name": s.name, "reason": s.reason} for s in index.skipped_]
+               + [{"name": p, "reason": "not an image file"} for p in others],
+               "seconds": round(time.perf_counter() - started, 1)}
+    if args.json:
+        _emit_json(summary)
+    else:
+        print(f"indexed {len(index)} images into {args.output} "
+              f"({len(summary['skipped'])} skipped, {summary['seconds']} s)")
+
+
+def cmd_add(args):
+    index = _load(args.index)
+    images, others = _collect_images(args.paths)
+    if not images:
+        raise CommandError("no image files among the paths given")
+    before = len(index)
+    skipped = index.add(images, n_jobs=args.jobs, progress=ProgressBar(quiet=args.quiet))
+    index.save(args.index)  # atomic: the old index stays until the new one is complete
+    _report_skipped(args, skipped, others)
+    summary = {"index": args.index, "added": len(index) - before, "images": len(index),
+               "skipped": [{"name": s.name, "reason": s.reason} for s in skipped]
+               + [{"name": p, "reason": "not an image file"} for p in others]}
+    if args.json:
+        _emit_json(summary)
+    else:
+        print(f"added {summary['added']} images; {args.index} now holds "
+              f"{len(index)} ({len(summary['skipped'])} skipped)")
+
+
+def cmd_remove(args):
+    index = _load(args.index)
+    index.remove(args.names)  # unknown names raise before anything changes
+    index.save(args.index)
+    if args.json:
+        _emit_json({"index": args.index, "removed": len(args.names),
+                    "images": len(index)})
+    else:
+        print(f"removed {len(args.names)} images; {args.index} now holds {len(index)}")
+
+
+def cmd_query(args):
+    import cv2
+
+    index = _load(args.index)
+    if not os.path.exists(args.image):
+        raise CommandError(f"{args.image}: no such image file")
+    features = index.extractor.extract(args.image)
+    scores, ids, inliers = index.query(features, k=args.k, rerank=args.rerank,
+                                       min_inliers=args.min_inliers, return_inliers=True)
+    rows = [{"rank": r + 1, "id": int(i), "name": index.names[i],
+             "score": round(float(s), 6), "inliers": int(n) if n >= 0 else None}
+            for r, (s, i, n) in enumerate(zip(scores, ids, inliers))]
+    if args.show:
+        from cvsearch.pictures import results_grid
+
+        picture = results_grid(args.image, [index.names[i] for i in ids], scores=scores,
+                               inliers=inliers if args.rerank else None,
+                               columns=min(len(ids), 5) or 1)
+        _write_picture(args.show, picture, cv2)
+    if args.matches:
+        from cvsearch.pictures import match_picture
+
+        if not len(ids):
+            raise CommandError("no result to draw matches with")
+        query_xy, db_xy = index.matches(features, int(ids[0]))
+        _write_picture(args.matches, match_picture(args.image, index.names[ids[0]],
+                                                   query_xy, db_xy), cv2)
+    if args.json:
+        _emit_json({"query": args.image, "k": args.k, "rerank": args.rerank,
+                    "results": rows})
+        return
+    name_width = max([4] + [len(r["name"]) for r in rows])
+    print(f"{'rank':>4}  {'score':>7}  {'inliers':>7}  {'name':<{name_width}}")
+    for r in rows:
+        inl = "-" if r["inliers"] is None else str(r["inliers"])
+        print(f"{r['rank']:>4}  {r['score']:>7.4f}  {inl:>7}  {r['name']}")
+
+
+def _write_picture(path, picture, cv2):
+    ok = False
+    try:
+        ok = cv2.imwrite(str(path), picture)
+    except cv2.error:
+        pass
+    if not ok:
+        raise CommandError(f"{path}: cannot write the picture; use a .png or .jpg name "
+                           "in a folder that exists")
+
+
+def cmd_info(args):
+    from cvsearch import storage
+
+    index = _load(args.index)
+    _, manifest = storage.read_manifest(args.index)
+    info = {"index": args.index, "format_version": manifest.get("format_version"),
+            "cvsearch_version": manifest.get("cvsearch_version"),
+            "images": len(index), "keypoints": manifest.get("n_keypoints"),
+            "words": index.n_words, "features": index.extractor.get_params(),
+            "vocabulary": index.vocabulary.get_params(),
+            "weighting": {"power": index.power, "pyramid_levels": index.pyramid_levels},
+            "disk_bytes": _disk_bytes(args.index), "memory_bytes": index.nbytes}
+    if args.json:
+        _emit_json(info)
+        return
+    f = info["features"]
+    print(f"index:        {args.index} (format {info['format_version']}, written by "
+          f"cvsearch {info['cvsearch_version']})")
+    print(f"images:       {info['images']} ({info['keypoints']} keypoints)")
+    print(f"features:     {f['method']}, max_side {f['max_side']}, max_keypoints "
+          f"{f['max_keypoints']}" + (f", dense step {f['dense_step']}"
+                                     if f.get("dense_step") else ""))
+    print(f"vocabulary:   {info['words']} words, n_probe {info['vocabulary']['n_probe']}, "
+          f"random_state {info['vocabulary']['random_state']}")
+    print(f"weighting:    tf-idf, power {index.power:g}, pyramid levels "
+          f"{index.pyramid_levels}")
+    print(f"size on disk: {info['disk_bytes'] / 2**20:.2f} MiB; in memory "
+          f"{info['memory_bytes'] / 2**20:.2f} MiB")
+
+
+# -------------------------------------------------------------------- parser
+def _positive_int(text):
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def _jobs(text):
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value == 0 or value < -1:
+        raise argparse.ArgumentTypeError("must be >= 1, or -1 for all cores")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from cvsearch import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="cvsearch", description="Reverse image search with classical computer "
+        "vision: index a folder of images, then find the images most like a photo.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"cvsearch {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def sub(name, help_text):
+        p = commands.add_parser(name, help=help_text, description=help_text,
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        p.add_argument("--json", action="store_true",
+                       help="print the result as JSON on stdout")
+        p.add_argument("-q", "--quiet", action="store_true",
+                       help="no progress bar and no list of skipped files")
+        return p
+
+    p = sub("index", "Index every image under a folder (found by content, "
+                     "recursively) into a new index folder.")
+    p.add_argument("image_dir", help="folder of images (searched recursively)")
+    p.add_argument("-o", "--output", required=True, help="index folder to write")
+    p.add_argument("--features", choices=["sift", "rootsift", "orb"], default="rootsift",
+                   help="local features")
+    p.add_argument("--words", type=_positive_int, default=20_000,
+                   help="vocabulary size (visual words); at most the number of "
+                        "training descriptors")
+    p.add_argument("--max-side", type=_positive_int, default=640,
+                   help="larger images are downscaled to this longer side first")
+    p.add_argument("--max-keypoints", type=_positive_int, default=1500,
+                   help="keypoints kept per image")
+    p.add_argument("--dense-step", type=_positive_int, default=None,
+                   help="dense SIFT on a grid with this step (pixels) instead of "
+                        "detected keypoints: for category search")
+    p.add_argument("--power", type=float, default=1.0,
+                   help="power-law normalisation exponent in (0, 1]; 0.5 damps "
+                        "repeated words")
+    p.add_argument("--pyramid", type=int, default=0,
+                   help="spatial pyramid levels (0: none; 2 for category search)")
+    p.add_argument("--train-images", type=_positive_int, default=1000,
+                   help="random images the vocabulary is trained on")
+    p.add_argument("-j", "--jobs", type=_jobs, default=1,
+                   help="worker processes for feature extraction (-1: all cores)")
+    p.add_argument("--seed", type=int, default=0, help="random seed of the vocabulary")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an index already in the output folder")
+    p.set_defaults(run=cmd_index)
+
+    p = sub("add", "Add images (files, or folders searched recursively) to an index, "
+                   "without retraining. The saved index is replaced only once the new "
+                   "one is complete.")
+    p.add_argument("index", help="index folder")
+    p.add_argument("paths", nargs="+", metavar="PATH", help="image files or folders")
+    p.add_argument("-j", "--jobs", type=_jobs, default=1,
+                   help="worker processes for feature extraction (-1: all cores)")
+    p.set_defaults(run=cmd_add)
+
+    p = sub("remove", "Remove images from an index by name (as 'query' prints them).")
+    p.add_argument("index", help="index folder")
+    p.add_argument("names", nargs="+", metavar="NAME", help="names of images to remove")
+    p.set_defaults(run=cmd_remove)
+
+    p = sub("query", "Find the images of an index most similar to an image.")
+    p.add_argument("index", help="index folder")
+    p.add_argument("image", help="query image file")
+    p.add_argument("-k", type=_positive_int, default=10, help="number of results")
+    p.add_argument("--rerank", type=int, default=0,
+                   help="verify the top N bag-of-words results with RANSAC and move "
+                        "the verified ones up (0: off)")
+    p.add_argument("--min-inliers", type=_positive_int, default=20,
+                   help="inliers needed to count as verified")
+    p.add_argument("--show", metavar="PNG", default=None,
+                   help="write a picture of the query and its results")
+    p.add_argument("--matches", metavar="PNG", default=None,
+                   help="write a picture of the matches with the first result")
+    p.set_defaults(run=cmd_query)
+
+    p = sub("info", "Describe an index: images, words, features, parameters, size.")
+    p.add_argument("index", help="index folder")
+    p.set_defaults(run=cmd_info)
+    return parser
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        from sklearn.exceptions import NotFittedError
+
+        args.run(args)
+    except KeyboardInterrupt:
+        print(f"cvsearch {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except (CommandError, FileNotFoundError, NotADirectoryError, ValueError, TypeError,
+            OSError, NotFittedError) as error:
+        message = str(error)
+        if isinstance(error, OSError) and error.filename and error.strerror:
+            message = f"{error.filename}: {error.strerror}"
+        print(f"cvsearch {args.command}: error: {message}", file=sys.stderr)
+        return EXIT_ERROR
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

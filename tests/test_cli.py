@@ -1,0 +1,152 @@
+"""End to end: the real command line in a subprocess, on real photos."""
+
+import json
+import shutil
+import subprocess
+import sys
+
+import cv2
+import pytest
+from conftest import UKBENCH, requires
+
+pytestmark = requires(UKBENCH)
+
+
+def run(*args, cwd):
+    """Run ``python -m cvsearch ARGS``; return (exit code, stdout, stderr)."""
+    done = subprocess.run([sys.executable, "-m", "cvsearch", *map(str, args)], cwd=cwd,
+                          capture_output=True, text=True, timeout=300)
+    return done.returncode, done.stdout, done.stderr
+
+
+def assert_one_line_error(code, err, *needles, expected_code=1):
+    assert code == expected_code, err
+    assert "Traceback" not in err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 or expected_code == 2, err  # argparse adds its usage line
+    for needle in needles:
+        assert needle in err, err
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory):
+    """Photos of objects 0-2 in photos/ (with a text file and a truncated JPEG),
+    object 3 in more/."""
+    root = tmp_path_factory.mktemp("cli")
+    (root / "photos" / "nested").mkdir(parents=True)
+    (root / "more").mkdir()
+    for i in range(16):
+        source = UKBENCH / "images" / f"ukbench{i:05d}.jpg"
+        if i >= 12:
+            folder = root / "more"
+        else:
+            folder = root / "photos" / ("nested" if i % 2 else "")
+        shutil.copy(source, folder / source.name)
+    (root / "photos" / "notes.txt").write_text("not a photo")
+    data = (UKBENCH / "images" / "ukbench00020.jpg").read_bytes()
+    (root / "photos" / "broken.jpg").write_bytes(data[:len(data) // 3])
+    return root
+
+
+def test_index_query_add_remove_info(workdir):
+    code, out, err = run("index", "photos", "-o", "idx", "--words", "500", "--json",
+                         "--jobs", "2", cwd=workdir)
+    assert code == 0, err
+    summary = json.loads(out)
+    assert summary["images"] == 12
+    skipped = {s["name"]: s["reason"] for s in summary["skipped"]}
+    assert set(skipped) == {"photos/notes.txt", "photos/broken.jpg"}
+    assert "not an image" in skipped["photos/notes.txt"]
+
+    code, out, err = run("query", "idx", "photos/ukbench00002.jpg", "-k", "4",
+                         "--rerank", "8", "--json", "--show", "grid.png",
+                         "--matches", "match.png", cwd=workdir)
+    assert code == 0, err
+    results = json.loads(out)["results"]
+    top4 = {r["name"].rsplit("/", 1)[-1] for r in results}
+    assert top4 == {f"ukbench{i:05d}.jpg" for i in range(4)}
+    assert results[0]["inliers"] >= 20 and results[0]["rank"] == 1
+    assert cv2.imread(str(workdir / "grid.png")).shape[1] > 4 * 200
+    assert cv2.imread(str(workdir / "match.png")) is not None
+
+    code, out, err = run("query", "idx", "photos/ukbench00002.jpg", "-k", "3",
+                         cwd=workdir)
+    assert code == 0 and out.splitlines()[0].split() == ["rank", "score", "inliers",
+                                                         "name"]
+    assert len(out.splitlines()) == 4
+
+    code, out, err = run("add", "idx", "more", "--json", cwd=workdir)
+    assert code == 0, err
+    assert json.loads(out) == {"index": "idx", "added": 4, "images": 16, "skipped": []}
+    code, out, _ = run("query", "idx", "more/ukbench00013.jpg", "-k", "4", "--json",
+                       cwd=workdir)
+    assert {r["name"] for r in json.loads(out)["results"]} == {
+        f"more/ukbench{i:05d}.jpg" for i in range(12, 16)}
+
+    code, out, err = run("remove", "idx", "more/ukbench00012.jpg",
+                         "more/ukbench00014.jpg", "--json", cwd=workdir)
+    assert code == 0, err
+    assert json.loads(out)["images"] == 14
+    code, out, _ = run("query", "idx", "more/ukbench00013.jpg", "-k", "14", "--json",
+                       cwd=workdir)
+    names = [r["name"] for r in json.loads(out)["results"]]
+    assert "more/ukbench00012.jpg" not in names and len(names) == 14
+
+    code, out, err = run("info", "idx", "--json", cwd=workdir)
+    assert code == 0, err
+    info = json.loads(out)
+    assert info["images"] == 14 and info["words"] == 500
+    assert info["features"]["method"] == "rootsift" and info["format_version"] == 1
+    assert info["disk_bytes"] > 0
+    code, out, _ = run("info", "idx", cwd=workdir)
+    assert "14 (" in out and "500 words" in out
+
+
+def test_error_paths(workdir):
+    code, _, err = run("index", "photos", "-o", "bad-idx", "--words", "300", "-q",
+                       cwd=workdir)
+    assert code == 0, err
+    assert_one_line_error(*run("query", "nowhere", "photos/ukbench00000.jpg",
+                               cwd=workdir)[::2], "nowhere", "no such index")
+    assert_one_line_error(*run("query", "bad-idx", "missing.jpg", cwd=workdir)[::2],
+                          "missing.jpg")
+    assert_one_line_error(*run("query", "bad-idx", "photos/notes.txt",
+                               cwd=workdir)[::2], "notes.txt", "cannot decode")
+    assert_one_line_error(*run("query", "bad-idx", "photos/broken.jpg",
+                               cwd=workdir)[::2], "broken.jpg")
+    assert_one_line_error(*run("index", "photos", "-o", "bad-idx", cwd=workdir)[::2],
+                          "already holds an index", "--overwrite")
+    assert_one_line_error(*run("index", "nowhere", "-o", "x", cwd=workdir)[::2],
+                          "nowhere")
+    assert_one_line_error(*run("add", "bad-idx", "nowhere.jpg", cwd=workdir)[::2],
+                          "nowhere.jpg")
+    # an unknown name changes nothing
+    assert_one_line_error(*run("remove", "bad-idx", "photos/ukbench00000.jpg",
+                               "no-such-name", cwd=workdir)[::2], "no-such-name")
+    assert json.loads(run("info", "bad-idx", "--json", cwd=workdir)[1])["images"] == 12
+    # bad options: argparse's exit code 2 and a usage line
+    assert_one_line_error(*run("query", "bad-idx", "photos/ukbench00000.jpg", "-k", "0",
+                               cwd=workdir)[::2], "-k", expected_code=2)
+    assert_one_line_error(*run("index", "photos", "-o", "y", "--features", "surf",
+                               cwd=workdir)[::2], "surf", expected_code=2)
+    assert_one_line_error(*run("index", "photos", "-o", "y", "--power", "3", "-q",
+                               cwd=workdir)[::2], "power")
+    # a tampered index names the file
+    database = next((workdir / "bad-idx").glob("database-*"))
+    data = bytearray(database.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    database.write_bytes(bytes(data))
+    assert_one_line_error(*run("query", "bad-idx", "photos/ukbench00000.jpg",
+                               cwd=workdir)[::2], database.name)
+    assert_one_line_error(*run("info", "bad-idx", cwd=workdir)[::2], database.name)
+
+
+def test_help_lists_every_option_with_its_default():
+    for command in ("index", "add", "remove", "query", "info"):
+        code, out, _ = run(command, "--help", cwd=".")
+        assert code == 0
+    code, out, _ = run("index", "--help", cwd=".")
+    for option in ("--features", "--words", "--jobs", "--seed", "--max-side",
+                   "--dense-step", "--power", "--pyramid"):
+        assert option in out
+    assert "(default: 20000)" in out and "(default: rootsift)" in out
