@@ -342,6 +342,7 @@ def plot_pr(results, path):
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 5))
+    ax.set_prop_cycle(color=plt.get_cmap("tab20").colors)
     for name, entry in results.items():
         if isinstance(entry, dict) and "pr_curve" in entry:
             curve = entry["pr_curve"]
@@ -402,6 +403,7 @@ def plot_tsne(data, bow_index, cnn_descriptors, classes_shown, seed, path):
     }
     fig, axes = plt.subplots(1, 2, figsize=(13, 6))
     for ax, (title, values) in zip(axes, spaces.items()):
+        ax.set_prop_cycle(color=plt.get_cmap("tab20").colors)
         xy = TSNE(2, init="pca", random_state=seed, perplexity=30).fit_transform(values)
         for c in wanted:
             mask = data.labels[chosen] == c

@@ -239,7 +239,8 @@ class Index:
 
             # A generator keeps only a few chunks in flight: memory stays bounded.
             results = Parallel(n_jobs=n_jobs, return_as="generator")(
-                delayed(_extract_chunk)(self.extractor, vocabulary, *c) for c in chunks)
+                delayed(_extract_chunk)(self.extractor, vocabulary, *c, in_worker=True)
+                for c in chunks)
         done = 0
         for (_, chunk_names), items in zip(chunks, results):
             done += len(items)
@@ -873,9 +874,16 @@ def _extract_one(extractor: FeatureExtractor, image, name: str):
 
 
 def _extract_chunk(extractor: FeatureExtractor, vocabulary: Vocabulary | None,
-                   images: list, names: list) -> list:
+                   images: list, names: list, in_worker: bool = False) -> list:
     """Features (or, given a vocabulary, _Entry) or SkippedImage per image; runs
     in worker processes."""
+    if in_worker:
+        import cv2
+
+        # One thread per worker: the workers already fill the cores, and OpenCV's
+        # own threads on top would only contend with them. (joblib limits BLAS
+        # threads in its workers the same way.)
+        cv2.setNumThreads(1)
     items = [_extract_one(extractor, image, name) for image, name in zip(images, names)]
     if vocabulary is None:
         return items
