@@ -196,10 +196,12 @@ def cmd_query(args):
     if args.matches:
         from cvsearch.pictures import match_picture
 
-        if not len(ids):
-            raise CommandError("no result to draw matches with")
-        query_xy, db_xy = index.matches(features, int(ids[0]))
-        _write_picture(args.matches, match_picture(args.image, index.names[ids[0]],
+        if args.match_rank > len(ids):
+            raise CommandError(f"--match-rank {args.match_rank}: there are only "
+                               f"{len(ids)} results")
+        chosen = int(ids[args.match_rank - 1])
+        query_xy, db_xy = index.matches(features, chosen)
+        _write_picture(args.matches, match_picture(args.image, index.names[chosen],
                                                    query_xy, db_xy), cv2)
     if args.json:
         _emit_json({"query": args.image, "k": args.k, "rerank": args.rerank,
@@ -349,7 +351,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--show", metavar="PNG", default=None,
                    help="write a picture of the query and its results")
     p.add_argument("--matches", metavar="PNG", default=None,
-                   help="write a picture of the matches with the first result")
+                   help="write a picture of the RANSAC inlier matches with one "
+                        "result (see --match-rank)")
+    p.add_argument("--match-rank", type=_positive_int, default=1,
+                   help="rank of the result --matches draws")
     p.set_defaults(run=cmd_query)
 
     p = sub("info", "Describe an index: images, words, features, parameters, size.")

@@ -60,6 +60,7 @@ def test_index_query_add_remove_info(workdir):
 
     code, out, err = run("query", "idx", "photos/ukbench00002.jpg", "-k", "4",
                          "--rerank", "8", "--json", "--show", "grid.png",
+                         "--match-rank", "2",
                          "--matches", "match.png", cwd=workdir)
     assert code == 0, err
     results = json.loads(out)["results"]
