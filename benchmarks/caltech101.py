@@ -143,9 +143,24 @@ def extract_all(extractor, paths, n_jobs):
         delayed(extractor.extract)(p) for p in paths)
 
 
+def evaluate_bow(name, index, data, args, results, indexes, start, **details):
+    """Leave-one-out metrics, query time and memory of one bag-of-words index."""
+    metrics = leave_one_out(sparse_rows(index.vectors()), data.labels)
+    entry = summary(metrics, data.labels, data.classes)
+    entry.update(kind="bag of words", n_words=index.n_words, **details,
+                 ms_per_query=round(time_queries(
+                     lambda p: index.query(p, k=10),
+                     [data.paths[i] for i in args.timing_ids], args.timing_n), 1),
+                 memory_mb=round(index.nbytes / 2**20, 1))
+    results[name] = entry
+    indexes[name] = index
+    log(f"{name}: mAP {entry['mAP']:.4f} P@4 {entry['P@4']:.4f} "
+        f"({time.perf_counter() - start:.0f} s)")
+    return entry
+
+
 def run_classical(data, args, results, indexes):
-    labels, classes, paths = data.labels, data.classes, data.paths
-    timing_queries = [paths[i] for i in args.timing_ids]
+    paths = data.paths
     for method in ("sift", "rootsift", "orb"):
         extractor = FeatureExtractor(method)
         start = time.perf_counter()
@@ -159,48 +174,27 @@ def run_classical(data, args, results, indexes):
             index = Index.build(features, extractor, n_words, names=paths,
                                 random_state=args.seed, n_jobs=args.n_jobs)
             build_s = time.perf_counter() - start
-            metrics = leave_one_out(sparse_rows(index.vectors()), labels)
-            entry = summary(metrics, labels, classes)
-            entry.update(kind="bag of words", features=method, n_words=n_words,
-                         build_s=round(extract_s + build_s, 1),
-                         ms_per_query=round(time_queries(
-                             lambda p, ix=index: ix.query(p, k=10), timing_queries,
-                             args.timing_n), 1),
-                         memory_mb=round(index.nbytes / 2**20, 1))
-            results[name] = entry
-            indexes[name] = index
-            log(f"{name}: mAP {entry['mAP']:.4f} P@4 {entry['P@4']:.4f} "
-                f"({time.perf_counter() - start:.0f} s)")
+            evaluate_bow(name, index, data, args, results, indexes, start,
+                         features=method, build_s=round(extract_s + build_s, 1))
         del features
 
 
 def run_dense(data, args, results, indexes):
-    labels, classes, paths = data.labels, data.classes, data.paths
     extractor = FeatureExtractor("rootsift", max_side=300, dense_step=8)
     start = time.perf_counter()
-    base = Index.build(paths, extractor, args.dense_words, random_state=args.seed,
+    base = Index.build(data.paths, extractor, args.dense_words, random_state=args.seed,
                        n_jobs=args.n_jobs, progress=progress_printer("dense"))
     build_s = time.perf_counter() - start
     log(f"dense: built in {build_s:.0f} s")
-    timing_queries = [paths[i] for i in args.timing_ids]
     best = None
     for power, levels in [(1.0, 0), (0.5, 0), (1.0, 2), (0.5, 1), (0.5, 2)]:
         index = base.reweighted(power=power, pyramid_levels=levels)
         name = f"dense-rootsift-{args.dense_words}-p{power:g}-L{levels}"
         start = time.perf_counter()
-        metrics = leave_one_out(sparse_rows(index.vectors()), labels)
-        entry = summary(metrics, labels, classes)
-        entry.update(kind="bag of words", features="dense rootsift (step 8, sizes "
-                     "16/24/32, max side 300)", n_words=args.dense_words, power=power,
-                     pyramid_levels=levels, build_s=round(build_s, 1),
-                     ms_per_query=round(time_queries(
-                         lambda p, ix=index: ix.query(p, k=10), timing_queries,
-                         args.timing_n), 1),
-                     memory_mb=round(index.nbytes / 2**20, 1))
-        results[name] = entry
-        indexes[name] = index
-        log(f"{name}: mAP {entry['mAP']:.4f} P@4 {entry['P@4']:.4f} "
-            f"({time.perf_counter() - start:.0f} s)")
+        entry = evaluate_bow(name, index, data, args, results, indexes, start,
+                             features="dense rootsift (step 8, sizes 16/24/32, max "
+                             "side 300)", power=power, pyramid_levels=levels,
+                             build_s=round(build_s, 1))
         if best is None or entry["mAP"] > results[best]["mAP"]:
             best = name
     return best
@@ -243,7 +237,9 @@ def run_cnn(data, args, results):
     from cvsearch.cnn import CNNDescriptor
 
     labels, classes, paths = data.labels, data.classes, data.paths
-    cnn = CNNDescriptor()
+    cnn = CNNDescriptor(args.cnn_model, input_size=args.cnn_input_size,
+                        resize=args.cnn_resize, mean=args.cnn_mean, std=args.cnn_std,
+                        rgb=not args.cnn_bgr)
     start = time.perf_counter()
     descriptors = cnn.describe_many(paths, progress=None)
     describe_s = time.perf_counter() - start
@@ -398,7 +394,7 @@ def plot_tsne(data, bow_index, cnn_descriptors, classes_shown, seed, path):
     spaces = {
         "bag of words (best classical)": TruncatedSVD(50, random_state=seed)
         .fit_transform(bow),
-        "CNN (EfficientNet-Lite0)": PCA(50, random_state=seed)
+        "CNN": PCA(50, random_state=seed)
         .fit_transform(cnn_descriptors[chosen]),
     }
     fig, axes = plt.subplots(1, 2, figsize=(13, 6))
@@ -523,6 +519,20 @@ def main(argv=None):
                              "%(default)s, all cores)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-cnn", action="store_true", help="skip the CNN baseline")
+    parser.add_argument("--cnn-model", type=Path, default=None,
+                        help="an ONNX model to use instead of EfficientNet-Lite0, e.g. "
+                             "a ResNet-50 you exported (its pooled output is the "
+                             "descriptor)")
+    parser.add_argument("--cnn-input-size", type=int, default=224)
+    parser.add_argument("--cnn-resize", type=int, default=256,
+                        help="shorter side before the centre crop")
+    parser.add_argument("--cnn-mean", type=float, nargs=3, default=[127.0] * 3,
+                        help="per-channel mean, 0-255 units, model channel order "
+                             "(ImageNet torchvision models: 123.7 116.3 103.5)")
+    parser.add_argument("--cnn-std", type=float, nargs=3, default=[128.0] * 3,
+                        help="per-channel std (torchvision models: 58.4 57.1 57.4)")
+    parser.add_argument("--cnn-bgr", action="store_true",
+                        help="feed BGR instead of RGB")
     parser.add_argument("--output", type=Path,
                         default=Path(__file__).parent / "results")
     args = parser.parse_args(argv)

@@ -95,6 +95,11 @@ def _report_skipped(args, skipped, others):
         _say(args, f"skipped {item.name}: {item.reason}")
 
 
+def _skipped_json(skipped, others) -> list[dict]:
+    return ([{"name": s.name, "reason": s.reason} for s in skipped]
+            + [{"name": p, "reason": "not an image file"} for p in others])
+
+
 def _load(directory):
     from cvsearch import Index
 
@@ -134,8 +139,7 @@ def cmd_index(args):
     index.save(args.output)
     _report_skipped(args, index.skipped_, others)
     summary = {"index": args.output, "images": len(index),
-               "skipped": [{"name": s.name, "reason": s.reason} for s in index.skipped_]
-               + [{"name": p, "reason": "not an image file"} for p in others],
+               "skipped": _skipped_json(index.skipped_, others),
                "seconds": round(time.perf_counter() - started, 1)}
     if args.json:
         _emit_json(summary)
@@ -154,8 +158,7 @@ def cmd_add(args):
     index.save(args.index)  # atomic: the old index stays until the new one is complete
     _report_skipped(args, skipped, others)
     summary = {"index": args.index, "added": len(index) - before, "images": len(index),
-               "skipped": [{"name": s.name, "reason": s.reason} for s in skipped]
-               + [{"name": p, "reason": "not an image file"} for p in others]}
+               "skipped": _skipped_json(skipped, others)}
     if args.json:
         _emit_json(summary)
     else:
