@@ -5,11 +5,17 @@ TF-IDF weights in a sparse inverted file, scored by cosine similarity and option
 re-ranked by RANSAC geometric verification.
 """
 
+import logging
+
 from cvsearch.features import FeatureExtractor, Features
 from cvsearch.index import Index, SkippedImage
 from cvsearch.vocabulary import Vocabulary
 
 __version__ = "0.1.0"
+
+# A library prints nothing of its own: warnings (skipped files) go to the
+# "cvsearch" logger, shown only where the application configures logging.
+logging.getLogger(__name__).addHandler(logging.NullHandler())
 
 __all__ = [
     "FeatureExtractor",
