@@ -132,10 +132,16 @@ def cmd_index(args):
     extractor = FeatureExtractor(args.features, max_keypoints=args.max_keypoints,
                                  max_side=args.max_side, dense_step=args.dense_step)
     started = time.perf_counter()
-    index = Index.build(images, extractor, args.words, random_state=args.seed,
-                        n_jobs=args.jobs, progress=ProgressBar(quiet=args.quiet),
-                        train_images=args.train_images, power=args.power,
-                        pyramid_levels=args.pyramid)
+    try:
+        index = Index.build(images, extractor, args.words, random_state=args.seed,
+                            n_jobs=args.jobs, progress=ProgressBar(quiet=args.quiet),
+                            train_images=args.train_images, power=args.power,
+                            pyramid_levels=args.pyramid)
+    except ValueError as error:
+        if "training descriptors" in str(error):
+            raise CommandError(f"{error}; on the command line, lower --words (a "
+                               "tenth of the descriptors is a good start)") from None
+        raise
     index.save(args.output)
     _report_skipped(args, index.skipped_, others)
     summary = {"index": args.output, "images": len(index),

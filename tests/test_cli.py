@@ -119,6 +119,9 @@ def test_error_paths(workdir):
                           "already holds an index", "--overwrite")
     assert_one_line_error(*run("index", "nowhere", "-o", "x", cwd=workdir)[::2],
                           "nowhere")
+    assert_one_line_error(*run("index", "more", "-o", "few", "-q", cwd=workdir)[::2],
+                          "n_words=20000", "--words")
+    assert not (workdir / "few").exists()
     assert_one_line_error(*run("add", "bad-idx", "nowhere.jpg", cwd=workdir)[::2],
                           "nowhere.jpg")
     # an unknown name changes nothing
