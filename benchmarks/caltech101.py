@@ -419,6 +419,7 @@ def result_grids(data, bow_index, bow_name, cnn_descriptors, output, suffix):
     from cvsearch.pictures import results_grid
 
     written = []
+    vectors = bow_index.vectors()
     for cls, nth in GRID_QUERIES:
         if cls not in data.classes:
             continue
@@ -431,8 +432,7 @@ def result_grids(data, bow_index, bow_name, cnn_descriptors, output, suffix):
         for title, ids, values in ((bow_name, bow_ids, None),
                                    ("CNN exact", cnn_ids, scores[cnn_ids])):
             if values is None:
-                values = (bow_index.vectors()[ids] @ bow_index.vectors()[query].T
-                          ).toarray().ravel()
+                values = (vectors[ids] @ vectors[query].T).toarray().ravel()
             rows.append(results_grid(
                 data.paths[query], [data.paths[i] for i in ids], scores=values,
                 names=[f"{data.classes[data.labels[i]]}/{Path(data.paths[i]).name}"

@@ -43,21 +43,8 @@ def check_choice(value, name: str, choices) -> str:
     return value
 
 
-def check_image(image, name: str = "image") -> np.ndarray:
-    """Check an image array and return it as a 2-D grayscale uint8 array.
-
-    Parameters
-    ----------
-    image : ndarray of shape (H, W), (H, W, 1), (H, W, 3) or (H, W, 4), uint8 or uint16
-        Grayscale, BGR or BGRA (OpenCV channel order). 16-bit images are scaled to
-        8 bits (65535 -> 255).
-    name : str
-        How to call the argument in error messages.
-
-    Returns
-    -------
-    gray : ndarray of shape (H, W), uint8
-    """
+def _checked_uint8(image, name: str) -> np.ndarray:
+    """A checked image array as uint8, of shape (H, W), (H, W, 3) or (H, W, 4)."""
     import cv2
 
     if not isinstance(image, np.ndarray):
@@ -80,7 +67,45 @@ def check_image(image, name: str = "image") -> np.ndarray:
         raise ValueError(f"{name} is empty (shape {image.shape})")
     if image.dtype == np.uint16:
         image = cv2.convertScaleAbs(image, alpha=255.0 / 65535.0)
+    return np.ascontiguousarray(image)
+
+
+def check_image(image, name: str = "image") -> np.ndarray:
+    """Check an image array and return it as a 2-D grayscale uint8 array.
+
+    Parameters
+    ----------
+    image : ndarray of shape (H, W), (H, W, 1), (H, W, 3) or (H, W, 4), uint8 or uint16
+        Grayscale, BGR or BGRA (OpenCV channel order). 16-bit images are scaled to
+        8 bits (65535 -> 255).
+    name : str
+        How to call the argument in error messages.
+
+    Returns
+    -------
+    gray : ndarray of shape (H, W), uint8
+    """
+    import cv2
+
+    image = _checked_uint8(image, name)
     if image.ndim == 3:
         code = cv2.COLOR_BGR2GRAY if image.shape[2] == 3 else cv2.COLOR_BGRA2GRAY
-        image = cv2.cvtColor(np.ascontiguousarray(image), code)
-    return np.ascontiguousarray(image)
+        image = cv2.cvtColor(image, code)
+    return image
+
+
+def check_color_image(image, name: str = "image") -> np.ndarray:
+    """:func:`check_image`, but return a BGR colour image.
+
+    Returns
+    -------
+    bgr : ndarray of shape (H, W, 3), uint8
+    """
+    import cv2
+
+    image = _checked_uint8(image, name)
+    if image.ndim == 2:
+        return cv2.cvtColor(image, cv2.COLOR_GRAY2BGR)
+    if image.shape[2] == 4:
+        return cv2.cvtColor(image, cv2.COLOR_BGRA2BGR)
+    return image

@@ -187,8 +187,6 @@ def cmd_query(args):
     import cv2
 
     index = _load(args.index)
-    if not os.path.exists(args.image):
-        raise CommandError(f"{args.image}: no such image file")
     features = index.extractor.extract(args.image)
     scores, ids, inliers = index.query(features, k=args.k, rerank=args.rerank,
                                        min_inliers=args.min_inliers, return_inliers=True)

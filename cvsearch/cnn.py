@@ -19,7 +19,7 @@ import os
 import numpy as np
 
 from cvsearch._validation import check_int
-from cvsearch.io import read_image
+from cvsearch.io import read_color_image
 
 # EfficientNet-Lite0 (Tan & Le 2019; Lite: no squeeze-excitation, ReLU6, fixed stem
 # and head). Per stage: (number of blocks, stride of the first, expansion ratio).
@@ -222,7 +222,9 @@ class CNNDescriptor:
 
         Parameters
         ----------
-        image : str, os.PathLike or ndarray of shape (H, W, 3) BGR uint8
+        image : str, os.PathLike or ndarray
+            A path, or an array of shape (H, W), (H, W, 3) BGR or (H, W, 4) BGRA,
+            uint8 or uint16.
 
         Returns
         -------
@@ -230,14 +232,7 @@ class CNNDescriptor:
         """
         import cv2
 
-        bgr = read_image(image, grayscale=False) if not isinstance(image, np.ndarray) \
-            else image
-        if bgr.ndim == 2:
-            bgr = cv2.cvtColor(bgr, cv2.COLOR_GRAY2BGR)
-        elif bgr.shape[2] == 4:
-            bgr = cv2.cvtColor(bgr, cv2.COLOR_BGRA2BGR)
-        if bgr.dtype == np.uint16:
-            bgr = (bgr >> 8).astype(np.uint8)
+        bgr = read_color_image(image)
         h, w = bgr.shape[:2]
         scale = self.resize / min(h, w)
         size = (max(self.input_size, round(w * scale)),

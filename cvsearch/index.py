@@ -620,11 +620,7 @@ class Index:
         Parameters and returns are those of :meth:`query`, with ``id`` an image id.
         """
         snapshot = self._ready_snapshot()
-        if isinstance(id, bool) or not isinstance(id, (int, np.integer)):
-            raise TypeError(f"similar takes an integer id, got {type(id).__name__}")
-        if not 0 <= id < len(snapshot.names):
-            raise ValueError(f"id {id} is out of range: the index holds "
-                             f"{len(snapshot.names)} images")
+        id = _check_id(id, snapshot, "similar")
         k = check_int(k, "k", minimum=1, hint="ask for at least one result")
         rerank = check_int(rerank, "rerank", minimum=0)
         min_inliers = check_int(min_inliers, "min_inliers", minimum=1)
@@ -663,9 +659,7 @@ class Index:
             The matching points in image ``id``.
         """
         snapshot = self._ready_snapshot()
-        if not 0 <= int(id) < len(snapshot.names):
-            raise ValueError(f"id {id} is out of range: the index holds "
-                             f"{len(snapshot.names)} images")
+        id = _check_id(id, snapshot, "matches")
         features = self._features_of(image)
         words = self.vocabulary.predict(features.descriptors)
         lo, hi = snapshot.offsets[id], snapshot.offsets[id + 1]
@@ -888,6 +882,17 @@ def _extract_chunk(extractor: FeatureExtractor, vocabulary: Vocabulary | None,
     if vocabulary is None:
         return items
     return [_Entry.of(i, vocabulary) if isinstance(i, Features) else i for i in items]
+
+
+def _check_id(id, snapshot: _Snapshot, what: str) -> int:
+    """An image id of the snapshot, as an int, or a clear error."""
+    if isinstance(id, bool) or not isinstance(id, (int, np.integer)):
+        raise TypeError(f"{what} takes an integer image id, got {type(id).__name__} "
+                        f"{id!r}")
+    if not 0 <= id < len(snapshot.names):
+        raise ValueError(f"id {id} is out of range: the index holds "
+                         f"{len(snapshot.names)} images")
+    return int(id)
 
 
 def _check_n_jobs(n_jobs) -> int:

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
+from cvsearch._validation import check_color_image
+
 
 def read_image(path: str | os.PathLike, *, grayscale: bool = True) -> np.ndarray:
     """Read an image file.
@@ -56,6 +58,24 @@ def read_image(path: str | os.PathLike, *, grayscale: bool = True) -> np.ndarray
             "is not supported by OpenCV; re-copy, convert or remove the file"
         )
     return image
+
+
+def read_color_image(image) -> np.ndarray:
+    """A path or an image array as a BGR uint8 image.
+
+    Parameters
+    ----------
+    image : str, os.PathLike or ndarray
+        A file (see :func:`read_image`), or an array of shape (H, W), (H, W, 3)
+        BGR or (H, W, 4) BGRA, uint8 or uint16.
+
+    Returns
+    -------
+    ndarray of shape (H, W, 3), uint8
+    """
+    if isinstance(image, np.ndarray):
+        return check_color_image(image)
+    return read_image(image, grayscale=False)
 
 
 # Leading bytes of the formats OpenCV decodes: recognising images by content finds

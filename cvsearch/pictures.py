@@ -9,24 +9,10 @@ import os
 
 import numpy as np
 
-from cvsearch.io import read_image
+from cvsearch.io import read_color_image
 
 _FONT = 0  # cv2.FONT_HERSHEY_SIMPLEX
 _GREEN, _RED, _GREY, _BLUE = (60, 170, 60), (50, 50, 220), (150, 150, 150), (200, 120, 0)
-
-
-def _as_bgr(image) -> np.ndarray:
-    import cv2
-
-    if not isinstance(image, np.ndarray):
-        image = read_image(image, grayscale=False)
-    if image.dtype == np.uint16:
-        image = (image >> 8).astype(np.uint8)
-    if image.ndim == 2:
-        return cv2.cvtColor(image, cv2.COLOR_GRAY2BGR)
-    if image.shape[2] == 4:
-        return cv2.cvtColor(image, cv2.COLOR_BGRA2BGR)
-    return image
 
 
 def _tile(image: np.ndarray, size: int) -> tuple[np.ndarray, float, tuple[int, int]]:
@@ -101,7 +87,7 @@ def results_grid(query, results, *, scores=None, inliers=None, names=None,
         import cv2
 
         try:
-            square, _, _ = _tile(_as_bgr(image), tile)
+            square, _, _ = _tile(read_color_image(image), tile)
         except (FileNotFoundError, ValueError):  # moved or deleted since indexed
             square = np.full((tile, tile, 3), 200, np.uint8)
             cv2.putText(square, "unreadable", (8, tile // 2), _FONT, 0.5, (60, 60, 60),
@@ -153,7 +139,12 @@ def match_picture(query, result, query_xy, result_xy, *, height: int = 400,
     """
     import cv2
 
-    images = [_as_bgr(query), _as_bgr(result)]
+    query_xy = np.asarray(query_xy, np.float64).reshape(-1, 2)
+    result_xy = np.asarray(result_xy, np.float64).reshape(-1, 2)
+    if len(query_xy) != len(result_xy):
+        raise ValueError(f"got {len(query_xy)} query points but {len(result_xy)} "
+                         "result points; pass matching pairs")
+    images = [read_color_image(query), read_color_image(result)]
     scaled, scales = [], []
     for image in images:
         scale = height / image.shape[0]
@@ -166,8 +157,6 @@ def match_picture(query, result, query_xy, result_xy, *, height: int = 400,
     canvas = np.full((height + 30, offset + scaled[1].shape[1], 3), 255, np.uint8)
     canvas[:height, :scaled[0].shape[1]] = scaled[0]
     canvas[:height, offset:] = scaled[1]
-    query_xy = np.asarray(query_xy, np.float64).reshape(-1, 2)
-    result_xy = np.asarray(result_xy, np.float64).reshape(-1, 2)
     pick = np.linspace(0, len(query_xy) - 1, min(len(query_xy), max_lines)).astype(int) \
         if len(query_xy) else np.zeros(0, int)
     rng = np.random.default_rng(0)

@@ -311,3 +311,13 @@ def test_reweighted_copy_shares_words_and_matches_a_fresh_index(trained_index,
     query = warped(textured_image(2), rotation=5)[0]
     assert_same_results(results(copy, [query]), results(fresh, [query]))
     assert trained_index.power == 1.0 and trained_index.pyramid_levels == 0
+
+
+def test_image_ids_of_similar_and_matches_are_checked(trained_index, images):
+    for call in (lambda: trained_index.similar("3"),
+                 lambda: trained_index.matches(images[0], "3"),
+                 lambda: trained_index.matches(images[0], True)):
+        with pytest.raises(TypeError, match="integer image id"):
+            call()
+    with pytest.raises(ValueError, match="out of range"):
+        trained_index.matches(images[0], len(images))

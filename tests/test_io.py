@@ -93,3 +93,20 @@ def test_find_images_by_content(tmp_path):
         find_images(tmp_path / "missing")
     with pytest.raises(NotADirectoryError):
         find_images(tmp_path / "a.png")
+
+
+def test_read_color_image_takes_gray_bgra_and_16_bit(tmp_path):
+    from cvsearch.io import read_color_image
+
+    gray = np.full((4, 5), 200, np.uint8)
+    assert read_color_image(gray).shape == (4, 5, 3)
+    bgra = np.zeros((4, 5, 4), np.uint8)
+    bgra[..., 2] = 255
+    assert read_color_image(bgra)[0, 0].tolist() == [0, 0, 255]
+    deep = np.full((4, 5, 3), 65535, np.uint16)
+    out = read_color_image(deep)
+    assert out.dtype == np.uint8 and out.max() == 255
+    with pytest.raises(TypeError, match="dtype float64"):
+        read_color_image(np.zeros((4, 5)))
+    with pytest.raises(FileNotFoundError):
+        read_color_image(tmp_path / "missing.png")

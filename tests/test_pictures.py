@@ -31,3 +31,9 @@ def test_match_picture_draws_the_lines():
     assert not (empty[:200] < 240).any()
     with pytest.raises(FileNotFoundError):
         match_picture("missing.png", b, points, points)
+
+
+def test_match_picture_rejects_unpaired_points():
+    image = np.zeros((50, 50), np.uint8)
+    with pytest.raises(ValueError, match="matching pairs"):
+        match_picture(image, image, np.zeros((3, 2)), np.zeros((2, 2)))
