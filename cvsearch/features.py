@@ -8,7 +8,7 @@ from typing import NamedTuple
 import numpy as np
 
 from cvsearch._validation import check_choice, check_image, check_int
-from cvsearch.io import read_image
+from cvsearch.io import MAX_FILE_BYTES, MAX_PIXELS, read_image
 
 METHODS = {"sift": 128, "rootsift": 128, "orb": 32}
 
@@ -26,11 +26,16 @@ class Features(NamedTuple):
         for ORB. An image without keypoints gives ``(0, dim)``.
     image_shape : tuple of int
         ``(height, width)`` of the original image, in pixels.
+    extractor : dict or None
+        What made them: ``FeatureExtractor.feature_params()`` of the extractor. An
+        index refuses features whose extractor differs from its own (their words
+        would be meaningless); None (features made by hand) is refused too.
     """
 
     keypoints: np.ndarray
     descriptors: np.ndarray
     image_shape: tuple
+    extractor: dict | None = None
 
 
 def root_sift(descriptors: np.ndarray, eps: float = 1e-7) -> np.ndarray:
@@ -156,6 +161,13 @@ class FeatureExtractor:
         dropped; ``max_keypoints`` does not apply.
     dense_sizes : tuple of int
         Patch sizes (SIFT keypoint diameters, pixels) of the dense grid.
+    max_pixels, max_file_bytes : int
+        Image files whose header declares more pixels, or which are larger, are
+        refused before decoding (see :func:`cvsearch.io.read_image`). They bound
+        memory; they do not change the features of the images they accept.
+
+    An extractor is immutable: the features of an index must all come from the
+    same settings. Create a new one to change a setting.
 
     Examples
     --------
@@ -168,7 +180,8 @@ class FeatureExtractor:
 
     def __init__(self, method: str = "sift", *, max_keypoints: int = 1500,
                  max_side: int = 640, dense_step: int | None = None,
-                 dense_sizes: tuple = (16, 24, 32)):
+                 dense_sizes: tuple = (16, 24, 32), max_pixels: int = MAX_PIXELS,
+                 max_file_bytes: int = MAX_FILE_BYTES):
         self.method = check_choice(method, "method", METHODS)
         self.max_keypoints = check_int(max_keypoints, "max_keypoints", minimum=1)
         self.max_side = check_int(max_side, "max_side", minimum=16)
@@ -183,6 +196,23 @@ class FeatureExtractor:
                             f"{dense_sizes!r}")
         self.dense_sizes = tuple(check_int(v, "dense_sizes", minimum=2)
                                  for v in dense_sizes)
+        self.max_pixels = check_int(max_pixels, "max_pixels", minimum=1)
+        self.max_file_bytes = check_int(max_file_bytes, "max_file_bytes", minimum=1)
+        self._frozen = True
+
+    def __setattr__(self, name, value):
+        if getattr(self, "_frozen", False):
+            raise AttributeError(
+                f"FeatureExtractor is immutable (an index's features must all come "
+                f"from the same settings); create a new one to change {name}")
+        super().__setattr__(name, value)
+
+    def __eq__(self, other) -> bool:
+        return (isinstance(other, FeatureExtractor)
+                and self.get_params() == other.get_params())
+
+    def __hash__(self) -> int:
+        return hash(repr(self))
 
     @property
     def dim(self) -> int:
@@ -196,9 +226,34 @@ class FeatureExtractor:
 
     def get_params(self) -> dict:
         """Constructor arguments, as a JSON-serialisable dict."""
+        return {**self.feature_params(), "max_pixels": self.max_pixels,
+                "max_file_bytes": self.max_file_bytes}
+
+    def feature_params(self) -> dict:
+        """The arguments that shape the features (all but the read limits)."""
         return {"method": self.method, "max_keypoints": self.max_keypoints,
                 "max_side": self.max_side, "dense_step": self.dense_step,
                 "dense_sizes": list(self.dense_sizes)}
+
+    def check_features(self, features) -> Features:
+        """``features`` if this extractor made them, else a clear error.
+
+        Raises
+        ------
+        ValueError
+            If they carry another extractor's settings, or none.
+        """
+        made_by = features.extractor
+        if made_by != self.feature_params():
+            if isinstance(made_by, dict):
+                args = ", ".join(f"{k}={v!r}" for k, v in made_by.items())
+                origin = f"FeatureExtractor({args})"
+            else:
+                origin = "no extractor (made by hand)" if made_by is None else repr(made_by)
+            raise ValueError(
+                f"these features come from {origin}, but this index uses {self!r}; "
+                "compute them with index.extractor.extract(image)")
+        return features
 
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in self.get_params().items())
@@ -238,7 +293,8 @@ class FeatureExtractor:
         if isinstance(image, np.ndarray):
             gray = check_image(image)
         else:
-            gray = read_image(image)
+            gray = read_image(image, max_pixels=self.max_pixels,
+                              max_file_bytes=self.max_file_bytes)
         image_shape = (int(gray.shape[0]), int(gray.shape[1]))
         scale = self.max_side / max(gray.shape)
         if scale < 1.0:
@@ -254,7 +310,8 @@ class FeatureExtractor:
             keypoints = None
         if descriptors is None or len(descriptors) == 0:
             return Features(np.zeros((0, 4), np.float32),
-                            np.zeros((0, self.dim), self.dtype), image_shape)
+                            np.zeros((0, self.dim), self.dtype), image_shape,
+                            self.feature_params())
         # SIFT may return a few more than nfeatures when responses tie.
         if keypoints is not None:
             keypoints = keypoints[: self.max_keypoints]
@@ -265,4 +322,4 @@ class FeatureExtractor:
         if self.method == "rootsift":
             descriptors = root_sift(descriptors)
         return Features(geometry, np.ascontiguousarray(descriptors, self.dtype),
-                        image_shape)
+                        image_shape, self.feature_params())

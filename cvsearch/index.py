@@ -6,7 +6,6 @@ module (features, vocabulary, weighting, scoring, rerank, storage).
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -20,6 +19,7 @@ from cvsearch import rerank as _rerank
 from cvsearch import storage
 from cvsearch._validation import check_float, check_int
 from cvsearch.features import FeatureExtractor, Features
+from cvsearch.io import READ_ERRORS
 from cvsearch.scoring import cosine_scores, top_k
 from cvsearch.vocabulary import Vocabulary, sample_rows
 from cvsearch.weighting import (
@@ -31,10 +31,7 @@ from cvsearch.weighting import (
 
 logger = logging.getLogger(__name__)
 
-FORMAT_VERSION = 1
-
-#: Exceptions that mean "this file is not a readable image": skipped by add/train.
-_READ_ERRORS = (FileNotFoundError, ValueError, OSError)
+FORMAT_VERSION = 2
 
 
 class SkippedImage(NamedTuple):
@@ -54,6 +51,9 @@ class _Snapshot(NamedTuple):
     shapes: np.ndarray
     idf: np.ndarray
     inverted: object  # csr_matrix (n_words, n_images)
+    vocabulary: Vocabulary  # what the query's words and weights must match
+    power: float
+    pyramid_levels: int
 
 
 class Index:
@@ -74,6 +74,12 @@ class Index:
 
     Queries may run from several threads at once; ``add`` and ``remove`` may run
     while they do (each query sees the index as it was when it started).
+
+    What shapes the stored data cannot drift from it: setting ``power`` or
+    ``pyramid_levels`` re-weights the stored words (nothing is extracted again);
+    ``extractor`` and ``vocabulary`` can be set only while the index is empty, and
+    an extractor or a fitted vocabulary is immutable. Features passed in must come
+    from ``index.extractor`` (they say what made them).
 
     Parameters
     ----------
@@ -110,23 +116,78 @@ class Index:
     def __init__(self, extractor: FeatureExtractor | None = None,
                  n_words: int = 20_000, *, random_state: int | None = None,
                  power: float = 1.0, pyramid_levels: int = 0, **vocabulary_params):
-        if extractor is None:
-            extractor = FeatureExtractor()
-        if not isinstance(extractor, FeatureExtractor):
-            raise TypeError(f"extractor must be a FeatureExtractor, got "
-                            f"{type(extractor).__name__}")
-        self.extractor = extractor
-        self.vocabulary = Vocabulary(n_words, random_state=random_state,
-                                     **vocabulary_params)
-        self.power = check_float(power, "power", minimum=0.01, maximum=1.0)
-        self.pyramid_levels = check_int(pyramid_levels, "pyramid_levels", minimum=0,
-                                        hint="0 for none, 1 or 2 for category search")
-        if self.pyramid_levels > 4:
-            raise ValueError(f"pyramid_levels={pyramid_levels} makes "
-                             f"{pyramid_size(self.pyramid_levels)} cells; use at most 4")
         self._lock = threading.RLock()
         self._set_database([], np.zeros(1, np.int64), np.zeros(0, np.int32),
                            np.zeros((0, 4), np.float32), np.zeros((0, 2), np.int32))
+        self.extractor = FeatureExtractor() if extractor is None else extractor
+        self.vocabulary = Vocabulary(n_words, random_state=random_state,
+                                     **vocabulary_params)
+        self.power = power
+        self.pyramid_levels = pyramid_levels
+
+    # ------------------------------------------------- what shapes the data
+    @property
+    def extractor(self) -> FeatureExtractor:
+        """The feature extractor; settable only while the index is empty."""
+        return self._extractor
+
+    @extractor.setter
+    def extractor(self, extractor: FeatureExtractor):
+        if not isinstance(extractor, FeatureExtractor):
+            raise TypeError(f"extractor must be a FeatureExtractor, got "
+                            f"{type(extractor).__name__}")
+        self._refuse_if_filled("extractor")
+        self._extractor = extractor
+
+    @property
+    def vocabulary(self) -> Vocabulary:
+        """The visual vocabulary; settable only while the index is empty (to share
+        a trained vocabulary between indexes)."""
+        return self._vocabulary
+
+    @vocabulary.setter
+    def vocabulary(self, vocabulary: Vocabulary):
+        if not isinstance(vocabulary, Vocabulary):
+            raise TypeError(f"vocabulary must be a Vocabulary, got "
+                            f"{type(vocabulary).__name__}")
+        self._refuse_if_filled("vocabulary")
+        with self._lock:
+            self._vocabulary = vocabulary
+            self._snapshot = None
+
+    def _refuse_if_filled(self, what: str):
+        if len(getattr(self, "_names", ())):
+            raise ValueError(f"this index holds {len(self)} images made with its "
+                             f"{what}; changing it would make them meaningless. "
+                             "Create a new Index (or Index.build) instead")
+
+    @property
+    def power(self) -> float:
+        """Power-law exponent of the weights; setting it re-weights the index."""
+        return self._power
+
+    @power.setter
+    def power(self, power: float):
+        power = check_float(power, "power", minimum=0.01, maximum=1.0)
+        with self._lock:
+            self._power = power
+            self._snapshot = None  # recomputed from the stored words on next use
+
+    @property
+    def pyramid_levels(self) -> int:
+        """Spatial pyramid levels; setting it re-weights the index."""
+        return self._pyramid_levels
+
+    @pyramid_levels.setter
+    def pyramid_levels(self, levels: int):
+        levels = check_int(levels, "pyramid_levels", minimum=0,
+                           hint="0 for none, 1 or 2 for category search")
+        if levels > 4:
+            raise ValueError(f"pyramid_levels={levels} makes {pyramid_size(levels)} "
+                             "cells; use at most 4")
+        with self._lock:
+            self._pyramid_levels = levels
+            self._snapshot = None
 
     # ------------------------------------------------------------------ state
     def _set_database(self, names, offsets, words, keypoints, shapes):
@@ -149,7 +210,8 @@ class Index:
                 inverted = tfidf(counts, idf, self.power).T.tocsr()
                 self._snapshot = _Snapshot(
                     tuple(self._names), self._offsets, self._words,
-                    self._keypoints, self._shapes, idf, inverted)
+                    self._keypoints, self._shapes, idf, inverted, self._vocabulary,
+                    self._power, self._pyramid_levels)
             return self._snapshot
 
     @property
@@ -217,9 +279,10 @@ class Index:
         return names
 
     def _features_of(self, image) -> Features:
-        """Features of a query: computed, or given precomputed by the caller."""
+        """Features of a query: computed, or given precomputed by the caller (and
+        then checked to come from this index's extractor)."""
         if isinstance(image, Features):
-            return image
+            return self.extractor.check_features(image)
         return self.extractor.extract(image)
 
     def _extract_many(self, images: list, names: list[str], *, assign: bool,
@@ -307,8 +370,12 @@ class Index:
         if len(sample) < self.n_words:
             raise ValueError(f"got {len(sample)} training descriptors, need >= "
                              f"n_words={self.n_words}; add images or lower n_words")
+        # A new Vocabulary, never a refit of the current one: that one may be
+        # shared with other indexes whose words it made.
+        vocabulary = Vocabulary(**self.vocabulary.get_params()).fit(sample)
         with self._lock:
-            self.vocabulary.fit(sample)
+            self._refuse_if_filled("vocabulary")
+            self._vocabulary = vocabulary
             self._snapshot = None
 
     @classmethod
@@ -514,7 +581,10 @@ class Index:
         Returns
         -------
         scores : ndarray of shape (min(k, len(index)),), float32
-            Bag-of-words cosine similarity in [0, 1].
+            Bag-of-words cosine similarity in [0, 1]. Without re-ranking they
+            decrease; with it the results are in the re-ranked order (verified
+            images first, by inliers) and each keeps its bag-of-words score, so
+            the scores need not decrease.
         ids : ndarray of shape (min(k, len(index)),), int64
             Best first; ``index.names[ids[i]]`` is the name.
         inliers : ndarray of shape (min(k, len(index)),), int32
@@ -575,7 +645,7 @@ class Index:
 
     def _query_features(self, snapshot: _Snapshot, features: Features, k: int,
                         rerank: int, min_inliers: int):
-        words = self.vocabulary.predict(features.descriptors)
+        words = snapshot.vocabulary.predict(features.descriptors)
         return self._rank(snapshot, words, features.keypoints, features.image_shape,
                           k, rerank, min_inliers)
 
@@ -583,7 +653,8 @@ class Index:
               rerank: int, min_inliers: int, exclude: int | None = None):
         query = tfidf(spatial_bag_of_words(
             words, keypoints, np.array([image_shape]), np.array([0, len(words)]),
-            self.n_words, self.pyramid_levels), snapshot.idf, self.power)
+            snapshot.vocabulary.n_words, snapshot.pyramid_levels), snapshot.idf,
+            snapshot.power)
         scores = cosine_scores(snapshot.inverted, query)[0]
         n = len(snapshot.names)
         if exclude is not None:
@@ -645,7 +716,7 @@ class Index:
         if len(ids) and (ids.min() < 0 or ids.max() >= len(snapshot.names)):
             raise ValueError(f"ids must be in 0..{len(snapshot.names) - 1}")
         features = self._features_of(image)
-        words = self.vocabulary.predict(features.descriptors)
+        words = snapshot.vocabulary.predict(features.descriptors)
         return self._verify(snapshot, words, features.keypoints, ids)
 
     def matches(self, image, id: int):
@@ -661,7 +732,7 @@ class Index:
         snapshot = self._ready_snapshot()
         id = _check_id(id, snapshot, "matches")
         features = self._features_of(image)
-        words = self.vocabulary.predict(features.descriptors)
+        words = snapshot.vocabulary.predict(features.descriptors)
         lo, hi = snapshot.offsets[id], snapshot.offsets[id + 1]
         _, query_xy, db_xy = _rerank.inlier_pairs(
             words, features.keypoints, snapshot.words[lo:hi], snapshot.keypoints[lo:hi],
@@ -706,7 +777,7 @@ class Index:
                          power=self.power if power is None else power,
                          pyramid_levels=(self.pyramid_levels if pyramid_levels is None
                                          else pyramid_levels))
-            copy.vocabulary = self.vocabulary
+            copy._vocabulary = self._vocabulary
             copy._set_database(self._names, self._offsets, self._words,
                                self._keypoints, self._shapes)
         return copy
@@ -745,17 +816,18 @@ class Index:
     def load(cls, directory: str | os.PathLike) -> Index:
         """Load an index saved by :meth:`save`.
 
-        Every file is checked against its SHA-256 and every array against the
-        others, and nothing is unpickled, so an index from an untrusted source is
-        safe to load.
+        Every file is checked against its size and SHA-256 (the manifest against
+        its own), every array against the others, and nothing is unpickled, so an
+        index from an untrusted source is safe to load (see
+        :mod:`cvsearch.storage` for what is checked when).
 
         Raises
         ------
         FileNotFoundError
-            If the directory or one of its files is missing.
+            If the directory or its manifest ``index.json`` is missing.
         ValueError
-            If a file is truncated, modified, inconsistent or of another format
-            version; the message names the file.
+            If a file is missing, truncated, modified, inconsistent or of another
+            format version; the message names the file.
         """
         path, manifest = storage.read_manifest(directory)
         directory = path.parent
@@ -764,6 +836,7 @@ class Index:
             raise ValueError(f"{path} has format_version {version!r}, but this cvsearch "
                              f"reads format_version {FORMAT_VERSION}; rebuild the index "
                              "with this version")
+        storage.check_manifest(path, manifest)
         try:
             index = cls(FeatureExtractor(**manifest["extractor"]),
                         **manifest["vocabulary"], **manifest.get("weighting", {}))
@@ -781,7 +854,7 @@ class Index:
             {"centers": np.float32, "cell_centers": np.float32,
              "word_cells": np.int32, "binary": np.bool_})
         try:
-            index.vocabulary = Vocabulary.from_state(manifest["vocabulary"], vocab)
+            index._vocabulary = Vocabulary.from_state(manifest["vocabulary"], vocab)
         except ValueError as error:
             fail("vocabulary", str(error))
         if index.vocabulary.descriptor_dim != index.extractor.dim:
@@ -792,10 +865,8 @@ class Index:
             directory / manifest["files"]["database"]["name"],
             {"offsets": np.int64, "words": np.int32, "keypoints": np.float32,
              "shapes": np.int32})
-        try:
-            names = json.loads(storage.read_file(directory, manifest, "names"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as error:
-            fail("names", f"not valid JSON ({error})")
+        names = storage.parse_json(storage.read_file(directory, manifest, "names"),
+                                   directory / manifest["files"]["names"]["name"])
         problem = _check_database(db, names, index.n_words)
         if problem:
             fail("database", problem)
@@ -855,7 +926,7 @@ class _Entry(NamedTuple):
 def _extract_one(extractor: FeatureExtractor, image, name: str):
     """Features of one image, or a SkippedImage if a file cannot be read."""
     if isinstance(image, Features):  # computed beforehand by the caller
-        return image
+        return extractor.check_features(image)
     if isinstance(image, np.ndarray):
         return extractor.extract(image)  # bad arrays are caller errors
     if not isinstance(image, (str, os.PathLike)):
@@ -863,7 +934,7 @@ def _extract_one(extractor: FeatureExtractor, image, name: str):
                         "or array")
     try:
         return extractor.extract(image)
-    except _READ_ERRORS as error:
+    except READ_ERRORS as error:
         return SkippedImage(name, str(error))
 
 

@@ -1,28 +1,182 @@
-"""Reading images from disk, defensively (OpenCV fails silently on bad files)."""
+"""Reading images from disk, defensively.
+
+Every reader of image files in cvsearch (features, pictures, the CNN) goes through
+:func:`read_image`, so there is one notion of "this file is not a readable image":
+:class:`UnreadableImageError` (a ValueError), or FileNotFoundError for a path that
+does not exist; ``READ_ERRORS`` holds both. Either names the file and says what to
+do. Before anything is decoded:
+
+1. the path must open as a regular file (a pipe, device, socket, directory or
+   symlink loop is refused; pipes are opened non-blocking, so they never hang);
+2. it must hold at most ``max_file_bytes`` bytes (read with a bounded read);
+3. its header, read by Pillow (which parses headers and decodes nothing here),
+   must be of a format OpenCV decodes and declare at most ``max_pixels`` pixels.
+
+Only then does OpenCV decode it, and every failure of the decoder (``cv2.error``
+included) becomes an UnreadableImageError. A read therefore allocates at most about
+``max_file_bytes + 3 * max_pixels`` bytes (the file, and a colour decode).
+"""
 
 from __future__ import annotations
 
 import errno
+import io
 import os
+import stat
 from pathlib import Path
 
 import numpy as np
 
-from cvsearch._validation import check_color_image
+from cvsearch._validation import check_color_image, check_int
+
+#: Default pixel limit: 2**27 = 134 million pixels, so 100-megapixel photos pass,
+#: while a 3 GiB decode (a 32768 x 32768 "bomb" of a few kilobytes) does not.
+MAX_PIXELS = 2**27
+#: Default file size limit: 256 MiB.
+MAX_FILE_BYTES = 2**28
+
+#: Pillow's names of the formats OpenCV decodes; their headers give the size.
+_FORMATS = ("JPEG", "PNG", "TIFF", "WEBP", "BMP", "GIF", "PPM", "JPEG2000", "SUN",
+            "PFM")
+_WHAT_TO_DO = "re-copy, convert (to PNG or JPEG) or remove the file"
 
 
-def read_image(path: str | os.PathLike, *, grayscale: bool = True) -> np.ndarray:
-    """Read an image file.
+class UnreadableFileError(ValueError):
+    """A file that cannot be read as asked: not a regular file, unopenable, or
+    beyond a size limit. The message starts with the file's path.
 
-    The file is decoded from bytes (``cv2.imdecode``) so that non-ASCII paths work on
-    every platform; EXIF orientation is applied.
+    Attributes
+    ----------
+    path : str
+        The file.
+    """
+
+    def __init__(self, path, problem: str):
+        self.path = os.fspath(path)
+        super().__init__(f"{self.path}: {problem}")
+
+
+class UnreadableImageError(UnreadableFileError):
+    """A file that is not a readable image: not an image, truncated, corrupt, of an
+    unsupported format, beyond the size limits, or not a regular file."""
+
+
+#: What a reader catches to skip a file that is not a readable image.
+READ_ERRORS = (FileNotFoundError, UnreadableImageError)
+
+
+def read_bytes(path: str | os.PathLike, max_bytes: int, *,
+               error: type = UnreadableFileError, limit_name: str = "max_file_bytes"
+               ) -> bytes:
+    """The bytes of a regular file of at most ``max_bytes`` bytes.
+
+    The file is opened non-blocking (a pipe never hangs the caller), checked to be
+    a regular file, and read with a bounded read: at most ``max_bytes`` are ever
+    allocated, even if the file grows meanwhile.
 
     Parameters
     ----------
     path : str or os.PathLike
-        An image file in a format OpenCV reads (JPEG, PNG, TIFF, WebP, BMP, ...).
+    max_bytes : int
+    error : type
+        The UnreadableFileError subclass to raise.
+    limit_name : str
+        How to call the limit in the message.
+
+    Raises
+    ------
+    FileNotFoundError
+        If ``path`` does not exist (or is a dangling link).
+    UnreadableFileError
+        (``error``) If it cannot be opened, is not a regular file or is too large.
+    """
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0)
+    try:
+        fd = os.open(path, flags)  # non-blocking: opening a pipe never waits
+    except FileNotFoundError:
+        raise FileNotFoundError(errno.ENOENT, "No such image file", str(path)) from None
+    except IsADirectoryError:
+        raise error(path, "is a directory, not a file") from None
+    except OSError as problem:
+        raise error(path, f"cannot be opened ({problem.strerror}); make it a "
+                    "readable file or remove it") from None
+    try:
+        info = os.fstat(fd)
+        if stat.S_ISDIR(info.st_mode):
+            raise error(path, "is a directory, not a file")
+        if not stat.S_ISREG(info.st_mode):
+            raise error(path, "is not a regular file (a pipe, device or socket)")
+        if info.st_size > max_bytes:
+            raise error(path, _too_large(info.st_size, max_bytes, limit_name))
+        with os.fdopen(os.dup(fd), "rb") as file:
+            data = file.read(max_bytes + 1)  # bounded, even if the file grows
+    except OSError as problem:
+        raise error(path, f"cannot be read ({problem.strerror}); re-copy or remove "
+                    "the file") from None
+    finally:
+        os.close(fd)
+    if len(data) > max_bytes:
+        raise error(path, _too_large(len(data), max_bytes, limit_name))
+    return data
+
+
+def _too_large(size: int, limit: int, limit_name: str) -> str:
+    return (f"is {size:,} bytes, more than the limit of {limit:,} ({limit_name}); "
+            "raise the limit if the file is genuine, or remove it")
+
+
+def header_size(data: bytes) -> tuple[int, int] | None:
+    """``(width, height)`` declared by an image header, decoding no pixels.
+
+    Parameters
+    ----------
+    data : bytes
+        The start of the file, or all of it.
+
+    Returns
+    -------
+    (width, height), or None if no format OpenCV decodes recognises the header.
+    """
+    from PIL import Image
+
+    # Pillow's format plugins directly, not Image.open: open() would apply
+    # Pillow's own global pixel limit (and warnings) before ours.
+    Image.init()
+    prefix = data[:16]
+    for name in _FORMATS:
+        if name not in Image.OPEN:
+            continue
+        factory, accept = Image.OPEN[name]
+        if accept is not None and accept(prefix) is not True:
+            continue
+        try:
+            width, height = factory(io.BytesIO(data), "").size
+        except Exception:  # a malformed header: Pillow raises many kinds
+            continue
+        return int(width), int(height)
+    return None
+
+
+def read_image(path: str | os.PathLike, *, grayscale: bool = True,
+               max_pixels: int = MAX_PIXELS,
+               max_file_bytes: int = MAX_FILE_BYTES) -> np.ndarray:
+    """Read an image file.
+
+    The file is decoded from bytes (``cv2.imdecode``) so that non-ASCII paths work on
+    every platform; EXIF orientation is applied. See the module docstring for the
+    checks made before decoding.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        An image file in a format OpenCV reads (JPEG, PNG, TIFF, WebP, BMP, GIF,
+        PNM, JPEG 2000, ...).
     grayscale : bool
         Return a grayscale image if True, else a BGR colour image.
+    max_pixels : int
+        Refuse images whose header declares more pixels (width x height).
+    max_file_bytes : int
+        Refuse larger files.
 
     Returns
     -------
@@ -34,29 +188,47 @@ def read_image(path: str | os.PathLike, *, grayscale: bool = True) -> np.ndarray
         If ``path`` is not a string or path.
     FileNotFoundError
         If ``path`` does not exist.
-    ValueError
-        If ``path`` is a directory, is empty, or cannot be decoded (not an image,
-        truncated, or an unsupported format).
+    UnreadableImageError
+        A ValueError naming the file: it is a directory or not a regular file, is
+        empty, too large, not an image, truncated or corrupt, or its format is not
+        supported.
     """
     import cv2
 
     if not isinstance(path, (str, os.PathLike)):
         raise TypeError(f"expected a path to an image, got {type(path).__name__}")
+    max_pixels = check_int(max_pixels, "max_pixels", minimum=1)
+    max_file_bytes = check_int(max_file_bytes, "max_file_bytes", minimum=1)
     path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(errno.ENOENT, "No such image file", str(path))
-    if path.is_dir():
-        raise ValueError(f"{path} is a directory, not an image file; pass image files")
-    data = np.fromfile(path, dtype=np.uint8)
-    if data.size == 0:
-        raise ValueError(f"{path} is empty (0 bytes); re-copy or remove the file")
+    data = read_bytes(path, max_file_bytes, error=UnreadableImageError)
+    if not data:
+        raise UnreadableImageError(path, "is empty (0 bytes); re-copy or remove the "
+                                   "file")
+    size = header_size(data)
+    if size is None:
+        raise UnreadableImageError(
+            path, "cannot decode it: it is not an image, its header is corrupt, or its "
+            f"format is not supported by OpenCV; {_WHAT_TO_DO}")
+    width, height = size
+    if width < 1 or height < 1:
+        raise UnreadableImageError(path, f"its header declares {width} x {height} "
+                                   f"pixels; {_WHAT_TO_DO}")
+    if width * height > max_pixels:
+        raise UnreadableImageError(
+            path, f"its header declares {width} x {height} = {width * height:,} "
+            f"pixels, more than the limit of {max_pixels:,} (a decompression bomb, or "
+            "a very large image: raise max_pixels, or downscale it)")
     flags = cv2.IMREAD_GRAYSCALE if grayscale else cv2.IMREAD_COLOR
-    image = cv2.imdecode(data, flags)
+    try:
+        image = cv2.imdecode(np.frombuffer(data, np.uint8), flags)
+    except cv2.error as error:
+        reason = str(error).strip().splitlines()[-1][:200]
+        raise UnreadableImageError(path, f"cannot decode it (OpenCV: {reason}); "
+                                   f"{_WHAT_TO_DO}") from None
     if image is None or image.size == 0:
-        raise ValueError(
-            f"cannot decode {path}: it is not an image, is truncated, or its format "
-            "is not supported by OpenCV; re-copy, convert or remove the file"
-        )
+        raise UnreadableImageError(
+            path, "cannot decode it: it is not an image, is truncated, or its format "
+            f"is not supported by OpenCV; {_WHAT_TO_DO}")
     return image
 
 
@@ -85,7 +257,8 @@ _SIGNATURES = (
     b"\xff\xd8\xff",  # JPEG
     b"\x89PNG\r\n\x1a\n",  # PNG
     b"BM",  # BMP
-    b"II*\x00", b"MM\x00*",  # TIFF
+    b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+",  # TIFF, BigTIFF
+    b"GIF87a", b"GIF89a",  # GIF
     b"\x00\x00\x00\x0cjP  \r\n\x87\n", b"\xff\x4f\xff\x51",  # JPEG 2000
     b"P1", b"P2", b"P3", b"P4", b"P5", b"P6",  # PBM, PGM, PPM
 )
@@ -93,12 +266,21 @@ _SIGNATURES = (
 
 def looks_like_image(path: str | os.PathLike) -> bool:
     """Whether a file starts like an image format OpenCV reads (by its bytes, not
-    its name). False for unreadable files; a True file may still be truncated."""
+    its name). False for unreadable files and for anything but a regular file (a
+    pipe is never waited on); a True file may still be truncated."""
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0)
     try:
-        with open(path, "rb") as file:
-            head = file.read(16)
+        fd = os.open(path, flags)
     except OSError:
         return False
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return False
+        head = os.read(fd, 16)
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
     if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
         return True
     return head.startswith(_SIGNATURES)

@@ -12,6 +12,22 @@ Data files are named after their content and written before the manifest; the
 manifest is replaced last with one atomic ``os.replace``. A crash or a full disk at
 any point therefore leaves either the old manifest with its old files, or the new
 manifest with its new files. Files no manifest refers to are removed afterwards.
+
+What loading checks, and when (an index folder may come from anyone):
+
+- the manifest: at most ``MAX_MANIFEST_BYTES``, valid JSON, and its own SHA-256
+  (``manifest_sha256``, over its canonical JSON without that key) must match, so a
+  changed parameter is caught like a changed array;
+- each data file: a regular file of exactly the size the manifest gives (checked
+  before it is read, so nothing larger is ever read), then its SHA-256;
+- each ``.npz``: only the arrays expected are read; each must be stored
+  uncompressed, with the expected dtype, and a header whose shape accounts for
+  exactly the bytes of its member, so no array is allocated larger than its file;
+- then the arrays against each other (``Index.load``).
+
+Reading costs one pass over each file (the hash) and a copy of its arrays.
+Every failure is a ValueError naming the file (FileNotFoundError only when the
+folder or its manifest is absent). Nothing is ever unpickled.
 """
 
 from __future__ import annotations
@@ -22,13 +38,19 @@ import json
 import os
 import re
 import tempfile
+import zipfile
 from pathlib import Path
 
 import numpy as np
 
+from cvsearch.io import UnreadableFileError, read_bytes
+
 MANIFEST = "index.json"
-_DATA_FILE = re.compile(r"^(vocabulary|database|names)-[0-9a-f]{16}\.(npz|json)$")
+#: A manifest holds parameters and file entries: anything larger is not one.
+MAX_MANIFEST_BYTES = 16 * 2**20
+_DATA_FILE = re.compile(r"(vocabulary|database|names)-[0-9a-f]{16}\.(npz|json)")
 _TEMP_PREFIX = ".cvsearch-tmp-"
+_CHECKSUM_KEY = "manifest_sha256"
 
 
 def _write_atomic(path: Path, data: bytes) -> None:
@@ -66,7 +88,28 @@ def npz_bytes(arrays: dict) -> bytes:
 
 
 def json_bytes(obj) -> bytes:
-    return json.dumps(obj, indent=1, ensure_ascii=False).encode("utf-8")
+    """JSON as UTF-8 bytes. Non-ASCII characters are escaped, so names that are not
+    valid Unicode (file names of undecodable bytes, held as lone surrogates) are
+    stored and read back unchanged."""
+    return json.dumps(obj, indent=1, ensure_ascii=True).encode("utf-8")
+
+
+def manifest_digest(manifest: dict) -> str:
+    """SHA-256 (hex) of a manifest's canonical JSON, its own checksum left out."""
+    body = {k: v for k, v in manifest.items() if k != _CHECKSUM_KEY}
+    canonical = json.dumps(body, sort_keys=True, separators=(",", ":"),
+                           ensure_ascii=True)
+    return hashlib.sha256(canonical.encode("ascii")).hexdigest()
+
+
+def parse_json(data: bytes, path: Path):
+    """Parse JSON bytes; a ValueError naming ``path`` if they are not JSON."""
+    try:
+        return json.loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as error:
+        problem = "nested too deeply" if isinstance(error, RecursionError) else error
+        raise ValueError(f"{path} is not valid JSON ({problem}); the index is "
+                         "corrupt: rebuild it or restore a backup") from None
 
 
 def save_directory(directory: str | os.PathLike, manifest: dict,
@@ -95,11 +138,13 @@ def save_directory(directory: str | os.PathLike, manifest: dict,
             _write_atomic(directory / name, data)
         entries[key] = {"name": name, "sha256": digest, "bytes": len(data)}
     _fsync_dir(directory)
-    _write_atomic(directory / MANIFEST, json_bytes({**manifest, "files": entries}))
+    manifest = {**manifest, "files": entries}
+    manifest[_CHECKSUM_KEY] = manifest_digest(manifest)
+    _write_atomic(directory / MANIFEST, json_bytes(manifest))
     _fsync_dir(directory)
     keep = {entry["name"] for entry in entries.values()}
     for path in directory.iterdir():
-        stale = _DATA_FILE.match(path.name) and path.name not in keep
+        stale = _DATA_FILE.fullmatch(path.name) and path.name not in keep
         if stale or path.name.startswith(_TEMP_PREFIX):
             path.unlink(missing_ok=True)
 
@@ -120,48 +165,75 @@ def read_manifest(directory: str | os.PathLike) -> tuple[Path, dict]:
     FileNotFoundError
         If the directory or its manifest is missing.
     ValueError
-        If the manifest is not valid JSON or not a cvsearch manifest.
+        If the manifest is too large, not valid JSON, not a cvsearch manifest, or
+        does not match its own checksum.
     """
     directory = Path(directory)
     path = directory / MANIFEST
     if not directory.is_dir():
         raise FileNotFoundError(2, "No such index directory", str(directory))
-    if not path.is_file():
+    if not os.path.lexists(path):
         raise FileNotFoundError(
             2, f"Not a cvsearch index (no {MANIFEST}); save one with Index.save",
             str(path))
     try:
-        manifest = json.loads(path.read_bytes().decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise ValueError(f"{path} is not valid JSON ({error}); the index is "
-                         "corrupt: rebuild it or restore a backup") from None
+        data = read_bytes(path, MAX_MANIFEST_BYTES, limit_name="MAX_MANIFEST_BYTES")
+    except FileNotFoundError:  # a dangling link
+        raise ValueError(f"{path} is a broken link; the index is corrupt") from None
+    manifest = parse_json(data, path)
     if not isinstance(manifest, dict) or manifest.get("format") != "cvsearch-index":
         raise ValueError(f"{path} is not a cvsearch index manifest")
     return path, manifest
 
 
-def read_file(directory: Path, manifest: dict, key: str) -> bytes:
-    """Bytes of the data file ``key``, after checking its SHA-256.
+def check_manifest(path: Path, manifest: dict) -> None:
+    """Check the manifest against its own checksum.
 
     Raises
     ------
-    FileNotFoundError
-        If the file is missing.
     ValueError
-        If the manifest entry is malformed or the checksum does not match.
+        If the checksum is missing or does not match (a changed parameter).
+    """
+    if manifest.get(_CHECKSUM_KEY) != manifest_digest(manifest):
+        raise ValueError(f"{path} does not match its checksum ({_CHECKSUM_KEY}): it "
+                         "was modified or is damaged; rebuild the index or restore a "
+                         "backup")
+
+
+def read_file(directory: Path, manifest: dict, key: str) -> bytes:
+    """Bytes of the data file ``key``, after checking its SHA-256.
+
+    The file must be exactly as large as its entry says; it is never read past that.
+
+    Raises
+    ------
+    ValueError
+        If the manifest entry is malformed, the file is missing, not a regular
+        file, of another size, or does not match its checksum.
     """
     entry = manifest.get("files", {}).get(key) if isinstance(
         manifest.get("files"), dict) else None
+    size = entry.get("bytes") if isinstance(entry, dict) else None
     if (not isinstance(entry, dict) or not isinstance(entry.get("name"), str)
-            or not _DATA_FILE.match(entry["name"])
-            or not isinstance(entry.get("sha256"), str)):
+            or not _DATA_FILE.fullmatch(entry["name"])
+            or not entry["name"].startswith(key + "-")
+            or not isinstance(entry.get("sha256"), str)
+            or isinstance(size, bool) or not isinstance(size, int) or size < 0):
         raise ValueError(f"{directory / MANIFEST}: the entry for the {key} file is "
                          "missing or malformed; the index is corrupt")
     path = directory / entry["name"]
-    if not path.is_file():
-        raise FileNotFoundError(2, "Index data file is missing; the index is "
-                                "incomplete: rebuild it or restore a backup", str(path))
-    data = path.read_bytes()
+    try:
+        data = read_bytes(path, size, limit_name=f"its size in {MANIFEST}")
+    except FileNotFoundError:
+        raise ValueError(f"{path}: this index data file is missing; the index is "
+                         "incomplete: rebuild it or restore a backup") from None
+    except UnreadableFileError as error:
+        raise ValueError(f"{error}; the index is corrupt: rebuild it or restore a "
+                         "backup") from None
+    if len(data) != size:
+        raise ValueError(f"{path} holds {len(data):,} bytes, not the {size:,} its "
+                         f"entry in {MANIFEST} gives: it is truncated; rebuild the "
+                         "index or restore a backup")
     if hashlib.sha256(data).hexdigest() != entry["sha256"]:
         raise ValueError(f"{path} does not match its checksum in {MANIFEST}: it is "
                          "truncated or was modified; rebuild the index or restore a "
@@ -170,24 +242,80 @@ def read_file(directory: Path, manifest: dict, key: str) -> bytes:
 
 
 def load_npz(data: bytes, path: Path, expected: dict) -> dict:
-    """Arrays of an .npz archive, checked against ``{name: dtype}``, never unpickled.
+    """The arrays ``expected`` of an .npz archive, never unpickled.
+
+    Only the members named in ``expected`` are read. Each must be stored
+    uncompressed (as :func:`npz_bytes` writes them) and its ``.npy`` header must give
+    the expected dtype and a shape whose bytes are exactly those left in the member,
+    all checked before the array is allocated: no array is larger than ``data``.
+
+    Parameters
+    ----------
+    data : bytes
+        The archive.
+    path : Path
+        Named in error messages.
+    expected : dict
+        ``{array name: dtype}``.
+
+    Returns
+    -------
+    dict of ndarray
 
     Raises
     ------
     ValueError
-        If the archive cannot be read, holds object arrays, or lacks an array or has
-        one of the wrong dtype.
+        If the archive cannot be read, lacks an array, or an array's member is
+        compressed or its header does not fit its dtype or its bytes.
     """
+    def corrupt(problem):
+        return ValueError(f"{path}: {problem}; the index is corrupt")
+
+    arrays = {}
     try:
-        with np.load(io.BytesIO(data), allow_pickle=False) as archive:
-            arrays = {name: archive[name] for name in archive.files}
+        with zipfile.ZipFile(io.BytesIO(data)) as archive:
+            for name, dtype in expected.items():
+                try:
+                    info = archive.getinfo(name + ".npy")
+                except KeyError:
+                    raise corrupt(f"lacks the array {name!r}") from None
+                if info.compress_type != zipfile.ZIP_STORED or info.file_size > len(data):
+                    raise corrupt(f"the array {name!r} is compressed or larger than "
+                                  "the file")
+                with archive.open(info) as member:
+                    arrays[name] = _read_npy(member, info.file_size, np.dtype(dtype),
+                                             lambda p, n=name: corrupt(f"array {n!r}: {p}"))
+    except ValueError:
+        raise
     except Exception as error:  # zipfile, numpy and OSError all signal bad files
         raise ValueError(f"{path} is not a readable .npz archive ({error}); the index "
                          "is corrupt") from None
-    for name, dtype in expected.items():
-        if name not in arrays:
-            raise ValueError(f"{path} lacks the array {name!r}; the index is corrupt")
-        if arrays[name].dtype != np.dtype(dtype):
-            raise ValueError(f"{path}: array {name!r} has dtype {arrays[name].dtype}, "
-                             f"expected {np.dtype(dtype)}; the index is corrupt")
     return arrays
+
+
+def _read_npy(member, size: int, dtype: np.dtype, corrupt) -> np.ndarray:
+    """One ``.npy`` member of ``size`` bytes, checked before it is allocated."""
+    fmt = np.lib.format
+    try:
+        version = fmt.read_magic(member)
+        if version == (1, 0):
+            shape, fortran, stored = fmt.read_array_header_1_0(member)
+        elif version == (2, 0):
+            shape, fortran, stored = fmt.read_array_header_2_0(member)
+        else:
+            raise ValueError(f"npy format version {version}")
+    except ValueError as error:
+        raise corrupt(f"a bad header ({error})") from None
+    if stored != dtype:
+        raise corrupt(f"dtype {stored}, expected {dtype}")
+    left = size - member.tell()
+    count = 1
+    for n in shape:  # Python ints: no overflow
+        count *= n
+    if count * dtype.itemsize != left:
+        raise corrupt(f"its header gives shape {shape}, but {left} bytes follow it")
+    raw = member.read(left)
+    if len(raw) != left:
+        raise corrupt("it is truncated")
+    array = np.frombuffer(raw, dtype).reshape(shape, order="F" if fortran else "C")
+    return array.copy()

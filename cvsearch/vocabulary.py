@@ -103,11 +103,21 @@ class Vocabulary:
             check_int(random_state, "random_state", minimum=0)
         self.random_state = random_state
 
+    _PARAMS = ("n_words", "max_samples", "batch_size", "max_iter", "n_probe",
+               "exact_below", "random_state")
+
+    def __setattr__(self, name, value):
+        # Once fitted, the words of every image indexed depend on these settings.
+        if name in self._PARAMS and self.is_fitted:
+            raise AttributeError(
+                f"this vocabulary is fitted; {name} cannot change under the words it "
+                "assigned. Make a copy: Vocabulary.from_state({**v.get_params(), "
+                f"{name!r}: value}}, v.get_state())")
+        super().__setattr__(name, value)
+
     def get_params(self) -> dict:
         """Constructor arguments, as a JSON-serialisable dict."""
-        return {name: getattr(self, name) for name in (
-            "n_words", "max_samples", "batch_size", "max_iter", "n_probe",
-            "exact_below", "random_state")}
+        return {name: getattr(self, name) for name in self._PARAMS}
 
     def __repr__(self) -> str:
         return f"Vocabulary(n_words={self.n_words}, n_probe={self.n_probe})"
@@ -144,6 +154,9 @@ class Vocabulary:
         """
         from sklearn.cluster import KMeans, MiniBatchKMeans
 
+        if self.is_fitted:
+            raise ValueError("this vocabulary is already fitted, and indexes may hold "
+                             "words it assigned; fit a new Vocabulary instead")
         descriptors = np.asarray(descriptors)
         if descriptors.ndim != 2 or descriptors.shape[1] == 0:
             raise ValueError(

@@ -30,8 +30,14 @@ def test_inverted_file_search_agrees_with_exact():
     exact = vocabulary.predict_exact(X)
     assert is_nearest(X[:300], vocabulary.centers_, exact[:300]).all()
     assert (vocabulary.predict(X) == exact).mean() >= 0.9
-    vocabulary.n_probe = len(vocabulary.cell_centers_)  # probing every cell is exact
-    assert np.array_equal(vocabulary.predict(X), exact)
+    with pytest.raises(AttributeError, match="n_probe"):
+        vocabulary.n_probe = 1  # would change words under an index that used it
+    everywhere = Vocabulary.from_state(  # probing every cell is exact
+        {**vocabulary.get_params(), "n_probe": len(vocabulary.cell_centers_)},
+        vocabulary.get_state())
+    assert np.array_equal(everywhere.predict(X), exact)
+    with pytest.raises(ValueError, match="already fitted"):
+        vocabulary.fit(X)
 
 
 def test_reproducible_with_random_state():
