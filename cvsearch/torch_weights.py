@@ -9,6 +9,15 @@ a hostile file raises :class:`pickle.UnpicklingError` instead of running code.
 Both layouts are read: the legacy one (torch < 1.6: a magic number, three small
 pickles, the state dict pickle, the storage keys, then raw storages) and the zip
 one (``archive/data.pkl`` with one ``archive/data/<key>`` file per storage).
+
+Every size is checked before anything is allocated, against a budget of
+``max_bytes`` (default ``MAX_BYTES``) for the file, the storages and the arrays
+made from them together: the file must be a regular file within it; a pickle must
+be at most ``MAX_PICKLE_BYTES`` and ``MAX_PICKLE_OPS`` opcodes (Python objects
+cost more than their bytes); a zip at most ``MAX_MEMBERS`` members, each read only
+up to the bytes its storage needs; a tensor's offset, sizes and strides must be
+non-negative integers that stay inside its storage. The pickles are read by the
+pure-Python unpickler, whose memo is a dict: a forged memo index costs nothing.
 """
 
 from __future__ import annotations
@@ -17,9 +26,19 @@ import collections
 import io
 import os
 import pickle
+import pickletools
 import zipfile
 
 import numpy as np
+
+from cvsearch.io import UnreadableFileError, read_bytes
+
+#: Default budget: the file, its storages and the arrays made from them, together.
+MAX_BYTES = 2**30
+#: A state dict's pickle holds a few entries per tensor: small.
+MAX_PICKLE_BYTES = 16 * 2**20
+MAX_PICKLE_OPS = 2_000_000
+MAX_MEMBERS = 100_000
 
 _LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
 _STORAGE_DTYPES = {
@@ -30,29 +49,67 @@ _STORAGE_DTYPES = {
 }
 
 
+class RefusedPickleError(pickle.UnpicklingError, ValueError):
+    """A weight file that names something other than tensors and dicts."""
+
+
+class _Budget:
+    """Bytes that may still be allocated; ``take`` raises before going over."""
+
+    def __init__(self, limit: int):
+        self.limit, self.left = limit, limit
+
+    def take(self, n: int, what: str):
+        if n > self.left:
+            raise ValueError(f"{what} needs {n:,} bytes, beyond the limit of "
+                             f"{self.limit:,} (max_bytes)")
+        self.left -= n
+
+
 class _StorageType(str):
     """Stand-in for ``torch.FloatStorage`` and friends: just its name."""
 
 
 def _rebuild_tensor(storage, offset, size, stride, *_ignored):
     """Stand-in for ``torch._utils._rebuild_tensor(_v2)``: a lazy view spec."""
-    return _TensorSpec(storage, int(offset), tuple(size), tuple(stride))
+    return _TensorSpec(storage, offset, size, stride)
+
+
+def _is_count(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
 class _TensorSpec(collections.namedtuple("_TensorSpec", "storage offset size stride")):
-    def to_array(self, storages: dict) -> np.ndarray:
+    def to_array(self, storages: dict, budget: _Budget) -> np.ndarray:
+        size, stride = self.size, self.stride
+        if (not isinstance(size, tuple) or not isinstance(stride, tuple)
+                or len(size) != len(stride) or len(size) > 32
+                or not all(map(_is_count, size + stride)) or not _is_count(self.offset)):
+            raise ValueError("a tensor's offset, sizes and strides must be "
+                             "non-negative integers, as many strides as sizes")
+        if self.storage not in storages:
+            raise ValueError("a tensor refers to a storage that is not in the file")
         data = storages[self.storage]
-        if not self.size:
+        count = 1
+        for n in size:  # Python ints: no overflow
+            count *= n
+        budget.take(count * data.dtype.itemsize, "a tensor")
+        if count == 0:
+            return np.zeros(size, data.dtype)
+        last = self.offset + sum((n - 1) * s for n, s in zip(size, stride))
+        if last >= len(data):
+            raise ValueError("a tensor reaches beyond its storage")
+        if not size:
             return data[self.offset].copy()
         itemsize = data.dtype.itemsize
-        last = self.offset + sum((n - 1) * s for n, s in zip(self.size, self.stride))
-        if min(self.size) > 0 and (self.offset < 0 or last >= len(data)):
-            raise ValueError("a tensor reaches beyond its storage")
         return np.lib.stride_tricks.as_strided(
-            data[self.offset:], self.size, [s * itemsize for s in self.stride]).copy()
+            data[self.offset:], size, [s * itemsize for s in stride]).copy()
 
 
-class _RestrictedUnpickler(pickle.Unpickler):
+class _RestrictedUnpickler(pickle._Unpickler):
+    # The pure-Python unpickler (pickle._Unpickler), not the C one: the C one
+    # grows its memo to the largest index a file names (LONG_BINPUT 2**31 costs
+    # 16 GiB); this one keeps the memo in a dict.
     _ALLOWED = {
         ("collections", "OrderedDict"): collections.OrderedDict,
         ("torch._utils", "_rebuild_tensor"): _rebuild_tensor,
@@ -68,25 +125,49 @@ class _RestrictedUnpickler(pickle.Unpickler):
             return self._ALLOWED[module, name]
         if module == "torch" and name in _STORAGE_DTYPES:
             return _StorageType(name)
-        raise pickle.UnpicklingError(
+        raise RefusedPickleError(
             f"refusing to load {module}.{name}: a weight file needs only tensors "
             "and dicts")
 
     def persistent_load(self, pid):
         # ('storage', storage type, key, location, numel[, view metadata])
         if not (isinstance(pid, tuple) and len(pid) >= 5 and pid[0] == "storage"
-                and isinstance(pid[1], _StorageType)):
-            raise pickle.UnpicklingError(f"unexpected persistent id {pid!r}")
-        self._storage_keys.append((str(pid[2]), pid[1], int(pid[4])))
+                and isinstance(pid[1], _StorageType) and _is_count(pid[4])):
+            raise pickle.UnpicklingError(f"unexpected persistent id {pid!r:.200}")
+        self._storage_keys.append((str(pid[2]), pid[1], pid[4]))
         return str(pid[2])
 
 
-def load_state_dict(path: str | os.PathLike) -> dict:
+def _load_pickle(stream: io.BytesIO, keys: list):
+    """One pickle from ``stream``, its opcodes counted first (nothing is built
+    while counting), then unpickled by the restricted unpickler."""
+    start = stream.tell()
+    ops = 0
+    try:
+        for opcode, _, _ in pickletools.genops(stream):
+            ops += 1
+            if ops > MAX_PICKLE_OPS:
+                raise ValueError(f"a pickle of more than {MAX_PICKLE_OPS:,} opcodes")
+            if opcode.name == "STOP":
+                break
+    except ValueError:
+        raise
+    except Exception as error:  # genops' readers signal bad data variously
+        raise ValueError(f"a malformed pickle ({error!r:.200})") from None
+    if stream.tell() - start > MAX_PICKLE_BYTES:
+        raise ValueError(f"a pickle of more than {MAX_PICKLE_BYTES:,} bytes")
+    stream.seek(start)
+    return _RestrictedUnpickler(stream, keys).load()
+
+
+def load_state_dict(path: str | os.PathLike, *, max_bytes: int = MAX_BYTES) -> dict:
     """The tensors of a PyTorch state dict file, as numpy arrays.
 
     Parameters
     ----------
     path : path of a ``.pth`` / ``.pt`` file holding a state dict
+    max_bytes : int
+        Budget for the file, its storages and the arrays, together.
 
     Returns
     -------
@@ -94,67 +175,105 @@ def load_state_dict(path: str | os.PathLike) -> dict:
 
     Raises
     ------
-    pickle.UnpicklingError
-        If the file names anything besides tensors and dicts.
+    FileNotFoundError
+        If there is no such file.
+    RefusedPickleError
+        (a pickle.UnpicklingError and a ValueError) If the file names anything
+        besides tensors and dicts.
     ValueError
-        If the file is not a state dict or is truncated.
+        If the file is not a state dict, is truncated, or any size, stride, count
+        or member is out of bounds or beyond ``max_bytes``; it names the file.
     """
     path = os.fspath(path)
+    budget = _Budget(max_bytes)
     try:
-        if zipfile.is_zipfile(path):
-            specs, storages = _read_zip(path)
+        data = read_bytes(path, max_bytes, limit_name="max_bytes")
+        budget.take(len(data), "the file")
+        stream = io.BytesIO(data)
+        is_zip = zipfile.is_zipfile(stream)
+        stream.seek(0)  # is_zipfile leaves the stream anywhere
+        if is_zip:
+            specs, storages = _read_zip(stream, budget)
         else:
-            with open(path, "rb") as file:
-                specs, storages = _read_legacy(file)
+            specs, storages = _read_legacy(stream, budget)
         if not isinstance(specs, dict):
             raise ValueError("it holds no state dict")
-        return {str(k): v.to_array(storages) for k, v in specs.items()
+        return {str(k): v.to_array(storages, budget) for k, v in specs.items()
                 if isinstance(v, _TensorSpec)}
-    except (EOFError, KeyError, IndexError, TypeError, ValueError,
-            zipfile.BadZipFile) as error:
-        raise ValueError(f"{path}: not a readable PyTorch state dict ({error})") from None
+    except RefusedPickleError as error:
+        raise RefusedPickleError(f"{path}: {error}") from None
+    except UnreadableFileError:
+        raise
+    except (EOFError, KeyError, IndexError, TypeError, ValueError, AttributeError,
+            pickle.UnpicklingError, zipfile.BadZipFile, RecursionError,
+            OverflowError) as error:
+        raise ValueError(f"{path}: not a readable PyTorch state dict "
+                         f"({str(error)[:300]})") from None
 
 
-def _read_legacy(file):
+def _read_legacy(stream: io.BytesIO, budget: _Budget):
     keys: list = []
-    magic = _RestrictedUnpickler(file, keys).load()
+    magic = _load_pickle(stream, keys)
     if magic != _LEGACY_MAGIC:
         raise ValueError("not a PyTorch file (wrong magic number)")
-    _RestrictedUnpickler(file, keys).load()  # protocol version
-    _RestrictedUnpickler(file, keys).load()  # system info
-    specs = _RestrictedUnpickler(file, keys).load()
-    order = _RestrictedUnpickler(file, []).load()
-    types = {key: (kind, numel) for key, kind, numel in keys}
+    _load_pickle(stream, keys)  # protocol version
+    _load_pickle(stream, keys)  # system info
+    specs = _load_pickle(stream, keys)
+    order = _load_pickle(stream, [])
+    if not isinstance(order, list):
+        raise ValueError("the storage keys are not a list")
+    types = {key: kind for key, kind, _ in keys}
     storages = {}
     for key in order:
-        kind, _ = types[key]
-        dtype = np.dtype(_STORAGE_DTYPES[kind])
-        numel = int(np.frombuffer(_read_exactly(file, 8), "<i8")[0])
-        storages[key] = np.frombuffer(_read_exactly(file, numel * dtype.itemsize),
-                                      dtype.newbyteorder("<"))
+        dtype = np.dtype(_STORAGE_DTYPES[types[key]]).newbyteorder("<")
+        numel = int(np.frombuffer(_read_exactly(stream, 8), "<i8")[0])
+        left = len(stream.getbuffer()) - stream.tell()
+        if numel < 0 or numel * dtype.itemsize > left:
+            raise ValueError(f"storage {key} claims {numel:,} elements, more than "
+                             "the file holds")
+        storages[key] = np.frombuffer(_read_exactly(stream, numel * dtype.itemsize),
+                                      dtype)
     return specs, storages
 
 
-def _read_zip(path):
+def _read_zip(stream: io.BytesIO, budget: _Budget):
     keys: list = []
-    with zipfile.ZipFile(path) as archive:
-        pickles = [n for n in archive.namelist() if n.endswith("/data.pkl")]
+    with zipfile.ZipFile(stream) as archive:
+        members = archive.infolist()
+        if len(members) > MAX_MEMBERS:
+            raise ValueError(f"the zip holds {len(members):,} members, more than "
+                             f"{MAX_MEMBERS:,}")
+        pickles = [m for m in members if m.filename.endswith("/data.pkl")]
         if len(pickles) != 1:
             raise ValueError("the zip holds no single data.pkl")
-        prefix = pickles[0][:-len("data.pkl")]
-        specs = _RestrictedUnpickler(io.BytesIO(archive.read(pickles[0])), keys).load()
+        prefix = pickles[0].filename[:-len("data.pkl")]
+        specs = _load_pickle(io.BytesIO(_read_member(archive, pickles[0],
+                                                     MAX_PICKLE_BYTES, budget)), keys)
         storages = {}
         for key, kind, numel in keys:
+            if key in storages:
+                continue
             dtype = np.dtype(_STORAGE_DTYPES[kind]).newbyteorder("<")
-            raw = archive.read(f"{prefix}data/{key}")
-            if len(raw) < numel * dtype.itemsize:
+            need = numel * dtype.itemsize
+            raw = _read_member(archive, archive.getinfo(f"{prefix}data/{key}"), need,
+                               budget)
+            if len(raw) < need:
                 raise ValueError(f"storage {key} is truncated")
             storages[key] = np.frombuffer(raw, dtype, count=numel)
     return specs, storages
 
 
-def _read_exactly(file, n: int) -> bytes:
-    data = file.read(n)
+def _read_member(archive: zipfile.ZipFile, info: zipfile.ZipInfo, limit: int,
+                 budget: _Budget) -> bytes:
+    """At most ``limit`` bytes of a member, charged to the budget first: a
+    compressed member is inflated only that far (no zip bomb)."""
+    budget.take(min(limit, info.file_size), f"member {info.filename}")
+    with archive.open(info) as member:
+        return member.read(min(limit, info.file_size))
+
+
+def _read_exactly(stream, n: int) -> bytes:
+    data = stream.read(n)
     if len(data) != n:
         raise EOFError("the file ends early")
     return data

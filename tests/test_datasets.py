@@ -206,3 +206,54 @@ def test_the_shared_caltech101():
     assert np.bincount(data.labels).min() == 31  # inline_skate
     assert len(caltech101(CALTECH.parent, download=False,
                           include_background=True).paths) == 9144
+
+
+def test_unpacked_bytes_and_members_are_capped(serve, tmp_path):
+    """A tarball bomb (megabytes of zeros from a few kilobytes) and an archive of
+    too many members stop at the limits, and leave nothing behind."""
+    bomb = caltech_zip({"101_ObjectCategories/a/image_0001.jpg": bytes(8 << 20)})
+    assert len(bomb) < 100_000
+    server = serve(bomb)
+    with pytest.raises(ValueError, match="max_unpacked_bytes"):
+        download_archive(server.url, server.md5, tmp_path,
+                         member="101_ObjectCategories.tar.gz",
+                         folder="101_ObjectCategories", max_unpacked_bytes=1 << 20)
+    many = caltech_zip({f"101_ObjectCategories/a/image_{i:04d}.jpg": JPEG
+                        for i in range(50)})
+    server = serve(many)
+    with pytest.raises(ValueError, match="max_members"):
+        download_archive(server.url, server.md5, tmp_path,
+                         member="101_ObjectCategories.tar.gz",
+                         folder="101_ObjectCategories", max_members=20)
+    assert leftovers(tmp_path) == []
+
+
+def test_oversized_download_is_refused(serve, tmp_path):
+    body = caltech_zip()
+    server = serve(body)
+    with pytest.raises(ValueError, match="max_download_bytes"):
+        download_archive(server.url, server.md5, tmp_path,
+                         member="101_ObjectCategories.tar.gz",
+                         folder="101_ObjectCategories",
+                         max_download_bytes=len(body) - 1)
+    assert leftovers(tmp_path) == []
+
+
+def test_work_folders_of_killed_downloads_are_removed(serve, tmp_path):
+    """A download killed with SIGKILL cannot clean up; the next one does, and
+    leaves the work folder of a download still running alone."""
+    import os
+    import subprocess
+    import sys
+
+    child = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                           capture_output=True, text=True, check=True)
+    dead_pid = int(child.stdout)  # that process has exited
+    target = tmp_path / "caltech101"
+    (target / f".cvsearch-download-{dead_pid}-abc" / "unpacked").mkdir(parents=True)
+    (target / f".cvsearch-download-{dead_pid}-abc" / "archive.zip").write_bytes(b"x")
+    alive = target / f".cvsearch-download-{os.getppid()}-def"
+    alive.mkdir()
+    server = serve(caltech_zip())
+    caltech101(tmp_path, url=server.url, md5=server.md5)
+    assert leftovers(target) == [alive.name, "101_ObjectCategories"]
