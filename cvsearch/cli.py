@@ -1,7 +1,8 @@
 """The ``cvsearch`` command line: index, add, remove, query, info.
 
 Every error the library raises for bad input becomes one line on stderr and exit
-code 1 (2 for a bad option, as argparse does); no traceback.
+code 1 (2 for a bad option, as argparse does); no traceback. An unexpected error
+(a bug) is one line too, saying so; set ``CVSEARCH_DEBUG=1`` to see its traceback.
 """
 
 from __future__ import annotations
@@ -71,8 +72,17 @@ def _emit_json(payload):
     print(json.dumps(payload, indent=1))
 
 
-def _collect_images(paths: list[str]) -> tuple[list[str], list[str]]:
-    """Files given, and image files found (by content) in folders given."""
+def _collect_images(paths: list[str]):
+    """Files given, and image files found (by content) in folders given.
+
+    Returns
+    -------
+    images : list of str
+    others : list of SkippedImage
+        Files found in folders that are not images, and paths that do not exist
+        (skipped, so that one bad path does not cost the batch its good images).
+    """
+    from cvsearch import SkippedImage
     from cvsearch.io import find_images
 
     images, others = [], []
@@ -80,24 +90,22 @@ def _collect_images(paths: list[str]) -> tuple[list[str], list[str]]:
         if os.path.isdir(path):
             found, not_images = find_images(path)
             images += found
-            others += not_images
-        elif not os.path.exists(path):
-            raise CommandError(f"{path}: no such file or folder")
+            others += [SkippedImage(p, "not an image file (by its first bytes), or "
+                                    "not a readable regular file") for p in not_images]
+        elif not os.path.lexists(path):
+            others.append(SkippedImage(path, "no such file or folder"))
         else:
-            images.append(path)
+            images.append(path)  # the library says why, if it cannot read it
     return images, others
 
 
-def _report_skipped(args, skipped, others):
-    for path in others:
-        _say(args, f"skipped {path}: not an image file")
+def _report_skipped(args, skipped):
     for item in skipped:
         _say(args, f"skipped {item.name}: {item.reason}")
 
 
-def _skipped_json(skipped, others) -> list[dict]:
-    return ([{"name": s.name, "reason": s.reason} for s in skipped]
-            + [{"name": p, "reason": "not an image file"} for p in others])
+def _skipped_json(skipped) -> list[dict]:
+    return [{"name": s.name, "reason": s.reason} for s in skipped]
 
 
 def _load(directory):
@@ -143,9 +151,10 @@ def cmd_index(args):
                                "tenth of the descriptors is a good start)") from None
         raise
     index.save(args.output)
-    _report_skipped(args, index.skipped_, others)
+    skipped = others + index.skipped_
+    _report_skipped(args, skipped)
     summary = {"index": args.output, "images": len(index),
-               "skipped": _skipped_json(index.skipped_, others),
+               "skipped": _skipped_json(skipped),
                "seconds": round(time.perf_counter() - started, 1)}
     if args.json:
         _emit_json(summary)
@@ -158,13 +167,15 @@ def cmd_add(args):
     index = _load(args.index)
     images, others = _collect_images(args.paths)
     if not images:
-        raise CommandError("no image files among the paths given")
+        reasons = "; ".join(f"{s.name}: {s.reason}" for s in others[:3])
+        raise CommandError(f"no image files among the paths given ({reasons})")
     before = len(index)
     skipped = index.add(images, n_jobs=args.jobs, progress=ProgressBar(quiet=args.quiet))
     index.save(args.index)  # atomic: the old index stays until the new one is complete
-    _report_skipped(args, skipped, others)
+    skipped = others + skipped
+    _report_skipped(args, skipped)
     summary = {"index": args.index, "added": len(index) - before, "images": len(index),
-               "skipped": _skipped_json(skipped, others)}
+               "skipped": _skipped_json(skipped)}
     if args.json:
         _emit_json(summary)
     else:
@@ -370,7 +381,28 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _tolerant_output():
+    """File names need not be valid Unicode (undecodable bytes are held as lone
+    surrogates): print them escaped rather than fail on them."""
+    for stream in (sys.stdout, sys.stderr):
+        if hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="backslashreplace")
+
+
+def _quiet_opencv():
+    """OpenCV logs decoder warnings ("PNG input buffer is incomplete") on stderr;
+    the command line reports each bad file in its own words instead."""
+    try:
+        import cv2
+
+        cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
+    except (ImportError, AttributeError):
+        pass
+
+
 def main(argv=None) -> int:
+    _tolerant_output()
+    _quiet_opencv()
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
@@ -386,6 +418,13 @@ def main(argv=None) -> int:
         if isinstance(error, OSError) and error.filename and error.strerror:
             message = f"{error.filename}: {error.strerror}"
         print(f"cvsearch {args.command}: error: {message}", file=sys.stderr)
+        return EXIT_ERROR
+    except Exception as error:  # a bug: still one line, unless debugging
+        if os.environ.get("CVSEARCH_DEBUG"):
+            raise
+        print(f"cvsearch {args.command}: internal error: {type(error).__name__}: "
+              f"{error}; please report it (CVSEARCH_DEBUG=1 shows the traceback)",
+              file=sys.stderr)
         return EXIT_ERROR
     return 0
 

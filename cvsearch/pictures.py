@@ -9,7 +9,7 @@ import os
 
 import numpy as np
 
-from cvsearch.io import read_color_image
+from cvsearch.io import READ_ERRORS, read_color_image
 
 _FONT = 0  # cv2.FONT_HERSHEY_SIMPLEX
 _GREEN, _RED, _GREY, _BLUE = (60, 170, 60), (50, 50, 220), (150, 150, 150), (200, 120, 0)
@@ -88,7 +88,7 @@ def results_grid(query, results, *, scores=None, inliers=None, names=None,
 
         try:
             square, _, _ = _tile(read_color_image(image), tile)
-        except (FileNotFoundError, ValueError):  # moved or deleted since indexed
+        except READ_ERRORS:  # moved, deleted or damaged since it was indexed
             square = np.full((tile, tile, 3), 200, np.uint8)
             cv2.putText(square, "unreadable", (8, tile // 2), _FONT, 0.5, (60, 60, 60),
                         1, cv2.LINE_AA)
