@@ -272,12 +272,16 @@ def download_archive(url: str, md5: str, target: str | os.PathLike, *, member: s
         expected (a member that would land outside the target, a link, a missing
         tarball).
     """
+    import errno
+    import gzip
     import hashlib
     import http.client
     import shutil
+    import tarfile
     import tempfile
     import urllib.request
     import zipfile
+    import zlib
 
     target = Path(target)
     target.mkdir(parents=True, exist_ok=True)
@@ -316,16 +320,19 @@ def download_archive(url: str, md5: str, target: str | os.PathLike, *, member: s
                              f"{md5}; the download is corrupt or not the official "
                              "archive. Run again, or download it by hand")
         unpacked = work / "unpacked"
-        with zipfile.ZipFile(archive) as outer:
-            if len(outer.infolist()) > max_members:
-                raise ValueError(f"{url}: the zip holds {len(outer.infolist()):,} "
-                                 f"members, more than the limit of {max_members:,}")
-            names = [n for n in outer.namelist() if n.rsplit("/", 1)[-1] == member]
-            if len(names) != 1:
-                raise ValueError(f"{url}: the zip holds no {member}")
-            with outer.open(names[0]) as tarball:
-                _safe_untar(tarball, unpacked, max_bytes=max_unpacked_bytes,
-                            max_members=max_members)
+        try:
+            _unpack(archive, unpacked, member, url, max_unpacked_bytes, max_members)
+        except (tarfile.TarError, zipfile.BadZipFile, zlib.error, EOFError,
+                gzip.BadGzipFile, NotImplementedError, RuntimeError, OSError) as error:
+            # zipfile says "damaged header" as NotImplementedError (an unknown
+            # version), RuntimeError (an "encrypted" member) or, for an offset
+            # before the start of the file, a failed seek (EINVAL). Other OSErrors
+            # (a full disk) are the machine's, not the archive's.
+            if isinstance(error, OSError) and error.errno != errno.EINVAL \
+                    and not isinstance(error, gzip.BadGzipFile):
+                raise
+            raise ValueError(f"{url}: the archive is corrupt ({error}); download it "
+                             "again") from None
         if not (unpacked / folder).is_dir():
             raise ValueError(f"{url}: {member} holds no {folder} folder")
         os.replace(unpacked / folder, target / folder)
@@ -333,6 +340,23 @@ def download_archive(url: str, md5: str, target: str | os.PathLike, *, member: s
     finally:
         # Complete or not (interrupted, corrupt, hostile), the work folder goes.
         shutil.rmtree(work, ignore_errors=True)
+
+
+def _unpack(archive: Path, unpacked: Path, member: str, url: str,
+            max_unpacked_bytes: int, max_members: int) -> None:
+    """Unpack the ``member`` tarball of the zip ``archive`` into ``unpacked``."""
+    import zipfile
+
+    with zipfile.ZipFile(archive) as outer:
+        if len(outer.infolist()) > max_members:
+            raise ValueError(f"{url}: the zip holds {len(outer.infolist()):,} "
+                             f"members, more than the limit of {max_members:,}")
+        names = [n for n in outer.namelist() if n.rsplit("/", 1)[-1] == member]
+        if len(names) != 1:
+            raise ValueError(f"{url}: the zip holds no {member}")
+        with outer.open(names[0]) as tarball:
+            _safe_untar(tarball, unpacked, max_bytes=max_unpacked_bytes,
+                        max_members=max_members)
 
 
 def _remove_abandoned_work(target: Path) -> None:

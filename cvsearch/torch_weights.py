@@ -27,6 +27,7 @@ import io
 import os
 import pickle
 import pickletools
+import struct
 import zipfile
 
 import numpy as np
@@ -99,11 +100,13 @@ class _TensorSpec(collections.namedtuple("_TensorSpec", "storage offset size str
         last = self.offset + sum((n - 1) * s for n, s in zip(size, stride))
         if last >= len(data):
             raise ValueError("a tensor reaches beyond its storage")
-        if not size:
-            return data[self.offset].copy()
+        if not size:  # a 0-d tensor: a 0-d array, not a numpy scalar
+            return np.array(data[self.offset])
         itemsize = data.dtype.itemsize
-        return np.lib.stride_tricks.as_strided(
-            data[self.offset:], size, [s * itemsize for s in stride]).copy()
+        # A dimension of size 1 never moves by its stride, however large (torch
+        # writes such strides); the others are bounded by the check above.
+        steps = [s * itemsize if n > 1 else 0 for n, s in zip(size, stride)]
+        return np.lib.stride_tricks.as_strided(data[self.offset:], size, steps).copy()
 
 
 class _RestrictedUnpickler(pickle._Unpickler):
@@ -167,7 +170,8 @@ def load_state_dict(path: str | os.PathLike, *, max_bytes: int = MAX_BYTES) -> d
     ----------
     path : path of a ``.pth`` / ``.pt`` file holding a state dict
     max_bytes : int
-        Budget for the file, its storages and the arrays, together.
+        Budget for the file, its storages and the arrays, together: about three
+        times the size of the weights (1 GiB by default: weights up to ~340 MB).
 
     Returns
     -------
@@ -204,9 +208,12 @@ def load_state_dict(path: str | os.PathLike, *, max_bytes: int = MAX_BYTES) -> d
         raise RefusedPickleError(f"{path}: {error}") from None
     except UnreadableFileError:
         raise
-    except (EOFError, KeyError, IndexError, TypeError, ValueError, AttributeError,
-            pickle.UnpicklingError, zipfile.BadZipFile, RecursionError,
-            OverflowError) as error:
+    except (EOFError, LookupError, TypeError, ValueError, AttributeError,
+            ArithmeticError, pickle.UnpicklingError, zipfile.BadZipFile,
+            RecursionError, struct.error,
+            # zipfile's words for a damaged header (an "encrypted" or "patched"
+            # member, an unknown version)
+            NotImplementedError, RuntimeError) as error:
         raise ValueError(f"{path}: not a readable PyTorch state dict "
                          f"({str(error)[:300]})") from None
 

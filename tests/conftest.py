@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
+from hypothesis import settings
+
+# Hypothesis: the same examples on every CI run (a failure there is reproducible);
+# fresh random ones on a developer's machine.
+settings.register_profile("ci", derandomize=True, print_blob=True)
+settings.load_profile("ci" if os.environ.get("CI") else "default")
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 UKBENCH = SHARED / "ukbench56"
