@@ -389,9 +389,13 @@ def _tolerant_output():
             stream.reconfigure(errors="backslashreplace")
 
 
-def _quiet_opencv():
-    """OpenCV logs decoder warnings ("PNG input buffer is incomplete") on stderr;
-    the command line reports each bad file in its own words instead."""
+def _quiet_decoders():
+    """OpenCV logs decoder warnings ("PNG input buffer is incomplete") on stderr,
+    and Pillow warns of damaged headers ("Corrupt EXIF data"); the command line
+    reports each bad file in its own words instead."""
+    import warnings
+
+    warnings.filterwarnings("ignore", category=UserWarning, module="PIL")
     try:
         import cv2
 
@@ -402,7 +406,7 @@ def _quiet_opencv():
 
 def main(argv=None) -> int:
     _tolerant_output()
-    _quiet_opencv()
+    _quiet_decoders()
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

@@ -1,4 +1,5 @@
-"""End to end: the real command line in a subprocess, on real photos."""
+"""End to end: the real command line in a subprocess, on real photos (UKBench, when
+the shared data is there) and on synthetic images (always)."""
 
 import json
 import shutil
@@ -8,8 +9,6 @@ import sys
 import cv2
 import pytest
 from conftest import UKBENCH, requires
-
-pytestmark = requires(UKBENCH)
 
 
 def run(*args, cwd):
@@ -48,6 +47,7 @@ def workdir(tmp_path_factory):
     return root
 
 
+@requires(UKBENCH)
 def test_index_query_add_remove_info(workdir):
     code, out, err = run("index", "photos", "-o", "idx", "--words", "500", "--json",
                          "--jobs", "2", cwd=workdir)
@@ -97,12 +97,13 @@ def test_index_query_add_remove_info(workdir):
     assert code == 0, err
     info = json.loads(out)
     assert info["images"] == 14 and info["words"] == 500
-    assert info["features"]["method"] == "rootsift" and info["format_version"] == 1
+    assert info["features"]["method"] == "rootsift" and info["format_version"] == 2
     assert info["disk_bytes"] > 0
     code, out, _ = run("info", "idx", cwd=workdir)
     assert "14 (" in out and "500 words" in out
 
 
+@requires(UKBENCH)
 def test_error_paths(workdir):
     code, _, err = run("index", "photos", "-o", "bad-idx", "--words", "300", "-q",
                        cwd=workdir)
@@ -154,3 +155,32 @@ def test_help_lists_every_option_with_its_default():
                    "--dense-step", "--power", "--pyramid"):
         assert option in out
     assert "(default: 20000)" in out and "(default: rootsift)" in out
+
+
+def test_synthetic_round_trip_and_errors_need_no_data(image_files, tmp_path):
+    """The command line on synthetic images: a clean clone without the shared data
+    still runs it end to end."""
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for path in image_files[:10]:
+        shutil.copy(path, photos)
+    (photos / "notes.txt").write_text("not a photo")
+    code, out, err = run("index", photos, "-o", "idx", "--words", "200", "--features",
+                         "sift", "--max-side", "1024", "--json", cwd=tmp_path)
+    assert code == 0, err
+    assert json.loads(out)["images"] == 10
+    code, out, err = run("query", "idx", image_files[3], "-k", "2", "--rerank", "5",
+                         "--json", cwd=tmp_path)
+    assert code == 0, err
+    top = json.loads(out)["results"][0]
+    assert top["name"].endswith("texture_03.png") and top["inliers"] >= 20
+    code, out, err = run("add", "idx", image_files[10], tmp_path / "gone.png", "--json",
+                         cwd=tmp_path)
+    assert code == 0, err
+    summary = json.loads(out)
+    assert summary["added"] == 1 and summary["skipped"] == [
+        {"name": str(tmp_path / "gone.png"), "reason": "no such file or folder"}]
+    assert_one_line_error(*run("query", "idx", photos / "notes.txt",
+                               cwd=tmp_path)[::2], "notes.txt", "cannot decode")
+    assert_one_line_error(*run("query", "nowhere", image_files[0], cwd=tmp_path)[::2],
+                          "no such index")

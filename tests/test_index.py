@@ -321,3 +321,76 @@ def test_image_ids_of_similar_and_matches_are_checked(trained_index, images):
             call()
     with pytest.raises(ValueError, match="out of range"):
         trained_index.matches(images[0], len(images))
+
+
+# ------------------------------------------- what shapes the data cannot drift
+def test_setting_power_or_pyramid_reweights_the_stored_words(trained_index, image_files,
+                                                             tmp_path):
+    trained_index.save(tmp_path / "index")
+    index = Index.load(tmp_path / "index")
+    query = warped(textured_image(2), rotation=5)[0]
+    index.query(query)  # weights computed, then changed below
+    index.power, index.pyramid_levels = 0.5, 1
+    expected = trained_index.reweighted(power=0.5, pyramid_levels=1)
+    assert_same_results(results(index, [query]), results(expected, [query]))
+    with pytest.raises(ValueError, match="power"):
+        index.power = 0
+
+
+def test_extractor_and_vocabulary_cannot_change_under_stored_images(trained_index):
+    with pytest.raises(AttributeError, match="immutable"):
+        trained_index.extractor.max_side = 300
+    with pytest.raises(ValueError, match="holds 12 images"):
+        trained_index.extractor = FeatureExtractor("rootsift", max_side=1024)
+    with pytest.raises(ValueError, match="holds 12 images"):
+        trained_index.vocabulary = Index(n_words=10).vocabulary
+    with pytest.raises(AttributeError, match="fitted"):
+        trained_index.vocabulary.n_probe = 1
+    assert trained_index.extractor.method == "sift"
+    empty = Index(n_words=400)
+    empty.extractor = FeatureExtractor("sift", max_side=1024)  # nothing stored yet
+    empty.vocabulary = trained_index.vocabulary
+    assert empty.vocabulary is trained_index.vocabulary
+
+
+def test_training_never_refits_a_shared_vocabulary(trained_index, image_files):
+    index = Index(FeatureExtractor("sift", max_side=1024), n_words=400, random_state=1)
+    index.vocabulary = trained_index.vocabulary
+    centers = trained_index.vocabulary.centers_.copy()
+    index.train(image_files[:6])
+    assert index.vocabulary is not trained_index.vocabulary
+    assert np.array_equal(trained_index.vocabulary.centers_, centers)
+
+
+def test_features_of_another_extractor_are_refused(trained_index, images):
+    from cvsearch import Features
+
+    mine = trained_index.extractor.extract(images[3])
+    assert mine.extractor == trained_index.extractor.feature_params()
+    assert trained_index.query(mine, k=1)[1][0] == 3
+    other = FeatureExtractor("rootsift", max_side=1024).extract(images[3])
+    smaller = FeatureExtractor("sift", max_side=300).extract(images[3])
+    by_hand = Features(mine.keypoints, mine.descriptors, mine.image_shape)
+    for features in (other, smaller, by_hand):
+        with pytest.raises(ValueError, match="index.extractor.extract"):
+            trained_index.query(features)
+        index = Index(FeatureExtractor("sift", max_side=1024), n_words=400)
+        index.vocabulary = trained_index.vocabulary
+        with pytest.raises(ValueError, match="index.extractor.extract"):
+            index.add([features], names=["x"])
+        assert len(index) == 0
+    # the read limits do not change features: features made under other limits fit
+    roomy = FeatureExtractor("sift", max_side=1024, max_pixels=10**9)
+    assert trained_index.query(roomy.extract(images[3]), k=1)[1][0] == 3
+
+
+def test_reranked_scores_keep_their_bag_of_words_values(trained_index, images):
+    query = warped(images[4], rotation=30, scale=0.7)[0]
+    scores, ids, inliers = trained_index.query(query, k=5, rerank=5,
+                                               return_inliers=True)
+    plain_scores, plain_ids = trained_index.query(query, k=5)
+    by_id = dict(zip(plain_ids.tolist(), plain_scores.tolist()))
+    assert [by_id[i] for i in ids.tolist()] == scores.tolist()
+    verified = inliers >= 20
+    assert np.all(np.diff(inliers[verified]) <= 0)  # verified first, by inliers
+    assert ids[0] == 4

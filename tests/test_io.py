@@ -4,6 +4,7 @@ import cv2
 import numpy as np
 import pytest
 
+from cvsearch import FeatureExtractor
 from cvsearch._validation import check_image
 from cvsearch.io import read_image
 
@@ -110,3 +111,30 @@ def test_read_color_image_takes_gray_bgra_and_16_bit(tmp_path):
         read_color_image(np.zeros((4, 5)))
     with pytest.raises(FileNotFoundError):
         read_color_image(tmp_path / "missing.png")
+
+
+def test_limits_are_read_from_the_header_and_configurable(tmp_path):
+    from cvsearch.io import UnreadableImageError, header_size
+
+    path = tmp_path / "big.png"
+    cv2.imwrite(str(path), np.zeros((300, 400), np.uint8))
+    assert header_size(path.read_bytes()) == (400, 300)
+    assert read_image(path, max_pixels=120_000).shape == (300, 400)
+    with pytest.raises(UnreadableImageError, match=r"400 x 300 = 120,000 pixels"):
+        read_image(path, max_pixels=119_999)
+    size = path.stat().st_size
+    with pytest.raises(UnreadableImageError, match="max_file_bytes"):
+        read_image(path, max_file_bytes=size - 1)
+    extractor = FeatureExtractor(max_pixels=1000)
+    with pytest.raises(UnreadableImageError, match="big.png"):
+        extractor.extract(path)
+
+
+def test_extractor_is_immutable_and_compares_by_value():
+    a = FeatureExtractor("rootsift", max_side=300)
+    with pytest.raises(AttributeError, match="immutable"):
+        a.method = "sift"
+    assert a == FeatureExtractor("rootsift", max_side=300)
+    assert a != FeatureExtractor("rootsift", max_side=301)
+    assert a.feature_params() == FeatureExtractor(
+        "rootsift", max_side=300, max_pixels=5).feature_params()
