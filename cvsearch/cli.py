@@ -138,7 +138,9 @@ def cmd_index(args):
     if not images:
         raise CommandError(f"{args.image_dir}: found no image files in it")
     extractor = FeatureExtractor(args.features, max_keypoints=args.max_keypoints,
-                                 max_side=args.max_side, dense_step=args.dense_step)
+                                 max_side=args.max_side, dense_step=args.dense_step,
+                                 max_pixels=args.max_pixels,
+                                 max_file_bytes=args.max_file_mb * 2**20)
     started = time.perf_counter()
     try:
         index = Index.build(images, extractor, args.words, random_state=args.seed,
@@ -296,6 +298,7 @@ def _jobs(text):
 
 def build_parser() -> argparse.ArgumentParser:
     from cvsearch import __version__
+    from cvsearch.io import MAX_FILE_BYTES, MAX_PIXELS
 
     parser = argparse.ArgumentParser(
         prog="cvsearch", description="Reverse image search with classical computer "
@@ -334,6 +337,12 @@ def build_parser() -> argparse.ArgumentParser:
                         "repeated words")
     p.add_argument("--pyramid", type=int, default=0,
                    help="spatial pyramid levels (0: none; 2 for category search)")
+    p.add_argument("--max-pixels", type=_positive_int, default=MAX_PIXELS,
+                   help="refuse image files whose header declares more pixels "
+                        "(decompression bombs); kept with the index for add and query")
+    p.add_argument("--max-file-mb", type=_positive_int, default=MAX_FILE_BYTES // 2**20,
+                   help="refuse image files larger than this many MiB; kept with the "
+                        "index")
     p.add_argument("--train-images", type=_positive_int, default=1000,
                    help="random images the vocabulary is trained on")
     p.add_argument("-j", "--jobs", type=_jobs, default=1,

@@ -133,11 +133,7 @@ class Index:
 
     @extractor.setter
     def extractor(self, extractor: FeatureExtractor):
-        if not isinstance(extractor, FeatureExtractor):
-            raise TypeError(f"extractor must be a FeatureExtractor, got "
-                            f"{type(extractor).__name__}")
-        self._refuse_if_filled("extractor")
-        self._extractor = extractor
+        self._replace_part("extractor", extractor, FeatureExtractor)
 
     @property
     def vocabulary(self) -> Vocabulary:
@@ -147,12 +143,15 @@ class Index:
 
     @vocabulary.setter
     def vocabulary(self, vocabulary: Vocabulary):
-        if not isinstance(vocabulary, Vocabulary):
-            raise TypeError(f"vocabulary must be a Vocabulary, got "
-                            f"{type(vocabulary).__name__}")
-        self._refuse_if_filled("vocabulary")
+        self._replace_part("vocabulary", vocabulary, Vocabulary)
+
+    def _replace_part(self, what: str, part, kind: type):
+        if not isinstance(part, kind):
+            raise TypeError(f"{what} must be a {kind.__name__}, got "
+                            f"{type(part).__name__}")
         with self._lock:
-            self._vocabulary = vocabulary
+            self._refuse_if_filled(what)
+            setattr(self, f"_{what}", part)
             self._snapshot = None
 
     def _refuse_if_filled(self, what: str):

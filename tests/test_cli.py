@@ -184,3 +184,11 @@ def test_synthetic_round_trip_and_errors_need_no_data(image_files, tmp_path):
                                cwd=tmp_path)[::2], "notes.txt", "cannot decode")
     assert_one_line_error(*run("query", "nowhere", image_files[0], cwd=tmp_path)[::2],
                           "no such index")
+    # read limits given to index are kept with the index: add and query use them
+    code, _, err = run("index", photos, "-o", "strict", "--words", "200", "--features",
+                       "sift", "--max-pixels", "300000", "-q", cwd=tmp_path)
+    assert code == 0, err  # 480 x 480 images: 230,400 pixels each
+    large = tmp_path / "large.png"
+    cv2.imwrite(str(large), cv2.resize(cv2.imread(image_files[0]), (700, 700)))
+    assert_one_line_error(*run("query", "strict", large, cwd=tmp_path)[::2],
+                          "large.png", "limit of 300,000")
