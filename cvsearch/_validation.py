@@ -34,6 +34,15 @@ def check_float(value, name: str, *, minimum: float, maximum: float = np.inf) ->
     return float(value)
 
 
+def check_n_jobs(n_jobs) -> int:
+    """``n_jobs`` as joblib takes it here: >= 1 workers, or -1 for all cores."""
+    n_jobs = check_int(n_jobs, "n_jobs", minimum=-1,
+                       hint="use 1 for serial, -1 for all cores")
+    if n_jobs == 0:
+        raise ValueError("n_jobs must be >= 1 or -1 (all cores), got 0")
+    return n_jobs
+
+
 def check_choice(value, name: str, choices) -> str:
     """Return ``value`` if it is one of ``choices`` (strings), or raise."""
     if not isinstance(value, str):

@@ -108,13 +108,27 @@ def _skipped_json(skipped) -> list[dict]:
     return [{"name": s.name, "reason": s.reason} for s in skipped]
 
 
-def _load(directory):
-    from cvsearch import Index
-
+def _check_index_folder(directory):
     if not os.path.isdir(directory):
         raise CommandError(f"{directory}: no such index folder; create one with "
                            "'cvsearch index IMAGE_DIR -o INDEX_DIR'")
+
+
+def _load(directory):
+    from cvsearch import Index
+
+    _check_index_folder(directory)
     return Index.load(directory)
+
+
+def _report(args, summary: dict, text: str):
+    """Skipped files on stderr, then the summary as JSON or as one line."""
+    _report_skipped(args, summary.get("skipped", []))
+    if args.json:
+        _emit_json({**summary, "skipped": _skipped_json(summary.get("skipped", []))}
+                   if "skipped" in summary else summary)
+    else:
+        print(text)
 
 
 def _disk_bytes(directory) -> int:
@@ -154,46 +168,43 @@ def cmd_index(args):
         raise
     index.save(args.output)
     skipped = others + index.skipped_
-    _report_skipped(args, skipped)
-    summary = {"index": args.output, "images": len(index),
-               "skipped": _skipped_json(skipped),
-               "seconds": round(time.perf_counter() - started, 1)}
-    if args.json:
-        _emit_json(summary)
-    else:
-        print(f"indexed {len(index)} images into {args.output} "
-              f"({len(summary['skipped'])} skipped, {summary['seconds']} s)")
+    seconds = round(time.perf_counter() - started, 1)
+    _report(args, {"index": args.output, "images": len(index), "skipped": skipped,
+                   "seconds": seconds},
+            f"indexed {len(index)} images into {args.output} ({len(skipped)} skipped, "
+            f"{seconds} s)")
 
 
 def cmd_add(args):
-    index = _load(args.index)
+    from cvsearch import Index
+
+    _check_index_folder(args.index)
     images, others = _collect_images(args.paths)
     if not images:
         reasons = "; ".join(f"{s.name}: {s.reason}" for s in others[:3])
         raise CommandError(f"no image files among the paths given ({reasons})")
-    before = len(index)
-    skipped = index.add(images, n_jobs=args.jobs, progress=ProgressBar(quiet=args.quiet))
-    index.save(args.index)  # atomic: the old index stays until the new one is complete
-    skipped = others + skipped
-    _report_skipped(args, skipped)
-    summary = {"index": args.index, "added": len(index) - before, "images": len(index),
-               "skipped": _skipped_json(skipped)}
-    if args.json:
-        _emit_json(summary)
-    else:
-        print(f"added {summary['added']} images; {args.index} now holds "
-              f"{len(index)} ({len(summary['skipped'])} skipped)")
+    # One writer at a time: a concurrent add waits, and both batches land. The
+    # save is atomic: the old index stays until the new one is complete.
+    with Index.updating(args.index) as index:
+        before = len(index)
+        skipped = others + index.add(images, n_jobs=args.jobs,
+                                     progress=ProgressBar(quiet=args.quiet))
+    added = len(index) - before
+    _report(args, {"index": args.index, "added": added, "images": len(index),
+                   "skipped": skipped},
+            f"added {added} images; {args.index} now holds {len(index)} "
+            f"({len(skipped)} skipped)")
 
 
 def cmd_remove(args):
-    index = _load(args.index)
-    index.remove(args.names)  # unknown names raise before anything changes
-    index.save(args.index)
-    if args.json:
-        _emit_json({"index": args.index, "removed": len(args.names),
-                    "images": len(index)})
-    else:
-        print(f"removed {len(args.names)} images; {args.index} now holds {len(index)}")
+    from cvsearch import Index
+
+    _check_index_folder(args.index)
+    with Index.updating(args.index) as index:
+        index.remove(args.names)  # unknown names raise before anything changes
+    _report(args, {"index": args.index, "removed": len(args.names),
+                   "images": len(index)},
+            f"removed {len(args.names)} images; {args.index} now holds {len(index)}")
 
 
 def cmd_query(args):
@@ -287,13 +298,12 @@ def _positive_int(text):
 
 
 def _jobs(text):
+    from cvsearch._validation import check_n_jobs
+
     try:
-        value = int(text)
+        return check_n_jobs(int(text))
     except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value == 0 or value < -1:
-        raise argparse.ArgumentTypeError("must be >= 1, or -1 for all cores")
-    return value
+        raise argparse.ArgumentTypeError("must be >= 1, or -1 for all cores") from None
 
 
 def build_parser() -> argparse.ArgumentParser:

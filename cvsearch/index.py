@@ -6,6 +6,7 @@ module (features, vocabulary, weighting, scoring, rerank, storage).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
@@ -17,7 +18,7 @@ import numpy as np
 
 from cvsearch import rerank as _rerank
 from cvsearch import storage
-from cvsearch._validation import check_float, check_int
+from cvsearch._validation import check_float, check_int, check_n_jobs
 from cvsearch.features import FeatureExtractor, Features
 from cvsearch.io import READ_ERRORS
 from cvsearch.scoring import cosine_scores, top_k
@@ -117,6 +118,7 @@ class Index:
                  n_words: int = 20_000, *, random_state: int | None = None,
                  power: float = 1.0, pyramid_levels: int = 0, **vocabulary_params):
         self._lock = threading.RLock()
+        self._origin = None  # (folder, generation) this index was loaded or saved as
         self._set_database([], np.zeros(1, np.int64), np.zeros(0, np.int32),
                            np.zeros((0, 4), np.float32), np.zeros((0, 2), np.int32))
         self.extractor = FeatureExtractor() if extractor is None else extractor
@@ -336,7 +338,7 @@ class Index:
             under a new vocabulary), or there are fewer descriptors than ``n_words``.
         """
         images = self._as_list(images, "train")
-        n_jobs = _check_n_jobs(n_jobs)
+        n_jobs = check_n_jobs(n_jobs)
         names = [os.fspath(i) if isinstance(i, (str, os.PathLike)) else f"array {n}"
                  for n, i in enumerate(images)]
         if len(self):
@@ -407,7 +409,7 @@ class Index:
                     pyramid_levels=pyramid_levels, **vocabulary_params)
         images = index._as_list(images, "build")
         names = index._default_names(images, names, "build")
-        n_jobs = _check_n_jobs(n_jobs)
+        n_jobs = check_n_jobs(n_jobs)
         train_images = check_int(train_images, "train_images", minimum=1)
         rng = np.random.default_rng(random_state)
         if len(images) <= train_images:
@@ -473,7 +475,7 @@ class Index:
         self._check_trained()
         images = self._as_list(images, "add")
         names = self._default_names(images, names, "add")
-        n_jobs = _check_n_jobs(n_jobs)
+        n_jobs = check_n_jobs(n_jobs)
         return self._add_extracted(self._extract_many(
             images, names, assign=True, n_jobs=n_jobs, progress=progress, stage="add"))
 
@@ -598,9 +600,7 @@ class Index:
         FileNotFoundError
             If the image path does not exist.
         """
-        k = check_int(k, "k", minimum=1, hint="ask for at least one result")
-        rerank = check_int(rerank, "rerank", minimum=0)
-        min_inliers = check_int(min_inliers, "min_inliers", minimum=1)
+        k, rerank, min_inliers = _check_ranking(k, rerank, min_inliers)
         snapshot = self._ready_snapshot()
         features = self._features_of(image)
         scores, ids, inliers = self._query_features(snapshot, features, k, rerank,
@@ -618,9 +618,7 @@ class Index:
         inliers : ndarray of shape (n_images, k), int32, with ``return_inliers``
         """
         images = self._as_list(images, "query_batch")
-        k = check_int(k, "k", minimum=1, hint="ask for at least one result")
-        rerank = check_int(rerank, "rerank", minimum=0)
-        min_inliers = check_int(min_inliers, "min_inliers", minimum=1)
+        k, rerank, min_inliers = _check_ranking(k, rerank, min_inliers)
         snapshot = self._ready_snapshot()
         all_scores = np.full((len(images), k), -np.inf, np.float32)
         all_ids = np.full((len(images), k), -1, np.int64)
@@ -691,9 +689,7 @@ class Index:
         """
         snapshot = self._ready_snapshot()
         id = _check_id(id, snapshot, "similar")
-        k = check_int(k, "k", minimum=1, hint="ask for at least one result")
-        rerank = check_int(rerank, "rerank", minimum=0)
-        min_inliers = check_int(min_inliers, "min_inliers", minimum=1)
+        k, rerank, min_inliers = _check_ranking(k, rerank, min_inliers)
         lo, hi = snapshot.offsets[id], snapshot.offsets[id + 1]
         scores, ids, inliers = self._rank(
             snapshot, snapshot.words[lo:hi], snapshot.keypoints[lo:hi],
@@ -786,30 +782,69 @@ class Index:
         """Save the index to a directory of plain files (JSON and .npz, no pickle).
 
         Saving is atomic: if it fails (a crash, a full disk), a previous index saved
-        in ``directory`` is left intact.
+        in ``directory`` is left intact. It holds the folder's writer lock
+        (:func:`cvsearch.storage.writer_lock`) while it writes.
+
+        Raises
+        ------
+        ValueError
+            If this index was loaded from (or last saved to) ``directory`` and
+            another writer has saved there since: its update would be lost. Load
+            the folder again and redo the change, or use :meth:`updating`.
         """
         self._check_trained()
-        with self._lock:
-            snapshot = self._current()
-            vocabulary = self.vocabulary.get_state()
         from cvsearch import __version__
 
+        with storage.writer_lock(directory):
+            folder = os.path.realpath(directory)
+            current = storage.read_generation(directory)
+            if self._origin is not None and self._origin[0] == folder \
+                    and current != self._origin[1]:
+                raise ValueError(
+                    f"{directory} has changed since this index was loaded (generation "
+                    f"{self._origin[1]}, now {current}): another writer saved there, "
+                    "and saving would lose its update. Load it again and redo the "
+                    "change (Index.updating does both under the writer lock)")
+            generation = (current or 0) + 1
+            self._save(directory, generation, __version__)
+            self._origin = (folder, generation)
+
+    def _save(self, directory, generation: int, version: str) -> None:
+        snapshot = self._current()  # one consistent state, whatever runs meanwhile
         manifest = {
             "format": "cvsearch-index", "format_version": FORMAT_VERSION,
-            "cvsearch_version": __version__,
+            "cvsearch_version": version, "generation": generation,
             "extractor": self.extractor.get_params(),
-            "vocabulary": self.vocabulary.get_params(),
-            "weighting": {"power": self.power, "pyramid_levels": self.pyramid_levels},
+            "vocabulary": snapshot.vocabulary.get_params(),
+            "weighting": {"power": snapshot.power,
+                          "pyramid_levels": snapshot.pyramid_levels},
             "n_images": len(snapshot.names), "n_keypoints": int(len(snapshot.words)),
         }
         files = {
-            "vocabulary": ("npz", storage.npz_bytes(vocabulary)),
+            "vocabulary": ("npz", storage.npz_bytes(snapshot.vocabulary.get_state())),
             "database": ("npz", storage.npz_bytes({
                 "offsets": snapshot.offsets, "words": snapshot.words,
                 "keypoints": snapshot.keypoints, "shapes": snapshot.shapes})),
             "names": ("json", storage.json_bytes(list(snapshot.names))),
         }
         storage.save_directory(directory, manifest, files)
+
+    @classmethod
+    @contextlib.contextmanager
+    def updating(cls, directory: str | os.PathLike, *, timeout: float | None = None):
+        """Load, change and save an index folder as one writer: other writers (threads
+        or processes) wait, and none loses an update. Nothing is saved if the
+        block raises.
+
+        Examples
+        --------
+        >>> with Index.updating("my-index") as index:  # doctest: +SKIP
+        ...     index.add(["new.jpg"])
+        """
+        with storage.writer_lock(directory, timeout):
+            index = cls.load(directory)
+            yield index
+            index.save(directory)
 
     @classmethod
     def load(cls, directory: str | os.PathLike) -> Index:
@@ -828,7 +863,19 @@ class Index:
             If a file is missing, truncated, modified, inconsistent or of another
             format version; the message names the file.
         """
-        path, manifest = storage.read_manifest(directory)
+        for attempt in range(5):
+            path, manifest = storage.read_manifest(directory)
+            try:
+                return cls._load(path, manifest)
+            except storage.MissingDataFileError:
+                # A writer may have replaced the files since the manifest was read:
+                # readers take no lock, they read the new manifest instead.
+                if attempt == 4 or storage.read_manifest(directory)[1] == manifest:
+                    raise
+        raise AssertionError("unreachable")
+
+    @classmethod
+    def _load(cls, path, manifest: dict) -> Index:
         directory = path.parent
         version = manifest.get("format_version")
         if version != FORMAT_VERSION:
@@ -871,6 +918,8 @@ class Index:
             fail("database", problem)
         index._set_database(names, db["offsets"], db["words"], db["keypoints"],
                             db["shapes"])
+        generation = manifest.get("generation", 0)
+        index._origin = (os.path.realpath(directory), generation)
         return index
 
 
@@ -965,9 +1014,9 @@ def _check_id(id, snapshot: _Snapshot, what: str) -> int:
     return int(id)
 
 
-def _check_n_jobs(n_jobs) -> int:
-    n_jobs = check_int(n_jobs, "n_jobs", minimum=-1,
-                       hint="use 1 for serial, -1 for all cores")
-    if n_jobs == 0 or n_jobs < -1:
-        raise ValueError(f"n_jobs must be >= 1 or -1 (all cores), got {n_jobs}")
-    return n_jobs
+def _check_ranking(k, rerank, min_inliers) -> tuple[int, int, int]:
+    """The ranking arguments of query, query_batch and similar, checked."""
+    return (check_int(k, "k", minimum=1, hint="ask for at least one result"),
+            check_int(rerank, "rerank", minimum=0),
+            check_int(min_inliers, "min_inliers", minimum=1))
+

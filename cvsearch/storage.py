@@ -28,16 +28,27 @@ What loading checks, and when (an index folder may come from anyone):
 Reading costs one pass over each file (the hash) and a copy of its arrays.
 Every failure is a ValueError naming the file (FileNotFoundError only when the
 folder or its manifest is absent). Nothing is ever unpickled.
+
+Writers and readers: one writer at a time holds :func:`writer_lock` (a lock file,
+``.cvsearch-lock``, locked with ``flock`` across processes, and a re-entrant lock
+across the threads of a process). Each save increments the manifest's
+``generation``; a writer whose index was loaded from a generation that is no
+longer the folder's is refused, never allowed to overwrite another's update.
+Readers take no lock: a reader that meets a file removed by a save in between
+reads the new manifest again.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
 import os
 import re
 import tempfile
+import threading
+import time
 import zipfile
 from pathlib import Path
 
@@ -51,6 +62,115 @@ MAX_MANIFEST_BYTES = 16 * 2**20
 _DATA_FILE = re.compile(r"(vocabulary|database|names)-[0-9a-f]{16}\.(npz|json)")
 _TEMP_PREFIX = ".cvsearch-tmp-"
 _CHECKSUM_KEY = "manifest_sha256"
+LOCK_FILE = ".cvsearch-lock"
+
+
+class MissingDataFileError(ValueError):
+    """A data file named by the manifest is not there (a save may have replaced
+    it since the manifest was read)."""
+
+
+class _HeldLock:
+    """The writer lock of one folder, as held by this process."""
+
+    def __init__(self):
+        self.threads = threading.RLock()
+        self.depth = 0
+        self.fd = None
+
+
+_HELD: dict[str, _HeldLock] = {}
+_HELD_GUARD = threading.Lock()
+
+
+def _try_lock_file(fd: int) -> bool:
+    try:
+        import fcntl
+    except ImportError:  # Windows
+        import msvcrt
+
+        try:
+            msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)
+            return True
+        except OSError:
+            return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return True
+    except BlockingIOError:
+        return False
+
+
+def _unlock_file(fd: int) -> None:
+    try:
+        import fcntl
+    except ImportError:  # Windows
+        import msvcrt
+
+        msvcrt.locking(fd, msvcrt.LK_UNLCK, 1)
+        return
+    fcntl.flock(fd, fcntl.LOCK_UN)
+
+
+@contextlib.contextmanager
+def writer_lock(directory: str | os.PathLike, timeout: float | None = None):
+    """Hold the writer lock of an index folder (created if missing).
+
+    Re-entrant within a thread; other threads and processes wait. Readers never
+    take it.
+
+    Parameters
+    ----------
+    directory : str or os.PathLike
+    timeout : float, optional
+        Seconds to wait; None waits as long as it takes.
+
+    Raises
+    ------
+    TimeoutError
+        If another writer still holds the lock after ``timeout`` seconds.
+    """
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    key = str(directory.resolve())
+    with _HELD_GUARD:
+        held = _HELD.setdefault(key, _HeldLock())
+    deadline = None if timeout is None else time.monotonic() + timeout
+    if not held.threads.acquire(timeout=-1 if timeout is None else timeout):
+        raise TimeoutError(f"{directory}: another writer (a thread of this process) "
+                           f"still holds the index after {timeout} s")
+    try:
+        if held.depth == 0:
+            fd = os.open(directory / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+            while not _try_lock_file(fd):
+                if deadline is not None and time.monotonic() >= deadline:
+                    os.close(fd)
+                    raise TimeoutError(f"{directory}: another writer (process) still "
+                                       f"holds the index after {timeout} s")
+                time.sleep(0.05)
+            held.fd = fd
+        held.depth += 1
+        try:
+            yield
+        finally:
+            held.depth -= 1
+            if held.depth == 0:
+                _unlock_file(held.fd)
+                os.close(held.fd)
+                held.fd = None
+    finally:
+        held.threads.release()
+
+
+def read_generation(directory: str | os.PathLike) -> int | None:
+    """The generation of the index saved in ``directory``, or None if there is
+    none (or its manifest cannot be read)."""
+    try:
+        _, manifest = read_manifest(directory)
+    except (FileNotFoundError, ValueError):
+        return None
+    generation = manifest.get("generation", 0)
+    return generation if isinstance(generation, int) else None
 
 
 def _write_atomic(path: Path, data: bytes) -> None:
@@ -225,8 +345,9 @@ def read_file(directory: Path, manifest: dict, key: str) -> bytes:
     try:
         data = read_bytes(path, size, limit_name=f"its size in {MANIFEST}")
     except FileNotFoundError:
-        raise ValueError(f"{path}: this index data file is missing; the index is "
-                         "incomplete: rebuild it or restore a backup") from None
+        raise MissingDataFileError(f"{path}: this index data file is missing; the "
+                                   "index is incomplete: rebuild it or restore a "
+                                   "backup") from None
     except UnreadableFileError as error:
         raise ValueError(f"{error}; the index is corrupt: rebuild it or restore a "
                          "backup") from None

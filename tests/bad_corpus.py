@@ -54,16 +54,9 @@ class Case(NamedTuple):
 
 def texture(seed: int = 0, size: int = 160) -> np.ndarray:
     """A small textured grayscale image (uint8) with corners for SIFT."""
-    rng = np.random.default_rng(seed)
-    noise = rng.random((size // 8, size // 8)).astype(np.float32)
-    image = (cv2.resize(noise, (size, size), interpolation=cv2.INTER_CUBIC) * 200
-             + 30).clip(0, 255).astype(np.uint8)
-    for _ in range(25):
-        x, y = (int(v) for v in rng.integers(0, size, 2))
-        cv2.rectangle(image, (x, y), (x + int(rng.integers(5, 30)),
-                                      y + int(rng.integers(5, 30))),
-                      int(rng.integers(0, 256)), -1)
-    return image
+    from conftest import textured_image
+
+    return textured_image(seed, size)
 
 
 def _encode(image: np.ndarray, ext: str, params=()) -> bytes:

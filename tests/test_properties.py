@@ -60,7 +60,7 @@ def mutated(draw, data: bytes) -> bytes:
 
 
 # --------------------------------------------------------------- image files
-_IMAGE = texture(3, 48)
+_IMAGE = texture(3, 96)
 _ENCODED = {ext: cv2.imencode(ext, _IMAGE)[1].tobytes()
             for ext in (".png", ".jpg", ".bmp", ".tiff", ".webp", ".pgm")}
 
