@@ -8,7 +8,8 @@ re-ranked by RANSAC geometric verification.
 import logging
 
 from cvsearch.features import FeatureExtractor, Features
-from cvsearch.index import Index, SkippedImage
+from cvsearch.index import Index
+from cvsearch.parallel import ImageWords, SkippedImage
 from cvsearch.vocabulary import Vocabulary
 
 __version__ = "0.1.0"
@@ -20,6 +21,7 @@ logging.getLogger(__name__).addHandler(logging.NullHandler())
 __all__ = [
     "FeatureExtractor",
     "Features",
+    "ImageWords",
     "Index",
     "SkippedImage",
     "Vocabulary",

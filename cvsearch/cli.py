@@ -160,7 +160,7 @@ def cmd_index(args):
         index = Index.build(images, extractor, args.words, random_state=args.seed,
                             n_jobs=args.jobs, progress=ProgressBar(quiet=args.quiet),
                             train_images=args.train_images, power=args.power,
-                            pyramid_levels=args.pyramid)
+                            pyramid_levels=args.pyramid, scheduler=args.scheduler)
     except ValueError as error:
         if "training descriptors" in str(error):
             raise CommandError(f"{error}; on the command line, lower --words (a "
@@ -188,7 +188,8 @@ def cmd_add(args):
     with Index.updating(args.index) as index:
         before = len(index)
         skipped = others + index.add(images, n_jobs=args.jobs,
-                                     progress=ProgressBar(quiet=args.quiet))
+                                     progress=ProgressBar(quiet=args.quiet),
+                                     scheduler=args.scheduler)
     added = len(index) - before
     _report(args, {"index": args.index, "added": added, "images": len(index),
                    "skipped": skipped},
@@ -357,6 +358,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="random images the vocabulary is trained on")
     p.add_argument("-j", "--jobs", type=_jobs, default=1,
                    help="worker processes for feature extraction (-1: all cores)")
+    p.add_argument("--scheduler", default=None, metavar="ADDRESS",
+                   help="extract on a Dask cluster instead, e.g. tcp://host:8786 "
+                        "(pip install 'cvsearch[dask]'; image paths must be valid on "
+                        "the workers)")
     p.add_argument("--seed", type=int, default=0, help="random seed of the vocabulary")
     p.add_argument("--overwrite", action="store_true",
                    help="replace an index already in the output folder")
@@ -369,6 +374,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("paths", nargs="+", metavar="PATH", help="image files or folders")
     p.add_argument("-j", "--jobs", type=_jobs, default=1,
                    help="worker processes for feature extraction (-1: all cores)")
+    p.add_argument("--scheduler", default=None, metavar="ADDRESS",
+                   help="extract on a Dask cluster instead, e.g. tcp://host:8786 "
+                        "(pip install 'cvsearch[dask]'; image paths must be valid on "
+                        "the workers)")
     p.set_defaults(run=cmd_add)
 
     p = sub("remove", "Remove images from an index by name (as 'query' prints them).")

@@ -20,7 +20,7 @@ from cvsearch import rerank as _rerank
 from cvsearch import storage
 from cvsearch._validation import check_float, check_int, check_n_jobs
 from cvsearch.features import FeatureExtractor, Features
-from cvsearch.io import READ_ERRORS
+from cvsearch.parallel import ImageWords, SkippedImage, extract_many
 from cvsearch.scoring import cosine_scores, top_k
 from cvsearch.vocabulary import Vocabulary, sample_rows
 from cvsearch.weighting import (
@@ -33,13 +33,6 @@ from cvsearch.weighting import (
 logger = logging.getLogger(__name__)
 
 FORMAT_VERSION = 2
-
-
-class SkippedImage(NamedTuple):
-    """An input that ``Index.add`` or ``Index.train`` skipped, and why."""
-
-    name: str
-    reason: str
 
 
 class _Snapshot(NamedTuple):
@@ -287,33 +280,17 @@ class Index:
         return self.extractor.extract(image)
 
     def _extract_many(self, images: list, names: list[str], *, assign: bool,
-                       n_jobs: int, progress, stage: str):
+                      n_jobs: int, progress, stage: str, scheduler=None):
         """Yield ``(name, item)`` per image, in order: a SkippedImage if a file
-        cannot be read, else an _Entry (``assign``: words, no descriptors) or
-        Features. With ``n_jobs != 1``, chunks of images go to joblib worker
-        processes; the results are the same as a serial run's.
-        """
-        vocabulary = self.vocabulary if assign else None
-        chunks = [(images[i:i + _CHUNK], names[i:i + _CHUNK])
-                  for i in range(0, len(images), _CHUNK)]
-        if n_jobs == 1 or len(chunks) <= 1:
-            results = (_extract_chunk(self.extractor, vocabulary, *c) for c in chunks)
-        else:
-            from joblib import Parallel, delayed
-
-            # A generator keeps only a few chunks in flight: memory stays bounded.
-            results = Parallel(n_jobs=n_jobs, return_as="generator")(
-                delayed(_extract_chunk)(self.extractor, vocabulary, *c, in_worker=True)
-                for c in chunks)
-        done = 0
-        for (_, chunk_names), items in zip(chunks, results):
-            done += len(items)
-            if progress is not None:  # before yielding: consumers may stop early
-                progress(stage, done, len(images))
-            yield from zip(chunk_names, items)
+        cannot be read, else ImageWords (``assign``) or Features; in this
+        process, joblib workers or on Dask (see :mod:`cvsearch.parallel`)."""
+        return extract_many(self.extractor, self.vocabulary if assign else None,
+                            images, names, n_jobs=n_jobs, scheduler=scheduler,
+                            progress=progress, stage=stage)
 
     # --------------------------------------------------------------- training
-    def train(self, images: Sequence, *, n_jobs: int = 1, progress=None) -> Index:
+    def train(self, images: Sequence, *, n_jobs: int = 1, progress=None,
+              scheduler=None) -> Index:
         """Learn the visual vocabulary from the features of ``images``.
 
         Unreadable files are skipped with a warning.
@@ -326,6 +303,10 @@ class Index:
         progress : callable, optional
             ``progress(stage, done, total)`` after each chunk of images, with
             stage ``"train"``.
+        scheduler : distributed.Client or str, optional
+            Extract on this Dask cluster (a client, or a scheduler address such as
+            ``"tcp://host:8786"``) instead of local processes; the results are the
+            same. Needs ``pip install 'cvsearch[dask]'``.
 
         Returns
         -------
@@ -349,7 +330,7 @@ class Index:
         samples = []
         for name, features in self._extract_many(images, names, assign=False,
                                                  n_jobs=n_jobs, progress=progress,
-                                                 stage="train"):
+                                                 stage="train", scheduler=scheduler):
             if isinstance(features, SkippedImage):
                 logger.warning("skipped %s: %s", name, features.reason)
                 continue
@@ -384,7 +365,7 @@ class Index:
               n_words: int = 20_000, *, names: Sequence[str] | None = None,
               random_state: int | None = None, n_jobs: int = 1, progress=None,
               train_images: int = 1000, power: float = 1.0, pyramid_levels: int = 0,
-              **vocabulary_params) -> Index:
+              scheduler=None, **vocabulary_params) -> Index:
         """Train on (a random subset of) ``images`` and add them all.
 
         The vocabulary learns from at most ``train_images`` images drawn at random
@@ -419,17 +400,17 @@ class Index:
         per_image = index._sample_per_image(len(chosen))
         training = dict(zip(chosen.tolist(), (item for _, item in index._extract_many(
             [images[i] for i in chosen], [names[i] for i in chosen], assign=False,
-            n_jobs=n_jobs, progress=progress, stage="train"))))
+            n_jobs=n_jobs, progress=progress, stage="train", scheduler=scheduler))))
         index._fit_vocabulary(
             [_sample_features(f.descriptors, per_image, rng)
              for f in training.values() if isinstance(f, Features)], rng)
         for i, item in training.items():  # keep words, drop descriptors
             if isinstance(item, Features):
-                training[i] = _Entry.of(item, index.vocabulary)
+                training[i] = ImageWords.of(item, index.vocabulary)
         rest = [i for i in range(len(images)) if i not in training]
         extracted = index._extract_many(
             [images[i] for i in rest], [names[i] for i in rest], assign=True,
-            n_jobs=n_jobs, progress=None, stage="add")
+            n_jobs=n_jobs, progress=None, stage="add", scheduler=scheduler)
 
         def in_order():
             for i in range(len(images)):
@@ -445,7 +426,7 @@ class Index:
 
     # ------------------------------------------------------------ add, remove
     def add(self, images: Sequence, names: Sequence[str] | None = None, *,
-            n_jobs: int = 1, progress=None) -> list[SkippedImage]:
+            n_jobs: int = 1, progress=None, scheduler=None) -> list[SkippedImage]:
         """Add images to the index.
 
         Files that cannot be read (missing, empty, truncated, not an image, a
@@ -455,17 +436,21 @@ class Index:
 
         Parameters
         ----------
-        images : sequence of str, os.PathLike, ndarray or Features
+        images : sequence of str, os.PathLike, ndarray, Features or ImageWords
             Paths, arrays of shape (H, W), (H, W, 3) BGR or (H, W, 4) BGRA, uint8
-            or uint16, or features computed beforehand with ``index.extractor``.
+            or uint16, features computed beforehand with ``index.extractor``, or
+            words assigned beforehand (:meth:`image_words`, by this index or any
+            that shares its vocabulary, on any machine).
         names : sequence of str, optional
-            One per image; defaults to the paths as given. Required for arrays
-            and Features.
+            One per image; defaults to the paths as given. Required for arrays,
+            Features and ImageWords.
         n_jobs : int
             Worker processes for feature extraction and word assignment (-1: all
             cores); the result is the same as with 1.
         progress : callable, optional
             ``progress(stage, done, total)`` after each chunk, stage ``"add"``.
+        scheduler : distributed.Client or str, optional
+            Extract on this Dask cluster (see :meth:`train`).
 
         Returns
         -------
@@ -477,7 +462,70 @@ class Index:
         names = self._default_names(images, names, "add")
         n_jobs = check_n_jobs(n_jobs)
         return self._add_extracted(self._extract_many(
-            images, names, assign=True, n_jobs=n_jobs, progress=progress, stage="add"))
+            images, names, assign=True, n_jobs=n_jobs, progress=progress, stage="add",
+            scheduler=scheduler))
+
+    def image_words(self, images: Sequence, *, n_jobs: int = 1,
+                    scheduler=None) -> list:
+        """The words this index would store for ``images``, without adding them:
+        what a worker computes for another machine's index.
+
+        Returns
+        -------
+        list of ImageWords or SkippedImage, one per image; ``add`` takes the
+        ImageWords (with names) on any index that shares this vocabulary.
+        """
+        self._check_trained()
+        images = self._as_list(images, "image_words")
+        names = [os.fspath(i) if isinstance(i, (str, os.PathLike)) else f"image {n}"
+                 for n, i in enumerate(images)]
+        return [item for _, item in self._extract_many(
+            images, names, assign=True, n_jobs=check_n_jobs(n_jobs), progress=None,
+            stage="add", scheduler=scheduler)]
+
+    @classmethod
+    def merge(cls, indexes: Sequence[Index]) -> Index:
+        """One index holding the images of ``indexes``, in order: the same as adding
+        all their images to one index (shards built apart, joined).
+
+        Raises
+        ------
+        ValueError
+            If they do not share a vocabulary, an extractor and a weighting, or
+            an image name appears twice.
+        """
+        indexes = list(indexes)
+        if not indexes or not all(isinstance(i, Index) for i in indexes):
+            raise TypeError("merge takes a non-empty list of Index")
+        first = indexes[0]
+        first._check_trained()
+        for other in indexes[1:]:
+            other._check_trained()
+            if other.vocabulary.fingerprint != first.vocabulary.fingerprint:
+                raise ValueError("merge needs indexes that share one vocabulary; "
+                                 "build the shards with the same trained vocabulary")
+            if other.extractor != first.extractor or (other.power, other.pyramid_levels
+                                                      ) != (first.power,
+                                                            first.pyramid_levels):
+                raise ValueError("merge needs indexes with the same extractor, power "
+                                 "and pyramid_levels")
+        merged = Index(first.extractor, first.n_words, power=first.power,
+                       pyramid_levels=first.pyramid_levels)
+        merged.vocabulary = first.vocabulary
+        entries = []
+        for index in indexes:
+            snapshot = index._current()
+            for i, name in enumerate(snapshot.names):
+                lo, hi = snapshot.offsets[i], snapshot.offsets[i + 1]
+                entries.append((name, ImageWords(
+                    snapshot.words[lo:hi], snapshot.keypoints[lo:hi],
+                    tuple(int(v) for v in snapshot.shapes[i]),
+                    snapshot.vocabulary.fingerprint, index.extractor.feature_params())))
+        skipped = merged._add_extracted(iter(entries))
+        if skipped:
+            raise ValueError(f"merge: the image name {skipped[0].name!r} appears in "
+                             "more than one index")
+        return merged
 
     def _add_extracted(self, extracted) -> list[SkippedImage]:
         """Add ``(name, _Entry or SkippedImage)`` pairs; the index changes once,
@@ -798,8 +846,9 @@ class Index:
         with storage.writer_lock(directory):
             folder = os.path.realpath(directory)
             current = storage.read_generation(directory)
+            # A folder emptied since (no index there now) loses nobody's update.
             if self._origin is not None and self._origin[0] == folder \
-                    and current != self._origin[1]:
+                    and current is not None and current != self._origin[1]:
                 raise ValueError(
                     f"{directory} has changed since this index was loaded (generation "
                     f"{self._origin[1]}, now {current}): another writer saved there, "
@@ -951,56 +1000,6 @@ def _check_database(db: dict, names, n_words: int) -> str | None:
     if shapes.shape != (n, 2) or (n and shapes.min() < 1):
         return f"shapes has shape {shapes.shape}, expected ({n}, 2) positive sizes"
     return None
-
-
-#: Images per task sent to a worker process: large enough that sending the
-#: vocabulary along costs little, small enough to balance the load.
-_CHUNK = 16
-
-
-class _Entry(NamedTuple):
-    """What the index keeps of an image: its words and keypoints."""
-
-    words: np.ndarray
-    keypoints: np.ndarray
-    image_shape: tuple
-
-    @classmethod
-    def of(cls, features: Features, vocabulary: Vocabulary) -> _Entry:
-        return cls(vocabulary.predict(features.descriptors).astype(np.int32),
-                   features.keypoints, features.image_shape)
-
-
-def _extract_one(extractor: FeatureExtractor, image, name: str):
-    """Features of one image, or a SkippedImage if a file cannot be read."""
-    if isinstance(image, Features):  # computed beforehand by the caller
-        return extractor.check_features(image)
-    if isinstance(image, np.ndarray):
-        return extractor.extract(image)  # bad arrays are caller errors
-    if not isinstance(image, (str, os.PathLike)):
-        raise TypeError(f"image {name!r} is a {type(image).__name__}, not a path "
-                        "or array")
-    try:
-        return extractor.extract(image)
-    except READ_ERRORS as error:
-        return SkippedImage(name, str(error))
-
-
-def _extract_chunk(extractor: FeatureExtractor, vocabulary: Vocabulary | None,
-                   images: list, names: list, in_worker: bool = False) -> list:
-    """Features (or, given a vocabulary, _Entry) or SkippedImage per image; runs
-    in worker processes."""
-    if in_worker:
-        import cv2
-
-        # One thread per worker: the workers already fill the cores, and OpenCV's
-        # own threads on top would only contend with them. (joblib limits BLAS
-        # threads in its workers the same way.)
-        cv2.setNumThreads(1)
-    items = [_extract_one(extractor, image, name) for image, name in zip(images, names)]
-    if vocabulary is None:
-        return items
-    return [_Entry.of(i, vocabulary) if isinstance(i, Features) else i for i in items]
 
 
 def _check_id(id, snapshot: _Snapshot, what: str) -> int:

@@ -193,6 +193,12 @@ class Vocabulary:
         return self
 
     def _set_state(self, centers, cell_centers, word_cells, binary):
+        import hashlib
+
+        digest = hashlib.sha256()
+        for array in (centers, cell_centers, word_cells, np.array(bool(binary))):
+            digest.update(np.ascontiguousarray(array).tobytes())
+        self._fingerprint = digest.hexdigest()[:32]
         self.centers_ = centers
         self.binary_ = bool(binary)
         self.cell_centers_ = cell_centers
@@ -208,6 +214,13 @@ class Vocabulary:
             self._sorted_sqnorms = self._center_sqnorms[order]
             self._cell_sqnorms = (cell_centers.astype(np.float64) ** 2).sum(1).astype(
                 np.float32)
+
+    @property
+    def fingerprint(self) -> str:
+        """A hash of the learnt arrays: two vocabularies with the same fingerprint
+        assign the same words (words carry it, see ``cvsearch.parallel``)."""
+        self._check_fitted()
+        return self._fingerprint
 
     @property
     def descriptor_dim(self) -> int:

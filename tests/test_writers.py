@@ -118,3 +118,11 @@ def test_a_reader_that_loses_the_race_reads_the_new_manifest(saved, image_files,
 
     monkeypatch.setattr(Index, "_load", classmethod(racing))
     assert len(Index.load(saved)) == 2 and raced
+
+
+def test_saving_where_the_index_was_deleted_loses_nothing(saved, image_files):
+    index = Index.load(saved)
+    shutil.rmtree(saved)
+    index.add(image_files[:1])
+    index.save(saved)  # nobody's update is there to lose
+    assert len(Index.load(saved)) == 1

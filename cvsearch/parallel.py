@@ -1,0 +1,210 @@
+"""Feature extraction and word assignment over many images: in this process, in
+joblib worker processes, or on a Dask cluster.
+
+Images go out in chunks of ``CHUNK``; each chunk comes back as one item per image,
+in order: ``Features`` (training), :class:`ImageWords` (adding: the words and
+keypoints an index keeps, no descriptors), or :class:`SkippedImage` for a file
+that is not a readable image. Every backend gives the same items.
+
+On Dask (``scheduler``: a ``distributed.Client`` or a scheduler address such as
+``"tcp://host:8786"``), the extractor and the vocabulary are scattered to every
+worker once (``client.scatter(..., broadcast=True)``) and each task receives
+their futures, so a 20,000-word vocabulary is not sent again with every chunk.
+The workers read the image files themselves: paths must be valid on them (a
+shared file system). Only a bounded window of chunks is in flight at a time.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import deque
+from typing import NamedTuple
+
+import numpy as np
+
+from cvsearch.features import FeatureExtractor, Features
+from cvsearch.io import READ_ERRORS
+from cvsearch.vocabulary import Vocabulary
+
+#: Images per task: large enough that a task's overhead is small, small enough
+#: to balance the load.
+CHUNK = 16
+
+
+class SkippedImage(NamedTuple):
+    """An input that ``Index.add`` or ``Index.train`` skipped, and why."""
+
+    name: str
+    reason: str
+
+
+class ImageWords(NamedTuple):
+    """What an index keeps of an image: its visual words and keypoints.
+
+    Workers return these; ``Index.add`` takes them (with names), so images can be
+    described anywhere and added to an index that shares the vocabulary.
+
+    Attributes
+    ----------
+    words : ndarray of shape (n_keypoints,), int32
+        Word of each keypoint.
+    keypoints : ndarray of shape (n_keypoints, 4), float32
+        ``(x, y, size, angle)``, x the column and y the row, in pixels of the
+        original image.
+    image_shape : tuple of int
+        ``(height, width)``.
+    vocabulary : str
+        ``Vocabulary.fingerprint`` of the vocabulary that assigned the words; an
+        index refuses words of another vocabulary.
+    extractor : dict
+        ``FeatureExtractor.feature_params()`` of the extractor of the features.
+    """
+
+    words: np.ndarray
+    keypoints: np.ndarray
+    image_shape: tuple
+    vocabulary: str
+    extractor: dict
+
+    @classmethod
+    def of(cls, features: Features, vocabulary: Vocabulary) -> ImageWords:
+        """The words of ``features`` under ``vocabulary``."""
+        return cls(vocabulary.predict(features.descriptors).astype(np.int32),
+                   features.keypoints, features.image_shape, vocabulary.fingerprint,
+                   features.extractor)
+
+
+def extract_one(extractor: FeatureExtractor, image, name: str):
+    """Features of one image (a path, an array or Features), or a SkippedImage if
+    a file is not a readable image."""
+    if isinstance(image, Features):  # computed beforehand by the caller
+        return extractor.check_features(image)
+    if isinstance(image, np.ndarray):
+        return extractor.extract(image)  # bad arrays are caller errors
+    if not isinstance(image, (str, os.PathLike)):
+        raise TypeError(f"image {name!r} is a {type(image).__name__}, not a path "
+                        "or array")
+    try:
+        return extractor.extract(image)
+    except READ_ERRORS as error:
+        return SkippedImage(name, str(error))
+
+
+def extract_chunk(extractor: FeatureExtractor, vocabulary: Vocabulary | None,
+                  images: list, names: list, in_worker: bool = False) -> list:
+    """Features (or, given a vocabulary, ImageWords) or SkippedImage per image.
+    Runs in worker processes."""
+    if in_worker:
+        import cv2
+
+        # One thread per worker: the workers already fill the cores, and OpenCV's
+        # own threads on top would only contend with them. (joblib limits BLAS
+        # threads in its workers the same way.)
+        cv2.setNumThreads(1)
+    return [_item(extractor, vocabulary, image, name)
+            for image, name in zip(images, names)]
+
+
+def _item(extractor, vocabulary, image, name):
+    if isinstance(image, ImageWords):  # assigned beforehand (by a worker)
+        if vocabulary is None:
+            raise TypeError(f"image {name!r}: training takes images or Features, "
+                            "not ImageWords")
+        return check_words(image, extractor, vocabulary)
+    item = extract_one(extractor, image, name)
+    if vocabulary is None or not isinstance(item, Features):
+        return item
+    return ImageWords.of(item, vocabulary)
+
+
+def check_words(words: ImageWords, extractor: FeatureExtractor,
+                vocabulary: Vocabulary) -> ImageWords:
+    """``words`` if ``vocabulary`` assigned them to features of ``extractor``.
+
+    Raises
+    ------
+    ValueError
+        If another vocabulary or extractor made them, or their arrays disagree.
+    """
+    if words.vocabulary != vocabulary.fingerprint:
+        raise ValueError("these words were assigned by another vocabulary "
+                         f"({words.vocabulary!r:.20}, this index's is "
+                         f"{vocabulary.fingerprint!r:.20}); assign them with this "
+                         "index (index.image_words) or one that shares its vocabulary")
+    if words.extractor != extractor.feature_params():
+        raise ValueError(f"these words come from features of {words.extractor}, but "
+                         f"this index uses {extractor!r}")
+    n = len(words.words)
+    if (np.shape(words.keypoints) != (n, 4) or np.ndim(words.words) != 1
+            or (n and not 0 <= int(np.min(words.words)) <= int(np.max(words.words))
+                < vocabulary.n_words)):
+        raise ValueError("these words and keypoints disagree, or hold word ids "
+                         f"outside 0..{vocabulary.n_words - 1}")
+    return words
+
+
+def extract_many(extractor: FeatureExtractor, vocabulary: Vocabulary | None,
+                 images: list, names: list[str], *, n_jobs: int = 1, scheduler=None,
+                 progress=None, stage: str = "add"):
+    """Yield ``(name, item)`` per image, in order (see the module docstring).
+
+    Parameters
+    ----------
+    extractor : FeatureExtractor
+    vocabulary : Vocabulary or None
+        Given: items are ImageWords; None: Features.
+    images, names : list
+    n_jobs : int
+        joblib worker processes (1: this process; -1: all cores); ignored with a
+        scheduler.
+    scheduler : distributed.Client or str, optional
+        A Dask client or scheduler address: run the chunks on that cluster.
+    progress : callable, optional
+        ``progress(stage, done, total)`` after each chunk.
+    stage : str
+    """
+    chunks = [(images[i:i + CHUNK], names[i:i + CHUNK])
+              for i in range(0, len(images), CHUNK)]
+    if scheduler is not None:
+        results = _on_dask(scheduler, extractor, vocabulary, chunks)
+    elif n_jobs == 1 or len(chunks) <= 1:
+        results = (extract_chunk(extractor, vocabulary, *c) for c in chunks)
+    else:
+        from joblib import Parallel, delayed
+
+        # A generator keeps only a few chunks in flight: memory stays bounded.
+        results = Parallel(n_jobs=n_jobs, return_as="generator")(
+            delayed(extract_chunk)(extractor, vocabulary, *c, in_worker=True)
+            for c in chunks)
+    done = 0
+    for (_, chunk_names), items in zip(chunks, results):
+        done += len(items)
+        if progress is not None:  # before yielding: consumers may stop early
+            progress(stage, done, len(images))
+        yield from zip(chunk_names, items)
+
+
+def _on_dask(scheduler, extractor, vocabulary, chunks):
+    """Chunk results, in order, computed on a Dask cluster."""
+    try:
+        from distributed import Client
+    except ImportError:
+        raise ImportError("scheduler= needs Dask's distributed: pip install "
+                          "'cvsearch[dask]'") from None
+    client = scheduler if isinstance(scheduler, Client) else Client(scheduler)
+    try:
+        # Sent to every worker once; tasks get the futures, not the objects.
+        shared_extractor, shared_vocabulary = client.scatter(
+            [extractor, vocabulary], broadcast=True, hash=False)
+        window = max(4, 2 * len(client.scheduler_info().get("workers", {})))
+        pending = deque()
+        for chunk in chunks:
+            pending.append(client.submit(extract_chunk, shared_extractor,
+                                         shared_vocabulary, *chunk, True, pure=False))
+            if len(pending) >= window:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
+    finally:
+        if client is not scheduler:
+            client.close()

@@ -1,0 +1,67 @@
+"""Building apart and joining: words assigned elsewhere, merged shards, and a
+build on a Dask cluster, each equal to a serial build."""
+
+import numpy as np
+import pytest
+from test_index import assert_same_results, results
+
+from cvsearch import FeatureExtractor, ImageWords, Index
+
+
+def shares(trained_index):
+    """An empty index sharing the fixture's extractor and vocabulary."""
+    index = Index(FeatureExtractor("sift", max_side=1024), n_words=400)
+    index.vocabulary = trained_index.vocabulary
+    return index
+
+
+def test_words_assigned_elsewhere_add_like_images(trained_index, image_files, images):
+    words = shares(trained_index).image_words(image_files[:6], n_jobs=2)
+    assert all(isinstance(w, ImageWords) for w in words)
+    index = shares(trained_index)
+    assert index.add(words, names=image_files[:6]) == []
+    direct = shares(trained_index)
+    direct.add(image_files[:6])
+    assert_same_results(results(index, images[:3]), results(direct, images[:3]))
+    other = Index.build(image_files, FeatureExtractor("sift", max_side=1024),
+                        n_words=300, random_state=1)
+    with pytest.raises(ValueError, match="another vocabulary"):
+        other.add(words[:1], names=["x"])
+    bad = words[0]._replace(words=np.full_like(words[0].words, 10**6))
+    with pytest.raises(ValueError, match="outside"):
+        shares(trained_index).add([bad], names=["x"])
+
+
+def test_merged_shards_equal_one_index(trained_index, image_files, images):
+    shards = [shares(trained_index) for _ in range(3)]
+    for i, shard in enumerate(shards):
+        shard.add(image_files[i::3])
+    merged = Index.merge(shards)
+    whole = shares(trained_index)
+    whole.add([p for i in range(3) for p in image_files[i::3]])
+    assert merged.names == whole.names
+    assert_same_results(results(merged, images[:4], rerank=5),
+                        results(whole, images[:4], rerank=5))
+    with pytest.raises(ValueError, match="more than one index"):
+        Index.merge([shards[0], shards[0]])
+    with pytest.raises(ValueError, match="share one vocabulary"):
+        Index.merge([shards[0], Index.build(image_files[:4], FeatureExtractor(
+            "sift", max_side=1024), n_words=100, random_state=0)])
+
+
+def test_dask_cluster_build_is_identical_to_a_serial_build(image_files, images):
+    distributed = pytest.importorskip("distributed")
+    extractor = FeatureExtractor("sift", max_side=1024)
+    serial = Index.build(image_files, extractor, n_words=200, random_state=0)
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                                  dashboard_address=None) as cluster, \
+            distributed.Client(cluster) as client:
+        on_dask = Index.build(image_files, extractor, n_words=200, random_state=0,
+                              scheduler=client)
+        more = shares(on_dask)
+        more.add(image_files[:5], scheduler=cluster.scheduler_address)
+    assert np.array_equal(on_dask.vocabulary.centers_, serial.vocabulary.centers_)
+    assert on_dask.names == serial.names
+    assert_same_results(results(on_dask, images[:4], rerank=5),
+                        results(serial, images[:4], rerank=5))
+    assert len(more) == 5
