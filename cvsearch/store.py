@@ -1,0 +1,420 @@
+"""The image store: immutable segments, tombstones and stable ids.
+
+As Lucene does, images are written in batches to immutable **segments**; removing an
+image marks it deleted (a tombstone) without touching its segment, and
+:meth:`Store.compact` rewrites segments without their deleted images. Every image
+keeps the **id** it was given when added, for life (faiss's ``IndexIDMap``): ids
+are never renumbered.
+
+A segment holds two parts:
+
+- what scoring needs: an inverted file of term counts (per column, the rows of the
+  images holding it and how often), in the smallest dtypes that hold them;
+- what re-ranking needs, read only for a short-list: each image's per-keypoint
+  words and geometry.
+
+Document frequencies add up over segments (minus the deleted images' own), so the
+idf is exact for the live images, and an index grown by adds and removes scores
+exactly like one built at once. Scoring a database image ``d`` against a query
+``q`` (both tf-idf weighted, power-law normalised, L2-normalised; see
+:mod:`cvsearch.weighting`) uses ``(tf * idf) ** p = tf ** p * idf ** p``:
+
+    score(q, d) = inv_norm[d] * sum over the query's columns c of
+                  (q_c * idf_c ** p) * tf_dc ** p
+
+so a query touches only the postings of its own columns, with one factor per
+column and one inverse norm per image. The norms depend on the idf, hence on every
+image: they are recomputed (one vectorised pass over the postings) the first time
+a state is scored, and shared by every query of that state.
+
+A :class:`Store` value never changes: ``add``, ``remove`` and ``compact`` return a
+new one, so a query holds one consistent state however the index changes
+meanwhile.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import NamedTuple
+
+import numpy as np
+
+from cvsearch.weighting import pyramid_size, spatial_bag_of_words
+
+
+def ragged_ranges(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """``concatenate([arange(s, s + n) for s, n in zip(starts, lengths)])``,
+    without a Python loop. ndarray of shape (lengths.sum(),), int64."""
+    lengths = np.asarray(lengths, np.int64)
+    ends = np.cumsum(lengths)
+    steps = np.arange(int(ends[-1]) if len(ends) else 0, dtype=np.int64)
+    return steps + np.repeat(np.asarray(starts, np.int64) - (ends - lengths), lengths)
+
+
+def smallest_uint(maximum: int) -> np.dtype:
+    """The smallest unsigned integer dtype that holds ``maximum``."""
+    for dtype in (np.uint8, np.uint16, np.uint32):
+        if maximum <= np.iinfo(dtype).max:
+            return np.dtype(dtype)
+    return np.dtype(np.uint64)
+
+
+class Segment(NamedTuple):
+    """An immutable batch of images.
+
+    Attributes
+    ----------
+    ids : ndarray of shape (n,), unsigned int
+        Stable ids, increasing.
+    names : tuple of str
+    shapes : ndarray of shape (n, 2), int32
+        ``(height, width)`` of each image.
+    kp_offsets : ndarray of shape (n + 1,), int64
+        Image i owns keypoints ``kp_offsets[i]:kp_offsets[i + 1]``.
+    kp_words : ndarray of shape (n_keypoints,), unsigned int
+    keypoints : ndarray of shape (n_keypoints, 4), float32
+        ``(x, y, size, angle)``, x the column and y the row.
+    post_indptr : ndarray of shape (n_columns + 1,), int64
+        Column c owns postings ``post_indptr[c]:post_indptr[c + 1]``.
+    post_rows : ndarray of shape (n_postings,), unsigned int
+        The row (position in this segment) of each posting, increasing within a
+        column.
+    post_tf : ndarray of shape (n_postings,), unsigned int
+        How often the column occurs in that image.
+    """
+
+    ids: np.ndarray
+    names: tuple
+    shapes: np.ndarray
+    kp_offsets: np.ndarray
+    kp_words: np.ndarray
+    keypoints: np.ndarray
+    post_indptr: np.ndarray
+    post_rows: np.ndarray
+    post_tf: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    @property
+    def df(self) -> np.ndarray:
+        """Images of this segment holding each column (deleted ones included)."""
+        return np.diff(self.post_indptr)
+
+    @classmethod
+    def build(cls, ids, names, words_list, keypoints_list, shapes, n_words: int,
+              levels: int) -> Segment:
+        """A segment of images given by their per-keypoint words and keypoints.
+
+        Parameters
+        ----------
+        ids : sequence of int, increasing
+        names : sequence of str
+        words_list : list of ndarray of shape (n_i,), int
+        keypoints_list : list of ndarray of shape (n_i, 4), float32
+        shapes : ndarray of shape (n, 2)
+        n_words, levels : int
+            Vocabulary size and spatial pyramid levels.
+        """
+        ids = np.asarray(ids, np.int64)
+        sizes = np.array([len(w) for w in words_list], np.int64)
+        offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
+        words = (np.concatenate(words_list) if len(words_list) else
+                 np.zeros(0, np.int64)).astype(np.int64)
+        keypoints = (np.concatenate(keypoints_list) if len(keypoints_list) else
+                     np.zeros((0, 4), np.float32)).astype(np.float32).reshape(-1, 4)
+        shapes = np.asarray(shapes, np.int32).reshape(-1, 2)
+        return cls.of_arrays(ids, tuple(names), shapes, offsets, words, keypoints,
+                             n_words, levels)
+
+    @classmethod
+    def of_arrays(cls, ids, names, shapes, offsets, words, keypoints, n_words: int,
+                  levels: int) -> Segment:
+        """A segment from concatenated arrays; its postings are computed here."""
+        counts = spatial_bag_of_words(words, keypoints, shapes, offsets, n_words,
+                                      levels).tocsc()
+        counts.sort_indices()
+        n = len(names)
+        return cls(
+            ids=np.asarray(ids).astype(smallest_uint(int(ids.max()) if n else 0)),
+            names=tuple(names), shapes=np.ascontiguousarray(shapes, np.int32),
+            kp_offsets=np.asarray(offsets, np.int64),
+            kp_words=np.asarray(words).astype(smallest_uint(max(n_words - 1, 0))),
+            keypoints=np.ascontiguousarray(keypoints, np.float32),
+            post_indptr=counts.indptr.astype(np.int64),
+            post_rows=counts.indices.astype(smallest_uint(max(n - 1, 0))),
+            post_tf=counts.data.astype(np.int64).astype(
+                smallest_uint(int(counts.data.max()) if counts.nnz else 0)))
+
+    def select(self, keep: np.ndarray, n_words: int, levels: int) -> Segment:
+        """A segment of the rows where ``keep`` (a boolean mask) is True."""
+        sizes = np.diff(self.kp_offsets)
+        per_keypoint = np.repeat(keep, sizes)
+        offsets = np.concatenate([[0], np.cumsum(sizes[keep])]).astype(np.int64)
+        return Segment.of_arrays(
+            np.asarray(self.ids)[keep].astype(np.int64),
+            tuple(n for n, k in zip(self.names, keep) if k), np.asarray(self.shapes)[keep],
+            offsets, np.asarray(self.kp_words)[per_keypoint].astype(np.int64),
+            np.asarray(self.keypoints)[per_keypoint], n_words, levels)
+
+    def image(self, row: int):
+        """``(words int32, keypoints float32, (height, width))`` of one row."""
+        lo, hi = self.kp_offsets[row], self.kp_offsets[row + 1]
+        return (np.asarray(self.kp_words[lo:hi], np.int32),
+                np.asarray(self.keypoints[lo:hi], np.float32),
+                tuple(int(v) for v in self.shapes[row]))
+
+    def row_columns(self, rows: np.ndarray, n_words: int, levels: int) -> np.ndarray:
+        """Document-frequency contribution of ``rows``: for each column, how many
+        of them hold it. ndarray of shape (n_columns,), int64."""
+        n_columns = n_words * pyramid_size(levels)
+        if not len(rows):
+            return np.zeros(n_columns, np.int64)
+        part = self.select(np.isin(np.arange(len(self)), rows), n_words, levels)
+        return np.diff(part.post_indptr)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of its arrays (names not included)."""
+        return int(sum(np.asarray(a).nbytes for a in (
+            self.ids, self.shapes, self.kp_offsets, self.kp_words, self.keypoints,
+            self.post_indptr, self.post_rows, self.post_tf)))
+
+
+class _Weights(NamedTuple):
+    """What scoring a state needs beyond its segments (derived, not stored)."""
+
+    idf: np.ndarray  # (n_columns,), float32
+    idf_power: np.ndarray  # idf ** power, float32
+    inv_norms: tuple  # per segment, (n,) float32; 0 where deleted or empty
+
+
+class Store:
+    """An immutable state of the image store (see the module docstring).
+
+    Parameters
+    ----------
+    n_words : int
+    levels : int
+        Spatial pyramid levels (the columns are ``n_words * pyramid_size(levels)``).
+    power : float
+        Power-law exponent of the weights.
+    """
+
+    def __init__(self, n_words: int, levels: int = 0, power: float = 1.0, *,
+                 segments=(), deleted=None, next_id: int = 0):
+        self.n_words, self.levels, self.power = int(n_words), int(levels), float(power)
+        self.n_columns = self.n_words * pyramid_size(self.levels)
+        self.segments = tuple(segments)
+        # deleted[i]: boolean mask of segment i's deleted rows, or None for none
+        self.deleted = tuple(deleted) if deleted is not None else (None,) * len(
+            self.segments)
+        self.next_id = int(next_id)
+        self._first_ids = np.array([int(s.ids[0]) for s in self.segments], np.int64)
+        df = np.zeros(self.n_columns, np.int64)
+        live = 0
+        for segment, mask in zip(self.segments, self.deleted):
+            df += segment.df
+            live += len(segment)
+            if mask is not None and mask.any():
+                rows = np.flatnonzero(mask)
+                df -= segment.row_columns(rows, self.n_words, self.levels)
+                live -= len(rows)
+        self.df = df
+        self.n_live = live
+        self._weights = None
+        self._weights_lock = threading.Lock()
+
+    # ------------------------------------------------------------ changing
+    def _with(self, segments, deleted, next_id=None) -> Store:
+        return Store(self.n_words, self.levels, self.power, segments=segments,
+                     deleted=deleted,
+                     next_id=self.next_id if next_id is None else next_id)
+
+    def add(self, names, words_list, keypoints_list, shapes) -> tuple[Store, np.ndarray]:
+        """A new state with these images appended as one segment.
+
+        Returns
+        -------
+        store : Store
+        ids : ndarray of shape (n,), int64
+            The ids given to them.
+        """
+        if not len(names):
+            return self, np.zeros(0, np.int64)
+        ids = np.arange(self.next_id, self.next_id + len(names), dtype=np.int64)
+        segment = Segment.build(ids, names, words_list, keypoints_list, shapes,
+                                self.n_words, self.levels)
+        return (self._with(self.segments + (segment,), self.deleted + (None,),
+                           next_id=int(ids[-1]) + 1), ids)
+
+    def remove(self, ids) -> Store:
+        """A new state with these (live) ids marked deleted."""
+        ids = np.unique(np.asarray(ids, np.int64))
+        deleted = list(self.deleted)
+        for index, rows in self._locate_many(ids):
+            mask = (np.zeros(len(self.segments[index]), bool) if deleted[index] is None
+                    else deleted[index].copy())
+            mask[rows] = True
+            deleted[index] = mask
+        return self._with(self.segments, deleted)
+
+    def compact(self, max_segments: int = 1) -> Store:
+        """A new state without deleted images, its segments merged into at most
+        ``max_segments`` (neighbours merged, so ids stay in order)."""
+        kept = []
+        for segment, mask in zip(self.segments, self.deleted):
+            if mask is not None and mask.any():
+                if mask.all():
+                    continue
+                segment = segment.select(~mask, self.n_words, self.levels)
+            kept.append(segment)
+        while len(kept) > max(1, max_segments):
+            # merge the smallest neighbouring pair
+            sizes = [len(a) + len(b) for a, b in zip(kept, kept[1:])]
+            i = int(np.argmin(sizes))
+            kept[i:i + 2] = [self._concatenate(kept[i], kept[i + 1])]
+        return self._with(kept, None)
+
+    def reweighted(self, levels: int, power: float) -> Store:
+        """The same images under other pyramid levels or power (other levels:
+        every segment's postings are computed again from its keypoints)."""
+        segments = self.segments
+        if levels != self.levels:
+            segments = [s.select(np.ones(len(s), bool), self.n_words, levels)
+                        for s in segments]
+        return Store(self.n_words, levels, power, segments=segments,
+                     deleted=self.deleted, next_id=self.next_id)
+
+    def _concatenate(self, a: Segment, b: Segment) -> Segment:
+        offsets = np.concatenate([a.kp_offsets, a.kp_offsets[-1] + b.kp_offsets[1:]])
+        return Segment.of_arrays(
+            np.concatenate([np.asarray(a.ids, np.int64), np.asarray(b.ids, np.int64)]),
+            a.names + b.names, np.concatenate([a.shapes, b.shapes]), offsets,
+            np.concatenate([np.asarray(a.kp_words, np.int64),
+                            np.asarray(b.kp_words, np.int64)]),
+            np.concatenate([a.keypoints, b.keypoints]), self.n_words, self.levels)
+
+    # -------------------------------------------------------------- reading
+    def __len__(self) -> int:
+        return self.n_live
+
+    def _locate_many(self, ids: np.ndarray):
+        """Yield ``(segment index, rows)`` of live ids; KeyError for another."""
+        if not len(ids):
+            return
+        where = np.searchsorted(self._first_ids, ids, side="right") - 1
+        for index in np.unique(where):
+            chosen = ids[where == index]
+            if index < 0:
+                raise KeyError(int(chosen[0]))
+            segment = self.segments[index]
+            rows = np.searchsorted(segment.ids, chosen)
+            mask = self.deleted[index]
+            for row, id_ in zip(rows, chosen):
+                if row >= len(segment) or segment.ids[row] != id_ or (
+                        mask is not None and mask[row]):
+                    raise KeyError(int(id_))
+            yield int(index), rows
+
+    def locate(self, id_: int) -> tuple[int, int]:
+        """``(segment index, row)`` of a live id; KeyError if there is none."""
+        ((index, rows),) = list(self._locate_many(np.array([id_], np.int64)))
+        return index, int(rows[0])
+
+    def image(self, id_: int):
+        """``(words, keypoints, image_shape)`` of a live image (for re-ranking)."""
+        index, row = self.locate(id_)
+        return self.segments[index].image(row)
+
+    def ids(self) -> np.ndarray:
+        """Live ids, increasing. ndarray of shape (n_live,), int64."""
+        parts = [np.asarray(s.ids, np.int64) if m is None else
+                 np.asarray(s.ids, np.int64)[~m]
+                 for s, m in zip(self.segments, self.deleted)]
+        return np.concatenate(parts) if parts else np.zeros(0, np.int64)
+
+    def names(self) -> dict:
+        """``{id: name}`` of the live images, in id order."""
+        table = {}
+        for segment, mask in zip(self.segments, self.deleted):
+            for row, (id_, name) in enumerate(zip(segment.ids.tolist(), segment.names)):
+                if mask is None or not mask[row]:
+                    table[id_] = name
+        return table
+
+    # -------------------------------------------------------------- scoring
+    def weights(self) -> _Weights:
+        """idf and norms of this state, computed once (thread-safe)."""
+        with self._weights_lock:
+            if self._weights is None:
+                idf = np.zeros(self.n_columns, np.float64)
+                present = self.df > 0
+                idf[present] = np.log(self.n_live / self.df[present])
+                idf = idf.astype(np.float32)
+                idf_power = np.power(idf, self.power, dtype=np.float32)
+                inv_norms = tuple(self._inverse_norms(s, m, idf_power)
+                                  for s, m in zip(self.segments, self.deleted))
+                self._weights = _Weights(idf, idf_power, inv_norms)
+            return self._weights
+
+    def _tf_power(self, tf: np.ndarray) -> np.ndarray:
+        tf = np.asarray(tf, np.float32)
+        return tf if self.power == 1.0 else np.power(tf, self.power, dtype=np.float32)
+
+    def _inverse_norms(self, segment: Segment, mask, idf_power) -> np.ndarray:
+        columns = np.repeat(np.arange(self.n_columns), np.diff(segment.post_indptr))
+        value = self._tf_power(segment.post_tf) * idf_power[columns]
+        squares = np.bincount(np.asarray(segment.post_rows, np.int64),
+                              weights=value.astype(np.float64) ** 2,
+                              minlength=len(segment))
+        norms = np.sqrt(squares)
+        inv = np.divide(1.0, norms, out=np.zeros_like(norms), where=norms > 0)
+        if mask is not None:
+            inv[mask] = 0.0
+        return inv.astype(np.float32)
+
+    def scores(self, query_columns: np.ndarray, query_values: np.ndarray):
+        """Cosine scores of a query with every image, deleted ones at -inf.
+
+        Parameters
+        ----------
+        query_columns : ndarray of shape (m,), int, increasing
+        query_values : ndarray of shape (m,), float32
+            The query's L2-normalised tf-idf vector (weighted with
+            ``weights().idf``).
+
+        Returns
+        -------
+        scores : ndarray of shape (n_rows,), float32
+            One per row of every segment, in segment order (id order).
+        ids : ndarray of shape (n_rows,), int64
+        """
+        weights = self.weights()
+        factor = (np.asarray(query_values, np.float32)
+                  * weights.idf_power[query_columns])
+        parts, all_ids = [], []
+        for segment, mask, inv in zip(self.segments, self.deleted, weights.inv_norms):
+            lo = segment.post_indptr[query_columns]
+            hi = segment.post_indptr[np.asarray(query_columns) + 1]
+            lengths = hi - lo
+            if lengths.sum():
+                take = ragged_ranges(lo, lengths)
+                value = np.repeat(factor, lengths) * self._tf_power(segment.post_tf[take])
+                sums = np.bincount(np.asarray(segment.post_rows[take], np.int64),
+                                   weights=value, minlength=len(segment))
+            else:
+                sums = np.zeros(len(segment))
+            part = (sums * inv).astype(np.float32)
+            np.minimum(part, 1.0, out=part)  # rounding can pass 1 for itself
+            if mask is not None:
+                part[mask] = -np.inf
+            parts.append(part)
+            all_ids.append(np.asarray(segment.ids, np.int64))
+        if not parts:
+            return np.zeros(0, np.float32), np.zeros(0, np.int64)
+        return np.concatenate(parts), np.concatenate(all_ids)
+
+    @property
+    def nbytes(self) -> int:
+        return int(sum(s.nbytes for s in self.segments) + self.df.nbytes)

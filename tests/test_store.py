@@ -1,0 +1,129 @@
+"""The segment store against the monolithic tf-idf of cvsearch.weighting: the
+same scores, whatever the segments, adds, removes and compactions."""
+
+import numpy as np
+import pytest
+
+from cvsearch.scoring import cosine_scores
+from cvsearch.store import Store, ragged_ranges
+from cvsearch.weighting import (
+    inverse_document_frequency,
+    spatial_bag_of_words,
+    tfidf,
+)
+
+N_WORDS = 60
+
+
+def random_images(n, seed=0):
+    rng = np.random.default_rng(seed)
+    images = []
+    for i in range(n):
+        k = int(rng.integers(0, 40))  # some images have no keypoints
+        words = rng.zipf(1.6, k) % N_WORDS
+        keypoints = np.column_stack([rng.random((k, 2)) * [300, 200],
+                                     rng.random((k, 2)) * 10]).astype(np.float32)
+        images.append((f"image {seed}-{i}", words.astype(np.int32), keypoints,
+                       (200, 300)))
+    return images
+
+
+def store_of(batches, levels=0, power=1.0):
+    store = Store(N_WORDS, levels, power)
+    for batch in batches:
+        store, _ = store.add([b[0] for b in batch], [b[1] for b in batch],
+                             [b[2] for b in batch], [b[3] for b in batch])
+    return store
+
+
+def reference_scores(images, query, levels, power):
+    """Scores by the monolithic functions the index used before segments."""
+    words = np.concatenate([i[1] for i in images])
+    keypoints = np.concatenate([i[2] for i in images])
+    offsets = np.concatenate([[0], np.cumsum([len(i[1]) for i in images])])
+    shapes = np.array([i[3] for i in images])
+    counts = spatial_bag_of_words(words, keypoints, shapes, offsets, N_WORDS, levels)
+    idf = inverse_document_frequency(counts)
+    q = tfidf(spatial_bag_of_words(query[1], query[2], np.array([query[3]]),
+                                   np.array([0, len(query[1])]), N_WORDS, levels),
+              idf, power)
+    return cosine_scores(tfidf(counts, idf, power).T.tocsr(), q)[0], idf, q
+
+
+def store_query(store, query, idf):
+    q = tfidf(spatial_bag_of_words(query[1], query[2], np.array([query[3]]),
+                                   np.array([0, len(query[1])]), N_WORDS, store.levels),
+              idf, store.power)
+    return store.scores(q.indices, q.data)
+
+
+@pytest.mark.parametrize("levels, power", [(0, 1.0), (0, 0.5), (2, 0.5)])
+def test_scores_equal_the_monolithic_tfidf(levels, power):
+    images = random_images(30)
+    store = store_of([images[:10], images[10:25], images[25:]], levels, power)
+    for query in random_images(5, seed=9):
+        expected, idf, _ = reference_scores(images, query, levels, power)
+        assert np.allclose(store.weights().idf, idf)
+        scores, ids = store_query(store, query, store.weights().idf)
+        assert ids.tolist() == list(range(30))
+        assert np.allclose(scores, expected, atol=1e-6)
+
+
+def test_segments_removals_and_compaction_score_exactly_alike():
+    images = random_images(24)
+    once = store_of([images])
+    grown = store_of([images[:5], images[5:6], images[6:]])
+    for query in random_images(4, seed=3):
+        a = store_query(once, query, once.weights().idf)
+        b = store_query(grown, query, grown.weights().idf)
+        assert np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1])
+    # removing = never added, ids kept
+    removed = grown.remove([0, 7, 23])
+    never = store_of([[im for i, im in enumerate(images) if i not in (0, 7, 23)]])
+    assert len(removed) == 21 and removed.ids().tolist() == [
+        i for i in range(24) if i not in (0, 7, 23)]
+    assert np.array_equal(removed.weights().idf, never.weights().idf)
+    for query in random_images(4, seed=4):
+        scores, ids = store_query(removed, query, removed.weights().idf)
+        live = scores > -np.inf
+        expected, _ = store_query(never, query, never.weights().idf)
+        assert np.array_equal(scores[live], expected)
+        assert ids[live].tolist() == removed.ids().tolist()
+    compact = removed.compact()
+    assert len(compact.segments) == 1 and compact.ids().tolist() == removed.ids().tolist()
+    for query in random_images(3, seed=5):
+        a, _ = store_query(removed, query, removed.weights().idf)
+        b, _ = store_query(compact, query, compact.weights().idf)
+        assert np.array_equal(a[a > -np.inf], b)
+
+
+def test_stable_ids_names_and_geometry():
+    images = random_images(10)
+    store = store_of([images[:4], images[4:]])
+    store = store.remove([1, 5])
+    assert store.names() == {i: images[i][0] for i in range(10) if i not in (1, 5)}
+    words, keypoints, shape = store.image(6)
+    assert np.array_equal(words, images[6][1]) and np.array_equal(keypoints,
+                                                                  images[6][2])
+    assert shape == (200, 300)
+    with pytest.raises(KeyError):
+        store.image(5)  # deleted
+    with pytest.raises(KeyError):
+        store.remove([5])
+    with pytest.raises(KeyError):
+        store.locate(99)
+    store, ids = store.add(["late"], [images[0][1]], [images[0][2]], [(200, 300)])
+    assert ids.tolist() == [10]  # never reused
+
+
+def test_postings_use_the_smallest_dtypes():
+    store = store_of([random_images(30)])
+    segment = store.segments[0]
+    assert segment.post_rows.dtype == np.uint8 and segment.kp_words.dtype == np.uint8
+    assert segment.post_tf.dtype == np.uint8 and segment.ids.dtype == np.uint8
+
+
+def test_ragged_ranges():
+    assert ragged_ranges(np.array([5, 0, 9]), np.array([2, 0, 3])).tolist() == [
+        5, 6, 9, 10, 11]
+    assert ragged_ranges(np.array([], int), np.array([], int)).tolist() == []
