@@ -11,7 +11,7 @@ import logging
 import math
 import os
 import threading
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import NamedTuple
 
 import numpy as np
@@ -21,14 +21,10 @@ from cvsearch import storage
 from cvsearch._validation import check_float, check_int, check_n_jobs
 from cvsearch.features import FeatureExtractor, Features
 from cvsearch.parallel import ImageWords, SkippedImage, extract_many
-from cvsearch.scoring import cosine_scores, top_k
+from cvsearch.scoring import top_k
+from cvsearch.store import Store
 from cvsearch.vocabulary import Vocabulary, sample_rows
-from cvsearch.weighting import (
-    inverse_document_frequency,
-    pyramid_size,
-    spatial_bag_of_words,
-    tfidf,
-)
+from cvsearch.weighting import pyramid_size, spatial_bag_of_words, tfidf
 
 logger = logging.getLogger(__name__)
 
@@ -36,26 +32,57 @@ FORMAT_VERSION = 2
 
 
 class _Snapshot(NamedTuple):
-    """Immutable view of the database used by queries (safe across threads)."""
+    """One consistent state for a query (safe across threads): the store's value
+    never changes, and the vocabulary is the one that assigned its words."""
 
-    names: tuple
-    offsets: np.ndarray
-    words: np.ndarray
-    keypoints: np.ndarray
-    shapes: np.ndarray
-    idf: np.ndarray
-    inverted: object  # csr_matrix (n_words, n_images)
-    vocabulary: Vocabulary  # what the query's words and weights must match
-    power: float
-    pyramid_levels: int
+    store: Store
+    vocabulary: Vocabulary
+
+
+class Names(Mapping):
+    """The names of an index's images, by id (a read-only view of one state).
+
+    ``names[id]`` is an image's name; iterating gives the ids in order, and
+    :meth:`values` the names in id order. Ids are stable: removing images does
+    not change the others'.
+    """
+
+    def __init__(self, store: Store):
+        self._store = store
+
+    def __getitem__(self, id_) -> str:
+        if isinstance(id_, bool) or not isinstance(id_, (int, np.integer)):
+            raise TypeError(f"names are looked up by integer image id, got "
+                            f"{type(id_).__name__} {id_!r}")
+        try:
+            return self._store.name_of(int(id_))
+        except KeyError:
+            raise KeyError(f"no image with id {id_} in this index") from None
+
+    def __iter__(self):
+        return iter(self._store.ids().tolist())
+
+    def __len__(self) -> int:
+        return len(self._store)
+
+    def values(self) -> tuple:
+        """The names, in id order."""
+        return self._store.names_in_order()
+
+    def __repr__(self) -> str:
+        shown = ", ".join(f"{i}: {n!r}" for i, n in zip(self, self.values()[:3]))
+        more = ", ..." if len(self) > 3 else ""
+        return f"Names({{{shown}{more}}})"
 
 
 class Index:
     """Bag-of-visual-words image index with optional geometric re-ranking.
 
-    Images get integer ids ``0 .. len(index) - 1`` in insertion order and a name
-    each (``names[id]``). ``remove`` renumbers the ids of the images after the
-    removed ones, as a list would: use names as stable identifiers.
+    Images get integer ids in insertion order, for life: ``remove`` never
+    renumbers the others (ids are not reused). ``names[id]`` is an image's name.
+    The images are stored in immutable segments, one per added batch, with
+    removed images marked deleted (see :mod:`cvsearch.store`); ``compact`` drops
+    them and merges segments.
 
     Weights: the idf is recomputed from the images in the index whenever images are
     added or removed (it is not frozen at ``train``), so an index that was trained,
@@ -112,8 +139,8 @@ class Index:
                  power: float = 1.0, pyramid_levels: int = 0, **vocabulary_params):
         self._lock = threading.RLock()
         self._origin = None  # (folder, generation) this index was loaded or saved as
-        self._set_database([], np.zeros(1, np.int64), np.zeros(0, np.int32),
-                           np.zeros((0, 4), np.float32), np.zeros((0, 2), np.int32))
+        self._store = None
+        self._name_to_id = {}
         self.extractor = FeatureExtractor() if extractor is None else extractor
         self.vocabulary = Vocabulary(n_words, random_state=random_state,
                                      **vocabulary_params)
@@ -147,10 +174,16 @@ class Index:
         with self._lock:
             self._refuse_if_filled(what)
             setattr(self, f"_{what}", part)
-            self._snapshot = None
+            self._reset_store()
+
+    def _reset_store(self):
+        """An empty store for the current vocabulary and weighting (while empty)."""
+        if hasattr(self, "_vocabulary") and hasattr(self, "_pyramid_levels"):
+            self._store = Store(self._vocabulary.n_words, self._pyramid_levels,
+                                self._power)
 
     def _refuse_if_filled(self, what: str):
-        if len(getattr(self, "_names", ())):
+        if len(self):
             raise ValueError(f"this index holds {len(self)} images made with its "
                              f"{what}; changing it would make them meaningless. "
                              "Create a new Index (or Index.build) instead")
@@ -165,7 +198,7 @@ class Index:
         power = check_float(power, "power", minimum=0.01, maximum=1.0)
         with self._lock:
             self._power = power
-            self._snapshot = None  # recomputed from the stored words on next use
+            self._reweight()
 
     @property
     def pyramid_levels(self) -> int:
@@ -181,48 +214,40 @@ class Index:
                              "cells; use at most 4")
         with self._lock:
             self._pyramid_levels = levels
-            self._snapshot = None
+            self._reweight()
+
+    def _reweight(self):
+        if self._store is None:
+            self._reset_store()
+        elif hasattr(self, "_pyramid_levels"):
+            self._store = self._store.reweighted(self._pyramid_levels, self._power)
 
     # ------------------------------------------------------------------ state
-    def _set_database(self, names, offsets, words, keypoints, shapes):
-        with self._lock:
-            self._names = list(names)
-            self._name_set = set(self._names)
-            self._offsets = offsets
-            self._words = words
-            self._keypoints = keypoints
-            self._shapes = shapes
-            self._snapshot = None
-
     def _current(self) -> _Snapshot:
         with self._lock:
-            if self._snapshot is None:
-                counts = spatial_bag_of_words(
-                    self._words, self._keypoints, self._shapes, self._offsets,
-                    self.n_words, self.pyramid_levels)
-                idf = inverse_document_frequency(counts)
-                inverted = tfidf(counts, idf, self.power).T.tocsr()
-                self._snapshot = _Snapshot(
-                    tuple(self._names), self._offsets, self._words,
-                    self._keypoints, self._shapes, idf, inverted, self._vocabulary,
-                    self._power, self._pyramid_levels)
-            return self._snapshot
+            return _Snapshot(self._store, self._vocabulary)
 
     @property
     def n_words(self) -> int:
         return self.vocabulary.n_words
 
     @property
-    def names(self) -> tuple:
-        """Names of the images, by id."""
-        return tuple(self._names)
+    def names(self) -> Names:
+        """Names of the images, by id: ``names[id]`` (see :class:`Names`)."""
+        return Names(self._store)
+
+    @property
+    def ids(self) -> np.ndarray:
+        """Ids of the images, increasing. ndarray of shape (len(index),), int64."""
+        return self._store.ids()
 
     @property
     def is_trained(self) -> bool:
         return self.vocabulary.is_fitted
 
     def __len__(self) -> int:
-        return len(self._names)
+        store = getattr(self, "_store", None)
+        return 0 if store is None else len(store)
 
     def __repr__(self) -> str:
         state = "trained" if self.is_trained else "untrained"
@@ -358,7 +383,7 @@ class Index:
         with self._lock:
             self._refuse_if_filled("vocabulary")
             self._vocabulary = vocabulary
-            self._snapshot = None
+            self._reset_store()
 
     @classmethod
     def build(cls, images: Sequence, extractor: FeatureExtractor | None = None,
@@ -514,13 +539,11 @@ class Index:
         merged.vocabulary = first.vocabulary
         entries = []
         for index in indexes:
-            snapshot = index._current()
-            for i, name in enumerate(snapshot.names):
-                lo, hi = snapshot.offsets[i], snapshot.offsets[i + 1]
-                entries.append((name, ImageWords(
-                    snapshot.words[lo:hi], snapshot.keypoints[lo:hi],
-                    tuple(int(v) for v in snapshot.shapes[i]),
-                    snapshot.vocabulary.fingerprint, index.extractor.feature_params())))
+            store = index._current().store
+            fingerprint = index.vocabulary.fingerprint
+            params = index.extractor.feature_params()
+            for id_, name in zip(store.ids().tolist(), store.names_in_order()):
+                entries.append((name, ImageWords(*store.image(id_), fingerprint, params)))
         skipped = merged._add_extracted(iter(entries))
         if skipped:
             raise ValueError(f"merge: the image name {skipped[0].name!r} appears in "
@@ -528,13 +551,13 @@ class Index:
         return merged
 
     def _add_extracted(self, extracted) -> list[SkippedImage]:
-        """Add ``(name, _Entry or SkippedImage)`` pairs; the index changes once,
-        after the last."""
+        """Add ``(name, ImageWords or SkippedImage)`` pairs as one new segment;
+        the index changes once, after the last."""
         skipped, kept, seen = [], [], set()
         for name, entry in extracted:
             if isinstance(entry, SkippedImage):
                 skipped.append(entry)
-            elif name in self._name_set or name in seen:
+            elif name in self._name_to_id or name in seen:
                 skipped.append(SkippedImage(name, "an image of this name is already "
                                             "in the index; remove it first"))
             else:
@@ -547,33 +570,30 @@ class Index:
             logger.warning("skipped %s: %s", item.name, item.reason)
         if not kept:
             return skipped
-        words = np.concatenate([e.words for _, e in kept]).astype(np.int32)
-        sizes = np.array([len(e.keypoints) for _, e in kept], np.int64)
-        keypoints = np.concatenate([e.keypoints for _, e in kept]).astype(np.float32)
-        shapes = np.array([e.image_shape for _, e in kept], np.int32).reshape(-1, 2)
+        names = [name for name, _ in kept]
         with self._lock:
-            duplicates = self._name_set.intersection(name for name, _ in kept)
+            duplicates = set(self._name_to_id).intersection(names)
             if duplicates:  # another thread added them meanwhile
                 raise ValueError(f"images named {sorted(duplicates)[:5]} were added "
                                  "concurrently; nothing was added")
-            offsets = np.concatenate(
-                [self._offsets, self._offsets[-1] + np.cumsum(sizes)])
-            self._set_database(
-                self._names + [name for name, _ in kept], offsets,
-                np.concatenate([self._words, words]),
-                np.concatenate([self._keypoints, keypoints]),
-                np.concatenate([self._shapes, shapes]))
+            self._store, ids = self._store.add(
+                names, [e.words for _, e in kept], [e.keypoints for _, e in kept],
+                [e.image_shape for _, e in kept])
+            self._name_to_id.update(zip(names, ids.tolist()))
         return skipped
 
     def remove(self, ids: Sequence) -> Index:
-        """Remove images by id or by name.
+        """Remove images by id or by name. The other images keep their ids.
+
+        The images are marked deleted (their segments are not rewritten, so this
+        costs as much as the batch); :meth:`compact` reclaims their space.
 
         Parameters
         ----------
         ids : sequence of int or str
-            Ids (positions, as returned by ``query``) or names. All are resolved
-            before anything is removed: an unknown id or name raises and leaves the
-            index unchanged.
+            Ids (as returned by ``query``) or names. All are resolved before
+            anything is removed: an unknown id or name raises and leaves the index
+            unchanged.
 
         Returns
         -------
@@ -581,30 +601,35 @@ class Index:
         """
         ids = self._as_list(ids, "remove", ids=True)
         with self._lock:
-            position = {name: i for i, name in enumerate(self._names)}
             drop = set()
+            live = self._store
             for item in ids:
                 if isinstance(item, str):
-                    if item not in position:
+                    if item not in self._name_to_id:
                         raise ValueError(f"no image named {item!r} in the index")
-                    drop.add(position[item])
+                    drop.add(self._name_to_id[item])
                 elif isinstance(item, (int, np.integer)) and not isinstance(item, bool):
-                    if not 0 <= item < len(self):
-                        raise ValueError(f"id {item} is out of range: the index holds "
-                                         f"{len(self)} images (ids 0..{len(self) - 1})")
+                    try:
+                        live.locate(int(item))
+                    except KeyError:
+                        raise ValueError(f"no image with id {item} in the index (ids "
+                                         "are never reused)") from None
                     drop.add(int(item))
                 else:
                     raise TypeError(f"remove takes ids (int) or names (str), got "
                                     f"{type(item).__name__} {item!r}")
-            keep = np.ones(len(self), bool)
-            keep[list(drop)] = False
-            sizes = np.diff(self._offsets)
-            keypoint_keep = np.repeat(keep, sizes)
-            self._set_database(
-                [n for n, k in zip(self._names, keep) if k],
-                np.concatenate([[0], np.cumsum(sizes[keep])]).astype(np.int64),
-                self._words[keypoint_keep], self._keypoints[keypoint_keep],
-                self._shapes[keep])
+            drop = sorted(drop)
+            names = [live.name_of(i) for i in drop]
+            self._store = live.remove(drop)
+            for name in names:
+                del self._name_to_id[name]
+        return self
+
+    def compact(self) -> Index:
+        """Drop the removed images from storage and merge the segments into one
+        (answers do not change). Returns self."""
+        with self._lock:
+            self._store = self._store.compact(max_segments=1)
         return self
 
     # ------------------------------------------------------------------ query
@@ -684,7 +709,7 @@ class Index:
     def _ready_snapshot(self) -> _Snapshot:
         self._check_trained()
         snapshot = self._current()
-        if not snapshot.names:
+        if not len(snapshot.store):
             raise ValueError("the index holds no images; add images before querying")
         return snapshot
 
@@ -696,18 +721,20 @@ class Index:
 
     def _rank(self, snapshot: _Snapshot, words, keypoints, image_shape, k: int,
               rerank: int, min_inliers: int, exclude: int | None = None):
+        store = snapshot.store
         query = tfidf(spatial_bag_of_words(
             words, keypoints, np.array([image_shape]), np.array([0, len(words)]),
-            snapshot.vocabulary.n_words, snapshot.pyramid_levels), snapshot.idf,
-            snapshot.power)
-        scores = cosine_scores(snapshot.inverted, query)[0]
-        n = len(snapshot.names)
+            store.n_words, store.levels), store.weights().idf, store.power)
+        scores, row_ids = store.scores(query.indices, query.data)
+        n = len(store)
         if exclude is not None:
-            scores[exclude] = -np.inf
+            scores[row_ids == exclude] = -np.inf
             n -= 1
-        top_scores, ids = top_k(scores, max(k, rerank))
+        # Rows are in id order, so top_k's ties (to the smaller row) go to the
+        # smaller id; deleted rows score -inf and fall outside the first n.
+        top_scores, rows = top_k(scores, max(k, rerank))
         n = min(n, max(k, rerank))
-        top_scores, ids = top_scores[:n], ids[:n]
+        top_scores, ids = top_scores[:n], row_ids[rows[:n]]
         inliers = np.full(n, -1, np.int32)
         if rerank:
             short = ids[:rerank]
@@ -720,11 +747,7 @@ class Index:
         return top_scores[:m], ids[:m], inliers[:m]
 
     def _verify(self, snapshot: _Snapshot, words, keypoints, ids) -> np.ndarray:
-        offsets = snapshot.offsets
-        candidates = (
-            (snapshot.words[offsets[i]:offsets[i + 1]],
-             snapshot.keypoints[offsets[i]:offsets[i + 1]], snapshot.shapes[i])
-            for i in ids)
+        candidates = (snapshot.store.image(int(i)) for i in ids)
         return _rerank.verify_shortlist(words, keypoints, candidates,
                                         max_side=self.extractor.max_side)
 
@@ -738,10 +761,8 @@ class Index:
         snapshot = self._ready_snapshot()
         id = _check_id(id, snapshot, "similar")
         k, rerank, min_inliers = _check_ranking(k, rerank, min_inliers)
-        lo, hi = snapshot.offsets[id], snapshot.offsets[id + 1]
-        scores, ids, inliers = self._rank(
-            snapshot, snapshot.words[lo:hi], snapshot.keypoints[lo:hi],
-            tuple(snapshot.shapes[id]), k, rerank, min_inliers, exclude=id)
+        scores, ids, inliers = self._rank(snapshot, *snapshot.store.image(id), k,
+                                          rerank, min_inliers, exclude=id)
         return (scores, ids, inliers) if return_inliers else (scores, ids)
 
     def inliers(self, image, ids: Sequence[int]) -> np.ndarray:
@@ -755,9 +776,7 @@ class Index:
         ids = self._as_list(ids, "inliers", ids=True)
         if not all(isinstance(i, (int, np.integer)) for i in ids):
             raise TypeError("inliers takes a list of integer ids")
-        ids = np.asarray(ids, dtype=np.int64)
-        if len(ids) and (ids.min() < 0 or ids.max() >= len(snapshot.names)):
-            raise ValueError(f"ids must be in 0..{len(snapshot.names) - 1}")
+        ids = np.asarray([_check_id(i, snapshot, "inliers") for i in ids], np.int64)
         features = self._features_of(image)
         words = snapshot.vocabulary.predict(features.descriptors)
         return self._verify(snapshot, words, features.keypoints, ids)
@@ -776,35 +795,32 @@ class Index:
         id = _check_id(id, snapshot, "matches")
         features = self._features_of(image)
         words = snapshot.vocabulary.predict(features.descriptors)
-        lo, hi = snapshot.offsets[id], snapshot.offsets[id + 1]
         _, query_xy, db_xy = _rerank.inlier_pairs(
-            words, features.keypoints, snapshot.words[lo:hi], snapshot.keypoints[lo:hi],
-            snapshot.shapes[id], max_side=self.extractor.max_side)
+            words, features.keypoints, *snapshot.store.image(id),
+            max_side=self.extractor.max_side)
         return query_xy, db_xy
 
     def vectors(self):
-        """The database's weighted bag-of-words vectors, one row per image.
+        """The database's weighted bag-of-words vectors, one row per image, in the
+        order of ``index.ids``.
 
-        Row ``i`` is what a query made of image ``i``'s features scores with:
-        the cosine of two images is the dot product of their rows.
+        A row is what a query made of that image's features scores with: the
+        cosine of two images is the dot product of their rows.
 
         Returns
         -------
         csr_matrix of shape (n_images, n_words * cells), float32, unit rows
         """
-        return self._ready_snapshot().inverted.T.tocsr()
+        return self._ready_snapshot().store.vectors()
 
     @property
     def nbytes(self) -> int:
-        """Bytes of the arrays held in memory: vocabulary, words, keypoints and
-        the inverted file."""
-        snapshot = self._current()
-        arrays = [snapshot.offsets, snapshot.words, snapshot.keypoints,
-                  snapshot.shapes, snapshot.idf, snapshot.inverted.data,
-                  snapshot.inverted.indices, snapshot.inverted.indptr]
+        """Bytes of the arrays: the store's segments (postings and geometry) and
+        the vocabulary."""
+        total = self._current().store.nbytes
         if self.is_trained:
-            arrays += list(self.vocabulary.get_state().values())
-        return int(sum(np.asarray(a).nbytes for a in arrays))
+            total += sum(np.asarray(a).nbytes for a in self.vocabulary.get_state().values())
+        return int(total)
 
     def reweighted(self, *, power: float | None = None,
                    pyramid_levels: int | None = None) -> Index:
@@ -821,8 +837,8 @@ class Index:
                          pyramid_levels=(self.pyramid_levels if pyramid_levels is None
                                          else pyramid_levels))
             copy._vocabulary = self._vocabulary
-            copy._set_database(self._names, self._offsets, self._words,
-                               self._keypoints, self._shapes)
+            copy._store = self._store.reweighted(copy.pyramid_levels, copy.power)
+            copy._name_to_id = dict(self._name_to_id)
         return copy
 
     # ----------------------------------------------------------- persistence
@@ -865,16 +881,18 @@ class Index:
             "cvsearch_version": version, "generation": generation,
             "extractor": self.extractor.get_params(),
             "vocabulary": snapshot.vocabulary.get_params(),
-            "weighting": {"power": snapshot.power,
-                          "pyramid_levels": snapshot.pyramid_levels},
-            "n_images": len(snapshot.names), "n_keypoints": int(len(snapshot.words)),
+            "weighting": {"power": snapshot.store.power,
+                          "pyramid_levels": snapshot.store.levels},
         }
+        ids, names, offsets, words, keypoints, shapes = snapshot.store.export()
+        manifest.update(n_images=len(names), n_keypoints=int(len(words)),
+                        next_id=snapshot.store.next_id)
         files = {
             "vocabulary": ("npz", storage.npz_bytes(snapshot.vocabulary.get_state())),
             "database": ("npz", storage.npz_bytes({
-                "offsets": snapshot.offsets, "words": snapshot.words,
-                "keypoints": snapshot.keypoints, "shapes": snapshot.shapes})),
-            "names": ("json", storage.json_bytes(list(snapshot.names))),
+                "ids": ids, "offsets": offsets, "words": words,
+                "keypoints": keypoints, "shapes": shapes})),
+            "names": ("json", storage.json_bytes(names)),
         }
         storage.save_directory(directory, manifest, files)
 
@@ -958,15 +976,18 @@ class Index:
         db = storage.load_npz(
             storage.read_file(directory, manifest, "database"),
             directory / manifest["files"]["database"]["name"],
-            {"offsets": np.int64, "words": np.int32, "keypoints": np.float32,
-             "shapes": np.int32})
+            {"ids": np.int64, "offsets": np.int64, "words": np.int32,
+             "keypoints": np.float32, "shapes": np.int32})
         names = storage.parse_json(storage.read_file(directory, manifest, "names"),
                                    directory / manifest["files"]["names"]["name"])
-        problem = _check_database(db, names, index.n_words)
+        next_id = manifest.get("next_id")
+        problem = _check_database(db, names, index.n_words, next_id)
         if problem:
             fail("database", problem)
-        index._set_database(names, db["offsets"], db["words"], db["keypoints"],
-                            db["shapes"])
+        index._store = Store.of_arrays(
+            index.n_words, index.pyramid_levels, index.power, db["ids"], names,
+            db["offsets"], db["words"], db["keypoints"], db["shapes"], next_id)
+        index._name_to_id = dict(zip(names, db["ids"].tolist()))
         generation = manifest.get("generation", 0)
         index._origin = (os.path.realpath(directory), generation)
         return index
@@ -978,15 +999,20 @@ def _sample_features(descriptors: np.ndarray, n: int, rng) -> np.ndarray:
     return descriptors[np.sort(rng.choice(len(descriptors), n, replace=False))]
 
 
-def _check_database(db: dict, names, n_words: int) -> str | None:
+def _check_database(db: dict, names, n_words: int, next_id) -> str | None:
     """Describe the first inconsistency of loaded database arrays, or None."""
-    offsets, words, keypoints, shapes = (db["offsets"], db["words"], db["keypoints"],
-                                         db["shapes"])
+    ids, offsets, words, keypoints, shapes = (db["ids"], db["offsets"], db["words"],
+                                              db["keypoints"], db["shapes"])
     if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
         return "names is not a list of strings"
     if len(set(names)) != len(names):
         return "names are not unique"
     n = len(names)
+    if isinstance(next_id, bool) or not isinstance(next_id, int) or next_id < 0:
+        return "the manifest's next_id is not a non-negative integer"
+    if ids.shape != (n,) or (n and (ids[0] < 0 or np.any(np.diff(ids) <= 0)
+                                    or ids[-1] >= next_id)):
+        return f"ids are not {n} increasing ids below next_id={next_id}"
     if offsets.shape != (n + 1,):
         return f"offsets has shape {offsets.shape}, expected ({n + 1},) for {n} names"
     if offsets[0] != 0 or np.any(np.diff(offsets) < 0) or offsets[-1] != len(words):
@@ -1007,9 +1033,11 @@ def _check_id(id, snapshot: _Snapshot, what: str) -> int:
     if isinstance(id, bool) or not isinstance(id, (int, np.integer)):
         raise TypeError(f"{what} takes an integer image id, got {type(id).__name__} "
                         f"{id!r}")
-    if not 0 <= id < len(snapshot.names):
-        raise ValueError(f"id {id} is out of range: the index holds "
-                         f"{len(snapshot.names)} images")
+    try:
+        snapshot.store.locate(int(id))
+    except KeyError:
+        raise ValueError(f"id {id} is out of range: no image of the index (of "
+                         f"{len(snapshot.store)}) has it") from None
     return int(id)
 
 

@@ -60,7 +60,7 @@ def empty_index(trained_index):
 
 def test_add_keeps_every_good_image_of_a_mixed_batch(corpus, empty_index, tmp_path):
     skipped = empty_index.add([c.path for c in corpus])
-    assert sorted(empty_index.names) == sorted(c.path for c in good(corpus))
+    assert sorted(empty_index.names.values()) == sorted(c.path for c in good(corpus))
     reasons = {s.name: s.reason for s in skipped}
     assert sorted(reasons) == sorted(c.path for c in bad(corpus))
     for case in bad(corpus):
@@ -74,7 +74,8 @@ def test_build_over_the_corpus(corpus, image_files):
     paths = list(image_files[:4]) + [c.path for c in corpus]
     index = Index.build(paths, FeatureExtractor("sift"), n_words=50, random_state=0,
                         train_images=len(paths))
-    assert sorted(index.names) == sorted(image_files[:4] + [c.path for c in good(corpus)])
+    expected = image_files[:4] + [c.path for c in good(corpus)]
+    assert sorted(index.names.values()) == sorted(expected)
     assert sorted(s.name for s in index.skipped_) == sorted(c.path for c in bad(corpus))
 
 

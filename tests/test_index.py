@@ -67,7 +67,7 @@ def test_add_in_two_steps_equals_add_at_once(image_files):
     twice = fresh_index(image_files)
     twice.add(image_files[:5])
     twice.add(image_files[5:])
-    assert once.names == twice.names
+    assert once.names == twice.names  # same ids, same names
     assert_same_results(results(once, queries, rerank=6), results(twice, queries, rerank=6))
 
 
@@ -78,7 +78,7 @@ def test_remove_equals_never_added(image_files):
     removed = fresh_index(image_files)
     removed.add(image_files)
     removed.remove([4, image_files[9]])  # by id and by name
-    assert removed.names == never.names
+    assert removed.names.values() == never.names.values()
     assert_same_results(results(never, queries, rerank=6),
                         results(removed, queries, rerank=6))
 
@@ -91,7 +91,7 @@ def test_remove_unknown_changes_nothing(image_files):
             index.remove([0] + bad)
         assert len(index) == 3
     index.remove(np.array([0]))
-    assert index.names == tuple(image_files[1:3])
+    assert index.names.values() == tuple(image_files[1:3])
 
 
 def test_bad_files_are_skipped_reported_and_the_rest_indexed(image_files, tmp_path,
@@ -109,7 +109,7 @@ def test_bad_files_are_skipped_reported_and_the_rest_indexed(image_files, tmp_pa
         skipped = index.add(image_files[:2] + bad + image_files[2:4])
     assert [s.name for s in skipped] == bad
     assert "0 bytes" in skipped[1].reason and "directory" in skipped[4].reason
-    assert index.names == tuple(image_files[:4])
+    assert index.names.values() == tuple(image_files[:4])
     for path in bad:
         assert path in caplog.text
     # the same names again are skipped as duplicates, nothing changes
@@ -394,3 +394,67 @@ def test_reranked_scores_keep_their_bag_of_words_values(trained_index, images):
     verified = inliers >= 20
     assert np.all(np.diff(inliers[verified]) <= 0)  # verified first, by inliers
     assert ids[0] == 4
+
+
+def test_ids_are_stable_across_removals_and_compaction(trained_index, image_files,
+                                                       tmp_path):
+    trained_index.save(tmp_path / "index")
+    index = Index.load(tmp_path / "index")
+    query = warped(textured_image(9), rotation=10)[0]
+    before = index.query(query, k=3)
+    index.remove([0, 4, "" + image_files[5]])
+    assert 4 not in index.names and index.names[9] == image_files[9]
+    assert index.ids.tolist() == [i for i in range(12) if i not in (0, 4, 5)]
+    after = index.query(query, k=3)
+    assert after[1][0] == before[1][0] == 9  # the same id, not shifted
+    with pytest.raises(ValueError, match="no image with id 4"):
+        index.remove([4])
+    with pytest.raises(ValueError, match="out of range"):
+        index.similar(4)
+    index.compact()
+    assert_same_results(results(index, [query], k=3), [(
+        [index.names[i] for i in after[1]], after[0], np.full(3, -1))])
+    index.add([image_files[0]], names=["again"])
+    assert index.ids[-1] == 12  # ids are never reused
+    index.save(tmp_path / "index")
+    loaded = Index.load(tmp_path / "index")
+    assert loaded.names == index.names and loaded.add(
+        [image_files[4]], names=["later"]) == [] and loaded.ids[-1] == 13
+
+
+def test_queries_during_adds_and_removes_return_only_true_names(trained_index,
+                                                                 image_files, images):
+    """Ids are never renumbered nor reused, so an id a query returns names the
+    image indexed under it, or (removed since) nothing: never another image,
+    whatever other threads add and remove meanwhile."""
+    index = Index(FeatureExtractor("sift", max_side=1024), n_words=400)
+    index.vocabulary = trained_index.vocabulary
+    index.add(image_files[:6])
+    words = index.image_words(image_files)
+    truth = dict(enumerate(image_files[:6]))  # id -> name, as each is added
+    wrong, answered, stop = [], [0], threading.Event()
+
+    def ask():
+        while not stop.is_set():
+            scores, ids = index.query(images[(answered[0] % 6)], k=6)
+            answered[0] += 1
+            for i in ids.tolist():
+                name = index.names.get(i)
+                if name is not None and name != truth[i]:
+                    wrong.append((i, name))
+
+    askers = [threading.Thread(target=ask) for _ in range(2)]
+    for thread in askers:
+        thread.start()
+    for r in range(20):
+        truth[int(index._current().store.next_id)] = f"copy {r}"  # given next
+        index.add([words[r % 6]], names=[f"copy {r}"])
+        assert index.names[int(index.ids[-1])] == f"copy {r}"
+        if r % 2:
+            index.remove([f"copy {r - 1}", image_files[r // 2 % 6]])
+            truth[int(index._current().store.next_id)] = image_files[r // 2 % 6]
+            index.add([words[r // 2 % 6]], names=[image_files[r // 2 % 6]])
+    stop.set()
+    for thread in askers:
+        thread.join()
+    assert wrong == [] and answered[0] > 0

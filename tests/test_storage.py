@@ -86,7 +86,7 @@ def test_failed_save_leaves_the_previous_index_intact(trained_index, saved,
         monkeypatch.setattr(storage, "_write_atomic", real_write)
         assert Index.load(saved).names == trained_index.names
     index.save(saved)
-    assert Index.load(saved).names == trained_index.names[3:]
+    assert Index.load(saved).names.values() == trained_index.names.values()[3:]
 
 
 def test_truncated_file_is_named(saved):
@@ -151,7 +151,7 @@ def test_consistent_but_hostile_arrays_are_rejected(saved):
 
 def test_pickled_array_is_never_loaded(saved):
     buffer = io.BytesIO()
-    np.savez(buffer, offsets=np.array([object()], dtype=object))
+    np.savez(buffer, ids=np.array([object()], dtype=object))
     rewrite(saved, "database", buffer.getvalue())
     with pytest.raises(ValueError, match="dtype object, expected int64"):
         Index.load(saved)
@@ -165,7 +165,7 @@ def test_pickled_array_is_never_loaded(saved):
 
 def test_mismatched_names_count(saved):
     rewrite(saved, "names", json.dumps(["a", "b"]).encode())
-    with pytest.raises(ValueError, match="offsets has shape"):
+    with pytest.raises(ValueError, match="ids are not 2 increasing ids"):
         Index.load(saved)
 
 

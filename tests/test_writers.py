@@ -28,7 +28,7 @@ def test_a_stale_writer_is_refused_not_silently_overwriting(saved, image_files):
     second.add(image_files[2:4])
     with pytest.raises(ValueError, match="changed since this index was loaded"):
         second.save(saved)
-    assert sorted(Index.load(saved).names) == sorted(image_files[:2])
+    assert sorted(Index.load(saved).names.values()) == sorted(image_files[:2])
     first.add(image_files[4:5])  # the writer that saved last may save again
     first.save(saved)
     assert len(Index.load(saved)) == 3
@@ -52,7 +52,7 @@ def test_threads_updating_one_folder_lose_nothing(saved, image_files):
     for thread in threads:
         thread.join()
     assert errors == []
-    assert sorted(Index.load(saved).names) == sorted(image_files)
+    assert sorted(Index.load(saved).names.values()) == sorted(image_files)
 
 
 def test_updating_saves_nothing_when_the_block_fails(saved, image_files):
