@@ -22,7 +22,7 @@ from cvsearch._validation import check_float, check_int, check_n_jobs
 from cvsearch.features import FeatureExtractor, Features
 from cvsearch.parallel import ImageWords, SkippedImage, extract_many
 from cvsearch.scoring import top_k
-from cvsearch.store import Store
+from cvsearch.store import Segment, Store
 from cvsearch.vocabulary import Vocabulary, sample_rows
 from cvsearch.weighting import pyramid_size, spatial_bag_of_words, tfidf
 
@@ -141,6 +141,7 @@ class Index:
         self._origin = None  # (folder, generation) this index was loaded or saved as
         self._store = None
         self._name_to_id = {}
+        self._saved_segments = {}  # id(segment) -> (segment, its manifest entry)
         self.extractor = FeatureExtractor() if extractor is None else extractor
         self.vocabulary = Vocabulary(n_words, random_state=random_state,
                                      **vocabulary_params)
@@ -884,17 +885,38 @@ class Index:
             "weighting": {"power": snapshot.store.power,
                           "pyramid_levels": snapshot.store.levels},
         }
-        ids, names, offsets, words, keypoints, shapes = snapshot.store.export()
-        manifest.update(n_images=len(names), n_keypoints=int(len(words)),
-                        next_id=snapshot.store.next_id)
-        files = {
-            "vocabulary": ("npz", storage.npz_bytes(snapshot.vocabulary.get_state())),
-            "database": ("npz", storage.npz_bytes({
-                "ids": ids, "offsets": offsets, "words": words,
-                "keypoints": keypoints, "shapes": shapes})),
-            "names": ("json", storage.json_bytes(names)),
-        }
-        storage.save_directory(directory, manifest, files)
+        store = snapshot.store
+        written = {}
+        segments = []
+        for segment in store.segments:
+            cached = self._saved_segments.get(id(segment))
+            if cached is not None and cached[0] is segment and all(
+                    storage.has_file(directory, e)
+                    for e in [cached[1]["names"], *cached[1]["files"].values()]):
+                entry = cached[1]  # already in the folder: nothing to write
+            else:
+                entry = {"n": len(segment), "files": {
+                    name: storage.write_file(directory, f"seg-{name}", "npy",
+                                             storage.npy_bytes(getattr(segment, name)))
+                    for name in _SEGMENT_ARRAYS},
+                    "names": storage.write_file(directory, "names", "json",
+                                                storage.json_bytes(list(segment.names)))}
+            written[id(segment)] = (segment, entry)
+            segments.append(entry)
+        deleted = [np.asarray(seg.ids, np.int64)[mask]
+                   for seg, mask in zip(store.segments, store.deleted) if mask is not None]
+        deleted = np.concatenate(deleted) if deleted else np.zeros(0, np.int64)
+        manifest.update(
+            n_images=len(store), next_id=store.next_id, segments=segments,
+            n_keypoints=int(sum(len(s.kp_words) for s in store.segments)),
+            files={"vocabulary": storage.write_file(
+                directory, "vocabulary", "npz",
+                storage.npz_bytes(snapshot.vocabulary.get_state()))},
+            deleted=storage.write_file(directory, "deleted", "npy",
+                                       storage.npy_bytes(deleted)) if len(deleted)
+            else None)
+        storage.commit(directory, manifest)
+        self._saved_segments = written
 
     @classmethod
     @contextlib.contextmanager
@@ -914,13 +936,24 @@ class Index:
             index.save(directory)
 
     @classmethod
-    def load(cls, directory: str | os.PathLike) -> Index:
-        """Load an index saved by :meth:`save`.
+    def load(cls, directory: str | os.PathLike, *, verify: bool = True) -> Index:
+        """Load an index saved by :meth:`save`; its segments are memory-mapped,
+        not read into memory.
 
         Every file is checked against its size and SHA-256 (the manifest against
         its own), every array against the others, and nothing is unpickled, so an
         index from an untrusted source is safe to load (see
         :mod:`cvsearch.storage` for what is checked when).
+
+        Parameters
+        ----------
+        directory : str or os.PathLike
+        verify : bool
+            Hash every file (one read of the whole index, about a second per
+            GB). False skips the hashes of the large arrays and their range
+            checks (sizes, headers, structure and the small files are still
+            checked): for a large index you trust, to start in a fraction of the
+            time.
 
         Raises
         ------
@@ -933,7 +966,7 @@ class Index:
         for attempt in range(5):
             path, manifest = storage.read_manifest(directory)
             try:
-                return cls._load(path, manifest)
+                return cls._load(path, manifest, verify)
             except storage.MissingDataFileError:
                 # A writer may have replaced the files since the manifest was read:
                 # readers take no lock, they read the new manifest instead.
@@ -942,7 +975,7 @@ class Index:
         raise AssertionError("unreachable")
 
     @classmethod
-    def _load(cls, path, manifest: dict) -> Index:
+    def _load(cls, path, manifest: dict, verify: bool) -> Index:
         directory = path.parent
         version = manifest.get("format_version")
         if version != FORMAT_VERSION:
@@ -973,59 +1006,113 @@ class Index:
         if index.vocabulary.descriptor_dim != index.extractor.dim:
             fail("vocabulary", f"dim {index.vocabulary.descriptor_dim} does not fit "
                  f"the {index.extractor.method} features")
-        db = storage.load_npz(
-            storage.read_file(directory, manifest, "database"),
-            directory / manifest["files"]["database"]["name"],
-            {"ids": np.int64, "offsets": np.int64, "words": np.int32,
-             "keypoints": np.float32, "shapes": np.int32})
-        names = storage.parse_json(storage.read_file(directory, manifest, "names"),
-                                   directory / manifest["files"]["names"]["name"])
         next_id = manifest.get("next_id")
-        problem = _check_database(db, names, index.n_words, next_id)
-        if problem:
-            fail("database", problem)
-        index._store = Store.of_arrays(
-            index.n_words, index.pyramid_levels, index.power, db["ids"], names,
-            db["offsets"], db["words"], db["keypoints"], db["shapes"], next_id)
-        index._name_to_id = dict(zip(names, db["ids"].tolist()))
+        if isinstance(next_id, bool) or not isinstance(next_id, int) or next_id < 0:
+            raise ValueError(f"{path}: next_id is not a non-negative integer; the "
+                             "index is corrupt")
+        segments, saved = [], {}
+        metas = manifest.get("segments")
+        if not isinstance(metas, list):
+            raise ValueError(f"{path}: the list of segments is missing; the index is "
+                             "corrupt")
+        previous = -1
+        for meta in metas:
+            segment = _load_segment(directory, meta, index, verify)
+            if len(segment) and (int(segment.ids[0]) <= previous
+                                 or int(segment.ids[-1]) >= next_id):
+                raise ValueError(f"{directory / meta['files']['ids']['name']}: ids "
+                                 "overlap another segment's or reach next_id; the "
+                                 "index is corrupt")
+            previous = int(segment.ids[-1]) if len(segment) else previous
+            segments.append(segment)
+            saved[id(segment)] = (segment, meta)
+        store = Store(index.n_words, index.pyramid_levels, index.power,
+                      segments=segments, next_id=next_id)
+        if manifest.get("deleted") is not None:
+            entry = manifest["deleted"]
+            removed = np.asarray(storage.map_npy(directory, entry, "deleted",
+                                                 (np.int64,), True))
+            try:
+                store = store.remove(removed) if len(removed) else store
+            except KeyError as error:
+                raise ValueError(f"{directory / entry['name']}: removes id {error}, "
+                                 "which is not in the index; the index is "
+                                 "corrupt") from None
+        names = dict(zip(store.names_in_order(), store.ids().tolist()))
+        if len(names) != len(store):
+            raise ValueError(f"{path}: image names are not unique; the index is corrupt")
+        index._store, index._name_to_id, index._saved_segments = store, names, saved
         generation = manifest.get("generation", 0)
         index._origin = (os.path.realpath(directory), generation)
         return index
+
+
+#: The arrays of a segment file set, and the dtypes each may have on disk.
+_UINTS = (np.uint8, np.uint16, np.uint32, np.uint64)
+_SEGMENT_ARRAYS = {
+    "ids": _UINTS, "shapes": (np.int32,), "kp_offsets": (np.int64,),
+    "kp_words": _UINTS, "keypoints": (np.float32,), "post_indptr": (np.int64,),
+    "post_rows": _UINTS, "post_tf": _UINTS}
+
+
+def _load_segment(directory, meta, index: Index, verify: bool) -> Segment:
+    """One segment of a saved index, memory-mapped and checked."""
+    if not isinstance(meta, dict) or not isinstance(meta.get("files"), dict):
+        raise ValueError(f"{directory / storage.MANIFEST}: a segment entry is "
+                         "malformed; the index is corrupt")
+    arrays = {name: storage.map_npy(directory, meta["files"].get(name), f"seg-{name}",
+                                    dtypes, verify)
+              for name, dtypes in _SEGMENT_ARRAYS.items()}
+    names_entry = storage.check_entry(directory, meta.get("names"), "names")
+    names = storage.parse_json(storage.read_entry(directory, names_entry, "names"),
+                               directory / names_entry["name"])
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        raise ValueError(f"{directory / names_entry['name']}: not a list of names; "
+                         "the index is corrupt")
+    segment = Segment(names=tuple(names), **arrays)
+    problem = _check_segment(segment, index.n_words,
+                             index.n_words * pyramid_size(index.pyramid_levels), verify)
+    if problem:
+        raise ValueError(f"{directory / meta['files']['ids']['name']}: {problem}; the "
+                         "index is corrupt")
+    return segment
+
+
+def _check_segment(segment: Segment, n_words: int, n_columns: int,
+                   full: bool) -> str | None:
+    """Describe the first inconsistency of a loaded segment, or None. Without
+    ``full``, only what costs O(images + columns) is checked."""
+    n = len(segment.names)
+    ids, shapes, offsets = segment.ids, segment.shapes, segment.kp_offsets
+    indptr = segment.post_indptr
+    if ids.shape != (n,) or (n > 1 and np.any(np.diff(ids.astype(np.int64)) <= 0)):
+        return f"ids are not {n} increasing ids, one per name"
+    if shapes.shape != (n, 2) or (n and shapes.min() < 1):
+        return f"shapes has shape {shapes.shape}, expected ({n}, 2) positive sizes"
+    if offsets.shape != (n + 1,) or offsets[0] != 0 or np.any(np.diff(offsets) < 0) \
+            or offsets[-1] != len(segment.kp_words):
+        return "keypoint offsets are not increasing from 0 to the number of keypoints"
+    if segment.keypoints.shape != (len(segment.kp_words), 4):
+        return "keypoints do not match the keypoint words"
+    if indptr.shape != (n_columns + 1,) or indptr[0] != 0 \
+            or np.any(np.diff(indptr) < 0) or indptr[-1] != len(segment.post_rows) \
+            or segment.post_tf.shape != segment.post_rows.shape:
+        return "the postings are not one run per column"
+    if full:
+        if len(segment.kp_words) and int(segment.kp_words.max()) >= n_words:
+            return f"word ids outside 0..{n_words - 1}"
+        if len(segment.post_rows) and (int(segment.post_rows.max()) >= n
+                                       or int(segment.post_tf.min()) < 1):
+            return "postings name rows outside the segment, or zero counts"
+        if not np.isfinite(segment.keypoints).all():
+            return "keypoints hold NaN or infinity"
+    return None
 
 
 def _sample_features(descriptors: np.ndarray, n: int, rng) -> np.ndarray:
     if len(descriptors) <= n:
         return descriptors
     return descriptors[np.sort(rng.choice(len(descriptors), n, replace=False))]
-
-
-def _check_database(db: dict, names, n_words: int, next_id) -> str | None:
-    """Describe the first inconsistency of loaded database arrays, or None."""
-    ids, offsets, words, keypoints, shapes = (db["ids"], db["offsets"], db["words"],
-                                              db["keypoints"], db["shapes"])
-    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
-        return "names is not a list of strings"
-    if len(set(names)) != len(names):
-        return "names are not unique"
-    n = len(names)
-    if isinstance(next_id, bool) or not isinstance(next_id, int) or next_id < 0:
-        return "the manifest's next_id is not a non-negative integer"
-    if ids.shape != (n,) or (n and (ids[0] < 0 or np.any(np.diff(ids) <= 0)
-                                    or ids[-1] >= next_id)):
-        return f"ids are not {n} increasing ids below next_id={next_id}"
-    if offsets.shape != (n + 1,):
-        return f"offsets has shape {offsets.shape}, expected ({n + 1},) for {n} names"
-    if offsets[0] != 0 or np.any(np.diff(offsets) < 0) or offsets[-1] != len(words):
-        return "offsets are not increasing from 0 to the number of keypoints"
-    if words.ndim != 1 or keypoints.shape != (len(words), 4):
-        return f"words {words.shape} and keypoints {keypoints.shape} do not match"
-    if len(words) and (words.min() < 0 or words.max() >= n_words):
-        return f"word ids outside 0..{n_words - 1}"
-    if not np.isfinite(keypoints).all():
-        return "keypoints hold NaN or infinity"
-    if shapes.shape != (n, 2) or (n and shapes.min() < 1):
-        return f"shapes has shape {shapes.shape}, expected ({n}, 2) positive sizes"
-    return None
 
 
 def _check_id(id, snapshot: _Snapshot, what: str) -> int:

@@ -2,11 +2,17 @@
 
 Layout of a saved index directory::
 
-    index.json                 manifest: format, version, parameters, and for each data
-                               file its name and SHA-256
-    vocabulary-<hash>.npz      arrays (numpy .npz, loaded with allow_pickle=False)
-    database-<hash>.npz
-    names-<hash>.json
+    index.json                     manifest: format, version, parameters, generation,
+                                   and for each data file its name, size and SHA-256
+    vocabulary-<hash>.npz          the vocabulary's arrays
+    seg-<array>-<hash>.npy         one uncompressed .npy per array of each segment
+                                   (see cvsearch.store), memory-mapped when loaded
+    names-<hash>.json              the names of a segment's images
+    deleted-<hash>.npy             ids of removed images (tombstones), if any
+
+Files are named after their content, so a save writes only what the folder does
+not hold yet: after adding a batch to a large index, its new segment, the
+tombstones and the manifest.
 
 Data files are named after their content and written before the manifest; the
 manifest is replaced last with one atomic ``os.replace``. A crash or a full disk at
@@ -23,9 +29,15 @@ What loading checks, and when (an index folder may come from anyone):
 - each ``.npz``: only the arrays expected are read; each must be stored
   uncompressed, with the expected dtype, and a header whose shape accounts for
   exactly the bytes of its member, so no array is allocated larger than its file;
+- each ``.npy``: the same header checks, then it is memory-mapped, not read;
 - then the arrays against each other (``Index.load``).
 
-Reading costs one pass over each file (the hash) and a copy of its arrays.
+With ``verify=True`` (the default of ``Index.load``) every file is hashed: one
+read of the whole index (about a second per GB). With ``verify=False``, the
+large arrays are memory-mapped unread: sizes, headers, the manifest's own
+checksum, the small files' checksums and the arrays' structure are checked, but
+a change inside a large array's data is not detected (numpy's bounds checks
+still keep every read inside the arrays).
 Every failure is a ValueError naming the file (FileNotFoundError only when the
 folder or its manifest is absent). Nothing is ever unpickled.
 
@@ -59,7 +71,8 @@ from cvsearch.io import UnreadableFileError, read_bytes
 MANIFEST = "index.json"
 #: A manifest holds parameters and file entries: anything larger is not one.
 MAX_MANIFEST_BYTES = 16 * 2**20
-_DATA_FILE = re.compile(r"(vocabulary|database|names)-[0-9a-f]{16}\.(npz|json)")
+_DATA_FILE = re.compile(
+    r"(vocabulary|names|deleted|seg-[a-z_]+)-[0-9a-f]{16}\.(npz|json|npy)")
 _TEMP_PREFIX = ".cvsearch-tmp-"
 _CHECKSUM_KEY = "manifest_sha256"
 LOCK_FILE = ".cvsearch-lock"
@@ -232,41 +245,67 @@ def parse_json(data: bytes, path: Path):
                          "corrupt: rebuild it or restore a backup") from None
 
 
-def save_directory(directory: str | os.PathLike, manifest: dict,
-                   files: dict[str, tuple[str, bytes]]) -> None:
-    """Save data files and the manifest that names them, atomically.
+def write_file(directory: str | os.PathLike, prefix: str, extension: str,
+               data: bytes) -> dict:
+    """Write a content-named data file (unless the folder holds it already).
 
-    Parameters
-    ----------
-    directory : str or os.PathLike
-        Created if missing.
-    manifest : dict
-        JSON-serialisable; a ``"files"`` entry is added.
-    files : dict
-        ``{key: (extension, bytes)}`` with key in {"vocabulary", "database", "names"}.
+    Returns
+    -------
+    entry : dict
+        ``{"name", "sha256", "bytes"}``, for the manifest.
     """
     directory = Path(directory)
-    if directory.exists() and not directory.is_dir():
-        raise ValueError(f"{directory} exists and is not a directory; choose another "
-                         "path to save the index")
-    directory.mkdir(parents=True, exist_ok=True)
-    entries = {}
-    for key, (extension, data) in files.items():
-        digest = hashlib.sha256(data).hexdigest()
-        name = f"{key}-{digest[:16]}.{extension}"
-        if not (directory / name).exists() or _sha256(directory / name) != digest:
-            _write_atomic(directory / name, data)
-        entries[key] = {"name": name, "sha256": digest, "bytes": len(data)}
+    digest = hashlib.sha256(data).hexdigest()
+    name = f"{prefix}-{digest[:16]}.{extension}"
+    path = directory / name
+    if not path.exists() or path.stat().st_size != len(data) or _sha256(path) != digest:
+        _write_atomic(path, data)
+    return {"name": name, "sha256": digest, "bytes": len(data)}
+
+
+def has_file(directory: str | os.PathLike, entry: dict) -> bool:
+    """Whether the folder holds the file of ``entry``, of its size."""
+    path = Path(directory) / entry["name"]
+    return path.is_file() and path.stat().st_size == entry["bytes"]
+
+
+def npy_bytes(array: np.ndarray) -> bytes:
+    """An array as an uncompressed .npy file in memory."""
+    buffer = io.BytesIO()
+    np.save(buffer, np.ascontiguousarray(array), allow_pickle=False)
+    return buffer.getvalue()
+
+
+def commit(directory: str | os.PathLike, manifest: dict) -> None:
+    """Write the manifest (with its own checksum) atomically, last, then remove
+    the data files it does not name (and temporary files).
+
+    ``manifest`` names its files in entries ``{"name", "sha256", "bytes"}``
+    anywhere in its structure.
+    """
+    directory = Path(directory)
     _fsync_dir(directory)
-    manifest = {**manifest, "files": entries}
+    manifest = dict(manifest)
     manifest[_CHECKSUM_KEY] = manifest_digest(manifest)
     _write_atomic(directory / MANIFEST, json_bytes(manifest))
     _fsync_dir(directory)
-    keep = {entry["name"] for entry in entries.values()}
+    keep = set(_file_names(manifest))
     for path in directory.iterdir():
         stale = _DATA_FILE.fullmatch(path.name) and path.name not in keep
         if stale or path.name.startswith(_TEMP_PREFIX):
             path.unlink(missing_ok=True)
+
+
+def _file_names(node):
+    """The ``name`` of every file entry in a manifest structure."""
+    if isinstance(node, dict):
+        if isinstance(node.get("name"), str) and "sha256" in node:
+            yield node["name"]
+        for value in node.values():
+            yield from _file_names(value)
+    elif isinstance(node, list):
+        for value in node:
+            yield from _file_names(value)
 
 
 def _sha256(path: Path) -> str:
@@ -321,7 +360,27 @@ def check_manifest(path: Path, manifest: dict) -> None:
 
 
 def read_file(directory: Path, manifest: dict, key: str) -> bytes:
-    """Bytes of the data file ``key``, after checking its SHA-256.
+    """Bytes of the data file ``manifest["files"][key]`` (see :func:`read_entry`)."""
+    entry = manifest.get("files", {}).get(key) if isinstance(
+        manifest.get("files"), dict) else None
+    return read_entry(directory, entry, key)
+
+
+def check_entry(directory: Path, entry, prefix: str) -> dict:
+    """A manifest file entry, checked: a ValueError if it is malformed."""
+    size = entry.get("bytes") if isinstance(entry, dict) else None
+    if (not isinstance(entry, dict) or not isinstance(entry.get("name"), str)
+            or not _DATA_FILE.fullmatch(entry["name"])
+            or not entry["name"].startswith(prefix + "-")
+            or not isinstance(entry.get("sha256"), str)
+            or isinstance(size, bool) or not isinstance(size, int) or size < 0):
+        raise ValueError(f"{directory / MANIFEST}: the entry for a {prefix} file is "
+                         "missing or malformed; the index is corrupt")
+    return entry
+
+
+def read_entry(directory: Path, entry, key: str) -> bytes:
+    """Bytes of the data file of a manifest entry, after checking its SHA-256.
 
     The file must be exactly as large as its entry says; it is never read past that.
 
@@ -331,16 +390,8 @@ def read_file(directory: Path, manifest: dict, key: str) -> bytes:
         If the manifest entry is malformed, the file is missing, not a regular
         file, of another size, or does not match its checksum.
     """
-    entry = manifest.get("files", {}).get(key) if isinstance(
-        manifest.get("files"), dict) else None
-    size = entry.get("bytes") if isinstance(entry, dict) else None
-    if (not isinstance(entry, dict) or not isinstance(entry.get("name"), str)
-            or not _DATA_FILE.fullmatch(entry["name"])
-            or not entry["name"].startswith(key + "-")
-            or not isinstance(entry.get("sha256"), str)
-            or isinstance(size, bool) or not isinstance(size, int) or size < 0):
-        raise ValueError(f"{directory / MANIFEST}: the entry for the {key} file is "
-                         "missing or malformed; the index is corrupt")
+    entry = check_entry(directory, entry, key)
+    size = entry["bytes"]
     path = directory / entry["name"]
     try:
         data = read_bytes(path, size, limit_name=f"its size in {MANIFEST}")
@@ -412,6 +463,63 @@ def load_npz(data: bytes, path: Path, expected: dict) -> dict:
         raise ValueError(f"{path} is not a readable .npz archive ({error}); the index "
                          "is corrupt") from None
     return arrays
+
+
+def map_npy(directory: Path, entry, prefix: str, dtypes, verify: bool) -> np.ndarray:
+    """Memory-map the ``.npy`` file of a manifest entry, read-only.
+
+    Its size must be the entry's, its header must give one of ``dtypes`` and a
+    shape that accounts for exactly its bytes; with ``verify`` its SHA-256 is
+    checked too (one read of the file).
+
+    Raises
+    ------
+    ValueError
+        Naming the file, for any mismatch or a missing file.
+    """
+    entry = check_entry(directory, entry, prefix)
+    path = directory / entry["name"]
+
+    def corrupt(problem):
+        return ValueError(f"{path}: {problem}; the index is corrupt: rebuild it or "
+                          "restore a backup")
+
+    if not os.path.lexists(path):
+        raise MissingDataFileError(f"{path}: this index data file is missing; the "
+                                   "index is incomplete: rebuild it or restore a "
+                                   "backup")
+    try:
+        with open(path, "rb") as file:
+            if os.fstat(file.fileno()).st_size != entry["bytes"]:
+                raise corrupt(f"it is not the {entry['bytes']:,} bytes its entry in "
+                              f"{MANIFEST} gives (truncated or changed)")
+            if verify and _sha256(path) != entry["sha256"]:
+                raise corrupt(f"it does not match its checksum in {MANIFEST}")
+            fmt = np.lib.format
+            try:
+                version = fmt.read_magic(file)
+                if version == (1, 0):
+                    shape, fortran, dtype = fmt.read_array_header_1_0(file)
+                elif version == (2, 0):
+                    shape, fortran, dtype = fmt.read_array_header_2_0(file)
+                else:
+                    raise ValueError(f"npy format version {version}")
+            except ValueError as error:
+                raise corrupt(f"a bad header ({error})") from None
+            if dtype not in [np.dtype(d) for d in dtypes] or fortran:
+                raise corrupt(f"dtype {dtype}, expected one of "
+                              f"{[str(np.dtype(d)) for d in dtypes]}")
+            count = 1
+            for n in shape:
+                count *= n
+            if count * dtype.itemsize != entry["bytes"] - file.tell():
+                raise corrupt(f"its header gives shape {shape}, which is not its size")
+            offset = file.tell()
+    except OSError as error:
+        raise corrupt(f"it cannot be read ({error.strerror})") from None
+    if count == 0:
+        return np.zeros(shape, dtype)
+    return np.memmap(path, dtype=dtype, mode="r", offset=offset, shape=shape)
 
 
 def _read_npy(member, size: int, dtype: np.dtype, corrupt) -> np.ndarray:

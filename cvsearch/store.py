@@ -354,41 +354,6 @@ class Store:
                      for row, n in enumerate(segment.names)
                      if mask is None or not mask[row])
 
-    def export(self):
-        """The live images as concatenated arrays, in id order.
-
-        Returns
-        -------
-        ids : ndarray of shape (n,), int64
-        names : list of str
-        offsets : ndarray of shape (n + 1,), int64
-        words : ndarray of shape (n_keypoints,), int32
-        keypoints : ndarray of shape (n_keypoints, 4), float32
-        shapes : ndarray of shape (n, 2), int32
-        """
-        live = self.compact(max_segments=1).segments
-        if not live:
-            return (np.zeros(0, np.int64), [], np.zeros(1, np.int64),
-                    np.zeros(0, np.int32), np.zeros((0, 4), np.float32),
-                    np.zeros((0, 2), np.int32))
-        (segment,) = live
-        return (np.asarray(segment.ids, np.int64), list(segment.names),
-                np.asarray(segment.kp_offsets, np.int64),
-                np.asarray(segment.kp_words, np.int32),
-                np.asarray(segment.keypoints, np.float32),
-                np.asarray(segment.shapes, np.int32))
-
-    @classmethod
-    def of_arrays(cls, n_words, levels, power, ids, names, offsets, words, keypoints,
-                  shapes, next_id: int) -> Store:
-        """A store of one segment holding these images (see :meth:`export`)."""
-        if not len(names):
-            return cls(n_words, levels, power, next_id=next_id)
-        segment = Segment.of_arrays(np.asarray(ids, np.int64), tuple(names), shapes,
-                                    offsets, np.asarray(words, np.int64), keypoints,
-                                    n_words, levels)
-        return cls(n_words, levels, power, segments=[segment], next_id=next_id)
-
     def vectors(self):
         """The weighted, L2-normalised vectors of the live images, in id order.
 

@@ -137,7 +137,7 @@ def test_error_paths(workdir):
     assert_one_line_error(*run("index", "photos", "-o", "y", "--power", "3", "-q",
                                cwd=workdir)[::2], "power")
     # a tampered index names the file
-    database = next((workdir / "bad-idx").glob("database-*"))
+    database = next((workdir / "bad-idx").glob("seg-post_rows-*"))
     data = bytearray(database.read_bytes())
     data[len(data) // 2] ^= 0xFF
     database.write_bytes(bytes(data))

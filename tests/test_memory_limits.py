@@ -43,18 +43,22 @@ def npy(dtype: str, shape: tuple, payload: bytes) -> bytes:
 
 
 def forge_index(folder: Path, key: str, member: str, data: bytes):
-    """Replace one array of a saved index and fix every checksum, as a careful
-    attacker would."""
+    """Replace one array of a saved index (a member of the vocabulary's .npz, or
+    a segment's .npy) and fix every checksum, as a careful attacker would."""
     manifest = json.loads((folder / "index.json").read_text())
-    entry = manifest["files"][key]
-    with zipfile.ZipFile(folder / entry["name"]) as archive:
-        members = {n: archive.read(n) for n in archive.namelist()}
-    members[member] = data
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w") as archive:
-        for name, content in members.items():
-            archive.writestr(name, content)
-    content = buffer.getvalue()
+    if key == "vocabulary":
+        entry = manifest["files"][key]
+        with zipfile.ZipFile(folder / entry["name"]) as archive:
+            members = {n: archive.read(n) for n in archive.namelist()}
+        members[member] = data
+        buffer = io.BytesIO()
+        with zipfile.ZipFile(buffer, "w") as archive:
+            for name, content in members.items():
+                archive.writestr(name, content)
+        content = buffer.getvalue()
+    else:
+        entry = manifest["segments"][0]["files"][member]
+        content = data
     (folder / entry["name"]).write_bytes(content)
     entry.update(sha256=hashlib.sha256(content).hexdigest(), bytes=len(content))
     from cvsearch import storage
@@ -130,7 +134,7 @@ def inputs(tmp_path_factory, trained_index):
 
     # index folders whose arrays claim terabytes (checksums fixed)
     for key, member, forged in [
-            ("database", "words.npy", npy("<i4", (2**40,), b"\0" * 64)),
+            ("segment", "post_rows", npy("|u1", (2**40,), b"\0" * 64)),
             ("vocabulary", "centers.npy", npy("<f4", (2**31, 128), b"\0" * 64))]:
         index_folder = folder / f"index_{key}"
         trained_index.save(index_folder)
@@ -170,7 +174,7 @@ CHILD = textwrap.dedent("""
     resource.setrlimit(resource.RLIMIT_AS, (cap, cap))
     tasks = {
         "control": lambda: np.ones(headroom // 4, np.float64),
-        "index_database": lambda: Index.load(os.path.join(folder, "index_database")),
+        "index_segment": lambda: Index.load(os.path.join(folder, "index_segment")),
         "index_vocabulary": lambda: Index.load(os.path.join(folder, "index_vocabulary")),
     }
     for name in sorted(os.listdir(folder)):
@@ -208,7 +212,7 @@ def test_hostile_inputs_stay_within_the_stated_limits(inputs):
         "png_header_bomb.png": "pixels", "png_real_bomb.png": "pixels",
         "jpeg_header_bomb.jpg": "pixels", "tiff_header_bomb.tif": "pixels",
         "sparse.jpg": "max_file_bytes",
-        "index_database": "header gives shape", "index_vocabulary": "header gives shape",
+        "index_segment": "header gives shape", "index_vocabulary": "header gives shape",
         "zero_stride.pth": "limit", "huge_numel.pth": "",
         "zip_bomb.pth": "limit", "memo_bomb.pth": "",
     }

@@ -22,18 +22,33 @@ def manifest_of(directory):
     return json.loads((directory / "index.json").read_text())
 
 
+def entry_of(manifest, key):
+    """The manifest entry of "vocabulary", "names" or "seg-<array>" (of the first
+    segment)."""
+    if key == "vocabulary":
+        return manifest["files"]["vocabulary"]
+    segment = manifest["segments"][0]
+    return segment["names"] if key == "names" else segment["files"][key[4:]]
+
+
 def data_file(directory, key):
-    return directory / manifest_of(directory)["files"][key]["name"]
+    return directory / entry_of(manifest_of(directory), key)["name"]
 
 
 def rewrite(directory, key, data: bytes):
     """Replace a data file and fix its checksum, as a careful attacker would."""
     manifest = manifest_of(directory)
     data_file(directory, key).write_bytes(data)
-    manifest["files"][key].update(sha256=hashlib.sha256(data).hexdigest(),
-                                  bytes=len(data))
+    entry_of(manifest, key).update(sha256=hashlib.sha256(data).hexdigest(),
+                                   bytes=len(data))
     manifest["manifest_sha256"] = storage.manifest_digest(manifest)
     (directory / "index.json").write_text(json.dumps(manifest))
+
+
+def npy(array) -> bytes:
+    buffer = io.BytesIO()
+    np.save(buffer, array, allow_pickle=True)
+    return buffer.getvalue()
 
 
 def test_round_trip_gives_identical_results(trained_index, saved, images):
@@ -48,30 +63,55 @@ def test_round_trip_gives_identical_results(trained_index, saved, images):
 def test_files_are_plain_and_pickle_free(saved):
     names = sorted(p.name for p in saved.iterdir())
     assert names[0] == ".cvsearch-lock"  # the writer lock file, empty
-    assert "index.json" in names and len(names) == 5
+    # the manifest, the vocabulary, and one segment: 8 arrays and the names
+    assert "index.json" in names and len(names) == 12
+    assert sum(n.startswith("seg-") for n in names) == 8
     for path in saved.glob("*.npz"):
         with np.load(path, allow_pickle=False) as archive:
             for key in archive.files:
                 assert archive[key].dtype != object
+    for path in saved.glob("*.npy"):
+        assert np.load(path, allow_pickle=False).dtype != object
     assert manifest_of(saved)["format_version"] == 2
+
+
+def test_load_maps_the_segments_and_saves_only_what_changed(trained_index, saved,
+                                                            image_files):
+    index = Index.load(saved)
+    assert isinstance(index._current().store.segments[0].post_rows, np.memmap)
+    before = {p.name: p.stat().st_mtime_ns for p in saved.glob("seg-*")}
+    index.add([image_files[0]], names=["one more"])
+    index.remove([3])
+    index.save(saved)
+    after = {p.name: p.stat().st_mtime_ns for p in saved.glob("seg-*")}
+    assert all(after[name] == mtime for name, mtime in before.items())  # untouched
+    assert len(after) == 16  # the new segment's 8 arrays
+    assert len(list(saved.glob("deleted-*.npy"))) == 1
+    loaded = Index.load(saved)
+    assert loaded.names == index.names and 3 not in loaded.names
 
 
 def test_resave_removes_stale_files(trained_index, saved, image_files):
     index = Index.load(saved)
     index.remove([0])
-    index.save(saved)
-    assert len(list(saved.iterdir())) == 5
+    index.save(saved)  # a tombstone file; the segment stays
+    assert len(list(saved.iterdir())) == 13
+    index.compact()
+    index.save(saved)  # one new segment; the old one's files go
+    assert len(list(saved.iterdir())) == 12
     assert len(Index.load(saved)) == len(trained_index) - 1
 
 
 def test_failed_save_leaves_the_previous_index_intact(trained_index, saved,
-                                                       monkeypatch):
+                                                       image_files, monkeypatch):
     index = Index.load(saved)
     index.remove([0, 1, 2])
+    index.add([image_files[0]], names=["new"])
     real_write = storage._write_atomic
-    # The vocabulary is unchanged, so its file is kept as it is; the database and
-    # names files are written, then the manifest. Fail at each of them.
-    for failing in ("database", "names", "index.json"):
+    # The vocabulary and the first segment are in the folder already; the new
+    # segment's arrays and names, the tombstones, then the manifest are written.
+    # Fail at each of them.
+    for failing in ("seg-ids", "seg-post_tf", "names", "deleted", "index.json"):
 
         def failing_write(path, data, failing=failing):
             if path.name.startswith(failing):
@@ -86,15 +126,19 @@ def test_failed_save_leaves_the_previous_index_intact(trained_index, saved,
         monkeypatch.setattr(storage, "_write_atomic", real_write)
         assert Index.load(saved).names == trained_index.names
     index.save(saved)
-    assert Index.load(saved).names.values() == trained_index.names.values()[3:]
+    assert Index.load(saved).names.values() == trained_index.names.values()[3:] + (
+        "new",)
 
 
 def test_truncated_file_is_named(saved):
-    path = data_file(saved, "database")
-    path.write_bytes(path.read_bytes()[:1000])
-    with pytest.raises(ValueError, match=path.name) as error:
-        Index.load(saved)
-    assert "truncated" in str(error.value)
+    for key in ("seg-post_rows", "names"):
+        path = data_file(saved, key)
+        data = path.read_bytes()
+        path.write_bytes(data[:-7])
+        with pytest.raises(ValueError, match=path.name) as error:
+            Index.load(saved)
+        assert "truncated" in str(error.value)
+        path.write_bytes(data)
 
 
 def test_flipped_byte_is_detected(saved):
@@ -133,27 +177,23 @@ def test_missing_pieces(saved, tmp_path):
 
 
 def test_consistent_but_hostile_arrays_are_rejected(saved):
-    with np.load(data_file(saved, "database"), allow_pickle=False) as archive:
-        arrays = {k: archive[k] for k in archive.files}
-    bad = dict(arrays, words=arrays["words"] + 10**6)
-    buffer = io.BytesIO()
-    np.savez(buffer, **bad)
-    rewrite(saved, "database", buffer.getvalue())
+    words = np.load(data_file(saved, "seg-kp_words"))
+    rewrite(saved, "seg-kp_words", npy(words.astype(np.uint32) + 10**6))
     with pytest.raises(ValueError, match="word ids"):
         Index.load(saved)
-    bad = dict(arrays, offsets=arrays["offsets"][::-1].copy())
-    buffer = io.BytesIO()
-    np.savez(buffer, **bad)
-    rewrite(saved, "database", buffer.getvalue())
-    with pytest.raises(ValueError, match="offsets"):
-        Index.load(saved)
+    # verify=False skips the range checks of the large arrays, as documented
+    assert len(Index.load(saved, verify=False)) == 12
+    rewrite(saved, "seg-kp_words", npy(words))
+    offsets = np.load(data_file(saved, "seg-kp_offsets"))
+    rewrite(saved, "seg-kp_offsets", npy(offsets[::-1].copy()))
+    for verify in (True, False):  # structure is always checked
+        with pytest.raises(ValueError, match="keypoint offsets"):
+            Index.load(saved, verify=verify)
 
 
 def test_pickled_array_is_never_loaded(saved):
-    buffer = io.BytesIO()
-    np.savez(buffer, ids=np.array([object()], dtype=object))
-    rewrite(saved, "database", buffer.getvalue())
-    with pytest.raises(ValueError, match="dtype object, expected int64"):
+    rewrite(saved, "seg-ids", npy(np.array([object()], dtype=object)))
+    with pytest.raises(ValueError, match="dtype object, expected one of"):
         Index.load(saved)
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w") as archive:
@@ -165,7 +205,7 @@ def test_pickled_array_is_never_loaded(saved):
 
 def test_mismatched_names_count(saved):
     rewrite(saved, "names", json.dumps(["a", "b"]).encode())
-    with pytest.raises(ValueError, match="ids are not 2 increasing ids"):
+    with pytest.raises(ValueError, match="ids are not 2 increasing ids, one per name"):
         Index.load(saved)
 
 

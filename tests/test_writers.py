@@ -107,17 +107,20 @@ def test_a_reader_that_loses_the_race_reads_the_new_manifest(saved, image_files,
     removes the files the reader was about to open: it reads the new manifest."""
     writer = Index.load(saved)
     writer.add(image_files[:2])
+    writer.save(saved)  # the manifest the reader will read names this segment
     real_load = Index._load.__func__
     raced = []
 
-    def racing(cls, path, manifest):
+    def racing(cls, path, manifest, verify):
         if not raced:
             raced.append(True)
-            writer.save(saved)  # replaces the database and names files
-        return real_load(cls, path, manifest)
+            writer.add(image_files[2:3])
+            writer.compact()  # one new segment: the old one's files go
+            writer.save(saved)
+        return real_load(cls, path, manifest, verify)
 
     monkeypatch.setattr(Index, "_load", classmethod(racing))
-    assert len(Index.load(saved)) == 2 and raced
+    assert len(Index.load(saved)) == 3 and raced
 
 
 def test_saving_where_the_index_was_deleted_loses_nothing(saved, image_files):
