@@ -20,7 +20,7 @@ from cvsearch import rerank as _rerank
 from cvsearch import storage
 from cvsearch._validation import check_float, check_int, check_n_jobs
 from cvsearch.features import FeatureExtractor, Features
-from cvsearch.parallel import ImageWords, SkippedImage, extract_many
+from cvsearch.parallel import ImageWords, SkippedImage, check_words, extract_many
 from cvsearch.scoring import top_k
 from cvsearch.store import Segment, Store
 from cvsearch.vocabulary import Vocabulary, sample_rows
@@ -298,12 +298,21 @@ class Index:
                                 f"{type(name).__name__} {name!r}")
         return names
 
-    def _features_of(self, image) -> Features:
+    def _features_of(self, image) -> Features | ImageWords:
         """Features of a query: computed, or given precomputed by the caller (and
-        then checked to come from this index's extractor)."""
+        then checked to come from this index's extractor), or its words given
+        (checked to come from this index's vocabulary)."""
         if isinstance(image, Features):
             return self.extractor.check_features(image)
+        if isinstance(image, ImageWords):
+            return check_words(image, self.extractor, self.vocabulary)
         return self.extractor.extract(image)
+
+    @staticmethod
+    def _words_of(snapshot: _Snapshot, features) -> np.ndarray:
+        if isinstance(features, ImageWords):
+            return np.asarray(features.words, np.int32)
+        return snapshot.vocabulary.predict(features.descriptors)
 
     def _extract_many(self, images: list, names: list[str], *, assign: bool,
                       n_jobs: int, progress, stage: str, scheduler=None):
@@ -640,9 +649,10 @@ class Index:
 
         Parameters
         ----------
-        image : str, os.PathLike, ndarray or Features
+        image : str, os.PathLike, ndarray, Features or ImageWords
             A path, or an array of shape (H, W), (H, W, 3) BGR or (H, W, 4) BGRA,
-            uint8 or uint16, or features already computed by ``index.extractor``.
+            uint8 or uint16, or features already computed by ``index.extractor``,
+            or words already assigned (:meth:`image_words`).
         k : int
             Number of results, >= 1.
         rerank : int
@@ -714,9 +724,9 @@ class Index:
             raise ValueError("the index holds no images; add images before querying")
         return snapshot
 
-    def _query_features(self, snapshot: _Snapshot, features: Features, k: int,
-                        rerank: int, min_inliers: int):
-        words = snapshot.vocabulary.predict(features.descriptors)
+    def _query_features(self, snapshot: _Snapshot, features, k: int, rerank: int,
+                        min_inliers: int):
+        words = self._words_of(snapshot, features)
         return self._rank(snapshot, words, features.keypoints, features.image_shape,
                           k, rerank, min_inliers)
 
@@ -779,7 +789,7 @@ class Index:
             raise TypeError("inliers takes a list of integer ids")
         ids = np.asarray([_check_id(i, snapshot, "inliers") for i in ids], np.int64)
         features = self._features_of(image)
-        words = snapshot.vocabulary.predict(features.descriptors)
+        words = self._words_of(snapshot, features)
         return self._verify(snapshot, words, features.keypoints, ids)
 
     def matches(self, image, id: int):
@@ -795,7 +805,7 @@ class Index:
         snapshot = self._ready_snapshot()
         id = _check_id(id, snapshot, "matches")
         features = self._features_of(image)
-        words = snapshot.vocabulary.predict(features.descriptors)
+        words = self._words_of(snapshot, features)
         _, query_xy, db_xy = _rerank.inlier_pairs(
             words, features.keypoints, *snapshot.store.image(id),
             max_side=self.extractor.max_side)
@@ -1051,7 +1061,7 @@ class Index:
 _UINTS = (np.uint8, np.uint16, np.uint32, np.uint64)
 _SEGMENT_ARRAYS = {
     "ids": _UINTS, "shapes": (np.int32,), "kp_offsets": (np.int64,),
-    "kp_words": _UINTS, "keypoints": (np.float32,), "post_indptr": (np.int64,),
+    "kp_words": _UINTS, "kp_xy": (np.uint16,), "post_indptr": (np.int64,),
     "post_rows": _UINTS, "post_tf": _UINTS}
 
 
@@ -1092,8 +1102,8 @@ def _check_segment(segment: Segment, n_words: int, n_columns: int,
     if offsets.shape != (n + 1,) or offsets[0] != 0 or np.any(np.diff(offsets) < 0) \
             or offsets[-1] != len(segment.kp_words):
         return "keypoint offsets are not increasing from 0 to the number of keypoints"
-    if segment.keypoints.shape != (len(segment.kp_words), 4):
-        return "keypoints do not match the keypoint words"
+    if segment.kp_xy.shape != (len(segment.kp_words), 2):
+        return "keypoint positions do not match the keypoint words"
     if indptr.shape != (n_columns + 1,) or indptr[0] != 0 \
             or np.any(np.diff(indptr) < 0) or indptr[-1] != len(segment.post_rows) \
             or segment.post_tf.shape != segment.post_rows.shape:
@@ -1104,8 +1114,6 @@ def _check_segment(segment: Segment, n_words: int, n_columns: int,
         if len(segment.post_rows) and (int(segment.post_rows.max()) >= n
                                        or int(segment.post_tf.min()) < 1):
             return "postings name rows outside the segment, or zero counts"
-        if not np.isfinite(segment.keypoints).all():
-            return "keypoints hold NaN or infinity"
     return None
 
 

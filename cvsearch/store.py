@@ -11,7 +11,11 @@ A segment holds two parts:
 - what scoring needs: an inverted file of term counts (per column, the rows of the
   images holding it and how often), in the smallest dtypes that hold them;
 - what re-ranking needs, read only for a short-list: each image's per-keypoint
-  words and geometry.
+  words and positions. A position is kept as 16-bit fixed point of the image's
+  width and height (a precision of side / 65,535 pixels: 0.01 px for a 640-pixel
+  image); keypoint size and angle are not kept, as nothing reads them. The
+  postings are computed from these kept positions, so compacting or re-weighting
+  a segment never changes its scores.
 
 Document frequencies add up over segments (minus the deleted images' own), so the
 idf is exact for the live images, and an index grown by adds and removes scores
@@ -72,8 +76,9 @@ class Segment(NamedTuple):
     kp_offsets : ndarray of shape (n + 1,), int64
         Image i owns keypoints ``kp_offsets[i]:kp_offsets[i + 1]``.
     kp_words : ndarray of shape (n_keypoints,), unsigned int
-    keypoints : ndarray of shape (n_keypoints, 4), float32
-        ``(x, y, size, angle)``, x the column and y the row.
+    kp_xy : ndarray of shape (n_keypoints, 2), uint16
+        ``(x, y)`` as fractions of the image's width and height, times 65,535;
+        x the column and y the row.
     post_indptr : ndarray of shape (n_columns + 1,), int64
         Column c owns postings ``post_indptr[c]:post_indptr[c + 1]``.
     post_rows : ndarray of shape (n_postings,), unsigned int
@@ -88,7 +93,7 @@ class Segment(NamedTuple):
     shapes: np.ndarray
     kp_offsets: np.ndarray
     kp_words: np.ndarray
-    keypoints: np.ndarray
+    kp_xy: np.ndarray
     post_indptr: np.ndarray
     post_rows: np.ndarray
     post_tf: np.ndarray
@@ -130,8 +135,15 @@ class Segment(NamedTuple):
     @classmethod
     def of_arrays(cls, ids, names, shapes, offsets, words, keypoints, n_words: int,
                   levels: int) -> Segment:
-        """A segment from concatenated arrays; its postings are computed here."""
-        counts = spatial_bag_of_words(words, keypoints, shapes, offsets, n_words,
+        """A segment from concatenated arrays (keypoints of shape (n, >= 2), in
+        pixels); its positions are quantised and its postings computed here."""
+        shapes = np.asarray(shapes, np.int32).reshape(-1, 2)
+        sizes = np.diff(offsets)
+        width_height = np.repeat(shapes[:, ::-1], sizes, axis=0).astype(np.float64)
+        fraction = np.nan_to_num(np.asarray(keypoints, np.float64)[:, :2] / width_height)
+        kp_xy = np.rint(np.clip(fraction, 0, 1) * 65535).astype(np.uint16)
+        decoded = _decode(kp_xy, width_height)
+        counts = spatial_bag_of_words(words, decoded, shapes, offsets, n_words,
                                       levels).tocsc()
         counts.sort_indices()
         n = len(names)
@@ -140,7 +152,7 @@ class Segment(NamedTuple):
             names=tuple(names), shapes=np.ascontiguousarray(shapes, np.int32),
             kp_offsets=np.asarray(offsets, np.int64),
             kp_words=np.asarray(words).astype(smallest_uint(max(n_words - 1, 0))),
-            keypoints=np.ascontiguousarray(keypoints, np.float32),
+            kp_xy=kp_xy,
             post_indptr=counts.indptr.astype(np.int64),
             post_rows=counts.indices.astype(smallest_uint(max(n - 1, 0))),
             post_tf=counts.data.astype(np.int64).astype(
@@ -155,14 +167,23 @@ class Segment(NamedTuple):
             np.asarray(self.ids)[keep].astype(np.int64),
             tuple(n for n, k in zip(self.names, keep) if k), np.asarray(self.shapes)[keep],
             offsets, np.asarray(self.kp_words)[per_keypoint].astype(np.int64),
-            np.asarray(self.keypoints)[per_keypoint], n_words, levels)
+            self.keypoints()[per_keypoint], n_words, levels)
+
+    def keypoints(self) -> np.ndarray:
+        """All kept positions as keypoints: ndarray of shape (n_keypoints, 4),
+        float32, ``(x, y, 0, 0)`` in pixels."""
+        sizes = np.diff(self.kp_offsets)
+        width_height = np.repeat(np.asarray(self.shapes)[:, ::-1], sizes, axis=0)
+        return _decode(np.asarray(self.kp_xy), width_height.astype(np.float64))
 
     def image(self, row: int):
-        """``(words int32, keypoints float32, (height, width))`` of one row."""
+        """``(words int32, keypoints float32 (n, 4) with (x, y, 0, 0), (height,
+        width))`` of one row."""
         lo, hi = self.kp_offsets[row], self.kp_offsets[row + 1]
-        return (np.asarray(self.kp_words[lo:hi], np.int32),
-                np.asarray(self.keypoints[lo:hi], np.float32),
-                tuple(int(v) for v in self.shapes[row]))
+        height, width = (int(v) for v in self.shapes[row])
+        keypoints = _decode(np.asarray(self.kp_xy[lo:hi]),
+                            np.array([[width, height]], np.float64))
+        return np.asarray(self.kp_words[lo:hi], np.int32), keypoints, (height, width)
 
     def row_columns(self, rows: np.ndarray, n_words: int, levels: int) -> np.ndarray:
         """Document-frequency contribution of ``rows``: for each column, how many
@@ -177,8 +198,14 @@ class Segment(NamedTuple):
     def nbytes(self) -> int:
         """Bytes of its arrays (names not included)."""
         return int(sum(np.asarray(a).nbytes for a in (
-            self.ids, self.shapes, self.kp_offsets, self.kp_words, self.keypoints,
+            self.ids, self.shapes, self.kp_offsets, self.kp_words, self.kp_xy,
             self.post_indptr, self.post_rows, self.post_tf)))
+
+
+def _decode(kp_xy: np.ndarray, width_height: np.ndarray) -> np.ndarray:
+    """Pixel keypoints ``(x, y, 0, 0)``, float32 (n, 4), of quantised positions."""
+    xy = kp_xy.reshape(-1, 2).astype(np.float64) / 65535 * width_height
+    return np.column_stack([xy, np.zeros((len(xy), 2))]).astype(np.float32)
 
 
 class _Weights(NamedTuple):
@@ -293,7 +320,7 @@ class Store:
             a.names + b.names, np.concatenate([a.shapes, b.shapes]), offsets,
             np.concatenate([np.asarray(a.kp_words, np.int64),
                             np.asarray(b.kp_words, np.int64)]),
-            np.concatenate([a.keypoints, b.keypoints]), self.n_words, self.levels)
+            np.concatenate([a.keypoints(), b.keypoints()]), self.n_words, self.levels)
 
     # -------------------------------------------------------------- reading
     def __len__(self) -> int:

@@ -65,3 +65,15 @@ def test_dask_cluster_build_is_identical_to_a_serial_build(image_files, images):
     assert_same_results(results(on_dask, images[:4], rerank=5),
                         results(serial, images[:4], rerank=5))
     assert len(more) == 5
+
+
+def test_queries_take_words_assigned_beforehand(trained_index, image_files):
+    (words,) = trained_index.image_words([image_files[5]])
+    by_words = trained_index.query(words, k=3, rerank=3, return_inliers=True)
+    by_path = trained_index.query(image_files[5], k=3, rerank=3, return_inliers=True)
+    for a, b in zip(by_words, by_path):
+        assert np.array_equal(a, b)
+    other = Index.build(image_files[:6], FeatureExtractor("sift", max_side=1024),
+                        n_words=100, random_state=0)
+    with pytest.raises(ValueError, match="another vocabulary"):
+        other.query(words)

@@ -103,9 +103,10 @@ def test_stable_ids_names_and_geometry():
     store = store.remove([1, 5])
     assert store.names() == {i: images[i][0] for i in range(10) if i not in (1, 5)}
     words, keypoints, shape = store.image(6)
-    assert np.array_equal(words, images[6][1]) and np.array_equal(keypoints,
-                                                                  images[6][2])
-    assert shape == (200, 300)
+    assert np.array_equal(words, images[6][1]) and shape == (200, 300)
+    # positions kept to 1/65535 of the image's sides; size and angle not kept
+    assert np.allclose(keypoints[:, :2], images[6][2][:, :2], atol=300 / 65535)
+    assert not keypoints[:, 2:].any()
     with pytest.raises(KeyError):
         store.image(5)  # deleted
     with pytest.raises(KeyError):
@@ -121,6 +122,7 @@ def test_postings_use_the_smallest_dtypes():
     segment = store.segments[0]
     assert segment.post_rows.dtype == np.uint8 and segment.kp_words.dtype == np.uint8
     assert segment.post_tf.dtype == np.uint8 and segment.ids.dtype == np.uint8
+    assert segment.kp_xy.dtype == np.uint16 and segment.kp_xy.shape[1] == 2
 
 
 def test_ragged_ranges():
