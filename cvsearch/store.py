@@ -38,21 +38,13 @@ meanwhile.
 
 from __future__ import annotations
 
+import os
 import threading
 from typing import NamedTuple
 
 import numpy as np
 
 from cvsearch.weighting import pyramid_size, spatial_bag_of_words
-
-
-def ragged_ranges(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
-    """``concatenate([arange(s, s + n) for s, n in zip(starts, lengths)])``,
-    without a Python loop. ndarray of shape (lengths.sum(),), int64."""
-    lengths = np.asarray(lengths, np.int64)
-    ends = np.cumsum(lengths)
-    steps = np.arange(int(ends[-1]) if len(ends) else 0, dtype=np.int64)
-    return steps + np.repeat(np.asarray(starts, np.int64) - (ends - lengths), lengths)
 
 
 def smallest_uint(maximum: int) -> np.dtype:
@@ -206,6 +198,22 @@ def _decode(kp_xy: np.ndarray, width_height: np.ndarray) -> np.ndarray:
     """Pixel keypoints ``(x, y, 0, 0)``, float32 (n, 4), of quantised positions."""
     xy = kp_xy.reshape(-1, 2).astype(np.float64) / 65535 * width_height
     return np.column_stack([xy, np.zeros((len(xy), 2))]).astype(np.float32)
+
+
+#: Threads that score segments at once (numpy releases the GIL in most of it).
+SCORING_THREADS = min(4, os.cpu_count() or 1)
+_POOL = None
+_POOL_LOCK = threading.Lock()
+
+
+def _pool():
+    global _POOL
+    with _POOL_LOCK:
+        if _POOL is None:
+            from concurrent.futures import ThreadPoolExecutor
+
+            _POOL = ThreadPoolExecutor(SCORING_THREADS, thread_name_prefix="cvsearch")
+        return _POOL
 
 
 class _Weights(NamedTuple):
@@ -416,8 +424,13 @@ class Store:
                 idf[present] = np.log(self.n_live / self.df[present])
                 idf = idf.astype(np.float32)
                 idf_power = np.power(idf, self.power, dtype=np.float32)
-                inv_norms = tuple(self._inverse_norms(s, m, idf_power)
-                                  for s, m in zip(self.segments, self.deleted))
+                work = list(zip(self.segments, self.deleted))
+                if len(work) > 1 and SCORING_THREADS > 1:
+                    inv_norms = tuple(_pool().map(
+                        lambda item: self._inverse_norms(*item, idf_power), work))
+                else:
+                    inv_norms = tuple(self._inverse_norms(*item, idf_power)
+                                      for item in work)
                 self._weights = _Weights(idf, idf_power, inv_norms)
             return self._weights
 
@@ -456,27 +469,38 @@ class Store:
         weights = self.weights()
         factor = (np.asarray(query_values, np.float32)
                   * weights.idf_power[query_columns])
-        parts, all_ids = [], []
-        for segment, mask, inv in zip(self.segments, self.deleted, weights.inv_norms):
-            lo = segment.post_indptr[query_columns]
-            hi = segment.post_indptr[np.asarray(query_columns) + 1]
-            lengths = hi - lo
-            if lengths.sum():
-                take = ragged_ranges(lo, lengths)
-                value = np.repeat(factor, lengths) * self._tf_power(segment.post_tf[take])
-                sums = np.bincount(np.asarray(segment.post_rows[take], np.int64),
-                                   weights=value, minlength=len(segment))
-            else:
-                sums = np.zeros(len(segment))
-            part = (sums * inv).astype(np.float32)
-            np.minimum(part, 1.0, out=part)  # rounding can pass 1 for itself
-            if mask is not None:
-                part[mask] = -np.inf
-            parts.append(part)
-            all_ids.append(np.asarray(segment.ids, np.int64))
-        if not parts:
+        query_columns = np.asarray(query_columns, np.int64)
+        work = list(zip(self.segments, self.deleted, weights.inv_norms))
+        if not work:
             return np.zeros(0, np.float32), np.zeros(0, np.int64)
-        return np.concatenate(parts), np.concatenate(all_ids)
+        if len(work) > 1 and SCORING_THREADS > 1:
+            parts = list(_pool().map(
+                lambda item: self._segment_scores(*item, query_columns, factor), work))
+        else:
+            parts = [self._segment_scores(*item, query_columns, factor) for item in work]
+        return (np.concatenate(parts),
+                np.concatenate([np.asarray(s.ids, np.int64) for s in self.segments]))
+
+    def _segment_scores(self, segment, mask, inv, query_columns, factor):
+        # Plain views of the (memory-mapped) arrays, and a column's postings as
+        # one slice: cheaper than memmap objects and a gathered index.
+        indptr = np.asarray(segment.post_indptr)
+        rows, tf = np.asarray(segment.post_rows), np.asarray(segment.post_tf)
+        lo, hi = indptr[query_columns], indptr[query_columns + 1]
+        lengths = hi - lo
+        if lengths.sum():
+            spans = list(zip(lo.tolist(), hi.tolist()))
+            value = np.repeat(factor, lengths) * self._tf_power(
+                np.concatenate([tf[a:b] for a, b in spans]))
+            sums = np.bincount(np.concatenate([rows[a:b] for a, b in spans]),
+                               weights=value, minlength=len(segment))
+        else:
+            sums = np.zeros(len(segment))
+        part = (sums * inv).astype(np.float32)
+        np.minimum(part, 1.0, out=part)  # rounding can pass 1 for itself
+        if mask is not None:
+            part[mask] = -np.inf
+        return part
 
     @property
     def nbytes(self) -> int:

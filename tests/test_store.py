@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from cvsearch.scoring import cosine_scores
-from cvsearch.store import Store, ragged_ranges
+from cvsearch.store import Store
 from cvsearch.weighting import (
     inverse_document_frequency,
     spatial_bag_of_words,
@@ -123,9 +123,3 @@ def test_postings_use_the_smallest_dtypes():
     assert segment.post_rows.dtype == np.uint8 and segment.kp_words.dtype == np.uint8
     assert segment.post_tf.dtype == np.uint8 and segment.ids.dtype == np.uint8
     assert segment.kp_xy.dtype == np.uint16 and segment.kp_xy.shape[1] == 2
-
-
-def test_ragged_ranges():
-    assert ragged_ranges(np.array([5, 0, 9]), np.array([2, 0, 3])).tolist() == [
-        5, 6, 9, 10, 11]
-    assert ragged_ranges(np.array([], int), np.array([], int)).tolist() == []
