@@ -123,3 +123,20 @@ def test_postings_use_the_smallest_dtypes():
     assert segment.post_rows.dtype == np.uint8 and segment.kp_words.dtype == np.uint8
     assert segment.post_tf.dtype == np.uint8 and segment.ids.dtype == np.uint8
     assert segment.kp_xy.dtype == np.uint16 and segment.kp_xy.shape[1] == 2
+
+
+@pytest.mark.parametrize("power", [1.0, 0.5])
+def test_compiled_and_numpy_scoring_agree_exactly(monkeypatch, power):
+    """With numba (the 'fast' extra) or without it, the same scores to the bit."""
+    from cvsearch import store as store_module
+
+    pytest.importorskip("numba", reason="the compiled path needs numba ('fast' extra)")
+    images = random_images(40)
+    store = store_of([images[:15], images[15:]], levels=1, power=power)
+    queries = random_images(4, seed=11)
+    compiled = [store_query(store, q, store.weights().idf) for q in queries]
+    assert store_module._compiled_kernel() is not None
+    monkeypatch.setattr(store_module, "_KERNEL", [None])
+    plain = [store_query(store, q, store.weights().idf) for q in queries]
+    for (a, ids_a), (b, ids_b) in zip(compiled, plain):
+        assert np.array_equal(a, b) and np.array_equal(ids_a, ids_b)
