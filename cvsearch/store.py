@@ -290,6 +290,7 @@ class Store:
         self.n_live = live
         self._weights = None
         self._weights_lock = threading.Lock()
+        self._tables = {}  # dtype -> tf ** power for each of its values
 
     # ------------------------------------------------------------ changing
     def _with(self, segments, deleted, next_id=None) -> Store:
@@ -519,8 +520,7 @@ class Store:
         rows, tf = np.asarray(segment.post_rows), np.asarray(segment.post_tf)
         kernel = _compiled_kernel()
         if kernel is not None and tf.dtype.itemsize <= 2:
-            # tf ** p through a table of every value the dtype holds
-            table = self._tf_power(np.arange(np.iinfo(tf.dtype).max + 1))
+            table = self._tf_table(tf.dtype)
             sums = kernel(indptr, rows, tf, query_columns, factor, table, len(segment))
             return self._finish(sums, inv, mask)
         lo, hi = indptr[query_columns], indptr[query_columns + 1]
@@ -534,6 +534,14 @@ class Store:
         else:
             sums = np.zeros(len(segment))
         return self._finish(sums, inv, mask)
+
+    def _tf_table(self, dtype: np.dtype) -> np.ndarray:
+        """``tf ** power`` for every value of an 8- or 16-bit dtype, float32."""
+        table = self._tables.get(dtype)
+        if table is None:
+            table = self._tables[dtype] = self._tf_power(
+                np.arange(np.iinfo(dtype).max + 1))
+        return table
 
     @staticmethod
     def _finish(sums, inv, mask):
