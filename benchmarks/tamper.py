@@ -124,7 +124,7 @@ def main(argv=None) -> int:
         "| file | bytes | mutations | refused, file named | identical | other |",
         "|---|---|---|---|---|---|"]
     for r in rows:
-        name = r["file"].split("-")[0] if "-" in r["file"] else r["file"]
+        name = r["file"].rsplit("-", 1)[0] if "-" in r["file"] else r["file"]
         lines.append(f"| {name} | {r['bytes']:,} | {r['mutations']:,} | "
                      f"{r['refused, file named']:,} | {r['identical']:,} | "
                      f"{r['other']} |")
