@@ -158,12 +158,9 @@ def run_size(args, n: int) -> dict:
     out["query_after_change_s"] = round(time.perf_counter() - started, 2)
 
     disk = sum(p.stat().st_size for p in folder.iterdir())
-    store = index._current().store  # the byte counts of what scoring reads
-    searchable = sum(s.post_rows.nbytes + s.post_tf.nbytes + s.post_indptr.nbytes
-                     + 4 * len(s) for s in store.segments)
     out["disk_bytes_per_image"] = round(disk / len(index))
-    out["searchable_bytes_per_image"] = round(searchable / len(index))
-    out["segments"] = len(store.segments)
+    out["searchable_bytes_per_image"] = round(index.searchable_nbytes / len(index))
+    out["segments"] = sum(1 for p in folder.glob("seg-ids-*"))
     out["peak_rss_gb"] = round(peak_rss_gb(), 2)
     shutil.rmtree(folder, ignore_errors=True)
     return out

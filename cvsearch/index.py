@@ -582,7 +582,7 @@ class Index:
             return skipped
         names = [name for name, _ in kept]
         with self._lock:
-            duplicates = set(self._name_to_id).intersection(names)
+            duplicates = [name for name in names if name in self._name_to_id]
             if duplicates:  # another thread added them meanwhile
                 raise ValueError(f"images named {sorted(duplicates)[:5]} were added "
                                  "concurrently; nothing was added")
@@ -736,16 +736,16 @@ class Index:
         query = tfidf(spatial_bag_of_words(
             words, keypoints, np.array([image_shape]), np.array([0, len(words)]),
             store.n_words, store.levels), store.weights().idf, store.power)
-        scores, row_ids = store.scores(query.indices, query.data)
+        scores = store.scores(query.indices, query.data)
         n = len(store)
         if exclude is not None:
-            scores[row_ids == exclude] = -np.inf
+            scores[store.position(exclude)] = -np.inf
             n -= 1
         # Rows are in id order, so top_k's ties (to the smaller row) go to the
         # smaller id; deleted rows score -inf and fall outside the first n.
         top_scores, rows = top_k(scores, max(k, rerank))
         n = min(n, max(k, rerank))
-        top_scores, ids = top_scores[:n], row_ids[rows[:n]]
+        top_scores, ids = top_scores[:n], store.ids_at(rows[:n])
         inliers = np.full(n, -1, np.int32)
         if rerank:
             short = ids[:rerank]
@@ -823,6 +823,17 @@ class Index:
         csr_matrix of shape (n_images, n_words * cells), float32, unit rows
         """
         return self._ready_snapshot().store.vectors()
+
+    @property
+    def n_keypoints(self) -> int:
+        """Keypoints kept for the images of the index."""
+        return self._current().store.n_keypoints()
+
+    @property
+    def searchable_nbytes(self) -> int:
+        """Bytes of what scoring reads (postings, their column offsets and a norm
+        per image); the rest of :attr:`nbytes` is read only for re-ranking."""
+        return self._current().store.searchable_nbytes()
 
     @property
     def nbytes(self) -> int:

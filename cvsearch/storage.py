@@ -495,54 +495,49 @@ def map_npy(directory: Path, entry, prefix: str, dtypes, verify: bool) -> np.nda
                               f"{MANIFEST} gives (truncated or changed)")
             if verify and _sha256(path) != entry["sha256"]:
                 raise corrupt(f"it does not match its checksum in {MANIFEST}")
-            fmt = np.lib.format
-            try:
-                version = fmt.read_magic(file)
-                if version == (1, 0):
-                    shape, fortran, dtype = fmt.read_array_header_1_0(file)
-                elif version == (2, 0):
-                    shape, fortran, dtype = fmt.read_array_header_2_0(file)
-                else:
-                    raise ValueError(f"npy format version {version}")
-            except ValueError as error:
-                raise corrupt(f"a bad header ({error})") from None
-            if dtype not in [np.dtype(d) for d in dtypes] or fortran:
-                raise corrupt(f"dtype {dtype}, expected one of "
-                              f"{[str(np.dtype(d)) for d in dtypes]}")
-            count = 1
-            for n in shape:
-                count *= n
-            if count * dtype.itemsize != entry["bytes"] - file.tell():
-                raise corrupt(f"its header gives shape {shape}, which is not its size")
+            shape, fortran, dtype = _npy_header(file, entry["bytes"], dtypes, corrupt)
+            if fortran:
+                raise corrupt("its array is in Fortran order; cvsearch writes C order")
             offset = file.tell()
     except OSError as error:
         raise corrupt(f"it cannot be read ({error.strerror})") from None
-    if count == 0:
+    if 0 in shape:
         return np.zeros(shape, dtype)
     return np.memmap(path, dtype=dtype, mode="r", offset=offset, shape=shape)
 
 
-def _read_npy(member, size: int, dtype: np.dtype, corrupt) -> np.ndarray:
-    """One ``.npy`` member of ``size`` bytes, checked before it is allocated."""
+def _npy_header(file, size: int, dtypes, corrupt):
+    """Read a ``.npy`` header from ``file`` (``size`` bytes in all) and check it
+    before anything is allocated: one of ``dtypes``, and a shape whose bytes are
+    exactly those left after the header. Returns ``(shape, fortran, dtype)``."""
     fmt = np.lib.format
     try:
-        version = fmt.read_magic(member)
+        version = fmt.read_magic(file)
         if version == (1, 0):
-            shape, fortran, stored = fmt.read_array_header_1_0(member)
+            shape, fortran, dtype = fmt.read_array_header_1_0(file)
         elif version == (2, 0):
-            shape, fortran, stored = fmt.read_array_header_2_0(member)
+            shape, fortran, dtype = fmt.read_array_header_2_0(file)
         else:
             raise ValueError(f"npy format version {version}")
     except ValueError as error:
         raise corrupt(f"a bad header ({error})") from None
-    if stored != dtype:
-        raise corrupt(f"dtype {stored}, expected {dtype}")
-    left = size - member.tell()
+    allowed = [np.dtype(d) for d in dtypes]
+    if dtype not in allowed:
+        raise corrupt(f"dtype {dtype}, expected "
+                      f"{' or '.join(str(d) for d in allowed)}")
+    left = size - file.tell()
     count = 1
     for n in shape:  # Python ints: no overflow
         count *= n
     if count * dtype.itemsize != left:
         raise corrupt(f"its header gives shape {shape}, but {left} bytes follow it")
+    return shape, fortran, dtype
+
+
+def _read_npy(member, size: int, dtype: np.dtype, corrupt) -> np.ndarray:
+    """One ``.npy`` member of ``size`` bytes, checked before it is allocated."""
+    shape, fortran, dtype = _npy_header(member, size, (dtype,), corrupt)
+    left = size - member.tell()
     raw = member.read(left)
     if len(raw) != left:
         raise corrupt("it is truncated")

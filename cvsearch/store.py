@@ -268,7 +268,7 @@ class Store:
     """
 
     def __init__(self, n_words: int, levels: int = 0, power: float = 1.0, *,
-                 segments=(), deleted=None, next_id: int = 0):
+                 segments=(), deleted=None, next_id: int = 0, df=None):
         self.n_words, self.levels, self.power = int(n_words), int(levels), float(power)
         self.n_columns = self.n_words * pyramid_size(self.levels)
         self.segments = tuple(segments)
@@ -277,25 +277,26 @@ class Store:
             self.segments)
         self.next_id = int(next_id)
         self._first_ids = np.array([int(s.ids[0]) for s in self.segments], np.int64)
-        df = np.zeros(self.n_columns, np.int64)
-        live = 0
-        for segment, mask in zip(self.segments, self.deleted):
-            df += segment.df
-            live += len(segment)
-            if mask is not None and mask.any():
-                rows = np.flatnonzero(mask)
-                df -= segment.row_columns(rows, self.n_words, self.levels)
-                live -= len(rows)
+        sizes = [len(s) for s in self.segments]
+        self._starts = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
+        self.n_live = int(sum(sizes) - sum(int(m.sum()) for m in self.deleted
+                                           if m is not None))
+        if df is None:  # from scratch; a change passes the df it updated
+            df = np.zeros(self.n_columns, np.int64)
+            for segment, mask in zip(self.segments, self.deleted):
+                df += segment.df
+                if mask is not None and mask.any():
+                    df -= segment.row_columns(np.flatnonzero(mask), self.n_words,
+                                              self.levels)
         self.df = df
-        self.n_live = live
         self._weights = None
         self._weights_lock = threading.Lock()
         self._tables = {}  # dtype -> tf ** power for each of its values
 
     # ------------------------------------------------------------ changing
-    def _with(self, segments, deleted, next_id=None) -> Store:
+    def _with(self, segments, deleted, df, next_id=None) -> Store:
         return Store(self.n_words, self.levels, self.power, segments=segments,
-                     deleted=deleted,
+                     deleted=deleted, df=df,
                      next_id=self.next_id if next_id is None else next_id)
 
     def add(self, names, words_list, keypoints_list, shapes) -> tuple[Store, np.ndarray]:
@@ -313,18 +314,22 @@ class Store:
         segment = Segment.build(ids, names, words_list, keypoints_list, shapes,
                                 self.n_words, self.levels)
         return (self._with(self.segments + (segment,), self.deleted + (None,),
-                           next_id=int(ids[-1]) + 1), ids)
+                           self.df + segment.df, next_id=int(ids[-1]) + 1), ids)
 
     def remove(self, ids) -> Store:
         """A new state with these (live) ids marked deleted."""
         ids = np.unique(np.asarray(ids, np.int64))
         deleted = list(self.deleted)
+        df = self.df.copy()
         for index, rows in self._locate_many(ids):
-            mask = (np.zeros(len(self.segments[index]), bool) if deleted[index] is None
+            segment = self.segments[index]
+            mask = (np.zeros(len(segment), bool) if deleted[index] is None
                     else deleted[index].copy())
             mask[rows] = True
             deleted[index] = mask
-        return self._with(self.segments, deleted)
+            # only the newly removed images' columns: O(batch), not O(deleted)
+            df -= segment.row_columns(rows, self.n_words, self.levels)
+        return self._with(self.segments, deleted, df)
 
     def compact(self, max_segments: int = 1) -> Store:
         """A new state without deleted images, its segments merged into at most
@@ -341,7 +346,7 @@ class Store:
             sizes = [len(a) + len(b) for a, b in zip(kept, kept[1:])]
             i = int(np.argmin(sizes))
             kept[i:i + 2] = [self._concatenate(kept[i], kept[i + 1])]
-        return self._with(kept, None)
+        return self._with(kept, None, self.df)  # the same live images
 
     def reweighted(self, levels: int, power: float) -> Store:
         """The same images under other pyramid levels or power (other levels:
@@ -351,7 +356,8 @@ class Store:
             segments = [s.select(np.ones(len(s), bool), self.n_words, levels)
                         for s in segments]
         return Store(self.n_words, levels, power, segments=segments,
-                     deleted=self.deleted, next_id=self.next_id)
+                     deleted=self.deleted, next_id=self.next_id,
+                     df=self.df if levels == self.levels else None)
 
     def _concatenate(self, a: Segment, b: Segment) -> Segment:
         offsets = np.concatenate([a.kp_offsets, a.kp_offsets[-1] + b.kp_offsets[1:]])
@@ -389,6 +395,32 @@ class Store:
         ((index, rows),) = list(self._locate_many(np.array([id_], np.int64)))
         return index, int(rows[0])
 
+    def position(self, id_: int) -> int:
+        """The row of a live id among all rows, in segment order (as scored)."""
+        index, row = self.locate(id_)
+        return int(self._starts[index]) + row
+
+    def ids_at(self, positions: np.ndarray) -> np.ndarray:
+        """The ids of rows (positions among all rows, as scored), int64."""
+        positions = np.asarray(positions, np.int64)
+        index = np.searchsorted(self._starts, positions, side="right") - 1
+        return np.array([int(self.segments[i].ids[p - self._starts[i]])
+                         for i, p in zip(index.tolist(), positions.tolist())], np.int64)
+
+    def n_keypoints(self) -> int:
+        """Keypoints kept for the live images."""
+        total = 0
+        for segment, mask in zip(self.segments, self.deleted):
+            sizes = np.diff(segment.kp_offsets)
+            total += int(sizes.sum() if mask is None else sizes[~mask].sum())
+        return total
+
+    def searchable_nbytes(self) -> int:
+        """Bytes of what scoring reads: postings, their column offsets, one norm
+        per image."""
+        return int(sum(s.post_rows.nbytes + s.post_tf.nbytes + s.post_indptr.nbytes
+                       + 4 * len(s) for s in self.segments))
+
     def image(self, id_: int):
         """``(words, keypoints, image_shape)`` of a live image (for re-ranking)."""
         index, row = self.locate(id_)
@@ -400,15 +432,6 @@ class Store:
                  np.asarray(s.ids, np.int64)[~m]
                  for s, m in zip(self.segments, self.deleted)]
         return np.concatenate(parts) if parts else np.zeros(0, np.int64)
-
-    def names(self) -> dict:
-        """``{id: name}`` of the live images, in id order."""
-        table = {}
-        for segment, mask in zip(self.segments, self.deleted):
-            for row, (id_, name) in enumerate(zip(segment.ids.tolist(), segment.names)):
-                if mask is None or not mask[row]:
-                    table[id_] = name
-        return table
 
     def name_of(self, id_: int) -> str:
         """The name of a live id; KeyError if there is none."""
@@ -495,8 +518,8 @@ class Store:
         Returns
         -------
         scores : ndarray of shape (n_rows,), float32
-            One per row of every segment, in segment order (id order).
-        ids : ndarray of shape (n_rows,), int64
+            One per row of every segment, in segment order (id order); map rows to
+            ids with :meth:`ids_at`.
         """
         weights = self.weights()
         factor = (np.asarray(query_values, np.float32)
@@ -504,14 +527,13 @@ class Store:
         query_columns = np.asarray(query_columns, np.int64)
         work = list(zip(self.segments, self.deleted, weights.inv_norms))
         if not work:
-            return np.zeros(0, np.float32), np.zeros(0, np.int64)
+            return np.zeros(0, np.float32)
         if len(work) > 1 and SCORING_THREADS > 1:
             parts = list(_pool().map(
                 lambda item: self._segment_scores(*item, query_columns, factor), work))
         else:
             parts = [self._segment_scores(*item, query_columns, factor) for item in work]
-        return (np.concatenate(parts),
-                np.concatenate([np.asarray(s.ids, np.int64) for s in self.segments]))
+        return np.concatenate(parts)
 
     def _segment_scores(self, segment, mask, inv, query_columns, factor):
         # Plain views of the (memory-mapped) arrays, and a column's postings as

@@ -54,7 +54,8 @@ def store_query(store, query, idf):
     q = tfidf(spatial_bag_of_words(query[1], query[2], np.array([query[3]]),
                                    np.array([0, len(query[1])]), N_WORDS, store.levels),
               idf, store.power)
-    return store.scores(q.indices, q.data)
+    scores = store.scores(q.indices, q.data)
+    return scores, store.ids_at(np.arange(len(scores)))
 
 
 @pytest.mark.parametrize("levels, power", [(0, 1.0), (0, 0.5), (2, 0.5)])
@@ -101,7 +102,9 @@ def test_stable_ids_names_and_geometry():
     images = random_images(10)
     store = store_of([images[:4], images[4:]])
     store = store.remove([1, 5])
-    assert store.names() == {i: images[i][0] for i in range(10) if i not in (1, 5)}
+    assert dict(zip(store.ids().tolist(), store.names_in_order())) == {
+        i: images[i][0] for i in range(10) if i not in (1, 5)}
+    assert store.position(6) == 6 and store.ids_at([4, 6]).tolist() == [4, 6]
     words, keypoints, shape = store.image(6)
     assert np.array_equal(words, images[6][1]) and shape == (200, 300)
     # positions kept to 1/65535 of the image's sides; size and angle not kept
