@@ -221,12 +221,20 @@ class Index:
         if self._store is None:
             self._reset_store()
         elif hasattr(self, "_pyramid_levels"):
-            self._store = self._store.reweighted(self._pyramid_levels, self._power)
+            self._publish(self._store.reweighted(self._pyramid_levels, self._power))
 
     # ------------------------------------------------------------------ state
     def _current(self) -> _Snapshot:
-        with self._lock:
-            return _Snapshot(self._store, self._vocabulary)
+        # No lock: writers publish a new store, with its weights computed, in one
+        # assignment, so readers never wait for a writer.
+        return _Snapshot(self._store, self._vocabulary)
+
+    def _publish(self, store: Store) -> None:
+        """Make ``store`` the current state (under ``_lock``), its idf and norms
+        computed first, so the next query does not pay for them."""
+        if len(store):
+            store.weights()
+        self._store = store
 
     @property
     def n_words(self) -> int:
@@ -586,9 +594,10 @@ class Index:
             if duplicates:  # another thread added them meanwhile
                 raise ValueError(f"images named {sorted(duplicates)[:5]} were added "
                                  "concurrently; nothing was added")
-            self._store, ids = self._store.add(
+            store, ids = self._store.add(
                 names, [e.words for _, e in kept], [e.keypoints for _, e in kept],
                 [e.image_shape for _, e in kept])
+            self._publish(store.merge_tail())
             self._name_to_id.update(zip(names, ids.tolist()))
         return skipped
 
@@ -630,7 +639,7 @@ class Index:
                                     f"{type(item).__name__} {item!r}")
             drop = sorted(drop)
             names = [live.name_of(i) for i in drop]
-            self._store = live.remove(drop)
+            self._publish(live.remove(drop))
             for name in names:
                 del self._name_to_id[name]
         return self
@@ -639,7 +648,7 @@ class Index:
         """Drop the removed images from storage and merge the segments into one
         (answers do not change). Returns self."""
         with self._lock:
-            self._store = self._store.compact(max_segments=1)
+            self._publish(self._store.compact(max_segments=1))
         return self
 
     # ------------------------------------------------------------------ query
@@ -828,6 +837,12 @@ class Index:
     def n_keypoints(self) -> int:
         """Keypoints kept for the images of the index."""
         return self._current().store.n_keypoints()
+
+    @property
+    def n_segments(self) -> int:
+        """Segments of the store (see :meth:`Store.merge_tail` for when they
+        merge)."""
+        return len(self._current().store.segments)
 
     @property
     def searchable_nbytes(self) -> int:
@@ -1036,9 +1051,17 @@ class Index:
         if not isinstance(metas, list):
             raise ValueError(f"{path}: the list of segments is missing; the index is "
                              "corrupt")
+        digests = None
+        if verify:  # the large files hashed at once, on all cores
+            digests = storage.sha256_files(directory, [
+                entry["name"] for meta in metas if isinstance(meta, dict)
+                and isinstance(meta.get("files"), dict)
+                for entry in meta["files"].values() if isinstance(entry, dict)
+                and isinstance(entry.get("name"), str)
+                and storage.is_data_file_name(entry["name"])])
         previous = -1
         for meta in metas:
-            segment = _load_segment(directory, meta, index, verify)
+            segment = _load_segment(directory, meta, index, verify, digests)
             if len(segment) and (int(segment.ids[0]) <= previous
                                  or int(segment.ids[-1]) >= next_id):
                 raise ValueError(f"{directory / meta['files']['ids']['name']}: ids "
@@ -1076,13 +1099,15 @@ _SEGMENT_ARRAYS = {
     "post_rows": _UINTS, "post_tf": _UINTS}
 
 
-def _load_segment(directory, meta, index: Index, verify: bool) -> Segment:
-    """One segment of a saved index, memory-mapped and checked."""
+def _load_segment(directory, meta, index: Index, verify: bool,
+                  digests: dict | None = None) -> Segment:
+    """One segment of a saved index, memory-mapped and checked (``digests``: the
+    SHA-256 of its files, if already computed)."""
     if not isinstance(meta, dict) or not isinstance(meta.get("files"), dict):
         raise ValueError(f"{directory / storage.MANIFEST}: a segment entry is "
                          "malformed; the index is corrupt")
     arrays = {name: storage.map_npy(directory, meta["files"].get(name), f"seg-{name}",
-                                    dtypes, verify)
+                                    dtypes, verify, digests)
               for name, dtypes in _SEGMENT_ARRAYS.items()}
     names_entry = storage.check_entry(directory, meta.get("names"), "names")
     names = storage.parse_json(storage.read_entry(directory, names_entry, "names"),

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from cvsearch._threads import map_in_pool
 from cvsearch._validation import check_float, check_int
 
 #: A word seen more often than this in either image gives no correspondences: a
@@ -154,11 +155,13 @@ def verify_shortlist(query_words, query_keypoints, candidates, *,
     reproj_threshold = check_float(reproj_threshold, "reproj_threshold",
                                    minimum=0.0)
     check_int(max_per_word, "max_per_word", minimum=1)
-    return np.asarray(
-        [inlier_pairs(query_words, query_keypoints, words, keypoints, image_shape,
-                      max_side=max_side, reproj_threshold=reproj_threshold,
-                      max_per_word=max_per_word)[0]
-         for words, keypoints, image_shape in candidates], np.int32)
+    # OpenCV releases the GIL in RANSAC, and its generator is seeded per call:
+    # the candidates are verified in threads with the same results as in a loop.
+    return np.asarray(map_in_pool(
+        lambda candidate: inlier_pairs(
+            query_words, query_keypoints, *candidate, max_side=max_side,
+            reproj_threshold=reproj_threshold, max_per_word=max_per_word)[0],
+        list(candidates)), np.int32)
 
 
 def inlier_pairs(query_words, query_keypoints, words, keypoints, image_shape, *,

@@ -465,12 +465,43 @@ def load_npz(data: bytes, path: Path, expected: dict) -> dict:
     return arrays
 
 
-def map_npy(directory: Path, entry, prefix: str, dtypes, verify: bool) -> np.ndarray:
+def is_data_file_name(name: str) -> bool:
+    """Whether ``name`` is a name cvsearch gives its data files (no path in it)."""
+    return bool(_DATA_FILE.fullmatch(name))
+
+
+def sha256_files(directory: Path, names) -> dict:
+    """SHA-256 of several files of ``directory``, hashed on all cores at once
+    (hashlib releases the GIL). A file that cannot be read is left out (its
+    reader reports it).
+
+    Returns
+    -------
+    dict of str to str
+        File name to hex digest.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    def digest(name):
+        try:
+            return name, _sha256(directory / name)
+        except OSError:
+            return name, None
+
+    names = list(dict.fromkeys(names))
+    with ThreadPoolExecutor(min(len(names), os.cpu_count() or 1) or 1) as pool:
+        return {name: value for name, value in pool.map(digest, names)
+                if value is not None}
+
+
+def map_npy(directory: Path, entry, prefix: str, dtypes, verify: bool,
+            digests: dict | None = None) -> np.ndarray:
     """Memory-map the ``.npy`` file of a manifest entry, read-only.
 
     Its size must be the entry's, its header must give one of ``dtypes`` and a
     shape that accounts for exactly its bytes; with ``verify`` its SHA-256 is
-    checked too (one read of the file).
+    checked too (one read of the file, unless ``digests`` from
+    :func:`sha256_files` has it).
 
     Raises
     ------
@@ -493,7 +524,8 @@ def map_npy(directory: Path, entry, prefix: str, dtypes, verify: bool) -> np.nda
             if os.fstat(file.fileno()).st_size != entry["bytes"]:
                 raise corrupt(f"it is not the {entry['bytes']:,} bytes its entry in "
                               f"{MANIFEST} gives (truncated or changed)")
-            if verify and _sha256(path) != entry["sha256"]:
+            if verify and ((digests or {}).get(entry["name"])
+                           or _sha256(path)) != entry["sha256"]:
                 raise corrupt(f"it does not match its checksum in {MANIFEST}")
             shape, fortran, dtype = _npy_header(file, entry["bytes"], dtypes, corrupt)
             if fortran:

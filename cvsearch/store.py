@@ -28,8 +28,15 @@ exactly like one built at once. Scoring a database image ``d`` against a query
 
 so a query touches only the postings of its own columns, with one factor per
 column and one inverse norm per image. The norms depend on the idf, hence on every
-image: they are recomputed (one vectorised pass over the postings) the first time
-a state is scored, and shared by every query of that state.
+image: they are recomputed (one pass over the postings, compiled with numba when
+the 'fast' extra is installed) once per state, and shared by every query of that
+state; :class:`cvsearch.Index` computes them before it publishes a changed state.
+
+Segments merge as in Lucene's log merge policy (:meth:`Store.merge_tail`): ten
+small segments of one size level become one, so images added one at a time do
+not pile up one segment each. Merging moves postings without recomputing them
+(:meth:`Segment.merge`) and drops deleted images; :meth:`Store.compact` merges
+everything.
 
 A :class:`Store` value never changes: ``add``, ``remove`` and ``compact`` return a
 new one, so a query holds one consistent state however the index changes
@@ -38,12 +45,12 @@ meanwhile.
 
 from __future__ import annotations
 
-import os
 import threading
 from typing import NamedTuple
 
 import numpy as np
 
+from cvsearch._threads import map_in_pool
 from cvsearch.weighting import pyramid_size, spatial_bag_of_words
 
 
@@ -150,6 +157,69 @@ class Segment(NamedTuple):
             post_tf=counts.data.astype(np.int64).astype(
                 smallest_uint(int(counts.data.max()) if counts.nnz else 0)))
 
+    @classmethod
+    def merge(cls, parts) -> Segment:
+        """One segment of the live rows of several, in their order.
+
+        The postings are moved, not recomputed (one pass over them, no sort), so
+        the merged segment scores exactly as its parts did.
+
+        Parameters
+        ----------
+        parts : sequence of (Segment, mask or None)
+            Segments in increasing id order, each with its boolean mask of deleted
+            rows; all made with the same words and pyramid levels.
+        """
+        n_columns = len(parts[0][0].post_indptr) - 1
+        keeps = [np.ones(len(s), bool) if m is None else ~np.asarray(m)
+                 for s, m in parts]
+        n = int(sum(int(k.sum()) for k in keeps))
+        ids, names, shapes, sizes, words, xy = [], [], [], [], [], []
+        moved, base = [], 0  # per part: (columns, rows, tf) of its kept postings
+        for (segment, _), keep in zip(parts, keeps):
+            ids.append(np.asarray(segment.ids, np.int64)[keep])
+            names.extend(name for name, k in zip(segment.names, keep) if k)
+            shapes.append(np.asarray(segment.shapes)[keep])
+            counts = np.diff(segment.kp_offsets)
+            sizes.append(counts[keep])
+            per_keypoint = np.repeat(keep, counts)
+            words.append(np.asarray(segment.kp_words)[per_keypoint])
+            xy.append(np.asarray(segment.kp_xy)[per_keypoint])
+            indptr = np.asarray(segment.post_indptr)
+            rows = np.asarray(segment.post_rows)
+            alive = keep[rows]
+            new_row = np.cumsum(keep, dtype=np.int64) - 1 + base
+            columns = np.repeat(np.arange(n_columns, dtype=np.int32),
+                                np.diff(indptr))[alive]
+            moved.append((columns, new_row[rows[alive]],
+                          np.asarray(segment.post_tf)[alive]))
+            base += int(keep.sum())
+        per_column = [np.bincount(c, minlength=n_columns) for c, _, _ in moved]
+        indptr = np.zeros(n_columns + 1, np.int64)
+        np.cumsum(np.sum(per_column, axis=0), out=indptr[1:])
+        n_postings = int(indptr[-1])
+        max_tf = max((int(t.max()) for _, _, t in moved if len(t)), default=0)
+        out_rows = np.empty(n_postings, smallest_uint(max(n - 1, 0)))
+        out_tf = np.empty(n_postings, smallest_uint(max_tf))
+        before = np.zeros(n_columns, np.int64)  # earlier parts' postings per column
+        for (columns, rows, tf), count in zip(moved, per_column):
+            # a posting's place: its column's start, after the earlier parts',
+            # then its rank within its column in this part (columns are sorted)
+            first = np.concatenate([[0], np.cumsum(count)[:-1]])
+            place = (np.repeat(indptr[:-1] + before - first, count)
+                     + np.arange(len(columns)))
+            out_rows[place] = rows
+            out_tf[place] = tf
+            before += count
+        ids = np.concatenate(ids)
+        return cls(
+            ids=ids.astype(smallest_uint(int(ids.max()) if n else 0)),
+            names=tuple(names), shapes=np.concatenate(shapes).astype(np.int32),
+            kp_offsets=np.concatenate([[0], np.cumsum(np.concatenate(sizes))]
+                                      ).astype(np.int64),
+            kp_words=np.concatenate(words), kp_xy=np.concatenate(xy).reshape(-1, 2),
+            post_indptr=indptr, post_rows=out_rows, post_tf=out_tf)
+
     def select(self, keep: np.ndarray, n_words: int, levels: int) -> Segment:
         """A segment of the rows where ``keep`` (a boolean mask) is True."""
         sizes = np.diff(self.kp_offsets)
@@ -200,40 +270,34 @@ def _decode(kp_xy: np.ndarray, width_height: np.ndarray) -> np.ndarray:
     return np.column_stack([xy, np.zeros((len(xy), 2))]).astype(np.float32)
 
 
-#: Threads that score segments at once (numpy releases the GIL in most of it).
-SCORING_THREADS = min(4, os.cpu_count() or 1)
-_POOL = None
-_POOL_LOCK = threading.Lock()
+#: Merge policy of :meth:`Store.merge_tail`: this many segments of one size
+#: level make one, up to this many images.
+MERGE_FACTOR = 10
+MAX_MERGED_IMAGES = 100_000
+
+#: Use the numba loops when numba is installed (False: always numpy; for tests).
+USE_COMPILED = True
+_COMPILE_LOCK = threading.Lock()
+_COMPILED = {}  # python loop -> its numba version, or None without numba
 
 
-def _pool():
-    global _POOL
-    with _POOL_LOCK:
-        if _POOL is None:
-            from concurrent.futures import ThreadPoolExecutor
-
-            _POOL = ThreadPoolExecutor(SCORING_THREADS, thread_name_prefix="cvsearch")
-        return _POOL
-
-
-_KERNEL = []  # [compiled function or None], filled on first use
-
-
-def _compiled_kernel():
-    """The postings loop compiled by numba (``pip install 'cvsearch[fast]'``), or
-    None to use numpy. It sums the same float32 products, in float64, in the
-    same order as the numpy path, so both give the same scores; it releases the
-    GIL, so the segments of a query are scored on all cores."""
-    if not _KERNEL:
-        with _POOL_LOCK:
-            if not _KERNEL:
+def _compiled(loop):
+    """The loop compiled by numba (``pip install 'cvsearch[fast]'``), or None to
+    use numpy. Each loop sums the same float32 products, in float64, in the same
+    order as its numpy path, so both give the same numbers to the bit; it releases
+    the GIL, so segments are processed on all cores."""
+    if not USE_COMPILED:
+        return None
+    if loop not in _COMPILED:
+        with _COMPILE_LOCK:
+            if loop not in _COMPILED:
                 try:
                     import numba
                 except ImportError:
-                    _KERNEL.append(None)
+                    _COMPILED[loop] = None
                 else:
-                    _KERNEL.append(numba.njit(nogil=True, cache=True)(_accumulate))
-    return _KERNEL[0]
+                    _COMPILED[loop] = numba.njit(nogil=True, cache=True)(loop)
+    return _COMPILED[loop]
 
 
 def _accumulate(indptr, rows, tf, columns, factor, table, n):
@@ -245,6 +309,32 @@ def _accumulate(indptr, rows, tf, columns, factor, table, n):
         for k in range(indptr[c], indptr[c + 1]):
             sums[rows[k]] += f * table[tf[k]]
     return sums
+
+
+def _norm_squares(indptr, rows, tf, table, idf_power, n):
+    """Per row, the sum over its postings of (table[tf] * idf_power[column]) ** 2,
+    the float32 product squared in float64 (as the numpy path does)."""
+    squares = np.zeros(n, np.float64)
+    for c in range(indptr.shape[0] - 1):
+        weight = idf_power[c]
+        for k in range(indptr[c], indptr[c + 1]):
+            value = np.float64(table[tf[k]] * weight)
+            squares[rows[k]] += value * value
+    return squares
+
+
+def _live(parts) -> int:
+    """Live images of ``(segment, mask)`` pairs."""
+    return int(sum(len(s) - (0 if m is None else int(m.sum())) for s, m in parts))
+
+
+def _level(n: int, factor: int) -> int:
+    """``floor(log_factor(n))`` for n >= 1, in integers; 0 for n = 0."""
+    level = 0
+    while n >= factor:
+        n //= factor
+        level += 1
+    return level
 
 
 class _Weights(NamedTuple):
@@ -334,19 +424,46 @@ class Store:
     def compact(self, max_segments: int = 1) -> Store:
         """A new state without deleted images, its segments merged into at most
         ``max_segments`` (neighbours merged, so ids stay in order)."""
-        kept = []
-        for segment, mask in zip(self.segments, self.deleted):
-            if mask is not None and mask.any():
-                if mask.all():
-                    continue
-                segment = segment.select(~mask, self.n_words, self.levels)
-            kept.append(segment)
-        while len(kept) > max(1, max_segments):
+        groups = [[(s, m)] for s, m in zip(self.segments, self.deleted)
+                  if m is None or not m.all()]
+        while len(groups) > max(1, max_segments):
             # merge the smallest neighbouring pair
-            sizes = [len(a) + len(b) for a, b in zip(kept, kept[1:])]
+            sizes = [_live(a) + _live(b) for a, b in zip(groups, groups[1:])]
             i = int(np.argmin(sizes))
-            kept[i:i + 2] = [self._concatenate(kept[i], kept[i + 1])]
+            groups[i:i + 2] = [groups[i] + groups[i + 1]]
+        kept = [parts[0][0] if len(parts) == 1 and parts[0][1] is None
+                else Segment.merge(parts) for parts in groups]
         return self._with(kept, None, self.df)  # the same live images
+
+    def merge_tail(self, factor: int = MERGE_FACTOR,
+                   max_images: int = MAX_MERGED_IMAGES) -> Store:
+        """A new state whose newest small segments are merged, as Lucene's log
+        merge policy does.
+
+        A segment's level is ``floor(log_factor(live images))``. While the newest
+        segments hold at least ``factor`` segments in a row of the newest one's
+        level or below, and at most ``max_images`` live images together, they are
+        merged into one (which may then complete a run of the next level). Adding
+        in batches of b images thus keeps fewer than ``factor`` segments per level
+        and copies each image about ``log_factor(max_images / b)`` times in all;
+        larger segments are merged only by :meth:`compact`.
+        """
+        segments, deleted = list(self.segments), list(self.deleted)
+        while segments:
+            level = _level(_live([(segments[-1], deleted[-1])]), factor)
+            start = len(segments)
+            while start > 0 and _level(_live([(segments[start - 1],
+                                               deleted[start - 1])]),
+                                       factor) <= level:
+                start -= 1
+            parts = list(zip(segments[start:], deleted[start:]))
+            if len(parts) < factor or _live(parts) > max_images:
+                break
+            segments[start:] = [Segment.merge(parts)]
+            deleted[start:] = [None]
+        if len(segments) == len(self.segments):
+            return self
+        return self._with(segments, deleted, self.df)
 
     def reweighted(self, levels: int, power: float) -> Store:
         """The same images under other pyramid levels or power (other levels:
@@ -358,15 +475,6 @@ class Store:
         return Store(self.n_words, levels, power, segments=segments,
                      deleted=self.deleted, next_id=self.next_id,
                      df=self.df if levels == self.levels else None)
-
-    def _concatenate(self, a: Segment, b: Segment) -> Segment:
-        offsets = np.concatenate([a.kp_offsets, a.kp_offsets[-1] + b.kp_offsets[1:]])
-        return Segment.of_arrays(
-            np.concatenate([np.asarray(a.ids, np.int64), np.asarray(b.ids, np.int64)]),
-            a.names + b.names, np.concatenate([a.shapes, b.shapes]), offsets,
-            np.concatenate([np.asarray(a.kp_words, np.int64),
-                            np.asarray(b.kp_words, np.int64)]),
-            np.concatenate([a.keypoints(), b.keypoints()]), self.n_words, self.levels)
 
     # -------------------------------------------------------------- reading
     def __len__(self) -> int:
@@ -479,13 +587,9 @@ class Store:
                 idf[present] = np.log(self.n_live / self.df[present])
                 idf = idf.astype(np.float32)
                 idf_power = np.power(idf, self.power, dtype=np.float32)
-                work = list(zip(self.segments, self.deleted))
-                if len(work) > 1 and SCORING_THREADS > 1:
-                    inv_norms = tuple(_pool().map(
-                        lambda item: self._inverse_norms(*item, idf_power), work))
-                else:
-                    inv_norms = tuple(self._inverse_norms(*item, idf_power)
-                                      for item in work)
+                inv_norms = tuple(map_in_pool(
+                    lambda item: self._inverse_norms(*item, idf_power),
+                    list(zip(self.segments, self.deleted))))
                 self._weights = _Weights(idf, idf_power, inv_norms)
             return self._weights
 
@@ -494,11 +598,18 @@ class Store:
         return tf if self.power == 1.0 else np.power(tf, self.power, dtype=np.float32)
 
     def _inverse_norms(self, segment: Segment, mask, idf_power) -> np.ndarray:
-        columns = np.repeat(np.arange(self.n_columns), np.diff(segment.post_indptr))
-        value = self._tf_power(segment.post_tf) * idf_power[columns]
-        squares = np.bincount(np.asarray(segment.post_rows, np.int64),
-                              weights=value.astype(np.float64) ** 2,
-                              minlength=len(segment))
+        indptr = np.asarray(segment.post_indptr)
+        rows, tf = np.asarray(segment.post_rows), np.asarray(segment.post_tf)
+        kernel = _compiled(_norm_squares)
+        if kernel is not None and tf.dtype.itemsize <= 2:
+            squares = kernel(indptr, rows, tf, self._tf_table(tf.dtype), idf_power,
+                             len(segment))
+        else:
+            columns = np.repeat(np.arange(self.n_columns), np.diff(indptr))
+            value = self._tf_power(tf) * idf_power[columns]
+            squares = np.bincount(np.asarray(rows, np.int64),
+                                  weights=value.astype(np.float64) ** 2,
+                                  minlength=len(segment))
         norms = np.sqrt(squares)
         inv = np.divide(1.0, norms, out=np.zeros_like(norms), where=norms > 0)
         if mask is not None:
@@ -528,19 +639,15 @@ class Store:
         work = list(zip(self.segments, self.deleted, weights.inv_norms))
         if not work:
             return np.zeros(0, np.float32)
-        if len(work) > 1 and SCORING_THREADS > 1:
-            parts = list(_pool().map(
-                lambda item: self._segment_scores(*item, query_columns, factor), work))
-        else:
-            parts = [self._segment_scores(*item, query_columns, factor) for item in work]
-        return np.concatenate(parts)
+        return np.concatenate(map_in_pool(
+            lambda item: self._segment_scores(*item, query_columns, factor), work))
 
     def _segment_scores(self, segment, mask, inv, query_columns, factor):
         # Plain views of the (memory-mapped) arrays, and a column's postings as
         # one slice: cheaper than memmap objects and a gathered index.
         indptr = np.asarray(segment.post_indptr)
         rows, tf = np.asarray(segment.post_rows), np.asarray(segment.post_tf)
-        kernel = _compiled_kernel()
+        kernel = _compiled(_accumulate)
         if kernel is not None and tf.dtype.itemsize <= 2:
             table = self._tf_table(tf.dtype)
             sums = kernel(indptr, rows, tf, query_columns, factor, table, len(segment))

@@ -458,3 +458,55 @@ def test_queries_during_adds_and_removes_return_only_true_names(trained_index,
     for thread in askers:
         thread.join()
     assert wrong == [] and answered[0] > 0
+
+
+def test_queries_never_wait_for_a_writer(trained_index, image_files, monkeypatch):
+    """A writer that takes long (here: held inside its merge step) does not hold
+    queries up; they answer from the state before it, then see its images."""
+    from cvsearch.store import Store
+
+    index = Index(FeatureExtractor("sift", max_side=1024), n_words=400)
+    index.vocabulary = trained_index.vocabulary
+    index.add(image_files[:6])
+    words = index.image_words(image_files[6:8])
+    inside, release = threading.Event(), threading.Event()
+    merge_tail = Store.merge_tail
+
+    def slow_merge(self, *args, **kwargs):
+        inside.set()
+        assert release.wait(30)
+        return merge_tail(self, *args, **kwargs)
+
+    monkeypatch.setattr(Store, "merge_tail", slow_merge)
+    writer = threading.Thread(target=index.add, args=(words,),
+                              kwargs={"names": ["late 1", "late 2"]})
+    writer.start()
+    assert inside.wait(30)
+    answer = []
+    reader = threading.Thread(target=lambda: answer.append(index.query(words[0], k=8)))
+    reader.start()
+    reader.join(30)
+    assert not reader.is_alive(), "a query waited for the writer"
+    assert sorted(answer[0][1].tolist()) == list(range(6))  # the state before
+    release.set()
+    writer.join(30)
+    assert index.query(words[0], k=1)[1].tolist() == [6]
+
+
+def test_single_image_adds_merge_into_few_segments(trained_index, image_files):
+    """Added one at a time, images do not pile up one segment each: the log merge
+    policy merges ten small segments into one, and answers do not change."""
+    index = Index(FeatureExtractor("sift", max_side=1024), n_words=400)
+    index.vocabulary = trained_index.vocabulary
+    words = index.image_words(image_files)
+    at_once = Index(FeatureExtractor("sift", max_side=1024), n_words=400)
+    at_once.vocabulary = trained_index.vocabulary
+    names = [f"image {i}" for i in range(31)]
+    at_once.add([words[i % 12] for i in range(31)], names=names)
+    for i in range(31):
+        index.add([words[i % 12]], names=[names[i]])
+    # 10 singles -> one of 10; then 10 more, 10 more: [10, 10, 10, 1]
+    assert index.n_segments == 4
+    for w in words[:4]:
+        a, b = index.query(w, k=31), at_once.query(w, k=31)
+        assert np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1])

@@ -130,16 +130,66 @@ def test_postings_use_the_smallest_dtypes():
 
 @pytest.mark.parametrize("power", [1.0, 0.5])
 def test_compiled_and_numpy_scoring_agree_exactly(monkeypatch, power):
-    """With numba (the 'fast' extra) or without it, the same scores to the bit."""
+    """With numba (the 'fast' extra) or without it, the same norms and scores to
+    the bit."""
     from cvsearch import store as store_module
 
     pytest.importorskip("numba", reason="the compiled path needs numba ('fast' extra)")
     images = random_images(40)
-    store = store_of([images[:15], images[15:]], levels=1, power=power)
     queries = random_images(4, seed=11)
+    store = store_of([images[:15], images[15:]], levels=1, power=power).remove([3])
     compiled = [store_query(store, q, store.weights().idf) for q in queries]
-    assert store_module._compiled_kernel() is not None
-    monkeypatch.setattr(store_module, "_KERNEL", [None])
-    plain = [store_query(store, q, store.weights().idf) for q in queries]
+    assert store_module._compiled(store_module._accumulate) is not None
+    assert store_module._compiled(store_module._norm_squares) is not None
+    monkeypatch.setattr(store_module, "USE_COMPILED", False)
+    plain_store = store_of([images[:15], images[15:]], levels=1, power=power).remove([3])
+    for a, b in zip(store.weights().inv_norms, plain_store.weights().inv_norms):
+        assert np.array_equal(a, b)
+    plain = [store_query(plain_store, q, plain_store.weights().idf) for q in queries]
     for (a, ids_a), (b, ids_b) in zip(compiled, plain):
         assert np.array_equal(a, b) and np.array_equal(ids_a, ids_b)
+
+
+def test_merging_segments_moves_postings_exactly():
+    """A merged segment, deleted rows dropped, equals the segment built from its
+    live images at once: every array, to the dtype."""
+    from cvsearch.store import Segment
+
+    images = random_images(50, seed=2)
+    store = store_of([images[:7], images[7:8], images[8:30], images[30:]], levels=1)
+    store = store.remove([0, 7, 9, 31, 49])
+    merged = Segment.merge(list(zip(store.segments, store.deleted)))
+    live = [im for i, im in enumerate(images) if i not in (0, 7, 9, 31, 49)]
+    direct = store_of([live], levels=1).segments[0]
+    assert merged.names == direct.names
+    assert np.array_equal(merged.ids, store.ids())
+    for field in ("shapes", "kp_offsets", "kp_words", "kp_xy", "post_indptr",
+                  "post_rows", "post_tf"):
+        a, b = getattr(merged, field), getattr(direct, field)
+        assert a.dtype == b.dtype and np.array_equal(a, b), field
+
+
+def test_tail_merging_bounds_the_segments_and_keeps_the_scores():
+    """Images added one by one: the log merge policy keeps fewer than `factor`
+    segments per size level, never merges past `max_images`, and the store
+    scores exactly as one built at once."""
+    images = random_images(140, seed=6)
+    store = Store(N_WORDS)
+    counts = []
+    for i, (name, words, keypoints, shape) in enumerate(images):
+        store, _ = store.add([name], [words], [keypoints], [shape])
+        if i == 70:
+            store = store.remove([3, 50, 69])
+        store = store.merge_tail(factor=4, max_images=40)
+        counts.append(len(store.segments))
+        sizes = [len(s) for s in store.segments]
+        assert all(size <= 40 for size in sizes)
+    # levels 0..2 (<= 3 segments each below 40 images) plus full 40-image ones
+    assert max(counts) <= 3 * 3 + 140 // 16
+    assert len(store) == 137
+    never = store_of([[im for i, im in enumerate(images) if i not in (3, 50, 69)]])
+    for query in random_images(4, seed=8):
+        a, ids = store_query(store, query, store.weights().idf)
+        b, _ = store_query(never, query, never.weights().idf)
+        assert np.array_equal(a[a > -np.inf], b)
+        assert ids[a > -np.inf].tolist() == store.ids().tolist()
