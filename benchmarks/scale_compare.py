@@ -149,6 +149,7 @@ def main(argv=None) -> int:
         print(json.dumps(job(args)))
         return 0
     args.work = args.work or tempfile.mkdtemp(prefix="cvsearch-compare-")
+    args.data = str(Path(args.data).resolve())  # the jobs run in the work folder
     tree = Path(args.work) / "before"
     if not tree.exists():
         subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach",

@@ -246,6 +246,32 @@ def cmd_query(args):
         print(f"{r['rank']:>4}  {r['score']:>7.4f}  {inl:>7}  {r['name']}")
 
 
+def cmd_serve(args):
+    _check_index_folder(args.index)
+    try:
+        from cvsearch.service import Settings, serve
+    except ImportError as error:
+        raise CommandError(f"cvsearch serve needs FastAPI and uvicorn ({error}); "
+                           "pip install 'cvsearch[server]'") from None
+    try:
+        import fastapi  # noqa: F401
+        import multipart  # noqa: F401
+        import uvicorn  # noqa: F401
+    except ImportError as error:
+        raise CommandError(f"cvsearch serve needs {error.name}; pip install "
+                           "'cvsearch[server]'") from None
+    token = args.token or os.environ.get("CVSEARCH_TOKEN") or None
+    settings = Settings(index_dir=Path(args.index), token=token,
+                        max_upload_bytes=args.max_upload_mb * 2**20,
+                        images_root=Path(args.images_root).resolve())
+    if not args.quiet:
+        mode = "read-write (token set)" if token else "read-only (no --token)"
+        print(f"serving {args.index} on http://{args.host}:{args.port}/ ({mode}); "
+              "Ctrl-C stops", file=sys.stderr, flush=True)
+    serve(settings, host=args.host, port=args.port, workers=args.workers,
+          log_level="warning" if args.quiet else "info")
+
+
 def _write_picture(path, picture, cv2):
     ok = False
     try:
@@ -402,6 +428,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--match-rank", type=_positive_int, default=1,
                    help="rank of the result --matches draws")
     p.set_defaults(run=cmd_query)
+
+    p = sub("serve", "Serve an index over HTTP: a search page at /, a JSON API "
+                     "(documented at /docs). Needs pip install 'cvsearch[server]'.")
+    p.add_argument("index", help="index folder")
+    p.add_argument("--host", default="127.0.0.1",
+                   help="address to listen on (0.0.0.0: every interface)")
+    p.add_argument("--port", type=_positive_int, default=8000)
+    p.add_argument("--workers", type=_positive_int, default=1,
+                   help="server processes (each maps the index; writes are "
+                        "serialised by the index folder's lock)")
+    p.add_argument("--token", default=None,
+                   help="token that allows adding and removing images (default: "
+                        "$CVSEARCH_TOKEN; none: read-only)")
+    p.add_argument("--max-upload-mb", type=_positive_int, default=20,
+                   help="largest request (an uploaded image) in MiB")
+    p.add_argument("--images-root", default=".",
+                   help="folder that relative image names of the index are under")
+    p.set_defaults(run=cmd_serve)
 
     p = sub("info", "Describe an index: images, words, features, parameters, size.")
     p.add_argument("index", help="index folder")

@@ -193,29 +193,57 @@ def read_image(path: str | os.PathLike, *, grayscale: bool = True,
         empty, too large, not an image, truncated or corrupt, or its format is not
         supported.
     """
-    import cv2
-
     if not isinstance(path, (str, os.PathLike)):
         raise TypeError(f"expected a path to an image, got {type(path).__name__}")
     max_pixels = check_int(max_pixels, "max_pixels", minimum=1)
     max_file_bytes = check_int(max_file_bytes, "max_file_bytes", minimum=1)
     path = Path(path)
-    data = read_bytes(path, max_file_bytes, error=UnreadableImageError)
+    return decode_image(read_bytes(path, max_file_bytes, error=UnreadableImageError),
+                        path, grayscale=grayscale, max_pixels=max_pixels)
+
+
+def decode_image(data: bytes, name, *, grayscale: bool = True,
+                 max_pixels: int = MAX_PIXELS) -> np.ndarray:
+    """Decode an image file's bytes (an upload, say), with the checks of
+    :func:`read_image`: its header is read first, and more than ``max_pixels``
+    is refused before anything is decoded.
+
+    Parameters
+    ----------
+    data : bytes
+    name : str or os.PathLike
+        What to call it in errors (its path, or "upload photo.jpg").
+    grayscale : bool
+    max_pixels : int
+
+    Returns
+    -------
+    image : ndarray of shape (H, W) if grayscale else (H, W, 3), uint8
+
+    Raises
+    ------
+    UnreadableImageError
+        A ValueError naming ``name``: empty, not an image, too many pixels,
+        truncated or corrupt.
+    """
+    import cv2
+
+    max_pixels = check_int(max_pixels, "max_pixels", minimum=1)
     if not data:
-        raise UnreadableImageError(path, "is empty (0 bytes); re-copy or remove the "
+        raise UnreadableImageError(name, "is empty (0 bytes); re-copy or remove the "
                                    "file")
     size = header_size(data)
     if size is None:
         raise UnreadableImageError(
-            path, "cannot decode it: it is not an image, its header is corrupt, or its "
+            name, "cannot decode it: it is not an image, its header is corrupt, or its "
             f"format is not supported by OpenCV; {_WHAT_TO_DO}")
     width, height = size
     if width < 1 or height < 1:
-        raise UnreadableImageError(path, f"its header declares {width} x {height} "
+        raise UnreadableImageError(name, f"its header declares {width} x {height} "
                                    f"pixels; {_WHAT_TO_DO}")
     if width * height > max_pixels:
         raise UnreadableImageError(
-            path, f"its header declares {width} x {height} = {width * height:,} "
+            name, f"its header declares {width} x {height} = {width * height:,} "
             f"pixels, more than the limit of {max_pixels:,} (a decompression bomb, or "
             "a very large image: raise max_pixels, or downscale it)")
     flags = cv2.IMREAD_GRAYSCALE if grayscale else cv2.IMREAD_COLOR
@@ -223,11 +251,11 @@ def read_image(path: str | os.PathLike, *, grayscale: bool = True,
         image = cv2.imdecode(np.frombuffer(data, np.uint8), flags)
     except cv2.error as error:
         reason = str(error).strip().splitlines()[-1][:200]
-        raise UnreadableImageError(path, f"cannot decode it (OpenCV: {reason}); "
+        raise UnreadableImageError(name, f"cannot decode it (OpenCV: {reason}); "
                                    f"{_WHAT_TO_DO}") from None
     if image is None or image.size == 0:
         raise UnreadableImageError(
-            path, "cannot decode it: it is not an image, is truncated, or its format "
+            name, "cannot decode it: it is not an image, is truncated, or its format "
             f"is not supported by OpenCV; {_WHAT_TO_DO}")
     return image
 

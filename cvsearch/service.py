@@ -1,0 +1,562 @@
+"""``cvsearch serve``: an index behind HTTP, with a web page.
+
+Built on FastAPI and uvicorn (``pip install 'cvsearch[server]'``). The index is
+loaded once at start-up; queries run in FastAPI's thread pool (OpenCV and the
+scoring loops release the GIL) and each sees one state of the index, while adds
+and removes go through one writer at a time and are saved before they are
+acknowledged.
+
+Routes (all answers JSON, errors as ``{"detail": message}``):
+
+- ``POST /search``: an uploaded image (multipart field ``image``), ``k``,
+  ``rerank``: the results with scores, inliers, image and thumbnail URLs, and the
+  time per stage.
+- ``GET /images/{id}``, ``GET /thumbnails/{id}``: an image of the index, by id
+  (no path from a client reaches the file system).
+- ``GET /matches/{id}?query=Q``: the match picture (PNG) of a recent search ``Q``
+  with result ``id``.
+- ``POST /images`` (multipart ``images``), ``DELETE /images/{id}``: only with the
+  token (``Authorization: Bearer TOKEN``); without a token the service is
+  read-only.
+- ``GET /health``, ``GET /stats``, the page at ``/`` and the OpenAPI page at
+  ``/docs``.
+
+Uploaded images are kept in ``INDEX_DIR/uploads/`` and named
+``uploads/<digest>-<file name>`` in the index; other names are paths, relative to
+``images_root`` unless absolute.
+
+With several workers (processes), each loads the index; a worker reloads it when
+another has saved a change (checked at most once a second), and writers take the
+folder's writer lock, so no update is lost.
+"""
+
+# No "from __future__ import annotations": FastAPI reads the routes' annotations,
+# which name types imported inside create_app.
+import collections
+import hashlib
+import mimetypes
+import os
+import re
+import secrets
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from cvsearch import storage
+from cvsearch.index import Index
+from cvsearch.io import READ_ERRORS, UnreadableImageError, decode_image, read_bytes
+
+WEB = Path(__file__).resolve().parent / "web"
+UPLOADS = "uploads"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What a service is started with.
+
+    Parameters
+    ----------
+    index_dir : Path
+        A folder saved by :meth:`cvsearch.Index.save`.
+    token : str or None
+        Writes need it; None: read-only.
+    max_upload_bytes : int
+        Largest request body (an upload); larger gets 413.
+    images_root : Path
+        Relative image names are found under it.
+    max_k, max_rerank : int
+        Largest ``k`` and ``rerank`` a client may ask.
+    thumbnail_side : int
+        Longest side of thumbnails, pixels.
+    recent_queries : int
+        Searches kept for their match pictures.
+    """
+
+    index_dir: Path
+    token: str | None = None
+    max_upload_bytes: int = 20 * 2**20
+    images_root: Path = field(default_factory=Path.cwd)
+    max_k: int = 100
+    max_rerank: int = 200
+    thumbnail_side: int = 256
+    recent_queries: int = 64
+
+    @classmethod
+    def from_environment(cls) -> "Settings":
+        """Settings from ``CVSEARCH_*`` variables (how ``cvsearch serve`` passes
+        them to its worker processes)."""
+        env = os.environ
+        return cls(index_dir=Path(env["CVSEARCH_INDEX"]),
+                   token=env.get("CVSEARCH_TOKEN") or None,
+                   max_upload_bytes=int(env.get("CVSEARCH_MAX_UPLOAD_BYTES",
+                                                20 * 2**20)),
+                   images_root=Path(env.get("CVSEARCH_IMAGES_ROOT", os.getcwd())))
+
+
+class ServiceError(Exception):
+    """An answer other than success: HTTP status and a message for a person."""
+
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+class _Query:
+    """A recent search, kept for its match pictures."""
+
+    def __init__(self, image: np.ndarray, features):
+        self.image = image
+        self.features = features
+
+
+class Library:
+    """The served index and what the routes do with it (no HTTP here, so it can
+    be used and tested without a server).
+
+    Parameters
+    ----------
+    settings : Settings
+    """
+
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self.index_dir = Path(settings.index_dir)
+        if not (self.index_dir / storage.MANIFEST).is_file():
+            raise FileNotFoundError(f"{self.index_dir}: no index there; build one with "
+                                    "'cvsearch index IMAGE_DIR -o INDEX_DIR'")
+        self.index = Index.load(self.index_dir)
+        self.generation = storage.read_generation(self.index_dir)
+        self._checked = time.monotonic()
+        self._write_lock = threading.Lock()
+        self._reload_lock = threading.Lock()
+        self._queries_lock = threading.Lock()  # for both caches below
+        self._queries = collections.OrderedDict()
+        self._thumbnails = collections.OrderedDict()
+        self.started = time.time()
+        self.counts = collections.Counter()
+
+    # --------------------------------------------------------------- state
+    def current(self) -> Index:
+        """The index, reloaded first if another process saved a change (checked
+        at most once a second)."""
+        if time.monotonic() - self._checked > 1.0:
+            self._checked = time.monotonic()
+            if storage.read_generation(self.index_dir) != self.generation:
+                with self._reload_lock:
+                    self._reload()
+        return self.index
+
+    def _reload(self):
+        generation = storage.read_generation(self.index_dir)
+        if generation != self.generation:
+            self.index = Index.load(self.index_dir)
+            self.generation = generation
+
+    def path_of(self, id_: int) -> Path:
+        """The file of image ``id_``: a 404 ServiceError if there is none."""
+        name = self.current().names.get(id_) if isinstance(id_, int) else None
+        if name is None:
+            raise ServiceError(404, f"no image with id {id_} in the index")
+        path = Path(name)
+        if not path.is_absolute():
+            root = self.index_dir if name.startswith(UPLOADS + "/") \
+                else self.settings.images_root
+            path = root / path
+        return path
+
+    # --------------------------------------------------------------- reading
+    def decode(self, data: bytes, filename: str) -> np.ndarray:
+        """A colour image of uploaded bytes; a 400 ServiceError naming the
+        problem if they are not a readable image."""
+        index = self.current()
+        try:
+            return decode_image(data, f"upload {filename!r}", grayscale=False,
+                                max_pixels=index.extractor.max_pixels)
+        except UnreadableImageError as error:
+            raise ServiceError(400, str(error)) from None
+
+    def search(self, data: bytes, filename: str, k: int, rerank: int,
+               min_inliers: int = 20) -> dict:
+        """Search with an uploaded image: the JSON answer of ``POST /search``."""
+        if k > self.settings.max_k or rerank > self.settings.max_rerank:
+            raise ServiceError(422, f"k is at most {self.settings.max_k} and rerank "
+                               f"at most {self.settings.max_rerank}")
+        timings = {}
+        started = time.perf_counter()
+        image = self.decode(data, filename)
+        timings["decode_ms"] = _ms(started)
+        index = self.current()
+        if not len(index):
+            raise ServiceError(409, "the index holds no images yet; add some first")
+        started = time.perf_counter()
+        features = index.extractor.extract(image)
+        timings["features_ms"] = _ms(started)
+        started = time.perf_counter()
+        scores, ids, inliers = index.query(features, k=k, rerank=rerank,
+                                           min_inliers=min_inliers,
+                                           return_inliers=True)
+        timings["search_ms"] = _ms(started)
+        query_id = secrets.token_urlsafe(12)
+        with self._queries_lock:
+            self._queries[query_id] = _Query(image, features)
+            while len(self._queries) > self.settings.recent_queries:
+                self._queries.popitem(last=False)
+        names = index.names
+        results = []
+        for score, id_, n in zip(scores.tolist(), ids.tolist(), inliers.tolist()):
+            name = names.get(id_)
+            if name is None:  # removed since the query ran: left out
+                continue
+            results.append({
+                "rank": len(results) + 1, "id": id_, "name": name,
+                "score": round(score, 6), "inliers": n if n >= 0 else None,
+                "image_url": f"/images/{id_}", "thumbnail_url": f"/thumbnails/{id_}",
+                "match_url": f"/matches/{id_}?query={query_id}"})
+        self.counts["queries"] += 1
+        return {"query": query_id, "k": k, "rerank": rerank, "results": results,
+                "timings": timings, "keypoints": len(features.keypoints)}
+
+    def image_bytes(self, id_: int) -> tuple[bytes, str]:
+        """The bytes and media type of image ``id_``."""
+        path = self.path_of(id_)
+        try:
+            data = read_bytes(path, self.current().extractor.max_file_bytes)
+        except (OSError, ValueError):
+            raise ServiceError(404, f"the file of image {id_} cannot be read on the "
+                               "server (moved or removed?)") from None
+        return data, mimetypes.guess_type(path.name)[0] or "application/octet-stream"
+
+    def thumbnail(self, id_: int) -> bytes:
+        """A JPEG of image ``id_``, its longest side ``thumbnail_side``."""
+        import cv2
+
+        key = (id_, str(self.path_of(id_)))
+        with self._queries_lock:
+            cached = self._thumbnails.get(key)
+        if cached is not None:
+            return cached
+        image = self._read_color(id_)
+        side = self.settings.thumbnail_side
+        scale = min(1.0, side / max(image.shape[:2]))
+        if scale < 1.0:
+            image = cv2.resize(image, (max(1, round(image.shape[1] * scale)),
+                                       max(1, round(image.shape[0] * scale))),
+                               interpolation=cv2.INTER_AREA)
+        data = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, 85])[1].tobytes()
+        with self._queries_lock:
+            self._thumbnails[key] = data
+            while len(self._thumbnails) > 2048:
+                self._thumbnails.popitem(last=False)
+        return data
+
+    def _read_color(self, id_: int) -> np.ndarray:
+        from cvsearch.io import read_image
+
+        index = self.current()
+        try:
+            return read_image(self.path_of(id_), grayscale=False,
+                              max_pixels=index.extractor.max_pixels,
+                              max_file_bytes=index.extractor.max_file_bytes)
+        except READ_ERRORS:
+            raise ServiceError(404, f"the file of image {id_} cannot be read on the "
+                               "server (moved or removed?)") from None
+
+    def match_picture(self, id_: int, query_id: str) -> bytes:
+        """PNG of the inlier matches between a recent search and image ``id_``."""
+        import cv2
+
+        from cvsearch.pictures import match_picture
+
+        self.path_of(id_)  # 404 for an unknown id, first
+        with self._queries_lock:
+            query = self._queries.get(query_id)
+        if query is None:
+            raise ServiceError(404, "no recent search with this query id (the "
+                               f"service keeps the last {self.settings.recent_queries}"
+                               "); search again")
+        index = self.current()
+        query_xy, db_xy = index.matches(query.features, id_)
+        picture = match_picture(query.image, self._read_color(id_), query_xy, db_xy)
+        return cv2.imencode(".png", picture)[1].tobytes()
+
+    # --------------------------------------------------------------- writing
+    def add(self, uploads: list[tuple[str, bytes]]) -> dict:
+        """Add uploaded images, saved before this returns.
+
+        Every upload is decoded first: if one is not a readable image, nothing is
+        added (400). A file already added (the same bytes and file name: the same
+        name in the index) is skipped.
+        """
+        if not uploads:
+            raise ServiceError(422, "send one or more files in the field 'images'")
+        decoded = [(filename, data, self.decode(data, filename))
+                   for filename, data in uploads]
+        extractor = self.current().extractor
+        features = [extractor.extract(image) for _, _, image in decoded]
+        names = [f"{UPLOADS}/{hashlib.sha256(data).hexdigest()[:16]}-"
+                 f"{_safe_file_name(filename)}" for filename, data, _ in decoded]
+        folder = self.index_dir / UPLOADS
+        with self._write_lock, storage.writer_lock(self.index_dir):
+            self._reload()  # another worker may have saved since
+            index = self.index
+            folder.mkdir(exist_ok=True)
+            for name, (_, data, _) in zip(names, decoded):
+                _write_durably(self.index_dir / name, data)
+            before = len(index)
+            skipped = index.add(features, names=names)
+            # new ids are the largest (ids only grow), so the last ones
+            added = index.ids[before - len(index):].tolist() if len(index) > before \
+                else []
+            try:
+                index.save(self.index_dir)
+            except BaseException:
+                if added:  # not saved: not acknowledged, and not kept
+                    index.remove(added)
+                raise
+            self.generation = storage.read_generation(self.index_dir)
+        self.counts["added"] += len(added)
+        return {"added": [{"id": i, "name": index.names[i]} for i in added],
+                "skipped": [{"name": s.name, "reason": s.reason} for s in skipped],
+                "images": len(index)}
+
+    def remove(self, id_: int) -> dict:
+        """Remove image ``id_``, saved before this returns."""
+        with self._write_lock, storage.writer_lock(self.index_dir):
+            self._reload()
+            index = self.index
+            name = index.names.get(id_)
+            if name is None:
+                raise ServiceError(404, f"no image with id {id_} in the index")
+            index.remove([id_])
+            try:
+                index.save(self.index_dir)
+            except BaseException:
+                self.index = Index.load(self.index_dir)  # back to what is saved
+                raise
+            self.generation = storage.read_generation(self.index_dir)
+        self.counts["removed"] += 1
+        return {"removed": {"id": id_, "name": name}, "images": len(index)}
+
+    def stats(self) -> dict:
+        index = self.current()
+        disk = sum(p.stat().st_size for p in self.index_dir.iterdir() if p.is_file())
+        return {"images": len(index), "words": index.n_words,
+                "features": index.extractor.method, "segments": index.n_segments,
+                "index_disk_bytes": disk, "generation": self.generation,
+                "uptime_s": round(time.time() - self.started, 1),
+                "queries_served": self.counts["queries"],
+                "images_added": self.counts["added"],
+                "images_removed": self.counts["removed"],
+                "writable": self.settings.token is not None}
+
+
+def _ms(started: float) -> float:
+    return round(1000 * (time.perf_counter() - started), 2)
+
+
+def _safe_file_name(filename: str) -> str:
+    """A client's file name reduced to letters, digits, '.', '-' and '_'."""
+    name = re.sub(r"[^A-Za-z0-9._-]+", "_", os.path.basename(filename or "image"))
+    return name.strip("._")[:80] or "image"
+
+
+def _write_durably(path: Path, data: bytes) -> None:
+    """Write a file and flush it to disk (a no-op if it is already there)."""
+    if path.is_file() and path.stat().st_size == len(data):
+        return
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(temporary, "wb") as file:
+        file.write(data)
+        file.flush()
+        os.fsync(file.fileno())
+    os.replace(temporary, path)
+    directory = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(directory)
+    finally:
+        os.close(directory)
+
+
+# ------------------------------------------------------------------- the app
+class _BodyTooLarge(Exception):
+    pass
+
+
+class BodyLimit:
+    """ASGI middleware: a request body larger than ``max_bytes`` gets 413 before
+    it is read (by its Content-Length) or as soon as it passes the limit."""
+
+    def __init__(self, app, max_bytes: int):
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        message = (f"the request is larger than the limit of "
+                   f"{self.max_bytes / 2**20:g} MB; send a smaller image (or start the "
+                   "service with a larger --max-upload-mb)")
+        length = dict(scope.get("headers", [])).get(b"content-length")
+        if length is not None and length.isdigit() and int(length) > self.max_bytes:
+            return await _send_json(send, 413, {"detail": message})
+        received, started = 0, False
+
+        async def limited_receive():
+            nonlocal received
+            item = await receive()
+            if item["type"] == "http.request":
+                received += len(item.get("body", b""))
+                if received > self.max_bytes:
+                    raise _BodyTooLarge
+            return item
+
+        async def tracking_send(item):
+            nonlocal started
+            if item["type"] == "http.response.start":
+                started = True
+            await send(item)
+
+        try:
+            await self.app(scope, limited_receive, tracking_send)
+        except _BodyTooLarge:
+            if not started:
+                await _send_json(send, 413, {"detail": message})
+
+
+async def _send_json(send, status: int, payload: dict):
+    import json
+
+    body = json.dumps(payload).encode()
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json"),
+                            (b"content-length", str(len(body)).encode())]})
+    await send({"type": "http.response.body", "body": body})
+
+
+def create_app(settings: Settings | None = None):
+    """The FastAPI application of a service (settings from the environment if
+    None: see :meth:`Settings.from_environment`)."""
+    import contextlib
+
+    from fastapi import Depends, FastAPI, File, Form, Header, Query, Request, UploadFile
+    from fastapi.exceptions import RequestValidationError
+    from fastapi.responses import FileResponse, JSONResponse, Response
+    from fastapi.staticfiles import StaticFiles
+
+    settings = settings or Settings.from_environment()
+    state = {}
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app):
+        state["library"] = Library(settings)
+        yield
+        state.clear()
+
+    from cvsearch import __version__
+
+    app = FastAPI(title="cvsearch", version=__version__, lifespan=lifespan,
+                  description="Reverse image search with classical computer vision.")
+    app.add_middleware(BodyLimit, max_bytes=settings.max_upload_bytes + 64 * 1024)
+
+    def library() -> Library:
+        return state["library"]
+
+    @app.exception_handler(ServiceError)
+    async def service_error(request: Request, error: ServiceError):
+        return JSONResponse({"detail": error.message}, status_code=error.status)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(request: Request, error: RequestValidationError):
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc'][1:]) or e['loc'][0]}: {e['msg']}"
+            for e in error.errors())
+        return JSONResponse({"detail": f"malformed request: {problems}"},
+                            status_code=422)
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, error: Exception):  # never a bare 500
+        import logging
+
+        logging.getLogger("cvsearch").exception("unexpected error")
+        return JSONResponse({"detail": f"internal error ({type(error).__name__}); "
+                             "the request was not completed"}, status_code=500)
+
+    def writer(authorization: str | None = Header(None, description="Bearer TOKEN")):
+        """Writes need the service's token."""
+        if settings.token is None:
+            raise ServiceError(403, "this service is read-only; start it with --token "
+                               "(or CVSEARCH_TOKEN) to allow adding and removing")
+        given = (authorization or "").removeprefix("Bearer ").strip()
+        if not given or not secrets.compare_digest(given.encode(),
+                                                   settings.token.encode()):
+            raise ServiceError(401, "a write needs the header 'Authorization: Bearer "
+                               "TOKEN' with the service's token")
+
+    def read_upload(upload: UploadFile) -> bytes:
+        return upload.file.read()
+
+    @app.post("/search", summary="Search with an uploaded image")
+    def search(image: UploadFile = File(..., description="the query image"),
+               k: int = Form(10, ge=1), rerank: int = Form(0, ge=0),
+               min_inliers: int = Form(20, ge=1)):
+        return library().search(read_upload(image), image.filename or "image", k,
+                                rerank, min_inliers)
+
+    @app.get("/images/{id}", summary="An image of the index")
+    def image(id: int):
+        data, media_type = library().image_bytes(id)
+        return Response(data, media_type=media_type)
+
+    @app.get("/thumbnails/{id}", summary="A thumbnail (JPEG) of an image of the index")
+    def thumbnail(id: int):
+        return Response(library().thumbnail(id), media_type="image/jpeg",
+                        headers={"Cache-Control": "max-age=3600"})
+
+    @app.get("/matches/{id}", summary="Match picture (PNG) of a search and a result")
+    def matches(id: int, query: str = Query(..., min_length=1, max_length=64)):
+        return Response(library().match_picture(id, query), media_type="image/png")
+
+    @app.post("/images", status_code=201, dependencies=[Depends(writer)],
+              summary="Add uploaded images (saved before the answer)")
+    def add(images: list[UploadFile] = File(...)):
+        return library().add([(u.filename or "image", read_upload(u)) for u in images])
+
+    @app.delete("/images/{id}", dependencies=[Depends(writer)],
+                summary="Remove an image (saved before the answer)")
+    def remove(id: int):
+        return library().remove(id)
+
+    @app.get("/health")
+    def health():
+        return {"status": "ok", "images": len(library().current())}
+
+    @app.get("/stats")
+    def stats():
+        return library().stats()
+
+    @app.get("/", include_in_schema=False)
+    def page():
+        return FileResponse(WEB / "index.html")
+
+    app.mount("/static", StaticFiles(directory=WEB), name="static")
+    return app
+
+
+def serve(settings: Settings, *, host: str = "127.0.0.1", port: int = 8000,
+          workers: int = 1, log_level: str = "warning") -> None:
+    """Run the service with uvicorn until it is stopped."""
+    import uvicorn
+
+    os.environ.update({
+        "CVSEARCH_INDEX": str(Path(settings.index_dir).resolve()),
+        "CVSEARCH_MAX_UPLOAD_BYTES": str(settings.max_upload_bytes),
+        "CVSEARCH_IMAGES_ROOT": str(Path(settings.images_root).resolve())})
+    if settings.token:
+        os.environ["CVSEARCH_TOKEN"] = settings.token
+    Library(settings)  # fail here, with a clear message, if the index is unusable
+    uvicorn.run("cvsearch.service:create_app", factory=True, host=host, port=port,
+                workers=workers, log_level=log_level)

@@ -1,0 +1,93 @@
+// The page calls the same JSON API as any client: /search, /stats, /thumbnails,
+// /matches. No framework, nothing loaded from the internet.
+"use strict";
+
+const $ = (id) => document.getElementById(id);
+let lastFile = null;
+
+async function loadStats() {
+  try {
+    const stats = await (await fetch("/stats")).json();
+    $("stats").textContent = `${stats.images.toLocaleString()} images · ` +
+      `${stats.features} · ${stats.words.toLocaleString()} words`;
+  } catch (error) {
+    $("stats").textContent = "";
+  }
+}
+
+function showError(message) {
+  $("error").textContent = message;
+  $("error").hidden = !message;
+}
+
+function card(result) {
+  const item = document.createElement("li");
+  item.className = "card";
+  item.dataset.name = result.name;
+  item.dataset.id = result.id;
+  const verified = result.inliers !== null && result.inliers >= 20;
+  const badge = result.inliers === null ? "" :
+    `<span class="badge ${verified ? "verified" : ""}">${result.inliers} inliers</span>`;
+  item.innerHTML = `<div class="thumb"><span class="rank">${result.rank}</span>${badge}` +
+    `<img loading="lazy" alt=""></div><div class="meta"><div class="name"></div>` +
+    `<div class="score">score ${result.score.toFixed(3)}</div></div>`;
+  item.querySelector("img").src = result.thumbnail_url;
+  item.querySelector(".name").textContent = result.name;
+  item.querySelector(".name").title = result.name;
+  item.addEventListener("click", () => openMatch(result));
+  return item;
+}
+
+function openMatch(result) {
+  $("viewer-title").textContent = `#${result.rank} ${result.name}`;
+  $("viewer-image").src = result.match_url;
+  $("viewer-link").href = result.image_url;
+  $("viewer").showModal();
+}
+
+async function search(file) {
+  lastFile = file;
+  showError("");
+  $("preview").src = URL.createObjectURL(file);
+  $("preview").hidden = false;
+  $("drop-text").hidden = true;
+  $("timing").textContent = "searching…";
+  const form = new FormData();
+  form.append("image", file);
+  form.append("k", $("k").value);
+  form.append("rerank", $("rerank").checked ? "50" : "0");
+  let answer;
+  try {
+    const response = await fetch("/search", { method: "POST", body: form });
+    answer = await response.json();
+    if (!response.ok) throw new Error(answer.detail || response.statusText);
+  } catch (error) {
+    $("timing").textContent = "";
+    showError(String(error.message || error));
+    return;
+  }
+  const t = answer.timings;
+  const total = t.decode_ms + t.features_ms + t.search_ms;
+  $("timing").textContent = `${answer.results.length} results in ${total.toFixed(0)} ms ` +
+    `(features ${t.features_ms.toFixed(0)} ms, search ${t.search_ms.toFixed(0)} ms, ` +
+    `${answer.keypoints} keypoints)`;
+  $("results").replaceChildren(...answer.results.map(card));
+  $("empty").hidden = answer.results.length > 0;
+  $("results").dataset.query = answer.query;
+}
+
+$("file").addEventListener("change", (event) => {
+  if (event.target.files.length) search(event.target.files[0]);
+});
+const drop = $("drop");
+drop.addEventListener("dragover", (event) => { event.preventDefault(); drop.classList.add("over"); });
+drop.addEventListener("dragleave", () => drop.classList.remove("over"));
+drop.addEventListener("drop", (event) => {
+  event.preventDefault();
+  drop.classList.remove("over");
+  if (event.dataTransfer.files.length) search(event.dataTransfer.files[0]);
+});
+for (const id of ["k", "rerank"]) {
+  $(id).addEventListener("change", () => { if (lastFile) search(lastFile); });
+}
+loadStats();
