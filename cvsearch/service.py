@@ -42,6 +42,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Annotated
 
 import numpy as np
 
@@ -437,6 +438,79 @@ async def _send_json(send, status: int, payload: dict):
     await send({"type": "http.response.body", "body": body})
 
 
+def _models():
+    """The answers' pydantic models (so /docs documents them), made on first use
+    because pydantic comes with the 'server' extra."""
+    from types import SimpleNamespace
+
+    from pydantic import BaseModel
+
+    class Result(BaseModel):
+        rank: int
+        id: int
+        name: str
+        score: float
+        inliers: int | None
+        image_url: str
+        thumbnail_url: str
+        match_url: str
+
+    class Timings(BaseModel):
+        decode_ms: float
+        features_ms: float
+        search_ms: float
+
+    class SearchAnswer(BaseModel):
+        query: str
+        k: int
+        rerank: int
+        results: list[Result]
+        timings: Timings
+        keypoints: int
+
+    class Image(BaseModel):
+        id: int
+        name: str
+
+    class Skipped(BaseModel):
+        name: str
+        reason: str
+
+    class AddAnswer(BaseModel):
+        added: list[Image]
+        skipped: list[Skipped]
+        images: int
+
+    class RemoveAnswer(BaseModel):
+        removed: Image
+        images: int
+
+    class Health(BaseModel):
+        status: str
+        images: int
+        worker: int
+
+    class Stats(BaseModel):
+        images: int
+        words: int
+        features: str
+        segments: int
+        index_disk_bytes: int
+        generation: int | None
+        uptime_s: float
+        queries_served: int
+        images_added: int
+        images_removed: int
+        writable: bool
+
+    class Problem(BaseModel):
+        detail: str
+
+    return SimpleNamespace(**{c.__name__: c for c in (
+        Result, Timings, SearchAnswer, Image, Skipped, AddAnswer, RemoveAnswer, Health,
+        Stats, Problem)})
+
+
 def create_app(settings: Settings | None = None):
     """The FastAPI application of a service (settings from the environment if
     None: see :meth:`Settings.from_environment`)."""
@@ -449,6 +523,10 @@ def create_app(settings: Settings | None = None):
 
     settings = settings or Settings.from_environment()
     state = {}
+    models = _models()
+
+    def problems(*codes):
+        return {code: {"model": models.Problem} for code in codes}
 
     @contextlib.asynccontextmanager
     async def lifespan(app):
@@ -485,7 +563,8 @@ def create_app(settings: Settings | None = None):
         return JSONResponse({"detail": f"internal error ({type(error).__name__}); "
                              "the request was not completed"}, status_code=500)
 
-    def writer(authorization: str | None = Header(None, description="Bearer TOKEN")):
+    def writer(authorization: Annotated[str | None, Header(
+            description="Bearer TOKEN")] = None):
         """Writes need the service's token."""
         if settings.token is None:
             raise ServiceError(403, "this service is read-only; start it with --token "
@@ -499,42 +578,54 @@ def create_app(settings: Settings | None = None):
     def read_upload(upload: UploadFile) -> bytes:
         return upload.file.read()
 
-    @app.post("/search", summary="Search with an uploaded image")
-    def search(image: UploadFile = File(..., description="the query image"),
-               k: int = Form(10, ge=1), rerank: int = Form(0, ge=0),
-               min_inliers: int = Form(20, ge=1)):
+    @app.post("/search", summary="Search with an uploaded image",
+              response_model=models.SearchAnswer,
+              responses=problems(400, 409, 413, 422))
+    def search(image: Annotated[UploadFile, File(description="the query image")],
+               k: Annotated[int, Form(ge=1, description="results")] = 10,
+               rerank: Annotated[int, Form(ge=0, description="short-list verified "
+                                           "with RANSAC (0: none)")] = 0,
+               min_inliers: Annotated[int, Form(ge=1)] = 20):
         return library().search(read_upload(image), image.filename or "image", k,
                                 rerank, min_inliers)
 
-    @app.get("/images/{id}", summary="An image of the index")
+    @app.get("/images/{id}", summary="An image of the index",
+             responses=problems(404, 422))
     def image(id: int):
         data, media_type = library().image_bytes(id)
         return Response(data, media_type=media_type)
 
-    @app.get("/thumbnails/{id}", summary="A thumbnail (JPEG) of an image of the index")
+    @app.get("/thumbnails/{id}", summary="A thumbnail (JPEG) of an image of the index",
+             responses=problems(404, 422))
     def thumbnail(id: int):
         return Response(library().thumbnail(id), media_type="image/jpeg",
                         headers={"Cache-Control": "max-age=3600"})
 
-    @app.get("/matches/{id}", summary="Match picture (PNG) of a search and a result")
-    def matches(id: int, query: str = Query(..., min_length=1, max_length=64)):
+    @app.get("/matches/{id}", summary="Match picture (PNG) of a search and a result",
+             responses=problems(404, 422))
+    def matches(id: int, query: Annotated[str, Query(min_length=1, max_length=64)]):
         return Response(library().match_picture(id, query), media_type="image/png")
 
     @app.post("/images", status_code=201, dependencies=[Depends(writer)],
-              summary="Add uploaded images (saved before the answer)")
-    def add(images: list[UploadFile] = File(...)):
+              summary="Add uploaded images (saved before the answer)",
+              response_model=models.AddAnswer,
+              responses=problems(400, 401, 403, 413, 422))
+    def add(images: Annotated[list[UploadFile], File(description="image files")]):
         return library().add([(u.filename or "image", read_upload(u)) for u in images])
 
     @app.delete("/images/{id}", dependencies=[Depends(writer)],
-                summary="Remove an image (saved before the answer)")
+                summary="Remove an image (saved before the answer)",
+                response_model=models.RemoveAnswer,
+                responses=problems(401, 403, 404, 422))
     def remove(id: int):
         return library().remove(id)
 
-    @app.get("/health")
+    @app.get("/health", response_model=models.Health)
     def health():
-        return {"status": "ok", "images": len(library().current())}
+        return {"status": "ok", "images": len(library().current()),
+                "worker": os.getpid()}
 
-    @app.get("/stats")
+    @app.get("/stats", response_model=models.Stats)
     def stats():
         return library().stats()
 

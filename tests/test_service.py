@@ -7,7 +7,6 @@ import threading
 import cv2
 import numpy as np
 import pytest
-
 from bad_corpus import jpeg_claiming, png_bomb
 from conftest import textured_image, warped
 

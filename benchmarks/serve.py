@@ -1,0 +1,282 @@
+"""The service under load: 16 clients searching while one adds images.
+
+Builds (once, cached in --work) an index of 2,000 Caltech-101 images (RootSIFT,
+fixed seed), starts ``cvsearch serve`` on 127.0.0.1, and drives it with
+``--clients`` concurrent clients, each sending a fixed number of searches (photos
+from other Caltech-101 images), while one more client adds ``--adds`` images, one
+per request. Then the server is stopped and the index reloaded from disk to count
+the adds. The same searches are then run through the Python API by the same
+number of threads (read, decode, extract, query: what the service does), so the
+service's overhead over the library is a ratio measured in one run.
+
+    python benchmarks/serve.py --data ../shared/data
+
+Writes benchmarks/results/serve.json and serve.md; with --screenshot (headless
+Chromium and selenium), benchmarks/results/serve_page.png too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from datetime import date
+from pathlib import Path
+
+import numpy as np
+
+from cvsearch import FeatureExtractor, Index
+from cvsearch.datasets import caltech101
+from cvsearch.io import decode_image
+
+RESULTS = Path(__file__).resolve().parent / "results"
+TOKEN = "benchmark-token"
+
+
+def build_index(args, folder: Path, paths: list[str]) -> None:
+    if (folder / "index.json").exists():
+        return
+    index = Index.build(paths, FeatureExtractor("rootsift"), n_words=args.n_words,
+                        random_state=0, n_jobs=2, train_images=1000)
+    index.save(folder)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_server(folder: Path, port: int, workers: int):
+    import httpx
+
+    process = subprocess.Popen(
+        [sys.executable, "-m", "cvsearch", "serve", str(folder), "--port", str(port),
+         "--token", TOKEN, "--workers", str(workers), "-q"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(url + "/health", timeout=2).status_code == 200:
+                return process, url
+        except httpx.TransportError:
+            time.sleep(0.3)
+        if process.poll() is not None:
+            break
+    process.kill()
+    raise RuntimeError("the server did not start: "
+                       + process.stderr.read().decode()[-2000:])
+
+
+def percentile(values, q) -> float:
+    return float(np.percentile(np.asarray(values) * 1000, q))
+
+
+def drive(url: str, queries: list[str], adds: list[str], args) -> dict:
+    """The clients: searches split over ``args.clients`` threads, adds in one."""
+    import httpx
+
+    latencies, errors, acknowledged = [], [], []
+    lock = threading.Lock()
+
+    def searcher(mine: list[str]):
+        with httpx.Client(base_url=url, timeout=120) as client:
+            for path in mine:
+                data = Path(path).read_bytes()
+                started = time.perf_counter()
+                try:
+                    answer = client.post("/search", files={
+                        "image": (Path(path).name, data, "image/jpeg")},
+                        data={"k": str(args.k), "rerank": str(args.rerank)})
+                    ok = answer.status_code == 200
+                except httpx.HTTPError as error:
+                    ok, answer = False, error
+                took = time.perf_counter() - started
+                with lock:
+                    (latencies.append(took) if ok else errors.append(
+                        f"search {path}: {getattr(answer, 'text', answer)}"))
+
+    def adder():
+        with httpx.Client(base_url=url, timeout=120) as client:
+            for path in adds:
+                try:
+                    answer = client.post(
+                        "/images", headers={"Authorization": f"Bearer {TOKEN}"},
+                        files={"images": (Path(path).name, Path(path).read_bytes(),
+                                          "image/jpeg")})
+                    ok = answer.status_code == 201
+                except httpx.HTTPError as error:
+                    ok, answer = False, error
+                with lock:
+                    if ok:
+                        acknowledged.extend(a["name"] for a in answer.json()["added"])
+                    else:
+                        errors.append(f"add {path}: {getattr(answer, 'text', answer)}")
+
+    shares = [queries[i::args.clients] for i in range(args.clients)]
+    threads = [threading.Thread(target=searcher, args=(s,)) for s in shares]
+    threads.append(threading.Thread(target=adder))
+    started = time.perf_counter()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    wall = time.perf_counter() - started
+    return {"queries": len(latencies), "errors": errors, "wall_s": round(wall, 2),
+            "queries_per_s": round(len(latencies) / wall, 2),
+            "p50_ms": round(percentile(latencies, 50), 1),
+            "p95_ms": round(percentile(latencies, 95), 1),
+            "acknowledged": acknowledged}
+
+
+def library_run(folder: Path, queries: list[str], args) -> dict:
+    """The same searches through the Python API, from the same number of threads."""
+    index = Index.load(folder)
+    index.query(index.extractor.extract(decode_image(
+        Path(queries[0]).read_bytes(), queries[0], grayscale=False)), k=args.k)
+
+    def one(path):
+        started = time.perf_counter()
+        image = decode_image(Path(path).read_bytes(), path, grayscale=False)
+        index.query(index.extractor.extract(image), k=args.k, rerank=args.rerank)
+        return time.perf_counter() - started
+
+    started = time.perf_counter()
+    with ThreadPoolExecutor(args.clients) as pool:
+        latencies = list(pool.map(one, queries))
+    wall = time.perf_counter() - started
+    return {"queries": len(latencies), "wall_s": round(wall, 2),
+            "queries_per_s": round(len(latencies) / wall, 2),
+            "p50_ms": round(percentile(latencies, 50), 1),
+            "p95_ms": round(percentile(latencies, 95), 1)}
+
+
+def screenshot(url: str, query: str, path: Path) -> None:
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = "/usr/bin/chromium"
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu",
+                 "--disable-background-networking", "--disable-component-update",
+                 "--disable-sync", "--no-first-run", "--window-size=1280,860",
+                 "--hide-scrollbars"):
+        options.add_argument(flag)
+    driver = webdriver.Chrome(service=Service("/usr/bin/chromedriver"), options=options)
+    try:
+        driver.get(url + "/")
+        driver.find_element(By.ID, "file").send_keys(os.path.abspath(query))
+        WebDriverWait(driver, 60).until(lambda d: d.execute_script(
+            "const i = [...document.querySelectorAll('#results img')];"
+            "return i.length > 0 && i.every(x => x.complete && x.naturalWidth > 0)"))
+        driver.save_screenshot(str(path))
+    finally:
+        driver.quit()
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data", default=None, help="folder holding caltech101/")
+    parser.add_argument("--images", type=int, default=2000)
+    parser.add_argument("--n-words", type=int, default=20_000)
+    parser.add_argument("--clients", type=int, default=16)
+    parser.add_argument("--queries", type=int, default=320,
+                        help="searches in all (split over the clients)")
+    parser.add_argument("--adds", type=int, default=100)
+    parser.add_argument("--k", type=int, default=10)
+    parser.add_argument("--rerank", type=int, default=50)
+    parser.add_argument("--workers", type=int, default=1, help="server processes")
+    parser.add_argument("--screenshot", action="store_true",
+                        help="also write results/serve_page.png (headless Chromium)")
+    parser.add_argument("--work", default=None, help="scratch folder (default: temp)")
+    args = parser.parse_args(argv)
+    work = Path(args.work or tempfile.mkdtemp(prefix="cvsearch-serve-"))
+    work.mkdir(parents=True, exist_ok=True)
+    data = caltech101(args.data, download=False)
+    order = np.random.default_rng(0).permutation(len(data.paths))
+    indexed = [data.paths[i] for i in order[:args.images]]
+    adds = [data.paths[i] for i in order[args.images:args.images + args.adds]]
+    queries = [data.paths[i] for i in order[-args.queries:]]
+    cached = work / f"index-{args.images}"
+    build_index(args, cached, indexed)
+    folder = work / "served"  # a fresh copy: the adds go there
+    subprocess.run(["rm", "-rf", str(folder)], check=True)
+    subprocess.run(["cp", "-r", str(cached), str(folder)], check=True)
+
+    process, url = start_server(folder, free_port(), args.workers)
+    try:
+        if args.screenshot:
+            screenshot(url, queries[0], RESULTS / "serve_page.png")
+        service = drive(url, queries, adds, args)
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.wait(60)
+    reloaded = Index.load(folder)
+    names = set(reloaded.names.values())
+    acknowledged = service.pop("acknowledged")
+    lost = [n for n in acknowledged if n not in names]
+    library = library_run(Path(cached), queries, args)
+    result = {
+        "service": service, "library": library,
+        "adds_acknowledged": len(acknowledged), "adds_lost": len(lost),
+        "images_after": len(reloaded),
+        "p50_service_over_library": round(service["p50_ms"] / library["p50_ms"], 3),
+        "qps_service_over_library": round(service["queries_per_s"]
+                                          / library["queries_per_s"], 3)}
+    print(json.dumps(result, indent=1))
+    write_results(args, argv, result)
+    return 0 if not service["errors"] and not lost else 1
+
+
+def write_results(args, argv, result):
+    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    meta = {"command": "python benchmarks/serve.py " + " ".join(
+        argv if argv is not None else sys.argv[1:]),
+        "date": date.today().isoformat(),
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores, {memory:.0f} GiB, "
+                   f"Python {platform.python_version()}"}
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "serve.json").write_text(json.dumps(
+        {**meta, "settings": {k: v for k, v in vars(args).items()
+                              if k not in ("work", "data")}, **result}, indent=1) + "\n")
+    s, lib = result["service"], result["library"]
+    lines = [
+        "# The service under load", "",
+        f"`{meta['command']}` on {meta['date']} ({meta['machine']}).", "",
+        f"An index of {args.images:,} Caltech-101 images (RootSIFT, {args.n_words:,} "
+        f"words) served by `cvsearch serve` on 127.0.0.1 ({args.workers} worker). "
+        f"{args.clients} clients send {args.queries} searches in all (k={args.k}, "
+        f"re-rank {args.rerank}; photos of other Caltech-101 images) while one more "
+        f"client adds {args.adds} images, one per request, each saved before its "
+        "answer. Then the same searches through the Python API from as many threads "
+        "(read, decode, extract, query).", "",
+        "| | searches | errors | queries/s | p50 ms | p95 ms |",
+        "|---|---|---|---|---|---|",
+        f"| service (HTTP) | {s['queries']} | {len(s['errors'])} | "
+        f"{s['queries_per_s']} | {s['p50_ms']} | {s['p95_ms']} |",
+        f"| Python API, same searches | {lib['queries']} | 0 | {lib['queries_per_s']} "
+        f"| {lib['p50_ms']} | {lib['p95_ms']} |",
+        f"| service / library | | | {result['qps_service_over_library']} | "
+        f"{result['p50_service_over_library']} | |", "",
+        f"Adds: {result['adds_acknowledged']} acknowledged, {result['adds_lost']} lost "
+        f"(counted in the index reloaded from disk after the run: "
+        f"{result['images_after']:,} images).", ""]
+    if s["errors"]:
+        lines += ["Errors:", ""] + [f"- {e[:200]}" for e in s["errors"][:20]]
+    (RESULTS / "serve.md").write_text("\n".join(lines) + "\n")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,242 @@
+"""``cvsearch serve`` as a real process on 127.0.0.1: killed with SIGKILL in the
+middle of a stream of adds it loses no acknowledged add, and its page works in a
+real (headless Chromium) browser."""
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import cv2
+import pytest
+from conftest import UKBENCH, textured_image, warped
+
+pytest.importorskip("fastapi", reason="the service needs the 'server' extra")
+httpx = pytest.importorskip("httpx", reason="the service tests need httpx")
+
+from cvsearch import FeatureExtractor, Index  # noqa: E402
+
+TOKEN = "t0ken"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    """``python -m cvsearch serve`` in a child process, up when /health answers."""
+
+    def __init__(self, index_dir, *extra, cwd=None):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "cvsearch", "serve", str(index_dir), "--port",
+             str(self.port), "--token", TOKEN, "-q", *extra],
+            cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if httpx.get(self.url + "/health", timeout=2).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError("the server did not start: "
+                                   + self.process.stderr.read().decode()[-2000:])
+            time.sleep(0.2)
+
+    def kill(self):
+        self.process.send_signal(signal.SIGKILL)
+        self.process.wait(30)
+
+    def stop(self):
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(30)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+
+@pytest.fixture()
+def index_dir(trained_index, tmp_path):
+    folder = tmp_path / "index"
+    trained_index.save(folder)
+    return folder
+
+
+def test_kill_9_during_adds_loses_no_acknowledged_add(index_dir):
+    """Two clients add images one by one; the server is killed with SIGKILL while
+    adds are in flight. After a restart, every add answered with success is in
+    the index (and nothing half-written breaks loading)."""
+    server = Server(index_dir)
+    acknowledged, failures, lock = [], [], threading.Lock()
+    stop = threading.Event()
+
+    def adder(first: int):
+        with httpx.Client(base_url=server.url, timeout=30) as client:
+            for i in range(first, first + 200):
+                if stop.is_set():
+                    return
+                data = cv2.imencode(".png", textured_image(1000 + i, size=240))[1]
+                try:
+                    answer = client.post(
+                        "/images", headers={"Authorization": f"Bearer {TOKEN}"},
+                        files={"images": (f"img{i}.png", data.tobytes(), "image/png")})
+                except httpx.TransportError:
+                    return  # killed while this one was in flight: not acknowledged
+                if answer.status_code != 201:
+                    failures.append(answer.text)
+                    return
+                with lock:
+                    acknowledged.extend(a["name"] for a in answer.json()["added"])
+
+    adders = [threading.Thread(target=adder, args=(k * 1000,)) for k in range(2)]
+    for thread in adders:
+        thread.start()
+    deadline = time.monotonic() + 120
+    while len(acknowledged) < 8 and time.monotonic() < deadline and not failures:
+        time.sleep(0.05)
+    server.kill()  # SIGKILL: no clean-up of any kind
+    stop.set()
+    for thread in adders:
+        thread.join(60)
+    assert failures == [] and len(acknowledged) >= 8
+    restarted = Server(index_dir)
+    try:
+        names = set(Index.load(index_dir).names.values())
+        lost = [name for name in acknowledged if name not in names]
+        assert lost == []
+        # at most the adds in flight (one per client) landed without an answer
+        assert 12 + len(acknowledged) <= len(names) <= 12 + len(acknowledged) + 2
+        stats = httpx.get(restarted.url + "/stats").json()
+        assert stats["images"] == len(names)
+    finally:
+        restarted.stop()
+
+
+def test_several_workers_see_each_others_writes(index_dir):
+    """With --workers 2, an add through one process is saved under the folder's
+    lock and every worker answers with it a moment later (each reloads when the
+    saved generation changes, checked once a second)."""
+    server = Server(index_dir, "--workers", "2")
+    try:
+        with httpx.Client(base_url=server.url, timeout=60) as client:
+            auth = {"Authorization": f"Bearer {TOKEN}"}
+            new = textured_image(77)
+            ids = []
+            for i in range(4):  # the requests land on either worker
+                answer = client.post("/images", headers=auth, files={"images": (
+                    f"w{i}.png", cv2.imencode(".png", textured_image(80 + i))[1]
+                    .tobytes(), "image/png")})
+                assert answer.status_code == 201, answer.text
+                ids += [a["id"] for a in answer.json()["added"]]
+            assert ids == [12, 13, 14, 15]  # no worker lost another's add
+            answer = client.post("/images", headers=auth, files={"images": (
+                "new.png", cv2.imencode(".png", new)[1].tobytes(), "image/png")})
+            assert answer.json()["added"][0]["id"] == 16
+            time.sleep(1.5)
+        query = cv2.imencode(".png", warped(new, rotation=8)[0])[1].tobytes()
+        workers = set()
+        for _ in range(40):  # a new connection each: both workers answer
+            health = httpx.get(server.url + "/health", timeout=30).json()
+            workers.add(health["worker"])
+            assert health["images"] == 17
+            found = httpx.post(server.url + "/search", data={"k": "1"}, timeout=30,
+                               files={"image": ("q.png", query, "image/png")}).json()
+            assert found["results"][0]["id"] == 16
+            if len(workers) == 2:
+                break
+        assert len(workers) == 2
+    finally:
+        server.stop()
+    assert len(Index.load(index_dir)) == 17
+
+
+# ------------------------------------------------------------------ browser
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+CHROMEDRIVER = shutil.which("chromedriver")
+
+
+def browser():
+    """Headless Chromium driven by Selenium (Debian's chromium + chromium-driver)."""
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic",
+                 "--no-first-run", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync",
+                 "--disable-dev-shm-usage", "--window-size=1280,900"):
+        options.add_argument(flag)
+    return webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+
+
+def photos_and_query(tmp_path, trained_index):
+    """(index folder, query file, names expected first): the first 16 UKBench
+    photos when the shared data is here, else synthetic textures."""
+    if (UKBENCH / "images").is_dir():
+        paths = [str(UKBENCH / "images" / f"ukbench{i:05d}.jpg") for i in range(16)]
+        index = Index.build(paths, FeatureExtractor("rootsift"), n_words=1000,
+                            random_state=0)
+        folder = tmp_path / "ukbench-index"
+        index.save(folder)
+        return folder, paths[1], {Path(p).name for p in paths[:4]}
+    folder = tmp_path / "index"
+    trained_index.save(folder)
+    query = tmp_path / "photo of texture 5.png"
+    cv2.imwrite(str(query), warped(textured_image(5), rotation=12, scale=0.9)[0])
+    return folder, str(query), {"texture_05.png"}
+
+
+@pytest.mark.skipif(not (CHROMIUM and CHROMEDRIVER),
+                    reason="no headless browser: install Debian's chromium and "
+                           "chromium-driver (.ci/run does)")
+def test_the_page_in_a_real_browser(tmp_path, trained_index):
+    pytest.importorskip("selenium", reason="the browser test needs selenium")
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    folder, query, expected = photos_and_query(tmp_path, trained_index)
+    server = Server(folder)
+    driver = browser()
+    try:
+        driver.get(server.url + "/")
+        WebDriverWait(driver, 30).until(
+            lambda d: "images" in d.find_element(By.ID, "stats").text)
+        driver.find_element(By.ID, "file").send_keys(os.path.abspath(query))
+        WebDriverWait(driver, 60).until(
+            lambda d: d.find_elements(By.CSS_SELECTOR, "#results li.card"))
+        cards = driver.find_elements(By.CSS_SELECTOR, "#results li.card")
+        names = [Path(card.get_attribute("data-name")).name for card in cards]
+        assert expected <= set(names[:len(expected)]), names
+        assert "results in" in driver.find_element(By.ID, "timing").text
+        # thumbnails loaded, and a result opens its match picture
+        WebDriverWait(driver, 30).until(lambda d: d.execute_script(
+            "return [...document.querySelectorAll('#results img')]"
+            ".every(i => i.complete && i.naturalWidth > 0)"))
+        cards[0].click()
+        WebDriverWait(driver, 30).until(lambda d: d.execute_script(
+            "const i = document.getElementById('viewer-image');"
+            "return document.getElementById('viewer').open && i.complete"
+            " && i.naturalWidth > 0"))
+        # a bad file gets the service's message, shown on the page
+        bad = tmp_path / "notes.png"
+        bad.write_bytes(b"not an image at all")
+        driver.find_element(By.CSS_SELECTOR, "#viewer .close").click()
+        driver.find_element(By.ID, "file").send_keys(str(bad))
+        WebDriverWait(driver, 30).until(
+            lambda d: d.find_element(By.ID, "error").is_displayed())
+        assert "not an image" in driver.find_element(By.ID, "error").text
+    finally:
+        driver.quit()
+        server.stop()
