@@ -24,7 +24,7 @@ from cvsearch.parallel import ImageWords, SkippedImage, check_words, extract_man
 from cvsearch.scoring import top_k
 from cvsearch.store import Segment, Store
 from cvsearch.vocabulary import Vocabulary, sample_rows
-from cvsearch.weighting import pyramid_size, spatial_bag_of_words, tfidf
+from cvsearch.weighting import pyramid_size, query_tfidf
 
 logger = logging.getLogger(__name__)
 
@@ -683,6 +683,9 @@ class Index:
             Best first; ``index.names[ids[i]]`` is the name.
         inliers : ndarray of shape (min(k, len(index)),), int32
             Only with ``return_inliers``: RANSAC inliers, -1 where not verified.
+            RANSAC runs as long as finding ``min_inliers`` inliers needs, so
+            counts below ``min_inliers`` are lower bounds (:meth:`inliers`
+            gives full counts).
 
         Raises
         ------
@@ -742,10 +745,9 @@ class Index:
     def _rank(self, snapshot: _Snapshot, words, keypoints, image_shape, k: int,
               rerank: int, min_inliers: int, exclude: int | None = None):
         store = snapshot.store
-        query = tfidf(spatial_bag_of_words(
-            words, keypoints, np.array([image_shape]), np.array([0, len(words)]),
-            store.n_words, store.levels), store.weights().idf, store.power)
-        scores = store.scores(query.indices, query.data)
+        columns, values = query_tfidf(words, keypoints, image_shape, store.n_words,
+                                      store.levels, store.weights().idf, store.power)
+        scores = store.scores(columns, values)
         n = len(store)
         if exclude is not None:
             scores[store.position(exclude)] = -np.inf
@@ -758,7 +760,7 @@ class Index:
         inliers = np.full(n, -1, np.int32)
         if rerank:
             short = ids[:rerank]
-            verified = self._verify(snapshot, words, keypoints, short)
+            verified = self._verify(snapshot, words, keypoints, short, min_inliers)
             order = _rerank.reorder(verified, min_inliers)
             ids[:len(short)] = short[order]
             top_scores[:len(short)] = top_scores[:len(short)][order]
@@ -766,10 +768,12 @@ class Index:
         m = min(k, n)
         return top_scores[:m], ids[:m], inliers[:m]
 
-    def _verify(self, snapshot: _Snapshot, words, keypoints, ids) -> np.ndarray:
+    def _verify(self, snapshot: _Snapshot, words, keypoints, ids,
+                min_inliers: int | None = None) -> np.ndarray:
         candidates = (snapshot.store.image(int(i)) for i in ids)
         return _rerank.verify_shortlist(words, keypoints, candidates,
-                                        max_side=self.extractor.max_side)
+                                        max_side=self.extractor.max_side,
+                                        min_inliers=min_inliers)
 
     def similar(self, id: int, k: int = 10, *, rerank: int = 0, min_inliers: int = 20,
                 return_inliers: bool = False):

@@ -51,7 +51,7 @@ from typing import NamedTuple
 import numpy as np
 
 from cvsearch._threads import map_in_pool
-from cvsearch.weighting import pyramid_size, spatial_bag_of_words
+from cvsearch.weighting import inverse_norms, pyramid_size, spatial_bag_of_words
 
 
 def smallest_uint(maximum: int) -> np.dtype:
@@ -602,19 +602,23 @@ class Store:
         rows, tf = np.asarray(segment.post_rows), np.asarray(segment.post_tf)
         kernel = _compiled(_norm_squares)
         if kernel is not None and tf.dtype.itemsize <= 2:
-            squares = kernel(indptr, rows, tf, self._tf_table(tf.dtype), idf_power,
-                             len(segment))
+            table = self._tf_table(tf.dtype)
+            squares = kernel(indptr, rows, tf, table, idf_power, len(segment))
+            # numba makes one version of a loop per dtype combination (compiled
+            # or loaded from its cache, milliseconds): have the scoring loop's
+            # ready now rather than in the first query of this state
+            _compiled(_accumulate)(indptr, rows, tf, np.zeros(0, np.int64),
+                                   np.zeros(0, np.float32), table, 0)
+            norms = np.sqrt(squares)
+            inv = np.divide(1.0, norms, out=np.zeros_like(norms),
+                            where=norms > 0).astype(np.float32)
         else:
             columns = np.repeat(np.arange(self.n_columns), np.diff(indptr))
-            value = self._tf_power(tf) * idf_power[columns]
-            squares = np.bincount(np.asarray(rows, np.int64),
-                                  weights=value.astype(np.float64) ** 2,
-                                  minlength=len(segment))
-        norms = np.sqrt(squares)
-        inv = np.divide(1.0, norms, out=np.zeros_like(norms), where=norms > 0)
+            inv = inverse_norms(self._tf_power(tf) * idf_power[columns],
+                                np.asarray(rows, np.int64), len(segment))
         if mask is not None:
             inv[mask] = 0.0
-        return inv.astype(np.float32)
+        return inv
 
     def scores(self, query_columns: np.ndarray, query_values: np.ndarray):
         """Cosine scores of a query with every image, deleted ones at -inf.

@@ -53,3 +53,22 @@ def test_warped_copy_ranks_first_with_most_inliers(trained_index, images, rotati
     all_inliers = trained_index.inliers(query, range(len(trained_index)))
     assert all_inliers.argmax() == ids[0]
     assert np.sort(all_inliers)[-2] < 20  # no other image is verified
+
+
+def test_iterations_needed_follow_the_smallest_model_worth_keeping():
+    from cvsearch.rerank import iterations_needed
+
+    assert iterations_needed(3, 20) == 0  # no homography from 3 pairs
+    assert iterations_needed(20, 20) == 1  # all pairs must be inliers
+    assert iterations_needed(60, 20) == 427  # log(0.005) / log(1 - (1/3) ** 4)
+    assert iterations_needed(400, 20) == 2000  # capped: as before
+    # and the cap still finds a true homography hidden among mostly wrong pairs
+    rng = np.random.default_rng(3)
+    points = rng.uniform(0, 500, (25, 2))
+    truth = np.array([[0.9, -0.2, 30], [0.15, 1.1, -20], [1e-4, 2e-4, 1]])
+    mapped = cv2.perspectiveTransform(points[None], truth)[0]
+    query = np.vstack([points, rng.uniform(0, 500, (35, 2))])
+    db = np.vstack([mapped, rng.uniform(0, 500, (35, 2))])
+    n, _ = count_inliers(query.astype(np.float32), db.astype(np.float32),
+                         max_iters=iterations_needed(60, 20))
+    assert n >= 23
