@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import signal
 import socket
 import subprocess
@@ -29,10 +28,10 @@ import tempfile
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from datetime import date
 from pathlib import Path
 
 import numpy as np
+from _common import run_metadata
 
 from cvsearch import FeatureExtractor, Index
 from cvsearch.datasets import caltech101
@@ -241,12 +240,7 @@ def main(argv=None) -> int:
 
 
 def write_results(args, argv, result):
-    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
-    meta = {"command": "python benchmarks/serve.py " + " ".join(
-        argv if argv is not None else sys.argv[1:]),
-        "date": date.today().isoformat(),
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores, {memory:.0f} GiB, "
-                   f"Python {platform.python_version()}"}
+    meta = run_metadata("serve.py", argv)
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "serve.json").write_text(json.dumps(
         {**meta, "settings": {k: v for k, v in vars(args).items()

@@ -264,12 +264,15 @@ def cmd_serve(args):
     settings = Settings(index_dir=Path(args.index), token=token,
                         max_upload_bytes=args.max_upload_mb * 2**20,
                         images_root=Path(args.images_root).resolve())
-    if not args.quiet:
-        mode = "read-write (token set)" if token else "read-only (no --token)"
-        print(f"serving {args.index} on http://{args.host}:{args.port}/ ({mode}); "
-              "Ctrl-C stops", file=sys.stderr, flush=True)
+    mode = "read-write (token set)" if token else "read-only: no --token"
+
+    def announce():
+        if not args.quiet:
+            print(f"serving {args.index} on http://{args.host}:{args.port}/ ({mode}); "
+                  "Ctrl-C stops", file=sys.stderr, flush=True)
+
     serve(settings, host=args.host, port=args.port, workers=args.workers,
-          log_level="warning" if args.quiet else "info")
+          log_level="warning" if args.quiet else "info", ready=announce)
 
 
 def _write_picture(path, picture, cv2):

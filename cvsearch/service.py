@@ -638,8 +638,9 @@ def create_app(settings: Settings | None = None):
 
 
 def serve(settings: Settings, *, host: str = "127.0.0.1", port: int = 8000,
-          workers: int = 1, log_level: str = "warning") -> None:
-    """Run the service with uvicorn until it is stopped."""
+          workers: int = 1, log_level: str = "warning", ready=None) -> None:
+    """Run the service with uvicorn until it is stopped (``ready()`` is called
+    once the index is found usable, before the server starts)."""
     import uvicorn
 
     os.environ.update({
@@ -649,5 +650,7 @@ def serve(settings: Settings, *, host: str = "127.0.0.1", port: int = 8000,
     if settings.token:
         os.environ["CVSEARCH_TOKEN"] = settings.token
     Library(settings)  # fail here, with a clear message, if the index is unusable
+    if ready is not None:
+        ready()
     uvicorn.run("cvsearch.service:create_app", factory=True, host=host, port=port,
                 workers=workers, log_level=log_level)

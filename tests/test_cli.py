@@ -147,9 +147,14 @@ def test_error_paths(workdir):
 
 
 def test_help_lists_every_option_with_its_default():
-    for command in ("index", "add", "remove", "query", "info"):
+    for command in ("index", "add", "remove", "query", "info", "serve"):
         code, out, _ = run(command, "--help", cwd=".")
         assert code == 0
+    code, out, _ = run("serve", "--help", cwd=".")
+    out = " ".join(out.split())  # help lines wrap anywhere
+    for option in ("--host", "--port", "--workers", "--token", "--max-upload-mb"):
+        assert option in out
+    assert "(default: 127.0.0.1)" in out and "(default: 20)" in out
     code, out, _ = run("index", "--help", cwd=".")
     for option in ("--features", "--words", "--jobs", "--seed", "--max-side",
                    "--dense-step", "--power", "--pyramid"):
@@ -184,6 +189,8 @@ def test_synthetic_round_trip_and_errors_need_no_data(image_files, tmp_path):
                                cwd=tmp_path)[::2], "notes.txt", "cannot decode")
     assert_one_line_error(*run("query", "nowhere", image_files[0], cwd=tmp_path)[::2],
                           "no such index")
+    assert_one_line_error(*run("serve", "nowhere", cwd=tmp_path)[::2], "no such index")
+    assert_one_line_error(*run("serve", photos, cwd=tmp_path)[::2], "no index there")
     # read limits given to index are kept with the index: add and query use them
     code, _, err = run("index", photos, "-o", "strict", "--words", "200", "--features",
                        "sift", "--max-pixels", "300000", "-q", cwd=tmp_path)
