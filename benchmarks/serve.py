@@ -55,13 +55,14 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(folder: Path, port: int, workers: int):
+def start_server(folder: Path, port: int, workers: int, log: Path):
     import httpx
 
+    # stderr to a file, not a pipe: a pipe nobody reads fills up and blocks it
     process = subprocess.Popen(
         [sys.executable, "-m", "cvsearch", "serve", str(folder), "--port", str(port),
          "--token", TOKEN, "--workers", str(workers), "-q"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        stdout=subprocess.DEVNULL, stderr=open(log, "wb"))
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
@@ -73,8 +74,7 @@ def start_server(folder: Path, port: int, workers: int):
         if process.poll() is not None:
             break
     process.kill()
-    raise RuntimeError("the server did not start: "
-                       + process.stderr.read().decode()[-2000:])
+    raise RuntimeError("the server did not start: " + log.read_text()[-2000:])
 
 
 def percentile(values, q) -> float:
@@ -214,7 +214,8 @@ def main(argv=None) -> int:
     subprocess.run(["rm", "-rf", str(folder)], check=True)
     subprocess.run(["cp", "-r", str(cached), str(folder)], check=True)
 
-    process, url = start_server(folder, free_port(), args.workers)
+    log = work / "server.log"
+    process, url = start_server(folder, free_port(), args.workers, log)
     try:
         if args.screenshot:
             screenshot(url, queries[0], RESULTS / "serve_page.png")
@@ -222,6 +223,7 @@ def main(argv=None) -> int:
     finally:
         process.send_signal(signal.SIGTERM)
         process.wait(60)
+    service["server_errors"] = log.read_text().count("Traceback")
     reloaded = Index.load(folder)
     names = set(reloaded.names.values())
     acknowledged = service.pop("acknowledged")
@@ -236,7 +238,8 @@ def main(argv=None) -> int:
                                           / library["queries_per_s"], 3)}
     print(json.dumps(result, indent=1))
     write_results(args, argv, result)
-    return 0 if not service["errors"] and not lost else 1
+    return 0 if not service["errors"] and not lost and not service[
+        "server_errors"] else 1
 
 
 def write_results(args, argv, result):
@@ -264,6 +267,7 @@ def write_results(args, argv, result):
         f"| {lib['p50_ms']} | {lib['p95_ms']} |",
         f"| service / library | | | {result['qps_service_over_library']} | "
         f"{result['p50_service_over_library']} | |", "",
+        f"Server-side errors logged: {s['server_errors']}. "
         f"Adds: {result['adds_acknowledged']} acknowledged, {result['adds_lost']} lost "
         f"(counted in the index reloaded from disk after the run: "
         f"{result['images_after']:,} images).", ""]

@@ -74,6 +74,8 @@ class Settings:
         Longest side of thumbnails, pixels.
     recent_queries : int
         Searches kept for their match pictures.
+    refresh_seconds : float
+        How often a worker checks whether another process saved the index.
     """
 
     index_dir: Path
@@ -84,6 +86,7 @@ class Settings:
     max_rerank: int = 200
     thumbnail_side: int = 256
     recent_queries: int = 64
+    refresh_seconds: float = 1.0
 
     @classmethod
     def from_environment(cls) -> "Settings":
@@ -129,11 +132,11 @@ class Library:
         if not (self.index_dir / storage.MANIFEST).is_file():
             raise FileNotFoundError(f"{self.index_dir}: no index there; build one with "
                                     "'cvsearch index IMAGE_DIR -o INDEX_DIR'")
-        self.index = Index.load(self.index_dir)
-        self.generation = storage.read_generation(self.index_dir)
+        # (index, the generation it was loaded or saved as): replaced as one
+        # value, and only under _write_lock, so a reader sees a consistent pair
+        self._state = self._load()
         self._checked = time.monotonic()
         self._write_lock = threading.Lock()
-        self._reload_lock = threading.Lock()
         self._queries_lock = threading.Lock()  # for both caches below
         self._queries = collections.OrderedDict()
         self._thumbnails = collections.OrderedDict()
@@ -141,21 +144,42 @@ class Library:
         self.counts = collections.Counter()
 
     # --------------------------------------------------------------- state
+    @property
+    def index(self) -> Index:
+        return self._state[0]
+
+    @property
+    def generation(self) -> int | None:
+        return self._state[1]
+
+    def _load(self) -> tuple:
+        """``(index, generation)`` as saved now, without taking the folder's lock
+        (readers never wait for another process's writer): the generation read
+        before and after the load must agree (generations only grow)."""
+        while True:
+            before = storage.read_generation(self.index_dir)
+            index = Index.load(self.index_dir)
+            if storage.read_generation(self.index_dir) == before:
+                return index, before
+
     def current(self) -> Index:
         """The index, reloaded first if another process saved a change (checked
-        at most once a second)."""
-        if time.monotonic() - self._checked > 1.0:
+        at most every ``refresh_seconds``). A reader never waits: if a writer is busy, it
+        answers from the state it has (the writer publishes a newer one)."""
+        if time.monotonic() - self._checked >= self.settings.refresh_seconds:
             self._checked = time.monotonic()
-            if storage.read_generation(self.index_dir) != self.generation:
-                with self._reload_lock:
-                    self._reload()
+            if storage.read_generation(self.index_dir) != self.generation \
+                    and self._write_lock.acquire(blocking=False):
+                try:
+                    self._refresh()
+                finally:
+                    self._write_lock.release()
         return self.index
 
-    def _reload(self):
-        generation = storage.read_generation(self.index_dir)
-        if generation != self.generation:
-            self.index = Index.load(self.index_dir)
-            self.generation = generation
+    def _refresh(self):
+        """Reload if the folder holds a newer generation (hold ``_write_lock``)."""
+        if storage.read_generation(self.index_dir) != self.generation:
+            self._state = self._load()
 
     def path_of(self, id_: int) -> Path:
         """The file of image ``id_``: a 404 ServiceError if there is none."""
@@ -302,7 +326,7 @@ class Library:
                  f"{_safe_file_name(filename)}" for filename, data, _ in decoded]
         folder = self.index_dir / UPLOADS
         with self._write_lock, storage.writer_lock(self.index_dir):
-            self._reload()  # another worker may have saved since
+            self._refresh()  # another worker may have saved since
             index = self.index
             folder.mkdir(exist_ok=True)
             for name, (_, data, _) in zip(names, decoded):
@@ -315,10 +339,9 @@ class Library:
             try:
                 index.save(self.index_dir)
             except BaseException:
-                if added:  # not saved: not acknowledged, and not kept
-                    index.remove(added)
+                self._state = self._load()  # not saved: not acknowledged, not kept
                 raise
-            self.generation = storage.read_generation(self.index_dir)
+            self._state = (index, storage.read_generation(self.index_dir))
         self.counts["added"] += len(added)
         return {"added": [{"id": i, "name": index.names[i]} for i in added],
                 "skipped": [{"name": s.name, "reason": s.reason} for s in skipped],
@@ -327,7 +350,7 @@ class Library:
     def remove(self, id_: int) -> dict:
         """Remove image ``id_``, saved before this returns."""
         with self._write_lock, storage.writer_lock(self.index_dir):
-            self._reload()
+            self._refresh()
             index = self.index
             name = index.names.get(id_)
             if name is None:
@@ -336,9 +359,9 @@ class Library:
             try:
                 index.save(self.index_dir)
             except BaseException:
-                self.index = Index.load(self.index_dir)  # back to what is saved
+                self._state = self._load()  # back to what is saved
                 raise
-            self.generation = storage.read_generation(self.index_dir)
+            self._state = (index, storage.read_generation(self.index_dir))
         self.counts["removed"] += 1
         return {"removed": {"id": id_, "name": name}, "images": len(index)}
 

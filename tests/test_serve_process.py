@@ -8,6 +8,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -36,10 +37,12 @@ class Server:
     def __init__(self, index_dir, *extra, cwd=None):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
+        # a file, not a pipe: a pipe nobody reads fills up and blocks the server
+        self.log = tempfile.TemporaryFile()
         self.process = subprocess.Popen(
             [sys.executable, "-m", "cvsearch", "serve", str(index_dir), "--port",
              str(self.port), "--token", TOKEN, "-q", *extra],
-            cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+            cwd=cwd, stdout=subprocess.DEVNULL, stderr=self.log)
         deadline = time.monotonic() + 60
         while True:
             try:
@@ -49,9 +52,13 @@ class Server:
                 pass
             if self.process.poll() is not None or time.monotonic() > deadline:
                 self.stop()
-                raise RuntimeError("the server did not start: "
-                                   + self.process.stderr.read().decode()[-2000:])
+                raise RuntimeError("the server did not start: " + self.errors()[-2000:])
             time.sleep(0.2)
+
+    def errors(self) -> str:
+        """What the server wrote on stderr (with -q, only errors)."""
+        self.log.seek(0)
+        return self.log.read().decode(errors="replace")
 
     def kill(self):
         self.process.send_signal(signal.SIGKILL)
@@ -107,6 +114,7 @@ def test_kill_9_during_adds_loses_no_acknowledged_add(index_dir):
         time.sleep(0.05)
     server.kill()  # SIGKILL: no clean-up of any kind
     stop.set()
+    assert "Traceback" not in server.errors(), server.errors()[-3000:]
     for thread in adders:
         thread.join(60)
     assert failures == [] and len(acknowledged) >= 8
@@ -158,6 +166,7 @@ def test_several_workers_see_each_others_writes(index_dir):
         assert len(workers) == 2
     finally:
         server.stop()
+    assert "Traceback" not in server.errors(), server.errors()[-3000:]
     assert len(Index.load(index_dir)) == 17
 
 

@@ -182,9 +182,18 @@ def test_page_docs_health_and_stats(client):
     assert stats["index_disk_bytes"] > 0 and stats["uptime_s"] >= 0
 
 
-def test_queries_answer_while_images_are_added_and_removed(client, index_dir):
+@pytest.mark.parametrize("refresh_seconds", [1.0, 0.0])
+def test_queries_answer_while_images_are_added_and_removed(index_dir, refresh_seconds):
     """Each query sees one state: every answer is a 200 whose results name
-    images of the index, while another client adds and removes."""
+    images of the index, while another client adds and removes; with
+    refresh_seconds=0 every request also checks the folder for a newer save (what
+    a worker does once a second), and no add is lost to a reload racing a
+    writer."""
+    with client_of(index_dir, token=TOKEN, refresh_seconds=refresh_seconds) as client:
+        check_queries_during_writes(client, index_dir)
+
+
+def check_queries_during_writes(client, index_dir):
     auth = {"Authorization": f"Bearer {TOKEN}"}
     problems, stop = [], threading.Event()
     queries = [png(warped(textured_image(i), rotation=10)[0]) for i in range(4)]
@@ -204,7 +213,7 @@ def test_queries_answer_while_images_are_added_and_removed(client, index_dir):
     for thread in askers:
         thread.start()
     ids = []
-    for i in range(6):
+    for i in range(12):
         answer = client.post("/images", headers=auth, files={
             "images": (f"n{i}.png", png(textured_image(60 + i)), "image/png")})
         assert answer.status_code == 201, answer.text
@@ -215,4 +224,5 @@ def test_queries_answer_while_images_are_added_and_removed(client, index_dir):
     for thread in askers:
         thread.join()
     assert problems == []
-    assert len(Index.load(index_dir)) == 12 + 3
+    assert len(Index.load(index_dir)) == 12 + 6
+    assert client.get("/stats").json()["images"] == 12 + 6
