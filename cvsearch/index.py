@@ -842,6 +842,15 @@ class Index:
         """Keypoints kept for the images of the index."""
         return self._current().store.n_keypoints()
 
+    def warm_up(self) -> Index:
+        """Compute now what the first query of the current state would: the idf,
+        the norms, and the compiled loops for its segments (a service calls this
+        at start-up, so its first user does not wait). Returns self."""
+        store = self._current().store
+        if len(store):
+            store.weights()
+        return self
+
     @property
     def n_segments(self) -> int:
         """Segments of the store (see :meth:`Store.merge_tail` for when they

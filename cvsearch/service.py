@@ -160,7 +160,7 @@ class Library:
             before = storage.read_generation(self.index_dir)
             index = Index.load(self.index_dir)
             if storage.read_generation(self.index_dir) == before:
-                return index, before
+                return index.warm_up(), before
 
     def current(self) -> Index:
         """The index, reloaded first if another process saved a change (checked

@@ -510,3 +510,16 @@ def test_single_image_adds_merge_into_few_segments(trained_index, image_files):
     for w in words[:4]:
         a, b = index.query(w, k=31), at_once.query(w, k=31)
         assert np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1])
+
+
+def test_warm_up_prepares_the_first_query(trained_index, tmp_path):
+    """After warm_up, the first query of a loaded index computes no norms: the
+    norms of the state are already there (the same state answers the same)."""
+    trained_index.save(tmp_path / "index")
+    index = Index.load(tmp_path / "index")
+    store = index._current().store
+    assert store._weights is None  # loading computes nothing
+    assert index.warm_up() is index and store._weights is not None
+    before = store._weights
+    index.query(textured_image(3), k=2)
+    assert index._current().store._weights is before

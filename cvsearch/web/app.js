@@ -32,7 +32,8 @@ function card(result) {
     `<img loading="lazy" alt=""></div><div class="meta"><div class="name"></div>` +
     `<div class="score">score ${result.score.toFixed(3)}</div></div>`;
   item.querySelector("img").src = result.thumbnail_url;
-  item.querySelector(".name").textContent = result.name;
+  // the end of a long path says most: its folder and file
+  item.querySelector(".name").textContent = result.name.split("/").slice(-2).join("/");
   item.querySelector(".name").title = result.name;
   item.addEventListener("click", () => openMatch(result));
   return item;
