@@ -21,7 +21,6 @@ from cvsearch import storage
 from cvsearch._validation import check_float, check_int, check_n_jobs
 from cvsearch.features import FeatureExtractor, Features
 from cvsearch.parallel import ImageWords, SkippedImage, check_words, extract_many
-from cvsearch.scoring import top_k
 from cvsearch.store import Segment, Store
 from cvsearch.vocabulary import Vocabulary, sample_rows
 from cvsearch.weighting import pyramid_size, query_tfidf
@@ -747,16 +746,8 @@ class Index:
         store = snapshot.store
         columns, values = query_tfidf(words, keypoints, image_shape, store.n_words,
                                       store.levels, store.weights().idf, store.power)
-        scores = store.scores(columns, values)
-        n = len(store)
-        if exclude is not None:
-            scores[store.position(exclude)] = -np.inf
-            n -= 1
-        # Rows are in id order, so top_k's ties (to the smaller row) go to the
-        # smaller id; deleted rows score -inf and fall outside the first n.
-        top_scores, rows = top_k(scores, max(k, rerank))
-        n = min(n, max(k, rerank))
-        top_scores, ids = top_scores[:n], store.ids_at(rows[:n])
+        top_scores, ids = store.best(columns, values, max(k, rerank), exclude)
+        n = len(ids)
         inliers = np.full(n, -1, np.int32)
         if rerank:
             short = ids[:rerank]

@@ -51,6 +51,7 @@ from typing import NamedTuple
 import numpy as np
 
 from cvsearch._threads import map_in_pool
+from cvsearch.scoring import top_k
 from cvsearch.weighting import inverse_norms, pyramid_size, spatial_bag_of_words
 
 
@@ -645,6 +646,54 @@ class Store:
             return np.zeros(0, np.float32)
         return np.concatenate(map_in_pool(
             lambda item: self._segment_scores(*item, query_columns, factor), work))
+
+    def best(self, query_columns: np.ndarray, query_values: np.ndarray, m: int,
+             exclude: int | None = None):
+        """The ``m`` best live images for a query, best first; ties go to the
+        smaller id (as :func:`cvsearch.scoring.top_k` over :meth:`scores`).
+
+        Each segment keeps its own ``m`` best while it is scored (on the thread
+        pool), and only those are merged: no score vector of the whole index is
+        built or sorted.
+
+        Parameters
+        ----------
+        query_columns, query_values
+            As for :meth:`scores`.
+        m : int
+            >= 1.
+        exclude : int, optional
+            An id left out (for "more like this").
+
+        Returns
+        -------
+        scores : ndarray of shape (min(m, live images),), float32
+        ids : ndarray of the same shape, int64
+        """
+        weights = self.weights()
+        factor = (np.asarray(query_values, np.float32)
+                  * weights.idf_power[query_columns])
+        query_columns = np.asarray(query_columns, np.int64)
+        where = self.locate(exclude) if exclude is not None else None
+
+        def segment_best(index):
+            segment = self.segments[index]
+            part = self._segment_scores(segment, self.deleted[index],
+                                        weights.inv_norms[index], query_columns, factor)
+            if where is not None and where[0] == index:
+                part[where[1]] = -np.inf
+            scores, rows = top_k(part, m)
+            keep = rows >= 0
+            return scores[keep], np.asarray(segment.ids, np.int64)[rows[keep]]
+
+        found = map_in_pool(segment_best, list(range(len(self.segments))))
+        if not found:
+            return np.zeros(0, np.float32), np.zeros(0, np.int64)
+        scores = np.concatenate([f[0] for f in found])
+        ids = np.concatenate([f[1] for f in found])
+        order = np.lexsort((ids, -scores))  # best first, then the smaller id
+        n = min(m, len(self) - (exclude is not None))
+        return scores[order[:n]], ids[order[:n]]
 
     def _segment_scores(self, segment, mask, inv, query_columns, factor):
         # Plain views of the (memory-mapped) arrays, and a column's postings as

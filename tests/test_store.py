@@ -193,3 +193,29 @@ def test_tail_merging_bounds_the_segments_and_keeps_the_scores():
         b, _ = store_query(never, query, never.weights().idf)
         assert np.array_equal(a[a > -np.inf], b)
         assert ids[a > -np.inf].tolist() == store.ids().tolist()
+
+
+def test_best_equals_top_k_over_all_scores_with_ties_and_deletions():
+    """Each segment keeps its own m best while it is scored; the merged result is
+    top_k over every score (ties to the smaller id), deleted and excluded ids left
+    out."""
+    from cvsearch.scoring import top_k
+
+    images = random_images(30, seed=12)
+    images += [(f"copy {i}", *images[i][1:]) for i in range(0, 30, 3)]  # ties
+    store = store_of([images[:9], images[9:10], images[10:27], images[27:]])
+    store = store.remove([4, 11, 31])
+    for query in random_images(6, seed=13):
+        q = tfidf(spatial_bag_of_words(query[1], query[2], np.array([query[3]]),
+                                       np.array([0, len(query[1])]), N_WORDS, 0),
+                  store.weights().idf, 1.0)
+        all_scores = store.scores(q.indices, q.data)
+        for m, exclude in [(1, None), (5, None), (12, 6), (40, None), (40, 30)]:
+            scores = all_scores.copy()
+            if exclude is not None:
+                scores[store.position(exclude)] = -np.inf
+            expected_scores, rows = top_k(scores, m)
+            n = min(m, len(store) - (exclude is not None))
+            got_scores, got_ids = store.best(q.indices, q.data, m, exclude)
+            assert got_ids.tolist() == store.ids_at(rows[:n]).tolist()
+            assert np.array_equal(got_scores, expected_scores[:n])
