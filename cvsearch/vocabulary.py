@@ -278,31 +278,14 @@ class Vocabulary:
 
     @staticmethod
     def _nearest(data, centers, sqnorms, chunk: int = 2048):
-        """Exact nearest centre; returns (index int32, squared distance float64).
-
-        The float32 matrix product ranks the centres fast, but its rounding
-        depends on the BLAS threads and on how many descriptors are assigned
-        together; so the three closest by it are measured again, one pair at a
-        time in float64, and the closest of those wins (ties: the smaller word).
-        A descriptor then gets the same word in a serial build, in a worker or in
-        any batch (``tests/test_vocabulary.py``).
-        """
+        """Exact nearest centre; returns (index int32, squared distance minus |x|^2)."""
         index = np.empty(len(data), np.int32)
-        value = np.empty(len(data), np.float64)
-        k = min(3, len(centers))
+        value = np.empty(len(data), np.float32)
         for start in range(0, len(data), chunk):
-            block = data[start:start + chunk]
-            # |x - c|^2 = |x|^2 - 2 x.c + |c|^2; |x|^2 does not change the ranking.
-            d = sqnorms - 2.0 * (block @ centers.T)
-            top = (np.argpartition(d, k - 1, axis=1)[:, :k] if d.shape[1] > k
-                   else np.broadcast_to(np.arange(d.shape[1]), d.shape))
-            diff = block[:, None, :].astype(np.float64) - centers[top].astype(np.float64)
-            exact = np.einsum("ijk,ijk->ij", diff, diff)
-            # the smallest distance, and among equal ones the smallest word
-            order = np.lexsort((top, exact), axis=1)[:, 0]
-            rows = np.arange(len(block))
-            index[start:start + chunk] = top[rows, order]
-            value[start:start + chunk] = exact[rows, order]
+            # |x - c|^2 = |x|^2 - 2 x.c + |c|^2; |x|^2 does not change the argmin.
+            d = sqnorms - 2.0 * (data[start:start + chunk] @ centers.T)
+            index[start:start + chunk] = d.argmin(axis=1)
+            value[start:start + chunk] = d[np.arange(len(d)), index[start:start + chunk]]
         return index, value
 
     def _predict_ivf(self, data: np.ndarray) -> np.ndarray:
@@ -317,7 +300,7 @@ class Vocabulary:
         order = np.argsort(cells, kind="stable")
         rows, cells = rows[order], cells[order]
         splits = np.flatnonzero(np.diff(cells)) + 1
-        best = np.full(len(data), np.inf, np.float64)
+        best = np.full(len(data), np.inf, np.float32)
         word = np.zeros(len(data), np.int32)
         # A descriptor probes a cell once, so the rows of one cell are distinct and
         # the fancy-indexed update below is safe.
@@ -327,13 +310,9 @@ class Vocabulary:
                 continue
             j, d = self._nearest(data[cell_rows], self._sorted_centers[lo:hi],
                                  self._sorted_sqnorms[lo:hi], chunk=1 << 30)
-            candidate = self._cell_order[lo + j]
-            current = word[cell_rows]
-            # the closer word, and of two at one distance the smaller (as exact)
-            better = (d < best[cell_rows]) | ((d == best[cell_rows])
-                                              & (candidate < current))
+            better = d < best[cell_rows]
             best[cell_rows[better]] = d[better]
-            word[cell_rows[better]] = candidate[better]
+            word[cell_rows[better]] = self._cell_order[lo + j[better]]
         return word
 
     def get_state(self) -> dict:

@@ -98,28 +98,3 @@ def test_sample_rows_is_bounded_and_drawn_from_the_inputs():
     counts = np.bincount(sample[:, 0].astype(int), minlength=3)
     assert counts[2] > counts[1] > counts[0] - 1
     assert len(sample_rows(arrays, 10_000, rng)) == 555
-
-
-@pytest.mark.parametrize("exact_below", [10**9, 0])
-def test_a_descriptor_gets_one_word_whatever_it_is_assigned_with(exact_below):
-    """Serial builds, workers and batches of any size give the same words: the
-    matrix product's rounding (which depends on the batch and the BLAS threads)
-    never decides between near-equal centres. Descriptors are put midway
-    between two centres, where float32 rounding decides otherwise."""
-    vocabulary = Vocabulary(400, exact_below=exact_below, n_probe=4,
-                            random_state=0).fit(X)
-    centers = vocabulary.centers_
-    rng = np.random.default_rng(0)
-    a, b = rng.integers(0, 400, (2, 300))
-    ties = ((centers[a] + centers[b]) / 2 + rng.normal(0, 1e-4, (300, 128))
-            ).astype(np.float32)
-    data = np.vstack([ties, X[:700]])
-    together = vocabulary.predict(data)
-    alone = np.concatenate([vocabulary.predict(row[None]) for row in data])
-    order = rng.permutation(len(data))
-    shuffled = np.empty_like(together)
-    shuffled[order] = np.concatenate([vocabulary.predict(data[order[i:i + 37]])
-                                      for i in range(0, len(data), 37)])
-    assert np.array_equal(together, alone) and np.array_equal(together, shuffled)
-    if exact_below:
-        assert is_nearest(data, centers, together).all()
