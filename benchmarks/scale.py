@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import resource
 import shutil
 import statistics
@@ -26,10 +24,10 @@ import subprocess
 import sys
 import tempfile
 import time
-from datetime import date
 from pathlib import Path
 
 import numpy as np
+from _common import run_metadata
 
 from cvsearch import FeatureExtractor, ImageWords, Index
 from cvsearch.datasets import caltech101
@@ -208,12 +206,7 @@ def main(argv=None) -> int:
 
 
 def write_results(args, argv, rows):
-    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
-    meta = {"command": "python benchmarks/scale.py " + " ".join(
-        argv if argv is not None else sys.argv[1:]),
-        "date": date.today().isoformat(),
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores, {memory:.0f} GiB, "
-                   f"Python {platform.python_version()}"}
+    meta = {**run_metadata("scale.py", argv)}
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "scale.json").write_text(json.dumps({**meta, "rows": rows}, indent=1)
                                         + "\n")

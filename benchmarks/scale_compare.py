@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
 import shutil
 import statistics
@@ -28,8 +27,9 @@ import subprocess
 import sys
 import tempfile
 import time
-from datetime import date
 from pathlib import Path
+
+from _common import run_metadata
 
 RESULTS = Path(__file__).resolve().parent / "results"
 ROOT = Path(__file__).resolve().parents[1]
@@ -186,12 +186,7 @@ def main(argv=None) -> int:
 
 
 def write_results(args, argv, revision, now, runs):
-    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
-    meta = {"command": "python benchmarks/scale_compare.py " + " ".join(
-        argv if argv is not None else sys.argv[1:]),
-        "date": date.today().isoformat(),
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores, {memory:.0f} GiB, "
-                   f"Python {platform.python_version()}",
+    meta = {**run_metadata("scale_compare.py", argv),
         "before": revision, "now": now, "n": args.n, "rounds": args.rounds}
     rows = []
     for key, label, unit in MEASURES:
