@@ -228,8 +228,11 @@ def decode_image(data: bytes, name, *, grayscale: bool = True,
     """
     import cv2
 
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise TypeError(f"expected the bytes of an image file, got "
+                        f"{type(data).__name__}")
     max_pixels = check_int(max_pixels, "max_pixels", minimum=1)
-    if not data:
+    if not len(data):
         raise UnreadableImageError(name, "is empty (0 bytes); re-copy or remove the "
                                    "file")
     size = header_size(data)

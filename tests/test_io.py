@@ -138,3 +138,14 @@ def test_extractor_is_immutable_and_compares_by_value():
     assert a != FeatureExtractor("rootsift", max_side=301)
     assert a.feature_params() == FeatureExtractor(
         "rootsift", max_side=300, max_pixels=5).feature_params()
+
+
+def test_decode_image_names_its_input_and_refuses_other_types():
+    from cvsearch.io import UnreadableImageError, decode_image
+
+    with pytest.raises(TypeError, match="bytes of an image file"):
+        decode_image("not bytes", "upload a.png")
+    with pytest.raises(UnreadableImageError, match="upload a.png: is empty"):
+        decode_image(b"", "upload a.png")
+    with pytest.raises(UnreadableImageError, match="upload a.png: cannot decode"):
+        decode_image(b"\x00" * 10, "upload a.png")
