@@ -205,6 +205,7 @@ class Vocabulary:
         self.word_cells_ = word_cells
         self._center_sqnorms = (centers.astype(np.float64) ** 2).sum(1).astype(
             np.float32)
+        self._centers_times_minus_2 = centers * np.float32(-2)
         if len(word_cells):
             order = np.argsort(word_cells, kind="stable").astype(np.int32)
             self._cell_order = order
@@ -214,6 +215,8 @@ class Vocabulary:
             self._sorted_sqnorms = self._center_sqnorms[order]
             self._cell_sqnorms = (cell_centers.astype(np.float64) ** 2).sum(1).astype(
                 np.float32)
+            self._sorted_centers_times_minus_2 = self._sorted_centers * np.float32(-2)
+            self._cell_centers_times_minus_2 = cell_centers * np.float32(-2)
 
     @property
     def fingerprint(self) -> str:
@@ -259,7 +262,7 @@ class Vocabulary:
         if len(data) == 0:
             return np.zeros(0, np.int32)
         if len(self.word_cells_) == 0:
-            return self._nearest(data, self.centers_, self._center_sqnorms)[0]
+            return self._nearest(data)
         return self._predict_ivf(data)
 
     def predict_exact(self, descriptors: np.ndarray) -> np.ndarray:
@@ -274,45 +277,129 @@ class Vocabulary:
         words : ndarray of shape (n,), int32
         """
         data = self._check_descriptors(descriptors)
-        return self._nearest(data, self.centers_, self._center_sqnorms)[0]
+        return self._nearest(data)
 
     @staticmethod
-    def _nearest(data, centers, sqnorms, chunk: int = 2048):
-        """Exact nearest centre; returns (index int32, squared distance minus |x|^2)."""
+    def _two_nearest(data, centers_times_minus_2, sqnorms, chunk: int = 2048):
+        """Nearest and second-nearest centre by float32 distances.
+
+        Returns (index int32, best, second), the distances being squared distance
+        minus |x|^2, float32; second is inf with a single centre.
+        """
         index = np.empty(len(data), np.int32)
-        value = np.empty(len(data), np.float32)
+        best = np.empty(len(data), np.float32)
+        second = np.empty(len(data), np.float32)
         for start in range(0, len(data), chunk):
+            stop = min(start + chunk, len(data))
             # |x - c|^2 = |x|^2 - 2 x.c + |c|^2; |x|^2 does not change the argmin.
-            d = sqnorms - 2.0 * (data[start:start + chunk] @ centers.T)
-            index[start:start + chunk] = d.argmin(axis=1)
-            value[start:start + chunk] = d[np.arange(len(d)), index[start:start + chunk]]
-        return index, value
+            # The centres come scaled by -2 (exact in floating point), which saves
+            # a pass over the distance matrix.
+            d = data[start:stop] @ centers_times_minus_2.T
+            d += sqnorms
+            rows = np.arange(len(d))
+            j = d.argmin(axis=1)
+            index[start:stop] = j
+            best[start:stop] = d[rows, j]
+            d[rows, j] = np.inf
+            second[start:stop] = d.min(axis=1) if d.shape[1] > 1 else np.inf
+        return index, best, second
+
+    @staticmethod
+    def _tolerance(data, center_sqnorms) -> np.ndarray:
+        """How far apart two float32 distances of each row must be to be ordered
+        reliably, shape (n,), float64.
+
+        The rounding of a float32 matrix product depends on how BLAS splits it
+        (its thread count), so a descriptor almost equally far from two centres
+        could get different words in a serial and a parallel build. 2^-16 of
+        |x|^2 + max |c|^2 bounds the difference of two roundings of a 128-term
+        product (measured: below 2^-19 on SIFT and RootSIFT).
+        """
+        return ((data.astype(np.float64) ** 2).sum(1)
+                + float(center_sqnorms.max())) * 2.0 ** -16
+
+    def _ties(self, data, best, second, center_sqnorms) -> np.ndarray:
+        """Rows whose two smallest float32 distances are too close to order."""
+        return np.flatnonzero(second.astype(np.float64) - best
+                              <= self._tolerance(data, center_sqnorms))
+
+    def _nearest(self, data):
+        words, best, second = self._two_nearest(data, self._centers_times_minus_2,
+                                                self._center_sqnorms)
+        for row in self._ties(data, best, second, self._center_sqnorms):
+            words[row] = self._settle(data[row], None)
+        return words
+
+    def _settle(self, row: np.ndarray, words: np.ndarray | None) -> int:
+        """The nearest of ``words`` (None: all) to one descriptor whose float32
+        distances tie: the float32 near-ties are measured again in float64
+        elementwise arithmetic (no BLAS, so the same everywhere); exact ties go
+        to the smallest word id."""
+        if words is None:
+            words = np.arange(self.n_words)
+            d32 = self._centers_times_minus_2 @ row + self._center_sqnorms
+        else:
+            words = np.sort(words)
+            d32 = self._centers_times_minus_2[words] @ row + self._center_sqnorms[words]
+        tolerance = 2.0 * self._tolerance(row[None], self._center_sqnorms)[0]
+        close = words[d32 <= d32.min() + tolerance]
+        d = ((self.centers_[close].astype(np.float64) - row.astype(np.float64)) ** 2
+             ).sum(1)
+        return int(close[d.argmin()])
+
+    def _probed_cells(self, data: np.ndarray, n_probe: int) -> np.ndarray:
+        """The ``n_probe`` nearest coarse cells of each row, shape (n, n_probe);
+        where float32 cannot tell the last probed cell from the next, the cells
+        are chosen in float64 (ties: the smaller cell)."""
+        cell_d = data @ self._cell_centers_times_minus_2.T
+        cell_d += self._cell_sqnorms
+        n_cells = cell_d.shape[1]
+        if n_probe >= n_cells:
+            return np.broadcast_to(np.arange(n_cells), cell_d.shape)
+        parts = np.argpartition(cell_d, (n_probe - 1, n_probe), axis=1)
+        rows = np.arange(len(data))
+        unsure = self._ties(data, cell_d[rows, parts[:, n_probe - 1]],
+                            cell_d[rows, parts[:, n_probe]], self._cell_sqnorms)
+        probes = np.array(parts[:, :n_probe])
+        cells = self.cell_centers_.astype(np.float64)
+        for start in range(0, len(unsure), 64):  # bounded memory
+            chosen = unsure[start:start + 64]
+            d = ((data[chosen].astype(np.float64)[:, None, :] - cells[None]) ** 2
+                 ).sum(-1)
+            probes[chosen] = np.argsort(d, axis=1, kind="stable")[:, :n_probe]
+        return probes
 
     def _predict_ivf(self, data: np.ndarray) -> np.ndarray:
         n_probe = min(self.n_probe, len(self.cell_centers_))
-        cell_d = self._cell_sqnorms - 2.0 * (data @ self.cell_centers_.T)
-        if n_probe < cell_d.shape[1]:
-            probes = np.argpartition(cell_d, n_probe - 1, axis=1)[:, :n_probe]
-        else:
-            probes = np.broadcast_to(np.arange(cell_d.shape[1]), cell_d.shape)
+        probes = self._probed_cells(data, n_probe)
         rows = np.repeat(np.arange(len(data)), n_probe)
         cells = probes.ravel()
         order = np.argsort(cells, kind="stable")
         rows, cells = rows[order], cells[order]
         splits = np.flatnonzero(np.diff(cells)) + 1
         best = np.full(len(data), np.inf, np.float32)
+        second = np.full(len(data), np.inf, np.float32)
         word = np.zeros(len(data), np.int32)
         # A descriptor probes a cell once, so the rows of one cell are distinct and
-        # the fancy-indexed update below is safe.
+        # the fancy-indexed updates below are safe.
         for cell_rows, cell in zip(np.split(rows, splits), cells[np.r_[0, splits]]):
             lo, hi = self._cell_bounds[cell], self._cell_bounds[cell + 1]
             if lo == hi:
                 continue
-            j, d = self._nearest(data[cell_rows], self._sorted_centers[lo:hi],
-                                 self._sorted_sqnorms[lo:hi], chunk=1 << 30)
-            better = d < best[cell_rows]
-            best[cell_rows[better]] = d[better]
+            j, b, s = self._two_nearest(
+                data[cell_rows], self._sorted_centers_times_minus_2[lo:hi],
+                self._sorted_sqnorms[lo:hi], chunk=1 << 30)
+            old_best, old_second = best[cell_rows], second[cell_rows]
+            better = b < old_best
+            best[cell_rows] = np.where(better, b, old_best)
+            second[cell_rows] = np.where(better, np.minimum(old_best, s),
+                                         np.minimum(old_second, b))
             word[cell_rows[better]] = self._cell_order[lo + j[better]]
+        for row in self._ties(data, best, second, self._center_sqnorms):
+            members = np.concatenate([
+                self._cell_order[self._cell_bounds[c]:self._cell_bounds[c + 1]]
+                for c in probes[row]])
+            word[row] = self._settle(data[row], members)
         return word
 
     def get_state(self) -> dict:

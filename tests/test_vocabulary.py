@@ -98,3 +98,59 @@ def test_sample_rows_is_bounded_and_drawn_from_the_inputs():
     counts = np.bincount(sample[:, 0].astype(int), minlength=3)
     assert counts[2] > counts[1] > counts[0] - 1
     assert len(sample_rows(arrays, 10_000, rng)) == 555
+
+
+def tied_descriptors(vocabulary, pairs):
+    """Midpoints of pairs of centres, found by float32 rounding: each is equally far
+    from both centres in exact arithmetic (up to float32 rounding of the midpoint,
+    which the reference below measures in float64)."""
+    c = vocabulary.centers_.astype(np.float64)
+    return ((c[pairs[:, 0]] + c[pairs[:, 1]]) / 2).astype(np.float32)
+
+
+def float64_reference(data, centers):
+    """Nearest centre in float64; ties go to the smaller word id."""
+    d = ((data.astype(np.float64)[:, None, :]
+          - centers.astype(np.float64)[None]) ** 2).sum(-1)
+    return d.argmin(1)
+
+
+@pytest.mark.parametrize("exact_below", [4096, 0])
+def test_near_ties_are_decided_in_float64_whatever_the_blas_rounding(exact_below):
+    # float32 distances from a matrix product round differently with the BLAS
+    # thread count, so a descriptor almost equally far from two centres could get
+    # either word in a serial and a parallel build. Such near ties are decided in
+    # float64 instead: the words are those of the float64 reference, everywhere.
+    vocabulary = Vocabulary(1000, exact_below=exact_below, n_probe=32,
+                            random_state=0).fit(X)
+    rng = np.random.default_rng(1)
+    pairs = rng.integers(0, 1000, (400, 2))
+    pairs = pairs[pairs[:, 0] != pairs[:, 1]]
+    data = tied_descriptors(vocabulary, pairs)
+    # n_probe covers every cell, so the inverted file is exact too
+    expected = float64_reference(data, vocabulary.centers_)
+    assert np.array_equal(vocabulary.predict(data), expected)
+    assert np.array_equal(vocabulary.predict_exact(data), expected)
+    # and the answer of a row does not depend on the rows around it
+    order = rng.permutation(len(data))
+    assert np.array_equal(vocabulary.predict(data[order]), expected[order])
+
+
+def test_near_ties_at_the_probe_boundary_use_the_float64_cells():
+    # With few probes, which cells a descriptor searches is itself a decision on
+    # float32 distances; near ties there are settled in float64 as well.
+    vocabulary = Vocabulary(1000, exact_below=0, n_probe=1, random_state=0).fit(X)
+    cells = vocabulary.cell_centers_.astype(np.float64)
+    rng = np.random.default_rng(2)
+    pairs = rng.integers(0, len(cells), (300, 2))
+    pairs = pairs[pairs[:, 0] != pairs[:, 1]]
+    data = ((cells[pairs[:, 0]] + cells[pairs[:, 1]]) / 2).astype(np.float32)
+    cell_d = ((data.astype(np.float64)[:, None] - cells[None]) ** 2).sum(-1)
+    probed = cell_d.argmin(1)  # ties: the smaller cell
+    centers = vocabulary.centers_.astype(np.float64)
+    expected = []
+    for row, cell in zip(data, probed):
+        members = np.flatnonzero(vocabulary.word_cells_ == cell)
+        d = ((row.astype(np.float64) - centers[members]) ** 2).sum(-1)
+        expected.append(members[d.argmin()])
+    assert np.array_equal(vocabulary.predict(data), expected)
