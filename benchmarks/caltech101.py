@@ -215,7 +215,11 @@ def run_rerank(data, args, results, indexes, names):
         start = time.perf_counter()
         for row, query in enumerate(sample):
             _, ids = index.similar(int(query), k=args.shortlist, rerank=args.shortlist)
-            reranked[row, :len(ids)] = ids
+            # the re-ranked short-list, then the rest of the bag-of-words ranking:
+            # the index's and this matrix product's scores may round apart, and
+            # order near-ties at the end of the short-list differently
+            rest = bow[row][~np.isin(bow[row], ids)]
+            reranked[row] = np.concatenate([ids, rest])
         ms = 1000 * (time.perf_counter() - start) / len(sample)
         entry = {"base": name, "queries": len(sample), "shortlist": args.shortlist,
                  "ms_rerank_per_query": round(ms, 1)}
