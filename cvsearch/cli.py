@@ -160,7 +160,8 @@ def cmd_index(args):
         index = Index.build(images, extractor, args.words, random_state=args.seed,
                             n_jobs=args.jobs, progress=ProgressBar(quiet=args.quiet),
                             train_images=args.train_images, power=args.power,
-                            pyramid_levels=args.pyramid, scheduler=args.scheduler)
+                            tf_power=args.tf_power, pyramid_levels=args.pyramid,
+                            scheduler=args.scheduler)
     except ValueError as error:
         if "training descriptors" in str(error):
             raise CommandError(f"{error}; on the command line, lower --words (a "
@@ -296,7 +297,7 @@ def cmd_info(args):
             "images": len(index), "keypoints": manifest.get("n_keypoints"),
             "words": index.n_words, "features": index.extractor.get_params(),
             "vocabulary": index.vocabulary.get_params(),
-            "weighting": {"power": index.power, "pyramid_levels": index.pyramid_levels},
+            "weighting": index._weighting(),
             "disk_bytes": _disk_bytes(args.index), "memory_bytes": index.nbytes}
     if args.json:
         _emit_json(info)
@@ -310,8 +311,8 @@ def cmd_info(args):
                                      if f.get("dense_step") else ""))
     print(f"vocabulary:   {info['words']} words, n_probe {info['vocabulary']['n_probe']}, "
           f"random_state {info['vocabulary']['random_state']}")
-    print(f"weighting:    tf-idf, power {index.power:g}, pyramid levels "
-          f"{index.pyramid_levels}")
+    print(f"weighting:    tf-idf, tf_power {index.tf_power:g}, power "
+          f"{index.power:g}, pyramid levels {index.pyramid_levels}")
     print(f"size on disk: {info['disk_bytes'] / 2**20:.2f} MiB; in memory "
           f"{info['memory_bytes'] / 2**20:.2f} MiB")
 
@@ -339,6 +340,7 @@ def _jobs(text):
 def build_parser() -> argparse.ArgumentParser:
     from cvsearch import __version__
     from cvsearch.io import MAX_FILE_BYTES, MAX_PIXELS
+    from cvsearch.weighting import DEFAULT_TF_POWER
 
     parser = argparse.ArgumentParser(
         prog="cvsearch", description="Reverse image search with classical computer "
@@ -373,8 +375,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="dense SIFT on a grid with this step (pixels) instead of "
                         "detected keypoints: for category search")
     p.add_argument("--power", type=float, default=1.0,
-                   help="power-law normalisation exponent in (0, 1]; 0.5 damps "
-                        "repeated words")
+                   help="power-law normalisation exponent of the weighted vectors "
+                        "in (0, 1]; 0.5 for category search")
+    p.add_argument("--tf-power", type=float, default=DEFAULT_TF_POWER,
+                   help="exponent in (0, 1] of each word's count in an image, "
+                        "before idf: small values damp repeated textures "
+                        "(instance search)")
     p.add_argument("--pyramid", type=int, default=0,
                    help="spatial pyramid levels (0: none; 2 for category search)")
     p.add_argument("--max-pixels", type=_positive_int, default=MAX_PIXELS,

@@ -23,7 +23,7 @@ from cvsearch.features import FeatureExtractor, Features
 from cvsearch.parallel import ImageWords, SkippedImage, check_words, extract_many
 from cvsearch.store import Segment, Store
 from cvsearch.vocabulary import Vocabulary, sample_rows
-from cvsearch.weighting import pyramid_size, query_tfidf
+from cvsearch.weighting import DEFAULT_TF_POWER, pyramid_size, query_tfidf
 
 logger = logging.getLogger(__name__)
 
@@ -95,8 +95,8 @@ class Index:
     Queries may run from several threads at once; ``add`` and ``remove`` may run
     while they do (each query sees the index as it was when it started).
 
-    What shapes the stored data cannot drift from it: setting ``power`` or
-    ``pyramid_levels`` re-weights the stored words (nothing is extracted again);
+    What shapes the stored data cannot drift from it: setting ``power``,
+    ``tf_power`` or ``pyramid_levels`` re-weights the stored words (nothing is extracted again);
     ``extractor`` and ``vocabulary`` can be set only while the index is empty, and
     an extractor or a fitted vocabulary is immutable. Features passed in must come
     from ``index.extractor`` (they say what made them).
@@ -110,8 +110,14 @@ class Index:
     random_state : int or None
         Seed for the vocabulary (sampling and k-means).
     power : float in (0, 1]
-        Power-law normalisation of the tf-idf vectors; 0.5 damps words repeated
-        within an image ("burstiness"), 1 is plain tf-idf.
+        Power-law normalisation of the tf-idf vectors (Perronnin et al., ECCV
+        2010): below 1 flattens the whole vector, idf included; 1 is plain tf-idf.
+    tf_power : float in (0, 1]
+        Exponent of each word's count in an image before the idf weighting: below
+        1 damps words repeated within an image ("burstiness", Jegou et al., CVPR
+        2009) and keeps the idf. Small values suit instance search, where a
+        repeated texture should not outvote the distinct details of an object
+        (see ``benchmarks/results/instance.md``); 1 keeps the counts.
     pyramid_levels : int
         Spatial pyramid levels above the whole image (0: none; 2: 1x1 + 2x2 + 4x4
         cells). Helps category search, hurts instance search under large
@@ -135,7 +141,8 @@ class Index:
 
     def __init__(self, extractor: FeatureExtractor | None = None,
                  n_words: int = 20_000, *, random_state: int | None = None,
-                 power: float = 1.0, pyramid_levels: int = 0, **vocabulary_params):
+                 power: float = 1.0, pyramid_levels: int = 0,
+                 tf_power: float = DEFAULT_TF_POWER, **vocabulary_params):
         self._lock = threading.RLock()
         self._origin = None  # (folder, generation) this index was loaded or saved as
         self._store = None
@@ -145,6 +152,7 @@ class Index:
         self.vocabulary = Vocabulary(n_words, random_state=random_state,
                                      **vocabulary_params)
         self.power = power
+        self.tf_power = tf_power
         self.pyramid_levels = pyramid_levels
 
     # ------------------------------------------------- what shapes the data
@@ -180,7 +188,7 @@ class Index:
         """An empty store for the current vocabulary and weighting (while empty)."""
         if hasattr(self, "_vocabulary") and hasattr(self, "_pyramid_levels"):
             self._store = Store(self._vocabulary.n_words, self._pyramid_levels,
-                                self._power)
+                                self._power, tf_power=self._tf_power)
 
     def _refuse_if_filled(self, what: str):
         if len(self):
@@ -198,6 +206,18 @@ class Index:
         power = check_float(power, "power", minimum=0.01, maximum=1.0)
         with self._lock:
             self._power = power
+            self._reweight()
+
+    @property
+    def tf_power(self) -> float:
+        """Exponent of the term counts; setting it re-weights the index."""
+        return self._tf_power
+
+    @tf_power.setter
+    def tf_power(self, tf_power: float):
+        tf_power = check_float(tf_power, "tf_power", minimum=0.01, maximum=1.0)
+        with self._lock:
+            self._tf_power = tf_power
             self._reweight()
 
     @property
@@ -220,7 +240,8 @@ class Index:
         if self._store is None:
             self._reset_store()
         elif hasattr(self, "_pyramid_levels"):
-            self._publish(self._store.reweighted(self._pyramid_levels, self._power))
+            self._publish(self._store.reweighted(self._pyramid_levels, self._power,
+                                                 self._tf_power))
 
     # ------------------------------------------------------------------ state
     def _current(self) -> _Snapshot:
@@ -407,7 +428,8 @@ class Index:
               n_words: int = 20_000, *, names: Sequence[str] | None = None,
               random_state: int | None = None, n_jobs: int = 1, progress=None,
               train_images: int = 1000, power: float = 1.0, pyramid_levels: int = 0,
-              scheduler=None, **vocabulary_params) -> Index:
+              tf_power: float = DEFAULT_TF_POWER, scheduler=None,
+              **vocabulary_params) -> Index:
         """Train on (a random subset of) ``images`` and add them all.
 
         The vocabulary learns from at most ``train_images`` images drawn at random
@@ -429,7 +451,8 @@ class Index:
         Index
         """
         index = cls(extractor, n_words, random_state=random_state, power=power,
-                    pyramid_levels=pyramid_levels, **vocabulary_params)
+                    pyramid_levels=pyramid_levels, tf_power=tf_power,
+                    **vocabulary_params)
         images = index._as_list(images, "build")
         names = index._default_names(images, names, "build")
         n_jobs = check_n_jobs(n_jobs)
@@ -546,13 +569,11 @@ class Index:
             if other.vocabulary.fingerprint != first.vocabulary.fingerprint:
                 raise ValueError("merge needs indexes that share one vocabulary; "
                                  "build the shards with the same trained vocabulary")
-            if other.extractor != first.extractor or (other.power, other.pyramid_levels
-                                                      ) != (first.power,
-                                                            first.pyramid_levels):
-                raise ValueError("merge needs indexes with the same extractor, power "
-                                 "and pyramid_levels")
-        merged = Index(first.extractor, first.n_words, power=first.power,
-                       pyramid_levels=first.pyramid_levels)
+            if other.extractor != first.extractor or other._weighting() != (
+                    first._weighting()):
+                raise ValueError("merge needs indexes with the same extractor, power, "
+                                 "tf_power and pyramid_levels")
+        merged = Index(first.extractor, first.n_words, **first._weighting())
         merged.vocabulary = first.vocabulary
         entries = []
         for index in indexes:
@@ -745,7 +766,8 @@ class Index:
               rerank: int, min_inliers: int, exclude: int | None = None):
         store = snapshot.store
         columns, values = query_tfidf(words, keypoints, image_shape, store.n_words,
-                                      store.levels, store.weights().idf, store.power)
+                                      store.levels, store.weights().idf, store.power,
+                                      store.tf_power)
         top_scores, ids = store.best(columns, values, max(k, rerank), exclude)
         n = len(ids)
         inliers = np.full(n, -1, np.int32)
@@ -863,8 +885,13 @@ class Index:
             total += sum(np.asarray(a).nbytes for a in self.vocabulary.get_state().values())
         return int(total)
 
+    def _weighting(self) -> dict:
+        return {"power": self.power, "tf_power": self.tf_power,
+                "pyramid_levels": self.pyramid_levels}
+
     def reweighted(self, *, power: float | None = None,
-                   pyramid_levels: int | None = None) -> Index:
+                   pyramid_levels: int | None = None,
+                   tf_power: float | None = None) -> Index:
         """A copy with other weighting options, sharing the vocabulary and the
         images' words (nothing is extracted again): to compare options.
 
@@ -876,9 +903,11 @@ class Index:
             copy = Index(self.extractor, self.n_words,
                          power=self.power if power is None else power,
                          pyramid_levels=(self.pyramid_levels if pyramid_levels is None
-                                         else pyramid_levels))
+                                         else pyramid_levels),
+                         tf_power=self.tf_power if tf_power is None else tf_power)
             copy._vocabulary = self._vocabulary
-            copy._store = self._store.reweighted(copy.pyramid_levels, copy.power)
+            copy._store = self._store.reweighted(copy.pyramid_levels, copy.power,
+                                                 copy.tf_power)
             copy._name_to_id = dict(self._name_to_id)
         return copy
 
@@ -923,6 +952,7 @@ class Index:
             "extractor": self.extractor.get_params(),
             "vocabulary": snapshot.vocabulary.get_params(),
             "weighting": {"power": snapshot.store.power,
+                          "tf_power": snapshot.store.tf_power,
                           "pyramid_levels": snapshot.store.levels},
         }
         store = snapshot.store
@@ -1024,8 +1054,10 @@ class Index:
                              "with this version")
         storage.check_manifest(path, manifest)
         try:
+            # indexes saved before tf_power existed used the counts as they are
+            weighting = {"tf_power": 1.0, **manifest.get("weighting", {})}
             index = cls(FeatureExtractor(**manifest["extractor"]),
-                        **manifest["vocabulary"], **manifest.get("weighting", {}))
+                        **manifest["vocabulary"], **weighting)
         except (KeyError, TypeError, ValueError) as error:
             raise ValueError(f"{path}: bad parameters ({error}); the index is "
                              "corrupt") from None
@@ -1075,7 +1107,7 @@ class Index:
             segments.append(segment)
             saved[id(segment)] = (segment, meta)
         store = Store(index.n_words, index.pyramid_levels, index.power,
-                      segments=segments, next_id=next_id)
+                      tf_power=index.tf_power, segments=segments, next_id=next_id)
         if manifest.get("deleted") is not None:
             entry = manifest["deleted"]
             removed = np.asarray(storage.map_npy(directory, entry, "deleted",

@@ -21,10 +21,10 @@ Document frequencies add up over segments (minus the deleted images' own), so th
 idf is exact for the live images, and an index grown by adds and removes scores
 exactly like one built at once. Scoring a database image ``d`` against a query
 ``q`` (both tf-idf weighted, power-law normalised, L2-normalised; see
-:mod:`cvsearch.weighting`) uses ``(tf * idf) ** p = tf ** p * idf ** p``:
+:mod:`cvsearch.weighting`) uses ``(tf ** a * idf) ** p = tf ** (a p) * idf ** p``:
 
     score(q, d) = inv_norm[d] * sum over the query's columns c of
-                  (q_c * idf_c ** p) * tf_dc ** p
+                  (q_c * idf_c ** p) * tf_dc ** (a p)
 
 so a query touches only the postings of its own columns, with one factor per
 column and one inverse norm per image. The norms depend on the idf, hence on every
@@ -356,11 +356,15 @@ class Store:
         Spatial pyramid levels (the columns are ``n_words * pyramid_size(levels)``).
     power : float
         Power-law exponent of the weights.
+    tf_power : float
+        Exponent of the term counts before the idf weighting.
     """
 
     def __init__(self, n_words: int, levels: int = 0, power: float = 1.0, *,
-                 segments=(), deleted=None, next_id: int = 0, df=None):
+                 tf_power: float = 1.0, segments=(), deleted=None, next_id: int = 0,
+                 df=None):
         self.n_words, self.levels, self.power = int(n_words), int(levels), float(power)
+        self.tf_power = float(tf_power)
         self.n_columns = self.n_words * pyramid_size(self.levels)
         self.segments = tuple(segments)
         # deleted[i]: boolean mask of segment i's deleted rows, or None for none
@@ -382,12 +386,12 @@ class Store:
         self.df = df
         self._weights = None
         self._weights_lock = threading.Lock()
-        self._tables = {}  # dtype -> tf ** power for each of its values
+        self._tables = {}  # dtype -> tf ** (tf_power * power) for each of its values
 
     # ------------------------------------------------------------ changing
     def _with(self, segments, deleted, df, next_id=None) -> Store:
-        return Store(self.n_words, self.levels, self.power, segments=segments,
-                     deleted=deleted, df=df,
+        return Store(self.n_words, self.levels, self.power, tf_power=self.tf_power,
+                     segments=segments, deleted=deleted, df=df,
                      next_id=self.next_id if next_id is None else next_id)
 
     def add(self, names, words_list, keypoints_list, shapes) -> tuple[Store, np.ndarray]:
@@ -466,14 +470,14 @@ class Store:
             return self
         return self._with(segments, deleted, self.df)
 
-    def reweighted(self, levels: int, power: float) -> Store:
-        """The same images under other pyramid levels or power (other levels:
-        every segment's postings are computed again from its keypoints)."""
+    def reweighted(self, levels: int, power: float, tf_power: float = 1.0) -> Store:
+        """The same images under other pyramid levels, power or tf_power (other
+        levels: every segment's postings are computed again from its keypoints)."""
         segments = self.segments
         if levels != self.levels:
             segments = [s.select(np.ones(len(s), bool), self.n_words, levels)
                         for s in segments]
-        return Store(self.n_words, levels, power, segments=segments,
+        return Store(self.n_words, levels, power, tf_power=tf_power, segments=segments,
                      deleted=self.deleted, next_id=self.next_id,
                      df=self.df if levels == self.levels else None)
 
@@ -595,8 +599,10 @@ class Store:
             return self._weights
 
     def _tf_power(self, tf: np.ndarray) -> np.ndarray:
+        """``tf ** (tf_power * power)``, float32."""
         tf = np.asarray(tf, np.float32)
-        return tf if self.power == 1.0 else np.power(tf, self.power, dtype=np.float32)
+        exponent = self.tf_power * self.power
+        return tf if exponent == 1.0 else np.power(tf, exponent, dtype=np.float32)
 
     def _inverse_norms(self, segment: Segment, mask, idf_power) -> np.ndarray:
         indptr = np.asarray(segment.post_indptr)
@@ -718,7 +724,8 @@ class Store:
         return self._finish(sums, inv, mask)
 
     def _tf_table(self, dtype: np.dtype) -> np.ndarray:
-        """``tf ** power`` for every value of an 8- or 16-bit dtype, float32."""
+        """``tf ** (tf_power * power)`` for every value of an 8- or 16-bit dtype,
+        float32."""
         table = self._tables.get(dtype)
         if table is None:
             table = self._tables[dtype] = self._tf_power(

@@ -136,6 +136,8 @@ def test_error_paths(workdir):
                                cwd=workdir)[::2], "surf", expected_code=2)
     assert_one_line_error(*run("index", "photos", "-o", "y", "--power", "3", "-q",
                                cwd=workdir)[::2], "power")
+    assert_one_line_error(*run("index", "photos", "-o", "y", "--tf-power", "0", "-q",
+                               cwd=workdir)[::2], "tf_power")
     # a tampered index names the file
     database = next((workdir / "bad-idx").glob("seg-post_rows-*"))
     data = bytearray(database.read_bytes())
@@ -157,7 +159,7 @@ def test_help_lists_every_option_with_its_default():
     assert "(default: 127.0.0.1)" in out and "(default: 20)" in out
     code, out, _ = run("index", "--help", cwd=".")
     for option in ("--features", "--words", "--jobs", "--seed", "--max-side",
-                   "--dense-step", "--power", "--pyramid"):
+                   "--dense-step", "--power", "--tf-power", "--pyramid"):
         assert option in out
     assert "(default: 20000)" in out and "(default: rootsift)" in out
 

@@ -253,7 +253,7 @@ def test_build_trains_on_a_bounded_random_subset(image_files):
 def test_power_and_pyramid_options_survive_save_and_load(trained_index, image_files,
                                                          tmp_path):
     index = Index(FeatureExtractor("sift", max_side=1024), n_words=400,
-                  random_state=0, power=0.5, pyramid_levels=2)
+                  random_state=0, power=0.5, pyramid_levels=2, tf_power=0.3)
     index.vocabulary = trained_index.vocabulary
     index.add(image_files)
     query = warped(textured_image(4), rotation=5)[0]
@@ -263,13 +263,16 @@ def test_power_and_pyramid_options_survive_save_and_load(trained_index, image_fi
     assert not np.allclose(before[0], trained_index.query(query, k=5)[0])
     index.save(tmp_path / "index")
     loaded = Index.load(tmp_path / "index")
-    assert (loaded.power, loaded.pyramid_levels) == (0.5, 2)
+    assert (loaded.power, loaded.pyramid_levels, loaded.tf_power) == (0.5, 2, 0.3)
     for a, b in zip(before, loaded.query(query, k=5)):
         assert np.array_equal(a, b)
     with pytest.raises(ValueError, match="power"):
         Index(power=0)
     with pytest.raises(ValueError, match="pyramid_levels"):
         Index(pyramid_levels=9)
+    for bad in (0, -1, 1.5):
+        with pytest.raises(ValueError, match="tf_power"):
+            Index(tf_power=bad)
 
 
 def test_similar_leaves_the_image_out_and_equals_a_query(trained_index, image_files):
@@ -303,14 +306,15 @@ def test_matches_are_the_inliers_of_the_warp(trained_index, images):
 
 def test_reweighted_copy_shares_words_and_matches_a_fresh_index(trained_index,
                                                                 image_files):
-    copy = trained_index.reweighted(power=0.5, pyramid_levels=1)
+    copy = trained_index.reweighted(power=0.5, pyramid_levels=1, tf_power=0.3)
     fresh = Index(FeatureExtractor("sift", max_side=1024), n_words=400, power=0.5,
-                  pyramid_levels=1)
+                  pyramid_levels=1, tf_power=0.3)
     fresh.vocabulary = trained_index.vocabulary
     fresh.add(image_files)
     query = warped(textured_image(2), rotation=5)[0]
     assert_same_results(results(copy, [query]), results(fresh, [query]))
     assert trained_index.power == 1.0 and trained_index.pyramid_levels == 0
+    assert copy.tf_power == 0.3
 
 
 def test_image_ids_of_similar_and_matches_are_checked(trained_index, images):
@@ -333,6 +337,9 @@ def test_setting_power_or_pyramid_reweights_the_stored_words(trained_index, imag
     index.power, index.pyramid_levels = 0.5, 1
     expected = trained_index.reweighted(power=0.5, pyramid_levels=1)
     assert_same_results(results(index, [query]), results(expected, [query]))
+    index.tf_power = 0.2
+    assert_same_results(results(index, [query]), results(
+        trained_index.reweighted(power=0.5, pyramid_levels=1, tf_power=0.2), [query]))
     with pytest.raises(ValueError, match="power"):
         index.power = 0
 

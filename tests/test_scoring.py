@@ -82,3 +82,13 @@ def test_power_law_normalisation():
     counts = sp.csr_matrix(np.array([[4.0, 1.0, 0.0]], np.float32))
     vector = tfidf(counts, np.ones(3, np.float32), power=0.5).toarray()[0]
     assert np.allclose(vector, np.array([2.0, 1.0, 0.0]) / np.sqrt(5))
+
+
+def test_tf_power_damps_the_counts_but_not_the_idf():
+    counts = sp.csr_matrix(np.array([[4.0, 1.0, 0.0]], np.float32))
+    idf = np.array([1.0, 3.0, 2.0], np.float32)
+    vector = tfidf(counts, idf, tf_power=0.5).toarray()[0]
+    assert np.allclose(vector, np.array([2.0, 3.0, 0.0]) / np.sqrt(13))
+    # the whole-vector power applies on top: (tf ** 0.5 * idf) ** 0.5
+    both = tfidf(counts, idf, power=0.5, tf_power=0.5).toarray()[0]
+    assert np.allclose(both, np.sqrt([2.0, 3.0, 0.0]) / np.sqrt(5))

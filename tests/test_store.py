@@ -28,15 +28,15 @@ def random_images(n, seed=0):
     return images
 
 
-def store_of(batches, levels=0, power=1.0):
-    store = Store(N_WORDS, levels, power)
+def store_of(batches, levels=0, power=1.0, tf_power=1.0):
+    store = Store(N_WORDS, levels, power, tf_power=tf_power)
     for batch in batches:
         store, _ = store.add([b[0] for b in batch], [b[1] for b in batch],
                              [b[2] for b in batch], [b[3] for b in batch])
     return store
 
 
-def reference_scores(images, query, levels, power):
+def reference_scores(images, query, levels, power, tf_power=1.0):
     """Scores by the monolithic functions the index used before segments."""
     words = np.concatenate([i[1] for i in images])
     keypoints = np.concatenate([i[2] for i in images])
@@ -46,24 +46,26 @@ def reference_scores(images, query, levels, power):
     idf = inverse_document_frequency(counts)
     q = tfidf(spatial_bag_of_words(query[1], query[2], np.array([query[3]]),
                                    np.array([0, len(query[1])]), N_WORDS, levels),
-              idf, power)
-    return cosine_scores(tfidf(counts, idf, power).T.tocsr(), q)[0], idf, q
+              idf, power, tf_power)
+    return (cosine_scores(tfidf(counts, idf, power, tf_power).T.tocsr(), q)[0], idf,
+            q)
 
 
 def store_query(store, query, idf):
     q = tfidf(spatial_bag_of_words(query[1], query[2], np.array([query[3]]),
                                    np.array([0, len(query[1])]), N_WORDS, store.levels),
-              idf, store.power)
+              idf, store.power, store.tf_power)
     scores = store.scores(q.indices, q.data)
     return scores, store.ids_at(np.arange(len(scores)))
 
 
-@pytest.mark.parametrize("levels, power", [(0, 1.0), (0, 0.5), (2, 0.5)])
-def test_scores_equal_the_monolithic_tfidf(levels, power):
+@pytest.mark.parametrize("levels, power, tf_power", [
+    (0, 1.0, 1.0), (0, 0.5, 1.0), (2, 0.5, 1.0), (0, 1.0, 0.2), (2, 0.5, 0.3)])
+def test_scores_equal_the_monolithic_tfidf(levels, power, tf_power):
     images = random_images(30)
-    store = store_of([images[:10], images[10:25], images[25:]], levels, power)
+    store = store_of([images[:10], images[10:25], images[25:]], levels, power, tf_power)
     for query in random_images(5, seed=9):
-        expected, idf, _ = reference_scores(images, query, levels, power)
+        expected, idf, _ = reference_scores(images, query, levels, power, tf_power)
         assert np.allclose(store.weights().idf, idf)
         scores, ids = store_query(store, query, store.weights().idf)
         assert ids.tolist() == list(range(30))

@@ -7,8 +7,10 @@ import pytest
 from cvsearch.weighting import pyramid_size, query_tfidf, spatial_bag_of_words, tfidf
 
 
-@pytest.mark.parametrize("levels, power", [(0, 1.0), (0, 0.5), (2, 1.0), (2, 0.5)])
-def test_query_vector_equals_the_matrix_path_to_the_bit(levels, power):
+@pytest.mark.parametrize("levels, power, tf_power", [
+    (0, 1.0, 1.0), (0, 0.5, 1.0), (2, 1.0, 1.0), (2, 0.5, 1.0), (0, 1.0, 0.2),
+    (2, 0.5, 0.3)])
+def test_query_vector_equals_the_matrix_path_to_the_bit(levels, power, tf_power):
     """A query's vector without scipy: the same columns and float32 values."""
     rng = np.random.default_rng(levels)
     n_words = 50
@@ -22,8 +24,8 @@ def test_query_vector_equals_the_matrix_path_to_the_bit(levels, power):
         idf[rng.random(len(idf)) < 0.2] = 0  # words no image holds
         expected = tfidf(spatial_bag_of_words(words, keypoints, np.array([(480, 640)]),
                                               np.array([0, n]), n_words, levels),
-                         idf, power)
+                         idf, power, tf_power)
         columns, values = query_tfidf(words, keypoints, (480, 640), n_words, levels,
-                                      idf, power)
+                                      idf, power, tf_power)
         assert columns.tolist() == expected.indices.tolist()
         assert values.dtype == np.float32 and np.array_equal(values, expected.data)
