@@ -19,7 +19,7 @@ import scipy.sparse as sp
 
 #: ``tf_power`` of an index by default: what finds photographed objects best
 #: (see ``benchmarks/results/instance.md``).
-DEFAULT_TF_POWER = 1.0
+DEFAULT_TF_POWER = 0.2
 
 
 def bag_of_words(words: np.ndarray, offsets: np.ndarray, n_words: int) -> sp.csr_matrix:
