@@ -5,7 +5,9 @@ from __future__ import annotations
 import os
 import platform
 import sys
+import time
 from datetime import date
+from pathlib import Path
 
 
 def run_metadata(script: str, argv=None) -> dict:
@@ -24,3 +26,15 @@ def run_metadata(script: str, argv=None) -> dict:
             "date": date.today().isoformat(),
             "machine": f"{platform.machine()}, {os.cpu_count()} cores, "
                        f"{memory:.0f} GiB, Python {platform.python_version()}"}
+
+
+def timed(function, *args, **kwargs):
+    """``(result, seconds)`` of one call."""
+    start = time.perf_counter()
+    result = function(*args, **kwargs)
+    return result, time.perf_counter() - start
+
+
+def folder_bytes(folder: Path) -> int:
+    """Bytes of the files directly in ``folder``."""
+    return sum(p.stat().st_size for p in Path(folder).iterdir() if p.is_file())

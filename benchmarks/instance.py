@@ -21,12 +21,11 @@ from __future__ import annotations
 import argparse
 import json
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
+from _common import folder_bytes, run_metadata, timed
 
-from _common import run_metadata
 from cvsearch import FeatureExtractor, Index
 from cvsearch.datasets import caltech101
 from cvsearch.evaluation import ns_score
@@ -57,12 +56,6 @@ EXTRACTOR_LEVERS = [
 ]
 
 
-def timed(function, *args, **kwargs):
-    start = time.perf_counter()
-    result = function(*args, **kwargs)
-    return result, time.perf_counter() - start
-
-
 def smvs(data: Path):
     """Reference paths, query paths and the reference index of each query."""
     root = data / "smvs_dvd_covers_half"
@@ -86,7 +79,7 @@ def distractors(data: Path, n: int | None, seed: int) -> list[str]:
 def disk_bytes(index: Index) -> int:
     with tempfile.TemporaryDirectory() as folder:
         index.save(folder)
-        return sum(p.stat().st_size for p in Path(folder).iterdir() if p.is_file())
+        return folder_bytes(folder)
 
 
 def sizes_of(index: Index) -> dict:
@@ -193,8 +186,7 @@ def main():
         result = evaluate(variant, base_words, truth, search)
         result.update(label=label, search=search, features=features,
                       ms_extract=row_extract_ms, ms_assign=row_assign_ms,
-                      weighting={"tf_power": variant.tf_power, "power": variant.power,
-                                 "pyramid_levels": variant.pyramid_levels},
+                      weighting=variant.weighting,
                       **sizes_of(base))
         rows.append(result)
         print(label, {k: result[k] for k in ("top1", "bow_top10", "candidate_recall")},

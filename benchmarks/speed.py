@@ -20,25 +20,14 @@ import argparse
 import os
 import platform
 import tempfile
-import time
 from datetime import date
 from pathlib import Path
 
 import numpy as np
+from _common import folder_bytes, timed
 
 from cvsearch import FeatureExtractor, ImageWords, Index
 from cvsearch.datasets import image_folder
-
-
-def timed(function, *args, **kwargs):
-    """``(result, seconds)`` of one call."""
-    start = time.perf_counter()
-    result = function(*args, **kwargs)
-    return result, time.perf_counter() - start
-
-
-def folder_bytes(folder: Path) -> int:
-    return sum(p.stat().st_size for p in folder.iterdir() if p.is_file())
 
 
 def run(args) -> dict:

@@ -297,7 +297,7 @@ def cmd_info(args):
             "images": len(index), "keypoints": manifest.get("n_keypoints"),
             "words": index.n_words, "features": index.extractor.get_params(),
             "vocabulary": index.vocabulary.get_params(),
-            "weighting": index._weighting(),
+            "weighting": index.weighting,
             "disk_bytes": _disk_bytes(args.index), "memory_bytes": index.nbytes}
     if args.json:
         _emit_json(info)

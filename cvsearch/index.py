@@ -96,10 +96,10 @@ class Index:
     while they do (each query sees the index as it was when it started).
 
     What shapes the stored data cannot drift from it: setting ``power``,
-    ``tf_power`` or ``pyramid_levels`` re-weights the stored words (nothing is extracted again);
-    ``extractor`` and ``vocabulary`` can be set only while the index is empty, and
-    an extractor or a fitted vocabulary is immutable. Features passed in must come
-    from ``index.extractor`` (they say what made them).
+    ``tf_power`` or ``pyramid_levels`` re-weights the stored words (nothing is
+    extracted again); ``extractor`` and ``vocabulary`` can be set only while the
+    index is empty, and an extractor or a fitted vocabulary is immutable. Features
+    passed in must come from ``index.extractor`` (they say what made them).
 
     Parameters
     ----------
@@ -203,10 +203,7 @@ class Index:
 
     @power.setter
     def power(self, power: float):
-        power = check_float(power, "power", minimum=0.01, maximum=1.0)
-        with self._lock:
-            self._power = power
-            self._reweight()
+        self._set_exponent("power", power)
 
     @property
     def tf_power(self) -> float:
@@ -215,9 +212,12 @@ class Index:
 
     @tf_power.setter
     def tf_power(self, tf_power: float):
-        tf_power = check_float(tf_power, "tf_power", minimum=0.01, maximum=1.0)
+        self._set_exponent("tf_power", tf_power)
+
+    def _set_exponent(self, name: str, value: float):
+        value = check_float(value, name, minimum=0.01, maximum=1.0)
         with self._lock:
-            self._tf_power = tf_power
+            setattr(self, f"_{name}", value)
             self._reweight()
 
     @property
@@ -569,11 +569,11 @@ class Index:
             if other.vocabulary.fingerprint != first.vocabulary.fingerprint:
                 raise ValueError("merge needs indexes that share one vocabulary; "
                                  "build the shards with the same trained vocabulary")
-            if other.extractor != first.extractor or other._weighting() != (
-                    first._weighting()):
+            if other.extractor != first.extractor or other.weighting != (
+                    first.weighting):
                 raise ValueError("merge needs indexes with the same extractor, power, "
                                  "tf_power and pyramid_levels")
-        merged = Index(first.extractor, first.n_words, **first._weighting())
+        merged = Index(first.extractor, first.n_words, **first.weighting)
         merged.vocabulary = first.vocabulary
         entries = []
         for index in indexes:
@@ -885,7 +885,10 @@ class Index:
             total += sum(np.asarray(a).nbytes for a in self.vocabulary.get_state().values())
         return int(total)
 
-    def _weighting(self) -> dict:
+    @property
+    def weighting(self) -> dict:
+        """``power``, ``tf_power`` and ``pyramid_levels``, as keyword arguments of
+        :class:`Index` and :meth:`reweighted`."""
         return {"power": self.power, "tf_power": self.tf_power,
                 "pyramid_levels": self.pyramid_levels}
 

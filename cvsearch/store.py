@@ -470,7 +470,7 @@ class Store:
             return self
         return self._with(segments, deleted, self.df)
 
-    def reweighted(self, levels: int, power: float, tf_power: float = 1.0) -> Store:
+    def reweighted(self, levels: int, power: float, tf_power: float) -> Store:
         """The same images under other pyramid levels, power or tf_power (other
         levels: every segment's postings are computed again from its keypoints)."""
         segments = self.segments

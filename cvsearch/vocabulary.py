@@ -211,11 +211,11 @@ class Vocabulary:
             self._cell_order = order
             self._cell_bounds = np.searchsorted(
                 word_cells[order], np.arange(len(cell_centers) + 1)).astype(np.int64)
-            self._sorted_centers = np.ascontiguousarray(centers[order])
             self._sorted_sqnorms = self._center_sqnorms[order]
             self._cell_sqnorms = (cell_centers.astype(np.float64) ** 2).sum(1).astype(
                 np.float32)
-            self._sorted_centers_times_minus_2 = self._sorted_centers * np.float32(-2)
+            self._sorted_centers_times_minus_2 = np.ascontiguousarray(
+                centers[order] * np.float32(-2))
             self._cell_centers_times_minus_2 = cell_centers * np.float32(-2)
 
     @property
@@ -305,28 +305,33 @@ class Vocabulary:
         return index, best, second
 
     @staticmethod
-    def _tolerance(data, center_sqnorms) -> np.ndarray:
+    def _tolerance(row_sqnorms, center_sqnorms) -> np.ndarray:
         """How far apart two float32 distances of each row must be to be ordered
-        reliably, shape (n,), float64.
+        reliably, shape (n,), float64; ``row_sqnorms`` are the rows' |x|^2.
 
         The rounding of a float32 matrix product depends on how BLAS splits it
         (its thread count), so a descriptor almost equally far from two centres
         could get different words in a serial and a parallel build. 2^-16 of
         |x|^2 + max |c|^2 bounds the difference of two roundings of a 128-term
-        product (measured: below 2^-19 on SIFT and RootSIFT).
+        product with a wide margin (``tests/test_vocabulary.py`` checks it on
+        SIFT-like and RootSIFT-like descriptors).
         """
-        return ((data.astype(np.float64) ** 2).sum(1)
-                + float(center_sqnorms.max())) * 2.0 ** -16
+        return (row_sqnorms + float(center_sqnorms.max())) * 2.0 ** -16
 
-    def _ties(self, data, best, second, center_sqnorms) -> np.ndarray:
+    def _ties(self, row_sqnorms, best, second, center_sqnorms) -> np.ndarray:
         """Rows whose two smallest float32 distances are too close to order."""
         return np.flatnonzero(second.astype(np.float64) - best
-                              <= self._tolerance(data, center_sqnorms))
+                              <= self._tolerance(row_sqnorms, center_sqnorms))
+
+    @staticmethod
+    def _row_sqnorms(data) -> np.ndarray:
+        return (data.astype(np.float64) ** 2).sum(1)
 
     def _nearest(self, data):
         words, best, second = self._two_nearest(data, self._centers_times_minus_2,
                                                 self._center_sqnorms)
-        for row in self._ties(data, best, second, self._center_sqnorms):
+        for row in self._ties(self._row_sqnorms(data), best, second,
+                              self._center_sqnorms):
             words[row] = self._settle(data[row], None)
         return words
 
@@ -341,13 +346,15 @@ class Vocabulary:
         else:
             words = np.sort(words)
             d32 = self._centers_times_minus_2[words] @ row + self._center_sqnorms[words]
-        tolerance = 2.0 * self._tolerance(row[None], self._center_sqnorms)[0]
+        tolerance = 2.0 * self._tolerance(self._row_sqnorms(row[None]),
+                                          self._center_sqnorms)[0]
         close = words[d32 <= d32.min() + tolerance]
         d = ((self.centers_[close].astype(np.float64) - row.astype(np.float64)) ** 2
              ).sum(1)
         return int(close[d.argmin()])
 
-    def _probed_cells(self, data: np.ndarray, n_probe: int) -> np.ndarray:
+    def _probed_cells(self, data: np.ndarray, n_probe: int,
+                      row_sqnorms: np.ndarray) -> np.ndarray:
         """The ``n_probe`` nearest coarse cells of each row, shape (n, n_probe);
         where float32 cannot tell the last probed cell from the next, the cells
         are chosen in float64 (ties: the smaller cell)."""
@@ -358,7 +365,7 @@ class Vocabulary:
             return np.broadcast_to(np.arange(n_cells), cell_d.shape)
         parts = np.argpartition(cell_d, (n_probe - 1, n_probe), axis=1)
         rows = np.arange(len(data))
-        unsure = self._ties(data, cell_d[rows, parts[:, n_probe - 1]],
+        unsure = self._ties(row_sqnorms, cell_d[rows, parts[:, n_probe - 1]],
                             cell_d[rows, parts[:, n_probe]], self._cell_sqnorms)
         probes = np.array(parts[:, :n_probe])
         cells = self.cell_centers_.astype(np.float64)
@@ -371,7 +378,8 @@ class Vocabulary:
 
     def _predict_ivf(self, data: np.ndarray) -> np.ndarray:
         n_probe = min(self.n_probe, len(self.cell_centers_))
-        probes = self._probed_cells(data, n_probe)
+        row_sqnorms = self._row_sqnorms(data)
+        probes = self._probed_cells(data, n_probe, row_sqnorms)
         rows = np.repeat(np.arange(len(data)), n_probe)
         cells = probes.ravel()
         order = np.argsort(cells, kind="stable")
@@ -395,7 +403,7 @@ class Vocabulary:
             second[cell_rows] = np.where(better, np.minimum(old_best, s),
                                          np.minimum(old_second, b))
             word[cell_rows[better]] = self._cell_order[lo + j[better]]
-        for row in self._ties(data, best, second, self._center_sqnorms):
+        for row in self._ties(row_sqnorms, best, second, self._center_sqnorms):
             members = np.concatenate([
                 self._cell_order[self._cell_bounds[c]:self._cell_bounds[c + 1]]
                 for c in probes[row]])

@@ -7,7 +7,8 @@ A database image d with word counts n_id gets the vector
 L2-normalised, where N is the number of images in the database and N_i the number
 that contain word i. ``a`` (``tf_power``) damps words repeated within an image
 before the idf weighting ("burstiness", Jegou et al., CVPR 2009); ``p`` (``power``)
-is the power-law normalisation of the whole vector (Perronnin et al., ECCV 2010). Words in no database image get idf 0: they cannot match anything.
+is the power-law normalisation of the whole vector (Perronnin et al., ECCV 2010).
+Words in no database image get idf 0: they cannot match anything.
 Queries are weighted with the same idf. The raw term frequency (rather than n_id / n_d)
 is used because the L2 normalisation removes the per-image factor anyway.
 """
@@ -74,9 +75,8 @@ def tfidf(counts: sp.csr_matrix, idf: np.ndarray, power: float = 1.0,
     counts : csr_matrix of shape (n, n_words)
     idf : ndarray of shape (n_words,), float32
     power : float in (0, 1]
-        Power-law normalisation: 0.5 damps "bursty" words that repeat within an
-        image (Jegou et al., CVPR 2009; Perronnin et al., ECCV 2010); 1 is plain
-        tf-idf.
+        Power-law normalisation of the weighted vector, idf included (Perronnin
+        et al., ECCV 2010); 1 is plain tf-idf.
     tf_power : float in (0, 1]
         Exponent of the counts before the idf weighting: below 1 damps words
         repeated within an image (Jegou et al., CVPR 2009) without damping the

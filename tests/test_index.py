@@ -266,7 +266,7 @@ def test_power_and_pyramid_options_survive_save_and_load(trained_index, image_fi
     assert not np.allclose(before[0], trained_index.query(query, k=5)[0])
     index.save(tmp_path / "index")
     loaded = Index.load(tmp_path / "index")
-    assert (loaded.power, loaded.pyramid_levels, loaded.tf_power) == (0.5, 2, 0.3)
+    assert loaded.weighting == {"power": 0.5, "tf_power": 0.3, "pyramid_levels": 2}
     for a, b in zip(before, loaded.query(query, k=5)):
         assert np.array_equal(a, b)
     with pytest.raises(ValueError, match="power"):

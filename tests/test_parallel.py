@@ -44,6 +44,13 @@ def test_merged_shards_equal_one_index(trained_index, image_files, images):
                         results(whole, images[:4], rerank=5))
     with pytest.raises(ValueError, match="more than one index"):
         Index.merge([shards[0], shards[0]])
+    other_weighting = shares(trained_index)
+    other_weighting.add(image_files[:2], names=["x", "y"])
+    other_weighting.tf_power = 1.0
+    with pytest.raises(ValueError, match="tf_power"):
+        Index.merge([shards[0], other_weighting])
+    assert merged.weighting == shards[0].weighting == {
+        "power": 1.0, "tf_power": 0.2, "pyramid_levels": 0}
     with pytest.raises(ValueError, match="share one vocabulary"):
         Index.merge([shards[0], Index.build(image_files[:4], FeatureExtractor(
             "sift", max_side=1024), n_words=100, random_state=0)])

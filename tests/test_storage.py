@@ -215,3 +215,17 @@ def test_save_untrained_raises(tmp_path):
 
     with pytest.raises(NotFittedError):
         Index(n_words=10).save(tmp_path / "x")
+
+
+def test_an_index_saved_before_tf_power_loads_with_the_counts_as_they_were(
+        trained_index, saved, images):
+    # Manifests written before tf_power existed have no such key: their indexes
+    # were weighted with the counts as they are, whatever the default is now.
+    manifest = manifest_of(saved)
+    del manifest["weighting"]["tf_power"]
+    manifest["manifest_sha256"] = storage.manifest_digest(manifest)
+    (saved / "index.json").write_text(json.dumps(manifest))
+    loaded = Index.load(saved)
+    assert loaded.tf_power == 1.0 != trained_index.tf_power
+    assert_same_results(results(loaded, images[:3]),
+                        results(trained_index.reweighted(tf_power=1.0), images[:3]))

@@ -101,9 +101,9 @@ def test_sample_rows_is_bounded_and_drawn_from_the_inputs():
 
 
 def tied_descriptors(vocabulary, pairs):
-    """Midpoints of pairs of centres, found by float32 rounding: each is equally far
-    from both centres in exact arithmetic (up to float32 rounding of the midpoint,
-    which the reference below measures in float64)."""
+    """Midpoints of pairs of centres, rounded to float32: in exact arithmetic each
+    is as far from one centre as from the other (up to the rounding of the
+    midpoint, which the float64 reference below measures)."""
     c = vocabulary.centers_.astype(np.float64)
     return ((c[pairs[:, 0]] + c[pairs[:, 1]]) / 2).astype(np.float32)
 
@@ -154,3 +154,35 @@ def test_near_ties_at_the_probe_boundary_use_the_float64_cells():
         d = ((row.astype(np.float64) - centers[members]) ** 2).sum(-1)
         expected.append(members[d.argmin()])
     assert np.array_equal(vocabulary.predict(data), expected)
+
+
+@pytest.mark.parametrize("root", [False, True])
+def test_the_tie_tolerance_covers_float32_rounding_with_room_to_spare(root):
+    # Near ties are settled in float64 when two float32 distances are closer than
+    # Vocabulary._tolerance. That is safe only if two roundings of the float32
+    # product (with any BLAS split) differ by less: each is within the maximum
+    # error measured here, so their difference is within twice it, which must
+    # stay below a quarter of the tolerance. Descriptors: SIFT-like (non-negative,
+    # unit norm clipped at 0.2, scaled to OpenCV's norm 512) or RootSIFT.
+    rng = np.random.default_rng(3)
+    raw = rng.gamma(0.3, size=(3000, 128))
+    sift = raw / np.linalg.norm(raw, axis=1, keepdims=True)
+    sift = np.minimum(sift, 0.2)
+    sift = 512 * sift / np.linalg.norm(sift, axis=1, keepdims=True)
+    data = np.sqrt(sift / sift.sum(1, keepdims=True)) if root else sift
+    data = data.astype(np.float32)
+    # centres: means of random groups of descriptors, as k-means makes them
+    groups = rng.permutation(np.arange(len(data)) % 500)  # six per centre
+    centers = np.stack([data[groups == g].mean(0) for g in range(500)]).astype(
+        np.float32)
+    vocabulary = Vocabulary.from_state(
+        {**Vocabulary(500).get_params()},
+        {"centers": centers, "cell_centers": np.zeros((0, 128), np.float32),
+         "word_cells": np.zeros(0, np.int32), "binary": np.array(False)})
+    float32 = data @ vocabulary._centers_times_minus_2.T + vocabulary._center_sqnorms
+    exact = (-2 * data.astype(np.float64) @ centers.astype(np.float64).T
+             + (centers.astype(np.float64) ** 2).sum(1))
+    error = np.abs(float32 - exact).max(1)
+    tolerance = vocabulary._tolerance(vocabulary._row_sqnorms(data),
+                                      vocabulary._center_sqnorms)
+    assert np.all(2 * error <= tolerance / 4)
