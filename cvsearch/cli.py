@@ -14,6 +14,8 @@ import sys
 import time
 from pathlib import Path
 
+from cvsearch.rerank import DEFAULT_MIN_INLIERS
+
 EXIT_ERROR = 1
 
 
@@ -215,7 +217,9 @@ def cmd_query(args):
     index = _load(args.index)
     features = index.extractor.extract(args.image)
     scores, ids, inliers = index.query(features, k=args.k, rerank=args.rerank,
-                                       min_inliers=args.min_inliers, return_inliers=True)
+                                       min_inliers=args.min_inliers,
+                                       verification=args.verification,
+                                       return_inliers=True)
     rows = [{"rank": r + 1, "id": int(i), "name": index.names[i],
              "score": round(float(s), 6), "inliers": int(n) if n >= 0 else None}
             for r, (s, i, n) in enumerate(zip(scores, ids, inliers))]
@@ -233,7 +237,8 @@ def cmd_query(args):
             raise CommandError(f"--match-rank {args.match_rank}: there are only "
                                f"{len(ids)} results")
         chosen = int(ids[args.match_rank - 1])
-        query_xy, db_xy = index.matches(features, chosen)
+        query_xy, db_xy = index.matches(features, chosen,
+                                        verification=args.verification)
         _write_picture(args.matches, match_picture(args.image, index.names[chosen],
                                                    query_xy, db_xy), cv2)
     if args.json:
@@ -425,14 +430,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("image", help="query image file")
     p.add_argument("-k", type=_positive_int, default=10, help="number of results")
     p.add_argument("--rerank", type=int, default=0,
-                   help="verify the top N bag-of-words results with RANSAC and move "
-                        "the verified ones up (0: off)")
-    p.add_argument("--min-inliers", type=_positive_int, default=20,
+                   help="verify the top N bag-of-words results geometrically and "
+                        "move the verified ones up (0: off)")
+    p.add_argument("--min-inliers", type=_positive_int, default=DEFAULT_MIN_INLIERS,
                    help="inliers needed to count as verified")
+    p.add_argument("--verification", choices=("shapes", "ransac"), default="shapes",
+                   help="shapes: transforms proposed by single keypoints' sizes and "
+                        "orientations (default); ransac: a homography by RANSAC on "
+                        "positions alone")
     p.add_argument("--show", metavar="PNG", default=None,
                    help="write a picture of the query and its results")
     p.add_argument("--matches", metavar="PNG", default=None,
-                   help="write a picture of the RANSAC inlier matches with one "
+                   help="write a picture of the inlier matches with one "
                         "result (see --match-rank)")
     p.add_argument("--match-rank", type=_positive_int, default=1,
                    help="rank of the result --matches draws")

@@ -220,6 +220,14 @@ class FeatureExtractor:
         return METHODS[self.method]
 
     @property
+    def covariant(self) -> bool:
+        """Whether keypoints are detected with their own size and orientation
+        (SIFT, RootSIFT, ORB), which then say how an object was scaled and turned
+        between two images. False for dense features: their sizes and angles are
+        the grid's, the same in every image."""
+        return self.dense_step is None
+
+    @property
     def dtype(self) -> np.dtype:
         """Descriptor dtype: float32 (SIFT, RootSIFT) or uint8 (ORB)."""
         return np.dtype(np.uint8 if self.method == "orb" else np.float32)

@@ -18,9 +18,10 @@ import numpy as np
 
 from cvsearch import rerank as _rerank
 from cvsearch import storage
-from cvsearch._validation import check_float, check_int, check_n_jobs
+from cvsearch._validation import check_choice, check_float, check_int, check_n_jobs
 from cvsearch.features import FeatureExtractor, Features
 from cvsearch.parallel import ImageWords, SkippedImage, check_words, extract_many
+from cvsearch.rerank import DEFAULT_MIN_INLIERS
 from cvsearch.store import Segment, Store
 from cvsearch.vocabulary import Vocabulary, sample_rows
 from cvsearch.weighting import DEFAULT_TF_POWER, pyramid_size, query_tfidf
@@ -28,6 +29,8 @@ from cvsearch.weighting import DEFAULT_TF_POWER, pyramid_size, query_tfidf
 logger = logging.getLogger(__name__)
 
 FORMAT_VERSION = 2
+#: How re-ranking verifies (see Index.query).
+VERIFICATIONS = ("shapes", "ransac")
 
 
 class _Snapshot(NamedTuple):
@@ -614,8 +617,12 @@ class Index:
             if duplicates:  # another thread added them meanwhile
                 raise ValueError(f"images named {sorted(duplicates)[:5]} were added "
                                  "concurrently; nothing was added")
+            # only detected keypoints keep their size and orientation (a grid's
+            # are the same in every image and would mislead verification)
+            width = 4 if self.extractor.covariant else 2
             store, ids = self._store.add(
-                names, [e.words for _, e in kept], [e.keypoints for _, e in kept],
+                names, [e.words for _, e in kept],
+                [np.asarray(e.keypoints)[:, :width] for _, e in kept],
                 [e.image_shape for _, e in kept])
             self._publish(store.merge_tail())
             self._name_to_id.update(zip(names, ids.tolist()))
@@ -672,7 +679,8 @@ class Index:
         return self
 
     # ------------------------------------------------------------------ query
-    def query(self, image, k: int = 10, *, rerank: int = 0, min_inliers: int = 20,
+    def query(self, image, k: int = 10, *, rerank: int = 0,
+              min_inliers: int = DEFAULT_MIN_INLIERS, verification: str = "shapes",
               return_inliers: bool = False):
         """The ``k`` most similar images to ``image``.
 
@@ -685,10 +693,17 @@ class Index:
         k : int
             Number of results, >= 1.
         rerank : int
-            If > 0, verify the top ``rerank`` bag-of-words results with RANSAC and
-            move those with at least ``min_inliers`` inliers up, by inliers.
+            If > 0, verify the top ``rerank`` bag-of-words results geometrically
+            and move those with at least ``min_inliers`` inliers up, by inliers.
         min_inliers : int
-            Inliers needed to count as geometrically verified.
+            Inliers needed to count as geometrically verified (default 10).
+        verification : {"shapes", "ransac"}
+            How: "shapes" proposes a transform from each correspondence's
+            keypoint sizes and orientations and refines the best one (fast, and
+            strict: an inlier must agree in position, scale and rotation); where
+            keypoints have no shapes (dense features, indexes saved before
+            shapes were kept) it uses RANSAC. "ransac": a homography fitted by RANSAC
+            to the positions alone (see :mod:`cvsearch.rerank`).
         return_inliers : bool
             Also return the inlier counts.
 
@@ -716,15 +731,15 @@ class Index:
         FileNotFoundError
             If the image path does not exist.
         """
-        k, rerank, min_inliers = _check_ranking(k, rerank, min_inliers)
+        ranking = _check_ranking(k, rerank, min_inliers, verification)
         snapshot = self._ready_snapshot()
         features = self._features_of(image)
-        scores, ids, inliers = self._query_features(snapshot, features, k, rerank,
-                                                    min_inliers)
+        scores, ids, inliers = self._query_features(snapshot, features, ranking)
         return (scores, ids, inliers) if return_inliers else (scores, ids)
 
     def query_batch(self, images: Sequence, k: int = 10, *, rerank: int = 0,
-                    min_inliers: int = 20, return_inliers: bool = False):
+                    min_inliers: int = DEFAULT_MIN_INLIERS,
+                    verification: str = "shapes", return_inliers: bool = False):
         """:meth:`query` for several images, padded to ``k`` columns.
 
         Returns
@@ -734,14 +749,15 @@ class Index:
         inliers : ndarray of shape (n_images, k), int32, with ``return_inliers``
         """
         images = self._as_list(images, "query_batch")
-        k, rerank, min_inliers = _check_ranking(k, rerank, min_inliers)
+        ranking = _check_ranking(k, rerank, min_inliers, verification)
+        k = ranking.k
         snapshot = self._ready_snapshot()
         all_scores = np.full((len(images), k), -np.inf, np.float32)
         all_ids = np.full((len(images), k), -1, np.int64)
         all_inliers = np.full((len(images), k), -1, np.int32)
         for row, image in enumerate(images):
             scores, ids, inliers = self._query_features(
-                snapshot, self._features_of(image), k, rerank, min_inliers)
+                snapshot, self._features_of(image), ranking)
             all_scores[row, :len(ids)] = scores
             all_ids[row, :len(ids)] = ids
             all_inliers[row, :len(ids)] = inliers
@@ -756,14 +772,14 @@ class Index:
             raise ValueError("the index holds no images; add images before querying")
         return snapshot
 
-    def _query_features(self, snapshot: _Snapshot, features, k: int, rerank: int,
-                        min_inliers: int):
+    def _query_features(self, snapshot: _Snapshot, features, ranking: _Ranking):
         words = self._words_of(snapshot, features)
         return self._rank(snapshot, words, features.keypoints, features.image_shape,
-                          k, rerank, min_inliers)
+                          ranking)
 
-    def _rank(self, snapshot: _Snapshot, words, keypoints, image_shape, k: int,
-              rerank: int, min_inliers: int, exclude: int | None = None):
+    def _rank(self, snapshot: _Snapshot, words, keypoints, image_shape,
+              ranking: _Ranking, exclude: int | None = None):
+        k, rerank, min_inliers, verification = ranking
         store = snapshot.store
         columns, values = query_tfidf(words, keypoints, image_shape, store.n_words,
                                       store.levels, store.weights().idf, store.power,
@@ -773,7 +789,8 @@ class Index:
         inliers = np.full(n, -1, np.int32)
         if rerank:
             short = ids[:rerank]
-            verified = self._verify(snapshot, words, keypoints, short, min_inliers)
+            verified = self._verify(snapshot, words, keypoints, short, verification,
+                                    min_inliers)
             order = _rerank.reorder(verified, min_inliers)
             ids[:len(short)] = short[order]
             top_scores[:len(short)] = top_scores[:len(short)][order]
@@ -781,14 +798,16 @@ class Index:
         m = min(k, n)
         return top_scores[:m], ids[:m], inliers[:m]
 
-    def _verify(self, snapshot: _Snapshot, words, keypoints, ids,
+    def _verify(self, snapshot: _Snapshot, words, keypoints, ids, verification: str,
                 min_inliers: int | None = None) -> np.ndarray:
-        candidates = (snapshot.store.image(int(i)) for i in ids)
+        candidates = snapshot.store.images(ids)
         return _rerank.verify_shortlist(words, keypoints, candidates,
                                         max_side=self.extractor.max_side,
-                                        min_inliers=min_inliers)
+                                        min_inliers=min_inliers,
+                                        use_shapes=verification == "shapes")
 
-    def similar(self, id: int, k: int = 10, *, rerank: int = 0, min_inliers: int = 20,
+    def similar(self, id: int, k: int = 10, *, rerank: int = 0,
+                min_inliers: int = DEFAULT_MIN_INLIERS, verification: str = "shapes",
                 return_inliers: bool = False):
         """The ``k`` images most similar to image ``id`` of the index, itself left
         out: "more like this", or near-duplicates, without reading the image again.
@@ -797,13 +816,15 @@ class Index:
         """
         snapshot = self._ready_snapshot()
         id = _check_id(id, snapshot, "similar")
-        k, rerank, min_inliers = _check_ranking(k, rerank, min_inliers)
-        scores, ids, inliers = self._rank(snapshot, *snapshot.store.image(id), k,
-                                          rerank, min_inliers, exclude=id)
+        ranking = _check_ranking(k, rerank, min_inliers, verification)
+        scores, ids, inliers = self._rank(snapshot, *snapshot.store.image(id), ranking,
+                                          exclude=id)
         return (scores, ids, inliers) if return_inliers else (scores, ids)
 
-    def inliers(self, image, ids: Sequence[int]) -> np.ndarray:
-        """RANSAC inlier counts of ``image`` against the images ``ids``.
+    def inliers(self, image, ids: Sequence[int], *,
+                verification: str = "shapes") -> np.ndarray:
+        """Inlier counts of ``image`` against the images ``ids`` (``verification``
+        as in :meth:`query`).
 
         Returns
         -------
@@ -814,12 +835,14 @@ class Index:
         if not all(isinstance(i, (int, np.integer)) for i in ids):
             raise TypeError("inliers takes a list of integer ids")
         ids = np.asarray([_check_id(i, snapshot, "inliers") for i in ids], np.int64)
+        verification = _check_ranking(1, 0, 1, verification).verification
         features = self._features_of(image)
         words = self._words_of(snapshot, features)
-        return self._verify(snapshot, words, features.keypoints, ids)
+        return self._verify(snapshot, words, features.keypoints, ids, verification)
 
-    def matches(self, image, id: int):
-        """The RANSAC inlier correspondences between ``image`` and image ``id``.
+    def matches(self, image, id: int, *, verification: str = "shapes"):
+        """The inlier correspondences between ``image`` and image ``id``
+        (``verification`` as in :meth:`query`).
 
         Returns
         -------
@@ -830,11 +853,12 @@ class Index:
         """
         snapshot = self._ready_snapshot()
         id = _check_id(id, snapshot, "matches")
+        verification = _check_ranking(1, 0, 1, verification).verification
         features = self._features_of(image)
         words = self._words_of(snapshot, features)
         _, query_xy, db_xy = _rerank.inlier_pairs(
             words, features.keypoints, *snapshot.store.image(id),
-            max_side=self.extractor.max_side)
+            max_side=self.extractor.max_side, use_shapes=verification == "shapes")
         return query_xy, db_xy
 
     def vectors(self):
@@ -1134,8 +1158,10 @@ class Index:
 _UINTS = (np.uint8, np.uint16, np.uint32, np.uint64)
 _SEGMENT_ARRAYS = {
     "ids": _UINTS, "shapes": (np.int32,), "kp_offsets": (np.int64,),
-    "kp_words": _UINTS, "kp_xy": (np.uint16,), "post_indptr": (np.int64,),
-    "post_rows": _UINTS, "post_tf": _UINTS}
+    "kp_words": _UINTS, "kp_xy": (np.uint16,), "kp_shape": (np.uint8,),
+    "post_indptr": (np.int64,), "post_rows": _UINTS, "post_tf": _UINTS}
+#: Arrays that indexes saved by earlier versions lack, and what they mean then.
+_OPTIONAL_ARRAYS = {"kp_shape": np.zeros(0, np.uint8)}  # no shapes: RANSAC verifies
 
 
 def _load_segment(directory, meta, index: Index, verify: bool,
@@ -1145,8 +1171,10 @@ def _load_segment(directory, meta, index: Index, verify: bool,
     if not isinstance(meta, dict) or not isinstance(meta.get("files"), dict):
         raise ValueError(f"{directory / storage.MANIFEST}: a segment entry is "
                          "malformed; the index is corrupt")
-    arrays = {name: storage.map_npy(directory, meta["files"].get(name), f"seg-{name}",
-                                    dtypes, verify, digests)
+    arrays = {name: _OPTIONAL_ARRAYS[name] if name in _OPTIONAL_ARRAYS
+              and name not in meta["files"] else
+              storage.map_npy(directory, meta["files"].get(name), f"seg-{name}",
+                              dtypes, verify, digests)
               for name, dtypes in _SEGMENT_ARRAYS.items()}
     names_entry = storage.check_entry(directory, meta.get("names"), "names")
     names = storage.parse_json(storage.read_entry(directory, names_entry, "names"),
@@ -1179,6 +1207,8 @@ def _check_segment(segment: Segment, n_words: int, n_columns: int,
         return "keypoint offsets are not increasing from 0 to the number of keypoints"
     if segment.kp_xy.shape != (len(segment.kp_words), 2):
         return "keypoint positions do not match the keypoint words"
+    if segment.kp_shape.shape not in ((0,), (len(segment.kp_words),)):
+        return "keypoint shapes do not match the keypoint words"
     if indptr.shape != (n_columns + 1,) or indptr[0] != 0 \
             or np.any(np.diff(indptr) < 0) or indptr[-1] != len(segment.post_rows) \
             or segment.post_tf.shape != segment.post_rows.shape:
@@ -1211,9 +1241,19 @@ def _check_id(id, snapshot: _Snapshot, what: str) -> int:
     return int(id)
 
 
-def _check_ranking(k, rerank, min_inliers) -> tuple[int, int, int]:
-    """The ranking arguments of query, query_batch and similar, checked."""
-    return (check_int(k, "k", minimum=1, hint="ask for at least one result"),
-            check_int(rerank, "rerank", minimum=0),
-            check_int(min_inliers, "min_inliers", minimum=1))
+class _Ranking(NamedTuple):
+    """The ranking arguments of query, query_batch and similar."""
+
+    k: int
+    rerank: int
+    min_inliers: int
+    verification: str
+
+
+def _check_ranking(k, rerank, min_inliers, verification) -> _Ranking:
+    """The ranking arguments, checked."""
+    return _Ranking(check_int(k, "k", minimum=1, hint="ask for at least one result"),
+                    check_int(rerank, "rerank", minimum=0),
+                    check_int(min_inliers, "min_inliers", minimum=1),
+                    check_choice(verification, "verification", VERIFICATIONS))
 

@@ -1,15 +1,28 @@
 """Stage 5: geometric verification of a short-list (spatial re-ranking).
 
 Query and database keypoints are put in correspondence through shared visual words
-(no raw descriptors are kept in the index), a homography is fitted with RANSAC
-(``cv2.findHomography``), and the short-list is re-ordered by inlier count (Philbin
-et al., "Object retrieval with large vocabularies and fast spatial matching", CVPR
-2007). Images with at least ``min_inliers`` inliers move up, ranked by inliers; the
-others keep their bag-of-words order below them, so re-ranking never drops a good
-bag-of-words answer out of the short-list.
+(no raw descriptors are kept in the index), a transform is fitted, and the
+short-list is re-ordered by inlier count (Philbin et al., "Object retrieval with
+large vocabularies and fast spatial matching", CVPR 2007). Images with at least
+``min_inliers`` inliers move up, ranked by inliers; the others keep their
+bag-of-words order below them, so re-ranking never drops a good bag-of-words
+answer out of the short-list.
+
+Two ways to fit, chosen by ``use_shapes``:
+
+- :func:`similarity_inliers` (the default where keypoints have shapes): each
+  correspondence proposes a similarity transform from its keypoints' sizes and
+  orientations, the best is refined by least squares (affine, then homography).
+  No random sampling, so it costs little even when most pairs are wrong, and an
+  inlier must agree in scale and rotation with its neighbours, which few chance
+  matches do.
+- :func:`count_inliers`: a homography by RANSAC on positions alone
+  (``cv2.findHomography``), for keypoints without shapes (dense features).
 """
 
 from __future__ import annotations
+
+from typing import NamedTuple
 
 import numpy as np
 
@@ -20,26 +33,38 @@ from cvsearch._validation import check_float, check_int
 #: frequent word (a repeated texture) makes many pairs, nearly all wrong.
 MAX_PER_WORD = 3
 
+#: Inliers that make a candidate verified, by default. With shape-consistent
+#: verification, chance matches among a short-list of 100 rarely reach it
+#: (benchmarks/results/instance.md), and blurred phone photos of the right
+#: object often have only 10 to 20.
+DEFAULT_MIN_INLIERS = 10
 
-def word_repeats(words: np.ndarray) -> np.ndarray:
-    """How often each keypoint's word occurs in its image.
 
-    Parameters
+class QueryWords(NamedTuple):
+    """A query's words arranged to be matched with many database images.
+
+    Attributes
     ----------
-    words : ndarray of shape (n,), int
-
-    Returns
-    -------
-    ndarray of shape (n,), int64
+    order : ndarray of shape (n_query,), int64
+        Query keypoints sorted by word (stable).
+    start, count : ndarray of shape (max word + 1,), int64
+        Where each word's keypoints begin in ``order``, and how many there are.
     """
-    _, inverse, counts = np.unique(np.asarray(words), return_inverse=True,
-                                   return_counts=True)
-    return counts[inverse.ravel()]
+
+    order: np.ndarray
+    start: np.ndarray
+    count: np.ndarray
+
+    @classmethod
+    def of(cls, words) -> QueryWords:
+        words = np.asarray(words, np.int64).ravel()
+        count = np.bincount(words) if len(words) else np.zeros(0, np.int64)
+        return cls(np.argsort(words, kind="stable"), np.cumsum(count) - count, count)
 
 
 def word_correspondences(query_words: np.ndarray, db_words: np.ndarray,
                          max_per_word: int = MAX_PER_WORD, *,
-                         query_repeats: np.ndarray | None = None
+                         query_table: QueryWords | None = None
                          ) -> tuple[np.ndarray, np.ndarray]:
     """Pairs of keypoints, one in each image, assigned to the same visual word.
 
@@ -49,33 +74,52 @@ def word_correspondences(query_words: np.ndarray, db_words: np.ndarray,
     db_words : ndarray of shape (n_db,), int
     max_per_word : int
         Words occurring more often than this in either image are ignored.
-    query_repeats : ndarray of shape (n_query,), optional
-        ``word_repeats(query_words)``, when one query is matched with many images.
+    query_table : QueryWords, optional
+        ``QueryWords.of(query_words)``, when one query is matched with many images.
 
     Returns
     -------
     query_idx, db_idx : ndarray of shape (n_pairs,), int64
-        Indices into the two keypoint lists.
+        Indices into the two keypoint lists, ordered by query keypoint, then
+        database keypoint.
     """
-    query_words = np.asarray(query_words)
-    db_words = np.asarray(db_words)
-    if len(query_words) == 0 or len(db_words) == 0:
-        empty = np.zeros(0, np.int64)
+    table = QueryWords.of(query_words) if query_table is None else query_table
+    db_words = np.asarray(db_words).ravel()
+    query_idx, db_idx = _pairs(table, db_words, np.zeros(len(db_words), np.int64),
+                               max_per_word)
+    by_query = np.lexsort((db_idx, query_idx))
+    return query_idx[by_query], db_idx[by_query]
+
+
+def _pairs(table: QueryWords, db_words: np.ndarray, labels: np.ndarray,
+           max_per_word: int) -> tuple[np.ndarray, np.ndarray]:
+    """Word correspondences of a query with several images at once: ``db_words``
+    (n,) are their words concatenated, ``labels`` (n,) says whose each is.
+    Returns ``(query_idx, db_idx)``, int64, ordered by ``db_idx``."""
+    empty = np.zeros(0, np.int64)
+    if len(db_words) == 0 or len(table.count) == 0:
         return empty, empty
-    db_order = np.argsort(db_words, kind="stable")
-    db_sorted = db_words[db_order]
-    lo = np.searchsorted(db_sorted, query_words, side="left")
-    hi = np.searchsorted(db_sorted, query_words, side="right")
-    n_db = hi - lo
-    n_query = word_repeats(query_words) if query_repeats is None else query_repeats
-    keep = (n_db >= 1) & (n_db <= max_per_word) & (n_query <= max_per_word)
-    query_idx = np.repeat(np.flatnonzero(keep), n_db[keep])
-    # Position of each pair within its query keypoint's run of equal db words.
-    starts = np.repeat(lo[keep], n_db[keep])
-    within = np.arange(len(query_idx)) - np.repeat(
-        np.cumsum(n_db[keep]) - n_db[keep], n_db[keep])
-    db_idx = db_order[starts + within]
-    return query_idx.astype(np.int64), db_idx.astype(np.int64)
+    # how often each database keypoint's word occurs in the query: one gather
+    known = db_words < len(table.count)
+    in_query = np.where(known, table.count[np.where(known, db_words, 0)], 0)
+    candidates = np.flatnonzero((in_query >= 1) & (in_query <= max_per_word))
+    if not len(candidates):
+        return empty, empty
+    # an image's keypoints of one word are all candidates or none: count them
+    key = labels[candidates].astype(np.int64) * len(table.count) + db_words[candidates]
+    _, inverse, repeats = np.unique(key, return_inverse=True, return_counts=True)
+    keep = candidates[repeats[inverse.ravel()] <= max_per_word]
+    n_query = in_query[keep]
+    db_idx = np.repeat(keep, n_query).astype(np.int64)
+    query_idx = table.order[np.repeat(table.start[db_words[keep]], n_query)
+                            + _ranks(n_query)]
+    return query_idx.astype(np.int64, copy=False), db_idx
+
+
+def _ranks(sizes: np.ndarray) -> np.ndarray:
+    """``concatenate([arange(n) for n in sizes])``, int64."""
+    sizes = np.asarray(sizes, np.int64)
+    return np.arange(int(sizes.sum())) - np.repeat(np.cumsum(sizes) - sizes, sizes)
 
 
 def iterations_needed(n_pairs: int, min_inliers: int, *, confidence: float = 0.995,
@@ -149,6 +193,188 @@ def _distinct_points(xy: np.ndarray) -> int:
     return len(np.unique(keys))
 
 
+#: Rotation sectors and log2-scale steps of the histogram that finds the dominant
+#: change of orientation and scale (weak geometric consistency).
+ROTATION_BINS = 16
+SCALE_STEP = 0.5
+SCALE_BINS = 32  # +-8 octaves
+#: One-correspondence hypotheses tried per image, and how much farther than the
+#: final threshold their first inliers may lie (a hypothesis from one keypoint's
+#: quantised shape is off by a few degrees and percent, more far from it).
+HYPOTHESES = 32
+LOOSE = 4.0
+
+
+def similarity_inliers(query_keypoints: np.ndarray, db_keypoints: np.ndarray,
+                       query_idx: np.ndarray, db_idx: np.ndarray, *,
+                       threshold: float, min_inliers: int | None = None
+                       ) -> tuple[int, np.ndarray] | None:
+    """Verify correspondences with hypotheses from single keypoints' shapes.
+
+    As in Philbin et al. (CVPR 2007): each correspondence of two keypoints with a
+    size and an orientation proposes a similarity transform on its own (the
+    scale is the ratio of sizes, the rotation the difference of angles), so no
+    random sampling is needed. First the correspondences that agree on the
+    change of orientation and scale are found (the peak of a histogram of both,
+    as in Jegou et al.'s weak geometric consistency, ECCV 2008); up to
+    ``HYPOTHESES`` of them propose transforms, and the one with most
+    correspondences within ``LOOSE * threshold`` is refined by local
+    optimisation: affine least squares on its inliers, recounted over all
+    correspondences with the threshold shrinking to ``threshold``, then a
+    homography by least squares (a photo taken at an angle is a perspective
+    view, which an affine fits only near its centre).
+
+    Parameters
+    ----------
+    query_keypoints, db_keypoints : ndarray of shape (n, 4), float32
+        ``(x, y, size, angle)``, size 0 where unknown.
+    query_idx, db_idx : ndarray of shape (n_pairs,), int
+        The correspondences (:func:`word_correspondences`).
+    threshold : float
+        Largest distance of an inlier from its predicted position, in database
+        image pixels.
+    min_inliers : int or None
+        The inliers that make an image verified: an image that cannot reach
+        them (fewer pairs, or its best hypothesis has fewer than half of them
+        before refinement) is not refined, and its count (0) is a lower bound.
+        None: always refined.
+
+    Returns
+    -------
+    (n_inliers, mask) or None
+        Inliers counted once per distinct keypoint on each side, and the mask of
+        inlier pairs; None if no correspondence has shapes on both sides (then
+        RANSAC decides).
+    """
+    db_idx = np.asarray(db_idx, np.int64)
+    order = np.argsort(db_idx, kind="stable")  # the batch wants pairs by image
+    counts, mask = _similarity_batch(
+        query_keypoints, db_keypoints, np.asarray(query_idx, np.int64)[order],
+        db_idx[order], np.zeros(len(db_idx), np.int64), np.array([threshold], float),
+        min_inliers)
+    if counts[0] < 0:
+        return None
+    unsorted = np.zeros(len(mask), bool)
+    unsorted[order] = mask
+    return int(counts[0]), unsorted
+
+
+def _similarity_batch(query_keypoints, db_keypoints, query_idx, db_idx, labels,
+                      thresholds, min_inliers):
+    """:func:`similarity_inliers` for the pairs of several images at once.
+
+    ``labels`` (n_pairs,) says which image each pair belongs to, in increasing
+    order; ``thresholds`` (n_images,) are their thresholds. Returns the inlier
+    counts (n_images,), int64, -1 for images with no pair having shapes on both
+    sides, and the mask (n_pairs,) of inlier pairs. The histogram and the
+    hypotheses of all images are computed together (a short-list is mostly
+    images that do not match, each with a few dozen pairs: per-image numpy calls
+    would cost more than the arithmetic); only the images whose best hypothesis
+    can reach ``min_inliers`` are refined, one by one.
+    """
+    n_images = len(thresholds)
+    n_pairs = len(query_idx)
+    mask = np.zeros(n_pairs, bool)
+    query = np.asarray(query_keypoints)[query_idx].astype(np.float64)
+    db = np.asarray(db_keypoints)[db_idx].astype(np.float64)
+    known = (query[:, 2] > 0) & (db[:, 2] > 0)
+    counts = np.where(np.bincount(labels[known], minlength=n_images) > 0, 0, -1)
+    per_image = np.bincount(labels, minlength=n_images)
+    first_pair = np.cumsum(per_image) - per_image
+    alive = (counts == 0) & (per_image >= max(3, min_inliers or 0))
+    chosen = np.flatnonzero(known & alive[labels])
+    if not len(chosen):
+        return counts, mask
+    label = labels[chosen]
+    rotation = np.deg2rad(np.mod(db[chosen, 3] - query[chosen, 3], 360.0))
+    log_scale = np.log2(db[chosen, 2] / query[chosen, 2])
+    # per image, the densest 2 x 2 cells of (rotation, scale) changes
+    sector = np.floor(rotation * (ROTATION_BINS / (2 * np.pi))).astype(np.int64)
+    sector %= ROTATION_BINS
+    step = np.clip(np.floor(log_scale / SCALE_STEP).astype(np.int64) + SCALE_BINS // 2,
+                   0, SCALE_BINS - 1)
+    cells = ROTATION_BINS * SCALE_BINS
+    histogram = np.bincount(label * cells + sector * SCALE_BINS + step,
+                            minlength=n_images * cells
+                            ).reshape(n_images, ROTATION_BINS, SCALE_BINS)
+    two = histogram + np.roll(histogram, -1, axis=1)  # rotation is circular
+    windows = (two[:, :, :-1] + two[:, :, 1:]).reshape(n_images, -1)
+    best_sector, best_step = np.divmod(windows.argmax(axis=1), SCALE_BINS - 1)
+    peak = (np.mod(sector - best_sector[label], ROTATION_BINS) <= 1) & (
+        (step == best_step[label]) | (step == best_step[label] + 1))
+    members = chosen[peak]  # pair indices, grouped by image
+    member_label = label[peak]
+    rotation, log_scale = rotation[peak], log_scale[peak]
+    grouped = np.bincount(member_label, minlength=n_images)
+    member_start = np.cumsum(grouped) - grouped
+    n_members = np.where(grouped < 2, 0, grouped)  # one pair cannot confirm itself
+    # up to HYPOTHESES members per image, evenly spread, propose transforms
+    n_hyp = np.minimum(HYPOTHESES, n_members)
+    hyp_label = np.repeat(np.arange(n_images), n_hyp)
+    rank = _ranks(n_hyp) * (n_members[hyp_label] - 1) // np.maximum(n_hyp - 1, 1)[hyp_label]
+    hyp = member_start[hyp_label] + rank  # positions in members
+    scale = np.exp2(log_scale[hyp])
+    cos, sin = scale * np.cos(rotation[hyp]), scale * np.sin(rotation[hyp])
+    anchor_q, anchor_d = query[members[hyp], :2], db[members[hyp], :2]
+    # every hypothesis against every member of its image
+    tests = n_members[hyp_label]
+    test_hyp = np.repeat(np.arange(len(hyp)), tests)
+    tested = members[np.repeat(member_start[hyp_label], tests) + _ranks(tests)]
+    c, s, offset = cos[test_hyp], sin[test_hyp], anchor_d[test_hyp] - db[tested, :2]
+    dx = query[tested, 0] - anchor_q[test_hyp, 0]
+    dy = query[tested, 1] - anchor_q[test_hyp, 1]
+    error_x = c * dx - s * dy + offset[:, 0]
+    error_y = s * dx + c * dy + offset[:, 1]
+    radius = LOOSE * thresholds[hyp_label[test_hyp]]
+    close = error_x ** 2 + error_y ** 2 < radius ** 2
+    support = np.bincount(test_hyp, weights=close, minlength=len(hyp))
+    # each image's best hypothesis: the first of its largest support
+    by_support = np.lexsort((np.arange(len(hyp)), -support, hyp_label))
+    firsts = by_support[np.concatenate([[True], np.diff(hyp_label[by_support]) != 0])]
+    test_start = np.cumsum(tests) - tests
+    for best in firsts:
+        image = int(hyp_label[best])
+        if min_inliers is not None and 2 * support[best] < min_inliers:
+            continue  # hopeless: not worth refining; 0 is a lower bound
+        block = slice(test_start[best], test_start[best] + tests[best])
+        span = slice(first_pair[image], first_pair[image] + per_image[image])
+        inliers = np.zeros(per_image[image], bool)
+        inliers[tested[block][close[block]] - first_pair[image]] = True
+        inliers = _refine(query[span, :2], db[span, :2], inliers, thresholds[image])
+        mask[span] = inliers
+        counts[image] = min(_distinct_points(query[span][inliers, :2].astype(np.float32)),
+                            _distinct_points(db[span][inliers, :2].astype(np.float32)))
+    return counts, mask
+
+
+def _refine(query_xy: np.ndarray, db_xy: np.ndarray, inliers: np.ndarray,
+            threshold: float) -> np.ndarray:
+    """Local optimisation of a hypothesis' ``inliers`` (mask over all pairs):
+    affine least squares with the threshold shrinking from ``LOOSE / 2`` times
+    ``threshold``, then homographies by least squares while they gain inliers.
+    Returns the final mask (all False if the model falls apart)."""
+    import cv2
+
+    source = np.column_stack([query_xy, np.ones(len(query_xy))])
+    for radius in (LOOSE * threshold / 2, threshold, threshold):
+        if inliers.sum() < 3:
+            return np.zeros(len(query_xy), bool)
+        affine, *_ = np.linalg.lstsq(source[inliers], db_xy[inliers], rcond=None)
+        inliers = ((source @ affine - db_xy) ** 2).sum(axis=1) < radius ** 2
+    for _ in range(2):
+        if inliers.sum() < 8:
+            break
+        homography, _ = cv2.findHomography(query_xy[inliers], db_xy[inliers], 0)
+        if homography is None:
+            break
+        projected = cv2.perspectiveTransform(query_xy[None], homography)[0]
+        widened = ((projected - db_xy) ** 2).sum(axis=1) < threshold ** 2
+        if widened.sum() < inliers.sum():
+            break
+        inliers = widened
+    return inliers
+
+
 def reorder(inliers: np.ndarray, min_inliers: int) -> np.ndarray:
     """Order of a short-list after verification.
 
@@ -176,7 +402,8 @@ def reorder(inliers: np.ndarray, min_inliers: int) -> np.ndarray:
 def verify_shortlist(query_words, query_keypoints, candidates, *,
                      max_side: int, reproj_threshold: float = 6.0,
                      max_per_word: int = MAX_PER_WORD,
-                     min_inliers: int | None = None) -> np.ndarray:
+                     min_inliers: int | None = None,
+                     use_shapes: bool = True) -> np.ndarray:
     """Inlier counts of a query against candidate database images.
 
     Parameters
@@ -196,6 +423,9 @@ def verify_shortlist(query_words, query_keypoints, candidates, *,
         The inliers that make an image verified: RANSAC runs only as long as
         finding such a model needs (:func:`iterations_needed`), so counts below
         it are lower bounds. None: the full 2,000 iterations for every image.
+    use_shapes : bool
+        Verify with :func:`similarity_inliers` where both sides' keypoints have
+        shapes (size > 0); RANSAC otherwise.
 
     Returns
     -------
@@ -204,21 +434,38 @@ def verify_shortlist(query_words, query_keypoints, candidates, *,
     reproj_threshold = check_float(reproj_threshold, "reproj_threshold",
                                    minimum=0.0)
     check_int(max_per_word, "max_per_word", minimum=1)
-    repeats = word_repeats(query_words)  # the query's side, once for all
-    # OpenCV releases the GIL in RANSAC, and its generator is seeded per call:
-    # the candidates are verified in threads with the same results as in a loop.
-    return np.asarray(map_in_pool(
+    table = QueryWords.of(query_words)  # the query's side, once for all
+    candidates = list(candidates)
+    inliers = np.full(len(candidates), -1, np.int64)
+    if use_shapes and candidates:
+        # all candidates' pairs at once (see _similarity_batch)
+        words = np.concatenate([np.asarray(c[0]).ravel() for c in candidates])
+        keypoints = np.concatenate([np.asarray(c[1], np.float32).reshape(-1, 4)
+                                    for c in candidates])
+        labels = np.repeat(np.arange(len(candidates)),
+                           [len(np.asarray(c[0]).ravel()) for c in candidates])
+        thresholds = np.array([reproj_threshold * max(1.0, max(c[2]) / max_side)
+                               for c in candidates])
+        query_idx, db_idx = _pairs(table, words, labels, max_per_word)
+        inliers, _ = _similarity_batch(query_keypoints, keypoints, query_idx, db_idx,
+                                       labels[db_idx], thresholds, min_inliers)
+    # the others by RANSAC. OpenCV releases the GIL in it, and its generator is
+    # seeded per call: they are verified in threads with the same results as in
+    # a loop.
+    rest = np.flatnonzero(inliers < 0)
+    inliers[rest] = map_in_pool(
         lambda candidate: inlier_pairs(
             query_words, query_keypoints, *candidate, max_side=max_side,
             reproj_threshold=reproj_threshold, max_per_word=max_per_word,
-            min_inliers=min_inliers, query_repeats=repeats)[0],
-        list(candidates)), np.int32)
+            min_inliers=min_inliers, query_table=table, use_shapes=False)[0],
+        [candidates[i] for i in rest])
+    return inliers.astype(np.int32)
 
 
 def inlier_pairs(query_words, query_keypoints, words, keypoints, image_shape, *,
                  max_side: int, reproj_threshold: float = 6.0,
                  max_per_word: int = MAX_PER_WORD, min_inliers: int | None = None,
-                 query_repeats: np.ndarray | None = None):
+                 query_table: QueryWords | None = None, use_shapes: bool = True):
     """Verify one database image; return its inlier count and inlier points.
 
     Parameters are those of :func:`verify_shortlist` for one candidate.
@@ -230,10 +477,16 @@ def inlier_pairs(query_words, query_keypoints, words, keypoints, image_shape, *,
         The RANSAC inlier correspondences, in each image's pixels.
     """
     query_idx, db_idx = word_correspondences(query_words, words, max_per_word,
-                                             query_repeats=query_repeats)
+                                             query_table=query_table)
     scale = max(1.0, max(image_shape) / max_side)
     query_xy = query_keypoints[query_idx, :2]
     db_xy = keypoints[db_idx, :2]
+    if use_shapes:
+        found = similarity_inliers(query_keypoints, keypoints, query_idx, db_idx,
+                                   threshold=reproj_threshold * scale,
+                                   min_inliers=min_inliers)
+        if found is not None:
+            return found[0], query_xy[found[1]], db_xy[found[1]]
     max_iters = 2000 if min_inliers is None else iterations_needed(len(query_idx),
                                                                    min_inliers)
     n, mask = count_inliers(query_xy, db_xy, reproj_threshold=reproj_threshold * scale,

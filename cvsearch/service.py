@@ -49,6 +49,7 @@ import numpy as np
 from cvsearch import storage
 from cvsearch.index import Index
 from cvsearch.io import READ_ERRORS, UnreadableImageError, decode_image, read_bytes
+from cvsearch.rerank import DEFAULT_MIN_INLIERS
 
 WEB = Path(__file__).resolve().parent / "web"
 UPLOADS = "uploads"
@@ -205,7 +206,7 @@ class Library:
             raise ServiceError(400, str(error)) from None
 
     def search(self, data: bytes, filename: str, k: int, rerank: int,
-               min_inliers: int = 20) -> dict:
+               min_inliers: int = DEFAULT_MIN_INLIERS) -> dict:
         """Search with an uploaded image: the JSON answer of ``POST /search``."""
         if k > self.settings.max_k or rerank > self.settings.max_rerank:
             raise ServiceError(422, f"k is at most {self.settings.max_k} and rerank "
@@ -608,7 +609,7 @@ def create_app(settings: Settings | None = None):
                k: Annotated[int, Form(ge=1, description="results")] = 10,
                rerank: Annotated[int, Form(ge=0, description="short-list verified "
                                            "with RANSAC (0: none)")] = 0,
-               min_inliers: Annotated[int, Form(ge=1)] = 20):
+               min_inliers: Annotated[int, Form(ge=1)] = DEFAULT_MIN_INLIERS):
         return library().search(read_upload(image), image.filename or "image", k,
                                 rerank, min_inliers)
 

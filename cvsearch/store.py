@@ -11,11 +11,14 @@ A segment holds two parts:
 - what scoring needs: an inverted file of term counts (per column, the rows of the
   images holding it and how often), in the smallest dtypes that hold them;
 - what re-ranking needs, read only for a short-list: each image's per-keypoint
-  words and positions. A position is kept as 16-bit fixed point of the image's
-  width and height (a precision of side / 65,535 pixels: 0.01 px for a 640-pixel
-  image); keypoint size and angle are not kept, as nothing reads them. The
-  postings are computed from these kept positions, so compacting or re-weighting
-  a segment never changes its scores.
+  words, positions and shapes. A position is kept as 16-bit fixed point of the
+  image's width and height (a precision of side / 65,535 pixels: 0.01 px for a
+  640-pixel image). A shape (size and orientation, what one correspondence needs
+  to propose a similarity transform) is kept in one byte: the orientation in 16
+  sectors of 22.5 degrees, the size in half-octave steps of the image's longer
+  side. Keypoints laid on a grid (dense features) have no shape of their own, and
+  their segments keep none. The postings are computed from the kept positions, so
+  compacting or re-weighting a segment never changes its scores.
 
 Document frequencies add up over segments (minus the deleted images' own), so the
 idf is exact for the live images, and an index grown by adds and removes scores
@@ -79,6 +82,10 @@ class Segment(NamedTuple):
     kp_xy : ndarray of shape (n_keypoints, 2), uint16
         ``(x, y)`` as fractions of the image's width and height, times 65,535;
         x the column and y the row.
+    kp_shape : ndarray of shape (n_keypoints,) or (0,), uint8
+        Each keypoint's size and orientation (see :func:`encode_shape`), or
+        empty when the segment's keypoints have none (dense features, or an
+        index saved before shapes were kept).
     post_indptr : ndarray of shape (n_columns + 1,), int64
         Column c owns postings ``post_indptr[c]:post_indptr[c + 1]``.
     post_rows : ndarray of shape (n_postings,), unsigned int
@@ -94,6 +101,7 @@ class Segment(NamedTuple):
     kp_offsets: np.ndarray
     kp_words: np.ndarray
     kp_xy: np.ndarray
+    kp_shape: np.ndarray
     post_indptr: np.ndarray
     post_rows: np.ndarray
     post_tf: np.ndarray
@@ -116,7 +124,8 @@ class Segment(NamedTuple):
         ids : sequence of int, increasing
         names : sequence of str
         words_list : list of ndarray of shape (n_i,), int
-        keypoints_list : list of ndarray of shape (n_i, 4), float32
+        keypoints_list : list of ndarray of shape (n_i, 4) or (n_i, 2), float32
+            ``(x, y, size, angle)``, or ``(x, y)`` for keypoints without a shape.
         shapes : ndarray of shape (n, 2)
         n_words, levels : int
             Vocabulary size and spatial pyramid levels.
@@ -127,7 +136,7 @@ class Segment(NamedTuple):
         words = (np.concatenate(words_list) if len(words_list) else
                  np.zeros(0, np.int64)).astype(np.int64)
         keypoints = (np.concatenate(keypoints_list) if len(keypoints_list) else
-                     np.zeros((0, 4), np.float32)).astype(np.float32).reshape(-1, 4)
+                     np.zeros((0, 2), np.float32)).astype(np.float32)
         shapes = np.asarray(shapes, np.int32).reshape(-1, 2)
         return cls.of_arrays(ids, tuple(names), shapes, offsets, words, keypoints,
                              n_words, levels)
@@ -135,13 +144,22 @@ class Segment(NamedTuple):
     @classmethod
     def of_arrays(cls, ids, names, shapes, offsets, words, keypoints, n_words: int,
                   levels: int) -> Segment:
-        """A segment from concatenated arrays (keypoints of shape (n, >= 2), in
-        pixels); its positions are quantised and its postings computed here."""
+        """A segment from concatenated arrays (keypoints of shape (n, 4), ``(x,
+        y, size, angle)`` in pixels and degrees, size 0 where it is unknown, or
+        (n, 2) without shapes); its positions and shapes are quantised and its
+        postings computed here."""
         shapes = np.asarray(shapes, np.int32).reshape(-1, 2)
         sizes = np.diff(offsets)
         width_height = np.repeat(shapes[:, ::-1], sizes, axis=0).astype(np.float64)
-        fraction = np.nan_to_num(np.asarray(keypoints, np.float64)[:, :2] / width_height)
+        keypoints = np.asarray(keypoints, np.float64)
+        if keypoints.ndim != 2:  # an image with no keypoints, given flat
+            keypoints = keypoints.reshape(-1, 2)
+        fraction = np.nan_to_num(keypoints[:, :2] / width_height)
         kp_xy = np.rint(np.clip(fraction, 0, 1) * 65535).astype(np.uint16)
+        kp_shape = np.zeros(0, np.uint8)
+        if keypoints.shape[1] >= 4 and np.any(keypoints[:, 2] > 0):
+            kp_shape = encode_shape(keypoints[:, 2], keypoints[:, 3],
+                                    width_height.max(axis=1))
         decoded = _decode(kp_xy, width_height)
         counts = spatial_bag_of_words(words, decoded, shapes, offsets, n_words,
                                       levels).tocsc()
@@ -152,7 +170,7 @@ class Segment(NamedTuple):
             names=tuple(names), shapes=np.ascontiguousarray(shapes, np.int32),
             kp_offsets=np.asarray(offsets, np.int64),
             kp_words=np.asarray(words).astype(smallest_uint(max(n_words - 1, 0))),
-            kp_xy=kp_xy,
+            kp_xy=kp_xy, kp_shape=kp_shape,
             post_indptr=counts.indptr.astype(np.int64),
             post_rows=counts.indices.astype(smallest_uint(max(n - 1, 0))),
             post_tf=counts.data.astype(np.int64).astype(
@@ -175,7 +193,7 @@ class Segment(NamedTuple):
         keeps = [np.ones(len(s), bool) if m is None else ~np.asarray(m)
                  for s, m in parts]
         n = int(sum(int(k.sum()) for k in keeps))
-        ids, names, shapes, sizes, words, xy = [], [], [], [], [], []
+        ids, names, shapes, sizes, words, xy, kp_shape = [], [], [], [], [], [], []
         moved, base = [], 0  # per part: (columns, rows, tf) of its kept postings
         for (segment, _), keep in zip(parts, keeps):
             ids.append(np.asarray(segment.ids, np.int64)[keep])
@@ -186,6 +204,9 @@ class Segment(NamedTuple):
             per_keypoint = np.repeat(keep, counts)
             words.append(np.asarray(segment.kp_words)[per_keypoint])
             xy.append(np.asarray(segment.kp_xy)[per_keypoint])
+            kp_shape.append(_shapes_of(segment)[per_keypoint]
+                            if any(len(s.kp_shape) for s, _ in parts) else
+                            np.zeros(0, np.uint8))
             indptr = np.asarray(segment.post_indptr)
             rows = np.asarray(segment.post_rows)
             alive = keep[rows]
@@ -219,6 +240,7 @@ class Segment(NamedTuple):
             kp_offsets=np.concatenate([[0], np.cumsum(np.concatenate(sizes))]
                                       ).astype(np.int64),
             kp_words=np.concatenate(words), kp_xy=np.concatenate(xy).reshape(-1, 2),
+            kp_shape=np.concatenate(kp_shape).astype(np.uint8),
             post_indptr=indptr, post_rows=out_rows, post_tf=out_tf)
 
     def select(self, keep: np.ndarray, n_words: int, levels: int) -> Segment:
@@ -233,20 +255,25 @@ class Segment(NamedTuple):
             self.keypoints()[per_keypoint], n_words, levels)
 
     def keypoints(self) -> np.ndarray:
-        """All kept positions as keypoints: ndarray of shape (n_keypoints, 4),
-        float32, ``(x, y, 0, 0)`` in pixels."""
+        """All kept keypoints: ndarray of shape (n_keypoints, 4), float32,
+        ``(x, y, size, angle)`` in pixels and degrees, size 0 where unknown."""
         sizes = np.diff(self.kp_offsets)
         width_height = np.repeat(np.asarray(self.shapes)[:, ::-1], sizes, axis=0)
-        return _decode(np.asarray(self.kp_xy), width_height.astype(np.float64))
+        return _decode(np.asarray(self.kp_xy), width_height.astype(np.float64),
+                       _shapes_of(self))
 
     def image(self, row: int):
-        """``(words int32, keypoints float32 (n, 4) with (x, y, 0, 0), (height,
-        width))`` of one row."""
-        lo, hi = self.kp_offsets[row], self.kp_offsets[row + 1]
-        height, width = (int(v) for v in self.shapes[row])
-        keypoints = _decode(np.asarray(self.kp_xy[lo:hi]),
-                            np.array([[width, height]], np.float64))
-        return np.asarray(self.kp_words[lo:hi], np.int32), keypoints, (height, width)
+        """``(words int32, keypoints float32 (n, 4) with (x, y, size, angle),
+        (height, width))`` of one row; size 0 where unknown."""
+        # plain views of the memory maps: slicing a memmap is slower
+        lo, hi = (int(v) for v in np.asarray(self.kp_offsets)[row:row + 2])
+        height, width = (int(v) for v in np.asarray(self.shapes)[row])
+        kp_shape = (np.asarray(self.kp_shape)[lo:hi] if len(self.kp_shape) else
+                    np.full(hi - lo, SHAPE_UNKNOWN, np.uint8))
+        keypoints = _decode(np.asarray(self.kp_xy)[lo:hi],
+                            np.array([[width, height]], np.float64), kp_shape)
+        return (np.asarray(self.kp_words)[lo:hi].astype(np.int32), keypoints,
+                (height, width))
 
     def row_columns(self, rows: np.ndarray, n_words: int, levels: int) -> np.ndarray:
         """Document-frequency contribution of ``rows``: for each column, how many
@@ -262,13 +289,85 @@ class Segment(NamedTuple):
         """Bytes of its arrays (names not included)."""
         return int(sum(np.asarray(a).nbytes for a in (
             self.ids, self.shapes, self.kp_offsets, self.kp_words, self.kp_xy,
-            self.post_indptr, self.post_rows, self.post_tf)))
+            self.kp_shape, self.post_indptr, self.post_rows, self.post_tf)))
 
 
-def _decode(kp_xy: np.ndarray, width_height: np.ndarray) -> np.ndarray:
-    """Pixel keypoints ``(x, y, 0, 0)``, float32 (n, 4), of quantised positions."""
-    xy = kp_xy.reshape(-1, 2).astype(np.float64) / 65535 * width_height
-    return np.column_stack([xy, np.zeros((len(xy), 2))]).astype(np.float32)
+#: Keypoint shape bytes (:func:`encode_shape`): the orientation in this many
+#: sectors (high 4 bits), the size in half-octave steps (low 4 bits) from
+#: 2 ** SHAPE_MIN_LOG2 of the image's longer side, and the byte of an unknown shape.
+SHAPE_SECTORS = 16
+SHAPE_MIN_LOG2 = -10.0
+SHAPE_UNKNOWN = 0xFF
+
+
+def encode_shape(size: np.ndarray, angle: np.ndarray, side: np.ndarray) -> np.ndarray:
+    """One byte per keypoint for its size and orientation.
+
+    The size is kept relative to the image's longer side, in 15 half-octave steps
+    from 2**-10 of it (SIFT's smallest keypoints in a 640-pixel image are 2**-8.5
+    of it; larger and smaller ones are clipped), so the byte means the same at any
+    resolution; the orientation in 16 sectors of 22.5 degrees. One correspondence
+    then gives its similarity transform to within about a fifth of a sector and of
+    a step, which local optimisation refines (:mod:`cvsearch.rerank`).
+
+    Parameters
+    ----------
+    size, angle : ndarray of shape (n,)
+        Diameter in pixels (<= 0: unknown) and OpenCV angle in degrees.
+    side : ndarray of shape (n,)
+        The longer side of each keypoint's image, pixels.
+
+    Returns
+    -------
+    ndarray of shape (n,), uint8
+        ``SHAPE_UNKNOWN`` where the size is unknown.
+    """
+    size = np.asarray(size, np.float64)
+    known = np.isfinite(size) & (size > 0) & np.isfinite(angle)
+    sector = np.floor(np.where(known, angle, 0) * (SHAPE_SECTORS / 360.0))
+    sector = np.mod(sector, SHAPE_SECTORS).astype(np.int64)
+    step = np.floor(2 * (np.log2(np.where(known, size, 1.0) / side) - SHAPE_MIN_LOG2))
+    step = np.clip(np.nan_to_num(step), 0, 14).astype(np.int64)
+    return np.where(known, sector * 16 + step, SHAPE_UNKNOWN).astype(np.uint8)
+
+
+def decode_shape(codes: np.ndarray, side: np.ndarray):
+    """Sizes and angles of shape bytes, at the middle of their step and sector.
+
+    Returns
+    -------
+    size, angle : ndarray of shape (n,), float64
+        0 for both where the shape is unknown.
+    """
+    codes = np.asarray(codes, np.uint8)
+    return _SHAPE_SIZES[codes] * side, _SHAPE_ANGLES[codes]
+
+
+_CODES = np.arange(256)
+#: Every shape byte's size (relative to the image's longer side) and angle.
+_SHAPE_SIZES = np.where(_CODES == SHAPE_UNKNOWN, 0.0,
+                        np.exp2(SHAPE_MIN_LOG2 + ((_CODES & 15) + 0.5) / 2))
+_SHAPE_ANGLES = np.where(_CODES == SHAPE_UNKNOWN, 0.0,
+                         ((_CODES >> 4) + 0.5) * (360.0 / SHAPE_SECTORS))
+
+
+def _shapes_of(segment: Segment) -> np.ndarray:
+    """Shape bytes of all of a segment's keypoints (unknown if it keeps none)."""
+    if len(segment.kp_shape):
+        return np.asarray(segment.kp_shape)
+    return np.full(len(segment.kp_words), SHAPE_UNKNOWN, np.uint8)
+
+
+def _decode(kp_xy: np.ndarray, width_height: np.ndarray,
+            kp_shape: np.ndarray | None = None) -> np.ndarray:
+    """Pixel keypoints ``(x, y, size, angle)``, float32 (n, 4), of quantised
+    positions and shape bytes (None: positions only, size and angle 0)."""
+    keypoints = np.zeros((len(kp_xy), 4), np.float32)
+    keypoints[:, :2] = kp_xy.reshape(-1, 2).astype(np.float64) / 65535 * width_height
+    if kp_shape is not None:
+        keypoints[:, 2], keypoints[:, 3] = decode_shape(kp_shape,
+                                                        width_height.max(axis=1))
+    return keypoints
 
 
 #: Merge policy of :meth:`Store.merge_tail`: this many segments of one size
@@ -538,6 +637,18 @@ class Store:
         """``(words, keypoints, image_shape)`` of a live image (for re-ranking)."""
         index, row = self.locate(id_)
         return self.segments[index].image(row)
+
+    def images(self, ids) -> list:
+        """:meth:`image` of several live ids, in their order (located at once)."""
+        ids = np.asarray(ids, np.int64).ravel()
+        found = [None] * len(ids)
+        order = np.argsort(ids, kind="stable")
+        for index, rows in self._locate_many(ids[order]):
+            segment = self.segments[index]
+            chosen = order[np.searchsorted(ids[order], np.asarray(segment.ids)[rows])]
+            for at, row in zip(chosen, rows):
+                found[at] = segment.image(int(row))
+        return found
 
     def ids(self) -> np.ndarray:
         """Live ids, increasing. ndarray of shape (n_live,), int64."""

@@ -3,7 +3,13 @@ import numpy as np
 import pytest
 from conftest import warped
 
-from cvsearch.rerank import count_inliers, reorder, word_correspondences
+from cvsearch.rerank import (
+    count_inliers,
+    reorder,
+    similarity_inliers,
+    word_correspondences,
+)
+from cvsearch.store import decode_shape, encode_shape
 
 
 def test_word_correspondences_by_hand():
@@ -39,20 +45,76 @@ def test_reorder_moves_verified_up_and_keeps_the_rest_in_order():
     assert reorder(np.array([1, 2]), min_inliers=20).tolist() == [0, 1]
 
 
+@pytest.mark.parametrize("verification", ["shapes", "ransac"])
 @pytest.mark.parametrize("rotation, scale, perspective", [
     (45, 1.0, 0.0), (-45, 0.5, 0.0), (30, 2.0, 0.0), (45, 0.5, 0.3), (-20, 1.5, 0.4),
     (10, 1.0, 0.6)])
 def test_warped_copy_ranks_first_with_most_inliers(trained_index, images, rotation,
-                                                    scale, perspective):
+                                                    scale, perspective, verification):
     query, _ = warped(images[3], rotation, scale, perspective)
     scores, ids, inliers = trained_index.query(query, k=5, rerank=12,
+                                               verification=verification,
                                                return_inliers=True)
     assert trained_index.names[ids[0]].endswith("texture_03.png")
     assert inliers[0] >= 30
     assert inliers[0] == inliers.max()
-    all_inliers = trained_index.inliers(query, range(len(trained_index)))
+    all_inliers = trained_index.inliers(query, range(len(trained_index)),
+                                        verification=verification)
     assert all_inliers.argmax() == ids[0]
     assert np.sort(all_inliers)[-2] < 20  # no other image is verified
+
+
+def shaped_pairs(rng, n_true, n_false, transform, turn, side=800.0):
+    """Query and database keypoints ``(x, y, size, angle)`` whose first
+    ``n_true`` rows correspond through ``transform`` (2 x 3, affine), a scale
+    change of ``sqrt(det)`` and a rotation of ``turn`` degrees, the rest at
+    random; database shapes quantised as the store keeps them."""
+    n = n_true + n_false
+    query = np.column_stack([rng.uniform(0, 600, (n, 2)), np.exp2(rng.uniform(1, 5, n)),
+                             rng.uniform(0, 360, n)])
+    db = np.column_stack([rng.uniform(0, 600, (n, 2)), np.exp2(rng.uniform(1, 5, n)),
+                          rng.uniform(0, 360, n)])
+    scale = np.sqrt(abs(np.linalg.det(transform[:, :2])))
+    db[:n_true, :2] = query[:n_true, :2] @ transform[:, :2].T + transform[:, 2]
+    db[:n_true, :2] += rng.normal(0, 0.7, (n_true, 2))
+    db[:n_true, 2] = query[:n_true, 2] * scale * np.exp2(rng.normal(0, 0.1, n_true))
+    db[:n_true, 3] = np.mod(query[:n_true, 3] + turn + rng.normal(0, 3, n_true), 360)
+    sides = np.full(n, side)
+    db[:, 2], db[:, 3] = decode_shape(encode_shape(db[:, 2], db[:, 3], sides), sides)
+    return query.astype(np.float32), db.astype(np.float32)
+
+
+@pytest.mark.parametrize("scale, turn, shear", [(1.0, 0, 0.0), (1.7, 35, 0.0),
+                                                (0.45, -150, 0.0), (1.2, 80, 0.15)])
+def test_similarity_hypotheses_find_the_true_pairs(scale, turn, shear):
+    """Quantised shapes (a 16th of a turn, half an octave) are enough to propose
+    the transform; local optimisation recovers every true pair, even under
+    shear, and no random one."""
+    rng = np.random.default_rng(int(scale * 100) + abs(turn))
+    angle = np.deg2rad(turn)
+    linear = scale * np.array([[np.cos(angle), -np.sin(angle)],
+                               [np.sin(angle), np.cos(angle)]]) @ [[1, shear], [0, 1]]
+    transform = np.column_stack([linear, [40.0, -25.0]])
+    query, db = shaped_pairs(rng, 60, 140, transform, turn)
+    pairs = np.arange(200)
+    n, mask = similarity_inliers(query, db, pairs, pairs, threshold=6.0)
+    assert mask[:60].sum() >= 58
+    assert mask[60:].sum() <= 2 and 58 <= n <= 62
+    # pairs with no geometry in common: nothing like a model
+    noise, _ = similarity_inliers(query[60:], db[60:], pairs[:140], pairs[:140],
+                                  threshold=6.0)
+    assert noise <= 6
+
+
+def test_similarity_needs_shapes_and_enough_pairs():
+    rng = np.random.default_rng(1)
+    query, db = shaped_pairs(rng, 30, 0, np.array([[1.0, 0, 5], [0, 1, 5]]), 0)
+    pairs = np.arange(30)
+    unknown = db.copy()
+    unknown[:, 2:] = 0  # sizes 0: no shapes (dense features, older indexes)
+    assert similarity_inliers(query, unknown, pairs, pairs, threshold=6.0) is None
+    assert similarity_inliers(query, db, pairs[:2], pairs[:2], threshold=6.0)[0] == 0
+    assert similarity_inliers(query, db, pairs, pairs, threshold=6.0)[0] == 30
 
 
 def test_iterations_needed_follow_the_smallest_model_worth_keeping():
@@ -72,3 +134,77 @@ def test_iterations_needed_follow_the_smallest_model_worth_keeping():
     n, _ = count_inliers(query.astype(np.float32), db.astype(np.float32),
                          max_iters=iterations_needed(60, 20))
     assert n >= 23
+
+
+def test_dense_features_keep_no_shapes_and_are_verified_by_ransac(image_files, images):
+    """Grid keypoints' sizes and angles are the grid's, not the object's: the
+    index keeps none, and re-ranking falls back to RANSAC for them."""
+    from cvsearch import FeatureExtractor, Index
+
+    assert FeatureExtractor("sift").covariant
+    extractor = FeatureExtractor("sift", dense_step=12, max_side=240)
+    assert not extractor.covariant
+    index = Index.build(image_files[:6], extractor, n_words=500, random_state=0)
+    assert all(len(s.kp_shape) == 0 for s in index._current().store.segments)
+    query = images[2][20:-20, 10:-30]  # a crop: the same grid no longer fits
+    shapes = index.query(query, k=3, rerank=6, return_inliers=True)
+    ransac = index.query(query, k=3, rerank=6, verification="ransac",
+                         return_inliers=True)
+    assert all(np.array_equal(a, b) for a, b in zip(shapes, ransac))
+    assert index.names[shapes[1][0]].endswith("texture_02.png")
+    assert shapes[2][0] >= 20  # verified
+
+
+def synthetic_candidates(rng, n_query=300, n_words=400):
+    """A query's words and keypoints, and database images: some show it
+    (words kept, keypoints moved by a random similarity plus noise), the others
+    are random; database shapes quantised as the store keeps them."""
+    query_words = rng.integers(0, n_words, n_query)
+    query = np.column_stack([rng.uniform(0, 640, (n_query, 2)),
+                             np.exp2(rng.uniform(1, 5, n_query)),
+                             rng.uniform(0, 360, n_query)]).astype(np.float32)
+    candidates = []
+    for i in range(12):
+        n = int(rng.integers(20, 400))
+        words = rng.integers(0, n_words, n)
+        keypoints = np.column_stack([rng.uniform(0, 640, (n, 2)),
+                                     np.exp2(rng.uniform(1, 5, n)),
+                                     rng.uniform(0, 360, n)])
+        if i % 3 == 0:  # shows the query: a share of its keypoints, moved
+            shown = rng.choice(n_query, min(n, int(rng.integers(8, 120))), replace=False)
+            turn, scale = rng.uniform(-180, 180), np.exp2(rng.uniform(-1, 1))
+            angle = np.deg2rad(turn)
+            rotation = scale * np.array([[np.cos(angle), -np.sin(angle)],
+                                         [np.sin(angle), np.cos(angle)]])
+            m = len(shown)
+            words[:m] = query_words[shown]
+            keypoints[:m, :2] = query[shown, :2] @ rotation.T + [30, -10]
+            keypoints[:m, :2] += rng.normal(0, 0.7, (m, 2))
+            keypoints[:m, 2] = query[shown, 2] * scale
+            keypoints[:m, 3] = np.mod(query[shown, 3] + turn, 360)
+        side = np.full(n, 640.0)
+        keypoints[:, 2], keypoints[:, 3] = decode_shape(
+            encode_shape(keypoints[:, 2], keypoints[:, 3], side), side)
+        candidates.append((words.astype(np.int32), keypoints.astype(np.float32),
+                           (640, 640)))
+    return query_words.astype(np.int32), query, candidates
+
+
+def test_a_short_list_verified_at_once_equals_one_image_at_a_time():
+    """verify_shortlist works on all candidates together; each count is what
+    the image alone gets, and with min_inliers it skips refining only images
+    that stay below it."""
+    from cvsearch.rerank import inlier_pairs, verify_shortlist
+
+    rng = np.random.default_rng(5)
+    query_words, query, candidates = synthetic_candidates(rng)
+    full = verify_shortlist(query_words, query, candidates, max_side=640)
+    alone = [inlier_pairs(query_words, query, *c, max_side=640)[0] for c in candidates]
+    assert full.tolist() == alone
+    assert (full[::3] >= 8).all() and (np.delete(full, np.s_[::3]) <= 4).all()
+    for min_inliers in (5, 10, 30):
+        quick = verify_shortlist(query_words, query, candidates, max_side=640,
+                                 min_inliers=min_inliers)
+        assert (quick <= full).all()
+        assert np.array_equal(quick[quick >= min_inliers], full[quick >= min_inliers])
+        assert np.array_equal(quick >= min_inliers, full >= min_inliers)

@@ -63,9 +63,9 @@ def test_round_trip_gives_identical_results(trained_index, saved, images):
 def test_files_are_plain_and_pickle_free(saved):
     names = sorted(p.name for p in saved.iterdir())
     assert names[0] == ".cvsearch-lock"  # the writer lock file, empty
-    # the manifest, the vocabulary, and one segment: 8 arrays and the names
-    assert "index.json" in names and len(names) == 12
-    assert sum(n.startswith("seg-") for n in names) == 8
+    # the manifest, the vocabulary, and one segment: 9 arrays and the names
+    assert "index.json" in names and len(names) == 13
+    assert sum(n.startswith("seg-") for n in names) == 9
     for path in saved.glob("*.npz"):
         with np.load(path, allow_pickle=False) as archive:
             for key in archive.files:
@@ -85,7 +85,7 @@ def test_load_maps_the_segments_and_saves_only_what_changed(trained_index, saved
     index.save(saved)
     after = {p.name: p.stat().st_mtime_ns for p in saved.glob("seg-*")}
     assert all(after[name] == mtime for name, mtime in before.items())  # untouched
-    assert len(after) == 16  # the new segment's 8 arrays
+    assert len(after) == 18  # the new segment's 9 arrays
     assert len(list(saved.glob("deleted-*.npy"))) == 1
     loaded = Index.load(saved)
     assert loaded.names == index.names and 3 not in loaded.names
@@ -95,10 +95,10 @@ def test_resave_removes_stale_files(trained_index, saved, image_files):
     index = Index.load(saved)
     index.remove([0])
     index.save(saved)  # a tombstone file; the segment stays
-    assert len(list(saved.iterdir())) == 13
+    assert len(list(saved.iterdir())) == 14
     index.compact()
     index.save(saved)  # one new segment; the old one's files go
-    assert len(list(saved.iterdir())) == 12
+    assert len(list(saved.iterdir())) == 13
     assert len(Index.load(saved)) == len(trained_index) - 1
 
 
@@ -189,6 +189,32 @@ def test_consistent_but_hostile_arrays_are_rejected(saved):
     for verify in (True, False):  # structure is always checked
         with pytest.raises(ValueError, match="keypoint offsets"):
             Index.load(saved, verify=verify)
+    rewrite(saved, "seg-kp_offsets", npy(offsets))
+    shapes = np.load(data_file(saved, "seg-kp_shape"))
+    rewrite(saved, "seg-kp_shape", npy(shapes[:-1].copy()))
+    for verify in (True, False):
+        with pytest.raises(ValueError, match="keypoint shapes"):
+            Index.load(saved, verify=verify)
+
+
+def test_an_index_saved_before_shapes_were_kept_verifies_with_ransac(
+        trained_index, saved, images):
+    """Indexes saved before keypoint shapes were kept have no such file: they
+    load, and re-ranking verifies them by RANSAC, as it did."""
+    manifest = manifest_of(saved)
+    for segment in manifest["segments"]:
+        (saved / segment["files"].pop("kp_shape")["name"]).unlink()
+    manifest["manifest_sha256"] = storage.manifest_digest(manifest)
+    (saved / "index.json").write_text(json.dumps(manifest))
+    loaded = Index.load(saved)
+    assert all(len(s.kp_shape) == 0 for s in loaded._current().store.segments)
+    queries = [warped(images[i], 25, 0.8, 0.2)[0] for i in (0, 5)]
+    old = [loaded.query(q, k=5, rerank=8, return_inliers=True) for q in queries]
+    ransac = [trained_index.query(q, k=5, rerank=8, verification="ransac",
+                                  return_inliers=True) for q in queries]
+    for a, b in zip(old, ransac):
+        assert all(np.array_equal(x, y) for x, y in zip(a, b))
+    assert old[0][2][0] >= 20  # verified
 
 
 def test_pickled_array_is_never_loaded(saved):

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from cvsearch.scoring import cosine_scores
-from cvsearch.store import Store
+from cvsearch.store import Store, decode_shape, encode_shape
 from cvsearch.weighting import (
     inverse_document_frequency,
     spatial_bag_of_words,
@@ -109,9 +109,11 @@ def test_stable_ids_names_and_geometry():
     assert store.position(6) == 6 and store.ids_at([4, 6]).tolist() == [4, 6]
     words, keypoints, shape = store.image(6)
     assert np.array_equal(words, images[6][1]) and shape == (200, 300)
-    # positions kept to 1/65535 of the image's sides; size and angle not kept
+    # positions kept to 1/65535 of the image's sides; size and angle in a byte
     assert np.allclose(keypoints[:, :2], images[6][2][:, :2], atol=300 / 65535)
-    assert not keypoints[:, 2:].any()
+    assert np.array_equal(keypoints[:, 2:], np.column_stack(
+        decode_shape(encode_shape(*images[6][2][:, 2:].T, 300.0), 300.0)
+    ).astype(np.float32))
     with pytest.raises(KeyError):
         store.image(5)  # deleted
     with pytest.raises(KeyError):
@@ -128,6 +130,49 @@ def test_postings_use_the_smallest_dtypes():
     assert segment.post_rows.dtype == np.uint8 and segment.kp_words.dtype == np.uint8
     assert segment.post_tf.dtype == np.uint8 and segment.ids.dtype == np.uint8
     assert segment.kp_xy.dtype == np.uint16 and segment.kp_xy.shape[1] == 2
+    assert segment.kp_shape.dtype == np.uint8
+    assert segment.kp_shape.shape == segment.kp_words.shape  # one byte a keypoint
+
+
+def test_shape_bytes_keep_size_and_angle_to_half_a_step():
+    from cvsearch.store import SHAPE_UNKNOWN, decode_shape, encode_shape
+
+    rng = np.random.default_rng(0)
+    side = rng.choice([300.0, 640.0, 4000.0], 5000)
+    size = side * np.exp2(rng.uniform(-9.9, -2.6, 5000))  # inside the byte's range
+    angle = rng.uniform(0, 360, 5000)
+    codes = encode_shape(size, angle, side)
+    assert codes.dtype == np.uint8 and not np.any(codes == SHAPE_UNKNOWN)
+    decoded_size, decoded_angle = decode_shape(codes, side)
+    assert np.abs(np.log2(decoded_size / size)).max() <= 0.25 + 1e-9  # half a step
+    turn = np.abs(np.mod(decoded_angle - angle + 180, 360) - 180)
+    assert turn.max() <= 360 / 16 / 2 + 1e-9  # half a sector
+    # what is decoded encodes to the same byte: compaction never drifts
+    assert np.array_equal(encode_shape(decoded_size, decoded_angle, side), codes)
+    # outside the range: clipped, never wrapped into another sector
+    far = encode_shape(np.array([1e-9, 1e9]), np.array([10.0, 10.0]), np.array([640.0] * 2))
+    assert (far >> 4).tolist() == [0, 0] and (far & 15).tolist() == [0, 14]
+    unknown = encode_shape(np.array([0.0, -1.0, np.nan, 5.0]),
+                           np.array([0.0, 0.0, 0.0, np.nan]), np.full(4, 640.0))
+    assert unknown.tolist() == [SHAPE_UNKNOWN] * 4
+    assert [v.tolist() for v in decode_shape(unknown, np.full(4, 640.0))] == [[0.0] * 4] * 2
+
+
+def test_keypoints_without_shapes_keep_none_and_read_as_unknown():
+    """Dense features are stored as positions only; merged with detected ones,
+    their rows read as unknown shapes and the others keep theirs."""
+    from cvsearch.store import SHAPE_UNKNOWN, Segment
+
+    images = random_images(12, seed=4)
+    shapeless = store_of([[(n, w, k[:, :2], s) for n, w, k, s in images[:6]]])
+    assert len(shapeless.segments[0].kp_shape) == 0
+    words, keypoints, _ = shapeless.image(1)
+    assert len(keypoints) and np.all(keypoints[:, 2:] == 0)
+    shaped = store_of([images[6:]]).segments[0]
+    merged = Segment.merge([(shapeless.segments[0], None), (shaped, None)])
+    n_first = int(shapeless.segments[0].kp_offsets[-1])
+    assert np.all(merged.kp_shape[:n_first] == SHAPE_UNKNOWN)
+    assert np.array_equal(merged.kp_shape[n_first:], shaped.kp_shape)
 
 
 @pytest.mark.parametrize("power", [1.0, 0.5])
@@ -165,8 +210,8 @@ def test_merging_segments_moves_postings_exactly():
     direct = store_of([live], levels=1).segments[0]
     assert merged.names == direct.names
     assert np.array_equal(merged.ids, store.ids())
-    for field in ("shapes", "kp_offsets", "kp_words", "kp_xy", "post_indptr",
-                  "post_rows", "post_tf"):
+    for field in ("shapes", "kp_offsets", "kp_words", "kp_xy", "kp_shape",
+                  "post_indptr", "post_rows", "post_tf"):
         a, b = getattr(merged, field), getattr(direct, field)
         assert a.dtype == b.dtype and np.array_equal(a, b), field
 
