@@ -219,6 +219,7 @@ def cmd_query(args):
     scores, ids, inliers = index.query(features, k=args.k, rerank=args.rerank,
                                        min_inliers=args.min_inliers,
                                        verification=args.verification,
+                                       multiple_assignment=args.multiple_assignment,
                                        return_inliers=True)
     rows = [{"rank": r + 1, "id": int(i), "name": index.names[i],
              "score": round(float(s), 6), "inliers": int(n) if n >= 0 else None}
@@ -238,7 +239,8 @@ def cmd_query(args):
                                f"{len(ids)} results")
         chosen = int(ids[args.match_rank - 1])
         query_xy, db_xy = index.matches(features, chosen,
-                                        verification=args.verification)
+                                        verification=args.verification,
+                                        multiple_assignment=args.multiple_assignment)
         _write_picture(args.matches, match_picture(args.image, index.names[chosen],
                                                    query_xy, db_xy), cv2)
     if args.json:
@@ -438,6 +440,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="shapes: transforms proposed by single keypoints' sizes and "
                         "orientations (default); ransac: a homography by RANSAC on "
                         "positions alone")
+    p.add_argument("--multiple-assignment", action=argparse.BooleanOptionalAction,
+                   default=True,
+                   help="verification also matches each query keypoint through its "
+                        "next nearest word when nearly as near (default: on)")
     p.add_argument("--show", metavar="PNG", default=None,
                    help="write a picture of the query and its results")
     p.add_argument("--matches", metavar="PNG", default=None,

@@ -681,7 +681,7 @@ class Index:
     # ------------------------------------------------------------------ query
     def query(self, image, k: int = 10, *, rerank: int = 0,
               min_inliers: int = DEFAULT_MIN_INLIERS, verification: str = "shapes",
-              return_inliers: bool = False):
+              multiple_assignment: bool = True, return_inliers: bool = False):
         """The ``k`` most similar images to ``image``.
 
         Parameters
@@ -704,6 +704,13 @@ class Index:
             keypoints have no shapes (dense features, indexes saved before
             shapes were kept) it uses RANSAC. "ransac": a homography fitted by RANSAC
             to the positions alone (see :mod:`cvsearch.rerank`).
+        multiple_assignment : bool
+            For verification, each query keypoint also matches through its next
+            nearest word where that is nearly as near as its own (squared
+            distance within ``ASSIGNMENT_RATIO`` = 1.2 times): a blurred or
+            slanted view of a patch often lands beside its word. Needs the
+            query's descriptors (not with :meth:`similar`, nor with words given
+            as ``ImageWords``).
         return_inliers : bool
             Also return the inlier counts.
 
@@ -731,7 +738,8 @@ class Index:
         FileNotFoundError
             If the image path does not exist.
         """
-        ranking = _check_ranking(k, rerank, min_inliers, verification)
+        ranking = _check_ranking(k, rerank, min_inliers, verification,
+                                 multiple_assignment)
         snapshot = self._ready_snapshot()
         features = self._features_of(image)
         scores, ids, inliers = self._query_features(snapshot, features, ranking)
@@ -739,7 +747,8 @@ class Index:
 
     def query_batch(self, images: Sequence, k: int = 10, *, rerank: int = 0,
                     min_inliers: int = DEFAULT_MIN_INLIERS,
-                    verification: str = "shapes", return_inliers: bool = False):
+                    verification: str = "shapes", multiple_assignment: bool = True,
+                    return_inliers: bool = False):
         """:meth:`query` for several images, padded to ``k`` columns.
 
         Returns
@@ -749,7 +758,8 @@ class Index:
         inliers : ndarray of shape (n_images, k), int32, with ``return_inliers``
         """
         images = self._as_list(images, "query_batch")
-        ranking = _check_ranking(k, rerank, min_inliers, verification)
+        ranking = _check_ranking(k, rerank, min_inliers, verification,
+                                 multiple_assignment)
         k = ranking.k
         snapshot = self._ready_snapshot()
         all_scores = np.full((len(images), k), -np.inf, np.float32)
@@ -773,13 +783,27 @@ class Index:
         return snapshot
 
     def _query_features(self, snapshot: _Snapshot, features, ranking: _Ranking):
-        words = self._words_of(snapshot, features)
+        words, verify_with = self._query_words(snapshot, features,
+                                               ranking.rerank > 0 and
+                                               ranking.multiple_assignment)
         return self._rank(snapshot, words, features.keypoints, features.image_shape,
-                          ranking)
+                          ranking, verify_with=verify_with)
+
+    def _query_words(self, snapshot: _Snapshot, features, multiple: bool):
+        """The query's words, and the ``(words, keypoints)`` that verification
+        matches: with multiple assignment, keypoints repeated with their next
+        nearest word where it is nearly as near (one search gives both)."""
+        if not multiple or not isinstance(features, Features):
+            words = self._words_of(snapshot, features)
+            return words, (words, features.keypoints)
+        words, second, best, second_best = snapshot.vocabulary.predict_two(
+            features.descriptors)
+        return words, _rerank.multiple_assignment(words, features.keypoints, second,
+                                                  best, second_best)
 
     def _rank(self, snapshot: _Snapshot, words, keypoints, image_shape,
-              ranking: _Ranking, exclude: int | None = None):
-        k, rerank, min_inliers, verification = ranking
+              ranking: _Ranking, exclude: int | None = None, verify_with=None):
+        k, rerank, min_inliers, verification, _ = ranking
         store = snapshot.store
         columns, values = query_tfidf(words, keypoints, image_shape, store.n_words,
                                       store.levels, store.weights().idf, store.power,
@@ -789,8 +813,8 @@ class Index:
         inliers = np.full(n, -1, np.int32)
         if rerank:
             short = ids[:rerank]
-            verified = self._verify(snapshot, words, keypoints, short, verification,
-                                    min_inliers)
+            verified = self._verify(snapshot, *(verify_with or (words, keypoints)),
+                                    short, verification, min_inliers)
             order = _rerank.reorder(verified, min_inliers)
             ids[:len(short)] = short[order]
             top_scores[:len(short)] = top_scores[:len(short)][order]
@@ -812,19 +836,20 @@ class Index:
         """The ``k`` images most similar to image ``id`` of the index, itself left
         out: "more like this", or near-duplicates, without reading the image again.
 
-        Parameters and returns are those of :meth:`query`, with ``id`` an image id.
+        Parameters and returns are those of :meth:`query`, with ``id`` an image id
+        (its words only are kept: no multiple assignment).
         """
         snapshot = self._ready_snapshot()
         id = _check_id(id, snapshot, "similar")
-        ranking = _check_ranking(k, rerank, min_inliers, verification)
+        ranking = _check_ranking(k, rerank, min_inliers, verification, False)
         scores, ids, inliers = self._rank(snapshot, *snapshot.store.image(id), ranking,
                                           exclude=id)
         return (scores, ids, inliers) if return_inliers else (scores, ids)
 
-    def inliers(self, image, ids: Sequence[int], *,
-                verification: str = "shapes") -> np.ndarray:
+    def inliers(self, image, ids: Sequence[int], *, verification: str = "shapes",
+                multiple_assignment: bool = True) -> np.ndarray:
         """Inlier counts of ``image`` against the images ``ids`` (``verification``
-        as in :meth:`query`).
+        and ``multiple_assignment`` as in :meth:`query`).
 
         Returns
         -------
@@ -835,14 +860,16 @@ class Index:
         if not all(isinstance(i, (int, np.integer)) for i in ids):
             raise TypeError("inliers takes a list of integer ids")
         ids = np.asarray([_check_id(i, snapshot, "inliers") for i in ids], np.int64)
-        verification = _check_ranking(1, 0, 1, verification).verification
+        ranking = _check_ranking(1, 0, 1, verification, multiple_assignment)
         features = self._features_of(image)
-        words = self._words_of(snapshot, features)
-        return self._verify(snapshot, words, features.keypoints, ids, verification)
+        _, verify_with = self._query_words(snapshot, features,
+                                           ranking.multiple_assignment)
+        return self._verify(snapshot, *verify_with, ids, verification)
 
-    def matches(self, image, id: int, *, verification: str = "shapes"):
+    def matches(self, image, id: int, *, verification: str = "shapes",
+                multiple_assignment: bool = True):
         """The inlier correspondences between ``image`` and image ``id``
-        (``verification`` as in :meth:`query`).
+        (``verification`` and ``multiple_assignment`` as in :meth:`query`).
 
         Returns
         -------
@@ -853,11 +880,12 @@ class Index:
         """
         snapshot = self._ready_snapshot()
         id = _check_id(id, snapshot, "matches")
-        verification = _check_ranking(1, 0, 1, verification).verification
+        ranking = _check_ranking(1, 0, 1, verification, multiple_assignment)
         features = self._features_of(image)
-        words = self._words_of(snapshot, features)
+        _, verify_with = self._query_words(snapshot, features,
+                                           ranking.multiple_assignment)
         _, query_xy, db_xy = _rerank.inlier_pairs(
-            words, features.keypoints, *snapshot.store.image(id),
+            *verify_with, *snapshot.store.image(id),
             max_side=self.extractor.max_side, use_shapes=verification == "shapes")
         return query_xy, db_xy
 
@@ -1248,12 +1276,21 @@ class _Ranking(NamedTuple):
     rerank: int
     min_inliers: int
     verification: str
+    multiple_assignment: bool
 
 
-def _check_ranking(k, rerank, min_inliers, verification) -> _Ranking:
+def _check_ranking(k, rerank, min_inliers, verification,
+                   multiple_assignment) -> _Ranking:
     """The ranking arguments, checked."""
     return _Ranking(check_int(k, "k", minimum=1, hint="ask for at least one result"),
                     check_int(rerank, "rerank", minimum=0),
                     check_int(min_inliers, "min_inliers", minimum=1),
-                    check_choice(verification, "verification", VERIFICATIONS))
+                    check_choice(verification, "verification", VERIFICATIONS),
+                    _check_assignment(multiple_assignment))
 
+
+def _check_assignment(multiple_assignment) -> bool:
+    if not isinstance(multiple_assignment, (bool, np.bool_)):
+        raise TypeError(f"multiple_assignment must be True or False, got "
+                        f"{type(multiple_assignment).__name__}")
+    return bool(multiple_assignment)

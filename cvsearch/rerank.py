@@ -122,6 +122,39 @@ def _ranks(sizes: np.ndarray) -> np.ndarray:
     return np.arange(int(sizes.sum())) - np.repeat(np.cumsum(sizes) - sizes, sizes)
 
 
+#: Multiple assignment (see :func:`multiple_assignment`): a further word counts
+#: when its squared distance is within this factor of the nearest word's.
+ASSIGNMENT_RATIO = 1.2
+
+
+def multiple_assignment(words: np.ndarray, keypoints: np.ndarray,
+                        second: np.ndarray, distances: np.ndarray,
+                        second_distances: np.ndarray, ratio: float = ASSIGNMENT_RATIO):
+    """A query's keypoints for verification with multiple assignment (Jegou et
+    al., ECCV 2008; Philbin et al., CVPR 2008): each keypoint with its word, then
+    again with its next nearest word where that is nearly as near.
+
+    Parameters
+    ----------
+    words, second : ndarray of shape (n,), int
+        Each keypoint's word and next nearest word (-1: none), as
+        :meth:`cvsearch.Vocabulary.predict_two` gives them.
+    keypoints : ndarray of shape (n, 4), float32
+    distances, second_distances : ndarray of shape (n,), float
+        Their squared distances.
+    ratio : float
+
+    Returns
+    -------
+    words : ndarray of shape (m,), int32
+    keypoints : ndarray of shape (m, 4), float32
+        The n keypoints first, then the repeated ones.
+    """
+    again = np.flatnonzero((second >= 0) & (second_distances <= ratio * distances))
+    return (np.concatenate([np.asarray(words, np.int32), second[again].astype(np.int32)]),
+            np.concatenate([keypoints, keypoints[again]]))
+
+
 def iterations_needed(n_pairs: int, min_inliers: int, *, confidence: float = 0.995,
                       max_iters: int = 2000) -> int:
     """RANSAC iterations that find, with ``confidence``, a homography that has

@@ -258,12 +258,31 @@ class Vocabulary:
         -------
         words : ndarray of shape (n,), int32, in [0, n_words)
         """
+        return self.predict_two(descriptors)[0]
+
+    def predict_two(self, descriptors: np.ndarray):
+        """Each descriptor's word (:meth:`predict`) and its next nearest word, for
+        multiple assignment: a descriptor blurred or seen at an angle often lands
+        beside its word rather than in it. One search gives both.
+
+        Returns
+        -------
+        words, second : ndarray of shape (n,), int32
+            ``second`` is -1 with a single word (searched).
+        distances, second_distances : ndarray of shape (n,), float32
+            Squared distances (float32 arithmetic; inf where ``second`` is -1).
+        """
         data = self._check_descriptors(descriptors)
         if len(data) == 0:
-            return np.zeros(0, np.int32)
+            empty = np.zeros(0, np.int32)
+            return empty, empty, np.zeros(0, np.float32), np.zeros(0, np.float32)
         if len(self.word_cells_) == 0:
-            return self._nearest(data)
-        return self._predict_ivf(data)
+            words, second, best, second_d = self._nearest(data)
+        else:
+            words, second, best, second_d = self._predict_ivf(data)
+        row_sqnorms = (data.astype(np.float32) ** 2).sum(1)
+        return (words, second, np.maximum(best + row_sqnorms, 0),
+                np.maximum(second_d + row_sqnorms, 0))
 
     def predict_exact(self, descriptors: np.ndarray) -> np.ndarray:
         """Assign each descriptor to its exact nearest centre (brute force).
@@ -277,18 +296,20 @@ class Vocabulary:
         words : ndarray of shape (n,), int32
         """
         data = self._check_descriptors(descriptors)
-        return self._nearest(data)
+        return self._nearest(data)[0]
 
     @staticmethod
     def _two_nearest(data, centers_times_minus_2, sqnorms, chunk: int = 2048):
         """Nearest and second-nearest centre by float32 distances.
 
-        Returns (index int32, best, second), the distances being squared distance
-        minus |x|^2, float32; second is inf with a single centre.
+        Returns (index int32, second index int32, best, second), the distances
+        being squared distance minus |x|^2, float32; second is inf (index -1)
+        with a single centre.
         """
         index = np.empty(len(data), np.int32)
+        second_index = np.full(len(data), -1, np.int32)
         best = np.empty(len(data), np.float32)
-        second = np.empty(len(data), np.float32)
+        second = np.full(len(data), np.inf, np.float32)
         for start in range(0, len(data), chunk):
             stop = min(start + chunk, len(data))
             # |x - c|^2 = |x|^2 - 2 x.c + |c|^2; |x|^2 does not change the argmin.
@@ -300,9 +321,12 @@ class Vocabulary:
             j = d.argmin(axis=1)
             index[start:stop] = j
             best[start:stop] = d[rows, j]
-            d[rows, j] = np.inf
-            second[start:stop] = d.min(axis=1) if d.shape[1] > 1 else np.inf
-        return index, best, second
+            if d.shape[1] > 1:
+                d[rows, j] = np.inf
+                j2 = d.argmin(axis=1)
+                second_index[start:stop] = j2
+                second[start:stop] = d[rows, j2]
+        return index, second_index, best, second
 
     @staticmethod
     def _tolerance(row_sqnorms, center_sqnorms) -> np.ndarray:
@@ -328,12 +352,22 @@ class Vocabulary:
         return (data.astype(np.float64) ** 2).sum(1)
 
     def _nearest(self, data):
-        words, best, second = self._two_nearest(data, self._centers_times_minus_2,
-                                                self._center_sqnorms)
-        for row in self._ties(self._row_sqnorms(data), best, second,
-                              self._center_sqnorms):
-            words[row] = self._settle(data[row], None)
-        return words
+        """``(words, second words, best, second)`` as :meth:`_two_nearest`, near
+        ties settled (:meth:`_settle`)."""
+        words, seconds, best, second = self._two_nearest(
+            data, self._centers_times_minus_2, self._center_sqnorms)
+        self._settle_ties(data, self._row_sqnorms(data), words, seconds, best, second,
+                          lambda row: None)
+        return words, seconds, best, second
+
+    def _settle_ties(self, data, row_sqnorms, words, seconds, best, second, members):
+        """Settle the rows whose two nearest words float32 cannot order (in
+        place); where the word changes, the two words swap."""
+        for row in self._ties(row_sqnorms, best, second, self._center_sqnorms):
+            settled = self._settle(data[row], members(row))
+            if settled != words[row]:
+                seconds[row] = words[row]
+                words[row] = settled
 
     def _settle(self, row: np.ndarray, words: np.ndarray | None) -> int:
         """The nearest of ``words`` (None: all) to one descriptor whose float32
@@ -388,27 +422,34 @@ class Vocabulary:
         best = np.full(len(data), np.inf, np.float32)
         second = np.full(len(data), np.inf, np.float32)
         word = np.zeros(len(data), np.int32)
+        second_word = np.full(len(data), -1, np.int32)
         # A descriptor probes a cell once, so the rows of one cell are distinct and
         # the fancy-indexed updates below are safe.
         for cell_rows, cell in zip(np.split(rows, splits), cells[np.r_[0, splits]]):
             lo, hi = self._cell_bounds[cell], self._cell_bounds[cell + 1]
             if lo == hi:
                 continue
-            j, b, s = self._two_nearest(
+            j, j2, b, s = self._two_nearest(
                 data[cell_rows], self._sorted_centers_times_minus_2[lo:hi],
                 self._sorted_sqnorms[lo:hi], chunk=1 << 30)
             old_best, old_second = best[cell_rows], second[cell_rows]
+            old_word, old_second_word = word[cell_rows], second_word[cell_rows]
+            cell_word = self._cell_order[lo + j]
+            cell_second = np.where(j2 >= 0, self._cell_order[lo + np.maximum(j2, 0)], -1)
             better = b < old_best
             best[cell_rows] = np.where(better, b, old_best)
             second[cell_rows] = np.where(better, np.minimum(old_best, s),
                                          np.minimum(old_second, b))
-            word[cell_rows[better]] = self._cell_order[lo + j[better]]
-        for row in self._ties(row_sqnorms, best, second, self._center_sqnorms):
-            members = np.concatenate([
-                self._cell_order[self._cell_bounds[c]:self._cell_bounds[c + 1]]
-                for c in probes[row]])
-            word[row] = self._settle(data[row], members)
-        return word
+            second_word[cell_rows] = np.where(
+                better, np.where(old_best <= s, old_word, cell_second),
+                np.where(b < old_second, cell_word, old_second_word))
+            word[cell_rows[better]] = cell_word[better]
+        self._settle_ties(data, row_sqnorms, word, second_word, best, second,
+                          lambda row: np.concatenate([
+                              self._cell_order[self._cell_bounds[c]:
+                                               self._cell_bounds[c + 1]]
+                              for c in probes[row]]))
+        return word, second_word, best, second
 
     def get_state(self) -> dict:
         """Learnt arrays, for saving: centers, cell_centers, word_cells, binary."""

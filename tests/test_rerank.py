@@ -208,3 +208,27 @@ def test_a_short_list_verified_at_once_equals_one_image_at_a_time():
         assert (quick <= full).all()
         assert np.array_equal(quick[quick >= min_inliers], full[quick >= min_inliers])
         assert np.array_equal(quick >= min_inliers, full >= min_inliers)
+
+
+def test_multiple_assignment_repeats_keypoints_whose_next_word_is_near():
+    from cvsearch.rerank import multiple_assignment
+
+    keypoints = np.arange(16, dtype=np.float32).reshape(4, 4)
+    words, repeated = multiple_assignment(
+        np.array([5, 6, 7, 8]), keypoints, second=np.array([9, 10, -1, 11]),
+        distances=np.array([1.0, 1.0, 1.0, 1.0]),
+        second_distances=np.array([1.1, 1.5, np.inf, 1.2]))
+    assert words.tolist() == [5, 6, 7, 8, 9, 11]  # 1.1 and 1.2 are within 1.2x
+    assert np.array_equal(repeated, keypoints[[0, 1, 2, 3, 0, 3]])
+
+
+def test_multiple_assignment_is_a_switch(trained_index, images):
+    query, _ = warped(images[4], 30, 0.7, 0.2)
+    single = trained_index.query(query, k=3, rerank=12, multiple_assignment=False,
+                                 return_inliers=True)
+    both = trained_index.query(query, k=3, rerank=12, return_inliers=True)
+    assert trained_index.names[both[1][0]].endswith("texture_04.png")
+    assert trained_index.names[single[1][0]].endswith("texture_04.png")
+    assert np.array_equal(single[0], both[0])  # the same bag-of-words scores
+    with pytest.raises(TypeError, match="multiple_assignment"):
+        trained_index.query(query, rerank=5, multiple_assignment=2)

@@ -186,3 +186,23 @@ def test_the_tie_tolerance_covers_float32_rounding_with_room_to_spare(root):
     tolerance = vocabulary._tolerance(vocabulary._row_sqnorms(data),
                                       vocabulary._center_sqnorms)
     assert np.all(2 * error <= tolerance / 4)
+
+
+@pytest.mark.parametrize("exact_below, n_probe", [(2048, 8), (0, 32)])
+def test_predict_two_gives_the_word_and_the_next_nearest(exact_below, n_probe):
+    """The first word is predict's; the second the next nearest centre (all
+    cells probed: exact), with their squared distances."""
+    vocabulary = Vocabulary(1000, exact_below=exact_below, n_probe=n_probe,
+                            random_state=0).fit(X)
+    data = X[:400]
+    words, second, best, second_best = vocabulary.predict_two(data)
+    assert np.array_equal(words, vocabulary.predict(data))
+    d = ((data[:, None, :].astype(np.float64)
+          - vocabulary.centers_[None].astype(np.float64)) ** 2).sum(-1)
+    ranked = np.sort(d, axis=1)
+    assert np.all(second != words) and second.min() >= 0
+    assert np.isclose(d[np.arange(400), second], ranked[:, 1], rtol=1e-3).all()
+    assert np.allclose(best, ranked[:, 0], rtol=1e-3, atol=1e-2)
+    assert np.allclose(second_best, ranked[:, 1], rtol=1e-3, atol=1e-2)
+    empty = vocabulary.predict_two(np.zeros((0, 128), np.float32))
+    assert all(len(a) == 0 for a in empty)
