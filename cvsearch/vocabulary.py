@@ -258,7 +258,10 @@ class Vocabulary:
         -------
         words : ndarray of shape (n,), int32, in [0, n_words)
         """
-        return self.predict_two(descriptors)[0]
+        data = self._check_descriptors(descriptors)
+        if len(data) == 0:
+            return np.zeros(0, np.int32)
+        return self._assign(data, with_second=False)[0]
 
     def predict_two(self, descriptors: np.ndarray):
         """Each descriptor's word (:meth:`predict`) and its next nearest word, for
@@ -276,13 +279,15 @@ class Vocabulary:
         if len(data) == 0:
             empty = np.zeros(0, np.int32)
             return empty, empty, np.zeros(0, np.float32), np.zeros(0, np.float32)
-        if len(self.word_cells_) == 0:
-            words, second, best, second_d = self._nearest(data)
-        else:
-            words, second, best, second_d = self._predict_ivf(data)
+        words, second, best, second_d = self._assign(data, with_second=True)
         row_sqnorms = (data.astype(np.float32) ** 2).sum(1)
         return (words, second, np.maximum(best + row_sqnorms, 0),
                 np.maximum(second_d + row_sqnorms, 0))
+
+    def _assign(self, data, with_second: bool):
+        if len(self.word_cells_) == 0:
+            return self._nearest(data, with_second)
+        return self._predict_ivf(data, with_second)
 
     def predict_exact(self, descriptors: np.ndarray) -> np.ndarray:
         """Assign each descriptor to its exact nearest centre (brute force).
@@ -296,15 +301,17 @@ class Vocabulary:
         words : ndarray of shape (n,), int32
         """
         data = self._check_descriptors(descriptors)
-        return self._nearest(data)[0]
+        return self._nearest(data, with_second=False)[0]
 
     @staticmethod
-    def _two_nearest(data, centers_times_minus_2, sqnorms, chunk: int = 2048):
+    def _two_nearest(data, centers_times_minus_2, sqnorms, chunk: int = 2048,
+                     with_second: bool = True):
         """Nearest and second-nearest centre by float32 distances.
 
         Returns (index int32, second index int32, best, second), the distances
         being squared distance minus |x|^2, float32; second is inf (index -1)
-        with a single centre.
+        with a single centre. Without ``with_second`` the second index is -1
+        (the distance is still computed: ties need it).
         """
         index = np.empty(len(data), np.int32)
         second_index = np.full(len(data), -1, np.int32)
@@ -323,9 +330,12 @@ class Vocabulary:
             best[start:stop] = d[rows, j]
             if d.shape[1] > 1:
                 d[rows, j] = np.inf
-                j2 = d.argmin(axis=1)
-                second_index[start:stop] = j2
-                second[start:stop] = d[rows, j2]
+                if with_second:
+                    j2 = d.argmin(axis=1)
+                    second_index[start:stop] = j2
+                    second[start:stop] = d[rows, j2]
+                else:
+                    second[start:stop] = d.min(axis=1)
         return index, second_index, best, second
 
     @staticmethod
@@ -351,11 +361,12 @@ class Vocabulary:
     def _row_sqnorms(data) -> np.ndarray:
         return (data.astype(np.float64) ** 2).sum(1)
 
-    def _nearest(self, data):
+    def _nearest(self, data, with_second: bool):
         """``(words, second words, best, second)`` as :meth:`_two_nearest`, near
         ties settled (:meth:`_settle`)."""
         words, seconds, best, second = self._two_nearest(
-            data, self._centers_times_minus_2, self._center_sqnorms)
+            data, self._centers_times_minus_2, self._center_sqnorms,
+            with_second=with_second)
         self._settle_ties(data, self._row_sqnorms(data), words, seconds, best, second,
                           lambda row: None)
         return words, seconds, best, second
@@ -410,7 +421,7 @@ class Vocabulary:
             probes[chosen] = np.argsort(d, axis=1, kind="stable")[:, :n_probe]
         return probes
 
-    def _predict_ivf(self, data: np.ndarray) -> np.ndarray:
+    def _predict_ivf(self, data: np.ndarray, with_second: bool):
         n_probe = min(self.n_probe, len(self.cell_centers_))
         row_sqnorms = self._row_sqnorms(data)
         probes = self._probed_cells(data, n_probe, row_sqnorms)
@@ -431,18 +442,20 @@ class Vocabulary:
                 continue
             j, j2, b, s = self._two_nearest(
                 data[cell_rows], self._sorted_centers_times_minus_2[lo:hi],
-                self._sorted_sqnorms[lo:hi], chunk=1 << 30)
+                self._sorted_sqnorms[lo:hi], chunk=1 << 30, with_second=with_second)
             old_best, old_second = best[cell_rows], second[cell_rows]
-            old_word, old_second_word = word[cell_rows], second_word[cell_rows]
             cell_word = self._cell_order[lo + j]
-            cell_second = np.where(j2 >= 0, self._cell_order[lo + np.maximum(j2, 0)], -1)
             better = b < old_best
+            if with_second:
+                old_word, old_second_word = word[cell_rows], second_word[cell_rows]
+                cell_second = np.where(j2 >= 0,
+                                       self._cell_order[lo + np.maximum(j2, 0)], -1)
+                second_word[cell_rows] = np.where(
+                    better, np.where(old_best <= s, old_word, cell_second),
+                    np.where(b < old_second, cell_word, old_second_word))
             best[cell_rows] = np.where(better, b, old_best)
             second[cell_rows] = np.where(better, np.minimum(old_best, s),
                                          np.minimum(old_second, b))
-            second_word[cell_rows] = np.where(
-                better, np.where(old_best <= s, old_word, cell_second),
-                np.where(b < old_second, cell_word, old_second_word))
             word[cell_rows[better]] = cell_word[better]
         self._settle_ties(data, row_sqnorms, word, second_word, best, second,
                           lambda row: np.concatenate([
