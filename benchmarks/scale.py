@@ -233,9 +233,9 @@ def write_results(args, argv, rows):
              "published (so \"add 100 + save\" includes them and the query after "
              "does not). Adding 100 is repeated " + str(args.adds) + " times: the "
              "median, and the slowest (which merges small segments). \"verify 50\" is "
-             "Index.inliers on the short-list (full RANSAC, 2,000 iterations); "
-             "re-ranking runs RANSAC only as long as finding min_inliers inliers "
-             "needs.", "",
+             "Index.inliers on the short-list (every candidate verified in full, "
+             "from keypoint shapes, the default); re-ranking refines only the "
+             "candidates that can reach min_inliers.", "",
              "| " + " | ".join(c[1] for c in columns) + " |",
              "|" + "---|" * len(columns)]
     for row in rows:
