@@ -72,8 +72,11 @@ def synthetic(rng, frequency, n, words_per_image, fingerprint, params, first):
     words = rng.choice(len(frequency), size=(n, words_per_image),
                        p=frequency).astype(np.int32)
     xy = rng.random((n, words_per_image, 2)) * [640, 480]
-    extra = np.tile(np.float32([8.0, 0.0]), (n, words_per_image, 1))
-    keypoints = np.concatenate([xy, extra], axis=2).astype(np.float32)
+    # sizes and angles vary as real ones do: identical shape arrays would be
+    # stored once (files are named by their content) and understate the disk
+    size = np.exp2(rng.uniform(1, 6, (n, words_per_image, 1)))
+    angle = rng.uniform(0, 360, (n, words_per_image, 1))
+    keypoints = np.concatenate([xy, size, angle], axis=2).astype(np.float32)
     items = [ImageWords(words[i], keypoints[i], (480, 640), fingerprint, params)
              for i in range(n)]
     return items, [f"synthetic/{first + i:08d}" for i in range(n)]
