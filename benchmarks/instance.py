@@ -32,32 +32,29 @@ from cvsearch.evaluation import ns_score
 
 PHONES = ("Canon", "Droid", "E63", "Palm")
 
+#: How verification ran before the verification levers: RANSAC, min_inliers 20,
+#: each query keypoint through its own word only.
+BEFORE = {"min_inliers": 20, "verification": "ransac", "multiple_assignment": False}
+
 #: (label, Index weighting options, Index.query options) on the default
 #: extractor. The first is what the issue measured before any lever (RANSAC,
 #: min_inliers 20, the defaults then); each later row changes one thing.
 LEVERS = [
     ("tf-idf (tf_power 1), re-rank 50, RANSAC, min_inliers 20", {"tf_power": 1.0},
-     {"rerank": 50, "min_inliers": 20, "verification": "ransac",
-      "multiple_assignment": False}),
+     {"rerank": 50, **BEFORE}),
     ("tf-idf (tf_power 1), re-rank 100, RANSAC, min_inliers 20", {"tf_power": 1.0},
-     {"rerank": 100, "min_inliers": 20, "verification": "ransac",
-      "multiple_assignment": False}),
+     {"rerank": 100, **BEFORE}),
     ("power 0.5 (whole vector), re-rank 100, RANSAC, min_inliers 20",
      {"tf_power": 1.0, "power": 0.5},
-     {"rerank": 100, "min_inliers": 20, "verification": "ransac",
-      "multiple_assignment": False}),
+     {"rerank": 100, **BEFORE}),
     ("tf_power 0.5, re-rank 100, RANSAC, min_inliers 20", {"tf_power": 0.5},
-     {"rerank": 100, "min_inliers": 20, "verification": "ransac",
-      "multiple_assignment": False}),
+     {"rerank": 100, **BEFORE}),
     ("tf_power 0.2, re-rank 100, RANSAC, min_inliers 20", {"tf_power": 0.2},
-     {"rerank": 100, "min_inliers": 20, "verification": "ransac",
-      "multiple_assignment": False}),
+     {"rerank": 100, **BEFORE}),
     ("tf_power 0.1, re-rank 100, RANSAC, min_inliers 20", {"tf_power": 0.1},
-     {"rerank": 100, "min_inliers": 20, "verification": "ransac",
-      "multiple_assignment": False}),
+     {"rerank": 100, **BEFORE}),
     ("tf_power 0.2, re-rank 100, RANSAC, min_inliers 10", {"tf_power": 0.2},
-     {"rerank": 100, "min_inliers": 10, "verification": "ransac",
-      "multiple_assignment": False}),
+     {**BEFORE, "rerank": 100, "min_inliers": 10}),
     ("tf_power 0.2, re-rank 100, shapes, single assignment", {"tf_power": 0.2},
      {"rerank": 100, "multiple_assignment": False}),
     ("tf_power 0.2, re-rank 100, shapes, min_inliers 20", {"tf_power": 0.2},

@@ -860,10 +860,10 @@ class Index:
         if not all(isinstance(i, (int, np.integer)) for i in ids):
             raise TypeError("inliers takes a list of integer ids")
         ids = np.asarray([_check_id(i, snapshot, "inliers") for i in ids], np.int64)
-        ranking = _check_ranking(1, 0, 1, verification, multiple_assignment)
+        check_choice(verification, "verification", VERIFICATIONS)
+        multiple = _check_assignment(multiple_assignment)
         features = self._features_of(image)
-        _, verify_with = self._query_words(snapshot, features,
-                                           ranking.multiple_assignment)
+        _, verify_with = self._query_words(snapshot, features, multiple)
         return self._verify(snapshot, *verify_with, ids, verification)
 
     def matches(self, image, id: int, *, verification: str = "shapes",
@@ -880,10 +880,10 @@ class Index:
         """
         snapshot = self._ready_snapshot()
         id = _check_id(id, snapshot, "matches")
-        ranking = _check_ranking(1, 0, 1, verification, multiple_assignment)
+        check_choice(verification, "verification", VERIFICATIONS)
+        multiple = _check_assignment(multiple_assignment)
         features = self._features_of(image)
-        _, verify_with = self._query_words(snapshot, features,
-                                           ranking.multiple_assignment)
+        _, verify_with = self._query_words(snapshot, features, multiple)
         _, query_xy, db_xy = _rerank.inlier_pairs(
             *verify_with, *snapshot.store.image(id),
             max_side=self.extractor.max_side, use_shapes=verification == "shapes")

@@ -193,6 +193,7 @@ class Segment(NamedTuple):
         keeps = [np.ones(len(s), bool) if m is None else ~np.asarray(m)
                  for s, m in parts]
         n = int(sum(int(k.sum()) for k in keeps))
+        keep_shapes = any(len(s.kp_shape) for s, _ in parts)
         ids, names, shapes, sizes, words, xy, kp_shape = [], [], [], [], [], [], []
         moved, base = [], 0  # per part: (columns, rows, tf) of its kept postings
         for (segment, _), keep in zip(parts, keeps):
@@ -204,8 +205,7 @@ class Segment(NamedTuple):
             per_keypoint = np.repeat(keep, counts)
             words.append(np.asarray(segment.kp_words)[per_keypoint])
             xy.append(np.asarray(segment.kp_xy)[per_keypoint])
-            kp_shape.append(_shapes_of(segment)[per_keypoint]
-                            if any(len(s.kp_shape) for s, _ in parts) else
+            kp_shape.append(_shapes_of(segment)[per_keypoint] if keep_shapes else
                             np.zeros(0, np.uint8))
             indptr = np.asarray(segment.post_indptr)
             rows = np.asarray(segment.post_rows)
@@ -307,8 +307,8 @@ def encode_shape(size: np.ndarray, angle: np.ndarray, side: np.ndarray) -> np.nd
     from 2**-10 of it (SIFT's smallest keypoints in a 640-pixel image are 2**-8.5
     of it; larger and smaller ones are clipped), so the byte means the same at any
     resolution; the orientation in 16 sectors of 22.5 degrees. One correspondence
-    then gives its similarity transform to within about a fifth of a sector and of
-    a step, which local optimisation refines (:mod:`cvsearch.rerank`).
+    then gives its similarity transform to within half a sector and half a step,
+    which local optimisation refines (:mod:`cvsearch.rerank`).
 
     Parameters
     ----------
