@@ -220,7 +220,7 @@ def cmd_query(args):
                                        min_inliers=args.min_inliers,
                                        verification=args.verification,
                                        multiple_assignment=args.multiple_assignment,
-                                       return_inliers=True)
+                                       expand=args.expand, return_inliers=True)
     rows = [{"rank": r + 1, "id": int(i), "name": index.names[i],
              "score": round(float(s), 6), "inliers": int(n) if n >= 0 else None}
             for r, (s, i, n) in enumerate(zip(scores, ids, inliers))]
@@ -444,6 +444,10 @@ def build_parser() -> argparse.ArgumentParser:
                    default=True,
                    help="verification also matches each query keypoint through its "
                         "next nearest word when nearly as near (default: on)")
+    p.add_argument("--expand", type=int, default=0, metavar="N",
+                   help="with --rerank: search again with the query averaged with its "
+                        "N best verified results, to find more views of the object "
+                        "(0: off)")
     p.add_argument("--show", metavar="PNG", default=None,
                    help="write a picture of the query and its results")
     p.add_argument("--matches", metavar="PNG", default=None,

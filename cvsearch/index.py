@@ -24,7 +24,7 @@ from cvsearch.parallel import ImageWords, SkippedImage, check_words, extract_man
 from cvsearch.rerank import DEFAULT_MIN_INLIERS
 from cvsearch.store import Segment, Store
 from cvsearch.vocabulary import Vocabulary, sample_rows
-from cvsearch.weighting import DEFAULT_TF_POWER, pyramid_size, query_tfidf
+from cvsearch.weighting import DEFAULT_TF_POWER, average_vectors, pyramid_size, query_tfidf
 
 logger = logging.getLogger(__name__)
 
@@ -681,7 +681,8 @@ class Index:
     # ------------------------------------------------------------------ query
     def query(self, image, k: int = 10, *, rerank: int = 0,
               min_inliers: int = DEFAULT_MIN_INLIERS, verification: str = "shapes",
-              multiple_assignment: bool = True, return_inliers: bool = False):
+              multiple_assignment: bool = True, expand: int = 0,
+              return_inliers: bool = False):
         """The ``k`` most similar images to ``image``.
 
         Parameters
@@ -711,6 +712,14 @@ class Index:
             slanted view of a patch often lands beside its word. Needs the
             query's descriptors (not with :meth:`similar`, nor with words given
             as ``ImageWords``).
+        expand : int
+            Average query expansion (Chum et al., ICCV 2007), with ``rerank``:
+            the query's vector is averaged with those of its best ``expand``
+            verified results and searched again; the verified results stay
+            first, the others follow in the expanded query's order, with its
+            scores. It finds more views of an object that the first search
+            verified, not a better first answer (0, the default: off; see
+            benchmarks/results/instance.md).
         return_inliers : bool
             Also return the inlier counts.
 
@@ -739,7 +748,7 @@ class Index:
             If the image path does not exist.
         """
         ranking = _check_ranking(k, rerank, min_inliers, verification,
-                                 multiple_assignment)
+                                 multiple_assignment, expand)
         snapshot = self._ready_snapshot()
         features = self._features_of(image)
         scores, ids, inliers = self._query_features(snapshot, features, ranking)
@@ -748,7 +757,7 @@ class Index:
     def query_batch(self, images: Sequence, k: int = 10, *, rerank: int = 0,
                     min_inliers: int = DEFAULT_MIN_INLIERS,
                     verification: str = "shapes", multiple_assignment: bool = True,
-                    return_inliers: bool = False):
+                    expand: int = 0, return_inliers: bool = False):
         """:meth:`query` for several images, padded to ``k`` columns.
 
         Returns
@@ -759,7 +768,7 @@ class Index:
         """
         images = self._as_list(images, "query_batch")
         ranking = _check_ranking(k, rerank, min_inliers, verification,
-                                 multiple_assignment)
+                                 multiple_assignment, expand)
         k = ranking.k
         snapshot = self._ready_snapshot()
         all_scores = np.full((len(images), k), -np.inf, np.float32)
@@ -803,7 +812,7 @@ class Index:
 
     def _rank(self, snapshot: _Snapshot, words, keypoints, image_shape,
               ranking: _Ranking, exclude: int | None = None, verify_with=None):
-        k, rerank, min_inliers, verification, _ = ranking
+        k, rerank, min_inliers, verification, _, expand = ranking
         store = snapshot.store
         columns, values = query_tfidf(words, keypoints, image_shape, store.n_words,
                                       store.levels, store.weights().idf, store.power,
@@ -819,8 +828,36 @@ class Index:
             ids[:len(short)] = short[order]
             top_scores[:len(short)] = top_scores[:len(short)][order]
             inliers[:len(short)] = verified[order]
+            if expand:
+                top_scores, ids, inliers = self._expand(
+                    snapshot, (columns, values), top_scores, ids, inliers,
+                    ranking, exclude)
         m = min(k, n)
         return top_scores[:m], ids[:m], inliers[:m]
+
+    def _expand(self, snapshot: _Snapshot, query_vector, scores, ids, inliers,
+                ranking: _Ranking, exclude: int | None):
+        """Average query expansion of a re-ranked list (same length): the
+        verified results first, as they are, then the others in the order of the
+        query averaged with the best ``ranking.expand`` verified ones."""
+        store = snapshot.store
+        verified = inliers >= ranking.min_inliers
+        if not verified.any():
+            return scores, ids, inliers
+        vectors = [query_vector] + [
+            query_tfidf(words, keypoints, shape, store.n_words, store.levels,
+                        store.weights().idf, store.power, store.tf_power)
+            for words, keypoints, shape in store.images(
+                ids[verified][:ranking.expand])]
+        n, kept = len(ids), int(verified.sum())
+        new_scores, new_ids = store.best(*average_vectors(vectors), n + kept, exclude)
+        known = dict(zip(ids.tolist(), inliers.tolist()))  # counts below the bar too
+        fresh = ~np.isin(new_ids, ids[verified])
+        new_scores, new_ids = new_scores[fresh][:n - kept], new_ids[fresh][:n - kept]
+        return (np.concatenate([scores[verified], new_scores]),
+                np.concatenate([ids[verified], new_ids]),
+                np.concatenate([inliers[verified], np.array(
+                    [known.get(i, -1) for i in new_ids.tolist()], np.int32)]))
 
     def _verify(self, snapshot: _Snapshot, words, keypoints, ids, verification: str,
                 min_inliers: int | None = None) -> np.ndarray:
@@ -841,7 +878,7 @@ class Index:
         """
         snapshot = self._ready_snapshot()
         id = _check_id(id, snapshot, "similar")
-        ranking = _check_ranking(k, rerank, min_inliers, verification, False)
+        ranking = _check_ranking(k, rerank, min_inliers, verification, False, 0)
         scores, ids, inliers = self._rank(snapshot, *snapshot.store.image(id), ranking,
                                           exclude=id)
         return (scores, ids, inliers) if return_inliers else (scores, ids)
@@ -1020,6 +1057,7 @@ class Index:
                     for e in [cached[1]["names"], *cached[1]["files"].values()]):
                 entry = cached[1]  # already in the folder: nothing to write
             else:
+                segment.check_geometry()  # never copy unchecked bytes under a new hash
                 entry = {"n": len(segment), "files": {
                     name: storage.write_file(directory, f"seg-{name}", "npy",
                                              storage.npy_bytes(getattr(segment, name)))
@@ -1074,11 +1112,13 @@ class Index:
         ----------
         directory : str or os.PathLike
         verify : bool
-            Hash every file (one read of the whole index, on all cores: about
-            a second per 2.6 GB on 2 cores). False skips the hashes of the large
-            arrays and their range checks (sizes, headers, structure and the
-            small files are still checked): for a large index you trust, to
-            start in a fraction of the time.
+            Hash every file (on all cores: about a second per 2.6 GB on 2
+            cores). What scoring reads is hashed here; each segment's keypoint
+            arrays (most of the bytes, read only to re-rank, remove or merge)
+            are hashed the first time one of them is read, or all at once by
+            :meth:`check_integrity`. False skips the hashes of the large arrays
+            and their range checks (sizes, headers, structure and the small
+            files are still checked): for a large index you trust.
 
         Raises
         ------
@@ -1098,6 +1138,24 @@ class Index:
                 if attempt == 4 or storage.read_manifest(directory)[1] == manifest:
                     raise
         raise AssertionError("unreachable")
+
+    def check_integrity(self) -> None:
+        """Run now the checks that :meth:`load` leaves for first use: the hash and
+        range of every segment's keypoint arrays (one read of them, on all cores).
+        A service can call it at start-up so that no query pays for them.
+
+        Raises
+        ------
+        ValueError
+            Naming the first file that does not match its checksum or holds
+            word ids out of range.
+        """
+        from concurrent.futures import ThreadPoolExecutor
+
+        segments = self._current().store.segments
+        with ThreadPoolExecutor(max(1, min(len(segments), os.cpu_count() or 1))) as pool:
+            for _ in pool.map(Segment.check_geometry, segments):  # hashlib frees the GIL
+                pass
 
     @classmethod
     def _load(cls, path, manifest: dict, verify: bool) -> Index:
@@ -1143,12 +1201,12 @@ class Index:
             raise ValueError(f"{path}: the list of segments is missing; the index is "
                              "corrupt")
         digests = None
-        if verify:  # the large files hashed at once, on all cores
+        if verify:  # what scoring reads, hashed at once on all cores
             digests = storage.sha256_files(directory, [
                 entry["name"] for meta in metas if isinstance(meta, dict)
                 and isinstance(meta.get("files"), dict)
-                for entry in meta["files"].values() if isinstance(entry, dict)
-                and isinstance(entry.get("name"), str)
+                for key, entry in meta["files"].items() if key not in _GEOMETRY
+                and isinstance(entry, dict) and isinstance(entry.get("name"), str)
                 and storage.is_data_file_name(entry["name"])])
         previous = -1
         for meta in metas:
@@ -1190,6 +1248,8 @@ _SEGMENT_ARRAYS = {
     "post_indptr": (np.int64,), "post_rows": _UINTS, "post_tf": _UINTS}
 #: Arrays that indexes saved by earlier versions lack, and what they mean then.
 _OPTIONAL_ARRAYS = {"kp_shape": np.zeros(0, np.uint8)}  # no shapes: RANSAC verifies
+#: The keypoint arrays, read only to re-rank, remove or merge: hashed on first use.
+_GEOMETRY = ("kp_words", "kp_xy", "kp_shape")
 
 
 def _load_segment(directory, meta, index: Index, verify: bool,
@@ -1202,7 +1262,7 @@ def _load_segment(directory, meta, index: Index, verify: bool,
     arrays = {name: _OPTIONAL_ARRAYS[name] if name in _OPTIONAL_ARRAYS
               and name not in meta["files"] else
               storage.map_npy(directory, meta["files"].get(name), f"seg-{name}",
-                              dtypes, verify, digests)
+                              dtypes, verify and name not in _GEOMETRY, digests)
               for name, dtypes in _SEGMENT_ARRAYS.items()}
     names_entry = storage.check_entry(directory, meta.get("names"), "names")
     names = storage.parse_json(storage.read_entry(directory, names_entry, "names"),
@@ -1211,16 +1271,28 @@ def _load_segment(directory, meta, index: Index, verify: bool,
         raise ValueError(f"{directory / names_entry['name']}: not a list of names; "
                          "the index is corrupt")
     segment = Segment(names=tuple(names), **arrays)
-    problem = _check_segment(segment, index.n_words,
+    problem = _check_segment(segment,
                              index.n_words * pyramid_size(index.pyramid_levels), verify)
     if problem:
         raise ValueError(f"{directory / meta['files']['ids']['name']}: {problem}; the "
                          "index is corrupt")
-    return segment
+    if not verify:
+        return segment
+    hashes = [storage.deferred_sha256(directory, meta["files"][name], arrays[name])
+              for name in _GEOMETRY if name in meta["files"]]
+    words, n_words = arrays["kp_words"], index.n_words
+
+    def check_geometry():
+        for check in hashes:
+            check()
+        if len(words) and int(words.max()) >= n_words:
+            raise ValueError(f"{directory / meta['files']['kp_words']['name']}: word "
+                             f"ids outside 0..{n_words - 1}; the index is corrupt")
+    return Segment(names=segment.names, **arrays,
+                   geometry_check=storage.DeferredCheck(check_geometry))
 
 
-def _check_segment(segment: Segment, n_words: int, n_columns: int,
-                   full: bool) -> str | None:
+def _check_segment(segment: Segment, n_columns: int, full: bool) -> str | None:
     """Describe the first inconsistency of a loaded segment, or None. Without
     ``full``, only what costs O(images + columns) is checked."""
     n = len(segment.names)
@@ -1241,9 +1313,7 @@ def _check_segment(segment: Segment, n_words: int, n_columns: int,
             or np.any(np.diff(indptr) < 0) or indptr[-1] != len(segment.post_rows) \
             or segment.post_tf.shape != segment.post_rows.shape:
         return "the postings are not one run per column"
-    if full:
-        if len(segment.kp_words) and int(segment.kp_words.max()) >= n_words:
-            return f"word ids outside 0..{n_words - 1}"
+    if full:  # the keypoint words' range is checked with their hash, on first use
         if len(segment.post_rows) and (int(segment.post_rows.max()) >= n
                                        or int(segment.post_tf.min()) < 1):
             return "postings name rows outside the segment, or zero counts"
@@ -1277,16 +1347,23 @@ class _Ranking(NamedTuple):
     min_inliers: int
     verification: str
     multiple_assignment: bool
+    expand: int
 
 
-def _check_ranking(k, rerank, min_inliers, verification,
-                   multiple_assignment) -> _Ranking:
+def _check_ranking(k, rerank, min_inliers, verification, multiple_assignment,
+                   expand) -> _Ranking:
     """The ranking arguments, checked."""
-    return _Ranking(check_int(k, "k", minimum=1, hint="ask for at least one result"),
-                    check_int(rerank, "rerank", minimum=0),
-                    check_int(min_inliers, "min_inliers", minimum=1),
-                    check_choice(verification, "verification", VERIFICATIONS),
-                    _check_assignment(multiple_assignment))
+    ranking = _Ranking(
+        check_int(k, "k", minimum=1, hint="ask for at least one result"),
+        check_int(rerank, "rerank", minimum=0),
+        check_int(min_inliers, "min_inliers", minimum=1),
+        check_choice(verification, "verification", VERIFICATIONS),
+        _check_assignment(multiple_assignment),
+        check_int(expand, "expand", minimum=0))
+    if ranking.expand and not ranking.rerank:
+        raise ValueError("expand needs rerank > 0: only verified results expand "
+                         "the query")
+    return ranking
 
 
 def _check_assignment(multiple_assignment) -> bool:

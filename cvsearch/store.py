@@ -93,6 +93,10 @@ class Segment(NamedTuple):
         column.
     post_tf : ndarray of shape (n_postings,), unsigned int
         How often the column occurs in that image.
+    geometry_check : callable or None
+        Checks still owed to the keypoint arrays (``kp_*``) of a loaded
+        segment: run once, by :meth:`check_geometry`, before they are first read
+        (see :mod:`cvsearch.storage`).
     """
 
     ids: np.ndarray
@@ -105,9 +109,16 @@ class Segment(NamedTuple):
     post_indptr: np.ndarray
     post_rows: np.ndarray
     post_tf: np.ndarray
+    geometry_check: object = None
 
     def __len__(self) -> int:
         return len(self.names)
+
+    def check_geometry(self) -> None:
+        """Run the checks owed to the keypoint arrays, if any (ValueError naming
+        the file if one fails). Every method that reads them calls it first."""
+        if self.geometry_check is not None:
+            self.geometry_check()
 
     @property
     def df(self) -> np.ndarray:
@@ -197,6 +208,7 @@ class Segment(NamedTuple):
         ids, names, shapes, sizes, words, xy, kp_shape = [], [], [], [], [], [], []
         moved, base = [], 0  # per part: (columns, rows, tf) of its kept postings
         for (segment, _), keep in zip(parts, keeps):
+            segment.check_geometry()
             ids.append(np.asarray(segment.ids, np.int64)[keep])
             names.extend(name for name, k in zip(segment.names, keep) if k)
             shapes.append(np.asarray(segment.shapes)[keep])
@@ -245,6 +257,7 @@ class Segment(NamedTuple):
 
     def select(self, keep: np.ndarray, n_words: int, levels: int) -> Segment:
         """A segment of the rows where ``keep`` (a boolean mask) is True."""
+        self.check_geometry()
         sizes = np.diff(self.kp_offsets)
         per_keypoint = np.repeat(keep, sizes)
         offsets = np.concatenate([[0], np.cumsum(sizes[keep])]).astype(np.int64)
@@ -257,6 +270,7 @@ class Segment(NamedTuple):
     def keypoints(self) -> np.ndarray:
         """All kept keypoints: ndarray of shape (n_keypoints, 4), float32,
         ``(x, y, size, angle)`` in pixels and degrees, size 0 where unknown."""
+        self.check_geometry()
         sizes = np.diff(self.kp_offsets)
         width_height = np.repeat(np.asarray(self.shapes)[:, ::-1], sizes, axis=0)
         return _decode(np.asarray(self.kp_xy), width_height.astype(np.float64),
@@ -265,6 +279,7 @@ class Segment(NamedTuple):
     def image(self, row: int):
         """``(words int32, keypoints float32 (n, 4) with (x, y, size, angle),
         (height, width))`` of one row; size 0 where unknown."""
+        self.check_geometry()
         # plain views of the memory maps: slicing a memmap is slower
         lo, hi = (int(v) for v in np.asarray(self.kp_offsets)[row:row + 2])
         height, width = (int(v) for v in np.asarray(self.shapes)[row])

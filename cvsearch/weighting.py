@@ -221,3 +221,28 @@ def query_tfidf(words: np.ndarray, keypoints: np.ndarray, image_shape, n_words: 
         np.power(values, power, out=values)
     values *= inverse_norms(values, np.zeros(len(values), np.int64), 1)[0]
     return columns, values
+
+
+def average_vectors(vectors) -> tuple[np.ndarray, np.ndarray]:
+    """The L2-normalised sum of unit sparse vectors: the query of average query
+    expansion (Chum et al., ICCV 2007), a query averaged with verified results.
+
+    Parameters
+    ----------
+    vectors : sequence of (columns, values)
+        As :func:`query_tfidf` returns them: columns int, values float32.
+
+    Returns
+    -------
+    columns : ndarray of shape (m,), int64, increasing
+    values : ndarray of shape (m,), float32, of unit L2 norm (or empty)
+    """
+    columns = np.concatenate([np.asarray(c, np.int64) for c, _ in vectors])
+    values = np.concatenate([np.asarray(v, np.float64) for _, v in vectors])
+    unique, inverse = np.unique(columns, return_inverse=True)
+    summed = np.bincount(inverse, weights=values, minlength=len(unique))
+    norm = np.linalg.norm(summed)
+    if norm == 0:
+        return np.zeros(0, np.int64), np.zeros(0, np.float32)
+    return unique, (summed / norm).astype(np.float32)
+

@@ -181,6 +181,12 @@ def test_synthetic_round_trip_and_errors_need_no_data(image_files, tmp_path):
     assert code == 0, err
     top = json.loads(out)["results"][0]
     assert top["name"].endswith("texture_03.png") and top["inliers"] >= 20
+    code, out, err = run("query", "idx", image_files[3], "-k", "2", "--rerank", "5",
+                         "--expand", "2", "--json", cwd=tmp_path)
+    assert code == 0, err
+    assert json.loads(out)["results"][0] == top  # the verified result stays first
+    assert_one_line_error(*run("query", "idx", image_files[3], "--expand", "2",
+                               cwd=tmp_path)[::2], "expand needs rerank")
     code, out, err = run("add", "idx", image_files[10], tmp_path / "gone.png", "--json",
                          cwd=tmp_path)
     assert code == 0, err

@@ -232,3 +232,43 @@ def test_multiple_assignment_is_a_switch(trained_index, images):
     assert np.array_equal(single[0], both[0])  # the same bag-of-words scores
     with pytest.raises(TypeError, match="multiple_assignment"):
         trained_index.query(query, rerank=5, multiple_assignment=2)
+
+
+def test_query_expansion_averages_the_query_with_its_verified_results(
+        trained_index, images, image_files):
+    """With one verified result (image 4), the others follow the order of the
+    query's vector plus image 4's: scores proportional to the sum of the two
+    searches' cosines."""
+    index, n = trained_index, len(trained_index)
+    query, _ = warped(images[4], 30, 0.8, 0.1)
+    plain = index.query(query, k=n, rerank=n, return_inliers=True)
+    expanded = index.query(query, k=n, rerank=n, expand=3, return_inliers=True)
+    verified = plain[2] >= 10
+    assert index.names[plain[1][0]].endswith("texture_04.png") and verified.sum() == 1
+    # the verified result stays first, as it was
+    assert expanded[1][0] == plain[1][0] and expanded[2][0] == plain[2][0]
+    assert sorted(expanded[1].tolist()) == sorted(plain[1].tolist())
+    by_query = dict(zip(*index.query(query, k=n)[::-1]))
+    by_result = dict(zip(*index.query(image_files[4], k=n)[::-1]))
+    rest = expanded[1][1:]
+    summed = np.array([by_query[i] + by_result[i] for i in rest], np.float64)
+    assert np.all(np.diff(summed) <= 1e-6)  # in the expanded query's order
+    ratio = expanded[0][1:] / summed
+    assert np.allclose(ratio, ratio[0], rtol=1e-4)  # its cosine, up to the norm
+    assert np.all(expanded[2][1:] == plain[2][np.argsort(plain[1])][
+        np.searchsorted(np.sort(plain[1]), rest)])  # counts kept with their images
+
+
+def test_query_expansion_without_a_verified_result_changes_nothing(trained_index,
+                                                                   images):
+    query, _ = warped(images[2], 20, 0.9)
+    plain = trained_index.query(query, k=6, rerank=8, min_inliers=10**6,
+                                return_inliers=True)
+    expanded = trained_index.query(query, k=6, rerank=8, min_inliers=10**6,
+                                   expand=5, return_inliers=True)
+    for a, b in zip(plain, expanded):
+        assert np.array_equal(a, b)
+    with pytest.raises(ValueError, match="expand needs rerank"):
+        trained_index.query(query, expand=2)
+    with pytest.raises(ValueError, match="expand"):
+        trained_index.query(query, rerank=5, expand=-1)

@@ -150,6 +150,44 @@ def test_flipped_byte_is_detected(saved):
         Index.load(saved)
 
 
+def test_keypoint_arrays_are_hashed_before_their_first_use(trained_index, saved,
+                                                           images):
+    """Load hashes what scoring reads; a segment's keypoint arrays are hashed
+    the first time re-ranking, removing or merging reads them: a changed byte there fails
+    every use of them, names the file, and changes nothing."""
+    path = data_file(saved, "seg-kp_xy")
+    data = bytearray(path.read_bytes())
+    data[-3] ^= 0x01  # one position moved by one unit: structurally valid
+    path.write_bytes(bytes(data))
+    loaded = Index.load(saved)  # the manifest and scoring arrays are intact
+    query = warped(images[2], 15, 0.9)[0]
+    assert_same_results(results(trained_index, [query]), results(loaded, [query]))
+    for _ in range(2):  # a failed check is not forgotten
+        with pytest.raises(ValueError, match=f"{path.name}.*checksum"):
+            loaded.query(query, k=3, rerank=5)
+    with pytest.raises(ValueError, match=path.name):
+        loaded.check_integrity()
+    with pytest.raises(ValueError, match=path.name):
+        loaded.remove([0])  # its words' counts are read back: nothing is changed
+    assert loaded.names == trained_index.names
+    with pytest.raises(ValueError, match=path.name):  # nor copied under a new hash
+        loaded.save(saved.parent / "copy")
+    assert not (saved.parent / "copy" / "index.json").exists()
+
+
+def test_keypoint_arrays_checked_later_are_those_mapped_at_load(trained_index,
+                                                                saved, images):
+    """The deferred hash covers the mapped bytes, not the path: a save by
+    another writer that replaces the files in between does not break it."""
+    loaded = Index.load(saved)
+    for path in saved.glob("seg-kp_*"):
+        path.unlink()  # as a compacting writer removes the files it replaced
+    query = warped(images[4], -20, 0.85)[0]
+    assert_same_results(results(trained_index, [query], rerank=8),
+                        results(loaded, [query], rerank=8))
+    loaded.check_integrity()
+
+
 def test_wrong_version_names_both(saved):
     manifest = manifest_of(saved)
     manifest["format_version"] = 99
@@ -176,11 +214,15 @@ def test_missing_pieces(saved, tmp_path):
         Index.load(saved)
 
 
-def test_consistent_but_hostile_arrays_are_rejected(saved):
+def test_consistent_but_hostile_arrays_are_rejected(saved, images):
     words = np.load(data_file(saved, "seg-kp_words"))
     rewrite(saved, "seg-kp_words", npy(words.astype(np.uint32) + 10**6))
+    # keypoint words are range-checked with their hash, before their first use
+    loaded = Index.load(saved)
     with pytest.raises(ValueError, match="word ids"):
-        Index.load(saved)
+        loaded.check_integrity()
+    with pytest.raises(ValueError, match="word ids"):
+        loaded.query(images[0], k=3, rerank=5)
     # verify=False skips the range checks of the large arrays, as documented
     assert len(Index.load(saved, verify=False)) == 12
     rewrite(saved, "seg-kp_words", npy(words))
