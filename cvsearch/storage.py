@@ -85,7 +85,7 @@ MANIFEST = "index.json"
 #: A manifest holds parameters and file entries: anything larger is not one.
 MAX_MANIFEST_BYTES = 16 * 2**20
 _DATA_FILE = re.compile(
-    r"(vocabulary|names|deleted|seg-[a-z_]+)-[0-9a-f]{16}\.(npz|json|npy)")
+    r"(vocabulary|projection|names|deleted|seg-[a-z_]+)-[0-9a-f]{16}\.(npz|json|npy)")
 _TEMP_PREFIX = ".cvsearch-tmp-"
 _CHECKSUM_KEY = "manifest_sha256"
 LOCK_FILE = ".cvsearch-lock"
@@ -188,11 +188,12 @@ def writer_lock(directory: str | os.PathLike, timeout: float | None = None):
         held.threads.release()
 
 
-def read_generation(directory: str | os.PathLike) -> int | None:
-    """The generation of the index saved in ``directory``, or None if there is
-    none (or its manifest cannot be read)."""
+def read_generation(directory: str | os.PathLike,
+                    kind: str = "cvsearch-index") -> int | None:
+    """The generation of the index (of format ``kind``) saved in ``directory``,
+    or None if there is none (or its manifest cannot be read)."""
     try:
-        _, manifest = read_manifest(directory)
+        _, manifest = read_manifest(directory, kind)
     except (FileNotFoundError, ValueError):
         return None
     generation = manifest.get("generation", 0)
@@ -329,7 +330,8 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def read_manifest(directory: str | os.PathLike) -> tuple[Path, dict]:
+def read_manifest(directory: str | os.PathLike,
+                  kind: str = "cvsearch-index") -> tuple[Path, dict]:
     """Read and parse ``index.json``.
 
     Raises
@@ -353,7 +355,12 @@ def read_manifest(directory: str | os.PathLike) -> tuple[Path, dict]:
     except FileNotFoundError:  # a dangling link
         raise ValueError(f"{path} is a broken link; the index is corrupt") from None
     manifest = parse_json(data, path)
-    if not isinstance(manifest, dict) or manifest.get("format") != "cvsearch-index":
+    found = manifest.get("format") if isinstance(manifest, dict) else None
+    if found != kind:
+        if found in ("cvsearch-index", "cvsearch-global-index"):
+            raise ValueError(f"{path} is a {found}, not a {kind}: load it with "
+                             f"{'Index' if found == 'cvsearch-index' else 'GlobalIndex'}"
+                             ".load")
         raise ValueError(f"{path} is not a cvsearch index manifest")
     return path, manifest
 

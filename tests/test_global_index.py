@@ -1,0 +1,182 @@
+import json
+
+import cv2
+import numpy as np
+import pytest
+from conftest import warped
+
+from cvsearch.global_index import GlobalIndex
+from cvsearch.io import read_color_image
+from cvsearch.projection import PCAProjection, TripletProjection
+
+
+class Thumbnail:
+    """A stand-in for the CNN: the image shrunk to 8 x 8 grey levels, centred
+    and normalised (64 values). Unreadable files raise as the CNN's do."""
+
+    def __repr__(self):
+        return "Thumbnail()"
+
+    def describe_many(self, images):
+        out = []
+        for image in images:
+            grey = cv2.cvtColor(read_color_image(image), cv2.COLOR_BGR2GRAY)
+            small = cv2.resize(grey, (8, 8), interpolation=cv2.INTER_AREA)
+            v = small.astype(np.float32).ravel()
+            v -= v.mean()
+            out.append(v / max(np.linalg.norm(v), 1e-12))
+        return np.array(out, np.float32).reshape(len(images), 64)
+
+
+def unit_rows(rng, n, dim=32):
+    x = rng.normal(size=(n, dim)).astype(np.float32)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+@pytest.fixture
+def index(image_files):
+    return GlobalIndex.build(image_files, Thumbnail())
+
+
+def test_each_image_finds_itself_and_a_warped_copy_finds_it(index, image_files,
+                                                             images):
+    for i, path in enumerate(image_files):
+        scores, ids = index.query(path, k=3)
+        assert ids[0] == i and scores[0] == pytest.approx(1.0, abs=1e-5)
+        assert np.all(np.diff(scores) <= 0)
+    scores, ids = index.query(warped(images[5], 4, 0.9)[0], k=3)
+    assert index.names[ids[0]] == image_files[5]
+
+
+def test_ids_are_stable_and_a_grown_index_answers_as_one_built_at_once(
+        image_files, images):
+    whole = GlobalIndex.build(image_files, Thumbnail())
+    grown = GlobalIndex.build(image_files[:5], Thumbnail())
+    assert grown.add(image_files[5:]) == []
+    query = warped(images[7], 3, 0.95)[0]
+    (whole_scores, whole_ids), (grown_scores, grown_ids) = (
+        whole.query(query, k=12), grown.query(query, k=12))
+    assert np.array_equal(whole_ids, grown_ids)
+    assert np.allclose(whole_scores, grown_scores, atol=1e-6)
+    grown.remove([image_files[7], 2])
+    assert len(grown) == 10 and 7 not in grown.names and 2 not in grown.names
+    assert grown.names[8] == image_files[8]  # not renumbered
+    scores, ids = grown.query(query, k=12)
+    assert len(ids) == 10 and not set(ids.tolist()) & {2, 7}
+    before = grown.query(image_files[9], k=5)
+    grown.compact()
+    after = grown.query(image_files[9], k=5)
+    assert np.array_equal(before[1], after[1])
+    assert np.allclose(before[0], after[0], atol=1e-6)
+    with pytest.raises(KeyError, match="no image with id 7"):
+        grown.remove([7])
+    assert len(grown) == 10  # an unknown id changes nothing
+
+
+def test_unreadable_files_are_skipped_and_the_others_added(index, image_files,
+                                                            tmp_path):
+    fake = tmp_path / "notes.jpg"
+    fake.write_text("not an image")
+    skipped = index.add([str(fake), image_files[0], str(tmp_path / "gone.png")],
+                        names=["notes", image_files[0], "gone"])
+    assert [s.name for s in skipped] == ["notes", "gone", image_files[0]]
+    assert "already in the index" in skipped[-1].reason
+    assert len(index) == 12
+
+
+def test_round_trip_is_identical_and_tampering_is_named(index, image_files, tmp_path):
+    index.remove([3])
+    index.save(tmp_path / "g")
+    loaded = GlobalIndex.load(tmp_path / "g", Thumbnail())
+    assert loaded.names.values() == index.names.values()
+    (scores, ids), (loaded_scores, loaded_ids) = (
+        index.query(image_files[4], k=11), loaded.query(image_files[4], k=11))
+    assert np.array_equal(ids, loaded_ids)
+    assert np.allclose(scores, loaded_scores, atol=1e-6)  # BLAS: last bits
+    names = sorted(p.name for p in (tmp_path / "g").iterdir())
+    assert all(n.endswith((".npy", ".json", ".npz")) or n.startswith(".cvsearch")
+               for n in names)
+    vectors = next((tmp_path / "g").glob("seg-vectors-*.npy"))
+    data = bytearray(vectors.read_bytes())
+    data[-5] ^= 0x40
+    vectors.write_bytes(bytes(data))
+    with pytest.raises(ValueError, match=f"{vectors.name}.*checksum"):
+        GlobalIndex.load(tmp_path / "g", Thumbnail())
+    assert len(GlobalIndex.load(tmp_path / "g", Thumbnail(), verify=False)) == 11
+
+
+def test_a_describer_is_never_guessed_from_the_folder(index, image_files, tmp_path):
+    """A folder says what described it, but no model file it names is opened:
+    descriptors can be queried, images need the describer passed."""
+    index.save(tmp_path / "g")
+    manifest = json.loads((tmp_path / "g" / "index.json").read_text())
+    assert manifest["describer"] == "Thumbnail()"
+    loaded = GlobalIndex.load(tmp_path / "g")
+    with pytest.raises(ValueError, match="described with Thumbnail"):
+        loaded.query(image_files[0])
+    descriptor = Thumbnail().describe_many([image_files[6]])[0]
+    assert loaded.query(descriptor, k=1)[1][0] == 6
+
+
+def test_a_second_writer_is_refused_rather_than_lost(index, tmp_path):
+    index.save(tmp_path / "g")
+    first = GlobalIndex.load(tmp_path / "g", Thumbnail())
+    with GlobalIndex.updating(tmp_path / "g", Thumbnail()) as other:
+        other.remove([0])
+    first.remove([1])
+    with pytest.raises(ValueError, match="changed since this index was loaded"):
+        first.save(tmp_path / "g")
+    assert 0 not in GlobalIndex.load(tmp_path / "g", Thumbnail()).names
+
+
+def test_projections_are_fitted_by_build_stored_and_applied(image_files, tmp_path):
+    pca = GlobalIndex.build(image_files, Thumbnail(), projection=PCAProjection(6))
+    assert pca.dim == 6 and pca.query(image_files[2], k=1)[1][0] == 2
+    pca.save(tmp_path / "pca")
+    loaded = GlobalIndex.load(tmp_path / "pca", Thumbnail())
+    assert np.array_equal(loaded.projection.weights_, pca.projection.weights_)
+    assert np.allclose(loaded.query(image_files[2], k=4)[0],
+                       pca.query(image_files[2], k=4)[0], atol=1e-6)
+    with pytest.raises(ValueError, match="labels"):
+        GlobalIndex.build(image_files, Thumbnail(), projection=TripletProjection(4))
+    labels = np.arange(12) % 3
+    triplet = GlobalIndex.build(image_files, Thumbnail(), labels=labels,
+                                projection=TripletProjection(4, steps=20,
+                                                             classes_per_batch=3))
+    assert triplet.projection.fitted and triplet.dim == 4
+
+
+def test_annoy_search_finds_the_exact_neighbours_and_forgets_removed_images():
+    rng = np.random.default_rng(0)
+    vectors = unit_rows(rng, 3000)
+    names = [f"v{i}" for i in range(3000)]
+    exact = GlobalIndex(Thumbnail())
+    approximate = GlobalIndex(Thumbnail(), search="annoy", candidates=100)
+    exact.add_descriptors(vectors, names)
+    approximate.add_descriptors(vectors, names)
+    queries = unit_rows(rng, 50)
+    found = 0
+    for q in queries:
+        ei, (as_, ai) = exact.query(q, k=10)[1], approximate.query(q, k=10)
+        found += len(set(ei.tolist()) & set(ai.tolist()))
+        assert np.allclose(as_, vectors[ai] @ q, atol=1e-6)  # exact cosines
+        assert np.all(np.diff(as_) <= 0)
+    assert found / (10 * len(queries)) >= 0.9
+    top = approximate.query(queries[0], k=3)[1]
+    approximate.remove(top.tolist())
+    assert not set(approximate.query(queries[0], k=10)[1].tolist()) & set(top.tolist())
+
+
+def test_bad_input_is_refused_clearly(index):
+    with pytest.raises(TypeError, match="wrap a single image"):
+        index.add("one.jpg")
+    with pytest.raises(ValueError, match="already in the index"):
+        index.add_descriptors(np.ones((1, 64)), [index.names[0]])
+    with pytest.raises(ValueError, match="64"):
+        index.add_descriptors(np.ones((1, 5)), ["short"])
+    with pytest.raises(ValueError, match="NaN"):
+        index.add_descriptors(np.full((1, 64), np.nan), ["nan"])
+    with pytest.raises(ValueError, match="search"):
+        GlobalIndex(search="hnsw")
+    with pytest.raises(ValueError, match="no images"):
+        GlobalIndex(Thumbnail()).query(np.ones(64))
