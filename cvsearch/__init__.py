@@ -8,6 +8,7 @@ re-ranked by RANSAC geometric verification.
 import logging
 
 from cvsearch.features import FeatureExtractor, Features
+from cvsearch.global_index import GlobalIndex
 from cvsearch.index import Index
 from cvsearch.parallel import ImageWords, SkippedImage
 from cvsearch.vocabulary import Vocabulary
@@ -21,6 +22,7 @@ logging.getLogger(__name__).addHandler(logging.NullHandler())
 __all__ = [
     "FeatureExtractor",
     "Features",
+    "GlobalIndex",
     "ImageWords",
     "Index",
     "SkippedImage",
