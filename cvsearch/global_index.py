@@ -35,7 +35,7 @@ import numpy as np
 
 from cvsearch import storage
 from cvsearch._validation import check_choice, check_int
-from cvsearch.index import Index, Names
+from cvsearch.index import Index, Names, resolve_ids
 from cvsearch.io import READ_ERRORS
 from cvsearch.parallel import SkippedImage
 from cvsearch.projection import PROJECTIONS
@@ -271,10 +271,14 @@ class GlobalIndex:
         images = Index._as_list(images, "add")
         names = Index._default_names(images, names, "add")
         descriptors, kept, skipped = self.describe(images, names)
-        present = self._state.name_to_id
-        fresh = [i for i, n in enumerate(kept) if n not in present]
-        skipped += [SkippedImage(kept[i], "already in the index")
-                    for i in range(len(kept)) if kept[i] in present]
+        seen = set(self._state.name_to_id)
+        fresh = []
+        for i, name in enumerate(kept):
+            if name in seen:
+                skipped.append(SkippedImage(name, "already in the index"))
+            else:
+                seen.add(name)
+                fresh.append(i)
         if fresh:
             self.add_descriptors(descriptors[fresh], [kept[i] for i in fresh])
         return skipped
@@ -298,8 +302,6 @@ class GlobalIndex:
         if names is None or x.ndim != 2 or len(x) != len(names):
             raise ValueError(f"add_descriptors takes a matrix (n, d) and n names; "
                              f"got shape {x.shape}")
-        if not np.isfinite(x).all():
-            raise ValueError("add_descriptors: descriptors hold NaN or infinity")
         if len(set(names)) != len(names):
             raise ValueError("add_descriptors: names repeat")
         vectors = self._embed(x)
@@ -322,6 +324,9 @@ class GlobalIndex:
         return ids
 
     def _embed(self, x: np.ndarray) -> np.ndarray:
+        """Stored vectors of descriptors (n, d): projected, unit rows."""
+        if not np.isfinite(x).all():
+            raise ValueError("descriptors hold NaN or infinity")
         if self.projection is None:
             norms = np.linalg.norm(x, axis=1, keepdims=True)
             return (x / np.maximum(norms, 1e-12)).astype(np.float32)
@@ -341,21 +346,7 @@ class GlobalIndex:
         items = Index._as_list(ids, "remove", ids=True)
         with self._lock:
             state = self._state
-            drop = set()
-            for item in items:
-                if isinstance(item, str):
-                    if item not in state.name_to_id:
-                        raise KeyError(f"no image named {item!r} in the index")
-                    drop.add(state.name_to_id[item])
-                elif isinstance(item, (int, np.integer)) and not isinstance(item, bool):
-                    try:
-                        state.locate(int(item))
-                    except KeyError:
-                        raise KeyError(f"no image with id {item} in the index") from None
-                    drop.add(int(item))
-                else:
-                    raise TypeError(f"remove takes ids or names, got "
-                                    f"{type(item).__name__}")
+            drop = set(resolve_ids(items, state.name_to_id, state.locate))
             deleted = []
             for batch, mask in zip(state.batches, state.deleted):
                 hit = np.isin(batch.ids, list(drop))
@@ -479,7 +470,8 @@ class GlobalIndex:
             manifest = {
                 "format": FORMAT, "format_version": FORMAT_VERSION,
                 "cvsearch_version": __version__, "generation": generation,
-                "describer": _describer_params(self._describer),
+                "describer": self._describer_needed if self._describer is None
+                else _describer_params(self._describer),
                 "search": {"search": self.search, "n_trees": self.n_trees,
                            "candidates": self.candidates},
                 "projection": None, "next_id": state.next_id, "n_images": len(state),
@@ -588,7 +580,7 @@ class GlobalIndex:
                                                  "deleted", (np.int64,), True))
             try:
                 index.remove(removed)
-            except KeyError as error:
+            except ValueError as error:
                 raise ValueError(f"{directory / manifest['deleted']['name']}: "
                                  f"{error}; the index is corrupt") from None
         index._origin = (os.path.realpath(directory), manifest.get("generation", 0))

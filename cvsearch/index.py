@@ -647,24 +647,8 @@ class Index:
         """
         ids = self._as_list(ids, "remove", ids=True)
         with self._lock:
-            drop = set()
             live = self._store
-            for item in ids:
-                if isinstance(item, str):
-                    if item not in self._name_to_id:
-                        raise ValueError(f"no image named {item!r} in the index")
-                    drop.add(self._name_to_id[item])
-                elif isinstance(item, (int, np.integer)) and not isinstance(item, bool):
-                    try:
-                        live.locate(int(item))
-                    except KeyError:
-                        raise ValueError(f"no image with id {item} in the index (ids "
-                                         "are never reused)") from None
-                    drop.add(int(item))
-                else:
-                    raise TypeError(f"remove takes ids (int) or names (str), got "
-                                    f"{type(item).__name__} {item!r}")
-            drop = sorted(drop)
+            drop = resolve_ids(ids, self._name_to_id, live.locate)
             names = [live.name_of(i) for i in drop]
             self._publish(live.remove(drop))
             for name in names:
@@ -844,9 +828,10 @@ class Index:
         verified = inliers >= ranking.min_inliers
         if not verified.any():
             return scores, ids, inliers
+        idf = store.weights().idf
         vectors = [query_vector] + [
-            query_tfidf(words, keypoints, shape, store.n_words, store.levels,
-                        store.weights().idf, store.power, store.tf_power)
+            query_tfidf(words, keypoints, shape, store.n_words, store.levels, idf,
+                        store.power, store.tf_power)
             for words, keypoints, shape in store.images(
                 ids[verified][:ranking.expand])]
         n, kept = len(ids), int(verified.sum())
@@ -1154,8 +1139,7 @@ class Index:
 
         segments = self._current().store.segments
         with ThreadPoolExecutor(max(1, min(len(segments), os.cpu_count() or 1))) as pool:
-            for _ in pool.map(Segment.check_geometry, segments):  # hashlib frees the GIL
-                pass
+            list(pool.map(Segment.check_geometry, segments))  # hashlib frees the GIL
 
     @classmethod
     def _load(cls, path, manifest: dict, verify: bool) -> Index:
@@ -1318,6 +1302,37 @@ def _check_segment(segment: Segment, n_columns: int, full: bool) -> str | None:
                                        or int(segment.post_tf.min()) < 1):
             return "postings name rows outside the segment, or zero counts"
     return None
+
+
+def resolve_ids(items, name_to_id: Mapping, locate) -> list[int]:
+    """The ids of the images ``items`` name (ids or names), sorted, distinct.
+
+    ``locate(id)`` raises KeyError for an id not in the index.
+
+    Raises
+    ------
+    ValueError
+        For an unknown id or name.
+    TypeError
+        For an item that is neither an int nor a str.
+    """
+    drop = set()
+    for item in items:
+        if isinstance(item, str):
+            if item not in name_to_id:
+                raise ValueError(f"no image named {item!r} in the index")
+            drop.add(int(name_to_id[item]))
+        elif isinstance(item, (int, np.integer)) and not isinstance(item, bool):
+            try:
+                locate(int(item))
+            except KeyError:
+                raise ValueError(f"no image with id {item} in the index (ids are "
+                                 "never reused)") from None
+            drop.add(int(item))
+        else:
+            raise TypeError(f"remove takes ids (int) or names (str), got "
+                            f"{type(item).__name__} {item!r}")
+    return sorted(drop)
 
 
 def _sample_features(descriptors: np.ndarray, n: int, rng) -> np.ndarray:

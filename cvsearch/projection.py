@@ -259,6 +259,8 @@ def _project(projection, descriptors) -> np.ndarray:
     x = np.asarray(descriptors, np.float32)
     single = x.ndim == 1
     x = x.reshape(-1, x.shape[-1])
+    if not np.isfinite(x).all():
+        raise ValueError("descriptors hold NaN or infinity")
     if x.shape[1] != len(projection.mean_):
         raise ValueError(f"descriptors have {x.shape[1]} values, the projection "
                          f"was fitted on {len(projection.mean_)}")

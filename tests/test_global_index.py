@@ -68,7 +68,7 @@ def test_ids_are_stable_and_a_grown_index_answers_as_one_built_at_once(
     after = grown.query(image_files[9], k=5)
     assert np.array_equal(before[1], after[1])
     assert np.allclose(before[0], after[0], atol=1e-6)
-    with pytest.raises(KeyError, match="no image with id 7"):
+    with pytest.raises(ValueError, match="no image with id 7"):
         grown.remove([7])
     assert len(grown) == 10  # an unknown id changes nothing
 
@@ -77,11 +77,12 @@ def test_unreadable_files_are_skipped_and_the_others_added(index, image_files,
                                                             tmp_path):
     fake = tmp_path / "notes.jpg"
     fake.write_text("not an image")
-    skipped = index.add([str(fake), image_files[0], str(tmp_path / "gone.png")],
-                        names=["notes", image_files[0], "gone"])
-    assert [s.name for s in skipped] == ["notes", "gone", image_files[0]]
-    assert "already in the index" in skipped[-1].reason
-    assert len(index) == 12
+    skipped = index.add([str(fake), image_files[0], str(tmp_path / "gone.png"),
+                         image_files[1], image_files[1]],
+                        names=["notes", image_files[0], "gone", "twice", "twice"])
+    assert [s.name for s in skipped] == ["notes", "gone", image_files[0], "twice"]
+    assert all("already in the index" in s.reason for s in skipped[2:])
+    assert len(index) == 13 and index.names[12] == "twice"
 
 
 def test_round_trip_is_identical_and_tampering_is_named(index, image_files, tmp_path):
@@ -116,6 +117,11 @@ def test_a_describer_is_never_guessed_from_the_folder(index, image_files, tmp_pa
         loaded.query(image_files[0])
     descriptor = Thumbnail().describe_many([image_files[6]])[0]
     assert loaded.query(descriptor, k=1)[1][0] == 6
+    loaded.save(tmp_path / "g")  # saved again, it still says what described it
+    with pytest.raises(ValueError, match="described with Thumbnail"):
+        GlobalIndex.load(tmp_path / "g").query(image_files[0])
+    with pytest.raises(ValueError, match="NaN"):
+        loaded.query(np.full(64, np.nan))
 
 
 def test_a_second_writer_is_refused_rather_than_lost(index, tmp_path):
