@@ -14,6 +14,8 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
+
 from cvsearch.rerank import DEFAULT_MIN_INLIERS
 
 EXIT_ERROR = 1
@@ -117,10 +119,19 @@ def _check_index_folder(directory):
 
 
 def _load(directory):
-    from cvsearch import Index
+    """The Index or GlobalIndex in ``directory``, as its manifest says."""
+    from cvsearch.global_index import load_index
 
     _check_index_folder(directory)
-    return Index.load(directory)
+    return load_index(directory)
+
+
+def _index_class(directory):
+    from cvsearch import GlobalIndex, Index, storage
+
+    _check_index_folder(directory)
+    _, manifest = storage.read_manifest(directory, None)
+    return GlobalIndex if manifest["format"] == "cvsearch-global-index" else Index
 
 
 def _report(args, summary: dict, text: str):
@@ -136,8 +147,9 @@ def _report(args, summary: dict, text: str):
 def _disk_bytes(directory) -> int:
     from cvsearch import storage
 
-    path, manifest = storage.read_manifest(directory)
-    files = [path] + [Path(directory) / f["name"] for f in manifest["files"].values()]
+    path, manifest = storage.read_manifest(directory, None)
+    files = [path] + [Path(directory) / name
+                      for name in set(storage.file_names(manifest))]
     return sum(p.stat().st_size for p in files if p.exists())
 
 
@@ -153,6 +165,8 @@ def cmd_index(args):
     images, others = _collect_images([args.image_dir])
     if not images:
         raise CommandError(f"{args.image_dir}: found no image files in it")
+    if args.method == "cnn":
+        return _index_global(args, images, others)
     extractor = FeatureExtractor(args.features, max_keypoints=args.max_keypoints,
                                  max_side=args.max_side, dense_step=args.dense_step,
                                  max_pixels=args.max_pixels,
@@ -178,21 +192,57 @@ def cmd_index(args):
             f"{seconds} s)")
 
 
-def cmd_add(args):
-    from cvsearch import Index
+def _index_global(args, images, others):
+    """cmd_index of a GlobalIndex: CNN descriptors, optionally projected."""
+    from cvsearch import GlobalIndex
+    from cvsearch.projection import PCAProjection, TripletProjection
 
-    _check_index_folder(args.index)
+    labels = None
+    if args.projection == "pca":
+        projection = PCAProjection(args.dim, whiten=args.whiten)
+    elif args.projection == "triplet":
+        projection = TripletProjection(args.dim, random_state=args.seed)
+        # a catalog's layout: one folder per class, IMAGE_DIR/<class>/...
+        labels = [os.path.relpath(os.path.dirname(p), args.image_dir) for p in images]
+        if len(set(labels)) < 2:
+            raise CommandError(f"--projection triplet learns from classes, one "
+                               f"sub-folder of {args.image_dir} each; found "
+                               f"{len(set(labels))}")
+    else:
+        projection = None
+    started = time.perf_counter()
+    try:
+        index = GlobalIndex.build(images, labels=labels, projection=projection,
+                                  search=args.search)
+    except ImportError as error:
+        raise CommandError(f"{error}; --method cnn needs pip install "
+                           "'cvsearch[cnn]' (and --search hnsw/ivf 'cvsearch[faiss]')"
+                           ) from None
+    index.save(args.output)
+    skipped = others + index.skipped_
+    seconds = round(time.perf_counter() - started, 1)
+    _report(args, {"index": args.output, "images": len(index), "skipped": skipped,
+                   "seconds": seconds},
+            f"indexed {len(index)} images into {args.output} with the CNN descriptor "
+            f"({len(skipped)} skipped, {seconds} s)")
+
+
+def cmd_add(args):
+    kind = _index_class(args.index)
     images, others = _collect_images(args.paths)
     if not images:
         reasons = "; ".join(f"{s.name}: {s.reason}" for s in others[:3])
         raise CommandError(f"no image files among the paths given ({reasons})")
     # One writer at a time: a concurrent add waits, and both batches land. The
     # save is atomic: the old index stays until the new one is complete.
-    with Index.updating(args.index) as index:
+    with kind.updating(args.index) as index:
         before = len(index)
-        skipped = others + index.add(images, n_jobs=args.jobs,
-                                     progress=ProgressBar(quiet=args.quiet),
-                                     scheduler=args.scheduler)
+        if kind.__name__ == "GlobalIndex":
+            skipped = others + index.add(images)
+        else:
+            skipped = others + index.add(images, n_jobs=args.jobs,
+                                         progress=ProgressBar(quiet=args.quiet),
+                                         scheduler=args.scheduler)
     added = len(index) - before
     _report(args, {"index": args.index, "added": added, "images": len(index),
                    "skipped": skipped},
@@ -201,10 +251,7 @@ def cmd_add(args):
 
 
 def cmd_remove(args):
-    from cvsearch import Index
-
-    _check_index_folder(args.index)
-    with Index.updating(args.index) as index:
+    with _index_class(args.index).updating(args.index) as index:
         index.remove(args.names)  # unknown names raise before anything changes
     _report(args, {"index": args.index, "removed": len(args.names),
                    "images": len(index)},
@@ -215,6 +262,12 @@ def cmd_query(args):
     import cv2
 
     index = _load(args.index)
+    if hasattr(index, "projection"):  # a GlobalIndex
+        return _query_global(args, index, cv2)
+    if args.verify_with:
+        raise CommandError(f"--verify-with verifies a global index's short-list; "
+                           f"{args.index} is a bag-of-words index, which verifies "
+                           "with its own features (--rerank)")
     features = index.extractor.extract(args.image)
     scores, ids, inliers = index.query(features, k=args.k, rerank=args.rerank,
                                        min_inliers=args.min_inliers,
@@ -243,6 +296,64 @@ def cmd_query(args):
                                         multiple_assignment=args.multiple_assignment)
         _write_picture(args.matches, match_picture(args.image, index.names[chosen],
                                                    query_xy, db_xy), cv2)
+    _print_results(args, rows)
+
+
+def _query_global(args, index, cv2):
+    """cmd_query of a GlobalIndex: its cosine ranking, or with --verify-with its
+    --rerank short-list verified by a bag-of-words index of the same images."""
+    local = None
+    if args.verify_with:
+        local = _load(args.verify_with)
+        if hasattr(local, "projection"):
+            raise CommandError(f"--verify-with {args.verify_with}: a global index "
+                               "has no local features; name a bag-of-words index "
+                               "('cvsearch index' without --method cnn)")
+    elif args.rerank or args.matches or args.expand:
+        raise CommandError("a global index verifies (--rerank, --matches) with a "
+                           "bag-of-words index of the same images: add --verify-with "
+                           "LOCAL_INDEX (--expand is for bag-of-words indexes)")
+    if local is None:
+        scores, ids = index.query(args.image, k=args.k)
+        inliers = np.full(len(ids), -1)
+    else:
+        from cvsearch.hybrid import verified_query
+
+        scores, ids, inliers = verified_query(
+            index, local, args.image, k=args.k, rerank=args.rerank,
+            min_inliers=args.min_inliers, verification=args.verification,
+            multiple_assignment=args.multiple_assignment)
+    rows = [{"rank": r + 1, "id": int(i), "name": index.names[i],
+             "score": round(float(s), 6), "inliers": int(n) if n >= 0 else None}
+            for r, (s, i, n) in enumerate(zip(scores, ids, inliers))]
+    if args.show:
+        from cvsearch.pictures import results_grid
+
+        picture = results_grid(args.image, [index.names[i] for i in ids], scores=scores,
+                               inliers=inliers if args.rerank else None,
+                               columns=min(len(ids), 5) or 1)
+        _write_picture(args.show, picture, cv2)
+    if args.matches:
+        from cvsearch.pictures import match_picture
+
+        if args.match_rank > len(ids):
+            raise CommandError(f"--match-rank {args.match_rank}: there are only "
+                               f"{len(ids)} results")
+        name = index.names[int(ids[args.match_rank - 1])]
+        try:
+            local_id = local.id_of(name)
+        except KeyError:
+            raise CommandError(f"--matches: {name} is not in {args.verify_with}") \
+                from None
+        query_xy, db_xy = local.matches(args.image, local_id,
+                                        verification=args.verification,
+                                        multiple_assignment=args.multiple_assignment)
+        _write_picture(args.matches, match_picture(args.image, name, query_xy, db_xy),
+                       cv2)
+    _print_results(args, rows)
+
+
+def _print_results(args, rows):
     if args.json:
         _emit_json({"query": args.image, "k": args.k, "rerank": args.rerank,
                     "results": rows})
@@ -298,7 +409,9 @@ def cmd_info(args):
     from cvsearch import storage
 
     index = _load(args.index)
-    _, manifest = storage.read_manifest(args.index)
+    _, manifest = storage.read_manifest(args.index, None)
+    if hasattr(index, "projection"):
+        return _info_global(args, index, manifest)
     info = {"index": args.index, "format_version": manifest.get("format_version"),
             "cvsearch_version": manifest.get("cvsearch_version"),
             "images": len(index), "keypoints": manifest.get("n_keypoints"),
@@ -322,6 +435,29 @@ def cmd_info(args):
           f"{index.power:g}, pyramid levels {index.pyramid_levels}")
     print(f"size on disk: {info['disk_bytes'] / 2**20:.2f} MiB; in memory "
           f"{info['memory_bytes'] / 2**20:.2f} MiB")
+
+
+def _info_global(args, index, manifest):
+    projection = index.projection
+    info = {"index": args.index, "kind": "global",
+            "format_version": manifest.get("format_version"),
+            "cvsearch_version": manifest.get("cvsearch_version"),
+            "images": len(index), "dim": index.dim,
+            "describer": manifest.get("describer") or "CNNDescriptor(efficientnet-lite0)",
+            "projection": None if projection is None else
+            {"kind": projection.kind, **projection.get_params()},
+            "search": index._search_options(), "disk_bytes": _disk_bytes(args.index)}
+    if args.json:
+        _emit_json(info)
+        return
+    print(f"index:        {args.index} (global descriptors, format "
+          f"{info['format_version']}, written by cvsearch {info['cvsearch_version']})")
+    print(f"images:       {info['images']}, {info['dim']} values each")
+    print(f"describer:    {info['describer']}")
+    print(f"projection:   {projection!r}" if projection is not None else
+          "projection:   none")
+    print(f"search:       {index.search}")
+    print(f"size on disk: {info['disk_bytes'] / 2**20:.2f} MiB")
 
 
 # -------------------------------------------------------------------- parser
@@ -369,6 +505,20 @@ def build_parser() -> argparse.ArgumentParser:
                      "recursively) into a new index folder.")
     p.add_argument("image_dir", help="folder of images (searched recursively)")
     p.add_argument("-o", "--output", required=True, help="index folder to write")
+    p.add_argument("--method", choices=["bow", "cnn"], default="bow",
+                   help="bow: local features in a bag of visual words (instances: "
+                        "this object); cnn: one CNN descriptor per image (categories: "
+                        "this kind of thing; pip install 'cvsearch[cnn]')")
+    p.add_argument("--search", choices=["exact", "hnsw", "ivf"], default="exact",
+                   help="with --method cnn: exact cosine search, or approximate with "
+                        "faiss for large collections (pip install 'cvsearch[faiss]')")
+    p.add_argument("--projection", choices=["none", "pca", "triplet"], default="none",
+                   help="with --method cnn: reduce the descriptors to --dim values by "
+                        "PCA, or by a triplet-loss projection learned from the classes "
+                        "of a catalog laid out one sub-folder per class")
+    p.add_argument("--dim", type=_positive_int, default=128,
+                   help="size of the projected descriptors")
+    p.add_argument("--whiten", action="store_true", help="whiten the PCA projection")
     p.add_argument("--features", choices=["sift", "rootsift", "orb"], default="rootsift",
                    help="local features")
     p.add_argument("--words", type=_positive_int, default=20_000,
@@ -432,8 +582,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("image", help="query image file")
     p.add_argument("-k", type=_positive_int, default=10, help="number of results")
     p.add_argument("--rerank", type=int, default=0,
-                   help="verify the top N bag-of-words results geometrically and "
-                        "move the verified ones up (0: off)")
+                   help="verify the top N results geometrically and move the "
+                        "verified ones up (0: off)")
     p.add_argument("--min-inliers", type=_positive_int, default=DEFAULT_MIN_INLIERS,
                    help="inliers needed to count as verified")
     p.add_argument("--verification", choices=("shapes", "ransac"), default="shapes",
@@ -444,6 +594,9 @@ def build_parser() -> argparse.ArgumentParser:
                    default=True,
                    help="verification also matches each query keypoint through its "
                         "next nearest word when nearly as near (default: on)")
+    p.add_argument("--verify-with", metavar="LOCAL_INDEX", default=None,
+                   help="for a global (--method cnn) index: verify its --rerank best "
+                        "results with this bag-of-words index of the same images")
     p.add_argument("--expand", type=int, default=0, metavar="N",
                    help="with --rerank: search again with the query averaged with its "
                         "N best verified results, to find more views of the object "

@@ -11,10 +11,12 @@ image and answers by cosine similarity:
   :class:`~cvsearch.projection.PCAProjection` (unsupervised, fitted by
   :meth:`GlobalIndex.build`) or a
   :class:`~cvsearch.projection.TripletProjection` trained on labelled images;
-- search is exact (one matrix product per batch of images) or approximate with
-  Annoy (``search="annoy"``, the Annoy built into OpenCV 5: its trees are built
-  from the stored vectors when first needed after a change, never saved, and its
-  candidates are scored again exactly).
+- search is exact (one matrix product per batch of images) or approximate
+  (:mod:`cvsearch.approximate`): ``search="hnsw"`` or ``"ivf"`` with faiss
+  (``pip install cvsearch[faiss]``). The approximate
+  structure is built from the stored vectors when a query first needs it (hnsw and
+  ivf then take later additions in without a rebuild), is never saved, and its
+  candidates are scored again exactly.
 
 As in ``Index``: images keep their ids for life; vectors are stored in immutable
 batches with removed images marked deleted (``compact`` drops them); queries see
@@ -35,6 +37,7 @@ import numpy as np
 
 from cvsearch import storage
 from cvsearch._validation import check_choice, check_int
+from cvsearch.approximate import FAISS_SEARCHES, build_searcher
 from cvsearch.index import Index, Names, resolve_ids
 from cvsearch.io import READ_ERRORS
 from cvsearch.parallel import SkippedImage
@@ -45,7 +48,7 @@ logger = logging.getLogger(__name__)
 
 FORMAT = "cvsearch-global-index"
 FORMAT_VERSION = 1
-SEARCHES = ("exact", "annoy")
+SEARCHES = ("exact", "hnsw", "ivf")
 #: Images described at once (one forward pass of the network).
 BATCH = 16
 
@@ -114,15 +117,17 @@ class GlobalIndex:
     projection : PCAProjection or TripletProjection, optional
         Applied to every descriptor before it is stored or searched. It must be
         fitted before images are added (:meth:`build` fits a PCAProjection).
-    search : {"exact", "annoy"}
-        "annoy": approximate, for large collections (see the module docs).
-        Known problem, being fixed: OpenCV's Annoy build did not finish (over
-        60 s for 8,677 vectors) on the tightly clustered embeddings of a
-        TripletProjection trained on Caltech-101; use "exact" with projections.
-    n_trees : int
-        Annoy's trees (more: better recall, slower build).
+    search : {"exact", "hnsw", "ivf"}
+        Approximate searches are for large collections (benchmarks/results/
+        learned.md: which is how fast, how exact, at which size).
     candidates : int
-        Annoy returns ``max(candidates, k)`` candidates, scored again exactly.
+        An approximate search returns ``max(candidates, k)`` candidates (plus
+        as many as there are removed images not yet compacted away), scored
+        again exactly.
+    hnsw_m, ef_search : int
+        "hnsw": neighbours per node, and breadth of the search.
+    n_lists, n_probe : int
+        "ivf": k-means cells (None: 4 sqrt(n), at most n / 39), and cells searched.
 
     Examples
     --------
@@ -131,7 +136,8 @@ class GlobalIndex:
     """
 
     def __init__(self, describer=None, *, projection=None, search: str = "exact",
-                 n_trees: int = 20, candidates: int = 200):
+                 candidates: int = 200, hnsw_m: int = 32, ef_search: int = 128,
+                 n_lists: int | None = None, n_probe: int = 16):
         if projection is not None and getattr(projection, "kind", None) not in PROJECTIONS:
             raise TypeError(f"projection must be a PCAProjection or a "
                             f"TripletProjection, got {type(projection).__name__}")
@@ -139,12 +145,21 @@ class GlobalIndex:
         self._describer_needed = None  # what a loaded index was described with
         self.projection = projection
         self.search = check_choice(search, "search", SEARCHES)
-        self.n_trees = check_int(n_trees, "n_trees", minimum=1)
         self.candidates = check_int(candidates, "candidates", minimum=1)
+        self.hnsw_m = check_int(hnsw_m, "hnsw_m", minimum=2)
+        self.ef_search = check_int(ef_search, "ef_search", minimum=1)
+        self.n_lists = None if n_lists is None else check_int(n_lists, "n_lists",
+                                                               minimum=1)
+        self.n_probe = check_int(n_probe, "n_probe", minimum=1)
+        if self.search in FAISS_SEARCHES:
+            from cvsearch.approximate import _faiss
+
+            _faiss()  # a missing extra is said now, not at the first query
         self._state = _State((), (), 0, {})
         self._lock = threading.RLock()  # writers; queries read self._state once
-        self._annoy = None  # (state, Annoy index, ids and vectors of its items)
-        self._annoy_lock = threading.Lock()
+        # (state, searcher, ids, vectors, alive) of the last approximate search
+        self._approximate = None
+        self._approximate_lock = threading.Lock()
         self._origin = None  # (folder, generation) loaded from or saved to
 
     # --------------------------------------------------------------- parts
@@ -182,6 +197,13 @@ class GlobalIndex:
         """Ids of the images, increasing. ndarray of shape (len(index),), int64."""
         return self._state.ids()
 
+    def id_of(self, name: str) -> int:
+        """The id of the image called ``name`` (KeyError if there is none)."""
+        try:
+            return int(self._state.name_to_id[name])
+        except KeyError:
+            raise KeyError(f"no image named {name!r} in this index") from None
+
     def __repr__(self) -> str:
         return (f"GlobalIndex({self._describer!r}, projection={self.projection!r}, "
                 f"search={self.search!r}, {len(self)} images)")
@@ -192,7 +214,8 @@ class GlobalIndex:
               projection=None, search: str = "exact", **options) -> GlobalIndex:
         """Describe ``images``, fit ``projection`` on them if it is not fitted
         (a TripletProjection needs ``labels``, one per image), and add them;
-        unreadable files are skipped with a logged warning.
+        unreadable files are skipped with a logged warning and listed in
+        ``index.skipped_``.
 
         Returns
         -------
@@ -215,6 +238,7 @@ class GlobalIndex:
                                  "pass labels=, one per image")
             projection.fit(descriptors, labels)
         index.add_descriptors(descriptors, kept)  # the skipped ones were logged
+        index.skipped_ = skipped
         return index
 
     def describe(self, images: Sequence, names: Sequence[str]):
@@ -398,8 +422,10 @@ class GlobalIndex:
             raise ValueError(f"the query has {vector.shape[0]} values after the "
                              f"projection, the index holds {self.dim}")
         m = min(k, len(state))
-        if self.search == "annoy":
-            return self._query_annoy(state, vector, m)
+        # a short-list of a quarter of the collection or more: exact is as fast,
+        # and an inverted file could not return more than its probed cells hold
+        if self.search != "exact" and 4 * max(self.candidates, m) < len(state):
+            return self._query_approximate(state, vector, m)
         found = [self._best_of_batch(batch, mask, vector, m)
                  for batch, mask in zip(state.batches, state.deleted)]
         scores = np.concatenate([f[0] for f in found])
@@ -416,26 +442,49 @@ class GlobalIndex:
         keep = (rows >= 0) & np.isfinite(top)
         return top[keep], batch.ids[rows[keep]]
 
-    def _query_annoy(self, state: _State, vector, m):
-        with self._annoy_lock:  # one build per state, whoever asks first
-            cached = self._annoy
-            if cached is None or cached[0] is not state:
-                import cv2
-
-                ids, vectors = state.live_vectors()
-                annoy = cv2.ANNIndex_create(vectors.shape[1],
-                                            cv2.ANNIndex_DIST_ANGULAR)
-                annoy.setSeed(0)
-                annoy.addItems(np.ascontiguousarray(vectors, np.float32))
-                annoy.build(self.n_trees)
-                self._annoy = cached = (state, annoy, ids, vectors)
-        _, annoy, ids, vectors = cached
-        wanted = min(max(self.candidates, m), len(ids))
-        positions, _ = annoy.knnSearch(vector[None].astype(np.float32), wanted)
-        positions = np.unique(positions[0][positions[0] >= 0])
+    def _query_approximate(self, state: _State, vector, m):
+        with self._approximate_lock:  # one build per state; faiss is not re-entrant
+            searcher, ids, vectors, alive = self._searcher_for(state)
+            dead = len(alive) - int(alive.sum())
+            # ask for enough that removed rows still leave the candidates wanted
+            wanted = min(max(self.candidates, m) + dead, len(alive))
+            positions = searcher.search(vector, wanted)
+        positions = np.unique(positions[positions < len(alive)])
+        positions = positions[alive[positions]]
         scores = vectors[positions] @ vector  # exact cosines of the candidates
         order = np.lexsort((ids[positions], -scores))[:m]
         return scores[order].astype(np.float32), ids[positions][order]
+
+    def _searcher_for(self, state: _State):
+        """The approximate searcher of ``state`` with the ids (n,), vectors
+        (n, dim) and liveness (n,) of its rows (every row of every batch): built
+        on first use, grown when only batches were added since (hnsw, ivf)."""
+        cached = self._approximate
+        if cached is not None and cached[0] is state:
+            return cached[1:]
+        fresh = None
+        if cached is not None and cached[1].incremental:
+            old = cached[0].batches
+            if len(state.batches) >= len(old) and all(
+                    a is b for a, b in zip(state.batches, old)):
+                fresh = state.batches[len(old):]
+        ids = np.concatenate([b.ids for b in state.batches])
+        vectors = np.concatenate([np.asarray(b.vectors) for b in state.batches])
+        alive = np.concatenate([np.ones(len(b.ids), bool) if mask is None else ~mask
+                                for b, mask in zip(state.batches, state.deleted)])
+        if fresh is None:
+            searcher = build_searcher(self.search, vectors, self._search_options())
+        else:
+            searcher = cached[1]
+            for batch in fresh:
+                searcher.add(np.asarray(batch.vectors))
+        self._approximate = (state, searcher, ids, vectors, alive)
+        return self._approximate[1:]
+
+    def _search_options(self) -> dict:
+        return {"search": self.search, "candidates": self.candidates, "hnsw_m": self.hnsw_m,
+                "ef_search": self.ef_search, "n_lists": self.n_lists,
+                "n_probe": self.n_probe}
 
     # --------------------------------------------------------- persistence
     def save(self, directory: str | os.PathLike) -> None:
@@ -472,8 +521,7 @@ class GlobalIndex:
                 "cvsearch_version": __version__, "generation": generation,
                 "describer": self._describer_needed if self._describer is None
                 else _describer_params(self._describer),
-                "search": {"search": self.search, "n_trees": self.n_trees,
-                           "candidates": self.candidates},
+                "search": self._search_options(),
                 "projection": None, "next_id": state.next_id, "n_images": len(state),
                 "segments": batches, "files": {},
                 "deleted": storage.write_file(directory, "deleted", "npy",
@@ -519,7 +567,15 @@ class GlobalIndex:
                              f"reads format_version {FORMAT_VERSION}")
         storage.check_manifest(path, manifest)
         try:
-            search = manifest["search"]
+            search = dict(manifest["search"])
+            if search.get("search") == "annoy":
+                # OpenCV's Annoy was offered by cvsearch 0.1's first global
+                # indexes; its build can hang (cvsearch/approximate.py)
+                logger.warning("%s was saved with search='annoy', which is no longer "
+                               "offered: searching exactly (set index.search to "
+                               "'hnsw' or 'ivf' for approximate search)", path)
+                search["search"] = "exact"
+                search.pop("n_trees", None)
             projection = None
             if manifest.get("projection") is not None:
                 kind = manifest["projection"]["kind"]
@@ -605,3 +661,16 @@ def _describer_params(describer):
     if model == "efficientnet-lite0" and getattr(describer, "input_size", 224) == 224:
         return None
     return repr(describer)
+
+
+def load_index(directory: str | os.PathLike, **options):
+    """``Index.load`` or ``GlobalIndex.load``, as the folder's manifest says.
+
+    Returns
+    -------
+    Index or GlobalIndex
+    """
+    _, manifest = storage.read_manifest(directory, None)
+    if manifest["format"] == FORMAT:
+        return GlobalIndex.load(directory, **options)
+    return Index.load(directory, **options)

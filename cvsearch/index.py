@@ -628,6 +628,19 @@ class Index:
             self._name_to_id.update(zip(names, ids.tolist()))
         return skipped
 
+    def id_of(self, name: str) -> int:
+        """The id of the image called ``name``.
+
+        Raises
+        ------
+        KeyError
+            If no image has that name.
+        """
+        try:
+            return int(self._name_to_id[name])
+        except KeyError:
+            raise KeyError(f"no image named {name!r} in this index") from None
+
     def remove(self, ids: Sequence) -> Index:
         """Remove images by id or by name. The other images keep their ids.
 

@@ -303,23 +303,23 @@ def commit(directory: str | os.PathLike, manifest: dict) -> None:
     manifest[_CHECKSUM_KEY] = manifest_digest(manifest)
     _write_atomic(directory / MANIFEST, json_bytes(manifest))
     _fsync_dir(directory)
-    keep = set(_file_names(manifest))
+    keep = set(file_names(manifest))
     for path in directory.iterdir():
         stale = _DATA_FILE.fullmatch(path.name) and path.name not in keep
         if stale or path.name.startswith(_TEMP_PREFIX):
             path.unlink(missing_ok=True)
 
 
-def _file_names(node):
+def file_names(node):
     """The ``name`` of every file entry in a manifest structure."""
     if isinstance(node, dict):
         if isinstance(node.get("name"), str) and "sha256" in node:
             yield node["name"]
         for value in node.values():
-            yield from _file_names(value)
+            yield from file_names(value)
     elif isinstance(node, list):
         for value in node:
-            yield from _file_names(value)
+            yield from file_names(value)
 
 
 def _sha256(path: Path) -> str:
@@ -330,9 +330,14 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+#: The kinds of index folder, by the ``format`` of their manifest.
+KINDS = ("cvsearch-index", "cvsearch-global-index")
+
+
 def read_manifest(directory: str | os.PathLike,
-                  kind: str = "cvsearch-index") -> tuple[Path, dict]:
-    """Read and parse ``index.json``.
+                  kind: str | None = "cvsearch-index") -> tuple[Path, dict]:
+    """Read and parse ``index.json`` of an index of ``kind`` (None: either of
+    :data:`KINDS`; the manifest's ``format`` says which).
 
     Raises
     ------
@@ -356,8 +361,10 @@ def read_manifest(directory: str | os.PathLike,
         raise ValueError(f"{path} is a broken link; the index is corrupt") from None
     manifest = parse_json(data, path)
     found = manifest.get("format") if isinstance(manifest, dict) else None
+    if kind is None and found in KINDS:
+        return path, manifest
     if found != kind:
-        if found in ("cvsearch-index", "cvsearch-global-index"):
+        if found in KINDS:
             raise ValueError(f"{path} is a {found}, not a {kind}: load it with "
                              f"{'Index' if found == 'cvsearch-index' else 'GlobalIndex'}"
                              ".load")

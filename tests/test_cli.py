@@ -207,3 +207,64 @@ def test_synthetic_round_trip_and_errors_need_no_data(image_files, tmp_path):
     cv2.imwrite(str(large), cv2.resize(cv2.imread(image_files[0]), (700, 700)))
     assert_one_line_error(*run("query", "strict", large, cwd=tmp_path)[::2],
                           "large.png", "limit of 300,000")
+
+
+@pytest.fixture(scope="module")
+def catalog(tmp_path_factory):
+    """Eight synthetic textures in two class folders, and a warped copy of one."""
+    from conftest import textured_image, warped
+
+    root = tmp_path_factory.mktemp("catalog")
+    for i in range(8):
+        folder = root / "cat" / "ab"[i % 2]
+        folder.mkdir(parents=True, exist_ok=True)
+        cv2.imwrite(str(folder / f"t{i}.png"), textured_image(i))
+    cv2.imwrite(str(root / "query.png"), warped(textured_image(3), 20, 0.8)[0])
+    return root
+
+
+def test_a_global_index_from_the_command_line(catalog):
+    """index --method cnn, query (alone and verified by a bag-of-words index of
+    the same images), add, remove and info, on a CNN-descriptor index."""
+    code, out, err = run("index", "cat", "-o", "g", "--method", "cnn", "--json",
+                         "--overwrite", cwd=catalog)
+    assert code == 0, err
+    assert json.loads(out)["images"] == 8
+    code, out, err = run("query", "g", "cat/a/t2.png", "-k", "3", "--json", cwd=catalog)
+    assert code == 0, err
+    first = json.loads(out)["results"][0]
+    assert first["name"] == "cat/a/t2.png" and first["score"] > 0.999
+    assert first["inliers"] is None
+    code, _, err = run("index", "cat", "-o", "l", "--words", "300", "--overwrite",
+                       cwd=catalog)
+    assert code == 0, err
+    code, out, err = run("query", "g", "query.png", "-k", "3", "--rerank", "8",
+                         "--verify-with", "l", "--json", "--matches", "m.png",
+                         cwd=catalog)
+    assert code == 0, err
+    results = json.loads(out)["results"]
+    assert results[0]["name"] == "cat/b/t3.png" and results[0]["inliers"] >= 30
+    assert all(r["inliers"] < 10 for r in results[1:])
+    assert cv2.imread(str(catalog / "m.png")) is not None
+    code, out, err = run("add", "g", "query.png", "--json", cwd=catalog)
+    assert code == 0 and json.loads(out)["images"] == 9, err
+    code, out, err = run("remove", "g", "query.png", "--json", cwd=catalog)
+    assert code == 0 and json.loads(out)["images"] == 8, err
+    code, out, err = run("info", "g", "--json", cwd=catalog)
+    info = json.loads(out)
+    assert code == 0 and info["kind"] == "global" and info["dim"] == 1280, err
+    assert info["images"] == 8 and info["disk_bytes"] > 8 * 1280 * 4
+
+
+def test_global_index_mistakes_are_one_line_errors(catalog):
+    code, _, err = run("index", "cat", "-o", "g2", "--method", "cnn", "--overwrite",
+                       cwd=catalog)
+    assert code == 0, err
+    code, _, err = run("query", "g2", "query.png", "--rerank", "5", cwd=catalog)
+    assert_one_line_error(code, err, "--verify-with")
+    code, _, err = run("query", "g2", "query.png", "--rerank", "5", "--verify-with",
+                       "g2", cwd=catalog)
+    assert_one_line_error(code, err, "has no local features")
+    code, _, err = run("index", "cat/a", "-o", "g3", "--method", "cnn", "--projection",
+                       "triplet", cwd=catalog)
+    assert_one_line_error(code, err, "one sub-folder", "found 1")

@@ -152,25 +152,58 @@ def test_projections_are_fitted_by_build_stored_and_applied(image_files, tmp_pat
     assert triplet.projection.fitted and triplet.dim == 4
 
 
-def test_annoy_search_finds_the_exact_neighbours_and_forgets_removed_images():
+@pytest.mark.parametrize("search", ["hnsw", "ivf"])
+def test_approximate_search_finds_the_exact_neighbours_grows_and_forgets(search):
+    pytest.importorskip("faiss", reason="search='hnsw'/'ivf' need faiss-cpu")
     rng = np.random.default_rng(0)
     vectors = unit_rows(rng, 3000)
     names = [f"v{i}" for i in range(3000)]
     exact = GlobalIndex(Thumbnail())
-    approximate = GlobalIndex(Thumbnail(), search="annoy", candidates=100)
-    exact.add_descriptors(vectors, names)
-    approximate.add_descriptors(vectors, names)
+    # random directions are the hardest case for cells: search more of them
+    approximate = GlobalIndex(Thumbnail(), search=search, candidates=100, n_probe=32)
+    exact.add_descriptors(vectors[:2000], names[:2000])
+    approximate.add_descriptors(vectors[:2000], names[:2000])
     queries = unit_rows(rng, 50)
+    approximate.query(queries[0])  # built now: the next batch must join it
+    built = approximate._approximate[1]
+    exact.add_descriptors(vectors[2000:], names[2000:])
+    approximate.add_descriptors(vectors[2000:], names[2000:])
     found = 0
     for q in queries:
         ei, (as_, ai) = exact.query(q, k=10)[1], approximate.query(q, k=10)
         found += len(set(ei.tolist()) & set(ai.tolist()))
         assert np.allclose(as_, vectors[ai] @ q, atol=1e-6)  # exact cosines
         assert np.all(np.diff(as_) <= 0)
+    assert approximate._approximate[1] is built and len(built) == 3000
     assert found / (10 * len(queries)) >= 0.9
+    # the nearest neighbours of images of the second batch are themselves
+    for i in (2000, 2500, 2999):
+        assert approximate.query(vectors[i], k=1)[1][0] == i
     top = approximate.query(queries[0], k=3)[1]
     approximate.remove(top.tolist())
     assert not set(approximate.query(queries[0], k=10)[1].tolist()) & set(top.tolist())
+    assert len(approximate.query(queries[0], k=3000)[1]) == 2997
+    approximate.compact()
+    assert approximate.query(vectors[5], k=1)[1][0] == 5
+
+
+def test_the_approximate_search_is_saved_as_a_setting_and_annoy_loads_as_exact(
+        index, image_files, tmp_path):
+    pytest.importorskip("faiss", reason="search='hnsw' needs faiss-cpu")
+    index.search = "hnsw"
+    index.save(tmp_path / "g")
+    loaded = GlobalIndex.load(tmp_path / "g", Thumbnail())
+    assert loaded.search == "hnsw" and loaded.query(image_files[3], k=1)[1][0] == 3
+    manifest_path = tmp_path / "g" / "index.json"
+    manifest = json.loads(manifest_path.read_text())
+    # a folder written when OpenCV's Annoy was offered
+    manifest["search"] = {"search": "annoy", "n_trees": 20, "candidates": 200}
+    from cvsearch import storage
+
+    storage.commit(tmp_path / "g", {k: v for k, v in manifest.items()
+                                    if k != storage._CHECKSUM_KEY})
+    old = GlobalIndex.load(tmp_path / "g", Thumbnail())
+    assert old.search == "exact" and old.query(image_files[4], k=1)[1][0] == 4
 
 
 def test_bad_input_is_refused_clearly(index):
@@ -183,6 +216,6 @@ def test_bad_input_is_refused_clearly(index):
     with pytest.raises(ValueError, match="NaN"):
         index.add_descriptors(np.full((1, 64), np.nan), ["nan"])
     with pytest.raises(ValueError, match="search"):
-        GlobalIndex(search="hnsw")
+        GlobalIndex(search="annoy")
     with pytest.raises(ValueError, match="no images"):
         GlobalIndex(Thumbnail()).query(np.ones(64))
