@@ -382,7 +382,9 @@ def cmd_serve(args):
     token = args.token or os.environ.get("CVSEARCH_TOKEN") or None
     settings = Settings(index_dir=Path(args.index), token=token,
                         max_upload_bytes=args.max_upload_mb * 2**20,
-                        images_root=Path(args.images_root).resolve())
+                        images_root=Path(args.images_root).resolve(),
+                        verify_with=Path(args.verify_with) if args.verify_with
+                        else None)
     mode = "read-write (token set)" if token else "read-only: no --token"
 
     def announce():
@@ -626,6 +628,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="largest request (an uploaded image) in MiB")
     p.add_argument("--images-root", default=".",
                    help="folder that relative image names of the index are under")
+    p.add_argument("--verify-with", metavar="LOCAL_INDEX", default=None,
+                   help="for a global (--method cnn) index: a bag-of-words index of "
+                        "the same images that verifies the rerank short-list (and "
+                        "gets the images added and removed through the service)")
     p.set_defaults(run=cmd_serve)
 
     p = sub("info", "Describe an index: images, words, features, parameters, size.")

@@ -486,6 +486,17 @@ class GlobalIndex:
                 "ef_search": self.ef_search, "n_lists": self.n_lists,
                 "n_probe": self.n_probe}
 
+    def warm_up(self) -> GlobalIndex:
+        """Make the describer and the approximate search now rather than at the
+        first query (a service calls it at start-up). Returns self."""
+        if self._describer is not None or self._describer_needed is None:
+            self.describer  # noqa: B018 (created on first use)
+        state = self._state
+        if self.search != "exact" and len(state):
+            with self._approximate_lock:
+                self._searcher_for(state)
+        return self
+
     # --------------------------------------------------------- persistence
     def save(self, directory: str | os.PathLike) -> None:
         """Save to a folder of plain files (JSON and .npy, no pickle), atomically,

@@ -20,7 +20,8 @@ from cvsearch.rerank import DEFAULT_MIN_INLIERS
 
 def verified_query(global_index, local_index, image, k: int = 10, *,
                    rerank: int = 50, min_inliers: int = DEFAULT_MIN_INLIERS,
-                   verification: str = "shapes", multiple_assignment: bool = True):
+                   verification: str = "shapes", multiple_assignment: bool = True,
+                   descriptor=None, features=None):
     """The ``k`` best images for ``image``: the global index's ``rerank`` nearest,
     verified geometrically by the local index.
 
@@ -37,6 +38,12 @@ def verified_query(global_index, local_index, image, k: int = 10, *,
         Size of the global short-list verified (0: the global order alone).
     min_inliers, verification, multiple_assignment
         As in :meth:`cvsearch.Index.query`.
+    descriptor : ndarray of shape (d,), optional
+        The image's global descriptor, if already computed (by the global
+        index's describer).
+    features : Features, optional
+        The image's local features, if already extracted (by the local index's
+        extractor).
 
     Returns
     -------
@@ -46,12 +53,14 @@ def verified_query(global_index, local_index, image, k: int = 10, *,
     ids : ndarray of the same shape, int64
         Ids of the global index.
     inliers : ndarray of the same shape, int32
-        -1 where not verified.
+        Inlier counts of the short-list (verified where >= ``min_inliers``); -1
+        for images outside it or missing from the local index.
     """
     k = check_int(k, "k", minimum=1, hint="ask for at least one result")
     rerank = check_int(rerank, "rerank", minimum=0)
     min_inliers = check_int(min_inliers, "min_inliers", minimum=1)
-    scores, ids = global_index.query(image, k=max(k, rerank))
+    scores, ids = global_index.query(image if descriptor is None else descriptor,
+                                     k=max(k, rerank))
     inliers = np.full(len(ids), -1, np.int32)
     if rerank:
         names = [global_index.names[i] for i in ids[:rerank]]
@@ -63,7 +72,8 @@ def verified_query(global_index, local_index, image, k: int = 10, *,
             except KeyError:
                 pass  # not in the local index: not verified
         if local_ids:
-            features = local_index.extractor.extract(image)
+            if features is None:
+                features = local_index.extractor.extract(image)
             inliers[rows] = local_index.inliers(
                 features, local_ids, verification=verification,
                 multiple_assignment=multiple_assignment)

