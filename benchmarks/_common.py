@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import platform
 import sys
 import time
 from datetime import date
 from pathlib import Path
+
+import numpy as np
 
 
 def run_metadata(script: str, argv=None) -> dict:
@@ -38,3 +41,21 @@ def timed(function, *args, **kwargs):
 def folder_bytes(folder: Path) -> int:
     """Bytes of the files directly in ``folder``."""
     return sum(p.stat().st_size for p in Path(folder).iterdir() if p.is_file())
+
+
+def describe_all(paths, work: Path, flip_average: bool = False) -> np.ndarray:
+    """CNN descriptors of every path (``CNNDescriptor(flip_average=...)``),
+    (n, 1280) float32, cached in ``work`` (by the list of paths)."""
+    from cvsearch.cnn import CNNDescriptor
+
+    digest = hashlib.sha256("\n".join(os.path.abspath(p) for p in paths).encode()
+                            ).hexdigest()[:12]
+    cache = work / f"cnn-{len(paths)}-{digest}{'-flip' if flip_average else ''}.npy"
+    if cache.exists():
+        return np.load(cache)
+    vectors, seconds = timed(CNNDescriptor(flip_average=flip_average).describe_many,
+                             paths)
+    print(f"described {len(paths)} images in {seconds:.0f} s", flush=True)
+    work.mkdir(parents=True, exist_ok=True)
+    np.save(cache, vectors)
+    return vectors

@@ -212,8 +212,13 @@ def _index_global(args, images, others):
         projection = None
     started = time.perf_counter()
     try:
-        index = GlobalIndex.build(images, labels=labels, projection=projection,
-                                  search=args.search)
+        describer = None
+        if args.flip_average:
+            from cvsearch.cnn import CNNDescriptor
+
+            describer = CNNDescriptor(flip_average=True)
+        index = GlobalIndex.build(images, describer, labels=labels,
+                                  projection=projection, search=args.search)
     except ImportError as error:
         raise CommandError(f"{error}; --method cnn needs pip install "
                            "'cvsearch[cnn]' (and --search hnsw/ivf 'cvsearch[faiss]')"
@@ -274,29 +279,12 @@ def cmd_query(args):
                                        verification=args.verification,
                                        multiple_assignment=args.multiple_assignment,
                                        expand=args.expand, return_inliers=True)
-    rows = [{"rank": r + 1, "id": int(i), "name": index.names[i],
-             "score": round(float(s), 6), "inliers": int(n) if n >= 0 else None}
-            for r, (s, i, n) in enumerate(zip(scores, ids, inliers))]
-    if args.show:
-        from cvsearch.pictures import results_grid
 
-        picture = results_grid(args.image, [index.names[i] for i in ids], scores=scores,
-                               inliers=inliers if args.rerank else None,
-                               columns=min(len(ids), 5) or 1)
-        _write_picture(args.show, picture, cv2)
-    if args.matches:
-        from cvsearch.pictures import match_picture
+    def match(id_):
+        return index.matches(features, id_, verification=args.verification,
+                             multiple_assignment=args.multiple_assignment)
 
-        if args.match_rank > len(ids):
-            raise CommandError(f"--match-rank {args.match_rank}: there are only "
-                               f"{len(ids)} results")
-        chosen = int(ids[args.match_rank - 1])
-        query_xy, db_xy = index.matches(features, chosen,
-                                        verification=args.verification,
-                                        multiple_assignment=args.multiple_assignment)
-        _write_picture(args.matches, match_picture(args.image, index.names[chosen],
-                                                   query_xy, db_xy), cv2)
-    _print_results(args, rows)
+    _answer_query(args, index, scores, ids, inliers, match, cv2)
 
 
 def _query_global(args, index, cv2):
@@ -323,6 +311,23 @@ def _query_global(args, index, cv2):
             index, local, args.image, k=args.k, rerank=args.rerank,
             min_inliers=args.min_inliers, verification=args.verification,
             multiple_assignment=args.multiple_assignment)
+
+    def match(id_):
+        name = index.names[id_]
+        try:
+            local_id = local.id_of(name)
+        except KeyError:
+            raise CommandError(f"--matches: {name} is not in {args.verify_with}") \
+                from None
+        return local.matches(args.image, local_id, verification=args.verification,
+                             multiple_assignment=args.multiple_assignment)
+
+    _answer_query(args, index, scores, ids, inliers, match, cv2)
+
+
+def _answer_query(args, index, scores, ids, inliers, match, cv2):
+    """Print the results of cmd_query and draw its pictures; ``match(id)`` gives
+    the inlier points ``(query_xy, db_xy)`` of the query and result ``id``."""
     rows = [{"rank": r + 1, "id": int(i), "name": index.names[i],
              "score": round(float(s), 6), "inliers": int(n) if n >= 0 else None}
             for r, (s, i, n) in enumerate(zip(scores, ids, inliers))]
@@ -339,17 +344,10 @@ def _query_global(args, index, cv2):
         if args.match_rank > len(ids):
             raise CommandError(f"--match-rank {args.match_rank}: there are only "
                                f"{len(ids)} results")
-        name = index.names[int(ids[args.match_rank - 1])]
-        try:
-            local_id = local.id_of(name)
-        except KeyError:
-            raise CommandError(f"--matches: {name} is not in {args.verify_with}") \
-                from None
-        query_xy, db_xy = local.matches(args.image, local_id,
-                                        verification=args.verification,
-                                        multiple_assignment=args.multiple_assignment)
-        _write_picture(args.matches, match_picture(args.image, name, query_xy, db_xy),
-                       cv2)
+        chosen = int(ids[args.match_rank - 1])
+        query_xy, db_xy = match(chosen)
+        _write_picture(args.matches, match_picture(args.image, index.names[chosen],
+                                                   query_xy, db_xy), cv2)
     _print_results(args, rows)
 
 
@@ -439,13 +437,21 @@ def cmd_info(args):
           f"{info['memory_bytes'] / 2**20:.2f} MiB")
 
 
+def _describer_text(entry) -> str:
+    """A manifest's describer entry, for a person."""
+    if isinstance(entry, dict):
+        options = ", ".join(f"{k}={v!r}" for k, v in entry.items() if k != "builtin")
+        return f"CNNDescriptor({entry.get('builtin')}, {options})"
+    return entry or "CNNDescriptor(efficientnet-lite0)"
+
+
 def _info_global(args, index, manifest):
     projection = index.projection
     info = {"index": args.index, "kind": "global",
             "format_version": manifest.get("format_version"),
             "cvsearch_version": manifest.get("cvsearch_version"),
             "images": len(index), "dim": index.dim,
-            "describer": manifest.get("describer") or "CNNDescriptor(efficientnet-lite0)",
+            "describer": _describer_text(manifest.get("describer")),
             "projection": None if projection is None else
             {"kind": projection.kind, **projection.get_params()},
             "search": index._search_options(), "disk_bytes": _disk_bytes(args.index)}
@@ -521,6 +527,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dim", type=_positive_int, default=128,
                    help="size of the projected descriptors")
     p.add_argument("--whiten", action="store_true", help="whiten the PCA projection")
+    p.add_argument("--flip-average", action="store_true",
+                   help="with --method cnn: average each image's descriptor with its "
+                        "mirror image's (twice the time; kept for queries)")
     p.add_argument("--features", choices=["sift", "rootsift", "orb"], default="rootsift",
                    help="local features")
     p.add_argument("--words", type=_positive_int, default=20_000,

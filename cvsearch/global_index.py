@@ -166,14 +166,15 @@ class GlobalIndex:
     @property
     def describer(self):
         if self._describer is None:
-            if self._describer_needed is not None:
-                raise ValueError(f"this index was described with "
-                                 f"{self._describer_needed}: pass it to "
-                                 "GlobalIndex.load(..., describer=...) to describe "
+            needed = self._describer_needed
+            if needed is not None and not isinstance(needed, dict):
+                raise ValueError(f"this index was described with {needed}: pass it "
+                                 "to GlobalIndex.load(..., describer=...) to describe "
                                  "images (descriptors can be queried as they are)")
             from cvsearch.cnn import CNNDescriptor
 
-            self._describer = CNNDescriptor()
+            # the built-in network with the options it was saved with
+            self._describer = CNNDescriptor(**_builtin_options(needed))
         return self._describer
 
     @property
@@ -445,9 +446,10 @@ class GlobalIndex:
     def _query_approximate(self, state: _State, vector, m):
         with self._approximate_lock:  # one build per state; faiss is not re-entrant
             searcher, ids, vectors, alive = self._searcher_for(state)
-            dead = len(alive) - int(alive.sum())
-            # ask for enough that removed rows still leave the candidates wanted
-            wanted = min(max(self.candidates, m) + dead, len(alive))
+            # ask for enough that removed rows (and rows added after ``state``)
+            # still leave the candidates wanted
+            skipped = len(searcher) - int(alive.sum())
+            wanted = min(max(self.candidates, m) + skipped, len(searcher))
             positions = searcher.search(vector, wanted)
         positions = np.unique(positions[positions < len(alive)])
         positions = positions[alive[positions]]
@@ -456,27 +458,31 @@ class GlobalIndex:
         return scores[order].astype(np.float32), ids[positions][order]
 
     def _searcher_for(self, state: _State):
-        """The approximate searcher of ``state`` with the ids (n,), vectors
-        (n, dim) and liveness (n,) of its rows (every row of every batch): built
-        on first use, grown when only batches were added since (hnsw, ivf)."""
+        """The approximate searcher for ``state`` with the ids (n,) and vectors
+        (n, dim) of its rows (every row of every batch, in order) and the
+        liveness (m,) of ``state``'s rows, m <= n: built on first use, grown when
+        only batches were added since (hnsw, ivf), and shared with older states
+        whose batches it holds (a query that began before an add)."""
         cached = self._approximate
         if cached is not None and cached[0] is state:
             return cached[1:]
-        fresh = None
-        if cached is not None and cached[1].incremental:
-            old = cached[0].batches
-            if len(state.batches) >= len(old) and all(
-                    a is b for a, b in zip(state.batches, old)):
-                fresh = state.batches[len(old):]
-        ids = np.concatenate([b.ids for b in state.batches])
-        vectors = np.concatenate([np.asarray(b.vectors) for b in state.batches])
         alive = np.concatenate([np.ones(len(b.ids), bool) if mask is None else ~mask
                                 for b, mask in zip(state.batches, state.deleted)])
-        if fresh is None:
+        grow = None
+        if cached is not None:
+            old = cached[0].batches
+            shared = all(a is b for a, b in zip(state.batches, old))
+            if shared and len(state.batches) <= len(old):
+                return cached[1], cached[2], cached[3], alive
+            if shared and cached[1].incremental:
+                grow = state.batches[len(old):]
+        ids = np.concatenate([b.ids for b in state.batches])
+        vectors = np.concatenate([np.asarray(b.vectors) for b in state.batches])
+        if grow is None:
             searcher = build_searcher(self.search, vectors, self._search_options())
         else:
             searcher = cached[1]
-            for batch in fresh:
+            for batch in grow:
                 searcher.add(np.asarray(batch.vectors))
         self._approximate = (state, searcher, ids, vectors, alive)
         return self._approximate[1:]
@@ -489,7 +495,7 @@ class GlobalIndex:
     def warm_up(self) -> GlobalIndex:
         """Make the describer and the approximate search now rather than at the
         first query (a service calls it at start-up). Returns self."""
-        if self._describer is not None or self._describer_needed is None:
+        if not isinstance(self._describer_needed, str) or self._describer is not None:
             self.describer  # noqa: B018 (created on first use)
         state = self._state
         if self.search != "exact" and len(state):
@@ -590,15 +596,18 @@ class GlobalIndex:
             projection = None
             if manifest.get("projection") is not None:
                 kind = manifest["projection"]["kind"]
+                params = manifest["projection"]["params"]
+                names = PROJECTIONS[kind].array_names(params) \
+                    if hasattr(PROJECTIONS[kind], "array_names") else ("mean", "weights")
                 state = storage.load_npz(
                     storage.read_file(directory, manifest, "projection"),
                     directory / manifest["files"]["projection"]["name"],
-                    {"mean": np.float32, "weights": np.float32})
-                projection = PROJECTIONS[kind].from_state(
-                    manifest["projection"]["params"], state)
+                    dict.fromkeys(names, np.float32))
+                projection = PROJECTIONS[kind].from_state(params, state)
             index = cls(describer, projection=projection, **search)
             if describer is None:
                 index._describer_needed = manifest.get("describer")
+                _builtin_options(index._describer_needed)  # malformed: refused now
             next_id = manifest["next_id"]
             metas = manifest["segments"]
             if isinstance(next_id, bool) or not isinstance(next_id, int) \
@@ -664,14 +673,48 @@ class GlobalIndex:
             index.save(directory)
 
 
+#: CNNDescriptor options a manifest may give for the built-in network, with
+#: their defaults.
+_CNN_DEFAULTS = {"input_size": 224, "resize": 256, "mean": [127.0] * 3,
+                 "std": [128.0] * 3, "rgb": True, "output": "features",
+                 "flip_average": False}
+
+
 def _describer_params(describer):
-    """What the manifest says of the describer: None for the default CNN."""
+    """What the manifest says of the describer: None for the default CNN; the
+    options of the built-in EfficientNet-Lite0 (plain JSON, rebuilt on load:
+    the network ships with the package, nothing is read from the folder); else
+    the describer's repr, which a loader must pass again."""
     if describer is None:
         return None
-    model = getattr(describer, "model", None)
-    if model == "efficientnet-lite0" and getattr(describer, "input_size", 224) == 224:
-        return None
-    return repr(describer)
+    if getattr(describer, "model", None) != "efficientnet-lite0":
+        return repr(describer)
+    options = {}
+    for key, default in _CNN_DEFAULTS.items():
+        value = getattr(describer, key, default)
+        options[key] = [float(v) for v in value] if key in ("mean", "std") else value
+    changed = {k: v for k, v in options.items() if v != _CNN_DEFAULTS[k]}
+    return {"builtin": "efficientnet-lite0", **changed} if changed else None
+
+
+def _builtin_options(needed) -> dict:
+    """CNNDescriptor options of a manifest's describer entry (see
+    :func:`_describer_params`); a describer given by repr raises on use, not here.
+
+    Raises
+    ------
+    ValueError
+        If the entry names another network or options CNNDescriptor lacks.
+    """
+    if not isinstance(needed, dict):
+        return {}
+    options = {k: v for k, v in needed.items() if k != "builtin"}
+    if needed.get("builtin") != "efficientnet-lite0" or not set(options) <= set(
+            _CNN_DEFAULTS) or any(not isinstance(v, (int, float, str, list))
+                                  for v in options.values()):
+        raise ValueError(f"the describer entry {needed!r} is malformed; the index "
+                         "is corrupt or was saved differently")
+    return options
 
 
 def load_index(directory: str | os.PathLike, **options):

@@ -258,8 +258,10 @@ def test_a_global_index_from_the_command_line(catalog):
 
 def test_global_index_mistakes_are_one_line_errors(catalog):
     code, _, err = run("index", "cat", "-o", "g2", "--method", "cnn", "--overwrite",
-                       cwd=catalog)
+                       "--flip-average", cwd=catalog)
     assert code == 0, err
+    code, out, err = run("info", "g2", "--json", cwd=catalog)
+    assert code == 0 and "flip_average=True" in json.loads(out)["describer"], err
     code, _, err = run("query", "g2", "query.png", "--rerank", "5", cwd=catalog)
     assert_one_line_error(code, err, "--verify-with")
     code, _, err = run("query", "g2", "query.png", "--rerank", "5", "--verify-with",

@@ -1,5 +1,6 @@
 """The EfficientNet-Lite0 baseline run by cv2.dnn, on real Caltech-101 photos."""
 
+import cv2
 import numpy as np
 import pytest
 from conftest import CALTECH, requires
@@ -67,3 +68,28 @@ def test_bad_model_files_name_the_file(tmp_path):
     junk.write_bytes(b"not a model")
     with pytest.raises(ValueError, match="junk.onnx"):
         CNNDescriptor(junk)
+
+
+def test_flip_averaged_descriptors_ignore_mirroring_and_are_rebuilt_on_load(tmp_path):
+    """flip_average: an image and its mirror get one descriptor; an index built
+    with it describes its queries with it again after loading (the options are
+    saved as JSON, the network comes with the package)."""
+    from conftest import textured_image
+
+    from cvsearch import GlobalIndex
+    from cvsearch.cnn import CNNDescriptor
+
+    image = cv2.cvtColor(textured_image(3, size=224), cv2.COLOR_GRAY2BGR)
+    mirror = cv2.flip(image, 1)
+    flipping = CNNDescriptor(flip_average=True)
+    a, b = flipping.describe_many([image, mirror])
+    assert np.allclose(a, b, atol=1e-5) and np.isclose(np.linalg.norm(a), 1, atol=1e-5)
+    plain = CNNDescriptor()
+    pa, pb = plain.describe_many([image, mirror])
+    assert not np.allclose(pa, pb, atol=1e-3)  # the plain descriptor is not
+    index = GlobalIndex(flipping)
+    index.add_descriptors(flipping.describe_many([image, mirror]), ["a", "b"])
+    index.save(tmp_path / "g")
+    loaded = GlobalIndex.load(tmp_path / "g")
+    assert loaded.describer.flip_average
+    assert np.allclose(loaded.query(mirror, k=2)[0], [1, 1], atol=1e-4)

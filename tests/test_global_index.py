@@ -150,6 +150,22 @@ def test_projections_are_fitted_by_build_stored_and_applied(image_files, tmp_pat
                                 projection=TripletProjection(4, steps=20,
                                                              classes_per_batch=3))
     assert triplet.projection.fitted and triplet.dim == 4
+    assert triplet.projection.hidden_weights_.shape == (64, 512)  # the default
+    triplet.save(tmp_path / "triplet")
+    loaded = GlobalIndex.load(tmp_path / "triplet", Thumbnail())
+    for name in ("weights", "hidden_weights", "hidden_bias", "output_weights"):
+        assert np.array_equal(getattr(loaded.projection, name + "_"),
+                              getattr(triplet.projection, name + "_"))
+    assert np.array_equal(loaded.query(image_files[1], k=12)[1],
+                          triplet.query(image_files[1], k=12)[1])
+    # a linear projection saved before the hidden layer existed (no such params)
+    linear = TripletProjection(4, steps=20, classes_per_batch=3, hidden=0)
+    old_params = {k: v for k, v in linear.get_params().items()
+                  if k not in ("hidden", "similarity_weight", "averaging")}
+    linear.fit(Thumbnail().describe_many(image_files), labels)
+    copy = TripletProjection.from_state(old_params, linear.get_state())
+    assert copy.hidden == 0 and np.array_equal(copy.transform(np.ones(64)),
+                                               linear.transform(np.ones(64)))
 
 
 @pytest.mark.parametrize("search", ["hnsw", "ivf"])
@@ -165,9 +181,14 @@ def test_approximate_search_finds_the_exact_neighbours_grows_and_forgets(search)
     approximate.add_descriptors(vectors[:2000], names[:2000])
     queries = unit_rows(rng, 50)
     approximate.query(queries[0])  # built now: the next batch must join it
-    built = approximate._approximate[1]
+    built, before = approximate._approximate[1], approximate._state
     exact.add_descriptors(vectors[2000:], names[2000:])
     approximate.add_descriptors(vectors[2000:], names[2000:])
+    approximate.query(queries[0])
+    # a query that began before the add answers from its own state, from the
+    # same (grown) searcher, never with the images added since
+    _, ids = approximate._query_approximate(before, vectors[2500], 10)
+    assert len(ids) == 10 and ids.max() < 2000
     found = 0
     for q in queries:
         ei, (as_, ai) = exact.query(q, k=10)[1], approximate.query(q, k=10)

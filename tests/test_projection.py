@@ -28,21 +28,34 @@ def classes_in_noise(seed, n_classes=20, per_class=20, dim=64, signal=8):
 
 
 @pytest.mark.parametrize("mining", ["batch-hard", "semi-hard"])
-def test_gradient_matches_finite_differences(mining):
+@pytest.mark.parametrize("hidden, similarity_weight", [(0, 0.0), (7, 0.0), (7, 2.0)])
+def test_gradient_matches_finite_differences(mining, hidden, similarity_weight):
     rng = np.random.default_rng(0)
     x = rng.normal(size=(24, 10))
     labels = np.repeat(np.arange(6), 4)
-    weights = rng.normal(size=(10, 5))
-    loss, gradient = _triplet_gradient(x, labels, weights, 0.5, mining)
-    assert loss > 0
-    numeric = np.zeros_like(weights)
-    for i, j in np.ndindex(*weights.shape):
-        step = np.zeros_like(weights)
-        step[i, j] = 1e-6
-        numeric[i, j] = (_triplet_gradient(x, labels, weights + step, 0.5, mining)[0]
-                         - _triplet_gradient(x, labels, weights - step, 0.5, mining)[0]
-                         ) / 2e-6
-    assert np.allclose(gradient, numeric, rtol=1e-4, atol=1e-7)
+    targets = rng.normal(size=(24, 10))
+    targets /= np.linalg.norm(targets, axis=1, keepdims=True)
+    params = {"weights": rng.normal(size=(10, 5))}
+    if hidden:
+        params.update(hidden_weights=rng.normal(size=(10, hidden)),
+                      hidden_bias=rng.normal(size=hidden),
+                      output_weights=rng.normal(size=(hidden, 5)))
+
+    def loss(p):
+        return _triplet_gradient(x, labels, p, 0.5, mining, targets,
+                                 similarity_weight)[0]
+
+    total, gradients = _triplet_gradient(x, labels, params, 0.5, mining, targets,
+                                         similarity_weight)
+    assert total > 0 and set(gradients) == set(params)
+    for name, value in params.items():
+        numeric = np.zeros_like(value)
+        for index in np.ndindex(*value.shape):
+            step = np.zeros_like(value)
+            step[index] = 1e-6
+            numeric[index] = (loss({**params, name: value + step})
+                              - loss({**params, name: value - step})) / 2e-6
+        assert np.allclose(gradients[name], numeric, rtol=1e-4, atol=1e-7), name
 
 
 @pytest.mark.parametrize("mining", ["batch-hard", "semi-hard"])
@@ -52,7 +65,8 @@ def test_learned_projection_finds_classes_hidden_under_noise(mining):
     x, labels = classes_in_noise(0)
     train = np.tile(np.arange(20) < 10, 20)
     projection = TripletProjection(8, mining=mining, steps=600, classes_per_batch=10,
-                                   learning_rate=0.01).fit(x[train], labels[train])
+                                   learning_rate=0.01, hidden=0,
+                                   similarity_weight=0.0).fit(x[train], labels[train])
     held_out = ~train
     raw = leave_one_out_map(x[held_out], labels[held_out])
     pca = leave_one_out_map(PCAProjection(8).fit(x[train]).transform(x[held_out]),
@@ -94,6 +108,11 @@ def test_bad_input_is_refused_clearly():
                                      {**state, "weights": state["weights"][:, :3]})
     with pytest.raises(ValueError, match="mining"):
         TripletProjection(4, mining="random")
+    with pytest.raises(ValueError, match="averaging must be below 1"):
+        TripletProjection(4, averaging=1.0)
+    with pytest.raises(ValueError, match=r"hidden_weights is \(8, 512\)"):
+        TripletProjection.from_state(TripletProjection(4, hidden=3).get_params(),
+                                     state)
     with pytest.raises(ValueError, match="dim 8 needs more than 8"):
         PCAProjection(8).fit(x[:8])
 
