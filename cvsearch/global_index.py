@@ -563,9 +563,11 @@ class GlobalIndex:
         ----------
         directory : str or os.PathLike
         describer : object, optional
-            To describe query images. None: the default CNNDescriptor when the
-            index was built with it; an index built with another describer needs
-            it passed again (a model file named in a folder is never opened).
+            To describe query images. None: the built-in CNNDescriptor with the
+            options the index was built with (input size, flip averaging, ...:
+            saved as JSON, the network ships with the package); an index built
+            with another describer needs it passed again (a model file named in
+            a folder is never opened).
         verify : bool
             Hash the vector files (False: sizes, headers and structure only).
 

@@ -148,7 +148,7 @@ class TripletProjection:
     """
 
     def __init__(self, dim: int = 128, *, hidden: int = 512,
-                 similarity_weight: float = 1.0, margin: float = 0.2,
+                 similarity_weight: float = 0.5, margin: float = 0.3,
                  mining: str = "semi-hard", steps: int = 3000,
                  classes_per_batch: int = 32, images_per_class: int = 4,
                  learning_rate: float = 1e-3, averaging: float = 0.998,
