@@ -272,6 +272,7 @@ def test_a_global_index_is_served_and_verified_by_a_local_one(global_dirs, image
         assert new["name"] not in GlobalIndex.load(global_dir).names.values()
         assert new["name"] not in Index.load(local_dir).names.values()
     with client_of(global_dir) as client:  # no verifier: the cosine ranking only
+        assert client.get("/stats").json()["verified"] is False  # the page: no box
         answer = search(client, query, k=3)
         assert answer.status_code == 200 and answer.json()["keypoints"] is None
         assert all(r["inliers"] is None for r in answer.json()["results"])

@@ -12,6 +12,11 @@ async function loadStats() {
       : `${stats.words.toLocaleString()} words`;
     $("stats").textContent = `${stats.images.toLocaleString()} images · ` +
       `${stats.features} · ${model}`;
+    if (!stats.verified) {  // a global index served without --verify-with
+      $("rerank").checked = false;
+      $("rerank").disabled = true;
+      $("rerank").parentElement.title = "this index has no local features to verify with";
+    }
   } catch (error) {
     $("stats").textContent = "";
   }
