@@ -599,8 +599,7 @@ class GlobalIndex:
             if manifest.get("projection") is not None:
                 kind = manifest["projection"]["kind"]
                 params = manifest["projection"]["params"]
-                names = PROJECTIONS[kind].array_names(params) \
-                    if hasattr(PROJECTIONS[kind], "array_names") else ("mean", "weights")
+                names = PROJECTIONS[kind].array_names(params)
                 state = storage.load_npz(
                     storage.read_file(directory, manifest, "projection"),
                     directory / manifest["files"]["projection"]["name"],

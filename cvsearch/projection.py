@@ -106,6 +106,11 @@ class PCAProjection:
     def from_state(cls, params: dict, state: dict) -> PCAProjection:
         return _with_state(cls(**params), state)
 
+    @staticmethod
+    def array_names(params: dict) -> tuple:
+        """Names of the arrays :meth:`get_state` gives."""
+        return ("mean", "weights")
+
 
 class TripletProjection:
     """A projection to a small embedding, trained with a triplet loss.
@@ -300,7 +305,8 @@ class TripletProjection:
     @staticmethod
     def array_names(params: dict) -> tuple:
         """Names of the arrays :meth:`get_state` gives for these parameters."""
-        return ("mean", "weights") + (HIDDEN_ARRAYS if params.get("hidden") else ())
+        hidden = isinstance(params, dict) and params.get("hidden")
+        return ("mean", "weights") + (HIDDEN_ARRAYS if hidden else ())
 
 
 #: The arrays of the hidden layer (A, a, B), by their names in a saved state.

@@ -240,3 +240,22 @@ def test_bad_input_is_refused_clearly(index):
         GlobalIndex(search="annoy")
     with pytest.raises(ValueError, match="no images"):
         GlobalIndex(Thumbnail()).query(np.ones(64))
+
+
+@pytest.mark.parametrize("params", [[1, 2], {"dim": 4, "hidden": "x"},
+                                    {"dim": 4, "hidden": 5}, {"dim": 5, "hidden": 3}])
+def test_a_forged_projection_entry_is_refused_naming_the_manifest(params, tmp_path):
+    from cvsearch import storage
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(40, 16)).astype(np.float32)
+    projection = TripletProjection(4, steps=5, classes_per_batch=4, hidden=3)
+    index = GlobalIndex(Thumbnail(), projection=projection.fit(x, np.arange(40) % 4))
+    index.add_descriptors(x, [str(i) for i in range(40)])
+    index.save(tmp_path / "g")
+    manifest = json.loads((tmp_path / "g" / "index.json").read_text())
+    manifest["projection"]["params"] = params
+    storage.commit(tmp_path / "g", {k: v for k, v in manifest.items()
+                                    if k != storage._CHECKSUM_KEY})
+    with pytest.raises(ValueError, match="index.json"):
+        GlobalIndex.load(tmp_path / "g", Thumbnail())
