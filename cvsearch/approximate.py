@@ -16,8 +16,8 @@ exactly.
 
 OpenCV's Annoy (``cv2.ANNIndex``) is not offered: its build never returned on
 some sets of unit vectors, for example the PCA-128 embeddings of the first 159
-Caltech-101 images (a few ms for the first 157), and a C++ loop cannot be
-interrupted from Python.
+Caltech-101 images (0.4 ms for the first 157; benchmarks/results/annoy_hang.md),
+and a C++ loop cannot be interrupted from Python.
 """
 
 from __future__ import annotations

@@ -183,13 +183,18 @@ def cmd_index(args):
             raise CommandError(f"{error}; on the command line, lower --words (a "
                                "tenth of the descriptors is a good start)") from None
         raise
+    _save_built(args, index, others, started, "")
+
+
+def _save_built(args, index, others, started: float, how: str):
+    """Save a new index of either kind and report what it holds and skipped."""
     index.save(args.output)
     skipped = others + index.skipped_
     seconds = round(time.perf_counter() - started, 1)
     _report(args, {"index": args.output, "images": len(index), "skipped": skipped,
                    "seconds": seconds},
-            f"indexed {len(index)} images into {args.output} ({len(skipped)} skipped, "
-            f"{seconds} s)")
+            f"indexed {len(index)} images into {args.output}{how} ({len(skipped)} "
+            f"skipped, {seconds} s)")
 
 
 def _index_global(args, images, others):
@@ -223,13 +228,7 @@ def _index_global(args, images, others):
         raise CommandError(f"{error}; --method cnn needs pip install "
                            "'cvsearch[cnn]' (and --search hnsw/ivf 'cvsearch[faiss]')"
                            ) from None
-    index.save(args.output)
-    skipped = others + index.skipped_
-    seconds = round(time.perf_counter() - started, 1)
-    _report(args, {"index": args.output, "images": len(index), "skipped": skipped,
-                   "seconds": seconds},
-            f"indexed {len(index)} images into {args.output} with the CNN descriptor "
-            f"({len(skipped)} skipped, {seconds} s)")
+    _save_built(args, index, others, started, " with the CNN descriptor")
 
 
 def cmd_add(args):
@@ -290,6 +289,9 @@ def cmd_query(args):
 def _query_global(args, index, cv2):
     """cmd_query of a GlobalIndex: its cosine ranking, or with --verify-with its
     --rerank short-list verified by a bag-of-words index of the same images."""
+    if args.expand:
+        raise CommandError("--expand is for bag-of-words indexes (it averages "
+                           "bag-of-words vectors); a global index has none")
     local = None
     if args.verify_with:
         local = _load(args.verify_with)
@@ -297,10 +299,10 @@ def _query_global(args, index, cv2):
             raise CommandError(f"--verify-with {args.verify_with}: a global index "
                                "has no local features; name a bag-of-words index "
                                "('cvsearch index' without --method cnn)")
-    elif args.rerank or args.matches or args.expand:
+    elif args.rerank or args.matches:
         raise CommandError("a global index verifies (--rerank, --matches) with a "
                            "bag-of-words index of the same images: add --verify-with "
-                           "LOCAL_INDEX (--expand is for bag-of-words indexes)")
+                           "LOCAL_INDEX")
     if local is None:
         scores, ids = index.query(args.image, k=args.k)
         inliers = np.full(len(ids), -1)

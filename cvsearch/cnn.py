@@ -176,7 +176,7 @@ class CNNDescriptor:
     flip_average : bool
         Describe each image and its mirror image, and average the two (unit)
         descriptors: twice the time, and a descriptor that does not change when
-        an image is flipped (on Caltech-101, mAP 0.7365 against 0.7327 on the
+        an image is flipped (on Caltech-101, mAP 0.7364 against 0.7327 on the
         held-out half of each class; benchmarks/results/learned.md).
 
     Examples

@@ -495,7 +495,7 @@ class GlobalIndex:
     def warm_up(self) -> GlobalIndex:
         """Make the describer and the approximate search now rather than at the
         first query (a service calls it at start-up). Returns self."""
-        if not isinstance(self._describer_needed, str) or self._describer is not None:
+        if not isinstance(self._describer_needed, str):  # else it must be passed
             self.describer  # noqa: B018 (created on first use)
         state = self._state
         if self.search != "exact" and len(state):

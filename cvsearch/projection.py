@@ -360,8 +360,7 @@ def _state_of(projection) -> dict:
     if not projection.fitted:
         raise ValueError(f"this {type(projection).__name__} is not fitted: call fit "
                          "first")
-    names = ("mean", "weights") + (HIDDEN_ARRAYS if getattr(projection, "hidden", 0)
-                                   else ())
+    names = type(projection).array_names(projection.get_params())
     return {name: getattr(projection, name + "_") for name in names}
 
 

@@ -33,6 +33,7 @@ folder's writer lock, so no update is lost.
 # No "from __future__ import annotations": FastAPI reads the routes' annotations,
 # which name types imported inside create_app.
 import collections
+import contextlib
 import hashlib
 import mimetypes
 import os
@@ -138,6 +139,14 @@ class _Query:
 
 def _is_global(index) -> bool:
     return isinstance(index, GlobalIndex)
+
+
+def _holds(index, name: str) -> bool:
+    try:
+        index.id_of(name)
+        return True
+    except KeyError:
+        return False
 
 
 def _limits(index) -> dict:
@@ -319,7 +328,8 @@ class Library:
         features), then the cosine ranking or its verified short-list."""
         started = time.perf_counter()
         descriptor = index.describer.describe_many([image])[0]
-        features = None if verifier is None else verifier.extractor.extract(image)
+        # local features only to verify (a match picture extracts them itself)
+        features = verifier.extractor.extract(image) if rerank else None
         timings["features_ms"] = _ms(started)
         started = time.perf_counter()
         if rerank:
@@ -393,10 +403,12 @@ class Library:
         index = self.current()
         if _is_global(index):
             verifier = self.verifier
-            if verifier is None or query.features is None:
+            if verifier is None:
                 raise ServiceError(404, "this global index has no local features to "
                                    "match: start the service with --verify-with "
                                    "LOCAL_INDEX")
+            if query.features is None:  # searched without verification
+                query.features = verifier.extractor.extract(query.image)
             try:
                 local_id = verifier.id_of(index.names[id_])
             except KeyError:
@@ -467,7 +479,7 @@ class Library:
             try:
                 index.remove([id_])
                 index.save(self.index_dir)  # first: no longer a result
-                if verifier is not None and name in verifier.names.values():
+                if verifier is not None and _holds(verifier, name):
                     verifier.remove([name])
                     verifier.save(self.verify_dir)
             except BaseException:
@@ -477,15 +489,15 @@ class Library:
         self.counts["removed"] += 1
         return {"removed": {"id": id_, "name": name}, "images": len(index)}
 
+    @contextlib.contextmanager
     def _writer_locks(self):
-        """The writer locks of the served folder and of the verifying one."""
-        import contextlib
-
-        stack = contextlib.ExitStack()
-        stack.enter_context(storage.writer_lock(self.index_dir))
-        if self.verify_dir is not None:
-            stack.enter_context(storage.writer_lock(self.verify_dir))
-        return stack
+        """The writer locks of the served folder and of the verifying one (both
+        released if taking the second fails)."""
+        with contextlib.ExitStack() as stack:
+            stack.enter_context(storage.writer_lock(self.index_dir))
+            if self.verify_dir is not None:
+                stack.enter_context(storage.writer_lock(self.verify_dir))
+            yield
 
     def stats(self) -> dict:
         index = self.current()

@@ -267,6 +267,8 @@ def test_global_index_mistakes_are_one_line_errors(catalog):
     code, _, err = run("query", "g2", "query.png", "--rerank", "5", "--verify-with",
                        "g2", cwd=catalog)
     assert_one_line_error(code, err, "has no local features")
+    code, _, err = run("query", "g2", "query.png", "--expand", "3", cwd=catalog)
+    assert_one_line_error(code, err, "--expand is for bag-of-words indexes")
     code, _, err = run("index", "cat/a", "-o", "g3", "--method", "cnn", "--projection",
                        "triplet", cwd=catalog)
     assert_one_line_error(code, err, "one sub-folder", "found 1")

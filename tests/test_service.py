@@ -271,6 +271,12 @@ def test_a_global_index_is_served_and_verified_by_a_local_one(global_dirs, image
         assert gone.status_code == 200, gone.text
         assert new["name"] not in GlobalIndex.load(global_dir).names.values()
         assert new["name"] not in Index.load(local_dir).names.values()
+        # searched without verification: the match picture extracts the query's
+        # features itself
+        plain = search(client, query, k=1).json()
+        assert plain["keypoints"] is None and plain["results"][0]["inliers"] is None
+        picture = client.get(plain["results"][0]["match_url"])
+        assert picture.status_code == 200, picture.text
     with client_of(global_dir) as client:  # no verifier: the cosine ranking only
         assert client.get("/stats").json()["verified"] is False  # the page: no box
         answer = search(client, query, k=3)
