@@ -160,7 +160,8 @@ class GlobalIndex:
         # (state, searcher, ids, vectors, alive) of the last approximate search
         self._approximate = None
         self._approximate_lock = threading.Lock()
-        self._origin = None  # (folder, generation) loaded from or saved to
+        self._origin = None  # storage.Origin loaded from or last saved to
+        self.lineage = storage.new_lineage()  # kept by every save of this index
 
     # --------------------------------------------------------------- parts
     @property
@@ -511,14 +512,7 @@ class GlobalIndex:
         from cvsearch import __version__
 
         with storage.writer_lock(directory):
-            folder = os.path.realpath(directory)
-            current = storage.read_generation(directory, FORMAT)
-            if self._origin is not None and self._origin[0] == folder \
-                    and current is not None and current != self._origin[1]:
-                raise ValueError(f"{directory} has changed since this index was "
-                                 f"loaded (generation {self._origin[1]}, now "
-                                 f"{current}): load it again and redo the change")
-            generation = (current or 0) + 1
+            generation = storage.check_writer(directory, self._origin, FORMAT)
             state = self._state
             batches = [{
                 "n": len(batch.ids),
@@ -535,7 +529,8 @@ class GlobalIndex:
             deleted = np.concatenate(deleted) if deleted else np.zeros(0, np.int64)
             manifest = {
                 "format": FORMAT, "format_version": FORMAT_VERSION,
-                "cvsearch_version": __version__, "generation": generation,
+                "cvsearch_version": __version__, "lineage": self.lineage,
+                "generation": generation,
                 "describer": self._describer_needed if self._describer is None
                 else _describer_params(self._describer),
                 "search": self._search_options(),
@@ -550,8 +545,7 @@ class GlobalIndex:
                 manifest["files"]["projection"] = storage.write_file(
                     directory, "projection", "npz",
                     storage.npz_bytes(self.projection.get_state()))
-            storage.commit(directory, manifest)
-            self._origin = (folder, generation)
+            self._origin = storage.commit(directory, manifest)
 
     @classmethod
     def load(cls, directory: str | os.PathLike, describer=None, *,
@@ -578,7 +572,13 @@ class GlobalIndex:
         ValueError
             If a file is missing, truncated, modified or inconsistent (naming it).
         """
-        path, manifest = storage.read_manifest(directory, FORMAT)
+        # a save may remove files after the manifest was read: read it again
+        return storage.load_consistent(
+            directory, FORMAT,
+            lambda path, manifest: cls._load(path, manifest, describer, verify))
+
+    @classmethod
+    def _load(cls, path, manifest: dict, describer, verify: bool) -> GlobalIndex:
         directory = path.parent
         if manifest.get("format_version") != FORMAT_VERSION:
             raise ValueError(f"{path} has format_version "
@@ -660,7 +660,9 @@ class GlobalIndex:
             except ValueError as error:
                 raise ValueError(f"{directory / manifest['deleted']['name']}: "
                                  f"{error}; the index is corrupt") from None
-        index._origin = (os.path.realpath(directory), manifest.get("generation", 0))
+        index._origin = storage.Origin(os.path.realpath(directory),
+                                       storage.identity_of(manifest))
+        index.lineage = index._origin.identity.lineage or index.lineage
         return index
 
     @classmethod

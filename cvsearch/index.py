@@ -28,6 +28,7 @@ from cvsearch.weighting import DEFAULT_TF_POWER, average_vectors, pyramid_size, 
 
 logger = logging.getLogger(__name__)
 
+FORMAT = "cvsearch-index"
 FORMAT_VERSION = 2
 #: How re-ranking verifies (see Index.query).
 VERIFICATIONS = ("shapes", "ransac")
@@ -147,7 +148,8 @@ class Index:
                  power: float = 1.0, pyramid_levels: int = 0,
                  tf_power: float = DEFAULT_TF_POWER, **vocabulary_params):
         self._lock = threading.RLock()
-        self._origin = None  # (folder, generation) this index was loaded or saved as
+        self._origin = None  # storage.Origin this index was loaded from or saved to
+        self.lineage = storage.new_lineage()  # kept by every save of this index
         self._store = None
         self._name_to_id = {}
         self._saved_segments = {}  # id(segment) -> (segment, its manifest entry)
@@ -1020,25 +1022,15 @@ class Index:
         from cvsearch import __version__
 
         with storage.writer_lock(directory):
-            folder = os.path.realpath(directory)
-            current = storage.read_generation(directory)
-            # A folder emptied since (no index there now) loses nobody's update.
-            if self._origin is not None and self._origin[0] == folder \
-                    and current is not None and current != self._origin[1]:
-                raise ValueError(
-                    f"{directory} has changed since this index was loaded (generation "
-                    f"{self._origin[1]}, now {current}): another writer saved there, "
-                    "and saving would lose its update. Load it again and redo the "
-                    "change (Index.updating does both under the writer lock)")
-            generation = (current or 0) + 1
-            self._save(directory, generation, __version__)
-            self._origin = (folder, generation)
+            generation = storage.check_writer(directory, self._origin, FORMAT)
+            self._origin = self._save(directory, generation, __version__)
 
-    def _save(self, directory, generation: int, version: str) -> None:
+    def _save(self, directory, generation: int, version: str) -> storage.Origin:
         snapshot = self._current()  # one consistent state, whatever runs meanwhile
         manifest = {
-            "format": "cvsearch-index", "format_version": FORMAT_VERSION,
-            "cvsearch_version": version, "generation": generation,
+            "format": FORMAT, "format_version": FORMAT_VERSION,
+            "cvsearch_version": version, "lineage": self.lineage,
+            "generation": generation,
             "extractor": self.extractor.get_params(),
             "vocabulary": snapshot.vocabulary.get_params(),
             "weighting": {"power": snapshot.store.power,
@@ -1076,8 +1068,9 @@ class Index:
             deleted=storage.write_file(directory, "deleted", "npy",
                                        storage.npy_bytes(deleted)) if len(deleted)
             else None)
-        storage.commit(directory, manifest)
+        origin = storage.commit(directory, manifest)
         self._saved_segments = written
+        return origin
 
     @classmethod
     @contextlib.contextmanager
@@ -1126,16 +1119,10 @@ class Index:
             If a file is missing, truncated, modified, inconsistent or of another
             format version; the message names the file.
         """
-        for attempt in range(5):
-            path, manifest = storage.read_manifest(directory)
-            try:
-                return cls._load(path, manifest, verify)
-            except storage.MissingDataFileError:
-                # A writer may have replaced the files since the manifest was read:
-                # readers take no lock, they read the new manifest instead.
-                if attempt == 4 or storage.read_manifest(directory)[1] == manifest:
-                    raise
-        raise AssertionError("unreachable")
+        # A writer may remove files after the manifest was read: readers take no
+        # lock, they read the new manifest instead.
+        return storage.load_consistent(
+            directory, FORMAT, lambda path, manifest: cls._load(path, manifest, verify))
 
     def check_integrity(self) -> None:
         """Run now the checks that :meth:`load` leaves for first use: the hash and
@@ -1232,8 +1219,10 @@ class Index:
         if len(names) != len(store):
             raise ValueError(f"{path}: image names are not unique; the index is corrupt")
         index._store, index._name_to_id, index._saved_segments = store, names, saved
-        generation = manifest.get("generation", 0)
-        index._origin = (os.path.realpath(directory), generation)
+        index._origin = storage.Origin(os.path.realpath(directory),
+                                       storage.identity_of(manifest))
+        # indexes saved before lineages existed get one at their next save
+        index.lineage = index._origin.identity.lineage or index.lineage
         return index
 
 
@@ -1256,11 +1245,14 @@ def _load_segment(directory, meta, index: Index, verify: bool,
     if not isinstance(meta, dict) or not isinstance(meta.get("files"), dict):
         raise ValueError(f"{directory / storage.MANIFEST}: a segment entry is "
                          "malformed; the index is corrupt")
-    arrays = {name: _OPTIONAL_ARRAYS[name] if name in _OPTIONAL_ARRAYS
-              and name not in meta["files"] else
-              storage.map_npy(directory, meta["files"].get(name), f"seg-{name}",
-                              dtypes, verify and name not in _GEOMETRY, digests)
-              for name, dtypes in _SEGMENT_ARRAYS.items()}
+    arrays, headers = {}, {}
+    for name, dtypes in _SEGMENT_ARRAYS.items():
+        if name in _OPTIONAL_ARRAYS and name not in meta["files"]:
+            arrays[name] = _OPTIONAL_ARRAYS[name]
+        else:
+            arrays[name], headers[name] = storage.map_npy(
+                directory, meta["files"].get(name), f"seg-{name}", dtypes,
+                verify and name not in _GEOMETRY, digests, with_header=True)
     names_entry = storage.check_entry(directory, meta.get("names"), "names")
     names = storage.parse_json(storage.read_entry(directory, names_entry, "names"),
                                directory / names_entry["name"])
@@ -1275,7 +1267,8 @@ def _load_segment(directory, meta, index: Index, verify: bool,
                          "index is corrupt")
     if not verify:
         return segment
-    hashes = [storage.deferred_sha256(directory, meta["files"][name], arrays[name])
+    hashes = [storage.deferred_sha256(directory, meta["files"][name], arrays[name],
+                                      headers[name])
               for name in _GEOMETRY if name in meta["files"]]
     words, n_words = arrays["kp_words"], index.n_words
 

@@ -56,11 +56,16 @@ folder or its manifest is absent). Nothing is ever unpickled.
 
 Writers and readers: one writer at a time holds :func:`writer_lock` (a lock file,
 ``.cvsearch-lock``, locked with ``flock`` across processes, and a re-entrant lock
-across the threads of a process). Each save increments the manifest's
-``generation``; a writer whose index was loaded from a generation that is no
-longer the folder's is refused, never allowed to overwrite another's update.
-Readers take no lock: a reader that meets a file removed by a save in between
-reads the new manifest again.
+across the threads of a process). Each index has a ``lineage`` (a random id given
+when it is created, kept by every save of it) and each save increments the
+manifest's ``generation``; the manifest's own checksum names one saved state. A
+writer whose index was loaded from another state than the folder's now (another
+writer saved, or the folder was replaced by another index) is refused
+(:func:`check_writer`), never allowed to overwrite it. Readers take no lock:
+each data file is opened once, checked and mapped from that one open file, so a
+save that removes it afterwards changes nothing for the reader; a reader that
+finds a file already removed reads the new manifest again
+(:func:`load_consistent`), a bounded number of times.
 """
 
 from __future__ import annotations
@@ -74,8 +79,10 @@ import re
 import tempfile
 import threading
 import time
+import uuid
 import zipfile
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
@@ -188,16 +195,139 @@ def writer_lock(directory: str | os.PathLike, timeout: float | None = None):
         held.threads.release()
 
 
-def read_generation(directory: str | os.PathLike,
-                    kind: str = "cvsearch-index") -> int | None:
-    """The generation of the index (of format ``kind``) saved in ``directory``,
-    or None if there is none (or its manifest cannot be read)."""
+class Identity(NamedTuple):
+    """One saved state of an index folder: which index (``lineage``, kept by
+    every save of it), which save of it (``generation``) and the manifest's own
+    SHA-256 (``digest``: two saves never share it unless they hold the same)."""
+
+    lineage: str | None
+    generation: int
+    digest: str
+
+
+def new_lineage() -> str:
+    """A random lineage id for an index being created."""
+    return uuid.uuid4().hex
+
+
+def identity_of(manifest: dict) -> Identity:
+    """The :class:`Identity` a manifest names (lineage None for manifests saved
+    before lineages existed)."""
+    lineage = manifest.get("lineage")
+    generation = manifest.get("generation", 0)
+    return Identity(lineage if isinstance(lineage, str) else None,
+                    generation if isinstance(generation, int)
+                    and not isinstance(generation, bool) else 0,
+                    manifest_digest(manifest))
+
+
+def read_identity(directory: str | os.PathLike, kind: str | None = "cvsearch-index"
+                  ) -> Identity | None:
+    """The :class:`Identity` of the index saved in ``directory`` now, or None if
+    there is none (or its manifest cannot be read)."""
     try:
         _, manifest = read_manifest(directory, kind)
     except (FileNotFoundError, ValueError):
         return None
-    generation = manifest.get("generation", 0)
-    return generation if isinstance(generation, int) else None
+    return identity_of(manifest)
+
+
+def read_generation(directory: str | os.PathLike,
+                    kind: str = "cvsearch-index") -> int | None:
+    """The generation of the index (of format ``kind``) saved in ``directory``,
+    or None if there is none (or its manifest cannot be read)."""
+    found = read_identity(directory, kind)
+    return None if found is None else found.generation
+
+
+class Origin(NamedTuple):
+    """Where an index in memory was loaded from or last saved to."""
+
+    folder: str  # real path
+    identity: Identity
+
+
+def check_writer(directory: str | os.PathLike, origin: Origin | None,
+                 kind: str) -> int:
+    """Refuse a save that would overwrite another writer's; the generation the
+    save takes. Call with the writer lock held.
+
+    Parameters
+    ----------
+    directory : str or os.PathLike
+        Where the index is being saved.
+    origin : Origin or None
+        Where the index was loaded from or last saved to.
+    kind : str
+        The manifest format.
+
+    Returns
+    -------
+    int
+        One more than the folder's generation now (1 for a new folder).
+
+    Raises
+    ------
+    ValueError
+        If the index came from this folder and the folder holds another state
+        now: another writer saved there, or it was replaced by another index.
+    """
+    current = read_identity(directory, kind)
+    folder = os.path.realpath(directory)
+    # A folder emptied since (no index there now) loses nobody's update.
+    if origin is not None and origin.folder == folder and current is not None \
+            and current != origin.identity:
+        if current.lineage != origin.identity.lineage:
+            why = ("it was replaced by another index (lineage "
+                   f"{current.lineage}, loaded {origin.identity.lineage})")
+        else:
+            why = (f"another writer saved there (generation "
+                   f"{origin.identity.generation}, now {current.generation})")
+        raise ValueError(
+            f"{directory} has changed since this index was loaded: {why}, and "
+            "saving would lose that. Load it again and redo the change "
+            "(updating() does both under the writer lock)")
+    return (current.generation if current is not None else 0) + 1
+
+
+#: How many times a reader reads the manifest again after a save removed a
+#: file under it, before it reports the file missing.
+LOAD_ATTEMPTS = 8
+
+
+def load_consistent(directory: str | os.PathLike, kind: str, load):
+    """``load(path, manifest)`` of the manifest saved now, again with the newer
+    manifest if a file it names was removed meanwhile by a save (readers take
+    no lock). A file missing while the manifest has not changed is reported.
+
+    Raises
+    ------
+    MissingDataFileError
+        If a named file is missing and the manifest did not change (or after
+        :data:`LOAD_ATTEMPTS` changes in a row).
+    """
+    for attempt in range(LOAD_ATTEMPTS):
+        path, manifest = read_manifest(directory, kind)
+        try:
+            return load(path, manifest)
+        except MissingDataFileError:
+            try:
+                again = read_manifest(directory, kind)[1]
+            except (FileNotFoundError, ValueError):
+                raise
+            if attempt == LOAD_ATTEMPTS - 1 or again == manifest:
+                raise
+            time.sleep(0.01 * attempt)  # a writer is busy: give it a moment
+    raise AssertionError("unreachable")
+
+
+def write_durably(path: str | os.PathLike, data: bytes) -> None:
+    """Write ``path`` so that it is either absent, as it was, or complete with
+    ``data`` after a crash: a temporary file in the same folder, fsynced,
+    renamed over ``path`` with ``os.replace``, and the folder fsynced."""
+    path = Path(path)
+    _write_atomic(path, data)
+    _fsync_dir(path.parent)
 
 
 def _write_atomic(path: Path, data: bytes) -> None:
@@ -290,12 +420,17 @@ def npy_bytes(array: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
-def commit(directory: str | os.PathLike, manifest: dict) -> None:
+def commit(directory: str | os.PathLike, manifest: dict) -> Origin:
     """Write the manifest (with its own checksum) atomically, last, then remove
     the data files it does not name (and temporary files).
 
     ``manifest`` names its files in entries ``{"name", "sha256", "bytes"}``
     anywhere in its structure.
+
+    Returns
+    -------
+    Origin
+        The folder and the identity of the state saved.
     """
     directory = Path(directory)
     _fsync_dir(directory)
@@ -308,6 +443,7 @@ def commit(directory: str | os.PathLike, manifest: dict) -> None:
         stale = _DATA_FILE.fullmatch(path.name) and path.name not in keep
         if stale or path.name.startswith(_TEMP_PREFIX):
             path.unlink(missing_ok=True)
+    return Origin(os.path.realpath(directory), identity_of(manifest))
 
 
 def file_names(node):
@@ -522,18 +658,28 @@ def sha256_files(directory: Path, names) -> dict:
 
 
 def map_npy(directory: Path, entry, prefix: str, dtypes, verify: bool,
-            digests: dict | None = None) -> np.ndarray:
+            digests: dict | None = None, *, with_header: bool = False):
     """Memory-map the ``.npy`` file of a manifest entry, read-only.
 
+    The file is opened once: its size, header and (with ``verify``) SHA-256
+    are checked from that open file and the array is mapped from it, so a save
+    that removes the file by name afterwards cannot change what was checked.
     Its size must be the entry's, its header must give one of ``dtypes`` and a
-    shape that accounts for exactly its bytes; with ``verify`` its SHA-256 is
-    checked too (one read of the file, unless ``digests`` from
-    :func:`sha256_files` has it).
+    shape that accounts for exactly its bytes (one read of the file for the
+    hash, unless ``digests`` from :func:`sha256_files` has it).
+
+    Returns
+    -------
+    ndarray, or (ndarray, bytes) with ``with_header``
+        The array; with ``with_header`` also the file's bytes before the array
+        (for :func:`deferred_sha256`).
 
     Raises
     ------
+    MissingDataFileError
+        If the file is not there (a save may have removed it).
     ValueError
-        Naming the file, for any mismatch or a missing file.
+        Naming the file, for any mismatch.
     """
     entry = check_entry(directory, entry, prefix)
     path = directory / entry["name"]
@@ -542,45 +688,67 @@ def map_npy(directory: Path, entry, prefix: str, dtypes, verify: bool,
         return ValueError(f"{path}: {problem}; the index is corrupt: rebuild it or "
                           "restore a backup")
 
-    if not os.path.lexists(path):
+    try:  # non-blocking: a pipe put in the folder is refused, never waited on
+        file = os.fdopen(os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0)
+                                 | getattr(os, "O_BINARY", 0)), "rb")
+    except FileNotFoundError:
         raise MissingDataFileError(f"{path}: this index data file is missing; the "
                                    "index is incomplete: rebuild it or restore a "
-                                   "backup")
-    try:
-        with open(path, "rb") as file:
+                                   "backup") from None
+    except OSError as error:
+        raise corrupt(f"it cannot be read ({error.strerror})") from None
+    with file:
+        try:
+            if not _is_regular(file):
+                raise corrupt("it is not a regular file")
             if os.fstat(file.fileno()).st_size != entry["bytes"]:
                 raise corrupt(f"it is not the {entry['bytes']:,} bytes its entry in "
                               f"{MANIFEST} gives (truncated or changed)")
             if verify and ((digests or {}).get(entry["name"])
-                           or _sha256(path)) != entry["sha256"]:
+                           or _sha256_open(file)) != entry["sha256"]:
                 raise corrupt(f"it does not match its checksum in {MANIFEST}")
+            file.seek(0)
             shape, fortran, dtype = _npy_header(file, entry["bytes"], dtypes, corrupt)
             if fortran:
                 raise corrupt("its array is in Fortran order; cvsearch writes C order")
             offset = file.tell()
-    except OSError as error:
-        raise corrupt(f"it cannot be read ({error.strerror})") from None
-    if 0 in shape:
-        return np.zeros(shape, dtype)
-    return np.memmap(path, dtype=dtype, mode="r", offset=offset, shape=shape)
+            file.seek(0)
+            header = file.read(offset)
+            if 0 in shape:
+                array = np.zeros(shape, dtype)
+            else:  # mapped from this open file: no second open by name
+                array = np.memmap(file, dtype=dtype, mode="r", offset=offset,
+                                  shape=shape)
+        except OSError as error:
+            raise corrupt(f"it cannot be read ({error.strerror})") from None
+    return (array, header) if with_header else array
 
 
-def deferred_sha256(directory: Path, entry, array: np.ndarray):
+def _is_regular(file) -> bool:
+    import stat
+
+    return stat.S_ISREG(os.fstat(file.fileno()).st_mode)
+
+
+def _sha256_open(file) -> str:
+    """SHA-256 of an open file, from its start."""
+    file.seek(0)
+    digest = hashlib.sha256()
+    for block in iter(lambda: file.read(1 << 20), b""):
+        digest.update(block)
+    return digest.hexdigest()
+
+
+def deferred_sha256(directory: Path, entry, array: np.ndarray, header: bytes):
     """A check, to run later, that the memory-mapped ``array`` of a manifest
-    entry (from :func:`map_npy`) is what its SHA-256 says.
+    entry (from :func:`map_npy` with ``with_header``) is what its SHA-256 says.
 
-    The file's header is read now; the check hashes that header and the
-    array's own bytes (what the index reads, even if a later save removed the
-    file). Returns a callable that raises a ValueError naming the file on a
-    mismatch.
+    The check hashes ``header`` (the file's bytes before the array, read when it
+    was mapped) and the array's own bytes: what the index reads, even if a later
+    save removed the file. Returns a callable that raises a ValueError naming
+    the file on a mismatch.
     """
     path = directory / entry["name"]
-    try:
-        with open(path, "rb") as file:
-            header = file.read(entry["bytes"] - np.asarray(array).nbytes)
-    except OSError as error:
-        raise ValueError(f"{path}: it cannot be read ({error.strerror}); the index "
-                         "is corrupt: rebuild it or restore a backup") from None
 
     def check():
         digest = hashlib.sha256(header)

@@ -2,6 +2,7 @@
 update, a stale writer is refused, and readers never wait."""
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -129,3 +130,105 @@ def test_saving_where_the_index_was_deleted_loses_nothing(saved, image_files):
     index.add(image_files[:1])
     index.save(saved)  # nobody's update is there to lose
     assert len(Index.load(saved)) == 1
+
+
+def _save_racing_before_opening(monkeypatch, save):
+    """A file-system shim: the first time a reader opens a data file, another
+    writer's save (which removes that file) runs just before the open."""
+    real_open = storage.os.open
+    raced = []
+
+    def racing_open(path, flags, *args, **kwargs):
+        if not raced and storage.is_data_file_name(os.path.basename(str(path))):
+            raced.append(path)
+            save()
+        return real_open(path, flags, *args, **kwargs)
+
+    monkeypatch.setattr(storage.os, "open", racing_open)
+    return raced
+
+
+def test_a_file_removed_between_the_manifest_and_its_open_means_read_again(
+        saved, image_files, monkeypatch):
+    writer = Index.load(saved)
+    writer.add(image_files[:2])
+    writer.save(saved)
+
+    def save():
+        writer.add(image_files[2:3])
+        writer.compact()  # every segment file of the manifest read goes
+        writer.save(saved)
+
+    raced = _save_racing_before_opening(monkeypatch, save)
+    loaded = Index.load(saved)
+    assert raced and len(loaded) == 3
+    loaded.check_integrity()
+
+
+def test_a_global_index_reader_reads_the_new_manifest_too(tmp_path, image_files,
+                                                          monkeypatch):
+    from test_global_index import Thumbnail
+
+    from cvsearch import GlobalIndex
+
+    folder = tmp_path / "global"
+    writer = GlobalIndex.build(image_files[:3], Thumbnail())
+    writer.save(folder)
+
+    def save():
+        writer.add(image_files[3:5])
+        writer.compact()
+        writer.save(folder)
+
+    raced = _save_racing_before_opening(monkeypatch, save)
+    assert len(GlobalIndex.load(folder, Thumbnail())) == 5 and raced
+
+
+def test_a_mapped_index_reads_on_after_its_files_are_removed(saved, image_files):
+    writer = Index.load(saved)
+    writer.add(image_files[:3])
+    writer.save(saved)
+    reader = Index.load(saved)
+    writer.compact()
+    writer.save(saved)  # removes every file the reader mapped
+    reader.check_integrity()  # hashes what it mapped, not the files by name
+    assert reader.query(image_files[1], k=1, rerank=3)[1][0] == 1
+
+
+def test_a_folder_replaced_by_another_index_is_never_overwritten(saved, image_files,
+                                                                 tmp_path):
+    """Serve X, rebuild it as Y (the same generation), swap Y in: a writer that
+    loaded X is refused instead of writing X's images over Y."""
+    stale = Index.load(saved)
+    stale.add(image_files[:4])
+    stale.save(saved)  # generation 2, 4 images
+    rebuilt = Index.load(saved)
+    rebuilt.remove([0, 1])
+    other = tmp_path / "rebuilt"
+    fresh = Index(rebuilt.extractor, rebuilt.n_words)
+    fresh.vocabulary = rebuilt.vocabulary
+    fresh.add(image_files[2:4])
+    fresh.save(other)
+    fresh.add(image_files[4:5])
+    fresh.save(other)  # also generation 2, another lineage
+    assert storage.read_generation(other) == storage.read_generation(saved)
+    shutil.rmtree(saved)
+    shutil.move(str(other), str(saved))
+    stale.add(image_files[5:6])
+    with pytest.raises(ValueError, match="replaced by another index"):
+        stale.save(saved)
+    assert sorted(Index.load(saved).names.values()) == sorted(image_files[2:5])
+
+
+def test_every_save_of_an_index_keeps_its_lineage(saved, image_files, tmp_path):
+    first = storage.read_identity(saved)
+    with Index.updating(saved) as index:
+        index.add(image_files[:1])
+    second = storage.read_identity(saved)
+    assert first.lineage == second.lineage and len(first.lineage) == 32
+    assert second.generation == first.generation + 1
+    assert second.digest != first.digest
+    another = Index(index.extractor, index.n_words)
+    another.vocabulary = index.vocabulary
+    another.save(tmp_path / "another")
+    assert storage.read_identity(tmp_path / "another").lineage != first.lineage
