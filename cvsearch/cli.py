@@ -27,43 +27,35 @@ class CommandError(Exception):
 
 # ------------------------------------------------------------------- progress
 class ProgressBar:
-    """A one-line progress bar with rate and time left, for ``Index`` progress
-    hooks. Draws only on a terminal, and never when ``quiet``."""
+    """An ``Index`` progress hook drawn by tqdm (rate and time left), one bar per
+    stage. Draws only on a terminal, and never when ``quiet``."""
 
-    def __init__(self, stream=None, quiet: bool = False, width: int = 30):
+    LABELS = {"train": "training", "add": "indexing"}
+
+    def __init__(self, stream=None, quiet: bool = False):
         self.stream = stream or sys.stderr
         self.enabled = not quiet and hasattr(self.stream, "isatty") and self.stream.isatty()
-        self.width = width
         self.stage = None
-        self.started = 0.0
+        self.bar = None
 
     def __call__(self, stage: str, done: int, total: int):
         if not self.enabled:
             return
-        now = time.perf_counter()
-        if stage != self.stage:
-            if self.stage is not None:
-                self.stream.write("\n")
-            self.stage, self.started = stage, now
-        elapsed = max(now - self.started, 1e-9)
-        rate = done / elapsed
-        left = (total - done) / rate if rate > 0 else float("inf")
-        filled = int(self.width * done / max(1, total))
-        label = {"train": "training", "add": "indexing"}.get(stage, stage)
-        self.stream.write(f"\r{label:9s} [{'#' * filled}{'.' * (self.width - filled)}] "
-                          f"{done}/{total}  {rate:.1f} img/s  "
-                          f"{_duration(left)} left ")
+        from tqdm import tqdm
+
+        if stage != self.stage or self.bar is None:
+            self.close()
+            self.stage = stage
+            self.bar = tqdm(total=total, desc=self.LABELS.get(stage, stage), unit="img",
+                            file=self.stream, dynamic_ncols=True)
+        self.bar.update(done - self.bar.n)
         if done >= total:
-            self.stream.write("\n")
-            self.stage = None
-        self.stream.flush()
+            self.close()
 
-
-def _duration(seconds: float) -> str:
-    if seconds == float("inf"):
-        return "?"
-    seconds = int(round(seconds))
-    return f"{seconds // 60}:{seconds % 60:02d}"
+    def close(self):
+        if self.bar is not None:
+            self.bar.close()
+        self.bar, self.stage = None, None
 
 
 # ------------------------------------------------------------------- helpers
@@ -92,10 +84,14 @@ def _collect_images(paths: list[str]):
     images, others = [], []
     for path in paths:
         if os.path.isdir(path):
-            found, not_images = find_images(path)
+            links = []
+            found, not_images = find_images(path, links=links)
             images += found
             others += [SkippedImage(p, "not an image file (by its first bytes), or "
                                     "not a readable regular file") for p in not_images]
+            others += [SkippedImage(p, "a symbolic link: folders are indexed without "
+                                    "following links (pass the link itself to index "
+                                    "what it points to)") for p in links]
         elif not os.path.lexists(path):
             others.append(SkippedImage(path, "no such file or folder"))
         else:
@@ -256,10 +252,12 @@ def cmd_add(args):
 
 def cmd_remove(args):
     with _index_class(args.index).updating(args.index) as index:
+        before = len(index)
         index.remove(args.names)  # unknown names raise before anything changes
-    _report(args, {"index": args.index, "removed": len(args.names),
-                   "images": len(index)},
-            f"removed {len(args.names)} images; {args.index} now holds {len(index)}")
+        removed = before - len(index)  # a name given twice is one image
+    _report(args, {"index": args.index, "removed": removed, "images": len(index)},
+            f"removed {removed} image{'s' if removed != 1 else ''}; {args.index} now "
+            f"holds {len(index)}")
 
 
 def cmd_query(args):
@@ -383,11 +381,18 @@ def cmd_serve(args):
     settings = Settings(index_dir=Path(args.index), token=token,
                         max_upload_bytes=args.max_upload_mb * 2**20,
                         images_root=Path(args.images_root).resolve(),
+                        allowed_hosts=(*Settings.allowed_hosts, *args.allow_host),
                         verify_with=Path(args.verify_with) if args.verify_with
                         else None)
     mode = "read-write (token set)" if token else "read-only: no --token"
 
-    def announce():
+    def announce(library):
+        if library.missing_files:
+            print(f"cvsearch serve: warning: {library.missing_files} of the first "
+                  f"images of {args.index} are not found under {settings.images_root}: "
+                  "names are stored as given when indexing (relative to the folder "
+                  "indexed from); run serve from that folder or pass --images-root",
+                  file=sys.stderr, flush=True)
         if not args.quiet:
             print(f"serving {args.index} on http://{args.host}:{args.port}/ ({mode}); "
                   "Ctrl-C stops", file=sys.stderr, flush=True)
@@ -628,7 +633,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("index", help="index folder")
     p.add_argument("--host", default="127.0.0.1",
                    help="address to listen on (0.0.0.0: every interface)")
-    p.add_argument("--port", type=_positive_int, default=8000)
+    p.add_argument("--port", type=int, default=8000, help="TCP port, 1-65535")
+    p.add_argument("--allow-host", action="append", default=[], metavar="NAME",
+                   help="a host name clients may address the service by, besides "
+                        "--host and localhost (repeatable; '*' allows any): other "
+                        "Host headers get 400, so no web page reaches the service by "
+                        "DNS rebinding")
     p.add_argument("--workers", type=_positive_int, default=1,
                    help="server processes (each maps the index; writes are "
                         "serialised by the index folder's lock)")

@@ -79,7 +79,9 @@ def image_folder(root: str | os.PathLike, *, exclude=()) -> Collection:
     for folder in sorted(p for p in root.iterdir() if p.is_dir()):
         if folder.name in exclude or folder.name.startswith("."):
             continue
-        files = sorted(p for p in folder.rglob("*") if p.is_file() and is_image_name(p))
+        files = sorted(p for p in folder.rglob("*") if p.is_file() and is_image_name(p)
+                       and not p.is_symlink() and not any(
+                           part.startswith(".") for part in p.relative_to(folder).parts))
         if not files:
             continue
         paths += [str(p) for p in files]

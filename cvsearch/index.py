@@ -57,6 +57,8 @@ class Names(Mapping):
         if isinstance(id_, bool) or not isinstance(id_, (int, np.integer)):
             raise TypeError(f"names are looked up by integer image id, got "
                             f"{type(id_).__name__} {id_!r}")
+        if not 0 <= int(id_) < 2**63:  # ids are int64: no image has another
+            raise KeyError(f"no image with id {id_} in this index")
         try:
             return self._store.name_of(int(id_))
         except KeyError:

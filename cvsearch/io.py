@@ -317,10 +317,19 @@ def looks_like_image(path: str | os.PathLike) -> bool:
     return head.startswith(_SIGNATURES)
 
 
-def find_images(folder: str | os.PathLike) -> tuple[list[str], list[str]]:
+def find_images(folder: str | os.PathLike, *, links: list | None = None
+                ) -> tuple[list[str], list[str]]:
     """Image files under ``folder``, recursively, recognised by content.
 
-    Hidden files and folders (names starting with ".") are left out.
+    Hidden files and folders (names starting with ".") are left out, and so are
+    symbolic links (a link to a file of the folder would index it twice; a link
+    to a folder may loop): pass a link itself to index what it points to.
+
+    Parameters
+    ----------
+    folder : str or os.PathLike
+    links : list, optional
+        The symbolic links left out are appended to it (to report them).
 
     Returns
     -------
@@ -340,11 +349,21 @@ def find_images(folder: str | os.PathLike) -> tuple[list[str], list[str]]:
     if not folder.is_dir():
         raise NotADirectoryError(errno.ENOTDIR, "Not a folder of images", str(folder))
     images, others = [], []
-    for root, dirs, files in os.walk(folder):
+    for root, dirs, files in os.walk(folder):  # never into linked folders
+        for name in dirs:
+            if not name.startswith(".") and os.path.islink(os.path.join(root, name)) \
+                    and links is not None:
+                links.append(os.path.join(root, name))
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))
         for name in files:
             if name.startswith("."):
                 continue
             path = os.path.join(root, name)
+            if os.path.islink(path):
+                if links is not None:
+                    links.append(path)
+                continue
             (images if looks_like_image(path) else others).append(path)
+    if links is not None:
+        links.sort()
     return sorted(images), sorted(others)

@@ -103,6 +103,11 @@ class MissingDataFileError(ValueError):
     it since the manifest was read)."""
 
 
+class StaleWriterError(ValueError):
+    """A save refused because the folder holds another state than the one the
+    index was loaded from (see :func:`check_writer`)."""
+
+
 class _HeldLock:
     """The writer lock of one folder, as held by this process."""
 
@@ -268,7 +273,7 @@ def check_writer(directory: str | os.PathLike, origin: Origin | None,
 
     Raises
     ------
-    ValueError
+    StaleWriterError
         If the index came from this folder and the folder holds another state
         now: another writer saved there, or it was replaced by another index.
     """
@@ -283,7 +288,7 @@ def check_writer(directory: str | os.PathLike, origin: Origin | None,
         else:
             why = (f"another writer saved there (generation "
                    f"{origin.identity.generation}, now {current.generation})")
-        raise ValueError(
+        raise StaleWriterError(
             f"{directory} has changed since this index was loaded: {why}, and "
             "saving would lose that. Load it again and redo the change "
             "(updating() does both under the writer lock)")

@@ -5,6 +5,7 @@ import json
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import cv2
 import pytest
@@ -172,10 +173,17 @@ def test_synthetic_round_trip_and_errors_need_no_data(image_files, tmp_path):
     for path in image_files[:10]:
         shutil.copy(path, photos)
     (photos / "notes.txt").write_text("not a photo")
+    # neither a hidden folder nor a link (here to a file already there) is indexed
+    (photos / ".hidden").mkdir()
+    shutil.copy(image_files[11], photos / ".hidden")
+    (photos / "link.png").symlink_to(photos / Path(image_files[0]).name)
     code, out, err = run("index", photos, "-o", "idx", "--words", "200", "--features",
                          "sift", "--max-side", "1024", "--json", cwd=tmp_path)
     assert code == 0, err
     assert json.loads(out)["images"] == 10
+    assert {"name": str(photos / "link.png"), "reason": "a symbolic link: folders are "
+            "indexed without following links (pass the link itself to index what it "
+            "points to)"} in json.loads(out)["skipped"]
     code, out, err = run("query", "idx", image_files[3], "-k", "2", "--rerank", "5",
                          "--json", cwd=tmp_path)
     assert code == 0, err
@@ -199,6 +207,12 @@ def test_synthetic_round_trip_and_errors_need_no_data(image_files, tmp_path):
                           "no such index")
     assert_one_line_error(*run("serve", "nowhere", cwd=tmp_path)[::2], "no such index")
     assert_one_line_error(*run("serve", photos, cwd=tmp_path)[::2], "no index there")
+    assert_one_line_error(*run("serve", "idx", "--port", "99999", cwd=tmp_path)[::2],
+                          "port 99999", "1 to 65535")
+    # a name given twice is one image removed
+    name = str(photos / Path(image_files[4]).name)
+    code, out, err = run("remove", "idx", name, name, cwd=tmp_path)
+    assert code == 0 and "removed 1 image;" in out, err
     # read limits given to index are kept with the index: add and query use them
     code, _, err = run("index", photos, "-o", "strict", "--words", "200", "--features",
                        "sift", "--max-pixels", "300000", "-q", cwd=tmp_path)

@@ -33,6 +33,8 @@ def index_dir(trained_index, tmp_path):
 
 
 def client_of(index_dir, **settings):
+    # FastAPI's test client sends Host: testserver
+    settings.setdefault("allowed_hosts", (*Settings.allowed_hosts, "testserver"))
     app = create_app(Settings(index_dir=index_dir, **settings))
     return TestClient(app, raise_server_exceptions=False)
 
@@ -148,22 +150,31 @@ def test_adds_and_removes_are_saved_before_the_answer(client, index_dir):
     found = search(client, warped(new, rotation=10)[0], k=1).json()["results"][0]
     assert found["id"] == 12
     assert client.get(found["thumbnail_url"]).status_code == 200
-    # the same file again (bytes and name): skipped, not added twice
+    # the same file again (bytes and name): skipped and named, not added twice
     again = client.post("/images", headers=auth,
                         files={"images": ("my photo (1).png", png(new), "image/png")})
-    assert again.json()["added"] == [] and again.json()["skipped"]
-    # one bad file: nothing of the batch is added
-    bad = client.post("/images", headers=auth, files=[
+    assert again.status_code == 200 and again.json()["added"] == []
+    assert again.json()["skipped"] == [{"name": added[0]["name"],
+                                        "reason": "already in the index as id 12"}]
+    # one bad file: skipped and named, the good ones added (as cvsearch add does)
+    mixed = client.post("/images", headers=auth, files=[
         ("images", ("fine.png", png(textured_image(43)), "image/png")),
         ("images", ("broken.png", b"not an image", "image/png"))])
+    assert mixed.status_code == 201 and [a["id"] for a in mixed.json()["added"]] == [14]
+    (skip,) = mixed.json()["skipped"]
+    assert skip["name"] == "broken.png" and "not an image" in skip["reason"]
+    # nothing readable: 400 naming each file
+    bad = client.post("/images", headers=auth, files=[
+        ("images", ("broken.png", b"not an image", "image/png"))])
     assert bad.status_code == 400 and "broken.png" in bad.json()["detail"]
-    assert len(Index.load(index_dir)) == 14
+    assert len(Index.load(index_dir)) == 15
     removed = client.delete("/images/12", headers=auth)
-    assert removed.status_code == 200 and removed.json()["images"] == 13
+    assert removed.status_code == 200 and removed.json()["images"] == 14
     assert 12 not in Index.load(index_dir).names
+    assert not (index_dir / added[0]["name"]).exists()  # the stored upload too
     assert client.delete("/images/12", headers=auth).status_code == 404
     stats = client.get("/stats").json()
-    assert stats["images"] == 13 and stats["images_added"] == 2
+    assert stats["images"] == 14 and stats["images_added"] == 3
     assert stats["images_removed"] == 1 and stats["queries_served"] == 1
 
 
@@ -288,3 +299,208 @@ def test_a_global_index_is_served_and_verified_by_a_local_one(global_dirs, image
         assert first["match_url"] is None  # nothing to match with
         match = client.get(f"/matches/{first['id']}?query={answer.json()['query']}")
         assert match.status_code == 404 and "--verify-with" in match.json()["detail"]
+
+
+# ---------------------------------------------------- what a hostile client costs
+def test_a_huge_upload_keeps_only_a_bounded_copy_for_match_pictures(index_dir):
+    """A 6000 x 6000 PNG compresses to little; decoded it is 108 MB. What the
+    service keeps of each search is bounded in bytes, however many come."""
+    big = cv2.resize(textured_image(5), (6000, 6000), interpolation=cv2.INTER_NEAREST)
+    data = cv2.imencode(".png", big)[1].tobytes()
+    budget = 8 * 2**20
+    with client_of(index_dir, max_upload_bytes=len(data) + 1,
+                   query_cache_bytes=budget) as client:
+        ids = []
+        for _ in range(4):
+            answer = client.post("/search", files={"image": ("big.png", data)},
+                                 data={"k": "1", "rerank": "3"})
+            assert answer.status_code == 200, answer.text
+            ids.append(answer.json()["query"])
+        from cvsearch.service.library import MATCH_SIDE
+
+        cache = client.app.state.library._queries
+        assert 0 < cache.nbytes <= budget and len(cache) >= 1
+        kept = cache.get(ids[-1])
+        assert max(kept.image.shape[:2]) == MATCH_SIDE and kept.scale == MATCH_SIDE / 6000
+        # the match picture is still drawn from what was kept
+        top = answer.json()["results"][0]
+        picture = client.get(top["match_url"])
+        assert picture.status_code == 200 and picture.headers["content-type"] == \
+            "image/png"
+
+
+@pytest.mark.parametrize("url", ["/images/99999999999999999999",
+                                 "/thumbnails/99999999999999999999",
+                                 "/matches/99999999999999999999?query=x",
+                                 "/images/9223372036854775808"])
+def test_ids_out_of_range_are_404_not_500(client, url):
+    answer = client.get(url)
+    assert answer.status_code == 404 and "no image with id" in answer.json()["detail"]
+
+
+def test_deleting_an_id_out_of_range_is_404(client):
+    answer = client.delete("/images/99999999999999999999",
+                           headers={"Authorization": f"Bearer {TOKEN}"})
+    assert answer.status_code == 404
+
+
+def test_a_name_that_is_not_utf8_is_answered_as_json(trained_index, tmp_path,
+                                                     image_files):
+    import os
+    import shutil
+
+    odd = os.fsdecode(b"caf\xe9-\xff.png")  # bytes that are not UTF-8
+    (tmp_path / "odd").mkdir()
+    shutil.copy(image_files[3], os.path.join(os.fsencode(tmp_path / "odd"),
+                                             os.fsencode(odd)))
+    index = Index.load(_saved_copy(trained_index, tmp_path))
+    index.add([str(tmp_path / "odd" / odd)])
+    index.save(tmp_path / "copy")
+    with client_of(tmp_path / "copy") as client:
+        answer = search(client, textured_image(3), k=2, rerank=2)
+        assert answer.status_code == 200, answer.text
+        names = [r["name"] for r in answer.json()["results"]]
+        assert any(n.endswith("caf\\xe9-\\xff.png") for n in names)
+        odd_result = next(r for r in answer.json()["results"] if "caf" in r["name"])
+        assert client.get(odd_result["image_url"]).status_code == 200
+
+
+def _saved_copy(index, tmp_path):
+    folder = tmp_path / "copy"
+    index.save(folder)
+    return folder
+
+
+def test_a_chunked_upload_over_the_limit_gets_413(index_dir):
+    with client_of(index_dir, max_upload_bytes=2**16) as client:
+        def chunks():
+            boundary = b"--xyz\r\n"
+            yield boundary + b'Content-Disposition: form-data; name="image"; ' \
+                b'filename="big.png"\r\nContent-Type: image/png\r\n\r\n'
+            for _ in range(64):
+                yield b"\0" * 4096  # 256 KiB, with no Content-Length
+            yield b"\r\n--xyz--\r\n"
+        answer = client.post("/search", content=chunks(), headers={
+            "Content-Type": "multipart/form-data; boundary=xyz"})
+        assert answer.status_code == 413, answer.text
+        assert "larger than the limit" in answer.json()["detail"]
+
+
+def test_the_token_needs_the_bearer_scheme_exactly(client):
+    upload = {"images": ("new.png", png(textured_image(44)), "image/png")}
+    for header in (TOKEN, f"bearer {TOKEN}", f"Basic {TOKEN}", f"Bearer  {TOKEN}x"):
+        answer = client.post("/images", files=upload,
+                             headers={"Authorization": header})
+        assert answer.status_code == 401, header
+    assert client.post("/images", files=upload, headers={
+        "Authorization": f"Bearer {TOKEN}"}).status_code == 201
+
+
+def test_requests_for_another_host_are_refused(index_dir):
+    """DNS rebinding: a page of evil.example resolving to 127.0.0.1 sends
+    Host: evil.example; the service answers only its own names."""
+    with client_of(index_dir) as client:
+        assert client.get("/health", headers={"Host": "evil.example"}).status_code \
+            == 400
+        assert client.get("/health", headers={"Host": "localhost:8000"}).status_code \
+            == 200
+    with client_of(index_dir, allowed_hosts=("search.example", "testserver")) as client:
+        assert client.get("/health", headers={"Host": "search.example"}).status_code \
+            == 200
+
+
+def test_docs_work_without_the_internet(client):
+    page = client.get("/docs").text
+    scripts = [s.split('"')[0] for s in page.split('src="')[1:]]
+    assert scripts and all(s.startswith("/") for s in scripts), scripts
+    assert "cdn" not in page.lower()
+    for url in scripts:
+        assert client.get(url).status_code == 200
+    assert client.get("/redoc").status_code == 200
+
+
+def test_a_string_for_the_image_says_how_to_send_one(client):
+    answer = client.post("/search", data={"image": "https://example.com/photo.jpg"})
+    assert answer.status_code == 422
+    assert "does not fetch URLs" in answer.json()["detail"]
+
+
+def test_stats_give_the_verification_threshold_the_page_uses(client):
+    from cvsearch.rerank import DEFAULT_MIN_INLIERS
+    from cvsearch.service.app import WEB
+
+    assert client.get("/stats").json()["min_inliers"] == DEFAULT_MIN_INLIERS
+    script = (WEB / "app.js").read_text()
+    assert ">= 20" not in script and "min_inliers" in script
+
+
+def test_every_setting_reaches_the_workers(index_dir, monkeypatch):
+    from pathlib import Path
+
+    settings = Settings(index_dir=Path(index_dir), token="t", max_k=5, max_rerank=0,
+                        thumbnail_side=64, recent_queries=3, refresh_seconds=7.5,
+                        query_cache_bytes=123, allowed_hosts=("a.example",))
+    monkeypatch.setenv("CVSEARCH_SETTINGS", settings.to_json())
+    assert Settings.from_environment() == settings
+    with TestClient(create_app(), raise_server_exceptions=False) as client:
+        answer = client.post("/search", headers={"Host": "a.example"},
+                             files={"image": ("q.png", png(textured_image(1)))},
+                             data={"k": "50", "rerank": "20"})
+        assert answer.status_code == 422 and "at most 5" in answer.json()["detail"]
+
+
+def test_serve_refuses_a_port_out_of_range(index_dir):
+    from cvsearch.service import serve
+
+    for port in (0, 99999, -1):
+        with pytest.raises(ValueError, match="1 to 65535"):
+            serve(Settings(index_dir=index_dir), port=port)
+
+
+def test_a_global_index_whose_describer_cannot_be_rebuilt_is_refused_at_start(
+        image_files, tmp_path):
+    from test_global_index import Thumbnail
+
+    from cvsearch import GlobalIndex
+    from cvsearch.service import Library
+
+    GlobalIndex.build(image_files[:3], Thumbnail()).save(tmp_path / "g")
+    with pytest.raises(ValueError, match="cannot be served.*Thumbnail"):
+        Library(Settings(index_dir=tmp_path / "g"))
+
+
+def test_a_swapped_in_folder_is_served_and_never_overwritten(trained_index, tmp_path,
+                                                             image_files):
+    """Serve X (12 images), rebuild Y with 5 of them (the same generation), swap
+    it in: the service answers from Y and its next add lands on Y."""
+    import shutil
+
+    served = tmp_path / "served"
+    trained_index.save(served)
+    rebuilt = Index(trained_index.extractor, trained_index.n_words)
+    rebuilt.vocabulary = trained_index.vocabulary
+    rebuilt.add(image_files[:5])
+    rebuilt.save(tmp_path / "rebuilt")
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    with client_of(served, token=TOKEN, refresh_seconds=3600) as client:
+        assert client.get("/health").json()["images"] == 12
+        shutil.rmtree(served)
+        shutil.move(str(tmp_path / "rebuilt"), str(served))
+        answer = client.post("/images", headers=auth, files={
+            "images": ("new.png", png(textured_image(45)), "image/png")})
+        assert answer.status_code == 201 and answer.json()["images"] == 6
+    assert len(Index.load(served)) == 6
+
+
+def test_removed_uploads_leave_nothing_after_compaction(client, index_dir):
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    private = textured_image(46)
+    added = client.post("/images", headers=auth, files={
+        "images": ("private.png", png(private), "image/png")}).json()["added"][0]
+    assert client.delete(f"/images/{added['id']}", headers=auth).status_code == 200
+    assert not (index_dir / added["name"]).exists()
+    assert client.post("/compact", headers=auth).status_code == 200
+    index = Index.load(index_dir)
+    assert len(index) == 12 and index.n_segments == 1  # no tombstoned rows left
+    assert added["name"].encode() not in b"".join(
+        p.read_bytes() for p in index_dir.iterdir() if p.is_file())

@@ -4,10 +4,13 @@
 
 const $ = (id) => document.getElementById(id);
 let lastFile = null;
+// the service's own verification threshold (from /stats), not a number of ours
+let minInliers = null;
 
 async function loadStats() {
   try {
     const stats = await (await fetch("/stats")).json();
+    minInliers = stats.min_inliers;
     const model = stats.words === null ? `${stats.dim}-d descriptors, ${stats.search}`
       : `${stats.words.toLocaleString()} words`;
     $("stats").textContent = `${stats.images.toLocaleString()} images · ` +
@@ -32,7 +35,8 @@ function card(result) {
   item.className = "card";
   item.dataset.name = result.name;
   item.dataset.id = result.id;
-  const verified = result.inliers !== null && result.inliers >= 20;
+  const verified = result.inliers !== null && minInliers !== null &&
+    result.inliers >= minInliers;
   const badge = result.inliers === null ? "" :
     `<span class="badge ${verified ? "verified" : ""}">${result.inliers} inliers</span>`;
   item.innerHTML = `<div class="thumb"><span class="rank">${result.rank}</span>${badge}` +
@@ -74,6 +78,7 @@ async function search(file) {
     showError(String(error.message || error));
     return;
   }
+  minInliers = answer.min_inliers;  // what this search verified with
   const t = answer.timings;
   const total = t.decode_ms + t.features_ms + t.search_ms;
   $("timing").textContent = `${answer.results.length} results in ${total.toFixed(0)} ms ` +

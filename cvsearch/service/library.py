@@ -1,40 +1,26 @@
-"""``cvsearch serve``: an index behind HTTP, with a web page.
-
-Built on FastAPI and uvicorn (``pip install 'cvsearch[server]'``). The index is
-loaded once at start-up; queries run in FastAPI's thread pool (OpenCV and the
-scoring loops release the GIL) and each sees one state of the index, while adds
-and removes go through one writer at a time and are saved before they are
-acknowledged.
-
-Routes (all answers JSON, errors as ``{"detail": message}``):
-
-- ``POST /search``: an uploaded image (multipart field ``image``), ``k``,
-  ``rerank``: the results with scores, inliers, image and thumbnail URLs, and the
-  time per stage.
-- ``GET /images/{id}``, ``GET /thumbnails/{id}``: an image of the index, by id
-  (no path from a client reaches the file system).
-- ``GET /matches/{id}?query=Q``: the match picture (PNG) of a recent search ``Q``
-  with result ``id``.
-- ``POST /images`` (multipart ``images``), ``DELETE /images/{id}``: only with the
-  token (``Authorization: Bearer TOKEN``); without a token the service is
-  read-only.
-- ``GET /health``, ``GET /stats``, the page at ``/`` and the OpenAPI page at
-  ``/docs``.
+"""The served index and what the routes do with it, without HTTP (so it can be
+used and tested without a server): :class:`Settings`, :class:`Library`.
 
 Uploaded images are kept in ``INDEX_DIR/uploads/`` and named
 ``uploads/<digest>-<file name>`` in the index; other names are paths, relative to
 ``images_root`` unless absolute.
 
 With several workers (processes), each loads the index; a worker reloads it when
-another has saved a change (checked at most once a second), and writers take the
-folder's writer lock, so no update is lost.
+the folder holds another state than the one it loaded (another worker saved, or
+the folder was replaced by a rebuilt index: identity and generation are compared,
+checked at most every ``refresh_seconds``), and writers take the folder's writer
+lock and reload first, so no update is lost and no older index is written over a
+newer one.
 """
 
 # No "from __future__ import annotations": FastAPI reads the routes' annotations,
 # which name types imported inside create_app.
 import collections
 import contextlib
+import dataclasses
 import hashlib
+import json
+import logging
 import mimetypes
 import os
 import re
@@ -43,7 +29,6 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated
 
 import numpy as np
 
@@ -60,9 +45,16 @@ from cvsearch.io import (
     read_bytes,
 )
 from cvsearch.rerank import DEFAULT_MIN_INLIERS
+from cvsearch.service.limits import ByteBudgetCache, array_bytes, display_name, known_id
 
-WEB = Path(__file__).resolve().parent / "web"
 UPLOADS = "uploads"
+#: A recent query's image is kept for its match pictures at most this large
+#: (longest side, pixels): the picture draws it 400 pixels high.
+MATCH_SIDE = 1024
+#: Temporary and orphaned upload files older than this (seconds) are removed at
+#: start-up: a write that old has finished or died.
+STALE_SECONDS = 600
+logger = logging.getLogger("cvsearch")
 
 
 @dataclass(frozen=True)
@@ -85,13 +77,22 @@ class Settings:
     thumbnail_side : int
         Longest side of thumbnails, pixels.
     recent_queries : int
-        Searches kept for their match pictures.
+        Searches kept for their match pictures (at most).
+    query_cache_bytes : int
+        What those searches may hold together (their images, downscaled to
+        :data:`MATCH_SIDE`, and their features); the oldest go first.
+    thumbnail_cache_bytes : int
+        What cached thumbnails may hold together.
     refresh_seconds : float
-        How often a worker checks whether another process saved the index.
+        How often a worker checks whether the folder holds another state.
     verify_with : Path or None
         With a global index: a bag-of-words index of the same images, which
         verifies the search's ``rerank`` short-list and draws match pictures;
         images added or removed through the service change both.
+    allowed_hosts : tuple of str
+        Host names a request may be addressed to (its ``Host`` header), so that
+        a web page cannot reach a service on 127.0.0.1 by DNS rebinding; ``*``
+        allows any.
     """
 
     index_dir: Path
@@ -102,14 +103,42 @@ class Settings:
     max_rerank: int = 200
     thumbnail_side: int = 256
     recent_queries: int = 64
+    query_cache_bytes: int = 64 * 2**20
+    thumbnail_cache_bytes: int = 32 * 2**20
     refresh_seconds: float = 1.0
     verify_with: Path | None = None
+    allowed_hosts: tuple = ("127.0.0.1", "localhost", "::1")
+
+    def to_json(self) -> str:
+        """Every field as JSON (how :func:`cvsearch.service.serve` hands them to
+        its worker processes)."""
+        values = dataclasses.asdict(self)
+        for key, value in values.items():
+            if isinstance(value, Path):
+                values[key] = str(value)
+            elif isinstance(value, tuple):
+                values[key] = list(value)
+        return json.dumps(values)
+
+    @classmethod
+    def from_json(cls, text: str) -> "Settings":
+        values = json.loads(text)
+        paths = {f.name for f in dataclasses.fields(cls) if "Path" in str(f.type)}
+        for key in paths:
+            if values.get(key) is not None:
+                values[key] = Path(values[key])
+        values["allowed_hosts"] = tuple(values.get("allowed_hosts", ()))
+        return cls(**values)
 
     @classmethod
     def from_environment(cls) -> "Settings":
-        """Settings from ``CVSEARCH_*`` variables (how ``cvsearch serve`` passes
-        them to its worker processes)."""
+        """Settings from ``CVSEARCH_SETTINGS`` (JSON of every field, as
+        ``cvsearch serve`` passes them to its workers), else from the
+        ``CVSEARCH_INDEX``, ``CVSEARCH_TOKEN``, ``CVSEARCH_MAX_UPLOAD_BYTES``,
+        ``CVSEARCH_IMAGES_ROOT`` and ``CVSEARCH_VERIFY_WITH`` variables."""
         env = os.environ
+        if env.get("CVSEARCH_SETTINGS"):
+            return cls.from_json(env["CVSEARCH_SETTINGS"])
         return cls(index_dir=Path(env["CVSEARCH_INDEX"]),
                    token=env.get("CVSEARCH_TOKEN") or None,
                    max_upload_bytes=int(env.get("CVSEARCH_MAX_UPLOAD_BYTES",
@@ -129,12 +158,26 @@ class ServiceError(Exception):
 
 
 class _Query:
-    """A recent search, kept for its match pictures (``features``: local
-    features, None where the index has none)."""
+    """A recent search, kept for its match pictures: its image downscaled to
+    :data:`MATCH_SIDE` (``scale``: that image's pixels per original pixel) and its
+    local features (None where the index has none; their keypoints in the
+    original's pixels)."""
 
     def __init__(self, image: np.ndarray, features):
+        import cv2
+
+        self.scale = min(1.0, MATCH_SIDE / max(image.shape[:2]))
+        if self.scale < 1.0:
+            image = cv2.resize(image, (max(1, round(image.shape[1] * self.scale)),
+                                       max(1, round(image.shape[0] * self.scale))),
+                               interpolation=cv2.INTER_AREA)
         self.image = image
         self.features = features
+
+    @property
+    def nbytes(self) -> int:
+        features = self.features  # a Features tuple of arrays, or None
+        return self.image.nbytes + (0 if features is None else array_bytes(*features))
 
 
 def _is_global(index) -> bool:
@@ -175,17 +218,19 @@ class Library:
                                     "'cvsearch index IMAGE_DIR -o INDEX_DIR'")
         self.verify_dir = None if settings.verify_with is None \
             else Path(settings.verify_with)
-        # (index, the generation it was loaded or saved as, the verifying index or
-        # None, its generation): replaced as one value, and only under
+        # (index, the identity it was loaded or saved as, the verifying index or
+        # None, its identity): replaced as one value, and only under
         # _write_lock, so a reader sees a consistent state
         self._state = self._load()
         self._checked = time.monotonic()
         self._write_lock = threading.Lock()
-        self._queries_lock = threading.Lock()  # for both caches below
-        self._queries = collections.OrderedDict()
-        self._thumbnails = collections.OrderedDict()
+        self._queries = ByteBudgetCache(settings.query_cache_bytes,
+                                        settings.recent_queries, lambda q: q.nbytes)
+        self._thumbnails = ByteBudgetCache(settings.thumbnail_cache_bytes, 4096, len)
         self.started = time.time()
         self.counts = collections.Counter()
+        self.missing_files = self._check_image_files()
+        self._clean_uploads()
 
     # --------------------------------------------------------------- state
     @property
@@ -193,26 +238,30 @@ class Library:
         return self._state[0]
 
     @property
-    def generation(self) -> int | None:
+    def identity(self) -> storage.Identity | None:
+        """What the served folder held when the index was loaded or saved."""
         return self._state[1]
+
+    @property
+    def generation(self) -> int | None:
+        return None if self._state[1] is None else self._state[1].generation
 
     @property
     def verifier(self) -> Index | None:
         """The bag-of-words index verifying a global index (``verify_with``)."""
         return self._state[2]
 
-    def _generations(self) -> tuple:
-        return (storage.read_generation(self.index_dir, None),
+    def _identities(self) -> tuple:
+        return (storage.read_identity(self.index_dir, None),
                 None if self.verify_dir is None
-                else storage.read_generation(self.verify_dir, None))
+                else storage.read_identity(self.verify_dir, None))
 
     def _load(self) -> tuple:
-        """``(index, generation, verifier, its generation)`` as saved now, without
+        """``(index, identity, verifier, its identity)`` as saved now, without
         taking the folders' locks (readers never wait for another process's
-        writer): the generations read before and after the load must agree
-        (generations only grow)."""
+        writer): the identities read before and after the load must agree."""
         while True:
-            before = self._generations()
+            before = self._identities()
             index = load_index(self.index_dir)
             verifier = None
             if self.verify_dir is not None:
@@ -221,35 +270,86 @@ class Library:
                                      f"short-list; {self.index_dir} is a bag-of-words "
                                      "index, which verifies with its own features")
                 verifier = Index.load(self.verify_dir).warm_up()
-            if self._generations() == before:
+            if _is_global(index):
+                try:  # a describer that cannot be rebuilt: refused now, not per search
+                    index.describer  # noqa: B018
+                except (ValueError, ImportError) as error:
+                    raise ValueError(f"{self.index_dir}: cannot describe query images "
+                                     f"for this index, so it cannot be served: {error}"
+                                     ) from None
+            if self._identities() == before:
                 return index.warm_up(), before[0], verifier, before[1]
 
     def _saved(self, index, verifier) -> tuple:
-        generations = self._generations()
-        return index, generations[0], verifier, generations[1]
+        identities = self._identities()
+        return index, identities[0], verifier, identities[1]
 
     def current(self) -> Index:
-        """The index, reloaded first if another process saved a change (checked
-        at most every ``refresh_seconds``). A reader never waits: if a writer is busy, it
+        """The index, reloaded first if a folder holds another state (another
+        process saved, or the folder was replaced; checked at most every
+        ``refresh_seconds``). A reader never waits: if a writer is busy, it
         answers from the state it has (the writer publishes a newer one)."""
         if time.monotonic() - self._checked >= self.settings.refresh_seconds:
             self._checked = time.monotonic()
-            if self._generations() != (self._state[1], self._state[3]) \
-                    and self._write_lock.acquire(blocking=False):
+            if self._changed() and self._write_lock.acquire(blocking=False):
                 try:
                     self._refresh()
                 finally:
                     self._write_lock.release()
         return self.index
 
+    def _changed(self) -> bool:
+        return self._identities() != (self._state[1], self._state[3])
+
     def _refresh(self):
-        """Reload if a folder holds a newer generation (hold ``_write_lock``)."""
-        if self._generations() != (self._state[1], self._state[3]):
+        """Reload if a folder holds another state (hold ``_write_lock``)."""
+        if self._changed():
+            previous = self._state[1]
             self._state = self._load()
+            if previous is not None and self._state[1] is not None \
+                    and previous.lineage != self._state[1].lineage:
+                logger.warning("%s was replaced by another index (lineage %s, was %s):"
+                               " serving the new one", self.index_dir,
+                               self._state[1].lineage, previous.lineage)
+
+    def _check_image_files(self) -> int:
+        """How many of the first images' files cannot be found (said at start-up:
+        an index served from another folder than it was built in finds none)."""
+        index = self.index
+        ids = index.ids[:20].tolist()
+        missing = [i for i in ids if not self.path_of(i).is_file()]
+        if missing:
+            logger.warning(
+                "%d of the first %d images of %s are not found under %s (e.g. %s): "
+                "image names are stored as given when indexing, relative to the "
+                "folder indexed from; start the service from that folder or pass "
+                "--images-root", len(missing), len(ids), self.index_dir,
+                self.settings.images_root, self.path_of(missing[0]))
+        return len(missing)
+
+    def _clean_uploads(self) -> None:
+        """Remove what a crash left in ``uploads/``: temporary files, and files no
+        index names (written, then the save failed), older than
+        :data:`STALE_SECONDS` (a younger one may be another worker's add)."""
+        folder = self.index_dir / UPLOADS
+        if not folder.is_dir():
+            return
+        with self._writer_locks():
+            names = set(self.index.names.values()) | (
+                set() if self.verifier is None else set(self.verifier.names.values()))
+            now = time.time()
+            for path in folder.iterdir():
+                try:
+                    old = now - path.lstat().st_mtime > STALE_SECONDS
+                    if old and path.is_file() and f"{UPLOADS}/{path.name}" not in names:
+                        path.unlink()
+                        logger.info("removed %s, left by an unfinished write", path)
+                except OSError:
+                    pass
 
     def path_of(self, id_: int) -> Path:
         """The file of image ``id_``: a 404 ServiceError if there is none."""
-        name = self.current().names.get(id_) if isinstance(id_, int) else None
+        name = self.current().names.get(id_) if known_id(id_) else None
         if name is None:
             raise ServiceError(404, f"no image with id {id_} in the index")
         path = Path(name)
@@ -300,10 +400,8 @@ class Library:
                                                return_inliers=True)
             timings["search_ms"] = _ms(started)
         query_id = secrets.token_urlsafe(12)
-        with self._queries_lock:
-            self._queries[query_id] = _Query(image, features)
-            while len(self._queries) > self.settings.recent_queries:
-                self._queries.popitem(last=False)
+        self._queries.put(query_id, _Query(image, features))
+        del image  # only the downscaled copy is kept
         names = index.names
         matchless = _is_global(index) and verifier is None  # no local features
         results = []
@@ -312,14 +410,14 @@ class Library:
             if name is None:  # removed since the query ran: left out
                 continue
             results.append({
-                "rank": len(results) + 1, "id": id_, "name": name,
+                "rank": len(results) + 1, "id": id_, "name": display_name(name),
                 "score": round(score, 6), "inliers": n if n >= 0 else None,
                 "image_url": f"/images/{id_}", "thumbnail_url": f"/thumbnails/{id_}",
                 "match_url": None if matchless else
                 f"/matches/{id_}?query={query_id}"})
         self.counts["queries"] += 1
-        return {"query": query_id, "k": k, "rerank": rerank, "results": results,
-                "timings": timings,
+        return {"query": query_id, "k": k, "rerank": rerank,
+                "min_inliers": min_inliers, "results": results, "timings": timings,
                 "keypoints": None if features is None else len(features.keypoints)}
 
     @staticmethod
@@ -359,8 +457,7 @@ class Library:
         import cv2
 
         key = (id_, str(self.path_of(id_)))
-        with self._queries_lock:
-            cached = self._thumbnails.get(key)
+        cached = self._thumbnails.get(key)
         if cached is not None:
             return cached
         image = self._read_color(id_)
@@ -371,10 +468,7 @@ class Library:
                                        max(1, round(image.shape[0] * scale))),
                                interpolation=cv2.INTER_AREA)
         data = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, 85])[1].tobytes()
-        with self._queries_lock:
-            self._thumbnails[key] = data
-            while len(self._thumbnails) > 2048:
-                self._thumbnails.popitem(last=False)
+        self._thumbnails.put(key, data)
         return data
 
     def _read_color(self, id_: int) -> np.ndarray:
@@ -394,8 +488,7 @@ class Library:
         from cvsearch.pictures import match_picture
 
         self.path_of(id_)  # 404 for an unknown id, first
-        with self._queries_lock:
-            query = self._queries.get(query_id)
+        query = self._queries.get(query_id)
         if query is None:
             raise ServiceError(404, "no recent search with this query id (the "
                                f"service keeps the last {self.settings.recent_queries}"
@@ -407,8 +500,10 @@ class Library:
                 raise ServiceError(404, "this global index has no local features to "
                                    "match: start the service with --verify-with "
                                    "LOCAL_INDEX")
-            if query.features is None:  # searched without verification
+            if query.features is None:  # searched without verification: the
+                # kept image's features, in its pixels (scale 1)
                 query.features = verifier.extractor.extract(query.image)
+                query.scale = 1.0
             try:
                 local_id = verifier.id_of(index.names[id_])
             except KeyError:
@@ -417,21 +512,30 @@ class Library:
             query_xy, db_xy = verifier.matches(query.features, local_id)
         else:
             query_xy, db_xy = index.matches(query.features, id_)
-        picture = match_picture(query.image, self._read_color(id_), query_xy, db_xy)
+        picture = match_picture(query.image, self._read_color(id_),
+                                np.asarray(query_xy) * query.scale, db_xy)
         return cv2.imencode(".png", picture)[1].tobytes()
 
     # --------------------------------------------------------------- writing
     def add(self, uploads: list[tuple[str, bytes]]) -> dict:
         """Add uploaded images, saved before this returns.
 
-        Every upload is decoded first: if one is not a readable image, nothing is
-        added (400). A file already added (the same bytes and file name: the same
-        name in the index) is skipped.
+        The policy of ``cvsearch add``: a file that is not a readable image is
+        skipped and named with the reason, and so is a file already added (the
+        same bytes and file name: the same name in the index); the others are
+        added. If nothing could be read, a 400 names every file.
         """
         if not uploads:
             raise ServiceError(422, "send one or more files in the field 'images'")
-        decoded = [(filename, data, self.decode(data, filename))
-                   for filename, data in uploads]
+        decoded, skipped = [], []
+        for filename, data in uploads:
+            try:
+                decoded.append((filename, data, self.decode(data, filename)))
+            except ServiceError as error:
+                skipped.append({"name": display_name(filename), "reason": error.message})
+        if not decoded:
+            raise ServiceError(400, "no file could be added: " + "; ".join(
+                s["reason"] for s in skipped))
         index, verifier = self.current(), self.verifier
         # what each index adds: local features, or the images (described there)
         local = None if verifier is None else \
@@ -444,36 +548,57 @@ class Library:
         with self._write_lock, self._writer_locks():
             self._refresh()  # another worker may have saved since
             index, verifier = self.index, self.verifier
-            folder.mkdir(exist_ok=True)
-            for name, (_, data, _) in zip(names, decoded):
-                _write_durably(self.index_dir / name, data)
-            before = len(index)
-            try:
-                if verifier is not None:
-                    # the verifier first: an image it holds and the global index
-                    # does not is never a result, so a failure between is harmless
-                    verifier.add(local, names=names)
-                    verifier.save(self.verify_dir)
-                skipped = index.add(additions, names=names)
-                # new ids are the largest (ids only grow), so the last ones
-                added = index.ids[before - len(index):].tolist() \
-                    if len(index) > before else []
-                index.save(self.index_dir)
-            except BaseException:
-                self._state = self._load()  # not saved: not acknowledged, not kept
-                raise
-            self._state = self._saved(index, verifier)
+            new = []
+            for i, name in enumerate(names):
+                if _holds(index, name) or name in names[:i]:
+                    skipped.append({"name": name, "reason": "already in the index as "
+                                    f"id {index.id_of(name)}" if _holds(index, name)
+                                    else "sent twice in this request"})
+                else:
+                    new.append(i)
+            added = []
+            if new:
+                folder.mkdir(exist_ok=True)
+                for i in new:
+                    storage.write_durably(self.index_dir / names[i], decoded[i][1])
+                before = len(index)
+                try:
+                    if verifier is not None:
+                        # the verifier first: an image it holds and the global index
+                        # does not is never a result, so a failure between is harmless
+                        fresh = [j for j in new if not _holds(verifier, names[j])]
+                        if fresh:
+                            verifier.add([local[j] for j in fresh],
+                                         names=[names[j] for j in fresh])
+                            verifier.save(self.verify_dir)
+                    failed = index.add([additions[i] for i in new],
+                                       names=[names[i] for i in new])
+                    skipped += [{"name": s.name, "reason": s.reason} for s in failed]
+                    # new ids are the largest (ids only grow), so the last ones
+                    added = index.ids[before - len(index):].tolist() \
+                        if len(index) > before else []
+                    index.save(self.index_dir)
+                except storage.StaleWriterError as error:
+                    self._state = self._load()
+                    raise ServiceError(409, f"{error}; nothing was added: send it "
+                                       "again") from None
+                except BaseException:
+                    self._state = self._load()  # not saved: not acknowledged, not kept
+                    raise
+                self._state = self._saved(index, verifier)
         self.counts["added"] += len(added)
-        return {"added": [{"id": i, "name": index.names[i]} for i in added],
-                "skipped": [{"name": s.name, "reason": s.reason} for s in skipped],
-                "images": len(index)}
+        return {"added": [{"id": i, "name": display_name(index.names[i])}
+                          for i in added],
+                "skipped": skipped, "images": len(index)}
 
     def remove(self, id_: int) -> dict:
-        """Remove image ``id_``, saved before this returns."""
+        """Remove image ``id_``, saved before this returns; the stored upload of
+        an image added through the service is deleted after the save that
+        forgets it (its keypoints go at the next compaction: :meth:`compact`)."""
         with self._write_lock, self._writer_locks():
             self._refresh()
             index, verifier = self.index, self.verifier
-            name = index.names.get(id_)
+            name = index.names.get(id_) if known_id(id_) else None
             if name is None:
                 raise ServiceError(404, f"no image with id {id_} in the index")
             try:
@@ -482,12 +607,36 @@ class Library:
                 if verifier is not None and _holds(verifier, name):
                     verifier.remove([name])
                     verifier.save(self.verify_dir)
+            except storage.StaleWriterError as error:
+                self._state = self._load()
+                raise ServiceError(409, f"{error}; nothing was removed: send it "
+                                   "again") from None
             except BaseException:
                 self._state = self._load()  # back to what is saved
                 raise
             self._state = self._saved(index, verifier)
+            if name.startswith(UPLOADS + "/") and "/" not in name[len(UPLOADS) + 1:]:
+                (self.index_dir / name).unlink(missing_ok=True)
         self.counts["removed"] += 1
-        return {"removed": {"id": id_, "name": name}, "images": len(index)}
+        return {"removed": {"id": id_, "name": display_name(name)}, "images": len(index)}
+
+    def compact(self) -> dict:
+        """Drop removed images from storage (their keypoints and words) in both
+        indexes, saved before this returns."""
+        with self._write_lock, self._writer_locks():
+            self._refresh()
+            index, verifier = self.index, self.verifier
+            try:
+                index.compact()
+                index.save(self.index_dir)
+                if verifier is not None:
+                    verifier.compact()
+                    verifier.save(self.verify_dir)
+            except BaseException:
+                self._state = self._load()
+                raise
+            self._state = self._saved(index, verifier)
+        return {"images": len(index)}
 
     @contextlib.contextmanager
     def _writer_locks(self):
@@ -501,7 +650,12 @@ class Library:
 
     def stats(self) -> dict:
         index = self.current()
-        disk = sum(p.stat().st_size for p in self.index_dir.iterdir() if p.is_file())
+        disk = 0
+        for path in self.index_dir.iterdir():
+            try:  # a save may remove a file between listing and stat
+                disk += path.stat().st_size if path.is_file() else 0
+            except FileNotFoundError:
+                pass
         if _is_global(index):
             parts = {"kind": "global", "words": None, "dim": index.dim,
                      "features": "cnn" + (f" + {self.verifier.extractor.method}"
@@ -519,7 +673,9 @@ class Library:
                 "queries_served": self.counts["queries"],
                 "images_added": self.counts["added"],
                 "images_removed": self.counts["removed"],
-                "writable": self.settings.token is not None}
+                "writable": self.settings.token is not None,
+                "min_inliers": DEFAULT_MIN_INLIERS,
+                "lineage": None if self.identity is None else self.identity.lineage}
 
 
 def _ms(started: float) -> float:
@@ -530,300 +686,3 @@ def _safe_file_name(filename: str) -> str:
     """A client's file name reduced to letters, digits, '.', '-' and '_'."""
     name = re.sub(r"[^A-Za-z0-9._-]+", "_", os.path.basename(filename or "image"))
     return name.strip("._")[:80] or "image"
-
-
-def _write_durably(path: Path, data: bytes) -> None:
-    """Write a file and flush it to disk (a no-op if it is already there)."""
-    if path.is_file() and path.stat().st_size == len(data):
-        return
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(temporary, "wb") as file:
-        file.write(data)
-        file.flush()
-        os.fsync(file.fileno())
-    os.replace(temporary, path)
-    directory = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(directory)
-    finally:
-        os.close(directory)
-
-
-# ------------------------------------------------------------------- the app
-class _BodyTooLarge(Exception):
-    pass
-
-
-class BodyLimit:
-    """ASGI middleware: a request body larger than ``max_bytes`` gets 413 before
-    it is read (by its Content-Length) or as soon as it passes the limit."""
-
-    def __init__(self, app, max_bytes: int):
-        self.app = app
-        self.max_bytes = max_bytes
-
-    async def __call__(self, scope, receive, send):
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-        message = (f"the request is larger than the limit of "
-                   f"{self.max_bytes / 2**20:g} MB; send a smaller image (or start the "
-                   "service with a larger --max-upload-mb)")
-        length = dict(scope.get("headers", [])).get(b"content-length")
-        if length is not None and length.isdigit() and int(length) > self.max_bytes:
-            return await _send_json(send, 413, {"detail": message})
-        received, started = 0, False
-
-        async def limited_receive():
-            nonlocal received
-            item = await receive()
-            if item["type"] == "http.request":
-                received += len(item.get("body", b""))
-                if received > self.max_bytes:
-                    raise _BodyTooLarge
-            return item
-
-        async def tracking_send(item):
-            nonlocal started
-            if item["type"] == "http.response.start":
-                started = True
-            await send(item)
-
-        try:
-            await self.app(scope, limited_receive, tracking_send)
-        except _BodyTooLarge:
-            if not started:
-                await _send_json(send, 413, {"detail": message})
-
-
-async def _send_json(send, status: int, payload: dict):
-    import json
-
-    body = json.dumps(payload).encode()
-    await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", b"application/json"),
-                            (b"content-length", str(len(body)).encode())]})
-    await send({"type": "http.response.body", "body": body})
-
-
-def _models():
-    """The answers' pydantic models (so /docs documents them), made on first use
-    because pydantic comes with the 'server' extra."""
-    from types import SimpleNamespace
-
-    from pydantic import BaseModel
-
-    class Result(BaseModel):
-        rank: int
-        id: int
-        name: str
-        score: float
-        inliers: int | None
-        image_url: str
-        thumbnail_url: str
-        match_url: str | None
-
-    class Timings(BaseModel):
-        decode_ms: float
-        features_ms: float
-        search_ms: float
-
-    class SearchAnswer(BaseModel):
-        query: str
-        k: int
-        rerank: int
-        results: list[Result]
-        timings: Timings
-        keypoints: int | None
-
-    class Image(BaseModel):
-        id: int
-        name: str
-
-    class Skipped(BaseModel):
-        name: str
-        reason: str
-
-    class AddAnswer(BaseModel):
-        added: list[Image]
-        skipped: list[Skipped]
-        images: int
-
-    class RemoveAnswer(BaseModel):
-        removed: Image
-        images: int
-
-    class Health(BaseModel):
-        status: str
-        images: int
-        worker: int
-
-    class Stats(BaseModel):
-        images: int
-        kind: str
-        words: int | None
-        dim: int | None
-        features: str
-        segments: int | None
-        search: str
-        verified: bool
-        index_disk_bytes: int
-        generation: int | None
-        uptime_s: float
-        queries_served: int
-        images_added: int
-        images_removed: int
-        writable: bool
-
-    class Problem(BaseModel):
-        detail: str
-
-    return SimpleNamespace(**{c.__name__: c for c in (
-        Result, Timings, SearchAnswer, Image, Skipped, AddAnswer, RemoveAnswer, Health,
-        Stats, Problem)})
-
-
-def create_app(settings: Settings | None = None):
-    """The FastAPI application of a service (settings from the environment if
-    None: see :meth:`Settings.from_environment`)."""
-    import contextlib
-
-    from fastapi import Depends, FastAPI, File, Form, Header, Query, Request, UploadFile
-    from fastapi.exceptions import RequestValidationError
-    from fastapi.responses import FileResponse, JSONResponse, Response
-    from fastapi.staticfiles import StaticFiles
-
-    settings = settings or Settings.from_environment()
-    state = {}
-    models = _models()
-
-    def problems(*codes):
-        return {code: {"model": models.Problem} for code in codes}
-
-    @contextlib.asynccontextmanager
-    async def lifespan(app):
-        state["library"] = Library(settings)
-        yield
-        state.clear()
-
-    from cvsearch import __version__
-
-    app = FastAPI(title="cvsearch", version=__version__, lifespan=lifespan,
-                  description="Reverse image search with classical computer vision.")
-    app.add_middleware(BodyLimit, max_bytes=settings.max_upload_bytes + 64 * 1024)
-
-    def library() -> Library:
-        return state["library"]
-
-    @app.exception_handler(ServiceError)
-    async def service_error(request: Request, error: ServiceError):
-        return JSONResponse({"detail": error.message}, status_code=error.status)
-
-    @app.exception_handler(RequestValidationError)
-    async def invalid_request(request: Request, error: RequestValidationError):
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc'][1:]) or e['loc'][0]}: {e['msg']}"
-            for e in error.errors())
-        return JSONResponse({"detail": f"malformed request: {problems}"},
-                            status_code=422)
-
-    @app.exception_handler(Exception)
-    async def unexpected(request: Request, error: Exception):  # never a bare 500
-        import logging
-
-        logging.getLogger("cvsearch").exception("unexpected error")
-        return JSONResponse({"detail": f"internal error ({type(error).__name__}); "
-                             "the request was not completed"}, status_code=500)
-
-    def writer(authorization: Annotated[str | None, Header(
-            description="Bearer TOKEN")] = None):
-        """Writes need the service's token."""
-        if settings.token is None:
-            raise ServiceError(403, "this service is read-only; start it with --token "
-                               "(or CVSEARCH_TOKEN) to allow adding and removing")
-        given = (authorization or "").removeprefix("Bearer ").strip()
-        if not given or not secrets.compare_digest(given.encode(),
-                                                   settings.token.encode()):
-            raise ServiceError(401, "a write needs the header 'Authorization: Bearer "
-                               "TOKEN' with the service's token")
-
-    def read_upload(upload: UploadFile) -> bytes:
-        return upload.file.read()
-
-    @app.post("/search", summary="Search with an uploaded image",
-              response_model=models.SearchAnswer,
-              responses=problems(400, 409, 413, 422))
-    def search(image: Annotated[UploadFile, File(description="the query image")],
-               k: Annotated[int, Form(ge=1, description="results")] = 10,
-               rerank: Annotated[int, Form(ge=0, description="short-list verified "
-                                           "with RANSAC (0: none)")] = 0,
-               min_inliers: Annotated[int, Form(ge=1)] = DEFAULT_MIN_INLIERS):
-        return library().search(read_upload(image), image.filename or "image", k,
-                                rerank, min_inliers)
-
-    @app.get("/images/{id}", summary="An image of the index",
-             responses=problems(404, 422))
-    def image(id: int):
-        data, media_type = library().image_bytes(id)
-        return Response(data, media_type=media_type)
-
-    @app.get("/thumbnails/{id}", summary="A thumbnail (JPEG) of an image of the index",
-             responses=problems(404, 422))
-    def thumbnail(id: int):
-        return Response(library().thumbnail(id), media_type="image/jpeg",
-                        headers={"Cache-Control": "max-age=3600"})
-
-    @app.get("/matches/{id}", summary="Match picture (PNG) of a search and a result",
-             responses=problems(404, 422))
-    def matches(id: int, query: Annotated[str, Query(min_length=1, max_length=64)]):
-        return Response(library().match_picture(id, query), media_type="image/png")
-
-    @app.post("/images", status_code=201, dependencies=[Depends(writer)],
-              summary="Add uploaded images (saved before the answer)",
-              response_model=models.AddAnswer,
-              responses=problems(400, 401, 403, 413, 422))
-    def add(images: Annotated[list[UploadFile], File(description="image files")]):
-        return library().add([(u.filename or "image", read_upload(u)) for u in images])
-
-    @app.delete("/images/{id}", dependencies=[Depends(writer)],
-                summary="Remove an image (saved before the answer)",
-                response_model=models.RemoveAnswer,
-                responses=problems(401, 403, 404, 422))
-    def remove(id: int):
-        return library().remove(id)
-
-    @app.get("/health", response_model=models.Health)
-    def health():
-        return {"status": "ok", "images": len(library().current()),
-                "worker": os.getpid()}
-
-    @app.get("/stats", response_model=models.Stats)
-    def stats():
-        return library().stats()
-
-    @app.get("/", include_in_schema=False)
-    def page():
-        return FileResponse(WEB / "index.html")
-
-    app.mount("/static", StaticFiles(directory=WEB), name="static")
-    return app
-
-
-def serve(settings: Settings, *, host: str = "127.0.0.1", port: int = 8000,
-          workers: int = 1, log_level: str = "warning", ready=None) -> None:
-    """Run the service with uvicorn until it is stopped (``ready()`` is called
-    once the index is found usable, before the server starts)."""
-    import uvicorn
-
-    os.environ.update({
-        "CVSEARCH_INDEX": str(Path(settings.index_dir).resolve()),
-        "CVSEARCH_MAX_UPLOAD_BYTES": str(settings.max_upload_bytes),
-        "CVSEARCH_IMAGES_ROOT": str(Path(settings.images_root).resolve())})
-    if settings.token:
-        os.environ["CVSEARCH_TOKEN"] = settings.token
-    if settings.verify_with is not None:
-        os.environ["CVSEARCH_VERIFY_WITH"] = str(Path(settings.verify_with).resolve())
-    Library(settings)  # fail here, with a clear message, if the index is unusable
-    if ready is not None:
-        ready()
-    uvicorn.run("cvsearch.service:create_app", factory=True, host=host, port=port,
-                workers=workers, log_level=log_level)
