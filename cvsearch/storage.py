@@ -179,14 +179,7 @@ def writer_lock(directory: str | os.PathLike, timeout: float | None = None):
                            f"still holds the index after {timeout} s")
     try:
         if held.depth == 0:
-            fd = os.open(directory / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
-            while not _try_lock_file(fd):
-                if deadline is not None and time.monotonic() >= deadline:
-                    os.close(fd)
-                    raise TimeoutError(f"{directory}: another writer (process) still "
-                                       f"holds the index after {timeout} s")
-                time.sleep(0.05)
-            held.fd = fd
+            held.fd = _lock_folder(directory, deadline, timeout)
         held.depth += 1
         try:
             yield
@@ -224,6 +217,32 @@ def identity_of(manifest: dict) -> Identity:
                     generation if isinstance(generation, int)
                     and not isinstance(generation, bool) else 0,
                     manifest_digest(manifest))
+
+
+def _lock_folder(directory: Path, deadline, timeout) -> int:
+    """Lock ``directory``'s lock file; returns its descriptor. A lock file that was
+    replaced while this process waited for it (the folder swapped for another:
+    ``rm -rf X; mv Y X``) locks nothing any more: its lock is dropped and the
+    folder's lock file now is locked instead, so two writers never each hold a
+    lock of one folder."""
+    path = directory / LOCK_FILE
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        while not _try_lock_file(fd):
+            if deadline is not None and time.monotonic() >= deadline:
+                os.close(fd)
+                raise TimeoutError(f"{directory}: another writer (process) still "
+                                   f"holds the index after {timeout} s")
+            time.sleep(0.05)
+        try:
+            same = os.path.samestat(os.fstat(fd), os.stat(path))
+        except FileNotFoundError:
+            same = False
+        if same:
+            return fd
+        _unlock_file(fd)
+        os.close(fd)
+        directory.mkdir(parents=True, exist_ok=True)  # removed meanwhile
 
 
 def read_identity(directory: str | os.PathLike, kind: str | None = "cvsearch-index"

@@ -7,6 +7,7 @@ import shutil
 import subprocess
 import sys
 import threading
+import time
 
 import pytest
 
@@ -232,3 +233,34 @@ def test_every_save_of_an_index_keeps_its_lineage(saved, image_files, tmp_path):
     another.vocabulary = index.vocabulary
     another.save(tmp_path / "another")
     assert storage.read_identity(tmp_path / "another").lineage != first.lineage
+
+
+def test_a_writer_waiting_on_a_swapped_folder_locks_the_new_one(saved, tmp_path):
+    """A writer blocked on the lock file of a folder that is then replaced
+    (``rm -rf X; mv Y X``) must not count the old file's lock as the folder's:
+    it waits for whoever holds the new folder's lock."""
+    code = ("import sys, time; from cvsearch import storage\n"
+            "print('waiting', flush=True)\n"
+            "with storage.writer_lock(sys.argv[1]):\n"
+            "    print('locked', time.time(), flush=True)\n")
+    replacement = tmp_path / "replacement"
+    replacement.mkdir()
+    with storage.writer_lock(saved):
+        waiter = subprocess.Popen([sys.executable, "-c", code, str(saved)],
+                                  stdout=subprocess.PIPE, text=True)
+        assert waiter.stdout.readline() == "waiting\n"
+        time.sleep(0.5)  # it is blocked on the old lock file now
+        shutil.rmtree(saved)
+        shutil.move(str(replacement), str(saved))
+        new_lock = storage.writer_lock(saved)
+        # a second holder in this process, of the new folder's lock file
+        storage._HELD.pop(str(saved.resolve()), None)
+        new_lock.__enter__()
+    try:  # the old lock is released: the waiter must still wait for the new one
+        time.sleep(1.0)
+        released = time.time()
+    finally:
+        new_lock.__exit__(None, None, None)
+    line = waiter.stdout.readline()
+    waiter.wait(timeout=60)
+    assert line.startswith("locked") and float(line.split()[1]) >= released
