@@ -263,14 +263,19 @@ def cmd_remove(args):
 def cmd_query(args):
     import cv2
 
+    from cvsearch.io import decode_image, fetch_url, is_url
+
     index = _load(args.index)
+    # a URL is fetched (bounded in bytes and time) and decoded like a file
+    args.query = decode_image(fetch_url(args.image), args.image, grayscale=False) \
+        if is_url(args.image) else args.image
     if hasattr(index, "projection"):  # a GlobalIndex
         return _query_global(args, index, cv2)
     if args.verify_with:
         raise CommandError(f"--verify-with verifies a global index's short-list; "
                            f"{args.index} is a bag-of-words index, which verifies "
                            "with its own features (--rerank)")
-    features = index.extractor.extract(args.image)
+    features = index.extractor.extract(args.query)
     scores, ids, inliers = index.query(features, k=args.k, rerank=args.rerank,
                                        min_inliers=args.min_inliers,
                                        verification=args.verification,
@@ -302,13 +307,13 @@ def _query_global(args, index, cv2):
                            "bag-of-words index of the same images: add --verify-with "
                            "LOCAL_INDEX")
     if local is None:
-        scores, ids = index.query(args.image, k=args.k)
+        scores, ids = index.query(args.query, k=args.k)
         inliers = np.full(len(ids), -1)
     else:
         from cvsearch.hybrid import verified_query
 
         scores, ids, inliers = verified_query(
-            index, local, args.image, k=args.k, rerank=args.rerank,
+            index, local, args.query, k=args.k, rerank=args.rerank,
             min_inliers=args.min_inliers, verification=args.verification,
             multiple_assignment=args.multiple_assignment)
 
@@ -319,7 +324,7 @@ def _query_global(args, index, cv2):
         except KeyError:
             raise CommandError(f"--matches: {name} is not in {args.verify_with}") \
                 from None
-        return local.matches(args.image, local_id, verification=args.verification,
+        return local.matches(args.query, local_id, verification=args.verification,
                              multiple_assignment=args.multiple_assignment)
 
     _answer_query(args, index, scores, ids, inliers, match, cv2)
@@ -334,7 +339,7 @@ def _answer_query(args, index, scores, ids, inliers, match, cv2):
     if args.show:
         from cvsearch.pictures import results_grid
 
-        picture = results_grid(args.image, [index.names[i] for i in ids], scores=scores,
+        picture = results_grid(args.query, [index.names[i] for i in ids], scores=scores,
                                inliers=inliers if args.rerank else None,
                                columns=min(len(ids), 5) or 1)
         _write_picture(args.show, picture, cv2)
@@ -346,7 +351,7 @@ def _answer_query(args, index, scores, ids, inliers, match, cv2):
                                f"{len(ids)} results")
         chosen = int(ids[args.match_rank - 1])
         query_xy, db_xy = match(chosen)
-        _write_picture(args.matches, match_picture(args.image, index.names[chosen],
+        _write_picture(args.matches, match_picture(args.query, index.names[chosen],
                                                    query_xy, db_xy), cv2)
     _print_results(args, rows)
 
@@ -597,7 +602,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub("query", "Find the images of an index most similar to an image.")
     p.add_argument("index", help="index folder")
-    p.add_argument("image", help="query image file")
+    p.add_argument("image", help="query image: a file, or an http(s) URL (fetched, "
+                   "at most 64 MiB within 30 s)")
     p.add_argument("-k", type=_positive_int, default=10, help="number of results")
     p.add_argument("--rerank", type=int, default=0,
                    help="verify the top N results geometrically and move the "

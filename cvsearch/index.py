@@ -16,22 +16,25 @@ from typing import NamedTuple
 
 import numpy as np
 
-from cvsearch import rerank as _rerank
 from cvsearch import storage
 from cvsearch._validation import check_choice, check_float, check_int, check_n_jobs
 from cvsearch.features import FeatureExtractor, Features
 from cvsearch.parallel import ImageWords, SkippedImage, check_words, extract_many
 from cvsearch.rerank import DEFAULT_MIN_INLIERS
+from cvsearch.searcher import (
+    VERIFICATIONS,
+    Searcher,
+    check_assignment,
+    check_ranking,
+)
 from cvsearch.store import Segment, Store
 from cvsearch.vocabulary import Vocabulary, sample_rows
-from cvsearch.weighting import DEFAULT_TF_POWER, average_vectors, pyramid_size, query_tfidf
+from cvsearch.weighting import DEFAULT_TF_POWER, pyramid_size
 
 logger = logging.getLogger(__name__)
 
 FORMAT = "cvsearch-index"
 FORMAT_VERSION = 2
-#: How re-ranking verifies (see Index.query).
-VERIFICATIONS = ("shapes", "ransac")
 
 
 class _Snapshot(NamedTuple):
@@ -342,12 +345,6 @@ class Index:
         if isinstance(image, ImageWords):
             return check_words(image, self.extractor, self.vocabulary)
         return self.extractor.extract(image)
-
-    @staticmethod
-    def _words_of(snapshot: _Snapshot, features) -> np.ndarray:
-        if isinstance(features, ImageWords):
-            return np.asarray(features.words, np.int32)
-        return snapshot.vocabulary.predict(features.descriptors)
 
     def _extract_many(self, images: list, names: list[str], *, assign: bool,
                       n_jobs: int, progress, stage: str, scheduler=None):
@@ -748,11 +745,10 @@ class Index:
         FileNotFoundError
             If the image path does not exist.
         """
-        ranking = _check_ranking(k, rerank, min_inliers, verification,
-                                 multiple_assignment, expand)
-        snapshot = self._ready_snapshot()
-        features = self._features_of(image)
-        scores, ids, inliers = self._query_features(snapshot, features, ranking)
+        ranking = check_ranking(k, rerank, min_inliers, verification,
+                                multiple_assignment, expand)
+        searcher = self.searcher()
+        scores, ids, inliers = searcher.search(self._features_of(image), ranking)
         return (scores, ids, inliers) if return_inliers else (scores, ids)
 
     def query_batch(self, images: Sequence, k: int = 10, *, rerank: int = 0,
@@ -768,16 +764,15 @@ class Index:
         inliers : ndarray of shape (n_images, k), int32, with ``return_inliers``
         """
         images = self._as_list(images, "query_batch")
-        ranking = _check_ranking(k, rerank, min_inliers, verification,
-                                 multiple_assignment, expand)
+        ranking = check_ranking(k, rerank, min_inliers, verification,
+                                multiple_assignment, expand)
         k = ranking.k
-        snapshot = self._ready_snapshot()
+        searcher = self.searcher()  # one state for the whole batch
         all_scores = np.full((len(images), k), -np.inf, np.float32)
         all_ids = np.full((len(images), k), -1, np.int64)
         all_inliers = np.full((len(images), k), -1, np.int32)
         for row, image in enumerate(images):
-            scores, ids, inliers = self._query_features(
-                snapshot, self._features_of(image), ranking)
+            scores, ids, inliers = searcher.search(self._features_of(image), ranking)
             all_scores[row, :len(ids)] = scores
             all_ids[row, :len(ids)] = ids
             all_inliers[row, :len(ids)] = inliers
@@ -785,89 +780,21 @@ class Index:
             return all_scores, all_ids, all_inliers
         return all_scores, all_ids
 
-    def _ready_snapshot(self) -> _Snapshot:
+    def searcher(self) -> Searcher:
+        """A :class:`~cvsearch.searcher.Searcher` of the current state: it keeps
+        answering from that state whatever is added, removed or saved meanwhile
+        (each call of :meth:`query` uses a new one).
+
+        Raises
+        ------
+        NotFittedError
+            If the index is not trained.
+        ValueError
+            If it holds no images.
+        """
         self._check_trained()
         snapshot = self._current()
-        if not len(snapshot.store):
-            raise ValueError("the index holds no images; add images before querying")
-        return snapshot
-
-    def _query_features(self, snapshot: _Snapshot, features, ranking: _Ranking):
-        words, verify_with = self._query_words(snapshot, features,
-                                               ranking.rerank > 0 and
-                                               ranking.multiple_assignment)
-        return self._rank(snapshot, words, features.keypoints, features.image_shape,
-                          ranking, verify_with=verify_with)
-
-    def _query_words(self, snapshot: _Snapshot, features, multiple: bool):
-        """The query's words, and the ``(words, keypoints)`` that verification
-        matches: with multiple assignment, keypoints repeated with their next
-        nearest word where it is nearly as near (one search gives both)."""
-        if not multiple or not isinstance(features, Features):
-            words = self._words_of(snapshot, features)
-            return words, (words, features.keypoints)
-        words, second, best, second_best = snapshot.vocabulary.predict_two(
-            features.descriptors)
-        return words, _rerank.multiple_assignment(words, features.keypoints, second,
-                                                  best, second_best)
-
-    def _rank(self, snapshot: _Snapshot, words, keypoints, image_shape,
-              ranking: _Ranking, exclude: int | None = None, verify_with=None):
-        k, rerank, min_inliers, verification, _, expand = ranking
-        store = snapshot.store
-        columns, values = query_tfidf(words, keypoints, image_shape, store.n_words,
-                                      store.levels, store.weights().idf, store.power,
-                                      store.tf_power)
-        top_scores, ids = store.best(columns, values, max(k, rerank), exclude)
-        n = len(ids)
-        inliers = np.full(n, -1, np.int32)
-        if rerank:
-            short = ids[:rerank]
-            verified = self._verify(snapshot, *(verify_with or (words, keypoints)),
-                                    short, verification, min_inliers)
-            order = _rerank.reorder(verified, min_inliers)
-            ids[:len(short)] = short[order]
-            top_scores[:len(short)] = top_scores[:len(short)][order]
-            inliers[:len(short)] = verified[order]
-            if expand:
-                top_scores, ids, inliers = self._expand(
-                    snapshot, (columns, values), top_scores, ids, inliers,
-                    ranking, exclude)
-        m = min(k, n)
-        return top_scores[:m], ids[:m], inliers[:m]
-
-    def _expand(self, snapshot: _Snapshot, query_vector, scores, ids, inliers,
-                ranking: _Ranking, exclude: int | None):
-        """Average query expansion of a re-ranked list (same length): the
-        verified results first, as they are, then the others in the order of the
-        query averaged with the best ``ranking.expand`` verified ones."""
-        store = snapshot.store
-        verified = inliers >= ranking.min_inliers
-        if not verified.any():
-            return scores, ids, inliers
-        idf = store.weights().idf
-        vectors = [query_vector] + [
-            query_tfidf(words, keypoints, shape, store.n_words, store.levels, idf,
-                        store.power, store.tf_power)
-            for words, keypoints, shape in store.images(
-                ids[verified][:ranking.expand])]
-        n, kept = len(ids), int(verified.sum())
-        new_scores, new_ids = store.best(*average_vectors(vectors), n + kept, exclude)
-        known = dict(zip(ids.tolist(), inliers.tolist()))  # counts below the bar too
-        fresh = ~np.isin(new_ids, ids[verified])
-        new_scores, new_ids = new_scores[fresh][:n - kept], new_ids[fresh][:n - kept]
-        return (np.concatenate([scores[verified], new_scores]),
-                np.concatenate([ids[verified], new_ids]),
-                np.concatenate([inliers[verified], np.array(
-                    [known.get(i, -1) for i in new_ids.tolist()], np.int32)]))
-
-    def _verify(self, snapshot: _Snapshot, words, keypoints, ids, verification: str,
-                min_inliers: int | None = None) -> np.ndarray:
-        candidates = snapshot.store.images(ids)
-        return _rerank.verify_shortlist(words, keypoints, candidates,
-                                        max_side=self.extractor.max_side,
-                                        min_inliers=min_inliers,
-                                        use_shapes=verification == "shapes")
+        return Searcher(snapshot.store, snapshot.vocabulary, self.extractor.max_side)
 
     def similar(self, id: int, k: int = 10, *, rerank: int = 0,
                 min_inliers: int = DEFAULT_MIN_INLIERS, verification: str = "shapes",
@@ -878,11 +805,9 @@ class Index:
         Parameters and returns are those of :meth:`query`, with ``id`` an image id
         (its words only are kept: no multiple assignment).
         """
-        snapshot = self._ready_snapshot()
-        id = _check_id(id, snapshot, "similar")
-        ranking = _check_ranking(k, rerank, min_inliers, verification, False, 0)
-        scores, ids, inliers = self._rank(snapshot, *snapshot.store.image(id), ranking,
-                                          exclude=id)
+        searcher = self.searcher()
+        ranking = check_ranking(k, rerank, min_inliers, verification, False, 0)
+        scores, ids, inliers = searcher.similar(id, ranking)
         return (scores, ids, inliers) if return_inliers else (scores, ids)
 
     def inliers(self, image, ids: Sequence[int], *, verification: str = "shapes",
@@ -894,16 +819,15 @@ class Index:
         -------
         ndarray of shape (len(ids),), int32
         """
-        snapshot = self._ready_snapshot()
+        searcher = self.searcher()
         ids = self._as_list(ids, "inliers", ids=True)
         if not all(isinstance(i, (int, np.integer)) for i in ids):
             raise TypeError("inliers takes a list of integer ids")
-        ids = np.asarray([_check_id(i, snapshot, "inliers") for i in ids], np.int64)
+        for id_ in ids:  # before anything is extracted
+            searcher.check_id(id_, "inliers")
         check_choice(verification, "verification", VERIFICATIONS)
-        multiple = _check_assignment(multiple_assignment)
-        features = self._features_of(image)
-        _, verify_with = self._query_words(snapshot, features, multiple)
-        return self._verify(snapshot, *verify_with, ids, verification)
+        multiple = check_assignment(multiple_assignment)
+        return searcher.inliers(self._features_of(image), ids, verification, multiple)
 
     def matches(self, image, id: int, *, verification: str = "shapes",
                 multiple_assignment: bool = True):
@@ -917,16 +841,11 @@ class Index:
         db_xy : ndarray of shape (n_inliers, 2), float32
             The matching points in image ``id``.
         """
-        snapshot = self._ready_snapshot()
-        id = _check_id(id, snapshot, "matches")
+        searcher = self.searcher()
+        searcher.check_id(id, "matches")
         check_choice(verification, "verification", VERIFICATIONS)
-        multiple = _check_assignment(multiple_assignment)
-        features = self._features_of(image)
-        _, verify_with = self._query_words(snapshot, features, multiple)
-        _, query_xy, db_xy = _rerank.inlier_pairs(
-            *verify_with, *snapshot.store.image(id),
-            max_side=self.extractor.max_side, use_shapes=verification == "shapes")
-        return query_xy, db_xy
+        multiple = check_assignment(multiple_assignment)
+        return searcher.matches(self._features_of(image), id, verification, multiple)
 
     def vectors(self):
         """The database's weighted bag-of-words vectors, one row per image, in the
@@ -939,7 +858,7 @@ class Index:
         -------
         csr_matrix of shape (n_images, n_words * cells), float32, unit rows
         """
-        return self._ready_snapshot().store.vectors()
+        return self.searcher().store.vectors()
 
     @property
     def n_keypoints(self) -> int:
@@ -1347,50 +1266,3 @@ def _sample_features(descriptors: np.ndarray, n: int, rng) -> np.ndarray:
     if len(descriptors) <= n:
         return descriptors
     return descriptors[np.sort(rng.choice(len(descriptors), n, replace=False))]
-
-
-def _check_id(id, snapshot: _Snapshot, what: str) -> int:
-    """An image id of the snapshot, as an int, or a clear error."""
-    if isinstance(id, bool) or not isinstance(id, (int, np.integer)):
-        raise TypeError(f"{what} takes an integer image id, got {type(id).__name__} "
-                        f"{id!r}")
-    try:
-        snapshot.store.locate(int(id))
-    except KeyError:
-        raise ValueError(f"id {id} is out of range: no image of the index (of "
-                         f"{len(snapshot.store)}) has it") from None
-    return int(id)
-
-
-class _Ranking(NamedTuple):
-    """The ranking arguments of query, query_batch and similar."""
-
-    k: int
-    rerank: int
-    min_inliers: int
-    verification: str
-    multiple_assignment: bool
-    expand: int
-
-
-def _check_ranking(k, rerank, min_inliers, verification, multiple_assignment,
-                   expand) -> _Ranking:
-    """The ranking arguments, checked."""
-    ranking = _Ranking(
-        check_int(k, "k", minimum=1, hint="ask for at least one result"),
-        check_int(rerank, "rerank", minimum=0),
-        check_int(min_inliers, "min_inliers", minimum=1),
-        check_choice(verification, "verification", VERIFICATIONS),
-        _check_assignment(multiple_assignment),
-        check_int(expand, "expand", minimum=0))
-    if ranking.expand and not ranking.rerank:
-        raise ValueError("expand needs rerank > 0: only verified results expand "
-                         "the query")
-    return ranking
-
-
-def _check_assignment(multiple_assignment) -> bool:
-    if not isinstance(multiple_assignment, (bool, np.bool_)):
-        raise TypeError(f"multiple_assignment must be True or False, got "
-                        f"{type(multiple_assignment).__name__}")
-    return bool(multiple_assignment)

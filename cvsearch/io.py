@@ -367,3 +367,68 @@ def find_images(folder: str | os.PathLike, *, links: list | None = None
     if links is not None:
         links.sort()
     return sorted(images), sorted(others)
+
+
+#: Default limits of :func:`fetch_url`: bytes, and seconds for the whole fetch.
+MAX_DOWNLOAD_BYTES = 64 * 2**20
+FETCH_SECONDS = 30.0
+
+
+def is_url(text) -> bool:
+    """Whether ``text`` is an http(s) URL (what :func:`fetch_url` fetches)."""
+    return isinstance(text, str) and text[:8].lower().startswith(("http://", "https://"))
+
+
+def fetch_url(url: str, *, max_bytes: int = MAX_DOWNLOAD_BYTES,
+              timeout: float = FETCH_SECONDS) -> bytes:
+    """The bytes at an http(s) URL, for a query given as a URL (the command line;
+    the service fetches nothing).
+
+    At most ``max_bytes`` are read (a larger Content-Length is refused before the
+    body is read, and the body is cut off past the limit), and the whole fetch
+    must end within ``timeout`` seconds.
+
+    Raises
+    ------
+    UnreadableImageError
+        A ValueError naming the URL: not http(s), unreachable, an HTTP error,
+        too large or too slow.
+    """
+    import time
+    import urllib.error
+    import urllib.request
+
+    from cvsearch import __version__
+
+    if not is_url(url):
+        raise UnreadableImageError(url, "not an http:// or https:// URL")
+    request = urllib.request.Request(url, headers={"User-Agent":
+                                                   f"cvsearch/{__version__}"})
+    deadline = time.monotonic() + timeout
+    what = "download the image and pass its file instead"
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            length = response.headers.get("Content-Length", "")
+            if length.isdigit() and int(length) > max_bytes:
+                raise UnreadableImageError(url, _too_large(int(length), max_bytes,
+                                                           "max_bytes"))
+            chunks, total = [], 0
+            while chunk := response.read(1 << 16):
+                total += len(chunk)
+                if total > max_bytes:
+                    raise UnreadableImageError(url, f"more than {max_bytes:,} bytes "
+                                               f"(the limit); {what}")
+                if time.monotonic() > deadline:
+                    raise UnreadableImageError(url, f"not fetched within {timeout:g} "
+                                               f"s; {what}")
+                chunks.append(chunk)
+    except urllib.error.HTTPError as error:
+        raise UnreadableImageError(url, f"the server answered {error.code} "
+                                   f"{error.reason}; check the address") from None
+    except (urllib.error.URLError, OSError, ValueError) as error:
+        if isinstance(error, UnreadableImageError):
+            raise
+        reason = getattr(error, "reason", error)
+        raise UnreadableImageError(url, f"cannot be fetched ({reason}); check the "
+                                   f"address and the network, or {what}") from None
+    return b"".join(chunks)

@@ -149,3 +149,57 @@ def test_decode_image_names_its_input_and_refuses_other_types():
         decode_image(b"", "upload a.png")
     with pytest.raises(UnreadableImageError, match="upload a.png: cannot decode"):
         decode_image(b"\x00" * 10, "upload a.png")
+
+
+@pytest.fixture
+def web_folder(tmp_path):
+    """A folder served over HTTP on 127.0.0.1; yields (folder, base URL)."""
+    import functools
+    import http.server
+    import threading
+
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler,
+                                directory=str(tmp_path))
+    handler.log_message = lambda *args: None
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield tmp_path, f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+
+
+def test_fetch_url_is_bounded_and_names_the_url(web_folder):
+    from cvsearch.io import UnreadableImageError, fetch_url
+
+    folder, base = web_folder
+    (folder / "small.bin").write_bytes(b"x" * 1000)
+    assert fetch_url(f"{base}/small.bin") == b"x" * 1000
+    with pytest.raises(UnreadableImageError, match="small.bin.*limit"):
+        fetch_url(f"{base}/small.bin", max_bytes=999)
+    with pytest.raises(UnreadableImageError, match="missing.jpg: the server answered 404"):
+        fetch_url(f"{base}/missing.jpg")
+    with pytest.raises(UnreadableImageError, match="not an http"):
+        fetch_url("ftp://example.com/a.jpg")
+    with pytest.raises(UnreadableImageError, match="cannot be fetched"):
+        fetch_url("http://127.0.0.1:9/nothing-listens-here.jpg", timeout=5)
+
+
+def test_the_command_line_queries_by_url(web_folder, trained_index, image_files,
+                                         tmp_path):
+    import contextlib
+    import io
+    import json
+    import shutil
+
+    from cvsearch import cli
+
+    folder, base = web_folder
+    shutil.copy(image_files[3], folder / "photo.png")
+    trained_index.save(tmp_path / "idx")
+    buffer = io.StringIO()
+    with contextlib.redirect_stdout(buffer):
+        assert cli.main(["query", str(tmp_path / "idx"), f"{base}/photo.png", "-k", "1",
+                         "--json"]) == 0
+    answer = json.loads(buffer.getvalue())
+    assert answer["query"] == f"{base}/photo.png"
+    assert answer["results"][0]["name"] == image_files[3]
