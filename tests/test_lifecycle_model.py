@@ -20,7 +20,7 @@ from hypothesis.stateful import (
     rule,
 )
 
-from cvsearch import GlobalIndex, Index, ImageWords
+from cvsearch import GlobalIndex, ImageWords, Index
 
 N_WORDS = 400  # the conftest vocabulary
 TF_POWER = 0.2  # the library's default
