@@ -120,7 +120,7 @@ def reader_process(folder: str, queries: list[str], stats_path: str, seed: int,
     from cvsearch import Index
 
     rng = random.Random(seed)
-    counts, errors = Counter(), []
+    counts, errors, started = Counter(), [], time.time()
     while time.time() < stop_at:
         try:
             index = Index.load(folder)
@@ -131,7 +131,8 @@ def reader_process(folder: str, queries: list[str], stats_path: str, seed: int,
         except Exception as error:  # what the soak counts
             counts["errors"] += 1
             if len(errors) < 20:
-                errors.append(f"{type(error).__name__}: {error}")
+                errors.append(f"at {time.time() - started:.0f} s: "
+                              f"{type(error).__name__}: {error}")
         if counts["loads"] % 10 == 0:
             _write_json(stats_path, {"counts": counts, "errors": errors})
     _write_json(stats_path, {"counts": counts, "errors": errors})
@@ -292,7 +293,7 @@ def swap(folder: Path) -> dict:
         shutil.rmtree(folder)
         shutil.move(str(rebuilt), str(folder))
     return {"images": len(index), "seconds": round(time.monotonic() - started, 2),
-            "lineage": index.lineage}
+            "lineage": index.lineage, "at_s": None}
 
 
 def build(folder: Path, paths: list[str], n_words: int) -> None:
@@ -389,6 +390,7 @@ def main(argv=None) -> dict:
             next_rss = now + 10
         if swapped is None and now >= swap_at:
             swapped = swap(folder)
+            swapped["at_s"] = round(now - (stop_at - 60 * args.minutes), 1)
             print(f"swapped the folder for a rebuilt index: {swapped}", flush=True)
         if now >= next_kill:
             target = rng.randrange(args.writers + 1)

@@ -320,28 +320,42 @@ LOAD_ATTEMPTS = 8
 
 
 def load_consistent(directory: str | os.PathLike, kind: str, load):
-    """``load(path, manifest)`` of the manifest saved now, again with the newer
-    manifest if a file it names was removed meanwhile by a save (readers take
-    no lock). A file missing while the manifest has not changed is reported.
+    """``load(path, manifest)`` of the manifest saved now, again if a file it
+    names went missing meanwhile (readers take no lock).
+
+    A file goes missing under a reader when a save removed what the manifest it
+    read names (the manifest then differs: read again at once), or while the
+    folder is being replaced (``rm -rf X; mv Y X``: the manifest may not differ
+    yet, or vanish for a moment). Each case is tried again, after a pause that
+    doubles (20 ms, 40 ms, ...), :data:`LOAD_ATTEMPTS` times in all (about 2.5 s
+    of waiting at most); then the file is reported missing.
 
     Raises
     ------
+    FileNotFoundError
+        If there is no index folder or manifest at the first reading.
     MissingDataFileError
-        If a named file is missing and the manifest did not change (or after
-        :data:`LOAD_ATTEMPTS` changes in a row).
+        If a named file is still missing after the last attempt.
     """
     for attempt in range(LOAD_ATTEMPTS):
-        path, manifest = read_manifest(directory, kind)
+        try:
+            path, manifest = read_manifest(directory, kind)
+        except FileNotFoundError:
+            if attempt == 0 or attempt == LOAD_ATTEMPTS - 1:
+                raise  # no index there (or it never came back)
+            time.sleep(0.02 * 2 ** attempt)
+            continue
         try:
             return load(path, manifest)
         except MissingDataFileError:
+            if attempt == LOAD_ATTEMPTS - 1:
+                raise
             try:
-                again = read_manifest(directory, kind)[1]
+                changed = read_manifest(directory, kind)[1] != manifest
             except (FileNotFoundError, ValueError):
-                raise
-            if attempt == LOAD_ATTEMPTS - 1 or again == manifest:
-                raise
-            time.sleep(0.01 * attempt)  # a writer is busy: give it a moment
+                changed = False  # the folder is being replaced: wait for it
+            if not changed:
+                time.sleep(0.02 * 2 ** attempt)
     raise AssertionError("unreachable")
 
 

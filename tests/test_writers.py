@@ -264,3 +264,34 @@ def test_a_writer_waiting_on_a_swapped_folder_locks_the_new_one(saved, tmp_path)
     line = waiter.stdout.readline()
     waiter.wait(timeout=60)
     assert line.startswith("locked") and float(line.split()[1]) >= released
+
+
+def test_a_file_missing_for_a_moment_is_read_again(saved, image_files, monkeypatch):
+    """A folder being replaced (rm -rf X; mv Y X) can lose a file before its
+    manifest: the reader waits a moment and reads again instead of calling a
+    consistent folder corrupt."""
+    writer = Index.load(saved)
+    writer.add(image_files[:2])
+    writer.save(saved)
+    real_open = storage.os.open
+    missed = []
+
+    def flaky_open(path, flags, *args, **kwargs):
+        if len(missed) < 2 and storage.is_data_file_name(os.path.basename(str(path))):
+            missed.append(path)
+            raise FileNotFoundError(2, "No such file or directory", str(path))
+        return real_open(path, flags, *args, **kwargs)
+
+    monkeypatch.setattr(storage.os, "open", flaky_open)
+    assert len(Index.load(saved)) == 2 and len(missed) == 2
+
+
+def test_a_file_that_stays_missing_is_reported(saved, image_files, monkeypatch):
+    writer = Index.load(saved)
+    writer.add(image_files[:2])
+    writer.save(saved)
+    monkeypatch.setattr(storage.time, "sleep", lambda seconds: None)
+    victim = next(p for p in saved.iterdir() if p.name.startswith("seg-ids-"))
+    victim.unlink()
+    with pytest.raises(storage.MissingDataFileError, match=victim.name):
+        Index.load(saved)
