@@ -55,8 +55,9 @@ def tfidf_scores(model: dict, query: np.ndarray) -> dict:
     return {n: float(vector(c) @ q) for n, c in zip(names, counts)}
 
 
-class IndexLifecycle(RuleBasedStateMachine):
-    """An ``Index`` and a dict of live names to word arrays, changed alike."""
+class Lifecycle(RuleBasedStateMachine):
+    """An index (``self.index``) and its model (``self.model``: live names to
+    what they hold), changed alike; a folder to save to."""
 
     names = Bundle("names")
 
@@ -67,6 +68,20 @@ class IndexLifecycle(RuleBasedStateMachine):
 
     def teardown(self):
         shutil.rmtree(self.folder, ignore_errors=True)
+
+    @rule(name=consumes(names))
+    def remove(self, name):
+        if name in self.model:  # not gone with a load of an older save
+            self.index.remove([name])
+            del self.model[name]
+
+    @rule()
+    def compact(self):
+        self.index.compact()
+
+
+class IndexLifecycle(Lifecycle):
+    """An ``Index`` and a dict of live names to word arrays."""
 
     @initialize()
     def start(self):
@@ -79,7 +94,7 @@ class IndexLifecycle(RuleBasedStateMachine):
         self.next_seed += count
         return [(f"img-{s}", image_words(self.index, s)) for s in seeds]
 
-    @rule(target=names, count=st.integers(1, 4))
+    @rule(target=Lifecycle.names, count=st.integers(1, 4))
     def add(self, count):
         batch = self._new(count)
         skipped = self.index.add([w for _, w in batch], names=[n for n, _ in batch])
@@ -87,17 +102,6 @@ class IndexLifecycle(RuleBasedStateMachine):
         for name, words in batch:
             self.model[name] = words.words
         return batch[0][0]
-
-    @rule(name=consumes(names))
-    def remove(self, name):
-        if name not in self.model:  # gone with a load of an older save
-            return
-        self.index.remove([name])
-        del self.model[name]
-
-    @rule()
-    def compact(self):
-        self.index.compact()
 
     @rule()
     def save(self):
@@ -142,21 +146,14 @@ class IndexLifecycle(RuleBasedStateMachine):
             assert np.all(np.diff(scores) <= 1e-6)  # best first
 
 
-class GlobalLifecycle(RuleBasedStateMachine):
+class GlobalLifecycle(Lifecycle):
     """A ``GlobalIndex`` of random unit vectors and a dict of them."""
-
-    names = Bundle("names")
 
     def __init__(self):
         super().__init__()
-        self.folder = tempfile.mkdtemp(prefix="cvsearch-model-")
-        self.index, self.model, self.saved, self.next_seed = \
-            GlobalIndex(_Refuses()), {}, None, 0
+        self.index, self.model, self.next_seed = GlobalIndex(_Refuses()), {}, 0
 
-    def teardown(self):
-        shutil.rmtree(self.folder, ignore_errors=True)
-
-    @rule(target=names, count=st.integers(1, 4))
+    @rule(target=Lifecycle.names, count=st.integers(1, 4))
     def add(self, count):
         rng = np.random.default_rng(self.next_seed)
         vectors = rng.normal(size=(count, 16)).astype(np.float32)
@@ -166,16 +163,6 @@ class GlobalLifecycle(RuleBasedStateMachine):
         for name, v in zip(names, vectors):
             self.model[name] = v / np.linalg.norm(v)
         return names[0]
-
-    @rule(name=consumes(names))
-    def remove(self, name):
-        if name in self.model:
-            self.index.remove([name])
-            del self.model[name]
-
-    @rule()
-    def compact(self):
-        self.index.compact()
 
     @rule()
     def save(self):

@@ -545,9 +545,7 @@ class Library:
         names = [f"{UPLOADS}/{hashlib.sha256(data).hexdigest()[:16]}-"
                  f"{_safe_file_name(filename)}" for filename, data, _ in decoded]
         folder = self.index_dir / UPLOADS
-        with self._write_lock, self._writer_locks():
-            self._refresh()  # another worker may have saved since
-            index, verifier = self.index, self.verifier
+        with self._writing("added") as (index, verifier):
             new = []
             for i, name in enumerate(names):
                 if _holds(index, name) or name in names[:i]:
@@ -562,30 +560,21 @@ class Library:
                 for i in new:
                     storage.write_durably(self.index_dir / names[i], decoded[i][1])
                 before = len(index)
-                try:
-                    if verifier is not None:
-                        # the verifier first: an image it holds and the global index
-                        # does not is never a result, so a failure between is harmless
-                        fresh = [j for j in new if not _holds(verifier, names[j])]
-                        if fresh:
-                            verifier.add([local[j] for j in fresh],
-                                         names=[names[j] for j in fresh])
-                            verifier.save(self.verify_dir)
-                    failed = index.add([additions[i] for i in new],
-                                       names=[names[i] for i in new])
-                    skipped += [{"name": s.name, "reason": s.reason} for s in failed]
-                    # new ids are the largest (ids only grow), so the last ones
-                    added = index.ids[before - len(index):].tolist() \
-                        if len(index) > before else []
-                    index.save(self.index_dir)
-                except storage.StaleWriterError as error:
-                    self._state = self._load()
-                    raise ServiceError(409, f"{error}; nothing was added: send it "
-                                       "again") from None
-                except BaseException:
-                    self._state = self._load()  # not saved: not acknowledged, not kept
-                    raise
-                self._state = self._saved(index, verifier)
+                if verifier is not None:
+                    # the verifier first: an image it holds and the global index
+                    # does not is never a result, so a failure between is harmless
+                    fresh = [j for j in new if not _holds(verifier, names[j])]
+                    if fresh:
+                        verifier.add([local[j] for j in fresh],
+                                     names=[names[j] for j in fresh])
+                        verifier.save(self.verify_dir)
+                failed = index.add([additions[i] for i in new],
+                                   names=[names[i] for i in new])
+                skipped += [{"name": s.name, "reason": s.reason} for s in failed]
+                # new ids are the largest (ids only grow), so the last ones
+                added = index.ids[before - len(index):].tolist() \
+                    if len(index) > before else []
+                index.save(self.index_dir)
         self.counts["added"] += len(added)
         return {"added": [{"id": i, "name": display_name(index.names[i])}
                           for i in added],
@@ -595,48 +584,54 @@ class Library:
         """Remove image ``id_``, saved before this returns; the stored upload of
         an image added through the service is deleted after the save that
         forgets it (its keypoints go at the next compaction: :meth:`compact`)."""
-        with self._write_lock, self._writer_locks():
-            self._refresh()
-            index, verifier = self.index, self.verifier
+        with self._writing("removed") as (index, verifier):
             name = index.names.get(id_) if known_id(id_) else None
             if name is None:
                 raise ServiceError(404, f"no image with id {id_} in the index")
-            try:
-                index.remove([id_])
-                index.save(self.index_dir)  # first: no longer a result
-                if verifier is not None and _holds(verifier, name):
-                    verifier.remove([name])
-                    verifier.save(self.verify_dir)
-            except storage.StaleWriterError as error:
-                self._state = self._load()
-                raise ServiceError(409, f"{error}; nothing was removed: send it "
-                                   "again") from None
-            except BaseException:
-                self._state = self._load()  # back to what is saved
-                raise
-            self._state = self._saved(index, verifier)
-            if name.startswith(UPLOADS + "/") and "/" not in name[len(UPLOADS) + 1:]:
-                (self.index_dir / name).unlink(missing_ok=True)
+            index.remove([id_])
+            index.save(self.index_dir)  # first: no longer a result
+            if verifier is not None and _holds(verifier, name):
+                verifier.remove([name])
+                verifier.save(self.verify_dir)
+        if name.startswith(UPLOADS + "/") and "/" not in name[len(UPLOADS) + 1:]:
+            (self.index_dir / name).unlink(missing_ok=True)  # forgotten by the save
         self.counts["removed"] += 1
         return {"removed": {"id": id_, "name": display_name(name)}, "images": len(index)}
 
     def compact(self) -> dict:
         """Drop removed images from storage (their keypoints and words) in both
         indexes, saved before this returns."""
+        with self._writing("compacted") as (index, verifier):
+            index.compact()
+            index.save(self.index_dir)
+            if verifier is not None:
+                verifier.compact()
+                verifier.save(self.verify_dir)
+        return {"images": len(index)}
+
+    @contextlib.contextmanager
+    def _writing(self, what: str):
+        """One write: both writer locks held and the folders read again first
+        (another worker may have saved, or the folder been replaced); yields
+        ``(index, verifier)`` to change and save. Then the saved state is
+        published; if the block fails, what is saved is loaded again (nothing
+        unsaved is kept or acknowledged), and a folder changed under the write
+        is a 409."""
         with self._write_lock, self._writer_locks():
             self._refresh()
             index, verifier = self.index, self.verifier
             try:
-                index.compact()
-                index.save(self.index_dir)
-                if verifier is not None:
-                    verifier.compact()
-                    verifier.save(self.verify_dir)
+                yield index, verifier
+            except ServiceError:
+                raise  # refused before anything changed
+            except storage.StaleWriterError as error:
+                self._state = self._load()
+                raise ServiceError(409, f"{error}; nothing was {what}: send it "
+                                   "again") from None
             except BaseException:
                 self._state = self._load()
                 raise
             self._state = self._saved(index, verifier)
-        return {"images": len(index)}
 
     @contextlib.contextmanager
     def _writer_locks(self):
