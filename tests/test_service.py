@@ -504,3 +504,71 @@ def test_removed_uploads_leave_nothing_after_compaction(client, index_dir):
     assert len(index) == 12 and index.n_segments == 1  # no tombstoned rows left
     assert added["name"].encode() not in b"".join(
         p.read_bytes() for p in index_dir.iterdir() if p.is_file())
+
+
+def test_stats_survive_a_file_removed_while_they_are_counted(client, index_dir,
+                                                             monkeypatch):
+    """A save's clean-up can remove a file between the listing and its stat."""
+    from pathlib import Path
+
+    real_stat = Path.stat
+    seen, vanished = [], []
+
+    def racing_stat(self, *args, **kwargs):
+        # the first seg- file is there for is_file(), gone for the next stat
+        if self.parent == index_dir and self.name.startswith("seg-") and not vanished:
+            if self in seen:
+                vanished.append(self)
+                raise FileNotFoundError(2, "No such file or directory", str(self))
+            seen.append(self)
+        return real_stat(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "stat", racing_stat)
+    answer = client.get("/stats")
+    assert answer.status_code == 200 and vanished
+    assert answer.json()["index_disk_bytes"] > 0
+
+
+def test_images_not_found_under_the_root_are_said_at_start(index_dir, tmp_path,
+                                                           caplog):
+    import logging
+
+    from cvsearch.service import Library
+
+    with caplog.at_level(logging.WARNING, logger="cvsearch"):
+        library = Library(Settings(index_dir=index_dir, images_root=tmp_path))
+    assert library.missing_files == 0  # the conftest names are absolute paths
+    moved = Index.load(index_dir)
+    relative = Index(moved.extractor, moved.n_words)
+    relative.vocabulary = moved.vocabulary
+    relative.add([textured_image(50)], names=["photos/a.png"])
+    relative.save(tmp_path / "relative")
+    with caplog.at_level(logging.WARNING, logger="cvsearch"):
+        library = Library(Settings(index_dir=tmp_path / "relative",
+                                   images_root=tmp_path))
+    assert library.missing_files == 1
+    assert "--images-root" in caplog.text and "photos/a.png" in caplog.text
+
+
+def test_leftovers_of_a_crashed_upload_are_removed_at_start(client, index_dir):
+    import os
+    import time
+
+    from cvsearch.service import Library
+    from cvsearch.service.library import STALE_SECONDS, UPLOADS
+
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    kept = client.post("/images", headers=auth, files={
+        "images": ("kept.png", png(textured_image(51)), "image/png")}).json()["added"]
+    uploads = index_dir / UPLOADS
+    orphan = uploads / "0123456789abcdef-orphan.png"  # written, then the save died
+    temporary = uploads / ".cvsearch-tmp-x1y2"
+    young = uploads / "fedcba9876543210-young.png"  # another worker's add, under way
+    for path in (orphan, temporary, young):
+        path.write_bytes(b"partial")
+    old = time.time() - STALE_SECONDS - 60
+    for path in (orphan, temporary, index_dir / kept[0]["name"]):
+        os.utime(path, (old, old))
+    Library(Settings(index_dir=index_dir))
+    assert not orphan.exists() and not temporary.exists()
+    assert young.exists() and (index_dir / kept[0]["name"]).exists()
