@@ -15,7 +15,8 @@ def test_quick_benchmark_runs_and_ranks_the_methods(tmp_path):
     done = subprocess.run(
         [sys.executable, str(ROOT / "benchmarks" / "caltech101.py"), "--data",
          str(CALTECH.parent), "--quick", "--output", str(tmp_path)],
-        capture_output=True, text=True, timeout=900)
+        # a generous bound: it checks what the run produced, not how fast it was
+        capture_output=True, text=True, timeout=2400)
     assert done.returncode == 0, done.stderr[-2000:]
     report = json.loads((tmp_path / "caltech101_quick.json").read_text())
     results = report["results"]
