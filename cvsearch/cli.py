@@ -184,6 +184,9 @@ def cmd_index(args):
 
 def _save_built(args, index, others, started: float, how: str):
     """Save a new index of either kind and report what it holds and skipped."""
+    # relative names are relative to here: kept with the index, so a service
+    # started elsewhere still finds the files
+    index.images_root = os.getcwd()
     index.save(args.output)
     skipped = others + index.skipped_
     seconds = round(time.perf_counter() - started, 1)
@@ -237,10 +240,13 @@ def cmd_add(args):
     # save is atomic: the old index stays until the new one is complete.
     with kind.updating(args.index) as index:
         before = len(index)
+        # relative paths given here are named as the index names the others:
+        # relative to its images_root
+        names = [_name_under(index.images_root, path) for path in images]
         if kind.__name__ == "GlobalIndex":
-            skipped = others + index.add(images)
+            skipped = others + index.add(images, names=names)
         else:
-            skipped = others + index.add(images, n_jobs=args.jobs,
+            skipped = others + index.add(images, names, n_jobs=args.jobs,
                                          progress=ProgressBar(quiet=args.quiet),
                                          scheduler=args.scheduler)
     added = len(index) - before
@@ -248,6 +254,15 @@ def cmd_add(args):
                    "skipped": skipped},
             f"added {added} images; {args.index} now holds {len(index)} "
             f"({len(skipped)} skipped)")
+
+
+def _name_under(root: str | None, path: str) -> str:
+    """The name of ``path`` in an index whose relative names are relative to
+    ``root``: the path as given where it is absolute, or the index has no root or
+    is rooted here; else the path relative to ``root``."""
+    if os.path.isabs(path) or not root or os.path.abspath(root) == os.getcwd():
+        return path
+    return os.path.relpath(os.path.abspath(path), root)
 
 
 def cmd_remove(args):
@@ -385,7 +400,8 @@ def cmd_serve(args):
     token = args.token or os.environ.get("CVSEARCH_TOKEN") or None
     settings = Settings(index_dir=Path(args.index), token=token,
                         max_upload_bytes=args.max_upload_mb * 2**20,
-                        images_root=Path(args.images_root).resolve(),
+                        images_root=None if args.images_root is None
+                        else Path(args.images_root).resolve(),
                         allowed_hosts=(*Settings.allowed_hosts, *args.allow_host),
                         verify_with=Path(args.verify_with) if args.verify_with
                         else None)
@@ -394,7 +410,7 @@ def cmd_serve(args):
     def announce(library):
         if library.missing_files:
             print(f"cvsearch serve: warning: {library.missing_files} of the first "
-                  f"images of {args.index} are not found under {settings.images_root}: "
+                  f"images of {args.index} are not found under {library.images_root}: "
                   "names are stored as given when indexing (relative to the folder "
                   "indexed from); run serve from that folder or pass --images-root",
                   file=sys.stderr, flush=True)
@@ -653,8 +669,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "$CVSEARCH_TOKEN; none: read-only)")
     p.add_argument("--max-upload-mb", type=_positive_int, default=20,
                    help="largest request (an uploaded image) in MiB")
-    p.add_argument("--images-root", default=".",
-                   help="folder that relative image names of the index are under")
+    p.add_argument("--images-root", default=None,
+                   help="folder that relative image names of the index are under "
+                        "(default: the folder it was indexed from, kept with the "
+                        "index; else the current folder)")
     p.add_argument("--verify-with", metavar="LOCAL_INDEX", default=None,
                    help="for a global (--method cnn) index: a bag-of-words index of "
                         "the same images that verifies the rerank short-list (and "

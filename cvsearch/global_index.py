@@ -162,6 +162,8 @@ class GlobalIndex:
         self._approximate_lock = threading.Lock()
         self._origin = None  # storage.Origin loaded from or last saved to
         self.lineage = storage.new_lineage()  # kept by every save of this index
+        #: The folder relative image names are relative to, or None (as Index).
+        self.images_root: str | None = None
 
     # --------------------------------------------------------------- parts
     @property
@@ -530,7 +532,7 @@ class GlobalIndex:
             manifest = {
                 "format": FORMAT, "format_version": FORMAT_VERSION,
                 "cvsearch_version": __version__, "lineage": self.lineage,
-                "generation": generation,
+                "generation": generation, "images_root": self.images_root,
                 "describer": self._describer_needed if self._describer is None
                 else _describer_params(self._describer),
                 "search": self._search_options(),
@@ -663,6 +665,8 @@ class GlobalIndex:
         index._origin = storage.Origin(os.path.realpath(directory),
                                        storage.identity_of(manifest))
         index.lineage = index._origin.identity.lineage or index.lineage
+        root = manifest.get("images_root")
+        index.images_root = root if isinstance(root, str) else None
         return index
 
     @classmethod

@@ -154,6 +154,9 @@ class Index:
         self._lock = threading.RLock()
         self._origin = None  # storage.Origin this index was loaded from or saved to
         self.lineage = storage.new_lineage()  # kept by every save of this index
+        #: The folder that relative image names are relative to (saved with the
+        #: index; ``cvsearch index`` sets it to where it ran), or None.
+        self.images_root: str | None = None
         self._store = None
         self._name_to_id = {}
         self._saved_segments = {}  # id(segment) -> (segment, its manifest entry)

@@ -36,7 +36,7 @@ def write_index(index, directory, generation: int, version: str) -> storage.Orig
     manifest = {
         "format": FORMAT, "format_version": FORMAT_VERSION,
         "cvsearch_version": version, "lineage": index.lineage,
-        "generation": generation,
+        "generation": generation, "images_root": index.images_root,
         "extractor": index.extractor.get_params(),
         "vocabulary": snapshot.vocabulary.get_params(),
         "weighting": {"power": snapshot.store.power,
@@ -163,6 +163,8 @@ def read_index(cls, path, manifest: dict, verify: bool):
                                    storage.identity_of(manifest))
     # indexes saved before lineages existed get one at their next save
     index.lineage = index._origin.identity.lineage or index.lineage
+    root = manifest.get("images_root")
+    index.images_root = root if isinstance(root, str) else None
     return index
 
 

@@ -286,3 +286,30 @@ def test_global_index_mistakes_are_one_line_errors(catalog):
     code, _, err = run("index", "cat/a", "-o", "g3", "--method", "cnn", "--projection",
                        "triplet", cwd=catalog)
     assert_one_line_error(code, err, "one sub-folder", "found 1")
+
+
+def test_relative_names_are_found_from_anywhere(image_files, tmp_path):
+    """An index built from 'photos/' keeps where it was built: served or grown
+    from another folder, its relative names still find their files."""
+    from cvsearch import Index
+    from cvsearch.service import Library, Settings
+
+    photos = tmp_path / "work" / "photos"
+    photos.mkdir(parents=True)
+    for path in image_files[:6]:
+        shutil.copy(path, photos)
+    code, _, err = run("index", "photos", "-o", "idx", "--words", "100", "--features",
+                       "sift", "-q", cwd=tmp_path / "work")
+    assert code == 0, err
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    shutil.copy(image_files[7], elsewhere / "new.png")
+    code, _, err = run("add", tmp_path / "work" / "idx", "new.png", "-q", cwd=elsewhere)
+    assert code == 0, err
+    index = Index.load(tmp_path / "work" / "idx")
+    assert index.images_root == str(tmp_path / "work")
+    assert "photos/texture_00.png" in index.names.values()
+    assert "../elsewhere/new.png" in index.names.values()
+    library = Library(Settings(index_dir=tmp_path / "work" / "idx"))  # cwd: the repo
+    assert library.missing_files == 0
+    assert all(library.path_of(i).is_file() for i in index.ids.tolist())

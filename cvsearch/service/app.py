@@ -270,7 +270,8 @@ def serve(settings: Settings, *, host: str = "127.0.0.1", port: int = 8000,
     hosts = tuple(dict.fromkeys([*settings.allowed_hosts, host.strip("[]")]))
     settings = dataclasses.replace(
         settings, index_dir=Path(settings.index_dir).resolve(),
-        images_root=Path(settings.images_root).resolve(), allowed_hosts=hosts,
+        images_root=None if settings.images_root is None
+        else Path(settings.images_root).resolve(), allowed_hosts=hosts,
         verify_with=None if settings.verify_with is None
         else Path(settings.verify_with).resolve())
     library = Library(settings)  # fail here, with a clear message, if unusable

@@ -27,7 +27,7 @@ import re
 import secrets
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -70,8 +70,10 @@ class Settings:
         Writes need it; None: read-only.
     max_upload_bytes : int
         Largest request body (an upload); larger gets 413.
-    images_root : Path
-        Relative image names are found under it.
+    images_root : Path or None
+        Relative image names are found under it; None: the folder the index was
+        built from (``cvsearch index`` keeps it with the index), else the
+        current folder.
     max_k, max_rerank : int
         Largest ``k`` and ``rerank`` a client may ask.
     thumbnail_side : int
@@ -98,7 +100,7 @@ class Settings:
     index_dir: Path
     token: str | None = None
     max_upload_bytes: int = 20 * 2**20
-    images_root: Path = field(default_factory=Path.cwd)
+    images_root: Path | None = None
     max_k: int = 100
     max_rerank: int = 200
     thumbnail_side: int = 256
@@ -143,7 +145,8 @@ class Settings:
                    token=env.get("CVSEARCH_TOKEN") or None,
                    max_upload_bytes=int(env.get("CVSEARCH_MAX_UPLOAD_BYTES",
                                                 20 * 2**20)),
-                   images_root=Path(env.get("CVSEARCH_IMAGES_ROOT", os.getcwd())),
+                   images_root=Path(env["CVSEARCH_IMAGES_ROOT"])
+                   if env.get("CVSEARCH_IMAGES_ROOT") else None,
                    verify_with=Path(env["CVSEARCH_VERIFY_WITH"])
                    if env.get("CVSEARCH_VERIFY_WITH") else None)
 
@@ -229,6 +232,8 @@ class Library:
         self._thumbnails = ByteBudgetCache(settings.thumbnail_cache_bytes, 4096, len)
         self.started = time.time()
         self.counts = collections.Counter()
+        root = settings.images_root or self.index.images_root
+        self.images_root = Path(root) if root else Path.cwd()
         self.missing_files = self._check_image_files()
         self._clean_uploads()
 
@@ -324,7 +329,7 @@ class Library:
                 "image names are stored as given when indexing, relative to the "
                 "folder indexed from; start the service from that folder or pass "
                 "--images-root", len(missing), len(ids), self.index_dir,
-                self.settings.images_root, self.path_of(missing[0]))
+                self.images_root, self.path_of(missing[0]))
         return len(missing)
 
     def _clean_uploads(self) -> None:
@@ -355,7 +360,7 @@ class Library:
         path = Path(name)
         if not path.is_absolute():
             root = self.index_dir if name.startswith(UPLOADS + "/") \
-                else self.settings.images_root
+                else self.images_root
             path = root / path
         return path
 
