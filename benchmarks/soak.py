@@ -507,7 +507,8 @@ def report(r: dict) -> str:
         f"{ops.get('search_unavailable', 0) + ops.get('write_unavailable', 0):,} |",
         f"| kills: writers / server | {ops['kills'].get('writer', 0)} / "
         f"{ops['kills'].get('server', 0)} |",
-        f"| writes begun but not acknowledged when killed | "
+        f"| writes begun but not acknowledged (killed, or sent while the server "
+        "was down) | "
         f"{ops['unfinished_writes_at_a_kill']} |",
         f"| **reader errors** | **{r['reader_errors']}** |",
         f"| **5xx answers** | **{r['http_5xx']}** |",
