@@ -662,11 +662,7 @@ class GlobalIndex:
             except ValueError as error:
                 raise ValueError(f"{directory / manifest['deleted']['name']}: "
                                  f"{error}; the index is corrupt") from None
-        index._origin = storage.Origin(os.path.realpath(directory),
-                                       storage.identity_of(manifest))
-        index.lineage = index._origin.identity.lineage or index.lineage
-        root = manifest.get("images_root")
-        index.images_root = root if isinstance(root, str) else None
+        storage.adopt_identity(index, directory, manifest)
         return index
 
     @classmethod

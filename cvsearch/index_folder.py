@@ -8,8 +8,6 @@ this module says which files an index has and what their arrays must satisfy.
 
 from __future__ import annotations
 
-import os
-
 import numpy as np
 
 from cvsearch import storage
@@ -159,12 +157,7 @@ def read_index(cls, path, manifest: dict, verify: bool):
     if len(names) != len(store):
         raise ValueError(f"{path}: image names are not unique; the index is corrupt")
     index._store, index._name_to_id, index._saved_segments = store, names, saved
-    index._origin = storage.Origin(os.path.realpath(directory),
-                                   storage.identity_of(manifest))
-    # indexes saved before lineages existed get one at their next save
-    index.lineage = index._origin.identity.lineage or index.lineage
-    root = manifest.get("images_root")
-    index.images_root = root if isinstance(root, str) else None
+    storage.adopt_identity(index, directory, manifest)
     return index
 
 

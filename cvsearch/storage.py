@@ -271,6 +271,17 @@ class Origin(NamedTuple):
     identity: Identity
 
 
+def adopt_identity(index, directory, manifest: dict) -> None:
+    """Give an index just loaded from ``directory`` what its manifest says of
+    where it comes from: its origin (for :func:`check_writer`), its lineage
+    (manifests saved before lineages existed: a new one, written at the next
+    save) and the folder its relative image names are relative to."""
+    index._origin = Origin(os.path.realpath(directory), identity_of(manifest))
+    index.lineage = index._origin.identity.lineage or index.lineage
+    root = manifest.get("images_root")
+    index.images_root = root if isinstance(root, str) else None
+
+
 def check_writer(directory: str | os.PathLike, origin: Origin | None,
                  kind: str) -> int:
     """Refuse a save that would overwrite another writer's; the generation the
