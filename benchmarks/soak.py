@@ -197,6 +197,13 @@ class Server:
             return None
 
 
+def tally(counts: Counter, errors: list, kind: str, answer) -> None:
+    """Count an answer by its status class; keep the first 5xx texts."""
+    counts[f"{kind}_{answer.status_code // 100}xx"] += 1
+    if answer.status_code >= 500 and len(errors) < 20:
+        errors.append(f"{kind} {answer.status_code}: {answer.text[:300]}")
+
+
 def search_client(server: Server, queries: list[str], big: list[bytes], counts: Counter,
                   errors: list, stop_at: float, seed: int) -> None:
     import httpx
@@ -217,9 +224,7 @@ def search_client(server: Server, queries: list[str], big: list[bytes], counts: 
                 counts["search_unavailable"] += 1
                 time.sleep(0.2)
                 continue
-            counts[f"search_{answer.status_code // 100}xx"] += 1
-            if answer.status_code >= 500 and len(errors) < 20:
-                errors.append(f"search {answer.status_code}: {answer.text[:300]}")
+            tally(counts, errors, "search", answer)
 
 
 def service_writer(server: Server, pool: list[str], journal_path: Path, counts: Counter,
@@ -255,9 +260,7 @@ def service_writer(server: Server, pool: list[str], journal_path: Path, counts: 
                 counts["write_unavailable"] += 1
                 time.sleep(0.3)
                 continue
-            counts[f"write_{answer.status_code // 100}xx"] += 1
-            if answer.status_code >= 500 and len(errors) < 20:
-                errors.append(f"write {answer.status_code}: {answer.text[:300]}")
+            tally(counts, errors, "write", answer)
             time.sleep(rng.uniform(0.1, 0.5))
 
 
@@ -451,6 +454,8 @@ def main(argv=None) -> dict:
     result = {
         **run_metadata("soak.py", argv),
         "minutes": minutes, "initial_images": len(initial), "final_images": len(final),
+        "words": args.words, "writers": args.writers, "readers": args.readers,
+        "chaos_s": list(args.chaos),
         "operations": {
             "reader_loads": reader_counts["loads"],
             "reader_queries": reader_counts["queries"],
@@ -492,11 +497,12 @@ def report(r: dict) -> str:
         f"`{r['command']}` ({r['date']}; {r['machine']})", "",
         f"{r['minutes']:g} minutes on one index folder ({r['initial_images']} Caltech-101 "
         f"images at the start, {r['final_images']} at the end, SIFT at 400 px, "
-        "500 words): two processes adding and removing through `Index.updating`, "
-        "two loading and querying, `cvsearch serve --workers 2` answering three "
-        "search clients and one client adding and deleting; a chaos loop "
-        "`kill -9`s a random writer or the whole server every 4-10 s and restarts "
-        "it, and half way swaps the folder for a rebuilt index (`rm -rf X; mv Y X`).",
+        f"{r['words']} words): {r['writers']} processes adding and removing through "
+        f"`Index.updating`, {r['readers']} loading and querying, `cvsearch serve "
+        "--workers 2` answering three search clients and one client adding and "
+        "deleting; a chaos loop `kill -9`s a random writer or the whole server every "
+        f"{r['chaos_s'][0]:g}-{r['chaos_s'][1]:g} s and restarts it, and half way "
+        "swaps the folder for a rebuilt index (`rm -rf X; mv Y X`).",
         "", "| what | count |", "|---|---|",
         f"| reader loads / queries | {ops['reader_loads']:,} / {ops['reader_queries']:,} |",
         f"| acknowledged adds / removes (library and service) | "

@@ -414,6 +414,11 @@ def cmd_serve(args):
                   "names are stored as given when indexing (relative to the folder "
                   "indexed from); run serve from that folder or pass --images-root",
                   file=sys.stderr, flush=True)
+        if args.host not in ("127.0.0.1", "localhost", "::1") and not args.allow_host:
+            print(f"cvsearch serve: note: requests are answered only when addressed "
+                  f"to {args.host} or localhost; pass --allow-host NAME for each name "
+                  "clients use (the machine's name or address)", file=sys.stderr,
+                  flush=True)
         if not args.quiet:
             print(f"serving {args.index} on http://{args.host}:{args.port}/ ({mode}); "
                   "Ctrl-C stops", file=sys.stderr, flush=True)

@@ -76,6 +76,7 @@ import io
 import json
 import os
 import re
+import stat
 import tempfile
 import threading
 import time
@@ -508,11 +509,8 @@ def file_names(node):
 
 
 def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    with open(path, "rb") as file:
+        return _sha256_open(file)
 
 
 #: The kinds of index folder, by the ``format`` of their manifest.
@@ -748,9 +746,10 @@ def map_npy(directory: Path, entry, prefix: str, dtypes, verify: bool,
         raise corrupt(f"it cannot be read ({error.strerror})") from None
     with file:
         try:
-            if not _is_regular(file):
+            info = os.fstat(file.fileno())
+            if not stat.S_ISREG(info.st_mode):
                 raise corrupt("it is not a regular file")
-            if os.fstat(file.fileno()).st_size != entry["bytes"]:
+            if info.st_size != entry["bytes"]:
                 raise corrupt(f"it is not the {entry['bytes']:,} bytes its entry in "
                               f"{MANIFEST} gives (truncated or changed)")
             if verify and ((digests or {}).get(entry["name"])
@@ -771,12 +770,6 @@ def map_npy(directory: Path, entry, prefix: str, dtypes, verify: bool,
         except OSError as error:
             raise corrupt(f"it cannot be read ({error.strerror})") from None
     return (array, header) if with_header else array
-
-
-def _is_regular(file) -> bool:
-    import stat
-
-    return stat.S_ISREG(os.fstat(file.fileno()).st_mode)
 
 
 def _sha256_open(file) -> str:

@@ -289,8 +289,8 @@ def test_global_index_mistakes_are_one_line_errors(catalog):
 
 
 def test_relative_names_are_found_from_anywhere(image_files, tmp_path):
-    """An index built from 'photos/' keeps where it was built: served or grown
-    from another folder, its relative names still find their files."""
+    """An index built from 'photos/' keeps where it was built: its relative
+    names still find their files when it is served or grown elsewhere."""
     from cvsearch import Index
     from cvsearch.service import Library, Settings
 

@@ -569,6 +569,8 @@ def test_leftovers_of_a_crashed_upload_are_removed_at_start(client, index_dir):
     old = time.time() - STALE_SECONDS - 60
     for path in (orphan, temporary, index_dir / kept[0]["name"]):
         os.utime(path, (old, old))
-    Library(Settings(index_dir=index_dir))
+    Library(Settings(index_dir=index_dir))  # read-only: changes nothing
+    assert orphan.exists() and temporary.exists()
+    Library(Settings(index_dir=index_dir, token=TOKEN))
     assert not orphan.exists() and not temporary.exists()
     assert young.exists() and (index_dir / kept[0]["name"]).exists()

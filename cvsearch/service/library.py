@@ -125,8 +125,7 @@ class Settings:
     @classmethod
     def from_json(cls, text: str) -> "Settings":
         values = json.loads(text)
-        paths = {f.name for f in dataclasses.fields(cls) if "Path" in str(f.type)}
-        for key in paths:
+        for key in ("index_dir", "images_root", "verify_with"):  # the Path fields
             if values.get(key) is not None:
                 values[key] = Path(values[key])
         values["allowed_hosts"] = tuple(values.get("allowed_hosts", ()))
@@ -335,10 +334,19 @@ class Library:
     def _clean_uploads(self) -> None:
         """Remove what a crash left in ``uploads/``: temporary files, and files no
         index names (written, then the save failed), older than
-        :data:`STALE_SECONDS` (a younger one may be another worker's add)."""
+        :data:`STALE_SECONDS` (a younger one may be another worker's add). Only a
+        service that writes does it: a read-only one changes nothing, and may be
+        serving a folder it cannot write."""
         folder = self.index_dir / UPLOADS
-        if not folder.is_dir():
+        if self.settings.token is None or not folder.is_dir():
             return
+        try:
+            self._remove_leftovers(folder)
+        except OSError as error:  # e.g. the lock file cannot be created
+            logger.warning("%s: leftovers of unfinished writes not removed (%s)",
+                           folder, error)
+
+    def _remove_leftovers(self, folder: Path) -> None:
         with self._writer_locks():
             names = set(self.index.names.values()) | (
                 set() if self.verifier is None else set(self.verifier.names.values()))
