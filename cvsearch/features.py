@@ -60,6 +60,80 @@ def root_sift(descriptors: np.ndarray, eps: float = 1e-7) -> np.ndarray:
     return np.sqrt(descriptors / l1).astype(np.float32)
 
 
+def _mirror_permutation(upright: bool) -> np.ndarray:
+    """Where each of SIFT's 128 bins goes when the image is mirrored left-right.
+
+    A SIFT descriptor is 4 x 4 cells (rows, then columns, of the patch turned to
+    the keypoint's orientation) of 8 orientation bins, bin ``o`` at ``o * 45``
+    degrees. Mirroring the image turns a keypoint's orientation ``a`` into
+    ``180 - a``; in the turned patch that is a reflection across its horizontal
+    axis: cell row ``r`` becomes ``3 - r`` and bin ``o`` becomes ``-o``. An
+    upright (dense) patch is not turned: its columns swap, ``c`` becomes
+    ``3 - c``, and bin ``o`` becomes ``180 degrees - o``.
+    """
+    row, column, bin_ = np.meshgrid(np.arange(4), np.arange(4), np.arange(8),
+                                    indexing="ij")
+    if upright:
+        mirrored = (row * 4 + 3 - column) * 8 + (4 - bin_) % 8
+    else:
+        mirrored = ((3 - row) * 4 + column) * 8 + (8 - bin_) % 8
+    permutation = np.empty(128, np.int64)
+    permutation[mirrored.ravel()] = np.arange(128)
+    return permutation
+
+
+#: ``descriptor[MIRROR_PERMUTATION]`` is what SIFT (or RootSIFT) computes at the
+#: same keypoint of the mirrored image; ``UPRIGHT_MIRROR_PERMUTATION`` the same
+#: for dense SIFT's upright patches (tests/test_features.py checks both against
+#: real extractions).
+MIRROR_PERMUTATION = _mirror_permutation(upright=False)
+UPRIGHT_MIRROR_PERMUTATION = _mirror_permutation(upright=True)
+
+
+def can_mirror(features) -> bool:
+    """Whether :func:`mirror_features` applies: SIFT-layout descriptors (ORB's
+    binary tests have no such fixed permutation)."""
+    extractor = getattr(features, "extractor", None) or {}
+    return extractor.get("method") in ("sift", "rootsift") and \
+        features.descriptors.shape[1:] == (128,)
+
+
+def mirror_features(features: Features) -> Features:
+    """The features of the image mirrored left-right, without extracting again.
+
+    Parameters
+    ----------
+    features : Features
+        SIFT or RootSIFT features (dense ones too).
+
+    Returns
+    -------
+    Features
+        Keypoints ``(width - 1 - x, y, size, 180 - angle)`` (angle modulo 360,
+        left as it is for upright dense patches, whose angle is 0 in both), and the
+        descriptors with their bins permuted (:data:`MIRROR_PERMUTATION`, or
+        :data:`UPRIGHT_MIRROR_PERMUTATION` for dense features).
+
+    Raises
+    ------
+    ValueError
+        For descriptors without SIFT's layout (ORB).
+    """
+    if not can_mirror(features):
+        raise ValueError("only SIFT and RootSIFT features can be mirrored without "
+                         "extracting them again; ORB's binary descriptors cannot")
+    keypoints = np.array(features.keypoints, np.float32, copy=True)
+    keypoints[:, 0] = features.image_shape[1] - 1 - keypoints[:, 0]
+    keypoints[:, 3] = np.mod(180.0 - keypoints[:, 3], 360.0)
+    permutation = MIRROR_PERMUTATION
+    if features.extractor.get("dense_step") is not None:  # upright patches
+        keypoints[:, 3] = features.keypoints[:, 3]
+        permutation = UPRIGHT_MIRROR_PERMUTATION
+    return features._replace(
+        keypoints=keypoints,
+        descriptors=np.ascontiguousarray(features.descriptors[:, permutation]))
+
+
 #: Dense patches whose mean gradient magnitude (intensities in [0, 1]) is below this
 #: are dropped: flat background only adds noise words.
 DENSE_CONTRAST_THRESHOLD = 0.005

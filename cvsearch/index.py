@@ -18,7 +18,7 @@ import numpy as np
 
 from cvsearch import index_folder, storage
 from cvsearch._validation import check_choice, check_float, check_int, check_n_jobs
-from cvsearch.features import FeatureExtractor, Features
+from cvsearch.features import FeatureExtractor, Features, can_mirror
 from cvsearch.parallel import ImageWords, SkippedImage, check_words, extract_many
 from cvsearch.rerank import DEFAULT_MIN_INLIERS
 from cvsearch.searcher import (
@@ -682,7 +682,8 @@ class Index:
     def query(self, image, k: int = 10, *, rerank: int = 0,
               min_inliers: int = DEFAULT_MIN_INLIERS, verification: str = "shapes",
               multiple_assignment: bool = True, expand: int = 0,
-              return_inliers: bool = False):
+              mirror: bool = False, return_inliers: bool = False,
+              return_evidence: bool = False):
         """The ``k`` most similar images to ``image``.
 
         Parameters
@@ -720,8 +721,18 @@ class Index:
             scores. It finds more views of an object that the first search
             verified, not a better first answer (0, the default: off; see
             benchmarks/results/instance.md).
+        mirror : bool
+            Also search for the image mirrored left-right (its SIFT descriptors
+            permuted, not extracted again: see
+            :func:`cvsearch.features.mirror_features`); each result keeps the
+            better of the two. SIFT and RootSIFT only (ORB is searched as given).
         return_inliers : bool
             Also return the inlier counts.
+        return_evidence : bool
+            Also return the :class:`~cvsearch.decision.Evidence` of each result:
+            inliers, the a-contrario ``log_nfa``, coverage, and the decision
+            ``kind`` ("copy", "object", "none", "unverified"); it replaces the
+            inliers (``evidence.inliers``).
 
         Returns
         -------
@@ -737,6 +748,8 @@ class Index:
             RANSAC runs as long as finding ``min_inliers`` inliers needs, so
             counts below ``min_inliers`` are lower bounds (:meth:`inliers`
             gives full counts).
+        evidence : Evidence of min(k, len(index)) results
+            Only with ``return_evidence``.
 
         Raises
         ------
@@ -748,10 +761,12 @@ class Index:
             If the image path does not exist.
         """
         ranking = check_ranking(k, rerank, min_inliers, verification,
-                                multiple_assignment, expand)
+                                multiple_assignment, expand, mirror)
         searcher = self.searcher()
-        scores, ids, inliers = searcher.search(self._features_of(image), ranking)
-        return (scores, ids, inliers) if return_inliers else (scores, ids)
+        scores, ids, evidence = searcher.search(self._features_of(image), ranking)
+        if return_evidence:
+            return scores, ids, evidence
+        return (scores, ids, evidence.inliers) if return_inliers else (scores, ids)
 
     def query_batch(self, images: Sequence, k: int = 10, *, rerank: int = 0,
                     min_inliers: int = DEFAULT_MIN_INLIERS,
@@ -774,7 +789,8 @@ class Index:
         all_ids = np.full((len(images), k), -1, np.int64)
         all_inliers = np.full((len(images), k), -1, np.int32)
         for row, image in enumerate(images):
-            scores, ids, inliers = searcher.search(self._features_of(image), ranking)
+            scores, ids, evidence = searcher.search(self._features_of(image), ranking)
+            inliers = evidence.inliers
             all_scores[row, :len(ids)] = scores
             all_ids[row, :len(ids)] = ids
             all_inliers[row, :len(ids)] = inliers
@@ -809,8 +825,8 @@ class Index:
         """
         searcher = self.searcher()
         ranking = check_ranking(k, rerank, min_inliers, verification, False, 0)
-        scores, ids, inliers = searcher.similar(id, ranking)
-        return (scores, ids, inliers) if return_inliers else (scores, ids)
+        scores, ids, evidence = searcher.similar(id, ranking)
+        return (scores, ids, evidence.inliers) if return_inliers else (scores, ids)
 
     def inliers(self, image, ids: Sequence[int], *, verification: str = "shapes",
                 multiple_assignment: bool = True) -> np.ndarray:
@@ -832,9 +848,17 @@ class Index:
         return searcher.inliers(self._features_of(image), ids, verification, multiple)
 
     def matches(self, image, id: int, *, verification: str = "shapes",
-                multiple_assignment: bool = True):
+                multiple_assignment: bool = True, mirrored: bool = False):
         """The inlier correspondences between ``image`` and image ``id``
-        (``verification`` and ``multiple_assignment`` as in :meth:`query`).
+        (``verification`` and ``multiple_assignment`` as in :meth:`query`), the
+        same verification as :meth:`query`'s, so its count is the result's.
+
+        Parameters
+        ----------
+        mirrored : bool
+            Match the image mirrored left-right (as ``query(mirror=True)`` did
+            where ``evidence.mirrored``); the points are still in ``image``'s own
+            pixels.
 
         Returns
         -------
@@ -847,7 +871,12 @@ class Index:
         searcher.check_id(id, "matches")
         check_choice(verification, "verification", VERIFICATIONS)
         multiple = check_assignment(multiple_assignment)
-        return searcher.matches(self._features_of(image), id, verification, multiple)
+        features = self._features_of(image)
+        if mirrored and not (isinstance(features, Features) and can_mirror(features)):
+            raise ValueError("mirrored matches need SIFT or RootSIFT features of "
+                             "the query (not words, not ORB)")
+        return searcher.matches(features, id, verification, multiple,
+                                mirrored=bool(mirrored))
 
     def vectors(self):
         """The database's weighted bag-of-words vectors, one row per image, in the

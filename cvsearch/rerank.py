@@ -281,7 +281,7 @@ def similarity_inliers(query_keypoints: np.ndarray, db_keypoints: np.ndarray,
     """
     db_idx = np.asarray(db_idx, np.int64)
     order = np.argsort(db_idx, kind="stable")  # the batch wants pairs by image
-    counts, mask = _similarity_batch(
+    counts, mask, _ = _similarity_batch(
         query_keypoints, db_keypoints, np.asarray(query_idx, np.int64)[order],
         db_idx[order], np.zeros(len(db_idx), np.int64), np.array([threshold], float),
         min_inliers)
@@ -299,8 +299,9 @@ def _similarity_batch(query_keypoints, db_keypoints, query_idx, db_idx, labels,
     ``labels`` (n_pairs,) says which image each pair belongs to, in increasing
     order; ``thresholds`` (n_images,) are their thresholds. Returns the inlier
     counts (n_images,), int64, -1 for images with no pair having shapes on both
-    sides (0 for images with no pair at all), and the mask (n_pairs,) of inlier
-    pairs. The histogram and the
+    sides (0 for images with no pair at all), the mask (n_pairs,) of inlier
+    pairs, and whether each image's count is exact (n_images,), bool (False: a
+    lower bound, because it could not reach ``min_inliers``). The histogram and the
     hypotheses of all images are computed together (a short-list is mostly
     images that do not match, each with a few dozen pairs: per-image numpy calls
     would cost more than the arithmetic); only the images whose best hypothesis
@@ -318,9 +319,11 @@ def _similarity_batch(query_keypoints, db_keypoints, query_idx, db_idx, labels,
     counts = np.where(shapeless, -1, 0)
     first_pair = np.cumsum(per_image) - per_image
     alive = (counts == 0) & (per_image >= max(3, min_inliers or 0))
+    # exact: no pairs, or too few to reach min_inliers (then nothing verifies)
+    exact = (per_image == 0) | ((per_image < 3) & (counts == 0))
     chosen = np.flatnonzero(known & alive[labels])
     if not len(chosen):
-        return counts, mask
+        return counts, mask, exact
     label = labels[chosen]
     rotation = np.deg2rad(np.mod(db[chosen, 3] - query[chosen, 3], 360.0))
     log_scale = np.log2(db[chosen, 2] / query[chosen, 2])
@@ -368,10 +371,13 @@ def _similarity_batch(query_keypoints, db_keypoints, query_idx, db_idx, labels,
     by_support = np.lexsort((np.arange(len(hyp)), -support, hyp_label))
     firsts = by_support[np.concatenate([[True], np.diff(hyp_label[by_support]) != 0])]
     test_start = np.cumsum(tests) - tests
+    # images whose peak had no two members found nothing: exact 0
+    exact |= alive & (n_members == 0) & (min_inliers is None)
     for best in firsts:
         image = int(hyp_label[best])
         if min_inliers is not None and 2 * support[best] < min_inliers:
             continue  # hopeless: not worth refining; 0 is a lower bound
+        exact[image] = True
         block = slice(test_start[best], test_start[best] + tests[best])
         span = slice(first_pair[image], first_pair[image] + per_image[image])
         inliers = np.zeros(per_image[image], bool)
@@ -380,7 +386,7 @@ def _similarity_batch(query_keypoints, db_keypoints, query_idx, db_idx, labels,
         mask[span] = inliers
         counts[image] = min(_distinct_points(query[span][inliers, :2].astype(np.float32)),
                             _distinct_points(db[span][inliers, :2].astype(np.float32)))
-    return counts, mask
+    return counts, mask, exact
 
 
 def _refine(query_xy: np.ndarray, db_xy: np.ndarray, inliers: np.ndarray,
@@ -435,12 +441,39 @@ def reorder(inliers: np.ndarray, min_inliers: int) -> np.ndarray:
     return np.concatenate([first, position[~verified]]).astype(np.int64)
 
 
-def verify_shortlist(query_words, query_keypoints, candidates, *,
-                     max_side: int, reproj_threshold: float = 6.0,
-                     max_per_word: int = MAX_PER_WORD,
-                     min_inliers: int | None = None,
-                     use_shapes: bool = True) -> np.ndarray:
-    """Inlier counts of a query against candidate database images.
+class Verified(NamedTuple):
+    """What verifying a query against candidate images found.
+
+    Attributes
+    ----------
+    inliers : ndarray of shape (n_candidates,), int32
+        Inliers, counted once per distinct keypoint on each side.
+    pairs : ndarray of shape (n_candidates,), int32
+        The word correspondences that were tried.
+    exact : ndarray of shape (n_candidates,), bool
+        Whether the count is exact; False where verification stopped early
+        because the candidate could not reach ``min_inliers`` (the count is then
+        a lower bound, not a measurement).
+    matched : list of (query_idx, db_idx)
+        Per candidate, the inlier correspondences: indices (int64) into the
+        query's and the candidate's keypoints.
+    thresholds : ndarray of shape (n_candidates,), float64
+        The inlier tolerance used, in each candidate's pixels.
+    """
+
+    inliers: np.ndarray
+    pairs: np.ndarray
+    exact: np.ndarray
+    matched: list
+    thresholds: np.ndarray
+
+
+def verify_candidates(query_words, query_keypoints, candidates, *,
+                      max_side: int, reproj_threshold: float = 6.0,
+                      max_per_word: int = MAX_PER_WORD,
+                      min_inliers: int | None = None,
+                      use_shapes: bool = True) -> Verified:
+    """Verify a query against candidate database images.
 
     Parameters
     ----------
@@ -456,46 +489,80 @@ def verify_shortlist(query_words, query_keypoints, candidates, *,
     reproj_threshold : float
     max_per_word : int
     min_inliers : int or None
-        The inliers that make an image verified: RANSAC runs only as long as
-        finding such a model needs (:func:`iterations_needed`), so counts below
-        it are lower bounds. None: the full 2,000 iterations for every image.
+        The inliers that make an image verified: candidates that cannot reach
+        them are not refined (RANSAC runs only as long as finding such a model
+        needs, :func:`iterations_needed`), and their counts are lower bounds
+        (``exact`` False). None: every candidate is verified in full.
     use_shapes : bool
         Verify with :func:`similarity_inliers` where both sides' keypoints have
         shapes (size > 0); RANSAC otherwise.
 
     Returns
     -------
-    inliers : ndarray of shape (n_candidates,), int32
+    Verified
     """
     reproj_threshold = check_float(reproj_threshold, "reproj_threshold",
                                    minimum=0.0)
     check_int(max_per_word, "max_per_word", minimum=1)
     table = QueryWords.of(query_words)  # the query's side, once for all
     candidates = list(candidates)
-    inliers = np.full(len(candidates), -1, np.int64)
-    if use_shapes and candidates:
-        # all candidates' pairs at once (see _similarity_batch)
-        words = np.concatenate([np.asarray(c[0]).ravel() for c in candidates])
-        keypoints = np.concatenate([np.asarray(c[1], np.float32).reshape(-1, 4)
-                                    for c in candidates])
-        labels = np.repeat(np.arange(len(candidates)),
-                           [len(np.asarray(c[0]).ravel()) for c in candidates])
-        thresholds = np.array([reproj_threshold * max(1.0, max(c[2]) / max_side)
-                               for c in candidates])
-        query_idx, db_idx = _pairs(table, words, labels, max_per_word)
-        inliers, _ = _similarity_batch(query_keypoints, keypoints, query_idx, db_idx,
-                                       labels[db_idx], thresholds, min_inliers)
+    n = len(candidates)
+    query_keypoints = np.asarray(query_keypoints, np.float32).reshape(-1, 4)
+    thresholds = np.array([reproj_threshold * max(1.0, max(c[2]) / max_side)
+                           for c in candidates], float)
+    sizes = np.array([len(np.asarray(c[0]).ravel()) for c in candidates], np.int64)
+    labels = np.repeat(np.arange(n), sizes)
+    words = (np.concatenate([np.asarray(c[0]).ravel() for c in candidates]) if n
+             else np.zeros(0, np.int64))
+    keypoints = (np.concatenate([np.asarray(c[1], np.float32).reshape(-1, 4)
+                                 for c in candidates]) if n
+                 else np.zeros((0, 4), np.float32))
+    # all candidates' pairs at once, ordered by candidate (see _similarity_batch)
+    query_idx, db_idx = _pairs(table, words, labels, max_per_word)
+    pair_label = labels[db_idx]
+    pairs = np.bincount(pair_label, minlength=n).astype(np.int32)
+    inliers = np.full(n, -1, np.int64)
+    exact = np.zeros(n, bool)
+    mask = np.zeros(len(query_idx), bool)
+    if use_shapes and n:
+        inliers, mask, exact = _similarity_batch(query_keypoints, keypoints, query_idx,
+                                                 db_idx, pair_label, thresholds,
+                                                 min_inliers)
+    first = np.concatenate([[0], np.cumsum(sizes)])
+    first_pair = np.concatenate([[0], np.cumsum(pairs)]).astype(np.int64)
     # the others by RANSAC. OpenCV releases the GIL in it, and its generator is
     # seeded per call: they are verified in threads with the same results as in
     # a loop.
     rest = np.flatnonzero(inliers < 0)
-    inliers[rest] = map_in_pool(
-        lambda candidate: inlier_pairs(
-            query_words, query_keypoints, *candidate, max_side=max_side,
-            reproj_threshold=reproj_threshold, max_per_word=max_per_word,
-            min_inliers=min_inliers, query_table=table, use_shapes=False)[0],
-        [candidates[i] for i in rest])
-    return inliers.astype(np.int32)
+
+    def by_ransac(i):
+        span = slice(first_pair[i], first_pair[i + 1])
+        max_iters = 2000 if min_inliers is None else iterations_needed(
+            int(pairs[i]), min_inliers)
+        count, found = count_inliers(query_keypoints[query_idx[span], :2],
+                                     keypoints[db_idx[span], :2],
+                                     reproj_threshold=thresholds[i],
+                                     max_iters=max(max_iters, 1))
+        return count, found, (min_inliers is None or count >= min_inliers
+                              or max_iters >= 2000 or pairs[i] < 4)
+
+    for i, (count, found, done) in zip(rest, map_in_pool(by_ransac, rest.tolist())):
+        inliers[i], exact[i] = count, done
+        mask[first_pair[i]:first_pair[i + 1]] = found
+    matched = [(query_idx[first_pair[i]:first_pair[i + 1]][mask[first_pair[i]:
+                                                                 first_pair[i + 1]]],
+                db_idx[first_pair[i]:first_pair[i + 1]][mask[first_pair[i]:
+                                                              first_pair[i + 1]]]
+                - first[i]) for i in range(n)]
+    return Verified(inliers.astype(np.int32), pairs, exact, matched, thresholds)
+
+
+def verify_shortlist(query_words, query_keypoints, candidates, **options) -> np.ndarray:
+    """Inlier counts of a query against candidate database images: the
+    ``inliers`` of :func:`verify_candidates` (same parameters), (n_candidates,)
+    int32."""
+    return verify_candidates(query_words, query_keypoints, candidates,
+                             **options).inliers
 
 
 def inlier_pairs(query_words, query_keypoints, words, keypoints, image_shape, *,
@@ -504,27 +571,21 @@ def inlier_pairs(query_words, query_keypoints, words, keypoints, image_shape, *,
                  query_table: QueryWords | None = None, use_shapes: bool = True):
     """Verify one database image; return its inlier count and inlier points.
 
-    Parameters are those of :func:`verify_shortlist` for one candidate.
+    The same computation as :func:`verify_candidates` for one candidate, so a
+    match picture shows the count of the search's result.
 
     Returns
     -------
     n_inliers : int
-    query_xy, db_xy : ndarray of shape (n_pairs, 2), float32
-        The RANSAC inlier correspondences, in each image's pixels.
+    query_xy, db_xy : ndarray of shape (n_inliers, 2), float32
+        The inlier correspondences, in each image's pixels.
     """
-    query_idx, db_idx = word_correspondences(query_words, words, max_per_word,
-                                             query_table=query_table)
-    scale = max(1.0, max(image_shape) / max_side)
-    query_xy = query_keypoints[query_idx, :2]
-    db_xy = keypoints[db_idx, :2]
-    if use_shapes:
-        found = similarity_inliers(query_keypoints, keypoints, query_idx, db_idx,
-                                   threshold=reproj_threshold * scale,
-                                   min_inliers=min_inliers)
-        if found is not None:
-            return found[0], query_xy[found[1]], db_xy[found[1]]
-    max_iters = 2000 if min_inliers is None else iterations_needed(len(query_idx),
-                                                                   min_inliers)
-    n, mask = count_inliers(query_xy, db_xy, reproj_threshold=reproj_threshold * scale,
-                            max_iters=max(max_iters, 1))
-    return n, query_xy[mask], db_xy[mask]
+    del query_table  # the table is rebuilt: one candidate
+    found = verify_candidates(query_words, query_keypoints,
+                              [(words, keypoints, image_shape)], max_side=max_side,
+                              reproj_threshold=reproj_threshold,
+                              max_per_word=max_per_word, min_inliers=min_inliers,
+                              use_shapes=use_shapes)
+    query_idx, db_idx = found.matched[0]
+    return (int(found.inliers[0]), np.asarray(query_keypoints, np.float32)[query_idx, :2],
+            np.asarray(keypoints, np.float32).reshape(-1, 4)[db_idx, :2])

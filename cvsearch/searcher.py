@@ -15,9 +15,11 @@ from typing import NamedTuple
 
 import numpy as np
 
+from cvsearch import decision as _decision
 from cvsearch import rerank as _rerank
 from cvsearch._validation import check_choice, check_int
-from cvsearch.features import Features
+from cvsearch.decision import Evidence
+from cvsearch.features import Features, can_mirror, mirror_features
 from cvsearch.parallel import ImageWords
 from cvsearch.store import Store
 from cvsearch.vocabulary import Vocabulary
@@ -36,10 +38,23 @@ class Ranking(NamedTuple):
     verification: str
     multiple_assignment: bool
     expand: int
+    mirror: bool = False
+
+
+class View(NamedTuple):
+    """One way of looking at the query: its words for scoring, and the words and
+    keypoints that verification matches (repeated with multiple assignment)."""
+
+    words: np.ndarray
+    keypoints: np.ndarray
+    image_shape: tuple
+    verify_words: np.ndarray
+    verify_keypoints: np.ndarray
+    mirrored: bool = False
 
 
 def check_ranking(k, rerank, min_inliers, verification, multiple_assignment,
-                  expand) -> Ranking:
+                  expand, mirror=False) -> Ranking:
     """The ranking arguments, checked: a :class:`Ranking`, or a clear error."""
     ranking = Ranking(
         check_int(k, "k", minimum=1, hint="ask for at least one result"),
@@ -47,18 +62,22 @@ def check_ranking(k, rerank, min_inliers, verification, multiple_assignment,
         check_int(min_inliers, "min_inliers", minimum=1),
         check_choice(verification, "verification", VERIFICATIONS),
         check_assignment(multiple_assignment),
-        check_int(expand, "expand", minimum=0))
+        check_int(expand, "expand", minimum=0),
+        check_flag(mirror, "mirror"))
     if ranking.expand and not ranking.rerank:
         raise ValueError("expand needs rerank > 0: only verified results expand "
                          "the query")
     return ranking
 
 
+def check_flag(value, name: str) -> bool:
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be True or False, got {type(value).__name__}")
+    return bool(value)
+
+
 def check_assignment(multiple_assignment) -> bool:
-    if not isinstance(multiple_assignment, (bool, np.bool_)):
-        raise TypeError(f"multiple_assignment must be True or False, got "
-                        f"{type(multiple_assignment).__name__}")
-    return bool(multiple_assignment)
+    return check_flag(multiple_assignment, "multiple_assignment")
 
 
 class Searcher:
@@ -91,35 +110,44 @@ class Searcher:
         -------
         scores : ndarray of shape (m,), float32
         ids : ndarray of shape (m,), int64
-        inliers : ndarray of shape (m,), int32, -1 where not verified
+        evidence : Evidence of m results (not verified outside the short-list)
             ``m = min(ranking.k, len(self))``; see :meth:`cvsearch.Index.query`.
         """
-        words, verify_with = self.query_words(
-            features, ranking.rerank > 0 and ranking.multiple_assignment)
-        return self.rank(words, features.keypoints, features.image_shape, ranking,
-                         verify_with=verify_with)
+        multiple = ranking.rerank > 0 and ranking.multiple_assignment
+        views = [self.view(features, multiple)]
+        if ranking.mirror and isinstance(features, Features) and can_mirror(features):
+            views.append(self.view(mirror_features(features), multiple, mirrored=True))
+        return self.rank(views, ranking)
 
     def similar(self, id_: int, ranking: Ranking):
         """:meth:`search` with image ``id_``'s own words, itself left out."""
         id_ = self.check_id(id_, "similar")
-        return self.rank(*self.store.image(id_), ranking, exclude=id_)
+        words, keypoints, shape = self.store.image(id_)
+        return self.rank([View(words, keypoints, shape, words, keypoints)], ranking,
+                         exclude=id_)
 
     def inliers(self, features, ids, verification: str,
                 multiple_assignment: bool) -> np.ndarray:
         """Inlier counts of a query against images ``ids``: (len(ids),) int32."""
         ids = np.asarray([self.check_id(i, "inliers") for i in ids], np.int64)
-        _, verify_with = self.query_words(features, multiple_assignment)
-        return self.verify(*verify_with, ids, verification)
+        return self.verify(self.view(features, multiple_assignment), ids,
+                           verification).inliers
 
     def matches(self, features, id_: int, verification: str,
-                multiple_assignment: bool):
+                multiple_assignment: bool, mirrored: bool = False):
         """``(query_xy, db_xy)``: the inlier correspondences with image ``id_``,
-        each (n_inliers, 2) float32."""
+        each (n_inliers, 2) float32, in the query's own pixels (also when it
+        matched ``mirrored``); the same verification as :meth:`search`'s."""
         id_ = self.check_id(id_, "matches")
-        _, verify_with = self.query_words(features, multiple_assignment)
+        if mirrored:
+            features = mirror_features(features)
+        view = self.view(features, multiple_assignment, mirrored=mirrored)
         _, query_xy, db_xy = _rerank.inlier_pairs(
-            *verify_with, *self.store.image(id_), max_side=self.max_side,
-            use_shapes=verification == "shapes")
+            view.verify_words, view.verify_keypoints, *self.store.image(id_),
+            max_side=self.max_side, use_shapes=verification == "shapes")
+        if mirrored:  # back to the query as it was given
+            query_xy = query_xy.copy()
+            query_xy[:, 0] = features.image_shape[1] - 1 - query_xy[:, 0]
         return query_xy, db_xy
 
     # ---------------------------------------------------------------- stages
@@ -129,52 +157,68 @@ class Searcher:
             return np.asarray(features.words, np.int32)
         return self.vocabulary.predict(features.descriptors)
 
-    def query_words(self, features, multiple: bool):
+    def view(self, features, multiple: bool, mirrored: bool = False) -> View:
         """The query's words, and the ``(words, keypoints)`` that verification
         matches: with multiple assignment, keypoints repeated with their next
         nearest word where it is nearly as near (one search gives both)."""
         if not multiple or not isinstance(features, Features):
             words = self.words_of(features)
-            return words, (words, features.keypoints)
+            return View(words, features.keypoints, features.image_shape, words,
+                        features.keypoints, mirrored)
         words, second, best, second_best = self.vocabulary.predict_two(
             features.descriptors)
-        return words, _rerank.multiple_assignment(words, features.keypoints, second,
-                                                  best, second_best)
+        verify_words, verify_keypoints = _rerank.multiple_assignment(
+            words, features.keypoints, second, best, second_best)
+        return View(words, features.keypoints, features.image_shape, verify_words,
+                    verify_keypoints, mirrored)
 
-    def rank(self, words, keypoints, image_shape, ranking: Ranking,
-             exclude: int | None = None, verify_with=None):
-        """Score by tf-idf cosine, verify the short-list, expand if asked."""
-        k, rerank, min_inliers, verification, _, expand = ranking
+    def query_vector(self, view: View):
         store = self.store
-        columns, values = query_tfidf(words, keypoints, image_shape, store.n_words,
-                                      store.levels, store.weights().idf, store.power,
-                                      store.tf_power)
-        top_scores, ids = store.best(columns, values, max(k, rerank), exclude)
-        n = len(ids)
-        inliers = np.full(n, -1, np.int32)
+        return query_tfidf(view.words, view.keypoints, view.image_shape, store.n_words,
+                           store.levels, store.weights().idf, store.power,
+                           store.tf_power)
+
+    def rank(self, views: list, ranking: Ranking, exclude: int | None = None):
+        """Score by tf-idf cosine (each view; an image keeps its best score),
+        verify the short-list, expand if asked."""
+        k, rerank, min_inliers, verification, _, expand, _ = ranking
+        m = max(k, rerank)
+        vectors = [self.query_vector(view) for view in views]
+        top_scores, ids = self.store.best(*vectors[0], m, exclude)
+        if len(views) > 1:
+            top_scores, ids = _best_of(
+                [(top_scores, ids)] + [self.store.best(*vector, m, exclude)
+                                       for vector in vectors[1:]], m)
+        evidence = Evidence.unverified(len(ids))
         if rerank:
             short = ids[:rerank]
-            verified = self.verify(*(verify_with or (words, keypoints)), short,
-                                   verification, min_inliers)
-            order = _rerank.reorder(verified, min_inliers)
+            found = self.verify(views[0], short, verification, min_inliers)
+            for view in views[1:]:
+                other = self.verify(view, short, verification, min_inliers)
+                better = _decision.stronger(found, other)
+                found = Evidence(*(np.where(better, b, a) for a, b in zip(found, other)))
+            # each view is one more chance of a chance match
+            found = found._replace(log_nfa=found.log_nfa + np.log10(len(views)))
+            order = _rerank.reorder(found.inliers, min_inliers)
             ids[:len(short)] = short[order]
             top_scores[:len(short)] = top_scores[:len(short)][order]
-            inliers[:len(short)] = verified[order]
+            evidence = Evidence.concatenate([found.take(order),
+                                             evidence.take(slice(len(short), None))])
             if expand:
-                top_scores, ids, inliers = self.expand(
-                    (columns, values), top_scores, ids, inliers, ranking, exclude)
-        m = min(k, n)
-        return top_scores[:m], ids[:m], inliers[:m]
+                top_scores, ids, evidence = self.expand(
+                    vectors[0], top_scores, ids, evidence, ranking, exclude)
+        m = min(k, len(ids))
+        return top_scores[:m], ids[:m], evidence.take(slice(0, m))
 
-    def expand(self, query_vector, scores, ids, inliers, ranking: Ranking,
+    def expand(self, query_vector, scores, ids, evidence: Evidence, ranking: Ranking,
                exclude: int | None):
         """Average query expansion of a re-ranked list (same length): the
         verified results first, as they are, then the others in the order of the
         query averaged with the best ``ranking.expand`` verified ones."""
         store = self.store
-        verified = inliers >= ranking.min_inliers
+        verified = evidence.inliers >= ranking.min_inliers
         if not verified.any():
-            return scores, ids, inliers
+            return scores, ids, evidence
         idf = store.weights().idf
         vectors = [query_vector] + [
             query_tfidf(words, keypoints, shape, store.n_words, store.levels, idf,
@@ -183,21 +227,26 @@ class Searcher:
                 ids[verified][:ranking.expand])]
         n, kept = len(ids), int(verified.sum())
         new_scores, new_ids = store.best(*average_vectors(vectors), n + kept, exclude)
-        known = dict(zip(ids.tolist(), inliers.tolist()))  # counts below the bar too
+        # what was verified keeps its evidence, below the bar too
+        known = {id_: row for row, id_ in enumerate(ids.tolist())}
         fresh = ~np.isin(new_ids, ids[verified])
         new_scores, new_ids = new_scores[fresh][:n - kept], new_ids[fresh][:n - kept]
+        rows = np.array([known.get(i, -1) for i in new_ids.tolist()], np.int64)
+        padded = Evidence.concatenate([evidence, Evidence.unverified(1)])
         return (np.concatenate([scores[verified], new_scores]),
                 np.concatenate([ids[verified], new_ids]),
-                np.concatenate([inliers[verified], np.array(
-                    [known.get(i, -1) for i in new_ids.tolist()], np.int32)]))
+                Evidence.concatenate([evidence.take(verified), padded.take(rows)]))
 
-    def verify(self, words, keypoints, ids, verification: str,
-               min_inliers: int | None = None) -> np.ndarray:
-        """Inliers of the query against each image of ``ids``: (len(ids),) int32."""
-        return _rerank.verify_shortlist(words, keypoints, self.store.images(ids),
-                                        max_side=self.max_side,
-                                        min_inliers=min_inliers,
-                                        use_shapes=verification == "shapes")
+    def verify(self, view: View, ids, verification: str,
+               min_inliers: int | None = None) -> Evidence:
+        """The evidence of the query's ``view`` against each image of ``ids``."""
+        candidates = self.store.images(ids)
+        found = _rerank.verify_candidates(view.verify_words, view.verify_keypoints,
+                                          candidates, max_side=self.max_side,
+                                          min_inliers=min_inliers,
+                                          use_shapes=verification == "shapes")
+        return _decision.evidence_of(found, view.verify_keypoints, view.image_shape,
+                                     candidates, len(self.store), view.mirrored)
 
     def check_id(self, id_, what: str) -> int:
         """An image id of this state, as an int, or a clear error."""
@@ -212,3 +261,15 @@ class Searcher:
             raise ValueError(f"id {id_} is out of range: no image of the index (of "
                              f"{len(self.store)}) has it") from None
         return int(id_)
+
+
+def _best_of(lists, m: int):
+    """Merge ``(scores, ids)`` lists, best first, each image once with its best
+    score; ties go to the smaller id. Returns the ``m`` best."""
+    scores = np.concatenate([scores for scores, _ in lists])
+    ids = np.concatenate([ids for _, ids in lists])
+    order = np.lexsort((ids, -scores))
+    scores, ids = scores[order], ids[order]
+    _, first = np.unique(ids, return_index=True)
+    keep = np.sort(first)[:m]
+    return scores[keep], ids[keep]

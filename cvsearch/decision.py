@@ -1,0 +1,258 @@
+"""Stage 6: from verified correspondences to a decision with a meaning.
+
+An inlier count is evidence, not an answer: 10 inliers among 60 correspondences
+are strong evidence, among 3,000 they are chance, and they do not say how much of
+each image agrees. Two questions get two decisions:
+
+- **same object**: some rigid part of the two images agrees under one transform,
+  more than chance allows. The measure is a-contrario (Moisan & Stival, IJCV
+  2004; the NFA of ORSA / AC-RANSAC): the expected number of false alarms, over
+  all the images of the index, of an inlier set this large among the
+  correspondences tried, when a chance correspondence lands within the inlier
+  tolerance with probability (tolerance disk) / (image area). Its meaning does
+  not change with the collection: ``log_nfa <= -2`` means fewer than one such
+  chance match per hundred queries, whatever the number of images.
+- **same picture** (a copy: crop, rescale, rotation, mirror, recompression,
+  overlay, screenshot): the same object, and the agreeing region covers most of
+  what the two images share. Coverage is measured on a grid: of the cells of an
+  image that have keypoints and lie in the overlap of the two images under the
+  fitted transform, the share holding an inlier. Two photos of different things
+  on one carpet agree on the carpet only: the things' cells stay uncovered.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+from scipy.special import gammaln
+
+#: Same object: at most this log10 of the expected false alarms per query.
+SAME_OBJECT_LOG_NFA = -2.0
+#: Same picture: the agreeing region covers at least this share of the textured
+#: overlap, on the side where the overlap is seen in more cells.
+COPY_COVERAGE = 0.5
+#: Coverage grid: cells per side of each image.
+GRID = 8
+#: A transform needs this many correspondences to be fitted (a homography): the
+#: a-contrario count starts from there, as ORSA's does.
+SAMPLE = 4
+
+#: The kinds of :attr:`Evidence.kind`, strongest first.
+KINDS = ("copy", "object", "none", "unverified")
+
+
+class Evidence(NamedTuple):
+    """What verification says about each result of a query.
+
+    Attributes
+    ----------
+    inliers : ndarray of shape (m,), int32
+        Inliers; -1 where not verified (outside the re-ranked short-list).
+    pairs : ndarray of shape (m,), int32
+        Word correspondences tried; -1 where not verified.
+    exact : ndarray of shape (m,), bool
+        Whether the count was finished (False: verification stopped early as the
+        image could not reach ``min_inliers``; its count is only a lower bound,
+        and its kind is "unverified").
+    log_nfa : ndarray of shape (m,), float64
+        log10 of the expected number of chance matches this strong per query over
+        the whole index; +inf where nothing was verified.
+    query_coverage, coverage : ndarray of shape (m,), float32
+        Share of the query's, and of the result's, textured overlap covered by
+        inliers, in [0, 1].
+    mirrored : ndarray of shape (m,), bool
+        Whether the result matched the mirrored query.
+    """
+
+    inliers: np.ndarray
+    pairs: np.ndarray
+    exact: np.ndarray
+    log_nfa: np.ndarray
+    query_coverage: np.ndarray
+    coverage: np.ndarray
+    mirrored: np.ndarray
+
+    @classmethod
+    def unverified(cls, m: int) -> Evidence:
+        """Evidence of ``m`` results that were not verified."""
+        return cls(np.full(m, -1, np.int32), np.full(m, -1, np.int32),
+                   np.zeros(m, bool), np.full(m, np.inf), np.zeros(m, np.float32),
+                   np.zeros(m, np.float32), np.zeros(m, bool))
+
+    def take(self, rows) -> Evidence:
+        """The evidence of ``rows`` (an index array or a slice)."""
+        return Evidence(*(np.asarray(field)[rows] for field in self))
+
+    @staticmethod
+    def concatenate(parts) -> Evidence:
+        return Evidence(*(np.concatenate(fields) for fields in zip(*parts)))
+
+    @property
+    def same_object(self) -> np.ndarray:
+        """(m,) bool: some rigid part agrees beyond chance."""
+        return self.exact & (self.log_nfa <= SAME_OBJECT_LOG_NFA)
+
+    @property
+    def copy(self) -> np.ndarray:
+        """(m,) bool: the same picture (see the module's docstring)."""
+        return self.same_object & (np.maximum(self.query_coverage, self.coverage)
+                                   >= COPY_COVERAGE)
+
+    @property
+    def kind(self) -> np.ndarray:
+        """(m,) str: "copy", "object", "none" (verified, neither) or "unverified"."""
+        return np.where(self.copy, "copy", np.where(
+            self.same_object, "object", np.where(self.exact, "none", "unverified")))
+
+    def record(self, row: int) -> dict:
+        """One result's evidence as plain JSON values (None where not measured)."""
+        exact = bool(self.exact[row])
+        return {"kind": str(self.kind[row]),
+                "inliers": int(self.inliers[row]) if exact else None,
+                "log_nfa": (round(float(self.log_nfa[row]), 2)
+                            if exact and np.isfinite(self.log_nfa[row]) else None),
+                "coverage": round(float(self.coverage[row]), 3) if exact else None,
+                "query_coverage": (round(float(self.query_coverage[row]), 3)
+                                   if exact else None),
+                "mirrored": bool(self.mirrored[row])}
+
+
+def log10_nfa(pairs, inliers, tolerance, image_area, n_images: int) -> np.ndarray:
+    """log10 of the number of false alarms of inlier sets (ORSA's count).
+
+    ``NFA = n_images (n - 4) C(n, k) C(k, 4) p^(k - 4)``, with n correspondences
+    tried, k inliers and p the chance that a wrong correspondence falls within
+    the tolerance of its prediction (disk over image area).
+
+    Parameters
+    ----------
+    pairs, inliers : array-like of shape (m,), int
+    tolerance : array-like of shape (m,), float
+        Inlier radius, in the result image's pixels.
+    image_area : array-like of shape (m,), float
+        The result image's area, in the same pixels.
+    n_images : int
+        Images the query was compared with (the index's size).
+
+    Returns
+    -------
+    ndarray of shape (m,), float64; +inf where fewer than 5 inliers.
+    """
+    n = np.asarray(pairs, np.float64)
+    k = np.asarray(inliers, np.float64)
+    p = np.clip(np.pi * np.asarray(tolerance, np.float64) ** 2
+                / np.maximum(np.asarray(image_area, np.float64), 1.0), 1e-12, 1.0)
+    valid = (k > SAMPLE) & (n >= k)
+    n, k = np.where(valid, n, SAMPLE + 2.0), np.where(valid, k, SAMPLE + 1.0)
+
+    def log_choose(a, b):
+        return gammaln(a + 1) - gammaln(b + 1) - gammaln(a - b + 1)
+
+    natural = (np.log(max(int(n_images), 1)) + np.log(np.maximum(n - SAMPLE, 1.0))
+               + log_choose(n, k) + log_choose(k, SAMPLE) + (k - SAMPLE) * np.log(p))
+    return np.where(valid, natural / np.log(10.0), np.inf)
+
+
+def coverage(query_xy, query_shape, db_xy, db_shape, query_inliers, db_inliers,
+             grid: int = GRID) -> tuple[float, float]:
+    """How much of each image's textured overlap the inliers cover.
+
+    Parameters
+    ----------
+    query_xy : ndarray of shape (n_q, 2), float
+        All the query's keypoint positions; ``db_xy`` (n_d, 2) the result's.
+    query_shape, db_shape : (height, width)
+    query_inliers, db_inliers : ndarray of shape (k, 2), float
+        The inlier correspondences, row for row.
+    grid : int
+        Cells per side.
+
+    Returns
+    -------
+    query_coverage, db_coverage : float
+        In [0, 1]; 0 when no transform can be fitted (fewer than 4 inliers).
+    """
+    import cv2
+
+    query_inliers = np.asarray(query_inliers, np.float32).reshape(-1, 2)
+    db_inliers = np.asarray(db_inliers, np.float32).reshape(-1, 2)
+    if len(query_inliers) < SAMPLE:
+        return 0.0, 0.0
+    forward, _ = cv2.findHomography(query_inliers, db_inliers, 0)
+    if forward is None or abs(np.linalg.det(forward)) < 1e-12:
+        return 0.0, 0.0
+    backward = np.linalg.inv(forward)
+    return (_side_coverage(query_xy, query_shape, query_inliers, forward, db_shape, grid),
+            _side_coverage(db_xy, db_shape, db_inliers, backward, query_shape, grid))
+
+
+def _side_coverage(xy, shape, inlier_xy, to_other, other_shape, grid) -> float:
+    """Coverage of one image (see :func:`coverage`): ``to_other`` (3, 3) maps its
+    pixels to the other image's."""
+    height, width = shape
+
+    def cells(points):
+        points = np.asarray(points, np.float64).reshape(-1, 2)
+        column = np.clip((points[:, 0] * grid / max(width, 1)).astype(np.int64),
+                         0, grid - 1)
+        row = np.clip((points[:, 1] * grid / max(height, 1)).astype(np.int64),
+                      0, grid - 1)
+        return np.bincount(row * grid + column, minlength=grid * grid) > 0
+
+    centre = (np.arange(grid) + 0.5) / grid
+    cx, cy = np.meshgrid(centre * width, centre * height)
+    points = np.column_stack([cx.ravel(), cy.ravel(), np.ones(grid * grid)])
+    mapped = points @ to_other.T
+    with np.errstate(divide="ignore", invalid="ignore"):
+        x, y = mapped[:, 0] / mapped[:, 2], mapped[:, 1] / mapped[:, 2]
+    other_height, other_width = other_shape
+    inside = (mapped[:, 2] > 0) & (x >= 0) & (x < other_width) & (y >= 0) & (
+        y < other_height)
+    textured = cells(xy) & inside
+    if not textured.any():
+        return 0.0
+    return float((cells(inlier_xy) & textured).sum() / textured.sum())
+
+
+def evidence_of(verified, query_keypoints, query_shape, candidates,
+                n_images: int, mirrored: bool = False) -> Evidence:
+    """The :class:`Evidence` of a query against verified candidates.
+
+    Parameters
+    ----------
+    verified : cvsearch.rerank.Verified
+        Verification of the query against ``candidates``.
+    query_keypoints : ndarray of shape (n, 4), float32
+        The query's keypoints (those that were verified; repeated rows are fine).
+    query_shape : (height, width)
+    candidates : list of (words, keypoints, image_shape)
+    n_images : int
+        The index's size (for :func:`log10_nfa`).
+    mirrored : bool
+        Whether the query was the mirrored image.
+    """
+    m = len(candidates)
+    areas = np.array([float(c[2][0]) * float(c[2][1]) for c in candidates])
+    log_nfa = log10_nfa(verified.pairs, verified.inliers, verified.thresholds, areas,
+                        n_images)
+    log_nfa = np.where(verified.exact, log_nfa, np.inf)
+    query_coverage = np.zeros(m, np.float32)
+    db_coverage = np.zeros(m, np.float32)
+    query_xy = np.asarray(query_keypoints, np.float32).reshape(-1, 4)[:, :2]
+    # coverage only matters for what is the same object
+    for i in np.flatnonzero(log_nfa <= SAME_OBJECT_LOG_NFA):
+        query_idx, db_idx = verified.matched[i]
+        db_xy = np.asarray(candidates[i][1], np.float32).reshape(-1, 4)[:, :2]
+        query_coverage[i], db_coverage[i] = coverage(
+            query_xy, query_shape, db_xy, candidates[i][2], query_xy[query_idx],
+            db_xy[db_idx])
+    return Evidence(verified.inliers.astype(np.int32), verified.pairs.astype(np.int32),
+                    np.asarray(verified.exact, bool), log_nfa, query_coverage,
+                    db_coverage, np.full(m, bool(mirrored)))
+
+
+def stronger(a: Evidence, b: Evidence) -> np.ndarray:
+    """(m,) bool: where ``b`` is stronger evidence than ``a`` (lower NFA, then
+    more inliers), for the same results."""
+    return (b.log_nfa < a.log_nfa) | ((b.log_nfa == a.log_nfa) & (b.inliers > a.inliers))
