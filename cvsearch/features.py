@@ -109,7 +109,7 @@ def mirror_features(features: Features) -> Features:
     Returns
     -------
     Features
-        Keypoints ``(width - 1 - x, y, size, 180 - angle)`` (angle modulo 360,
+        Keypoints ``(width - 0.5 - x, y, size, 180 - angle)`` (angle modulo 360,
         left as it is for upright dense patches, whose angle is 0 in both), and the
         descriptors with their bins permuted (:data:`MIRROR_PERMUTATION`, or
         :data:`UPRIGHT_MIRROR_PERMUTATION` for dense features).
@@ -123,7 +123,9 @@ def mirror_features(features: Features) -> Features:
         raise ValueError("only SIFT and RootSIFT features can be mirrored without "
                          "extracting them again; ORB's binary descriptors cannot")
     keypoints = np.array(features.keypoints, np.float32, copy=True)
-    keypoints[:, 0] = features.image_shape[1] - 1 - keypoints[:, 0]
+    # OpenCV's SIFT finds a keypoint at x of an image at width - 0.5 - x of
+    # the mirrored one (measured: tests/test_decision.py)
+    keypoints[:, 0] = features.image_shape[1] - 0.5 - keypoints[:, 0]
     keypoints[:, 3] = np.mod(180.0 - keypoints[:, 3], 360.0)
     permutation = MIRROR_PERMUTATION
     if features.extractor.get("dense_step") is not None:  # upright patches

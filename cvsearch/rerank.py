@@ -199,10 +199,11 @@ def count_inliers(query_xy: np.ndarray, db_xy: np.ndarray, *,
     Returns
     -------
     n_inliers : int
-        Inliers counted once per distinct keypoint on each side (the smaller of the
-        two counts), so one keypoint matched to several cannot inflate the count.
-        0 when fewer than 4 pairs are given or no homography is found.
+        Inliers with each keypoint used once on each side (:func:`one_to_one`),
+        so one keypoint matched to several cannot inflate the count. 0 when fewer
+        than 4 pairs are given or no homography is found.
     mask : ndarray of shape (n_pairs,), bool
+        The inliers counted.
     """
     import cv2
 
@@ -216,14 +217,37 @@ def count_inliers(query_xy: np.ndarray, db_xy: np.ndarray, *,
     if homography is None or inliers is None:
         return 0, mask
     mask = inliers.ravel().astype(bool)
-    return int(min(_distinct_points(query_xy[mask]), _distinct_points(db_xy[mask]))), mask
+    mask[mask] = one_to_one(query_xy[mask], db_xy[mask])
+    return int(mask.sum()), mask
 
 
-def _distinct_points(xy: np.ndarray) -> int:
-    """Distinct (x, y) rows, each pair of float32 taken as one 64-bit key (as fast
-    as a 1-D unique; positions are never -0.0 or NaN)."""
-    keys = np.ascontiguousarray(xy, np.float32).view(np.int64).ravel()
-    return len(np.unique(keys))
+def one_to_one(query_xy: np.ndarray, db_xy: np.ndarray) -> np.ndarray:
+    """Mask of correspondences with each point used once on each side: the first
+    pair of each query point, then the first of those per database point.
+
+    With multiple assignment (and repeated words) one keypoint can be paired
+    several times; the inliers are these pairs, so the count shown is the number
+    of lines a match picture draws.
+
+    Parameters
+    ----------
+    query_xy, db_xy : ndarray of shape (n, 2), float32
+
+    Returns
+    -------
+    ndarray of shape (n,), bool
+    """
+    keep = np.zeros(len(query_xy), bool)
+    if not len(query_xy):
+        return keep
+    # each (x, y) pair of float32 taken as one 64-bit key (positions are never
+    # -0.0 or NaN)
+    query_keys = np.ascontiguousarray(query_xy, np.float32).view(np.int64).ravel()
+    _, first = np.unique(query_keys, return_index=True)
+    db_keys = np.ascontiguousarray(db_xy, np.float32).view(np.int64).ravel()[first]
+    _, second = np.unique(db_keys, return_index=True)
+    keep[first[second]] = True
+    return keep
 
 
 #: Rotation sectors and log2-scale steps of the histogram that finds the dominant
@@ -275,9 +299,9 @@ def similarity_inliers(query_keypoints: np.ndarray, db_keypoints: np.ndarray,
     Returns
     -------
     (n_inliers, mask) or None
-        Inliers counted once per distinct keypoint on each side, and the mask of
-        inlier pairs; None if there are correspondences but none has shapes on
-        both sides (then RANSAC decides).
+        Inliers with each keypoint used once on each side (:func:`one_to_one`),
+        and the mask of those pairs; None if there are correspondences but none
+        has shapes on both sides (then RANSAC decides).
     """
     db_idx = np.asarray(db_idx, np.int64)
     order = np.argsort(db_idx, kind="stable")  # the batch wants pairs by image
@@ -383,9 +407,10 @@ def _similarity_batch(query_keypoints, db_keypoints, query_idx, db_idx, labels,
         inliers = np.zeros(per_image[image], bool)
         inliers[tested[block][close[block]] - first_pair[image]] = True
         inliers = _refine(query[span, :2], db[span, :2], inliers, thresholds[image])
+        inliers[inliers] = one_to_one(query[span][inliers, :2].astype(np.float32),
+                                      db[span][inliers, :2].astype(np.float32))
         mask[span] = inliers
-        counts[image] = min(_distinct_points(query[span][inliers, :2].astype(np.float32)),
-                            _distinct_points(db[span][inliers, :2].astype(np.float32)))
+        counts[image] = int(inliers.sum())
     return counts, mask, exact
 
 
@@ -447,7 +472,7 @@ class Verified(NamedTuple):
     Attributes
     ----------
     inliers : ndarray of shape (n_candidates,), int32
-        Inliers, counted once per distinct keypoint on each side.
+        Inliers, each keypoint used once on each side (:func:`one_to_one`).
     pairs : ndarray of shape (n_candidates,), int32
         The word correspondences that were tried.
     exact : ndarray of shape (n_candidates,), bool

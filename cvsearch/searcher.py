@@ -147,7 +147,7 @@ class Searcher:
             max_side=self.max_side, use_shapes=verification == "shapes")
         if mirrored:  # back to the query as it was given
             query_xy = query_xy.copy()
-            query_xy[:, 0] = features.image_shape[1] - 1 - query_xy[:, 0]
+            query_xy[:, 0] = features.image_shape[1] - 0.5 - query_xy[:, 0]
         return query_xy, db_xy
 
     # ---------------------------------------------------------------- stages

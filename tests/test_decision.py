@@ -1,0 +1,169 @@
+"""Decisions: the a-contrario count, coverage, mirror invariance, and what a
+query reports about each result."""
+
+import cv2
+import numpy as np
+import pytest
+from conftest import textured_image
+
+from cvsearch import FeatureExtractor, Index
+from cvsearch.decision import (
+    COPY_COVERAGE,
+    SAME_OBJECT_LOG_NFA,
+    Evidence,
+    coverage,
+    log10_nfa,
+)
+from cvsearch.features import MIRROR_PERMUTATION, can_mirror, mirror_features
+
+
+def matched_keypoints(a, b, tolerance=0.1):
+    """Rows of ``a`` and ``b`` whose (x, y) agree."""
+    from scipy.spatial import cKDTree
+
+    distance, nearest = cKDTree(b.keypoints[:, :2]).query(a.keypoints[:, :2])
+    rows = np.flatnonzero(distance < tolerance)
+    return rows, nearest[rows]
+
+
+@pytest.mark.parametrize("method", ["sift", "rootsift"])
+def test_mirrored_features_are_those_of_the_mirrored_image(method):
+    """Permuting the bins gives what SIFT computes on the flipped image, at the
+    flipped keypoints; unpermuted descriptors are far from it."""
+    image = textured_image(3)
+    extractor = FeatureExtractor(method)
+    mirrored = mirror_features(extractor.extract(image))
+    flipped = extractor.extract(np.ascontiguousarray(image[:, ::-1]))
+    rows, same = matched_keypoints(mirrored, flipped)
+    assert len(rows) > 0.5 * len(flipped.keypoints)
+    angle_gap = np.abs((mirrored.keypoints[rows, 3] - flipped.keypoints[same, 3] + 180)
+                       % 360 - 180)
+    assert np.median(angle_gap) < 2.0
+    gap = np.linalg.norm(mirrored.descriptors[rows] - flipped.descriptors[same], axis=1)
+    unpermuted = np.linalg.norm(
+        mirrored.descriptors[rows][:, np.argsort(MIRROR_PERMUTATION)]
+        - flipped.descriptors[same], axis=1)
+    assert np.median(gap) < 0.2 * np.median(unpermuted)
+
+
+def test_dense_features_mirror_with_their_own_permutation():
+    image = textured_image(4, size=256)
+    extractor = FeatureExtractor("sift", dense_step=8)
+    mirrored = mirror_features(extractor.extract(image))
+    flipped = extractor.extract(np.ascontiguousarray(image[:, ::-1]))
+    shifted = mirrored._replace(keypoints=mirrored.keypoints + [0.5, 0, 0, 0])
+    rows, same = matched_keypoints(shifted, flipped)  # the grid starts a pixel off
+    assert len(rows) > 100
+    gap = np.linalg.norm(mirrored.descriptors[rows] - flipped.descriptors[same], axis=1)
+    plain = np.linalg.norm(extractor.extract(image).descriptors[rows]
+                           - flipped.descriptors[same], axis=1)
+    assert np.median(gap) < 0.3 * np.median(plain)
+
+
+def test_orb_cannot_be_mirrored():
+    features = FeatureExtractor("orb").extract(textured_image(1))
+    assert not can_mirror(features)
+    with pytest.raises(ValueError, match="ORB"):
+        mirror_features(features)
+
+
+def test_false_alarms_grow_with_the_pairs_tried_and_the_collection():
+    """10 inliers among 60 pairs is evidence; among 3,000 it is chance; ten
+    times the images is ten times the false alarms."""
+    area, tolerance = 640 * 480, 6.0
+    strong, chance = log10_nfa([60, 3000], [10, 10], [tolerance] * 2, [area] * 2, 1000)
+    assert strong < SAME_OBJECT_LOG_NFA < chance
+    more = log10_nfa([60], [10], [tolerance], [area], 10_000)
+    assert more[0] == pytest.approx(strong + 1.0)
+    ranked = log10_nfa([100] * 3, [10, 20, 40], [tolerance] * 3, [area] * 3, 1000)
+    assert ranked[0] > ranked[1] > ranked[2]
+    assert np.isinf(log10_nfa([100], [4], [tolerance], [area], 10)).all()
+
+
+def test_coverage_counts_the_textured_overlap():
+    """Keypoints everywhere on a 400 x 400 image, an identity transform: all
+    inliers cover all of it, inliers on the left half cover half of it, and a
+    query that is the left half only is covered whole by them."""
+    xy = np.stack(np.meshgrid(np.arange(10, 400, 20.0), np.arange(10, 400, 20.0)),
+                  -1).reshape(-1, 2)
+    grid = np.column_stack([xy, np.full(len(xy), 12.0), np.zeros(len(xy))])
+    shape = (400, 400)
+    assert coverage(grid, shape, grid, shape, xy, xy) == (1.0, 1.0)
+    left = xy[:, 0] < 200
+    half = coverage(grid, shape, grid, shape, xy[left], xy[left])
+    assert half == (pytest.approx(0.5), pytest.approx(0.5))
+    crop = coverage(grid[left], (400, 200), grid, shape, xy[left], xy[left])
+    assert crop == (pytest.approx(1.0), pytest.approx(1.0))
+    assert coverage(grid, shape, grid, shape, xy[:3], xy[:3]) == (0.0, 0.0)
+
+
+def test_small_keypoints_are_not_structure():
+    """Fine detail that blur or recompression wipes out does not count against
+    a copy: the right half holds only keypoints under 2% of the long side."""
+    xy = np.stack(np.meshgrid(np.arange(10, 400, 20.0), np.arange(10, 400, 20.0)),
+                  -1).reshape(-1, 2)
+    size = np.where(xy[:, 0] < 200, 12.0, 4.0)
+    keypoints = np.column_stack([xy, size, np.zeros(len(xy))])
+    left = xy[:, 0] < 200
+    assert coverage(keypoints, (400, 400), keypoints, (400, 400), xy[left],
+                    xy[left]) == (1.0, 1.0)
+
+
+@pytest.fixture(scope="module")
+def copy_index(tmp_path_factory):
+    """Twelve distinct images; the queries are edits of image 0 and another
+    image that is not indexed."""
+    folder = tmp_path_factory.mktemp("copies")
+    paths = []
+    for seed in range(12):
+        path = folder / f"{seed}.png"
+        cv2.imwrite(str(path), textured_image(seed))
+        paths.append(str(path))
+    return Index.build(paths, FeatureExtractor("sift"), 300, random_state=0)
+
+
+def test_a_mirrored_copy_is_decided_a_copy_only_with_mirror(copy_index):
+    original = textured_image(0)
+    flipped = np.ascontiguousarray(original[:, ::-1])
+    _, ids, plain = copy_index.query(flipped, k=3, rerank=12, return_evidence=True)
+    assert not plain.copy.any()
+    _, ids, evidence = copy_index.query(flipped, k=3, rerank=12, mirror=True,
+                                        return_evidence=True)
+    assert ids[0] == 0 and evidence.kind[0] == "copy" and evidence.mirrored[0]
+    assert evidence.log_nfa[0] <= SAME_OBJECT_LOG_NFA
+    query_xy, db_xy = copy_index.matches(flipped, 0, mirrored=True)
+    assert len(query_xy) == evidence.inliers[0]  # the picture's count is the card's
+    width = original.shape[1]
+    assert np.median(np.abs(query_xy[:, 0] - (width - 0.5 - db_xy[:, 0]))) < 1.0
+
+
+def test_a_cropped_copy_is_a_copy_and_a_stranger_is_nothing(copy_index):
+    crop = textured_image(0)[60:360, 100:420]
+    _, ids, evidence = copy_index.query(crop, k=3, rerank=12, mirror=True,
+                                        return_evidence=True)
+    assert ids[0] == 0 and evidence.kind[0] == "copy"
+    assert max(evidence.coverage[0], evidence.query_coverage[0]) >= COPY_COVERAGE
+    query_xy, _ = copy_index.matches(crop, 0)
+    assert len(query_xy) == evidence.inliers[0]
+    _, _, stranger = copy_index.query(textured_image(99), k=3, rerank=12, mirror=True,
+                                      return_evidence=True)
+    assert not stranger.same_object.any()
+    assert set(stranger.kind) <= {"none", "unverified"}
+
+
+def test_results_outside_the_short_list_are_unverified(copy_index):
+    _, _, evidence = copy_index.query(textured_image(0), k=6, rerank=2,
+                                      return_evidence=True)
+    assert list(evidence.kind[2:]) == ["unverified"] * 4
+    assert (evidence.inliers[2:] == -1).all()
+    record = evidence.record(3)
+    assert record["kind"] == "unverified" and record["inliers"] is None
+
+
+def test_an_unfinished_count_is_not_a_measurement():
+    evidence = Evidence(np.array([0, 0], np.int32), np.array([40, 40], np.int32),
+                        np.array([False, True]), np.array([np.inf, np.inf]),
+                        np.zeros(2, np.float32), np.zeros(2, np.float32),
+                        np.zeros(2, bool))
+    assert list(evidence.kind) == ["unverified", "none"]
+    assert evidence.record(0)["inliers"] is None and evidence.record(1)["inliers"] == 0
