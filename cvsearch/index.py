@@ -878,6 +878,76 @@ class Index:
         return searcher.matches(features, id, verification, multiple,
                                 mirrored=bool(mirrored))
 
+    def duplicates(self, *, kind: str = "copy", rerank: int = 50, n_jobs: int = 1,
+                   checkpoint: str | os.PathLike | None = None, progress=None):
+        """Groups of copies (or of the same object) in the whole index.
+
+        Every image is searched with its own words (as :meth:`similar`, with
+        ``rerank``) and each result decided (:class:`~cvsearch.decision.Evidence`);
+        groups are formed around anchors so they do not chain, and each names
+        the copy to keep (see :mod:`cvsearch.duplicates`).
+
+        Parameters
+        ----------
+        kind : {"copy", "object"}
+            Group the same pictures (copies), or the same objects.
+        rerank : int
+            Results verified per image, >= 1.
+        n_jobs : int
+            Threads searching at once (-1: all cores).
+        checkpoint : path, optional
+            A file the edges are appended to as images are searched; a run given
+            the same file later resumes where this one stopped (it is refused if
+            the index or the settings changed).
+        progress : callable, optional
+            ``progress("duplicates", done, total)`` as images are searched.
+
+        Returns
+        -------
+        list of DuplicateGroup
+            Largest first; each with its ``ids`` (the copy to keep first),
+            ``best``, ``anchor`` and ``weakest`` edge.
+        """
+        import hashlib
+        from concurrent.futures import ThreadPoolExecutor
+
+        from cvsearch import duplicates as _duplicates
+
+        check_choice(kind, "kind", ("copy", "object"))
+        rerank = check_int(rerank, "rerank", minimum=1)
+        n_jobs = check_n_jobs(n_jobs)
+        workers = (os.cpu_count() or 1) if n_jobs == -1 else n_jobs
+        searcher = self.searcher()
+        ranking = check_ranking(rerank, rerank, DEFAULT_MIN_INLIERS, "shapes", False, 0)
+        ids = searcher.store.ids()
+        header = {"cvsearch_duplicates": 1, "lineage": self.lineage, "kind": kind,
+                  "rerank": rerank, "images": len(ids),
+                  "ids": hashlib.sha256(np.asarray(ids, np.int64).tobytes()
+                                        ).hexdigest()}
+        saved = (_duplicates.Checkpoint(checkpoint, header) if checkpoint is not None
+                 else None)
+        found = dict(saved.done) if saved is not None else {}
+        todo = [int(i) for i in ids if int(i) not in found]
+        total, done = len(ids), len(found)
+
+        def search(id_):
+            return id_, _duplicates.edges_of(searcher, id_, ranking, kind)
+
+        with ThreadPoolExecutor(max(1, workers)) as threads:
+            for id_, edges in threads.map(search, todo):
+                found[id_] = edges
+                if saved is not None:
+                    saved.add(id_, edges)
+                done += 1
+                if progress is not None and (done % 100 == 0 or done == total):
+                    progress("duplicates", done, total)
+        edges = [edge for edges in found.values() for edge in edges]
+        nodes = sorted({edge.a for edge in edges} | {edge.b for edge in edges})
+        names = self.names
+        shapes = {id_: image[2] for id_, image in zip(nodes, searcher.store.images(nodes))}
+        files = {id_: _duplicates.file_of(names[id_], self.images_root) for id_ in nodes}
+        return _duplicates.group(edges, _duplicates.quality(shapes, files))
+
     def vectors(self):
         """The database's weighted bag-of-words vectors, one row per image, in the
         order of ``index.ids``.

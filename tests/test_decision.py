@@ -167,3 +167,77 @@ def test_an_unfinished_count_is_not_a_measurement():
                         np.zeros(2, bool))
     assert list(evidence.kind) == ["unverified", "none"]
     assert evidence.record(0)["inliers"] is None and evidence.record(1)["inliers"] == 0
+
+
+# ------------------------------------------------------------------ duplicates
+@pytest.fixture(scope="module")
+def planted(tmp_path_factory):
+    """Distinct images, two planted copy groups (PNG original, JPEG copies), and
+    a chain of overlapping crops of one wide picture: each crop overlaps the
+    next by half and shares nothing with the one after."""
+    folder = tmp_path_factory.mktemp("planted")
+    paths = []
+
+    def save(name, image, quality=None):
+        path = folder / name
+        options = [cv2.IMWRITE_JPEG_QUALITY, quality] if quality else []
+        cv2.imwrite(str(path), image, options)
+        paths.append(str(path))
+        return len(paths) - 1
+
+    for seed in range(10, 16):
+        save(f"alone{seed}.png", textured_image(seed))
+    first = textured_image(1)
+    group_a = [save("a.png", first), save("a_small.jpg", cv2.resize(first, (240, 240)), 90),
+               save("a_crop.jpg", first[40:400, 60:440], 90),
+               save("a_turned.jpg", cv2.rotate(first, cv2.ROTATE_90_CLOCKWISE), 90)]
+    second = textured_image(2)
+    group_b = [save("b.jpg", second, 95), save("b_q40.jpg", second, 40)]
+    wide = np.hstack([textured_image(20), textured_image(21), textured_image(22)])
+    chain = [save(f"chain{i}.png", wide[:, 240 * i:240 * i + 480]) for i in range(5)]
+    index = Index.build(paths, FeatureExtractor("sift"), 400, random_state=0)
+    return index, group_a, group_b, chain
+
+
+def test_duplicates_finds_the_planted_groups_and_the_copy_to_keep(planted):
+    index, group_a, group_b, chain = planted
+    groups = index.duplicates(rerank=10)
+    as_sets = [set(g.ids) for g in groups]
+    assert set(group_a) in as_sets and set(group_b) in as_sets
+    by_members = {frozenset(g.ids): g for g in groups}
+    # most pixels first; between two JPEGs of one size, the less compressed
+    assert by_members[frozenset(group_a)].best == group_a[0]
+    assert by_members[frozenset(group_b)].best == group_b[0]
+    assert by_members[frozenset(group_a)].ids[0] == group_a[0]
+    # no group holds images that were never verified against its anchor
+    for g in groups:
+        assert g.anchor in g.ids and g.weakest.kind == "copy"
+        assert g.anchor in (g.weakest.a, g.weakest.b)
+    # the chain does not make one group of pictures that share nothing
+    for g in groups:
+        members = [chain.index(i) for i in g.ids if i in chain]
+        if members:
+            assert max(members) - min(members) <= 2
+
+
+def test_duplicates_resumes_from_its_checkpoint(planted, tmp_path):
+    index = planted[0]
+    path = tmp_path / "edges.jsonl"
+    whole = index.duplicates(rerank=10, checkpoint=path)
+    lines = path.read_bytes().split(b"\n")
+    assert len([line for line in lines if line]) == len(index) + 1
+    # a crash tore the last line and lost the ones after the fifth image
+    path.write_bytes(b"\n".join(lines[:6]) + b"\n" + lines[6][:7])
+    searched = []
+    resumed = index.duplicates(rerank=10, checkpoint=path,
+                               progress=lambda *a: searched.append(a))
+    assert resumed == whole
+    assert len([line for line in path.read_bytes().split(b"\n") if line]) == \
+        len(index) + 1
+    with pytest.raises(ValueError, match="another index state or other settings"):
+        index.duplicates(rerank=5, checkpoint=path)
+
+
+def test_duplicates_with_threads_finds_what_one_thread_finds(planted):
+    index = planted[0]
+    assert index.duplicates(rerank=10, n_jobs=2) == index.duplicates(rerank=10)

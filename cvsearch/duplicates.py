@@ -1,0 +1,192 @@
+"""Copies within a collection: every image against the index, verified edges,
+groups that do not chain, and the copy to keep.
+
+Each image is searched with its own words (as :meth:`cvsearch.Index.similar`:
+short-list, verification, decision), so the cost per image is one query's,
+whatever the size of the collection. An edge joins two images decided copies (or
+the same object) from either side. Groups are formed around anchors: the image
+with most edges is an anchor, its group is itself and the images verified
+against it, and the rest goes on without them. So every member of a group was
+verified against its anchor, and A ~ B ~ C does not make A and C one group when
+A and C do not match. The copy to keep is the one with most pixels, then a
+lossless file (PNG, TIFF, BMP) over a lossy one, then more bytes per pixel (less
+compression), then the smaller id.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+
+#: Files whose format loses nothing: kept before any JPEG of the same size.
+LOSSLESS = (".png", ".tif", ".tiff", ".bmp", ".ppm", ".pgm")
+
+
+class Edge(NamedTuple):
+    """Two images decided copies (or the same object): the stronger of the two
+    searches' evidence."""
+
+    a: int
+    b: int
+    kind: str
+    log_nfa: float
+    coverage: float
+    inliers: int
+
+
+class DuplicateGroup(NamedTuple):
+    """A group of copies.
+
+    Attributes
+    ----------
+    ids : tuple of int
+        Its images, the copy to keep first, then by id.
+    best : int
+        The copy to keep (see the module's docstring).
+    anchor : int
+        The image every other member was verified against.
+    weakest : Edge
+        The least certain of the anchor's edges in the group.
+    """
+
+    ids: tuple
+    best: int
+    anchor: int
+    weakest: Edge
+
+
+def edges_of(searcher, id_: int, ranking, kind: str) -> list[Edge]:
+    """The edges found by searching image ``id_`` with its own words."""
+    from cvsearch.decision import Evidence
+
+    _, ids, evidence = searcher.similar(id_, ranking)
+    evidence: Evidence
+    passed = evidence.copy if kind == "copy" else evidence.same_object
+    mean = (evidence.query_coverage + evidence.coverage) / 2
+    return [Edge(min(id_, int(ids[i])), max(id_, int(ids[i])), str(evidence.kind[i]),
+                 float(evidence.log_nfa[i]), float(mean[i]), int(evidence.inliers[i]))
+            for i in np.flatnonzero(passed)]
+
+
+class Checkpoint:
+    """Edges found so far, one JSON line per image searched, appended as they
+    come (a run that stops is resumed where it stopped). The first line says
+    which index state and settings the edges belong to; a file made for another
+    is refused rather than mixed in."""
+
+    def __init__(self, path, header: dict):
+        self.path = Path(path)
+        self.header = header
+        self.done: dict[int, list[Edge]] = {}
+        if self.path.exists() and self.path.stat().st_size:
+            self._read()
+        else:
+            self._append(header)
+
+    def _read(self):
+        lines = self.path.read_bytes().split(b"\n")
+        try:
+            header = json.loads(lines[0])
+        except ValueError:
+            raise ValueError(f"{self.path}: not a cvsearch duplicates checkpoint; "
+                             "remove it or give another path") from None
+        if header != self.header:
+            raise ValueError(f"{self.path}: made for another index state or other "
+                             f"settings ({header}); remove it to start again")
+        for line in lines[1:]:
+            try:
+                record = json.loads(line)
+                edges = [Edge(*edge) for edge in record["edges"]]
+                self.done[int(record["id"])] = edges
+            except (ValueError, KeyError, TypeError):
+                break  # a line torn by a crash: searched again
+        # cut what follows the last whole line, so appends start clean
+        whole = sum(len(line) + 1 for line in lines[:len(self.done) + 1])
+        with open(self.path, "r+b") as file:
+            file.truncate(min(whole, self.path.stat().st_size))
+
+    def _append(self, record: dict):
+        with open(self.path, "ab") as file:
+            file.write(json.dumps(record).encode() + b"\n")
+            file.flush()
+            os.fsync(file.fileno())
+
+    def add(self, id_: int, edges: list[Edge]):
+        self.done[id_] = edges
+        self._append({"id": id_, "edges": [list(edge) for edge in edges]})
+
+
+def quality(shapes: dict, files: dict):
+    """The sort key of the copy to keep (larger is better)."""
+    def key(id_):
+        height, width = shapes[id_]
+        path = files.get(id_)
+        lossless, per_pixel = False, 0.0
+        if path is not None:
+            lossless = path.suffix.lower() in LOSSLESS
+            try:
+                per_pixel = path.stat().st_size / max(height * width, 1)
+            except OSError:
+                pass
+        return (height * width, lossless, per_pixel, -id_)
+    return key
+
+
+def group(edges: list[Edge], key) -> list[DuplicateGroup]:
+    """Groups around anchors (see the module's docstring); ``key(id)`` orders the
+    copies to keep."""
+    strongest: dict[tuple, Edge] = {}
+    for edge in edges:
+        pair = (edge.a, edge.b)
+        if pair not in strongest or edge.log_nfa < strongest[pair].log_nfa:
+            strongest[pair] = edge
+    neighbours: dict[int, dict[int, Edge]] = {}
+    for edge in strongest.values():
+        neighbours.setdefault(edge.a, {})[edge.b] = edge
+        neighbours.setdefault(edge.b, {})[edge.a] = edge
+    groups = []
+    for component in _components(neighbours):
+        remaining = set(component)
+        while remaining:
+            anchor = max(remaining, key=lambda n: (
+                len(neighbours[n].keys() & remaining), key(n)))
+            members = {anchor} | (neighbours[anchor].keys() & remaining)
+            remaining -= members
+            if len(members) < 2:
+                continue
+            best = max(members, key=key)
+            ids = (best, *sorted(members - {best}))
+            weakest = max((neighbours[anchor][m] for m in members - {anchor}),
+                          key=lambda e: (e.log_nfa, -e.coverage))
+            groups.append(DuplicateGroup(ids, best, anchor, weakest))
+    groups.sort(key=lambda g: (-len(g.ids), g.best))
+    return groups
+
+
+def _components(neighbours: dict) -> list[set]:
+    seen, components = set(), []
+    for start in neighbours:
+        if start in seen:
+            continue
+        component, stack = set(), [start]
+        while stack:
+            node = stack.pop()
+            if node in component:
+                continue
+            component.add(node)
+            stack.extend(neighbours[node].keys() - component)
+        seen |= component
+        components.append(component)
+    return components
+
+
+def file_of(name: str, images_root) -> Path | None:
+    """The file an image's name stands for, if it is there."""
+    path = Path(name)
+    if not path.is_absolute():
+        path = Path(images_root or os.getcwd()) / path
+    return path if path.is_file() else None
