@@ -30,7 +30,7 @@ class ProgressBar:
     """An ``Index`` progress hook drawn by tqdm (rate and time left), one bar per
     stage. Draws only on a terminal, and never when ``quiet``."""
 
-    LABELS = {"train": "training", "add": "indexing"}
+    LABELS = {"train": "training", "add": "indexing", "duplicates": "searching"}
 
     def __init__(self, stream=None, quiet: bool = False):
         self.stream = stream or sys.stderr
@@ -291,17 +291,20 @@ def cmd_query(args):
                            f"{args.index} is a bag-of-words index, which verifies "
                            "with its own features (--rerank)")
     features = index.extractor.extract(args.query)
-    scores, ids, inliers = index.query(features, k=args.k, rerank=args.rerank,
-                                       min_inliers=args.min_inliers,
-                                       verification=args.verification,
-                                       multiple_assignment=args.multiple_assignment,
-                                       expand=args.expand, return_inliers=True)
+    scores, ids, evidence = index.query(features, k=args.k, rerank=args.rerank,
+                                        min_inliers=args.min_inliers,
+                                        verification=args.verification,
+                                        multiple_assignment=args.multiple_assignment,
+                                        expand=args.expand, mirror=args.mirror,
+                                        return_evidence=True)
+    mirrored = {int(i) for i, m in zip(ids, evidence.mirrored) if m}
 
     def match(id_):
         return index.matches(features, id_, verification=args.verification,
-                             multiple_assignment=args.multiple_assignment)
+                             multiple_assignment=args.multiple_assignment,
+                             mirrored=id_ in mirrored)
 
-    _answer_query(args, index, scores, ids, inliers, match, cv2)
+    _answer_query(args, index, scores, ids, evidence.inliers, match, cv2, evidence)
 
 
 def _query_global(args, index, cv2):
@@ -345,12 +348,18 @@ def _query_global(args, index, cv2):
     _answer_query(args, index, scores, ids, inliers, match, cv2)
 
 
-def _answer_query(args, index, scores, ids, inliers, match, cv2):
+def _answer_query(args, index, scores, ids, inliers, match, cv2, evidence=None):
     """Print the results of cmd_query and draw its pictures; ``match(id)`` gives
-    the inlier points ``(query_xy, db_xy)`` of the query and result ``id``."""
-    rows = [{"rank": r + 1, "id": int(i), "name": index.names[i],
-             "score": round(float(s), 6), "inliers": int(n) if n >= 0 else None}
-            for r, (s, i, n) in enumerate(zip(scores, ids, inliers))]
+    the inlier points ``(query_xy, db_xy)`` of the query and result ``id``;
+    ``evidence`` (bag-of-words indexes) the decision on each result."""
+    rows = []
+    for r, (s, i, n) in enumerate(zip(scores, ids, inliers)):
+        row = {"rank": r + 1, "id": int(i), "name": index.names[i],
+               "score": round(float(s), 6), "inliers": int(n) if n >= 0 else None}
+        if evidence is not None:  # an unfinished count is no measurement
+            row.update(evidence.record(r))
+            row["decision"] = row.pop("kind")
+        rows.append(row)
     if args.show:
         from cvsearch.pictures import results_grid
 
@@ -377,10 +386,86 @@ def _print_results(args, rows):
                     "results": rows})
         return
     name_width = max([4] + [len(r["name"]) for r in rows])
-    print(f"{'rank':>4}  {'score':>7}  {'inliers':>7}  {'name':<{name_width}}")
+    decided = any("decision" in r for r in rows)
+    print(f"{'rank':>4}  {'score':>7}  {'inliers':>7}  " +
+          (f"{'decision':<10}  " if decided else "") + f"{'name':<{name_width}}")
     for r in rows:
         inl = "-" if r["inliers"] is None else str(r["inliers"])
-        print(f"{r['rank']:>4}  {r['score']:>7.4f}  {inl:>7}  {r['name']}")
+        decision = ""
+        if decided:
+            decision = {"unverified": "-", "none": "no"}.get(r["decision"],
+                                                             r["decision"])
+            decision = f"{decision + (' (mirror)' if r['mirrored'] else ''):<10}  "
+        print(f"{r['rank']:>4}  {r['score']:>7.4f}  {inl:>7}  {decision}{r['name']}")
+
+
+def cmd_duplicates(args):
+    from cvsearch import FeatureExtractor, Index, storage
+
+    started = time.perf_counter()
+    target = args.target
+    if os.path.isfile(os.path.join(target, storage.MANIFEST)):
+        index = _load(target)
+        if hasattr(index, "projection"):
+            raise CommandError(f"{target} is a global (CNN) index: copies are "
+                               "decided by verifying local features; index the "
+                               "images with 'cvsearch index' (bag of words)")
+        skipped = []
+    elif os.path.isdir(target):  # a folder of images: indexed here, not saved
+        images, skipped = _collect_images([target])
+        if len(images) < 2:
+            raise CommandError(f"{target}: found {len(images)} image files; "
+                               "duplicates need two or more")
+        words = min(args.words, max(10, len(images) * 50))
+        index = Index.build(images, FeatureExtractor(args.features), words,
+                            random_state=0, n_jobs=args.jobs,
+                            progress=ProgressBar(quiet=args.quiet))
+        index.images_root = os.getcwd()
+        skipped = skipped + index.skipped_
+    else:
+        raise CommandError(f"{target}: no such index folder or folder of images")
+    groups = index.duplicates(kind=args.kind, rerank=args.rerank, n_jobs=args.jobs,
+                              checkpoint=args.resume,
+                              progress=ProgressBar(quiet=args.quiet))
+    seconds = round(time.perf_counter() - started, 1)
+    names = index.names
+    answer = {"target": target, "images": len(index), "kind": args.kind,
+              "seconds": seconds, "skipped": _skipped_json(skipped), "groups": [
+                  {"keep": names[g.best], "images": [names[i] for i in g.ids],
+                   "ids": list(g.ids), "anchor": names[g.anchor],
+                   "weakest": {"a": names[g.weakest.a], "b": names[g.weakest.b],
+                               "decision": g.weakest.kind,
+                               "inliers": g.weakest.inliers,
+                               "log_nfa": round(g.weakest.log_nfa, 2),
+                               "coverage": round(g.weakest.coverage, 3)}}
+                  for g in groups]}
+    _report_skipped(args, skipped)
+    if args.report:
+        from cvsearch.pictures import duplicates_report
+
+        page = duplicates_report(index, groups, title=f"Duplicates in {target}")
+        try:
+            Path(args.report).write_text(page, encoding="utf-8",
+                                         errors="backslashreplace")
+        except OSError as error:
+            raise CommandError(f"{args.report}: cannot write the report "
+                               f"({error.strerror})") from None
+    if args.json is not None:
+        text = json.dumps(answer, indent=1, ensure_ascii=False) + "\n"
+        if args.json == "-":
+            sys.stdout.write(text)
+        else:
+            Path(args.json).write_text(text, encoding="utf-8", errors="backslashreplace")
+    if args.json != "-":
+        copies = sum(len(g.ids) for g in groups)
+        what = "copies" if args.kind == "copy" else "images of one object"
+        print(f"{len(groups)} groups of {what} ({copies} of {len(index)} images) in "
+              f"{seconds} s")
+        for number, g in enumerate(groups, 1):
+            print(f"group {number}: keep {names[g.best]}")
+            for id_ in g.ids:
+                if id_ != g.best:
+                    print(f"    {names[id_]}")
 
 
 def cmd_serve(args):
@@ -533,11 +618,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"cvsearch {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    def sub(name, help_text):
+    def sub(name, help_text, json_flag=True):
         p = commands.add_parser(name, help=help_text, description=help_text,
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-        p.add_argument("--json", action="store_true",
-                       help="print the result as JSON on stdout")
+        if json_flag:
+            p.add_argument("--json", action="store_true",
+                           help="print the result as JSON on stdout")
         p.add_argument("-q", "--quiet", action="store_true",
                        help="no progress bar and no list of skipped files")
         return p
@@ -639,6 +725,9 @@ def build_parser() -> argparse.ArgumentParser:
                    default=True,
                    help="verification also matches each query keypoint through its "
                         "next nearest word when nearly as near (default: on)")
+    p.add_argument("--mirror", action=argparse.BooleanOptionalAction, default=False,
+                   help="also search for the image mirrored left-right (SIFT and "
+                        "RootSIFT: no second extraction)")
     p.add_argument("--verify-with", metavar="LOCAL_INDEX", default=None,
                    help="for a global (--method cnn) index: verify its --rerank best "
                         "results with this bag-of-words index of the same images")
@@ -683,6 +772,31 @@ def build_parser() -> argparse.ArgumentParser:
                         "the same images that verifies the rerank short-list (and "
                         "gets the images added and removed through the service)")
     p.set_defaults(run=cmd_serve)
+
+    p = sub("duplicates", "Find the groups of copies (crops, rescaled, rotated, "
+                          "mirrored, recompressed, edited) in an index or a folder of "
+                          "images, and the copy to keep in each.", json_flag=False)
+    p.add_argument("target", metavar="INDEX_OR_FOLDER",
+                   help="a bag-of-words index folder, or a folder of images (indexed "
+                        "in memory first)")
+    p.add_argument("--json", nargs="?", const="-", default=None, metavar="FILE",
+                   help="write the groups as JSON to FILE (no FILE: to stdout)")
+    p.add_argument("--report", metavar="HTML", default=None,
+                   help="write a page showing each group and its weakest match")
+    p.add_argument("--kind", choices=("copy", "object"), default="copy",
+                   help="group copies of one picture, or pictures of one object")
+    p.add_argument("--rerank", type=_positive_int, default=50,
+                   help="results verified per image")
+    p.add_argument("-j", "--jobs", type=_jobs, default=1,
+                   help="images searched at once (-1: all cores)")
+    p.add_argument("--resume", metavar="FILE", default=None,
+                   help="keep the work done in FILE and resume from it if the run "
+                        "stops")
+    p.add_argument("--features", choices=["sift", "rootsift"], default="rootsift",
+                   help="for a folder: local features")
+    p.add_argument("--words", type=_positive_int, default=20_000,
+                   help="for a folder: vocabulary size (at most 50 per image)")
+    p.set_defaults(run=cmd_duplicates)
 
     p = sub("info", "Describe an index: images, words, features, parameters, size.")
     p.add_argument("index", help="index folder")

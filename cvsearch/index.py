@@ -878,6 +878,19 @@ class Index:
         return searcher.matches(features, id, verification, multiple,
                                 mirrored=bool(mirrored))
 
+    def matches_between(self, a: int, b: int, *, verification: str = "shapes"):
+        """The inlier correspondences of two images of the index (image ``a``'s
+        stored words against image ``b``, as :meth:`similar` and
+        :meth:`duplicates` verify them).
+
+        Returns
+        -------
+        a_xy, b_xy : ndarray of shape (n_inliers, 2), float32
+            Points ``(x, y)`` in each image's pixels.
+        """
+        check_choice(verification, "verification", VERIFICATIONS)
+        return self.searcher().matches_between(a, b, verification)
+
     def duplicates(self, *, kind: str = "copy", rerank: int = 50, n_jobs: int = 1,
                    checkpoint: str | os.PathLike | None = None, progress=None):
         """Groups of copies (or of the same object) in the whole index.

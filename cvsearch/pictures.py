@@ -171,3 +171,77 @@ def match_picture(query, result, query_xy, result_xy, *, height: int = 400,
     cv2.putText(canvas, f"{len(query_xy)} inlier matches", (6, height + 21), _FONT, 0.55,
                 (20, 20, 20), 1, cv2.LINE_AA)
     return canvas
+
+
+def duplicates_report(index, groups, *, thumbnail: int = 160,
+                      match_height: int = 240, title: str = "Duplicates") -> str:
+    """A self-contained HTML page of duplicate groups: each group's images as
+    thumbnails (the copy to keep marked), and the match picture of its weakest
+    edge (the least certain pair: check that one first).
+
+    Parameters
+    ----------
+    index : Index
+        The index the groups were found in (:meth:`cvsearch.Index.duplicates`).
+    groups : list of DuplicateGroup
+    thumbnail, match_height : int
+        Pixels of the thumbnails' longest side, and of the match pictures' height.
+
+    Returns
+    -------
+    str
+        The page; images are embedded (JPEG, base64). An image whose file is not
+        found (see ``index.images_root``) is shown as its name only.
+    """
+    import base64
+    import html
+
+    import cv2
+
+    from cvsearch.duplicates import file_of
+
+    def embed(picture) -> str:
+        data = cv2.imencode(".jpg", picture, [cv2.IMWRITE_JPEG_QUALITY, 85])[1]
+        return "data:image/jpeg;base64," + base64.b64encode(data.tobytes()).decode()
+
+    def read(id_):
+        path = file_of(index.names[id_], index.images_root)
+        if path is None:
+            return None
+        try:
+            return read_color_image(str(path))
+        except READ_ERRORS:
+            return None
+
+    parts = [f"<!doctype html><meta charset='utf-8'><title>{html.escape(title)}</title>",
+             "<style>body{font:14px system-ui,sans-serif;margin:1.5rem;color:#222}"
+             "section{border-top:1px solid #ddd;padding:0.8rem 0}"
+             "figure{display:inline-block;margin:0 0.6rem 0.6rem 0;vertical-align:top;"
+             f"width:{thumbnail}px}}figcaption{{font-size:12px;word-break:break-all}}"
+             ".keep{outline:3px solid #2a9d4b}.match{display:block;margin-top:0.4rem}"
+             "</style>",
+             f"<h1>{html.escape(title)}</h1><p>{len(groups)} groups. The copy to keep "
+             "is framed in green (most pixels, then lossless, then least compressed); "
+             "the picture under each group shows its weakest edge.</p>"]
+    for number, found in enumerate(groups, 1):
+        parts.append(f"<section><h2>Group {number}: {len(found.ids)} images</h2>")
+        for id_ in found.ids:
+            name = html.escape(index.names[id_])
+            image = read(id_)
+            picture = "" if image is None else \
+                f"<img src='{embed(_tile(image, thumbnail)[0])}' alt=''>"
+            keep = " class='keep'" if id_ == found.best else ""
+            parts.append(f"<figure{keep}>{picture}<figcaption>{name}"
+                         f"{' (keep)' if keep else ''}</figcaption></figure>")
+        edge = found.weakest
+        a_image, b_image = read(edge.a), read(edge.b)
+        caption = (f"weakest edge: {html.escape(index.names[edge.a])} and "
+                   f"{html.escape(index.names[edge.b])}: {edge.kind}, {edge.inliers} "
+                   f"inliers, log10 NFA {edge.log_nfa:.1f}, coverage "
+                   f"{edge.coverage:.2f}")
+        if a_image is not None and b_image is not None:
+            a_xy, b_xy = index.matches_between(edge.a, edge.b)
+            picture = match_picture(a_image, b_image, a_xy, b_xy, height=match_height)
+            parts.append(f"<img class='match' src='{embed(picture)}' alt=''>")
+        parts.append(f"<p>{caption}</p></section>")
+    return "\n".join(parts) + "\n"

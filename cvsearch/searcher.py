@@ -150,6 +150,17 @@ class Searcher:
             query_xy[:, 0] = features.image_shape[1] - 0.5 - query_xy[:, 0]
         return query_xy, db_xy
 
+    def matches_between(self, a: int, b: int, verification: str = "shapes"):
+        """``(a_xy, b_xy)``: the inlier correspondences of two indexed images,
+        image ``a``'s stored words against image ``b`` (as :meth:`similar`
+        verifies), each (n_inliers, 2) float32 in its image's pixels."""
+        a, b = self.check_id(a, "matches_between"), self.check_id(b, "matches_between")
+        words, keypoints, _ = self.store.image(a)
+        _, a_xy, b_xy = _rerank.inlier_pairs(words, keypoints, *self.store.image(b),
+                                             max_side=self.max_side,
+                                             use_shapes=verification == "shapes")
+        return a_xy, b_xy
+
     # ---------------------------------------------------------------- stages
     def words_of(self, features) -> np.ndarray:
         """The query's words, (n_keypoints,) int32."""

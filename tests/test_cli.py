@@ -313,3 +313,58 @@ def test_relative_names_are_found_from_anywhere(image_files, tmp_path):
     library = Library(Settings(index_dir=tmp_path / "work" / "idx"))  # cwd: the repo
     assert library.missing_files == 0
     assert all(library.path_of(i).is_file() for i in index.ids.tolist())
+
+
+def test_copies_from_the_command_line(image_files, tmp_path):
+    """query says what each result is (a mirrored copy is a copy with --mirror),
+    and duplicates groups a folder's copies, names the one to keep, and writes
+    its JSON and its report."""
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for path in image_files[:8]:
+        shutil.copy(path, photos)
+    original = cv2.imread(image_files[2])
+    cv2.imwrite(str(photos / "copy_small.jpg"), cv2.resize(original, (300, 300)))
+    cv2.imwrite(str(photos / "copy_crop.jpg"), original[50:400, 30:420])
+    mirrored = tmp_path / "mirrored.jpg"
+    cv2.imwrite(str(mirrored), original[:, ::-1])
+    code, out, err = run("index", photos, "-o", "idx", "--words", "300", "--features",
+                         "sift", "-q", cwd=tmp_path)
+    assert code == 0, err
+    code, out, err = run("query", "idx", mirrored, "-k", "3", "--rerank", "10",
+                         "--mirror", "--json", "--matches", "m.png", cwd=tmp_path)
+    assert code == 0, err
+    results = json.loads(out)["results"]
+    assert results[0]["name"].endswith("texture_02.png")
+    assert results[0]["decision"] == "copy" and results[0]["mirrored"]
+    assert results[0]["log_nfa"] < -2 and results[0]["coverage"] >= 0.5
+    # the copies of the original are mirrored copies too
+    assert sorted(Path(r["name"]).name for r in results[1:]) == [
+        "copy_crop.jpg", "copy_small.jpg"]
+    assert [r["decision"] for r in results] == ["copy"] * 3
+    code, out, err = run("query", "idx", image_files[9], "-k", "3", "--rerank", "10",
+                         "--mirror", "--json", cwd=tmp_path)
+    assert {r["decision"] for r in json.loads(out)["results"]} <= {"none", "unverified"}
+    code, out, err = run("query", "idx", mirrored, "-k", "3", "--rerank", "10",
+                         cwd=tmp_path)
+    assert code == 0 and "decision" in out.splitlines()[0], err
+    assert "copy" not in out  # the mirror image is not searched for without --mirror
+    code, out, err = run("duplicates", "idx", "--json", "groups.json", "--report",
+                         "report.html", "-q", cwd=tmp_path)
+    assert code == 0, err
+    assert out.splitlines()[0].startswith("1 groups of copies (3 of 10 images)")
+    groups = json.loads((tmp_path / "groups.json").read_text())["groups"]
+    assert len(groups) == 1 and groups[0]["keep"].endswith("texture_02.png")
+    assert sorted(Path(n).name for n in groups[0]["images"]) == [
+        "copy_crop.jpg", "copy_small.jpg", "texture_02.png"]
+    page = (tmp_path / "report.html").read_text()
+    assert page.count("<figure") == 3 and "weakest edge" in page
+    assert page.count("data:image/jpeg;base64,") == 4  # three thumbnails, one match
+    # a folder of images is indexed in memory first: the same groups
+    code, out, err = run("duplicates", photos, "--json", "--words", "300",
+                         "--features", "sift", "-q", cwd=tmp_path)
+    assert code == 0, err
+    assert [sorted(g["images"]) for g in json.loads(out)["groups"]] == \
+        [sorted(g["images"]) for g in groups]
+    assert_one_line_error(*run("duplicates", "nowhere", cwd=tmp_path)[::2],
+                          "no such index folder or folder of images")
