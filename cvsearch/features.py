@@ -98,6 +98,31 @@ def can_mirror(features) -> bool:
         features.descriptors.shape[1:] == (128,)
 
 
+def mirror_keypoints(keypoints: np.ndarray, width: int, upright: bool = False
+                     ) -> np.ndarray:
+    """Keypoints ``(x, y, size, angle)`` (n, 4) float32 of an image ``width``
+    pixels wide, as they are in the image mirrored left-right: x becomes
+    ``width - 0.5 - x`` (OpenCV's SIFT finds a keypoint at x of an image at that
+    x of the mirrored one: measured in tests/test_decision.py) and the angle
+    ``180 - angle`` (modulo 360; kept for ``upright`` patches)."""
+    mirrored = np.array(keypoints, np.float32, copy=True).reshape(-1, 4)
+    mirrored[:, 0] = width - 0.5 - mirrored[:, 0]
+    if not upright:
+        mirrored[:, 3] = np.mod(180.0 - mirrored[:, 3], 360.0)
+    return mirrored
+
+
+def mirror_permutation(extractor_params: dict | None) -> np.ndarray | None:
+    """The bin permutation that mirrors the descriptors of an extractor
+    (``FeatureExtractor.feature_params()``), or None where there is none (ORB)."""
+    params = extractor_params or {}
+    if params.get("method") not in ("sift", "rootsift"):
+        return None
+    if params.get("dense_step") is not None:
+        return UPRIGHT_MIRROR_PERMUTATION
+    return MIRROR_PERMUTATION
+
+
 def mirror_features(features: Features) -> Features:
     """The features of the image mirrored left-right, without extracting again.
 
@@ -109,9 +134,8 @@ def mirror_features(features: Features) -> Features:
     Returns
     -------
     Features
-        Keypoints ``(width - 0.5 - x, y, size, 180 - angle)`` (angle modulo 360,
-        left as it is for upright dense patches, whose angle is 0 in both), and the
-        descriptors with their bins permuted (:data:`MIRROR_PERMUTATION`, or
+        Keypoints as :func:`mirror_keypoints` mirrors them, and the descriptors
+        with their bins permuted (:data:`MIRROR_PERMUTATION`, or
         :data:`UPRIGHT_MIRROR_PERMUTATION` for dense features).
 
     Raises
@@ -122,18 +146,12 @@ def mirror_features(features: Features) -> Features:
     if not can_mirror(features):
         raise ValueError("only SIFT and RootSIFT features can be mirrored without "
                          "extracting them again; ORB's binary descriptors cannot")
-    keypoints = np.array(features.keypoints, np.float32, copy=True)
-    # OpenCV's SIFT finds a keypoint at x of an image at width - 0.5 - x of
-    # the mirrored one (measured: tests/test_decision.py)
-    keypoints[:, 0] = features.image_shape[1] - 0.5 - keypoints[:, 0]
-    keypoints[:, 3] = np.mod(180.0 - keypoints[:, 3], 360.0)
-    permutation = MIRROR_PERMUTATION
-    if features.extractor.get("dense_step") is not None:  # upright patches
-        keypoints[:, 3] = features.keypoints[:, 3]
-        permutation = UPRIGHT_MIRROR_PERMUTATION
+    upright = features.extractor.get("dense_step") is not None
     return features._replace(
-        keypoints=keypoints,
-        descriptors=np.ascontiguousarray(features.descriptors[:, permutation]))
+        keypoints=mirror_keypoints(features.keypoints, features.image_shape[1],
+                                   upright),
+        descriptors=np.ascontiguousarray(
+            features.descriptors[:, mirror_permutation(features.extractor)]))
 
 
 #: Dense patches whose mean gradient magnitude (intensities in [0, 1]) is below this

@@ -18,7 +18,7 @@ import numpy as np
 
 from cvsearch import index_folder, storage
 from cvsearch._validation import check_choice, check_float, check_int, check_n_jobs
-from cvsearch.features import FeatureExtractor, Features, can_mirror
+from cvsearch.features import FeatureExtractor, Features, can_mirror, mirror_permutation
 from cvsearch.parallel import ImageWords, SkippedImage, check_words, extract_many
 from cvsearch.rerank import DEFAULT_MIN_INLIERS
 from cvsearch.searcher import (
@@ -812,20 +812,28 @@ class Index:
         """
         self._check_trained()
         snapshot = self._current()
-        return Searcher(snapshot.store, snapshot.vocabulary, self.extractor.max_side)
+        params = self.extractor.feature_params()
+        return Searcher(snapshot.store, snapshot.vocabulary, self.extractor.max_side,
+                        mirror_permutation(params),
+                        upright=params.get("dense_step") is not None)
 
     def similar(self, id: int, k: int = 10, *, rerank: int = 0,
                 min_inliers: int = DEFAULT_MIN_INLIERS, verification: str = "shapes",
-                return_inliers: bool = False):
+                mirror: bool = False, return_inliers: bool = False,
+                return_evidence: bool = False):
         """The ``k`` images most similar to image ``id`` of the index, itself left
         out: "more like this", or near-duplicates, without reading the image again.
 
         Parameters and returns are those of :meth:`query`, with ``id`` an image id
-        (its words only are kept: no multiple assignment).
+        (its words only are kept: no multiple assignment; ``mirror`` maps them
+        through the mirrored vocabulary, see
+        :meth:`~cvsearch.searcher.Searcher.mirrored_words`).
         """
         searcher = self.searcher()
-        ranking = check_ranking(k, rerank, min_inliers, verification, False, 0)
+        ranking = check_ranking(k, rerank, min_inliers, verification, False, 0, mirror)
         scores, ids, evidence = searcher.similar(id, ranking)
+        if return_evidence:
+            return scores, ids, evidence
         return (scores, ids, evidence.inliers) if return_inliers else (scores, ids)
 
     def inliers(self, image, ids: Sequence[int], *, verification: str = "shapes",
@@ -891,8 +899,9 @@ class Index:
         check_choice(verification, "verification", VERIFICATIONS)
         return self.searcher().matches_between(a, b, verification)
 
-    def duplicates(self, *, kind: str = "copy", rerank: int = 50, n_jobs: int = 1,
-                   checkpoint: str | os.PathLike | None = None, progress=None):
+    def duplicates(self, *, kind: str = "copy", rerank: int = 50, mirror: bool = True,
+                   n_jobs: int = 1, checkpoint: str | os.PathLike | None = None,
+                   progress=None):
         """Groups of copies (or of the same object) in the whole index.
 
         Every image is searched with its own words (as :meth:`similar`, with
@@ -906,6 +915,10 @@ class Index:
             Group the same pictures (copies), or the same objects.
         rerank : int
             Results verified per image, >= 1.
+        mirror : bool
+            Also find mirrored copies (SIFT and RootSIFT; the mirror image's
+            words come from the mirrored vocabulary, as
+            :meth:`~cvsearch.searcher.Searcher.similar` explains).
         n_jobs : int
             Threads searching at once (-1: all cores).
         checkpoint : path, optional
@@ -931,10 +944,11 @@ class Index:
         n_jobs = check_n_jobs(n_jobs)
         workers = (os.cpu_count() or 1) if n_jobs == -1 else n_jobs
         searcher = self.searcher()
-        ranking = check_ranking(rerank, rerank, DEFAULT_MIN_INLIERS, "shapes", False, 0)
+        ranking = check_ranking(rerank, rerank, DEFAULT_MIN_INLIERS, "shapes", False, 0,
+                                mirror)
         ids = searcher.store.ids()
         header = {"cvsearch_duplicates": 1, "lineage": self.lineage, "kind": kind,
-                  "rerank": rerank, "images": len(ids),
+                  "rerank": rerank, "mirror": ranking.mirror, "images": len(ids),
                   "ids": hashlib.sha256(np.asarray(ids, np.int64).tobytes()
                                         ).hexdigest()}
         saved = (_duplicates.Checkpoint(checkpoint, header) if checkpoint is not None

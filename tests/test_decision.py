@@ -190,7 +190,8 @@ def planted(tmp_path_factory):
     first = textured_image(1)
     group_a = [save("a.png", first), save("a_small.jpg", cv2.resize(first, (240, 240)), 90),
                save("a_crop.jpg", first[40:400, 60:440], 90),
-               save("a_turned.jpg", cv2.rotate(first, cv2.ROTATE_90_CLOCKWISE), 90)]
+               save("a_turned.jpg", cv2.rotate(first, cv2.ROTATE_90_CLOCKWISE), 90),
+               save("a_mirror.jpg", np.ascontiguousarray(first[:, ::-1]), 90)]
     second = textured_image(2)
     group_b = [save("b.jpg", second, 95), save("b_q40.jpg", second, 40)]
     wide = np.hstack([textured_image(20), textured_image(21), textured_image(22)])
@@ -241,3 +242,14 @@ def test_duplicates_resumes_from_its_checkpoint(planted, tmp_path):
 def test_duplicates_with_threads_finds_what_one_thread_finds(planted):
     index = planted[0]
     assert index.duplicates(rerank=10, n_jobs=2) == index.duplicates(rerank=10)
+
+
+def test_mirrored_copies_are_grouped_through_the_mirrored_vocabulary(planted):
+    """No descriptors are kept: the mirror image's words come from each word's
+    mirrored centre. Without mirror the mirrored copy stays out."""
+    index, group_a = planted[0], planted[1]
+    _, ids, evidence = index.similar(group_a[-1], k=3, rerank=10, mirror=True,
+                                     return_evidence=True)
+    assert ids[0] in group_a and evidence.same_object[0] and evidence.mirrored[0]
+    plain = [set(g.ids) for g in index.duplicates(rerank=10, mirror=False)]
+    assert set(group_a[:-1]) in plain

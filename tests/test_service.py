@@ -75,6 +75,27 @@ def test_search_finds_the_photographed_image_with_urls_and_timings(client,
     assert decoded.shape[0] == 430  # match_picture: 400 px high plus its caption
 
 
+def test_search_says_what_each_result_is(client):
+    """Each result carries the decision; a mirrored photo is a copy only when the
+    mirror image is searched for, and its match picture counts what the card
+    says."""
+    photo = warped(textured_image(4), rotation=10, scale=0.9)[0]
+    mirrored = np.ascontiguousarray(photo[:, ::-1])
+    plain = search(client, mirrored, k=3, rerank=5).json()["results"]
+    assert all(r["decision"] in ("none", "unverified") for r in plain)
+    answer = search(client, mirrored, k=3, rerank=5, mirror="true").json()
+    top = answer["results"][0]
+    assert top["id"] == 4 and top["decision"] == "copy" and top["mirrored"]
+    assert top["log_nfa"] <= -2 and top["coverage"] >= 0.5
+    # the others could not reach min_inliers: verification stopped, no count
+    assert {r["decision"] for r in answer["results"][1:]} <= {"none", "unverified"}
+    picture = client.get(top["match_url"])
+    decoded = cv2.imdecode(np.frombuffer(picture.content, np.uint8), cv2.IMREAD_COLOR)
+    assert picture.status_code == 200 and decoded.shape[0] == 430
+    unverified = search(client, photo, k=3, rerank=1).json()["results"]
+    assert unverified[1]["decision"] == "unverified" and unverified[1]["inliers"] is None
+
+
 @pytest.mark.parametrize("name, data, status, words", [
     ("notes.txt", b"just some text, not a picture", 400, "not an image"),
     ("empty.png", b"", 400, "empty"),

@@ -20,7 +20,7 @@ def _models():
     because pydantic comes with the 'server' extra."""
     from types import SimpleNamespace
 
-    from pydantic import BaseModel
+    from pydantic import BaseModel, Field
 
     class Result(BaseModel):
         rank: int
@@ -28,6 +28,17 @@ def _models():
         name: str
         score: float
         inliers: int | None
+        decision: str | None = Field(
+            None, description="copy (the same picture), object (the same object), "
+            "none (verified: neither), unverified (not verified, or its count was "
+            "not finished); null for a global index")
+        log_nfa: float | None = Field(
+            None, description="log10 of the chance matches this strong expected per "
+            "query over the whole index (object: <= -2)")
+        coverage: float | None = Field(
+            None, description="share of the images' common part the matches cover "
+            "(copy: >= 0.6 on average over both)")
+        mirrored: bool = Field(False, description="matched the mirrored query")
         image_url: str
         thumbnail_url: str
         match_url: str | None
@@ -182,9 +193,11 @@ def create_app(settings: Settings | None = None):
                k: Annotated[int, Form(ge=1, description="results")] = 10,
                rerank: Annotated[int, Form(ge=0, description="short-list verified "
                                            "geometrically (0: none)")] = 0,
-               min_inliers: Annotated[int, Form(ge=1)] = DEFAULT_MIN_INLIERS):
+               min_inliers: Annotated[int, Form(ge=1)] = DEFAULT_MIN_INLIERS,
+               mirror: Annotated[bool, Form(description="also search for the image "
+                                            "mirrored left-right")] = False):
         return library().search(read_upload(image), image.filename or "image", k,
-                                rerank, min_inliers)
+                                rerank, min_inliers, mirror)
 
     @app.get("/images/{id}", summary="An image of the index",
              responses=problems(404, 422))

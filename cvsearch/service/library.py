@@ -175,6 +175,7 @@ class _Query:
                                interpolation=cv2.INTER_AREA)
         self.image = image
         self.features = features
+        self.mirrored = set()  # ids that matched the mirrored query
 
     @property
     def nbytes(self) -> int:
@@ -384,7 +385,7 @@ class Library:
             raise ServiceError(400, str(error)) from None
 
     def search(self, data: bytes, filename: str, k: int, rerank: int,
-               min_inliers: int = DEFAULT_MIN_INLIERS) -> dict:
+               min_inliers: int = DEFAULT_MIN_INLIERS, mirror: bool = False) -> dict:
         """Search with an uploaded image: the JSON answer of ``POST /search``."""
         if k > self.settings.max_k or rerank > self.settings.max_rerank:
             raise ServiceError(422, f"k is at most {self.settings.max_k} and rerank "
@@ -403,28 +404,43 @@ class Library:
                                    "re-rank")
             scores, ids, inliers, features, timings = self._search_global(
                 index, verifier, image, k, rerank, min_inliers, timings)
+            evidence = None  # the verifier counts inliers; no decisions
         else:
             started = time.perf_counter()
             features = index.extractor.extract(image)
             timings["features_ms"] = _ms(started)
             started = time.perf_counter()
-            scores, ids, inliers = index.query(features, k=k, rerank=rerank,
-                                               min_inliers=min_inliers,
-                                               return_inliers=True)
+            scores, ids, evidence = index.query(features, k=k, rerank=rerank,
+                                                min_inliers=min_inliers, mirror=mirror,
+                                                return_evidence=True)
+            inliers = evidence.inliers
             timings["search_ms"] = _ms(started)
         query_id = secrets.token_urlsafe(12)
-        self._queries.put(query_id, _Query(image, features))
+        query = _Query(image, features)
+        if evidence is not None:  # match pictures mirror where the search did
+            query.mirrored = {int(i) for i, m in zip(ids, evidence.mirrored) if m}
+        self._queries.put(query_id, query)
         del image  # only the downscaled copy is kept
         names = index.names
         matchless = _is_global(index) and verifier is None  # no local features
         results = []
-        for score, id_, n in zip(scores.tolist(), ids.tolist(), inliers.tolist()):
+        for row, (score, id_, n) in enumerate(zip(scores.tolist(), ids.tolist(),
+                                                  inliers.tolist())):
             name = names.get(id_)
             if name is None:  # removed since the query ran: left out
                 continue
+            decision = {"decision": None, "log_nfa": None, "coverage": None,
+                        "mirrored": False}
+            if evidence is not None:
+                decision = evidence.record(row)
+                n = -1 if decision["inliers"] is None else n  # unfinished: no count
+                decision = {"decision": decision["kind"], "log_nfa": decision["log_nfa"],
+                            "coverage": decision["coverage"],
+                            "mirrored": decision["mirrored"]}
             results.append({
                 "rank": len(results) + 1, "id": id_, "name": display_name(name),
                 "score": round(score, 6), "inliers": n if n >= 0 else None,
+                **decision,
                 "image_url": f"/images/{id_}", "thumbnail_url": f"/thumbnails/{id_}",
                 "match_url": None if matchless else
                 f"/matches/{id_}?query={query_id}"})
@@ -524,7 +540,8 @@ class Library:
                                    ) from None
             query_xy, db_xy = verifier.matches(query.features, local_id)
         else:
-            query_xy, db_xy = index.matches(query.features, id_)
+            query_xy, db_xy = index.matches(query.features, id_,
+                                            mirrored=id_ in query.mirrored)
         picture = match_picture(query.image, self._read_color(id_),
                                 np.asarray(query_xy) * query.scale, db_xy)
         return cv2.imencode(".png", picture)[1].tobytes()

@@ -19,6 +19,8 @@ async function loadStats() {
       $("rerank").checked = false;
       $("rerank").disabled = true;
       $("rerank").parentElement.title = "this index has no local features to verify with";
+      $("mirror").checked = false;
+      $("mirror").disabled = true;
     }
   } catch (error) {
     $("stats").textContent = "";
@@ -37,8 +39,21 @@ function card(result) {
   item.dataset.id = result.id;
   const verified = result.inliers !== null && minInliers !== null &&
     result.inliers >= minInliers;
-  const badge = result.inliers === null ? "" :
-    `<span class="badge ${verified ? "verified" : ""}">${result.inliers} inliers</span>`;
+  // the service's decision where it makes one (bag-of-words indexes)
+  const decided = { copy: "copy", object: "same object" }[result.decision];
+  const mirror = result.mirrored ? " (mirror)" : "";
+  let badge = "";
+  if (decided) {
+    badge = `<span class="badge decided ${result.decision}" title="log10 NFA ` +
+      `${result.log_nfa}, coverage ${result.coverage}">${decided}${mirror} · ` +
+      `${result.inliers}</span>`;
+  } else if (result.decision === "unverified" && result.inliers === null &&
+             $("rerank").checked) {
+    badge = `<span class="badge">not verified</span>`;
+  } else if (result.inliers !== null) {
+    badge = `<span class="badge ${verified && !result.decision ? "verified" : ""}">` +
+      `${result.inliers} inliers</span>`;
+  }
   item.innerHTML = `<div class="thumb"><span class="rank">${result.rank}</span>${badge}` +
     `<img loading="lazy" alt=""></div><div class="meta"><div class="name"></div>` +
     `<div class="score">score ${result.score.toFixed(3)}</div></div>`;
@@ -68,6 +83,7 @@ async function search(file) {
   form.append("image", file);
   form.append("k", $("k").value);
   form.append("rerank", $("rerank").checked ? "50" : "0");
+  form.append("mirror", $("mirror").checked ? "true" : "false");
   let answer;
   try {
     const response = await fetch("/search", { method: "POST", body: form });
@@ -100,7 +116,7 @@ drop.addEventListener("drop", (event) => {
   drop.classList.remove("over");
   if (event.dataTransfer.files.length) search(event.dataTransfer.files[0]);
 });
-for (const id of ["k", "rerank"]) {
+for (const id of ["k", "rerank", "mirror"]) {
   $(id).addEventListener("change", () => { if (lastFile) search(lastFile); });
 }
 loadStats();

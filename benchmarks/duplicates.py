@@ -1,0 +1,187 @@
+"""Copies within a collection: ``Index.duplicates`` on 10,000 images with 500
+planted copy groups, and its cost per image from 1,000 to 10,000 images.
+
+The collection is Caltech-101 (less Faces_easy and the *_head classes, which are
+crops of other classes' photos) plus, for 500 of its photos, one to three copies
+each, made by attacks drawn from ``benchmarks/_attacks.py``. A planted group is
+an original and its copies. A found group counts as right when its members are
+exactly one planted group. Smaller collections are the same index with images
+removed (their planted groups kept whole, in proportion), so every size is
+searched with one vocabulary.
+
+Usage::
+
+    python benchmarks/duplicates.py --data ../shared/data
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _attacks import ATTACKS, make_copy  # noqa: E402
+from _common import run_metadata  # noqa: E402
+
+from cvsearch import Index  # noqa: E402
+from cvsearch.datasets import caltech101  # noqa: E402
+
+RESULTS = Path(__file__).resolve().parent / "results"
+#: Crops of other classes' photos: true copies nobody planted.
+LEFT_OUT = ("Faces_easy",)
+
+
+def collection(args):
+    """``(paths, planted)``: every image, and the planted groups (lists of
+    positions in ``paths``, the original first)."""
+    caltech = caltech101(args.data, download=False)
+    paths = [str(p) for p in caltech.paths
+             if p.parent.name not in LEFT_OUT and not p.parent.name.endswith("_head")]
+    rng = np.random.default_rng(args.seed)
+    wanted = args.images - len(paths)  # copies needed to reach the size asked
+    originals = rng.choice(len(paths), args.groups, replace=False)
+    sizes = np.full(args.groups, 1)
+    extra = max(0, wanted - args.groups)
+    for _ in range(extra):  # spread the remaining copies, at most 3 per group
+        open_ = np.flatnonzero(sizes < 3)
+        sizes[rng.choice(open_)] += 1
+    folder = args.work / f"planted-{args.seed}-{args.groups}"
+    folder.mkdir(parents=True, exist_ok=True)
+    names = list(ATTACKS)
+    planted = []
+    for number, (original, size) in enumerate(zip(originals, sizes)):
+        group = [int(original)]
+        for attack in rng.choice(names, size, replace=False):
+            stem = folder / f"{number:04d}_{attack}"
+            existing = sorted(folder.glob(f"{stem.name}.*"))
+            copy_rng = np.random.default_rng([args.seed, number, names.index(attack)])
+            path = str(existing[0]) if existing else make_copy(
+                paths[original], attack, stem, copy_rng)
+            paths.append(path)
+            group.append(len(paths) - 1)
+        planted.append(group)
+    return paths, planted
+
+
+def score(groups, planted_names, names) -> dict:
+    found = [frozenset(names[i] for i in g.ids) for g in groups]
+    truth = {frozenset(g) for g in planted_names}
+    planted_members = set().union(*truth) if truth else set()
+    exact = [g in truth for g in found]
+    unplanted = [not (g & planted_members) for g in found]
+    return {"found": len(found), "planted": len(truth),
+            "exact": int(sum(exact)),
+            "precision": round(sum(exact) / max(len(found), 1), 4),
+            "recall": round(len(truth & set(found)) / max(len(truth), 1), 4),
+            "unplanted_groups": int(sum(unplanted)),
+            "precision_without_unplanted": round(
+                sum(exact) / max(len(found) - sum(unplanted), 1), 4)}
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", type=Path, default=Path("../shared/data"))
+    parser.add_argument("--work", type=Path, default=Path("/tmp/cvsearch-duplicates"))
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--images", type=int, default=10_000)
+    parser.add_argument("--groups", type=int, default=500)
+    parser.add_argument("--sizes", type=int, nargs="+", default=[1000, 3000, 10_000])
+    parser.add_argument("--n-words", type=int, default=20_000)
+    parser.add_argument("--rerank", type=int, default=50)
+    parser.add_argument("--jobs", type=int, default=-1)
+    args = parser.parse_args(argv)
+    meta = run_metadata("duplicates.py", argv)
+    paths, planted = collection(args)
+    saved = args.work / f"index-{args.seed}-{len(paths)}"
+    if (saved / "manifest.json").exists():
+        build_s = json.loads((args.work / "build.json").read_text())["seconds"]
+    else:
+        start = time.perf_counter()
+        index = Index.build(paths, n_words=args.n_words, random_state=args.seed,
+                            n_jobs=args.jobs)
+        build_s = time.perf_counter() - start
+        index.save(saved)
+        (args.work / "build.json").write_text(json.dumps({"seconds": build_s}))
+    print(f"{len(paths)} images, indexed in {build_s:.0f} s", flush=True)
+    rng = np.random.default_rng(args.seed + 1)
+    in_planted = {i for g in planted for i in g}
+    others = np.array([i for i in range(len(paths)) if i not in in_planted])
+    rows = []
+    for size in sorted(args.sizes):
+        index = Index.load(saved)
+        share = min(1.0, size / len(paths))
+        groups_kept = [planted[i] for i in np.sort(rng.choice(
+            len(planted), round(share * len(planted)), replace=False))]
+        kept = {i for g in groups_kept for i in g}
+        room = max(0, size - len(kept))
+        kept |= set(rng.choice(others, min(room, len(others)), replace=False).tolist())
+        drop = [paths[i] for i in range(len(paths)) if i not in kept]
+        if drop:
+            index.remove(drop)
+        start = time.perf_counter()
+        groups = index.duplicates(rerank=args.rerank, n_jobs=args.jobs)
+        seconds = time.perf_counter() - start
+        names = index.names
+        planted_names = [[paths[i] for i in g] for g in groups_kept]
+        row = {"images": len(index), "planted_groups": len(groups_kept),
+               "seconds": round(seconds, 1),
+               "ms_per_image": round(1000 * seconds / len(index), 2),
+               **score(groups, planted_names, names)}
+        keep = {frozenset(g): g[0] for g in planted_names}
+        chosen = [names[g.best] == keep[frozenset(names[i] for i in g.ids)]
+                  for g in groups if frozenset(names[i] for i in g.ids) in keep]
+        row["original_kept"] = round(float(np.mean(chosen)), 4) if chosen else None
+        if size == max(args.sizes):
+            row["unplanted_examples"] = [
+                [names[i] for i in g.ids] for g in groups
+                if not ({names[i] for i in g.ids} & {p for t in planted_names
+                                                     for p in t})][:10]
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    results = {**meta, "build_s": round(build_s), "rows": rows,
+               "attacks": list(ATTACKS),
+               "args": vars(args) | {"data": str(args.data), "work": str(args.work)}}
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "duplicates.json").write_text(json.dumps(results, indent=1) + "\n")
+    (RESULTS / "duplicates.md").write_text(report(results))
+    print((RESULTS / "duplicates.md").read_text())
+
+
+def report(r: dict) -> str:
+    a = r["args"]
+    lines = [
+        "# Duplicates: planted copy groups in Caltech-101", "",
+        f"`{r['command']}` on {r['date']} ({r['machine']}).", "",
+        f"Caltech-101 (less Faces_easy and the *_head classes, crops of other "
+        f"classes' photos) with {a['groups']} planted groups: an original and one to "
+        f"three copies by the attacks of `benchmarks/_attacks.py` "
+        f"({', '.join(r['attacks'])}). Indexed once ({r['build_s']} s, {a['jobs']} "
+        "jobs); smaller sizes are that index with images removed. "
+        f"`Index.duplicates(rerank={a['rerank']}, n_jobs={a['jobs']})`.", "",
+        "A found group is right when its members are exactly a planted group; "
+        "\"unplanted\" groups hold none of the planted images (copies Caltech-101 "
+        "has of itself).", "",
+        "| images | planted groups | found | exact | precision | recall | unplanted "
+        "found | precision without them | original kept | seconds | ms per image |",
+        "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for row in r["rows"]:
+        lines.append(
+            f"| {row['images']:,} | {row['planted_groups']} | {row['found']} | "
+            f"{row['exact']} | {row['precision']:.3f} | {row['recall']:.3f} | "
+            f"{row['unplanted_groups']} | {row['precision_without_unplanted']:.3f} | "
+            f"{row['original_kept']} | {row['seconds']} | {row['ms_per_image']} |")
+    examples = r["rows"][-1].get("unplanted_examples") or []
+    if examples:
+        lines += ["", "Some unplanted groups found at the largest size:", ""]
+        lines += [f"- {', '.join(Path(n).parent.name + '/' + Path(n).name for n in g)}"
+                  for g in examples]
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    main()
