@@ -13,13 +13,17 @@ each image agrees. Two questions get two decisions:
   not change with the collection: ``log_nfa <= -2`` means fewer than one such
   chance match per hundred queries, whatever the number of images.
 - **same picture** (a copy: crop, rescale, rotation, mirror, recompression,
-  overlay, screenshot): the same object, and the agreeing region covers most of
-  what the two images share. Coverage is measured on a grid: of the cells of an
-  image that have structure (a keypoint at least ``MIN_SIZE`` of the image's long
-  side: what survives downscaling, blur and recompression) and lie in the
-  overlap of the two images under the fitted transform, the share holding an
-  inlier, averaged over the two images. Two photos of different things on one
-  carpet agree on the carpet only: the things' cells stay uncovered.
+  overlay, screenshot): the same object, and the agreement covers most of what
+  the two images share. The structure of an image is its keypoints of at least
+  ``MIN_SIZE`` of its long side (what survives downscaling, blur and
+  recompression); its part in the overlap of the two images under the fitted
+  transform is what the images share. Its coverage is the mean of two shares:
+  of the grid cells holding such structure, those holding an inlier; and of the
+  keypoints, those found again in the other image where the transform puts them,
+  at the scale and orientation it predicts (a copy's detector fires at the same
+  places even where recompression or blur changed the descriptors, and so words
+  and inliers). Two photos of different things on one carpet agree on the
+  carpet only: the things' cells stay uncovered and their keypoints unmatched.
 
 The thresholds were chosen on copies of Caltech-101 photos with another seed
 than the benchmark's (benchmarks/copies.py, results/copies.md).
@@ -34,14 +38,20 @@ from scipy.special import gammaln
 
 #: Same object: at most this log10 of the expected false alarms per query.
 SAME_OBJECT_LOG_NFA = -2.0
-#: Same picture: the agreeing region covers at least this share of the
-#: structured overlap (the mean of the two images').
-COPY_COVERAGE = 0.6
+#: Same picture: the agreement covers at least this share of the structured
+#: overlap (the mean of the two images').
+COPY_COVERAGE = 0.45
 #: Coverage grid: cells per side of each image.
 GRID = 8
 #: Keypoints that show structure, as a share of the image's long side: smaller
 #: ones come and go with blur, noise and recompression.
 MIN_SIZE = 0.02
+#: A keypoint is found again within this share of the other image's long side
+#: of where the transform puts it, at 1 / REPEAT_SCALE to REPEAT_SCALE times the
+#: predicted size and within REPEAT_ANGLE degrees of the predicted orientation.
+REPEAT_TOLERANCE = 0.01
+REPEAT_SCALE = 1.4
+REPEAT_ANGLE = 25.0
 #: A transform needs this many correspondences to be fitted (a homography): the
 #: a-contrario count starts from there, as ORSA's does.
 SAMPLE = 4
@@ -165,7 +175,9 @@ def log10_nfa(pairs, inliers, tolerance, image_area, n_images: int) -> np.ndarra
 def coverage(query_keypoints, query_shape, db_keypoints, db_shape, query_inliers,
              db_inliers, grid: int = GRID, min_size: float = MIN_SIZE
              ) -> tuple[float, float]:
-    """How much of each image's structured overlap the inliers cover.
+    """How much of each image's structured overlap agrees with the other image
+    (see the module's docstring: the mean of the share of structured cells holding
+    an inlier and the share of structured keypoints found again).
 
     Parameters
     ----------
@@ -195,20 +207,22 @@ def coverage(query_keypoints, query_shape, db_keypoints, db_shape, query_inliers
     if forward is None or abs(np.linalg.det(forward)) < 1e-12:
         return 0.0, 0.0
     backward = np.linalg.inv(forward)
+    query_keypoints = np.unique(np.asarray(query_keypoints, np.float64).reshape(-1, 4),
+                                axis=0)  # multiple assignment repeats rows
+    db_keypoints = np.asarray(db_keypoints, np.float64).reshape(-1, 4)
     return (_side_coverage(query_keypoints, query_shape, query_inliers, forward,
-                           db_shape, grid, min_size),
-            _side_coverage(db_keypoints, db_shape, db_inliers, backward, query_shape,
-                           grid, min_size))
+                           db_keypoints, db_shape, grid, min_size),
+            _side_coverage(db_keypoints, db_shape, db_inliers, backward,
+                           query_keypoints, query_shape, grid, min_size))
 
 
-def _side_coverage(keypoints, shape, inlier_xy, to_other, other_shape, grid,
-                   min_size) -> float:
+def _side_coverage(keypoints, shape, inlier_xy, to_other, other_keypoints,
+                   other_shape, grid, min_size) -> float:
     """Coverage of one image (see :func:`coverage`): ``to_other`` (3, 3) maps its
     pixels to the other image's."""
     height, width = shape
-    keypoints = np.asarray(keypoints, np.float64).reshape(-1, 4)
     size = keypoints[:, 2]
-    structure = keypoints[(size >= min_size * max(height, width)) | (size == 0), :2]
+    structure = keypoints[(size >= min_size * max(height, width)) | (size == 0)]
 
     def cells(points):
         points = np.asarray(points, np.float64).reshape(-1, 2)
@@ -220,17 +234,54 @@ def _side_coverage(keypoints, shape, inlier_xy, to_other, other_shape, grid,
 
     centre = (np.arange(grid) + 0.5) / grid
     cx, cy = np.meshgrid(centre * width, centre * height)
-    points = np.column_stack([cx.ravel(), cy.ravel(), np.ones(grid * grid)])
-    mapped = points @ to_other.T
+    inside = _inside(np.column_stack([cx.ravel(), cy.ravel()]), to_other, other_shape)
+    structured = cells(structure[:, :2]) & inside
+    if not structured.any():
+        return 0.0
+    cell_share = (cells(inlier_xy) & structured).sum() / structured.sum()
+    return float((cell_share + _found_again(structure, to_other, other_keypoints,
+                                            other_shape)) / 2)
+
+
+def _inside(xy, to_other, other_shape) -> np.ndarray:
+    """(n,) bool: points (n, 2) that ``to_other`` maps inside the other image."""
+    mapped = np.column_stack([xy, np.ones(len(xy))]) @ to_other.T
     with np.errstate(divide="ignore", invalid="ignore"):
         x, y = mapped[:, 0] / mapped[:, 2], mapped[:, 1] / mapped[:, 2]
     other_height, other_width = other_shape
-    inside = (mapped[:, 2] > 0) & (x >= 0) & (x < other_width) & (y >= 0) & (
+    return (mapped[:, 2] > 0) & (x >= 0) & (x < other_width) & (y >= 0) & (
         y < other_height)
-    structured = cells(structure) & inside
-    if not structured.any():
+
+
+def _found_again(structure, to_other, other_keypoints, other_shape) -> float:
+    """Share of ``structure`` (n, 4) in the overlap with a keypoint of the other
+    image where ``to_other`` puts it, of the size and orientation it predicts
+    (either sense of rotation: the two images' angle conventions need not agree
+    after a mirror)."""
+    from scipy.spatial import cKDTree
+
+    inside = _inside(structure[:, :2], to_other, other_shape)
+    points = structure[inside]
+    if not len(points) or not len(other_keypoints):
         return 0.0
-    return float((cells(inlier_xy) & structured).sum() / structured.sum())
+    mapped = np.column_stack([points[:, :2], np.ones(len(points))]) @ to_other.T
+    mapped = mapped[:, :2] / mapped[:, 2:]
+    linear = to_other[:2, :2] / to_other[2, 2]
+    scale = np.sqrt(abs(np.linalg.det(linear)))
+    turn = np.degrees(np.arctan2(linear[1, 0], linear[0, 0]))
+    radius = REPEAT_TOLERANCE * max(other_shape)
+    near = cKDTree(other_keypoints[:, :2]).query_ball_point(mapped, radius)
+    found = 0
+    for point, candidates in zip(points, near):
+        if not candidates:
+            continue
+        other = other_keypoints[candidates]
+        ratio = other[:, 2] / max(point[2] * scale, 1e-9)
+        off = [np.abs((other[:, 3] - (point[3] + sign * turn) + 180) % 360 - 180)
+               for sign in (1, -1)]
+        found += bool(((ratio > 1 / REPEAT_SCALE) & (ratio < REPEAT_SCALE)
+                       & ((off[0] < REPEAT_ANGLE) | (off[1] < REPEAT_ANGLE))).any())
+    return found / len(points)
 
 
 def evidence_of(verified, query_keypoints, query_shape, candidates,

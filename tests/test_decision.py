@@ -80,32 +80,57 @@ def test_false_alarms_grow_with_the_pairs_tried_and_the_collection():
     assert np.isinf(log10_nfa([100], [4], [tolerance], [area], 10)).all()
 
 
-def test_coverage_counts_the_textured_overlap():
-    """Keypoints everywhere on a 400 x 400 image, an identity transform: all
-    inliers cover all of it, inliers on the left half cover half of it, and a
-    query that is the left half only is covered whole by them."""
-    xy = np.stack(np.meshgrid(np.arange(10, 400, 20.0), np.arange(10, 400, 20.0)),
+def grid_keypoints(x0=10, x1=400, size=12.0):
+    xy = np.stack(np.meshgrid(np.arange(x0, x1, 20.0), np.arange(10, 400, 20.0)),
                   -1).reshape(-1, 2)
-    grid = np.column_stack([xy, np.full(len(xy), 12.0), np.zeros(len(xy))])
+    return np.column_stack([xy, np.full(len(xy), size), np.zeros(len(xy))])
+
+
+def test_coverage_counts_the_structured_overlap():
+    """Keypoints everywhere on a 400 x 400 image, an identity transform. All
+    inliers, the same keypoints: all covered. The right halves differ (other
+    things there) and only the left agrees: half. A query that is the left half
+    only is covered whole."""
+    image = grid_keypoints()
+    xy = image[:, :2]
     shape = (400, 400)
-    assert coverage(grid, shape, grid, shape, xy, xy) == (1.0, 1.0)
+    assert coverage(image, shape, image, shape, xy, xy) == (1.0, 1.0)
     left = xy[:, 0] < 200
-    half = coverage(grid, shape, grid, shape, xy[left], xy[left])
+    other = image.copy()
+    other[~left, :2] += [7.0, 9.0]  # something else on the right
+    half = coverage(image, shape, other, shape, xy[left], xy[left])
     assert half == (pytest.approx(0.5), pytest.approx(0.5))
-    crop = coverage(grid[left], (400, 200), grid, shape, xy[left], xy[left])
+    crop = coverage(image[left], (400, 200), image, shape, xy[left], xy[left])
     assert crop == (pytest.approx(1.0), pytest.approx(1.0))
-    assert coverage(grid, shape, grid, shape, xy[:3], xy[:3]) == (0.0, 0.0)
+    assert coverage(image, shape, image, shape, xy[:3], xy[:3]) == (0.0, 0.0)
+
+
+def test_keypoints_found_again_count_where_words_failed():
+    """A recompressed copy keeps its keypoints where they were, though few of
+    them still share a word (inliers only on the left): the right half is still
+    found again, at the same size; at another size it is not."""
+    image = grid_keypoints()
+    xy = image[:, :2]
+    left = xy[:, 0] < 200
+    shape = (400, 400)
+    same = coverage(image, shape, image, shape, xy[left], xy[left])
+    assert same == (pytest.approx(0.75), pytest.approx(0.75))
+    resized = image.copy()
+    resized[~left, 2] *= 2.0
+    assert coverage(image, shape, resized, shape, xy[left], xy[left]) == (
+        pytest.approx(0.5), pytest.approx(0.5))
 
 
 def test_small_keypoints_are_not_structure():
     """Fine detail that blur or recompression wipes out does not count against
     a copy: the right half holds only keypoints under 2% of the long side."""
-    xy = np.stack(np.meshgrid(np.arange(10, 400, 20.0), np.arange(10, 400, 20.0)),
-                  -1).reshape(-1, 2)
-    size = np.where(xy[:, 0] < 200, 12.0, 4.0)
-    keypoints = np.column_stack([xy, size, np.zeros(len(xy))])
-    left = xy[:, 0] < 200
-    assert coverage(keypoints, (400, 400), keypoints, (400, 400), xy[left],
+    image = grid_keypoints()
+    left = image[:, 0] < 200
+    image[~left, 2] = 4.0
+    xy = image[:, :2]
+    other = image.copy()
+    other[~left, :2] += [7.0, 9.0]
+    assert coverage(image, (400, 400), other, (400, 400), xy[left],
                     xy[left]) == (1.0, 1.0)
 
 
