@@ -386,7 +386,8 @@ def _print_results(args, rows):
                     "results": rows})
         return
     name_width = max([4] + [len(r["name"]) for r in rows])
-    decided = any("decision" in r for r in rows)
+    # a decision column where something was verified (all "-" otherwise)
+    decided = bool(args.rerank) and any("decision" in r for r in rows)
     print(f"{'rank':>4}  {'score':>7}  {'inliers':>7}  " +
           (f"{'decision':<10}  " if decided else "") + f"{'name':<{name_width}}")
     for r in rows:
