@@ -25,7 +25,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import run_metadata  # noqa: E402
 from copies import choose_images, make_copies  # noqa: E402
-from scale import SEGMENT, model, synthetic  # noqa: E402
+from scale import add_synthetic, model  # noqa: E402
 
 from cvsearch import Index  # noqa: E402
 
@@ -38,16 +38,8 @@ def run_size(args, n: int, base, frequency, originals, queries, truth) -> dict:
     index = Index.load(folder)
     started = time.perf_counter()
     index.add(originals, names=originals)
-    rng = np.random.default_rng(1)
-    fingerprint = base.vocabulary.fingerprint
-    params = base.extractor.feature_params()
-    for first in range(0, n, SEGMENT):
-        items, names = synthetic(rng, frequency, min(SEGMENT, n - first),
-                                 args.words_per_image, fingerprint, params, first)
-        index.add(items, names=names)
-        del items
-        index.save(folder)
-        index = Index.load(folder, verify=False)
+    index = add_synthetic(index, folder, np.random.default_rng(1), frequency, n,
+                          args.words_per_image)
     build_s = time.perf_counter() - started
     ids_of = {name: i for i, name in zip(index.ids, index.names.values())}
     copies, negatives, times = [], [], []

@@ -82,6 +82,22 @@ def synthetic(rng, frequency, n, words_per_image, fingerprint, params, first):
     return items, [f"synthetic/{first + i:08d}" for i in range(n)]
 
 
+def add_synthetic(index, folder: Path, rng, frequency, n: int, words_per_image: int):
+    """Add ``n`` synthetic images to ``index``, one segment per ``SEGMENT``, each
+    saved to ``folder`` and memory-mapped again (the way a large index is built
+    without holding it all in memory); returns the index loaded last."""
+    fingerprint = index.vocabulary.fingerprint
+    params = index.extractor.feature_params()
+    for first in range(0, n, SEGMENT):
+        items, names = synthetic(rng, frequency, min(SEGMENT, n - first),
+                                 words_per_image, fingerprint, params, first)
+        index.add(items, names=names)
+        del items
+        index.save(folder)
+        index = Index.load(folder, verify=False)
+    return index
+
+
 def median_ms(times) -> float:
     return round(1000 * statistics.median(times), 2)
 
@@ -101,17 +117,9 @@ def run_size(args, n: int) -> dict:
     params = base.extractor.feature_params()
     out = {"n": n, "assign_ms": round(assign_ms, 2)}
 
-    # build: one segment per batch; each saved, then memory-mapped again (the
-    # way a large index is built without holding it all in memory)
     started = time.perf_counter()
-    index = Index.load(folder)
-    for first in range(0, n, SEGMENT):
-        items, names = synthetic(rng, frequency, min(SEGMENT, n - first),
-                                 args.words_per_image, fingerprint, params, first)
-        index.add(items, names=names)
-        del items
-        index.save(folder)
-        index = Index.load(folder, verify=False)
+    index = add_synthetic(Index.load(folder), folder, rng, frequency, n,
+                          args.words_per_image)
     out["build_s"] = round(time.perf_counter() - started, 1)
 
     # first query of a loaded index computes the idf and norms once
