@@ -229,6 +229,9 @@ def test_the_page_in_a_real_browser(tmp_path, trained_index):
         names = [Path(card.get_attribute("data-name")).name for card in cards]
         assert expected <= set(names[:len(expected)]), names
         assert "results in" in driver.find_element(By.ID, "timing").text
+        # the page shows the service's decision: the query is (a copy of) the
+        # first result
+        assert cards[0].find_element(By.CSS_SELECTOR, ".badge").text.startswith("copy")
         # thumbnails loaded, and a result opens its match picture
         WebDriverWait(driver, 30).until(lambda d: d.execute_script(
             "return [...document.querySelectorAll('#results img')]"
