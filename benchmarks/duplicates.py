@@ -126,10 +126,16 @@ def main(argv=None):
         start = time.perf_counter()
         groups = index.duplicates(rerank=args.rerank, n_jobs=args.jobs)
         seconds = time.perf_counter() - start
+        serial_s = None
+        if size == min(args.sizes):  # what the threads bring, in the same run
+            start = time.perf_counter()
+            serial = index.duplicates(rerank=args.rerank, n_jobs=1)
+            serial_s = round(time.perf_counter() - start, 1)
+            assert serial == groups
         names = index.names
         planted_names = [[paths[i] for i in g] for g in groups_kept]
         row = {"images": len(index), "planted_groups": len(groups_kept),
-               "seconds": round(seconds, 1),
+               "seconds": round(seconds, 1), "one_thread_seconds": serial_s,
                "ms_per_image": round(1000 * seconds / len(index), 2),
                **score(groups, planted_names, names)}
         keep = {frozenset(g): g[0] for g in planted_names}
@@ -175,6 +181,11 @@ def report(r: dict) -> str:
             f"{row['exact']} | {row['precision']:.3f} | {row['recall']:.3f} | "
             f"{row['unplanted_groups']} | {row['precision_without_unplanted']:.3f} | "
             f"{row['original_kept']} | {row['seconds']} | {row['ms_per_image']} |")
+    first = r["rows"][0]
+    if first.get("one_thread_seconds"):
+        lines += ["", f"At {first['images']:,} images one thread took "
+                  f"{first['one_thread_seconds']} s, {a['jobs']} jobs "
+                  f"{first['seconds']} s (the same groups)."]
     examples = r["rows"][-1].get("unplanted_examples") or []
     if examples:
         lines += ["", "Some unplanted groups found at the largest size:", ""]

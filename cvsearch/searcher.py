@@ -11,6 +11,7 @@ geometrically (:mod:`cvsearch.rerank`) and expands the query if asked.
 
 from __future__ import annotations
 
+import threading
 from typing import NamedTuple
 
 import numpy as np
@@ -312,15 +313,19 @@ def _best_of(lists, m: int):
 
 
 _MIRRORED: dict = {}
+_MIRRORED_LOCK = threading.Lock()
 
 
 def _mirrored_words(vocabulary: Vocabulary, permutation: np.ndarray):
-    """:meth:`Searcher.mirrored_words`, computed once per vocabulary."""
+    """:meth:`Searcher.mirrored_words`, computed once per vocabulary (searches
+    in several threads wait for the first)."""
     key = (vocabulary.fingerprint, permutation.tobytes())
-    if key not in _MIRRORED:
-        centres = np.ascontiguousarray(vocabulary.centers_[:, permutation])
-        first, second, _, _ = vocabulary.predict_two(centres)
-        second = np.where(second >= 0, second, first)
-        _MIRRORED.clear()  # one vocabulary at a time is the common case
-        _MIRRORED[key] = (first.astype(np.int32), second.astype(np.int32))
-    return _MIRRORED[key]
+    with _MIRRORED_LOCK:
+        if key not in _MIRRORED:
+            centres = np.ascontiguousarray(vocabulary.centers_[:, permutation])
+            first, second, _, _ = vocabulary.predict_two(centres)
+            second = np.where(second >= 0, second, first)
+            if len(_MIRRORED) >= 4:  # a few vocabularies at a time at most
+                _MIRRORED.clear()
+            _MIRRORED[key] = (first.astype(np.int32), second.astype(np.int32))
+        return _MIRRORED[key]
