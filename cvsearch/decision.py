@@ -14,10 +14,10 @@ each image agrees. Two questions get two decisions:
   chance match per hundred queries, whatever the number of images.
 - **same picture** (a copy: crop, rescale, rotation, mirror, recompression,
   overlay, screenshot): the same object, and the agreement covers most of what
-  the two images share. The structure of an image is its keypoints of at least
-  ``MIN_SIZE`` of its long side (what survives downscaling, blur and
-  recompression); its part in the overlap of the two images under the fitted
-  transform is what the images share. Its coverage is the mean of two shares:
+  the two images share. What they share is the overlap of the two images under
+  the fitted transform; its structure, in each image, is the keypoints of at
+  least ``MIN_SIZE`` of the overlap's long side (what survives downscaling, blur
+  and recompression). Its coverage is the mean of two shares:
   of the grid cells holding such structure, those holding an inlier; and of the
   keypoints, those found again in the other image where the transform puts them,
   at the scale and orientation it predicts (a copy's detector fires at the same
@@ -43,8 +43,8 @@ SAME_OBJECT_LOG_NFA = -2.0
 COPY_COVERAGE = 0.45
 #: Coverage grid: cells per side of each image.
 GRID = 8
-#: Keypoints that show structure, as a share of the image's long side: smaller
-#: ones come and go with blur, noise and recompression.
+#: Keypoints that show structure, as a share of the long side of the overlap:
+#: smaller ones come and go with blur, noise and recompression.
 MIN_SIZE = 0.02
 #: A keypoint is found again within this share of the other image's long side
 #: of where the transform puts it, at 1 / REPEAT_SCALE to REPEAT_SCALE times the
@@ -190,7 +190,8 @@ def coverage(query_keypoints, query_shape, db_keypoints, db_shape, query_inliers
     grid : int
         Cells per side.
     min_size : float
-        Keypoints smaller than this share of their image's long side are left out.
+        Keypoints smaller than this share of the overlap's long side (in their
+        image) are left out.
 
     Returns
     -------
@@ -222,7 +223,10 @@ def _side_coverage(keypoints, shape, inlier_xy, to_other, other_keypoints,
     pixels to the other image's."""
     height, width = shape
     size = keypoints[:, 2]
-    structure = keypoints[(size >= min_size * max(height, width)) | (size == 0)]
+    # structure at the scale of what the images share: a picture pasted small
+    # into a screenshot has its detail at that size
+    structure = keypoints[(size >= min_size * _overlap_side(shape, to_other, other_shape))
+                          | (size == 0)]
 
     def cells(points):
         points = np.asarray(points, np.float64).reshape(-1, 2)
@@ -241,6 +245,22 @@ def _side_coverage(keypoints, shape, inlier_xy, to_other, other_keypoints,
     cell_share = (cells(inlier_xy) & structured).sum() / structured.sum()
     return float((cell_share + _found_again(structure, to_other, other_keypoints,
                                             other_shape)) / 2)
+
+
+def _overlap_side(shape, to_other, other_shape) -> float:
+    """The long side, in this image's pixels, of the box holding the part of it
+    that the other image covers (the whole image's if unsure)."""
+    other_height, other_width = other_shape
+    corners = np.array([[0, 0], [other_width, 0], [other_width, other_height],
+                        [0, other_height]], np.float64)
+    back = np.column_stack([corners, np.ones(4)]) @ np.linalg.inv(to_other).T
+    height, width = shape
+    if (back[:, 2] <= 0).any():  # the other image wraps behind: no box
+        return float(max(height, width))
+    back = back[:, :2] / back[:, 2:]
+    x = np.clip([back[:, 0].min(), back[:, 0].max()], 0, width)
+    y = np.clip([back[:, 1].min(), back[:, 1].max()], 0, height)
+    return float(max(x[1] - x[0], y[1] - y[0], 1.0))
 
 
 def _inside(xy, to_other, other_shape) -> np.ndarray:

@@ -771,7 +771,8 @@ class Index:
     def query_batch(self, images: Sequence, k: int = 10, *, rerank: int = 0,
                     min_inliers: int = DEFAULT_MIN_INLIERS,
                     verification: str = "shapes", multiple_assignment: bool = True,
-                    expand: int = 0, return_inliers: bool = False):
+                    expand: int = 0, mirror: bool = False,
+                    return_inliers: bool = False):
         """:meth:`query` for several images, padded to ``k`` columns.
 
         Returns
@@ -782,7 +783,7 @@ class Index:
         """
         images = self._as_list(images, "query_batch")
         ranking = check_ranking(k, rerank, min_inliers, verification,
-                                multiple_assignment, expand)
+                                multiple_assignment, expand, mirror)
         k = ranking.k
         searcher = self.searcher()  # one state for the whole batch
         all_scores = np.full((len(images), k), -np.inf, np.float32)
