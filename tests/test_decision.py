@@ -278,3 +278,16 @@ def test_mirrored_copies_are_grouped_through_the_mirrored_vocabulary(planted):
     assert ids[0] in group_a and evidence.same_object[0] and evidence.mirrored[0]
     plain = [set(g.ids) for g in index.duplicates(rerank=10, mirror=False)]
     assert set(group_a[:-1]) in plain
+
+
+def test_an_orb_index_searches_as_given_with_mirror(tmp_path):
+    """ORB's binary tests have no mirrored layout: mirror asks for nothing more
+    (no error), and a duplicates search of such an index runs without it."""
+    images = [textured_image(seed, size=320) for seed in range(4)]
+    index = Index.build(images, FeatureExtractor("orb"), 50, random_state=0,
+                        names=[f"{i}.png" for i in range(4)])
+    _, ids, evidence = index.query(images[1], k=2, rerank=4, mirror=True,
+                                   return_evidence=True)
+    assert ids[0] == 1 and not evidence.mirrored.any()
+    assert index.searcher().mirror_permutation is None
+    assert isinstance(index.duplicates(rerank=3), list)
