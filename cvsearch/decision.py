@@ -40,7 +40,7 @@ from scipy.special import gammaln
 SAME_OBJECT_LOG_NFA = -2.0
 #: Same picture: the agreement covers at least this share of the structured
 #: overlap (the mean of the two images').
-COPY_COVERAGE = 0.45
+COPY_COVERAGE = 0.5
 #: Coverage grid: cells per side of each image.
 GRID = 8
 #: Keypoints that show structure, as a share of the long side of the overlap:
