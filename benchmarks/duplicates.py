@@ -1,13 +1,14 @@
 """Copies within a collection: ``Index.duplicates`` on 10,000 images with 500
 planted copy groups, and its cost per image from 1,000 to 10,000 images.
 
-The collection is Caltech-101 (less Faces_easy and the *_head classes, which are
-crops of other classes' photos) plus, for 500 of its photos, one to three copies
-each, made by attacks drawn from ``benchmarks/_attacks.py``. A planted group is
-an original and its copies. A found group counts as right when its members are
-exactly one planted group. Smaller collections are the same index with images
-removed (their planted groups kept whole, in proportion), so every size is
-searched with one vocabulary.
+The collection is Caltech-101 with its background class (less Faces_easy and
+the *_head classes, which are crops of other classes' photos) plus, for 500 of
+its photos, one to three copies each, made by attacks drawn from
+``benchmarks/_attacks.py``. A planted group is an original and its copies. A
+found group counts as right when its members are exactly one planted group.
+Smaller collections are the same index with images removed (their planted
+groups kept whole, in proportion), so every size is searched with one
+vocabulary.
 
 Usage::
 
@@ -39,14 +40,17 @@ LEFT_OUT = ("Faces_easy",)
 def collection(args):
     """``(paths, planted)``: every image, and the planted groups (lists of
     positions in ``paths``, the original first)."""
-    caltech = caltech101(args.data, download=False)
-    paths = [str(p) for p in caltech.paths
-             if p.parent.name not in LEFT_OUT and not p.parent.name.endswith("_head")]
+    caltech = caltech101(args.data, download=False, include_background=True)
+    folders = [Path(p).parent.name for p in caltech.paths]
+    paths = [str(p) for p, folder in zip(caltech.paths, folders)
+             if folder not in LEFT_OUT and not folder.endswith("_head")]
     rng = np.random.default_rng(args.seed)
     wanted = args.images - len(paths)  # copies needed to reach the size asked
     originals = rng.choice(len(paths), args.groups, replace=False)
     sizes = np.full(args.groups, 1)
     extra = max(0, wanted - args.groups)
+    if extra > 2 * args.groups:
+        raise SystemExit(f"{args.images} images need more than 3 copies per group")
     for _ in range(extra):  # spread the remaining copies, at most 3 per group
         open_ = np.flatnonzero(sizes < 3)
         sizes[rng.choice(open_)] += 1
