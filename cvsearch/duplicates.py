@@ -60,12 +60,12 @@ class DuplicateGroup(NamedTuple):
 
 
 def edges_of(searcher, id_: int, ranking, kind: str) -> list[Edge]:
-    """The edges found by searching image ``id_`` with its own words."""
-    from cvsearch.decision import Evidence
-
+    """The edges found by searching image ``id_`` with its own words: every
+    result decided the same object (a copy or not; :func:`group` says what
+    each kind of edge may do)."""
+    del kind  # both kinds are kept
     _, ids, evidence = searcher.similar(id_, ranking)
-    evidence: Evidence
-    passed = evidence.copy if kind == "copy" else evidence.same_object
+    passed = evidence.same_object
     mean = (evidence.query_coverage + evidence.coverage) / 2
     return [Edge(min(id_, int(ids[i])), max(id_, int(ids[i])), str(evidence.kind[i]),
                  float(evidence.log_nfa[i]), float(mean[i]), int(evidence.inliers[i]))
@@ -136,18 +136,29 @@ def quality(shapes: dict, files: dict):
     return key
 
 
-def group(edges: list[Edge], key) -> list[DuplicateGroup]:
+def group(edges: list[Edge], key, kind: str = "copy") -> list[DuplicateGroup]:
     """Groups around anchors (see the module's docstring); ``key(id)`` orders the
-    copies to keep."""
+    copies to keep.
+
+    For copies, an edge is a copy edge if either search decided "copy". A
+    member is an image with a copy edge to the anchor, or with an object edge to
+    the anchor and a copy edge to such a member: the anchor verified it as the
+    same picture's object, and a copy of the anchor verified it as a copy (a
+    20% crop often shares too little with a screenshot of the whole to be
+    called its copy, though both are copies of the original)."""
     strongest: dict[tuple, Edge] = {}
     for edge in edges:
         pair = (edge.a, edge.b)
-        if pair not in strongest or edge.log_nfa < strongest[pair].log_nfa:
+        old = strongest.get(pair)
+        if old is None or (edge.kind == "copy", -edge.log_nfa) > (
+                old.kind == "copy", -old.log_nfa):
             strongest[pair] = edge
-    neighbours: dict[int, dict[int, Edge]] = {}
+    neighbours: dict[int, dict[int, Edge]] = {}  # the edges that make groups
+    support: dict[int, dict[int, Edge]] = {}  # object edges, for copies
     for edge in strongest.values():
-        neighbours.setdefault(edge.a, {})[edge.b] = edge
-        neighbours.setdefault(edge.b, {})[edge.a] = edge
+        table = neighbours if kind != "copy" or edge.kind == "copy" else support
+        table.setdefault(edge.a, {})[edge.b] = edge
+        table.setdefault(edge.b, {})[edge.a] = edge
     groups = []
     for component in _components(neighbours):
         remaining = set(component)
@@ -155,19 +166,25 @@ def group(edges: list[Edge], key) -> list[DuplicateGroup]:
             anchor = max(remaining, key=lambda n: (
                 len(neighbours[n].keys() & remaining), key(n)))
             members = {anchor} | (neighbours[anchor].keys() & remaining)
+            for other in support.get(anchor, {}).keys() & remaining - members:
+                if neighbours.get(other, {}).keys() & members:
+                    members.add(other)
             remaining -= members
             if len(members) < 2:
                 continue
             best = max(members, key=key)
             ids = (best, *sorted(members - {best}))
-            weakest = max((neighbours[anchor][m] for m in members - {anchor}),
-                          key=lambda e: (e.log_nfa, -e.coverage))
+            edges_in = [neighbours[anchor].get(m) or support[anchor][m]
+                        for m in members - {anchor}]
+            weakest = max(edges_in, key=lambda e: (e.kind == "object", e.log_nfa,
+                                                   -e.coverage))
             groups.append(DuplicateGroup(ids, best, anchor, weakest))
     groups.sort(key=lambda g: (-len(g.ids), g.best))
     return groups
 
 
 def _components(neighbours: dict) -> list[set]:
+    """Connected components of the copy edges."""
     seen, components = set(), []
     for start in neighbours:
         if start in seen:

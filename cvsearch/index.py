@@ -948,7 +948,7 @@ class Index:
         ranking = check_ranking(rerank, rerank, DEFAULT_MIN_INLIERS, "shapes", False, 0,
                                 mirror)
         ids = searcher.store.ids()
-        header = {"cvsearch_duplicates": 1, "lineage": self.lineage, "kind": kind,
+        header = {"cvsearch_duplicates": 2, "lineage": self.lineage, "kind": kind,
                   "rerank": rerank, "mirror": ranking.mirror, "images": len(ids),
                   "ids": hashlib.sha256(np.asarray(ids, np.int64).tobytes()
                                         ).hexdigest()}
@@ -974,7 +974,7 @@ class Index:
         names = self.names
         shapes = {id_: image[2] for id_, image in zip(nodes, searcher.store.images(nodes))}
         files = {id_: _duplicates.file_of(names[id_], self.images_root) for id_ in nodes}
-        return _duplicates.group(edges, _duplicates.quality(shapes, files))
+        return _duplicates.group(edges, _duplicates.quality(shapes, files), kind)
 
     def vectors(self):
         """The database's weighted bag-of-words vectors, one row per image, in the
