@@ -125,8 +125,11 @@ def main(argv=None):
         room = max(0, size - len(kept))
         kept |= set(rng.choice(others, min(room, len(others)), replace=False).tolist())
         drop = [paths[i] for i in range(len(paths)) if i not in kept]
-        if drop:
+        if drop:  # saved and loaded again: workers map the folder
             index.remove(drop)
+            index.compact()
+            index.save(args.work / f"index-size-{size}")
+            index = Index.load(args.work / f"index-size-{size}")
         start = time.perf_counter()
         groups = index.duplicates(rerank=args.rerank, n_jobs=args.jobs)
         seconds = time.perf_counter() - start
@@ -187,9 +190,10 @@ def report(r: dict) -> str:
             f"{row['original_kept']} | {row['seconds']} | {row['ms_per_image']} |")
     first = r["rows"][0]
     if first.get("one_thread_seconds"):
-        lines += ["", f"At {first['images']:,} images one thread took "
-                  f"{first['one_thread_seconds']} s, {a['jobs']} jobs "
-                  f"{first['seconds']} s (the same groups)."]
+        lines += ["", f"At {first['images']:,} images one process took "
+                  f"{first['one_thread_seconds']} s, {a['jobs']} jobs (worker "
+                  f"processes mapping the saved index) {first['seconds']} s (the same "
+                  "groups)."]
     examples = r["rows"][-1].get("unplanted_examples") or []
     if examples:
         lines += ["", "Some unplanted groups found at the largest size:", ""]

@@ -72,6 +72,20 @@ def edges_of(searcher, id_: int, ranking, kind: str) -> list[Edge]:
             for i in np.flatnonzero(passed)]
 
 
+def edges_in_folder(folder: str, identity, ids: list, ranking, kind: str) -> list:
+    """:func:`edges_of` for images ``ids`` of the index in ``folder`` (in a worker
+    process: memory-mapped, not copied). Refuses a folder that another writer
+    changed meanwhile (``identity`` is the state the caller searches)."""
+    from cvsearch import Index
+
+    index = Index.load(folder, verify=False)
+    if index._origin.identity != identity:
+        raise RuntimeError(f"{folder} changed while its duplicates were searched; "
+                           "run again")
+    searcher = index.searcher()
+    return [(id_, edges_of(searcher, id_, ranking, kind)) for id_ in ids]
+
+
 class Checkpoint:
     """Edges found so far, one JSON line per image searched, appended as they
     come (a run that stops is resumed where it stopped). The first line says

@@ -153,6 +153,7 @@ class Index:
                  tf_power: float = DEFAULT_TF_POWER, **vocabulary_params):
         self._lock = threading.RLock()
         self._origin = None  # storage.Origin this index was loaded from or saved to
+        self._saved_store = None  # the state that _origin's folder holds
         self.lineage = storage.new_lineage()  # kept by every save of this index
         #: The folder that relative image names are relative to (saved with the
         #: index; ``cvsearch index`` sets it to where it ran), or None.
@@ -921,7 +922,10 @@ class Index:
             words come from the mirrored vocabulary, as
             :meth:`~cvsearch.searcher.Searcher.similar` explains).
         n_jobs : int
-            Threads searching at once (-1: all cores).
+            Images searched at once (-1: all cores): in worker processes that
+            memory-map the index folder when this index is exactly what its
+            folder holds (loaded or saved, unchanged since), else in threads
+            (which numpy's and OpenCV's locks let overlap only in part).
         checkpoint : path, optional
             A file the edges are appended to as images are searched; a run given
             the same file later resumes where this one stopped (it is refused if
@@ -959,16 +963,29 @@ class Index:
         total, done = len(ids), len(found)
 
         def search(id_):
-            return id_, _duplicates.edges_of(searcher, id_, ranking, kind)
+            return [(id_, _duplicates.edges_of(searcher, id_, ranking, kind))]
 
-        with ThreadPoolExecutor(max(1, workers)) as threads:
-            for id_, edges in threads.map(search, todo):
-                found[id_] = edges
-                if saved is not None:
-                    saved.add(id_, edges)
-                done += 1
-                if progress is not None and (done % 100 == 0 or done == total):
-                    progress("duplicates", done, total)
+        folder = self._folder_of_this_state()
+        with contextlib.ExitStack() as stack:
+            if workers > 1 and folder is not None and len(todo) > 4 * workers:
+                from joblib import Parallel, delayed
+
+                chunks = [todo[i:i + 64] for i in range(0, len(todo), 64)]
+                results = Parallel(n_jobs=workers, return_as="generator")(
+                    delayed(_duplicates.edges_in_folder)(
+                        folder, self._origin.identity, chunk, ranking, kind)
+                    for chunk in chunks)
+            else:
+                threads = stack.enter_context(ThreadPoolExecutor(max(1, workers)))
+                results = threads.map(search, todo)
+            for batch in results:
+                for id_, edges in batch:
+                    found[id_] = edges
+                    if saved is not None:
+                        saved.add(id_, edges)
+                    done += 1
+                    if progress is not None and (done % 100 == 0 or done == total):
+                        progress("duplicates", done, total)
         edges = [edge for edges in found.values() for edge in edges]
         nodes = sorted({edge.a for edge in edges} | {edge.b for edge in edges})
         names = self.names
@@ -1073,7 +1090,9 @@ class Index:
 
         with storage.writer_lock(directory):
             generation = storage.check_writer(directory, self._origin, FORMAT)
+            store = self._current().store
             self._origin = self._save(directory, generation, __version__)
+            self._saved_store = store
 
     def _save(self, directory, generation: int, version: str) -> storage.Origin:
         return index_folder.write_index(self, directory, generation, version)
@@ -1127,8 +1146,17 @@ class Index:
         """
         # A writer may remove files after the manifest was read: readers take no
         # lock, they read the new manifest instead.
-        return storage.load_consistent(
+        index = storage.load_consistent(
             directory, FORMAT, lambda path, manifest: cls._load(path, manifest, verify))
+        index._saved_store = index._current().store
+        return index
+
+    def _folder_of_this_state(self) -> str | None:
+        """The folder that holds exactly the current state (loaded from or saved
+        there, nothing changed since), or None."""
+        if self._origin is None or self._saved_store is not self._current().store:
+            return None
+        return self._origin.folder
 
     def check_integrity(self) -> None:
         """Run now the checks that :meth:`load` leaves for first use: the hash and

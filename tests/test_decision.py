@@ -291,3 +291,18 @@ def test_an_orb_index_searches_as_given_with_mirror(tmp_path):
     assert ids[0] == 1 and not evidence.mirrored.any()
     assert index.searcher().mirror_permutation is None
     assert isinstance(index.duplicates(rerank=3), list)
+
+
+def test_duplicates_of_a_saved_index_run_in_processes(planted, tmp_path):
+    """Saved and unchanged: the workers map the folder and find what one
+    thread finds; changed since: threads, on the state in memory."""
+    from cvsearch import Index as Loaded
+
+    index = planted[0]
+    index.save(tmp_path / "saved")
+    loaded = Loaded.load(tmp_path / "saved")
+    assert loaded._folder_of_this_state() is not None
+    assert loaded.duplicates(rerank=10, n_jobs=2) == index.duplicates(rerank=10)
+    loaded.remove([0])
+    assert loaded._folder_of_this_state() is None
+    assert all(0 not in g.ids for g in loaded.duplicates(rerank=10, n_jobs=2))
