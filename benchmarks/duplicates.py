@@ -170,8 +170,9 @@ def report(r: dict) -> str:
     lines = [
         "# Duplicates: planted copy groups in Caltech-101", "",
         f"`{r['command']}` on {r['date']} ({r['machine']}).", "",
-        f"Caltech-101 (less Faces_easy and the *_head classes, crops of other "
-        f"classes' photos) with {a['groups']} planted groups: an original and one to "
+        f"Caltech-101 with its background class (less Faces_easy and the *_head "
+        f"classes, crops of other classes' photos) with {a['groups']} planted "
+        "groups: an original and one to "
         f"three copies by the attacks of `benchmarks/_attacks.py` "
         f"({', '.join(r['attacks'])}). Indexed once ({r['build_s']} s, {a['jobs']} "
         "jobs); smaller sizes are that index with images removed. "
