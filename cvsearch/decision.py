@@ -290,18 +290,21 @@ def _found_again(structure, to_other, other_keypoints, other_shape) -> float:
     scale = np.sqrt(abs(np.linalg.det(linear)))
     turn = np.degrees(np.arctan2(linear[1, 0], linear[0, 0]))
     radius = REPEAT_TOLERANCE * max(other_shape)
-    near = cKDTree(other_keypoints[:, :2]).query_ball_point(mapped, radius)
-    found = 0
-    for point, candidates in zip(points, near):
-        if not candidates:
-            continue
-        other = other_keypoints[candidates]
-        ratio = other[:, 2] / max(point[2] * scale, 1e-9)
-        off = [np.abs((other[:, 3] - (point[3] + sign * turn) + 180) % 360 - 180)
-               for sign in (1, -1)]
-        found += bool(((ratio > 1 / REPEAT_SCALE) & (ratio < REPEAT_SCALE)
-                       & ((off[0] < REPEAT_ANGLE) | (off[1] < REPEAT_ANGLE))).any())
-    return found / len(points)
+    # the nearest few keypoints within the radius: enough where detections
+    # crowd, and one vectorised query (a loop over thousands of ORB keypoints
+    # would cost more than the verification)
+    k = min(8, len(other_keypoints))
+    distance, nearest = cKDTree(other_keypoints[:, :2]).query(
+        mapped, k=k, distance_upper_bound=radius)
+    distance, nearest = distance.reshape(len(points), k), nearest.reshape(len(points), k)
+    close = np.isfinite(distance)
+    other = other_keypoints[np.where(close, nearest, 0)]  # (n, k, 4)
+    ratio = other[..., 2] / np.maximum(points[:, None, 2] * scale, 1e-9)
+    off = [np.abs((other[..., 3] - (points[:, None, 3] + sign * turn) + 180) % 360 - 180)
+           for sign in (1, -1)]
+    found = close & (ratio > 1 / REPEAT_SCALE) & (ratio < REPEAT_SCALE) & (
+        (off[0] < REPEAT_ANGLE) | (off[1] < REPEAT_ANGLE))
+    return float(found.any(axis=1).mean())
 
 
 def evidence_of(verified, query_keypoints, query_shape, candidates,
