@@ -308,7 +308,7 @@ def _found_again(structure, to_other, other_keypoints, other_shape) -> float:
 
 
 def evidence_of(verified, query_keypoints, query_shape, candidates,
-                n_images: int, mirrored: bool = False) -> Evidence:
+                n_images: int, mirrored: bool = False, rows=None) -> Evidence:
     """The :class:`Evidence` of a query against verified candidates.
 
     Parameters
@@ -323,6 +323,10 @@ def evidence_of(verified, query_keypoints, query_shape, candidates,
         The index's size (for :func:`log10_nfa`).
     mirrored : bool
         Whether the query was the mirrored image.
+    rows : sequence of int, optional
+        The candidates whose coverage is measured (those that are the same
+        object among them); None: all. A search measures it for the results it
+        shows only: it costs a transform fit and a neighbour search each.
     """
     m = len(candidates)
     areas = np.array([float(c[2][0]) * float(c[2][1]) for c in candidates])
@@ -333,7 +337,10 @@ def evidence_of(verified, query_keypoints, query_shape, candidates,
     db_coverage = np.zeros(m, np.float32)
     query_keypoints = np.asarray(query_keypoints, np.float32).reshape(-1, 4)
     # coverage only matters for what is the same object
-    for i in np.flatnonzero(log_nfa <= SAME_OBJECT_LOG_NFA):
+    measured = np.flatnonzero(log_nfa <= SAME_OBJECT_LOG_NFA)
+    if rows is not None:
+        measured = np.intersect1d(measured, np.asarray(rows, np.int64))
+    for i in measured:
         query_idx, db_idx = verified.matched[i]
         db_keypoints = np.asarray(candidates[i][1], np.float32).reshape(-1, 4)
         query_coverage[i], db_coverage[i] = coverage(

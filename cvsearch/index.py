@@ -764,7 +764,10 @@ class Index:
         ranking = check_ranking(k, rerank, min_inliers, verification,
                                 multiple_assignment, expand, mirror)
         searcher = self.searcher()
-        scores, ids, evidence = searcher.search(self._features_of(image), ranking)
+        # coverage (the copy decision) costs a transform fit per result: only
+        # for callers who ask for the decisions
+        scores, ids, evidence = searcher.search(self._features_of(image), ranking,
+                                                coverage=return_evidence)
         if return_evidence:
             return scores, ids, evidence
         return (scores, ids, evidence.inliers) if return_inliers else (scores, ids)
@@ -791,7 +794,8 @@ class Index:
         all_ids = np.full((len(images), k), -1, np.int64)
         all_inliers = np.full((len(images), k), -1, np.int32)
         for row, image in enumerate(images):
-            scores, ids, evidence = searcher.search(self._features_of(image), ranking)
+            scores, ids, evidence = searcher.search(self._features_of(image), ranking,
+                                                    coverage=False)
             inliers = evidence.inliers
             all_scores[row, :len(ids)] = scores
             all_ids[row, :len(ids)] = ids
@@ -833,7 +837,7 @@ class Index:
         """
         searcher = self.searcher()
         ranking = check_ranking(k, rerank, min_inliers, verification, False, 0, mirror)
-        scores, ids, evidence = searcher.similar(id, ranking)
+        scores, ids, evidence = searcher.similar(id, ranking, coverage=return_evidence)
         if return_evidence:
             return scores, ids, evidence
         return (scores, ids, evidence.inliers) if return_inliers else (scores, ids)

@@ -111,8 +111,11 @@ class Searcher:
         return len(self.store)
 
     # ---------------------------------------------------------------- queries
-    def search(self, features: Features | ImageWords, ranking: Ranking):
-        """Rank the images for a query's features (or words).
+    def search(self, features: Features | ImageWords, ranking: Ranking,
+               coverage: bool = True):
+        """Rank the images for a query's features (or words); ``coverage``
+        False leaves the results' coverage unmeasured (0, and so no "copy"
+        decision), for callers that use the ranking only.
 
         Returns
         -------
@@ -125,9 +128,9 @@ class Searcher:
         views = [self.view(features, multiple)]
         if ranking.mirror and isinstance(features, Features) and can_mirror(features):
             views.append(self.view(mirror_features(features), multiple, mirrored=True))
-        return self.rank(views, ranking)
+        return self.rank(views, ranking, coverage=coverage)
 
-    def similar(self, id_: int, ranking: Ranking):
+    def similar(self, id_: int, ranking: Ranking, coverage: bool = True):
         """:meth:`search` with image ``id_``'s own words, itself left out.
 
         With ``ranking.mirror``, the mirror image is searched for too, its words
@@ -142,7 +145,7 @@ class Searcher:
             views.append(View(first[words], mirrored, shape,
                               np.concatenate([first[words], second[words]]),
                               np.concatenate([mirrored, mirrored]), True))
-        return self.rank(views, ranking, exclude=id_)
+        return self.rank(views, ranking, exclude=id_, coverage=coverage)
 
     def mirrored_words(self):
         """``(first, second)``, each (n_words,) int32: the two words nearest to
@@ -215,9 +218,11 @@ class Searcher:
                            store.levels, store.weights().idf, store.power,
                            store.tf_power)
 
-    def rank(self, views: list, ranking: Ranking, exclude: int | None = None):
+    def rank(self, views: list, ranking: Ranking, exclude: int | None = None,
+             coverage: bool = True):
         """Score by tf-idf cosine (each view; an image keeps its best score),
-        verify the short-list, expand if asked."""
+        verify the short-list, expand if asked; measure the coverage of the
+        results returned if ``coverage``."""
         k, rerank, min_inliers, verification, _, expand, _ = ranking
         m = max(k, rerank)
         vectors = [self.query_vector(view) for view in views]
@@ -229,14 +234,27 @@ class Searcher:
         evidence = Evidence.unverified(len(ids))
         if rerank:
             short = ids[:rerank]
-            found = self.verify(views[0], short, verification, min_inliers)
-            for view in views[1:]:
-                other = self.verify(view, short, verification, min_inliers)
+            candidates = self.store.images(short)
+            verified = [self.verified(view, candidates, verification, min_inliers)
+                        for view in views]
+            # first without coverage: the order needs only the inliers
+            found = self.evidence(views[0], verified[0], candidates, rows=())
+            chosen = np.zeros(len(short), np.int64)
+            for number, view in enumerate(views[1:], 1):
+                other = self.evidence(view, verified[number], candidates, rows=())
                 better = _decision.stronger(found, other)
                 found = Evidence(*(np.where(better, b, a) for a, b in zip(found, other)))
+                chosen[better] = number
+            order = _rerank.reorder(found.inliers, min_inliers)
+            # coverage of the results shown, from the view each matched best
+            for number, view in enumerate(views if coverage else ()):
+                rows = order[:k][chosen[order[:k]] == number]
+                if len(rows):
+                    measured = self.evidence(view, verified[number], candidates, rows)
+                    found.query_coverage[rows] = measured.query_coverage[rows]
+                    found.coverage[rows] = measured.coverage[rows]
             # each view is one more chance of a chance match
             found = found._replace(log_nfa=found.log_nfa + np.log10(len(views)))
-            order = _rerank.reorder(found.inliers, min_inliers)
             ids[:len(short)] = short[order]
             top_scores[:len(short)] = top_scores[:len(short)][order]
             evidence = Evidence.concatenate([found.take(order),
@@ -278,12 +296,22 @@ class Searcher:
                min_inliers: int | None = None) -> Evidence:
         """The evidence of the query's ``view`` against each image of ``ids``."""
         candidates = self.store.images(ids)
-        found = _rerank.verify_candidates(view.verify_words, view.verify_keypoints,
-                                          candidates, max_side=self.max_side,
-                                          min_inliers=min_inliers,
-                                          use_shapes=verification == "shapes")
-        return _decision.evidence_of(found, view.verify_keypoints, view.image_shape,
-                                     candidates, len(self.store), view.mirrored)
+        return self.evidence(view, self.verified(view, candidates, verification,
+                                                 min_inliers), candidates)
+
+    def verified(self, view: View, candidates, verification: str,
+                 min_inliers: int | None = None):
+        """:func:`cvsearch.rerank.verify_candidates` of ``view``."""
+        return _rerank.verify_candidates(view.verify_words, view.verify_keypoints,
+                                         candidates, max_side=self.max_side,
+                                         min_inliers=min_inliers,
+                                         use_shapes=verification == "shapes")
+
+    def evidence(self, view: View, verified, candidates, rows=None) -> Evidence:
+        """:func:`cvsearch.decision.evidence_of` of ``view`` (coverage for
+        ``rows`` only, if given)."""
+        return _decision.evidence_of(verified, view.verify_keypoints, view.image_shape,
+                                     candidates, len(self.store), view.mirrored, rows)
 
     def check_id(self, id_, what: str) -> int:
         """An image id of this state, as an int, or a clear error."""
