@@ -56,10 +56,6 @@ REPEAT_ANGLE = 25.0
 #: a-contrario count starts from there, as ORSA's does.
 SAMPLE = 4
 
-#: The kinds of :attr:`Evidence.kind`, strongest first.
-KINDS = ("copy", "object", "none", "unverified")
-
-
 class Evidence(NamedTuple):
     """What verification says about each result of a query.
 
@@ -78,7 +74,9 @@ class Evidence(NamedTuple):
         the whole index; +inf where nothing was verified.
     query_coverage, coverage : ndarray of shape (m,), float32
         Share of the query's, and of the result's, structured overlap covered by
-        inliers, in [0, 1] (see :func:`coverage`); 0 where not the same object.
+        inliers, in [0, 1] (see :func:`coverage`); 0 where not the same object
+        or not measured (only the results a search returns are, and only for
+        callers who ask for the decisions).
     mirrored : ndarray of shape (m,), bool
         Whether the result matched the mirrored query.
     """

@@ -59,11 +59,10 @@ class DuplicateGroup(NamedTuple):
     weakest: Edge
 
 
-def edges_of(searcher, id_: int, ranking, kind: str) -> list[Edge]:
+def edges_of(searcher, id_: int, ranking) -> list[Edge]:
     """The edges found by searching image ``id_`` with its own words: every
     result decided the same object (a copy or not; :func:`group` says what
     each kind of edge may do)."""
-    del kind  # both kinds are kept
     _, ids, evidence = searcher.similar(id_, ranking)
     passed = evidence.same_object
     mean = (evidence.query_coverage + evidence.coverage) / 2
@@ -72,7 +71,7 @@ def edges_of(searcher, id_: int, ranking, kind: str) -> list[Edge]:
             for i in np.flatnonzero(passed)]
 
 
-def edges_in_folder(folder: str, identity, ids: list, ranking, kind: str) -> list:
+def edges_in_folder(folder: str, identity, ids: list, ranking) -> list:
     """:func:`edges_of` for images ``ids`` of the index in ``folder`` (in a worker
     process: memory-mapped, not copied). Refuses a folder that another writer
     changed meanwhile (``identity`` is the state the caller searches)."""
@@ -83,7 +82,7 @@ def edges_in_folder(folder: str, identity, ids: list, ranking, kind: str) -> lis
         raise RuntimeError(f"{folder} changed while its duplicates were searched; "
                            "run again")
     searcher = index.searcher()
-    return [(id_, edges_of(searcher, id_, ranking, kind)) for id_ in ids]
+    return [(id_, edges_of(searcher, id_, ranking)) for id_ in ids]
 
 
 class Checkpoint:
@@ -135,18 +134,24 @@ class Checkpoint:
 
 
 def quality(shapes: dict, files: dict):
-    """The sort key of the copy to keep (larger is better)."""
+    """The sort key of the copy to keep (larger is better), computed once per
+    image (grouping compares the same images many times; each key stats a
+    file)."""
+    keys: dict = {}
+
     def key(id_):
-        height, width = shapes[id_]
-        path = files.get(id_)
-        lossless, per_pixel = False, 0.0
-        if path is not None:
-            lossless = path.suffix.lower() in LOSSLESS
-            try:
-                per_pixel = path.stat().st_size / max(height * width, 1)
-            except OSError:
-                pass
-        return (height * width, lossless, per_pixel, -id_)
+        if id_ not in keys:
+            height, width = shapes[id_]
+            path = files.get(id_)
+            lossless, per_pixel = False, 0.0
+            if path is not None:
+                lossless = path.suffix.lower() in LOSSLESS
+                try:
+                    per_pixel = path.stat().st_size / max(height * width, 1)
+                except OSError:
+                    pass
+            keys[id_] = (height * width, lossless, per_pixel, -id_)
+        return keys[id_]
     return key
 
 

@@ -967,7 +967,7 @@ class Index:
         total, done = len(ids), len(found)
 
         def search(id_):
-            return [(id_, _duplicates.edges_of(searcher, id_, ranking, kind))]
+            return [(id_, _duplicates.edges_of(searcher, id_, ranking))]
 
         folder = self._folder_of_this_state()
         with contextlib.ExitStack() as stack:
@@ -977,7 +977,7 @@ class Index:
                 chunks = [todo[i:i + 64] for i in range(0, len(todo), 64)]
                 results = Parallel(n_jobs=workers, return_as="generator")(
                     delayed(_duplicates.edges_in_folder)(
-                        folder, self._origin.identity, chunk, ranking, kind)
+                        folder, self._origin.identity, chunk, ranking)
                     for chunk in chunks)
             else:
                 threads = stack.enter_context(ThreadPoolExecutor(max(1, workers)))

@@ -593,7 +593,7 @@ def verify_shortlist(query_words, query_keypoints, candidates, **options) -> np.
 def inlier_pairs(query_words, query_keypoints, words, keypoints, image_shape, *,
                  max_side: int, reproj_threshold: float = 6.0,
                  max_per_word: int = MAX_PER_WORD, min_inliers: int | None = None,
-                 query_table: QueryWords | None = None, use_shapes: bool = True):
+                 use_shapes: bool = True):
     """Verify one database image; return its inlier count and inlier points.
 
     The same computation as :func:`verify_candidates` for one candidate, so a
@@ -605,7 +605,6 @@ def inlier_pairs(query_words, query_keypoints, words, keypoints, image_shape, *,
     query_xy, db_xy : ndarray of shape (n_inliers, 2), float32
         The inlier correspondences, in each image's pixels.
     """
-    del query_table  # the table is rebuilt: one candidate
     found = verify_candidates(query_words, query_keypoints,
                               [(words, keypoints, image_shape)], max_side=max_side,
                               reproj_threshold=reproj_threshold,

@@ -150,9 +150,9 @@ class Searcher:
     def mirrored_words(self):
         """``(first, second)``, each (n_words,) int32: the two words nearest to
         each word's centre mirrored (its bins permuted). An image's words mapped
-        through them are nearly those of its mirror image (with both, 0.96 of
-        mirrored Caltech-101 copies verify, against 1.0 when the descriptors are
-        permuted: benchmarks/results/duplicates.md)."""
+        through them are nearly those of its mirror image: fewer of a mirrored
+        copy's keypoints match than with permuted descriptors, enough to verify
+        it (tests/test_decision.py)."""
         return _mirrored_words(self.vocabulary, self.mirror_permutation)
 
     def inliers(self, features, ids, verification: str,
