@@ -69,9 +69,22 @@ class ImageWords(NamedTuple):
     @classmethod
     def of(cls, features: Features, vocabulary: Vocabulary) -> ImageWords:
         """The words of ``features`` under ``vocabulary``."""
-        return cls(vocabulary.predict(features.descriptors).astype(np.int32),
-                   features.keypoints, features.image_shape, vocabulary.fingerprint,
-                   features.extractor)
+        return cls.of_many([features], vocabulary)[0]
+
+    @classmethod
+    def of_many(cls, features: list[Features], vocabulary: Vocabulary
+                ) -> list[ImageWords]:
+        """The words of several images' features, assigned in one call: the
+        vocabulary's search costs per call as well as per descriptor, so a chunk
+        of images costs about half what its images do one at a time. The words
+        are the same either way."""
+        if not features:
+            return []
+        words = vocabulary.predict(np.concatenate([f.descriptors for f in features]))
+        splits = np.cumsum([len(f.descriptors) for f in features])[:-1]
+        return [cls(w.astype(np.int32), f.keypoints, f.image_shape,
+                    vocabulary.fingerprint, f.extractor)
+                for w, f in zip(np.split(words, splits), features)]
 
 
 def extract_one(extractor: FeatureExtractor, image, name: str):
@@ -101,8 +114,16 @@ def extract_chunk(extractor: FeatureExtractor, vocabulary: Vocabulary | None,
         # own threads on top would only contend with them. (joblib limits BLAS
         # threads in its workers the same way.)
         cv2.setNumThreads(1)
-    return [_item(extractor, vocabulary, image, name)
-            for image, name in zip(images, names)]
+    items = [_item(extractor, vocabulary, image, name)
+             for image, name in zip(images, names)]
+    if vocabulary is None:
+        return items
+    # the chunk's features get their words in one call
+    extracted = [i for i, item in enumerate(items) if isinstance(item, Features)]
+    for i, words in zip(extracted, ImageWords.of_many([items[i] for i in extracted],
+                                                      vocabulary)):
+        items[i] = words
+    return items
 
 
 def _item(extractor, vocabulary, image, name):
@@ -111,10 +132,7 @@ def _item(extractor, vocabulary, image, name):
             raise TypeError(f"image {name!r}: training takes images or Features, "
                             "not ImageWords")
         return check_words(image, extractor, vocabulary)
-    item = extract_one(extractor, image, name)
-    if vocabulary is None or not isinstance(item, Features):
-        return item
-    return ImageWords.of(item, vocabulary)
+    return extract_one(extractor, image, name)
 
 
 def check_words(words: ImageWords, extractor: FeatureExtractor,

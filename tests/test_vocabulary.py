@@ -206,3 +206,28 @@ def test_predict_two_gives_the_word_and_the_next_nearest(exact_below, n_probe):
     assert np.allclose(second_best, ranked[:, 1], rtol=1e-3, atol=1e-2)
     empty = vocabulary.predict_two(np.zeros((0, 128), np.float32))
     assert all(len(a) == 0 for a in empty)
+
+
+def test_words_of_many_descriptors_at_once_are_the_words_of_each():
+    # Adding assigns a chunk of images in one call (ImageWords.of_many): a
+    # descriptor's word must not depend on which others share the call, although
+    # the matrix products that compare them round differently.
+    rng = np.random.default_rng(3)
+    X = rng.random((6000, 128), dtype=np.float32) * 100
+    vocabulary = Vocabulary(1000, exact_below=0, n_probe=4, random_state=0).fit(X)
+    queries = rng.random((900, 128), dtype=np.float32) * 100
+    together = vocabulary.predict_two(queries)
+    for start, stop in [(0, 1), (1, 40), (40, 900)]:
+        alone = vocabulary.predict_two(queries[start:stop])
+        np.testing.assert_array_equal(together[0][start:stop], alone[0])
+        # distances round with the product's shape; the words do not move
+        np.testing.assert_allclose(together[2][start:stop], alone[2], rtol=1e-5)
+    # and the inverted file finds what brute force over its probed cells does:
+    # exact when every cell is probed
+    everything = Vocabulary.from_state(
+        {**vocabulary.get_params(), "n_probe": len(vocabulary.cell_centers_)},
+        vocabulary.get_state())
+    first, second, _, _ = everything.predict_two(queries)
+    exact = everything.predict_exact(queries)
+    np.testing.assert_array_equal(first, exact)
+    assert (second != first).all() and (second >= 0).all()
