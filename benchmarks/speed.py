@@ -10,7 +10,15 @@ left out), then times each stage on held-out query images that are not in it:
 * verification of a 50-image short-list, ms, with keypoint shapes (the
   default) and with RANSAC (full counts: no early stop at min_inliers);
 * index size on disk per image, and the build time (extraction, vocabulary,
-  indexing).
+  indexing);
+* issue 22's ratios, each measured interleaved in this run: adding images
+  against bare OpenCV SIFT on the same images (read, area-resize, detect and
+  describe), a query against its own extraction, and a 10-megapixel phone photo
+  (an SMVS photo upscaled to 3648 x 2736, saved as a JPEG as phones do) queried
+  with re-rank 100 against OpenCV's decode of the whole file; and images per
+  second per core for adding, projected to a million images.
+
+Everything runs with one thread (``cvsearch.thread_budget(1)``).
 
     python benchmarks/speed.py --data ../shared/data/caltech101
 """
@@ -18,6 +26,7 @@ left out), then times each stage on held-out query images that are not in it:
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
 import tempfile
@@ -27,8 +36,43 @@ from pathlib import Path
 import numpy as np
 from _common import folder_bytes, timed
 
-from cvsearch import FeatureExtractor, ImageWords, Index
+from cvsearch import FeatureExtractor, ImageWords, Index, thread_budget
 from cvsearch.datasets import image_folder
+
+#: The size of a 10-megapixel phone photo.
+PHONE = (3648, 2736)
+
+
+def bare_sift(path, extractor: FeatureExtractor):
+    """What OpenCV alone does for one image: read it, area-resize it to
+    ``max_side``, detect and describe (the floor of an add)."""
+    import cv2
+
+    gray = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
+    scale = extractor.max_side / max(gray.shape)
+    if scale < 1:
+        gray = cv2.resize(gray, (round(gray.shape[1] * scale),
+                                 round(gray.shape[0] * scale)),
+                          interpolation=cv2.INTER_AREA)
+    return cv2.SIFT_create(nfeatures=extractor.max_keypoints).detectAndCompute(
+        gray, None)
+
+
+def phone_photos(smvs: Path, folder: Path, n: int) -> list[Path]:
+    """``n`` SMVS phone photos upscaled to :data:`PHONE` and saved as JPEGs
+    (quality 92, as a phone's camera writes them) in ``folder``."""
+    import cv2
+
+    photos = sorted((smvs / phone / name) for phone in ("Canon", "Droid", "E63", "Palm")
+                    for name in sorted(os.listdir(smvs / phone))[:n // 4 + 1])[:n]
+    paths = []
+    for i, photo in enumerate(photos):
+        image = cv2.imread(str(photo))
+        size = PHONE if image.shape[1] >= image.shape[0] else PHONE[::-1]
+        image = cv2.resize(image, size, interpolation=cv2.INTER_CUBIC)
+        paths.append(folder / f"phone{i:02d}.jpg")
+        cv2.imwrite(str(paths[-1]), image, [cv2.IMWRITE_JPEG_QUALITY, 92])
+    return paths
 
 
 def run(args) -> dict:
@@ -74,12 +118,41 @@ def run(args) -> dict:
         _, seconds = timed(index.inliers, given, ids, verification="ransac")
         ransac_s.append(seconds)
 
+    # A query against its own extraction, interleaved image by image.
+    query_s, own_extract_s = [], []
+    for path in queries:
+        own_extract_s.append(timed(extractor.extract, path)[1])
+        query_s.append(timed(index.query, path, k=10)[1])
+
+    # A phone photo: the whole decode against a query with re-rank 100.
+    import cv2
+
+    with tempfile.TemporaryDirectory() as tmp:
+        photos = phone_photos(Path(args.smvs), Path(tmp), args.phone_photos)
+        decode_s, phone_s, phone_extract_s, phone_keypoints = [], [], [], []
+        for photo in photos:
+            data = np.frombuffer(photo.read_bytes(), np.uint8)
+            decode_s.append(timed(cv2.imdecode, data, cv2.IMREAD_COLOR)[1])
+            features, seconds = timed(extractor.extract, photo)
+            phone_extract_s.append(seconds)
+            phone_keypoints.append(len(features.keypoints))
+            phone_s.append(timed(index.query, photo, k=10, rerank=100)[1])
+    n_images = len(index)
+
     with tempfile.TemporaryDirectory() as tmp:
         index.save(tmp)
         disk = folder_bytes(Path(tmp))
+
+    # Adding against bare SIFT on the same images, in interleaved blocks (last:
+    # the queries become part of the index).
+    add_s = sift_s = 0.0
+    for start in range(0, len(queries), 20):
+        block = queries[start:start + 20]
+        sift_s += timed(lambda b=block: [bare_sift(p, extractor) for p in b])[1]
+        add_s += timed(index.add, block)[1]
     ms = lambda values: 1000 * float(np.mean(values))  # noqa: E731
     return {
-        "images": len(index), "queries": len(queries), "n_words": index.n_words,
+        "images": n_images, "queries": len(queries), "n_words": index.n_words,
         "method": args.method, "n_probe": args.n_probe,
         "descriptors_per_image": n_descriptors / len(index),
         "extract_ms": ms(extract_s),
@@ -93,7 +166,27 @@ def run(args) -> dict:
         "ransac_ms_p95": 1000 * float(np.percentile(ransac_s, 95)),
         "bytes_per_image": disk / len(index), "disk_mb": disk / 2**20,
         "build_s": build_s,
+        "add_ms": 1000 * add_s / len(queries), "bare_sift_ms": 1000 * sift_s / len(queries),
+        "add_over_sift": add_s / sift_s,
+        "query_ms": ms(query_s), "query_extract_ms": ms(own_extract_s),
+        "query_over_extract_ms": ms(query_s) - ms(own_extract_s),
+        "phone_photos": len(photos),
+        "phone_decode_ms": 1000 * float(np.median(decode_s)),
+        "phone_query_ms": 1000 * float(np.median(phone_s)),
+        "phone_over_decode": float(np.median(np.array(phone_s) / np.array(decode_s))),
+        "phone_extract_ms": 1000 * float(np.median(phone_extract_s)),
+        "phone_extract_over_decode": float(np.median(np.array(phone_extract_s)
+                                                     / np.array(decode_s))),
+        "phone_keypoints": float(np.median(phone_keypoints)),
+        "add_images_per_s_per_core": len(queries) / add_s,
+        "million_hours_per_core": 1e6 * add_s / len(queries) / 3600,
     }
+
+
+def command(args) -> str:
+    return (f"python benchmarks/speed.py --images {args.images} --queries "
+            f"{args.queries} --n-words {args.n_words} --method {args.method} "
+            f"--n-probe {args.n_probe} --seed {args.seed}")
 
 
 def report(r: dict, args) -> str:
@@ -101,9 +194,7 @@ def report(r: dict, args) -> str:
     return "\n".join([
         "# Speed and size of each stage",
         "",
-        f"Command: `python benchmarks/speed.py --images {args.images} --queries "
-        f"{args.queries} --n-words {args.n_words} --method {args.method} "
-        f"--n-probe {args.n_probe} --seed {args.seed}`  ",
+        f"Command: `{command(args)}`  ",
         f"Machine: {platform.machine()}, {os.cpu_count()} cores, Python "
         f"{platform.python_version()}, shared with other work; date: {date.today()}",
         "",
@@ -138,6 +229,31 @@ def report(r: dict, args) -> str:
         f"({r['disk_mb']:.1f} MiB in all, vocabulary included) | | |",
         f"| build (extract, train, index) | {r['build_s']:.0f} s | | |",
         "",
+        "## Against the features themselves (issue 22), one thread",
+        "",
+        "| measured | value | target | met |",
+        "|---|---|---|---|",
+        f"| add / bare OpenCV SIFT, same {r['queries']} images | "
+        f"{r['add_over_sift']:.2f}x ({r['add_ms']:.1f} / {r['bare_sift_ms']:.1f} ms "
+        f"per image) | <= 1.15x | {ok(r['add_over_sift'] <= 1.15)} |",
+        f"| query (k=10, no re-rank) over its own extraction | "
+        f"+{r['query_over_extract_ms']:.1f} ms ({r['query_ms']:.1f} / "
+        f"{r['query_extract_ms']:.1f} ms) | <= +5 ms | "
+        f"{ok(r['query_over_extract_ms'] <= 5)} |",
+        f"| 10-megapixel phone photo ({PHONE[0]} x {PHONE[1]} JPEG), query with "
+        f"re-rank 100 / OpenCV's whole decode (median of {r['phone_photos']}) | "
+        f"{r['phone_over_decode']:.2f}x ({r['phone_query_ms']:.0f} / "
+        f"{r['phone_decode_ms']:.0f} ms) | <= 2.0x | "
+        f"{ok(r['phone_over_decode'] <= 2.0)} |",
+        f"| the same photos: extraction alone (reduced decode, resize, SIFT; "
+        f"median {r['phone_keypoints']:.0f} keypoints) / whole decode | "
+        f"{r['phone_extract_over_decode']:.2f}x ({r['phone_extract_ms']:.0f} ms) | "
+        "| |",
+        f"| adding, images per second per core | "
+        f"{r['add_images_per_s_per_core']:.1f} | | |",
+        f"| a million images like these, one core | "
+        f"{r['million_hours_per_core']:.1f} hours (/ cores with n_jobs) | | |",
+        "",
         "Times are wall-clock on a shared machine: compare numbers within one run.",
         "",
     ])
@@ -154,13 +270,21 @@ def main():
     parser.add_argument("--n-probe", type=int, default=8)
     parser.add_argument("--shortlist", type=int, default=50)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--smvs", type=Path,
+                        default=Path("../shared/data/smvs_dvd_covers_half"),
+                        help="SMVS phone photos to upscale (default: %(default)s)")
+    parser.add_argument("--phone-photos", type=int, default=20)
     parser.add_argument("--output", type=Path,
                         default=Path(__file__).parent / "results" / "speed.md")
     args = parser.parse_args()
-    text = report(run(args), args)
+    with thread_budget(1):
+        results = run(args)
+    text = report(results, args)
     print(text)
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(text)
+    args.output.with_suffix(".json").write_text(json.dumps(
+        {"command": command(args), "date": str(date.today()), **results}, indent=1))
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ re-ranked by RANSAC geometric verification.
 
 import logging
 
+from cvsearch._threads import budget as thread_budget
 from cvsearch.features import FeatureExtractor, Features
 from cvsearch.global_index import GlobalIndex
 from cvsearch.index import Index
@@ -28,4 +29,5 @@ __all__ = [
     "SkippedImage",
     "Vocabulary",
     "__version__",
+    "thread_budget",
 ]

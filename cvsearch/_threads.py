@@ -5,6 +5,7 @@ other tasks of the pool, so callers from many threads cannot deadlock it."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 
@@ -28,6 +29,64 @@ def pool():
 def map_in_pool(function, items: list) -> list:
     """``[function(item) for item in items]``, in the pool when it has more than one
     thread and there is more than one item."""
-    if len(items) > 1 and THREADS > 1:
+    if len(items) > 1 and THREADS > 1:  # THREADS: the budget's, at this call
         return list(pool().map(function, items))
     return [function(item) for item in items]
+
+
+def usable_cores() -> int:
+    """Cores this process may run on (its CPU affinity, where the OS says)."""
+    try:
+        return len(os.sched_getaffinity(0)) or 1
+    except AttributeError:  # macOS, Windows
+        return os.cpu_count() or 1
+
+
+def cores_of(n_jobs: int) -> int:
+    """The cores ``n_jobs`` gives: -1 is every usable core."""
+    return usable_cores() if n_jobs == -1 else max(1, int(n_jobs))
+
+
+@contextlib.contextmanager
+def budget(n_jobs: int):
+    """Within the block, the thread pools of this process (BLAS and OpenMP, as
+    scikit-learn's k-means uses them, through threadpoolctl; OpenCV's; the one
+    cvsearch verifies short-lists in) use at most the cores ``n_jobs`` gives
+    (-1: all); they are restored after. The limits are the process's: threads
+    running meanwhile keep to them too.
+
+    Public as ``cvsearch.thread_budget``::
+
+        with cvsearch.thread_budget(1):  # one core, whatever the machine has
+            index.query("photo.jpg", rerank=100)
+
+    Without it, each library starts one thread per core of the machine on its
+    own: on a busy machine the spinning OpenMP threads of one k-means made a
+    build several times slower, and inside worker processes they multiply.
+    """
+    import cv2
+    from threadpoolctl import threadpool_limits
+
+    global THREADS
+    cores = cores_of(n_jobs)
+    before, threads_before = cv2.getNumThreads(), THREADS
+    with threadpool_limits(limits=cores):
+        cv2.setNumThreads(cores)
+        THREADS = min(THREADS, cores)  # the pool of map_in_pool too
+        try:
+            yield cores
+        finally:
+            cv2.setNumThreads(before)
+            THREADS = threads_before
+
+
+def one_thread_per_worker() -> None:
+    """In a worker process: the workers fill the cores, so each keeps to one
+    thread (OpenCV's pool, BLAS and OpenMP), for the life of the process."""
+    import cv2
+    from threadpoolctl import threadpool_limits
+
+    global THREADS
+    THREADS = 1  # map_in_pool runs in the calling thread
+    cv2.setNumThreads(1)
+    threadpool_limits(limits=1)

@@ -76,7 +76,9 @@ def edges_in_folder(folder: str, identity, ids: list, ranking) -> list:
     process: memory-mapped, not copied). Refuses a folder that another writer
     changed meanwhile (``identity`` is the state the caller searches)."""
     from cvsearch import Index
+    from cvsearch._threads import one_thread_per_worker
 
+    one_thread_per_worker()
     index = Index.load(folder, verify=False)
     if index._origin.identity != identity:
         raise RuntimeError(f"{folder} changed while its duplicates were searched; "

@@ -8,7 +8,7 @@ from typing import NamedTuple
 import numpy as np
 
 from cvsearch._validation import check_choice, check_image, check_int
-from cvsearch.io import MAX_FILE_BYTES, MAX_PIXELS, read_image
+from cvsearch.io import MAX_FILE_BYTES, MAX_PIXELS, read_image_reduced
 
 METHODS = {"sift": 128, "rootsift": 128, "orb": 32}
 
@@ -394,14 +394,18 @@ class FeatureExtractor:
 
         if isinstance(image, np.ndarray):
             gray = check_image(image)
+            image_shape = (int(gray.shape[0]), int(gray.shape[1]))
         else:
-            gray = read_image(image, max_pixels=self.max_pixels,
-                              max_file_bytes=self.max_file_bytes)
-        image_shape = (int(gray.shape[0]), int(gray.shape[1]))
-        scale = self.max_side / max(gray.shape)
+            # A JPEG much larger than max_side (a phone photo) is decoded
+            # reduced in libjpeg, at a fraction of the cost of a whole decode;
+            # the keypoints are still in the whole image's pixels.
+            gray, image_shape = read_image_reduced(
+                image, min_side=self.max_side, max_pixels=self.max_pixels,
+                max_file_bytes=self.max_file_bytes)
+        scale = self.max_side / max(image_shape)
         if scale < 1.0:
-            size = (max(1, round(gray.shape[1] * scale)),
-                    max(1, round(gray.shape[0] * scale)))
+            size = (max(1, round(image_shape[1] * scale)),
+                    max(1, round(image_shape[0] * scale)))
             gray = cv2.resize(gray, size, interpolation=cv2.INTER_AREA)
         else:
             scale = 1.0

@@ -12,11 +12,12 @@ import math
 import os
 import threading
 from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import NamedTuple
 
 import numpy as np
 
-from cvsearch import index_folder, storage
+from cvsearch import _threads, index_folder, storage
 from cvsearch._validation import check_choice, check_float, check_int, check_n_jobs
 from cvsearch.features import FeatureExtractor, Features, can_mirror, mirror_permutation
 from cvsearch.parallel import ImageWords, SkippedImage, check_words, extract_many
@@ -405,7 +406,8 @@ class Index:
                 logger.warning("skipped %s: %s", name, features.reason)
                 continue
             samples.append(_sample_features(features.descriptors, per_image, rng))
-        self._fit_vocabulary(samples, rng)
+        with _threads.budget(n_jobs):
+            self._fit_vocabulary(samples, rng)
         return self
 
     def _sample_per_image(self, n_images: int) -> int:
@@ -470,15 +472,26 @@ class Index:
         else:
             chosen = np.sort(rng.choice(len(images), train_images, replace=False))
         per_image = index._sample_per_image(len(chosen))
+        with _threads.budget(n_jobs):
+            return index._build(images, names, chosen, per_image, rng, n_jobs, progress,
+                                scheduler)
+
+    def _build(self, images, names, chosen, per_image, rng, n_jobs, progress,
+               scheduler) -> Index:
+        index = self
         training = dict(zip(chosen.tolist(), (item for _, item in index._extract_many(
             [images[i] for i in chosen], [names[i] for i in chosen], assign=False,
             n_jobs=n_jobs, progress=progress, stage="train", scheduler=scheduler))))
         index._fit_vocabulary(
             [_sample_features(f.descriptors, per_image, rng)
              for f in training.values() if isinstance(f, Features)], rng)
-        for i, item in training.items():  # keep words, drop descriptors
-            if isinstance(item, Features):
-                training[i] = ImageWords.of(item, index.vocabulary)
+        # keep words, drop descriptors; a chunk of images per call is cheaper
+        extracted = [i for i, item in training.items() if isinstance(item, Features)]
+        for start in range(0, len(extracted), 16):
+            chunk = extracted[start:start + 16]
+            for i, words in zip(chunk, ImageWords.of_many([training[i] for i in chunk],
+                                                          index.vocabulary)):
+                training[i] = words
         rest = [i for i in range(len(images)) if i not in training]
         extracted = index._extract_many(
             [images[i] for i in rest], [names[i] for i in rest], assign=True,
@@ -533,9 +546,10 @@ class Index:
         images = self._as_list(images, "add")
         names = self._default_names(images, names, "add")
         n_jobs = check_n_jobs(n_jobs)
-        return self._add_extracted(self._extract_many(
-            images, names, assign=True, n_jobs=n_jobs, progress=progress, stage="add",
-            scheduler=scheduler))
+        with _threads.budget(n_jobs):
+            return self._add_extracted(self._extract_many(
+                images, names, assign=True, n_jobs=n_jobs, progress=progress,
+                stage="add", scheduler=scheduler))
 
     def image_words(self, images: Sequence, *, n_jobs: int = 1,
                     scheduler=None) -> list:
@@ -551,9 +565,11 @@ class Index:
         images = self._as_list(images, "image_words")
         names = [os.fspath(i) if isinstance(i, (str, os.PathLike)) else f"image {n}"
                  for n, i in enumerate(images)]
-        return [item for _, item in self._extract_many(
-            images, names, assign=True, n_jobs=check_n_jobs(n_jobs), progress=None,
-            stage="add", scheduler=scheduler)]
+        n_jobs = check_n_jobs(n_jobs)
+        with _threads.budget(n_jobs):
+            return [item for _, item in self._extract_many(
+                images, names, assign=True, n_jobs=n_jobs, progress=None,
+                stage="add", scheduler=scheduler)]
 
     @classmethod
     def merge(cls, indexes: Sequence[Index]) -> Index:
@@ -776,8 +792,12 @@ class Index:
                     min_inliers: int = DEFAULT_MIN_INLIERS,
                     verification: str = "shapes", multiple_assignment: bool = True,
                     expand: int = 0, mirror: bool = False,
-                    return_inliers: bool = False):
+                    return_inliers: bool = False, n_jobs: int = 1):
         """:meth:`query` for several images, padded to ``k`` columns.
+
+        ``n_jobs`` images are searched at once (-1: all cores), in threads: the
+        extraction, products and verification release the GIL. The answers are
+        those of one at a time.
 
         Returns
         -------
@@ -793,13 +813,19 @@ class Index:
         all_scores = np.full((len(images), k), -np.inf, np.float32)
         all_ids = np.full((len(images), k), -1, np.int64)
         all_inliers = np.full((len(images), k), -1, np.int32)
-        for row, image in enumerate(images):
-            scores, ids, evidence = searcher.search(self._features_of(image), ranking,
-                                                    coverage=False)
-            inliers = evidence.inliers
-            all_scores[row, :len(ids)] = scores
-            all_ids[row, :len(ids)] = ids
-            all_inliers[row, :len(ids)] = inliers
+        cores = _threads.cores_of(check_n_jobs(n_jobs))
+
+        def search(image):
+            return searcher.search(self._features_of(image), ranking, coverage=False)
+
+        # one thread per image searched at once; the libraries' pools under them
+        # keep to the cores given
+        with _threads.budget(1 if cores > 1 else n_jobs), \
+                ThreadPoolExecutor(cores) as threads:
+            for row, (scores, ids, evidence) in enumerate(threads.map(search, images)):
+                all_scores[row, :len(ids)] = scores
+                all_ids[row, :len(ids)] = ids
+                all_inliers[row, :len(ids)] = evidence.inliers
         if return_inliers:
             return all_scores, all_ids, all_inliers
         return all_scores, all_ids
@@ -944,14 +970,13 @@ class Index:
             ``best``, ``anchor`` and ``weakest`` edge.
         """
         import hashlib
-        from concurrent.futures import ThreadPoolExecutor
 
         from cvsearch import duplicates as _duplicates
 
         check_choice(kind, "kind", ("copy", "object"))
         rerank = check_int(rerank, "rerank", minimum=1)
         n_jobs = check_n_jobs(n_jobs)
-        workers = (os.cpu_count() or 1) if n_jobs == -1 else n_jobs
+        workers = _threads.cores_of(n_jobs)
         searcher = self.searcher()
         ranking = check_ranking(rerank, rerank, DEFAULT_MIN_INLIERS, "shapes", False, 0,
                                 mirror)
@@ -971,6 +996,8 @@ class Index:
 
         folder = self._folder_of_this_state()
         with contextlib.ExitStack() as stack:
+            # each worker process, or thread, searches with one thread
+            stack.enter_context(_threads.budget(1))
             if workers > 1 and folder is not None and len(todo) > 4 * workers:
                 from joblib import Parallel, delayed
 

@@ -193,17 +193,36 @@ def read_image(path: str | os.PathLike, *, grayscale: bool = True,
         empty, too large, not an image, truncated or corrupt, or its format is not
         supported.
     """
+    return read_image_reduced(path, grayscale=grayscale, max_pixels=max_pixels,
+                              max_file_bytes=max_file_bytes)[0]
+
+
+def read_image_reduced(path: str | os.PathLike, *, min_side: int | None = None,
+                       grayscale: bool = True, max_pixels: int = MAX_PIXELS,
+                       max_file_bytes: int = MAX_FILE_BYTES
+                       ) -> tuple[np.ndarray, tuple[int, int]]:
+    """:func:`read_image`, a JPEG much larger than ``min_side`` decoded reduced
+    (see :func:`decode_reduced`, which gives the returns).
+
+    Returns
+    -------
+    image : ndarray of shape (h, w) or (h, w, 3), uint8
+    shape : (int, int)
+        ``(H, W)`` of the whole image.
+    """
     if not isinstance(path, (str, os.PathLike)):
         raise TypeError(f"expected a path to an image, got {type(path).__name__}")
     max_pixels = check_int(max_pixels, "max_pixels", minimum=1)
     max_file_bytes = check_int(max_file_bytes, "max_file_bytes", minimum=1)
     path = Path(path)
-    return decode_image(read_bytes(path, max_file_bytes, error=UnreadableImageError),
-                        path, grayscale=grayscale, max_pixels=max_pixels)
+    return decode_reduced(read_bytes(path, max_file_bytes, error=UnreadableImageError),
+                          path, grayscale=grayscale, max_pixels=max_pixels,
+                          min_side=min_side)
 
 
 def decode_image(data: bytes, name, *, grayscale: bool = True,
-                 max_pixels: int = MAX_PIXELS) -> np.ndarray:
+                 max_pixels: int = MAX_PIXELS, min_side: int | None = None
+                 ) -> np.ndarray:
     """Decode an image file's bytes (an upload, say), with the checks of
     :func:`read_image`: its header is read first, and more than ``max_pixels``
     is refused before anything is decoded.
@@ -215,6 +234,9 @@ def decode_image(data: bytes, name, *, grayscale: bool = True,
         What to call it in errors (its path, or "upload photo.jpg").
     grayscale : bool
     max_pixels : int
+    min_side : int, optional
+        The longer side the caller needs: a JPEG much larger than that is decoded
+        reduced by 2, 4 or 8 (:func:`decode_reduced`).
 
     Returns
     -------
@@ -225,6 +247,49 @@ def decode_image(data: bytes, name, *, grayscale: bool = True,
     UnreadableImageError
         A ValueError naming ``name``: empty, not an image, too many pixels,
         truncated or corrupt.
+    """
+    return decode_reduced(data, name, grayscale=grayscale, max_pixels=max_pixels,
+                          min_side=min_side)[0]
+
+
+#: JPEG decoders scale by these factors in the DCT (libjpeg's scale_denom):
+#: decoding at 1/f costs a fraction of a full decode.
+REDUCTIONS = (8, 4, 2)
+
+
+def reduction(width: int, height: int, min_side: int | None) -> int:
+    """The largest of :data:`REDUCTIONS` that keeps the longer side of a
+    ``width`` x ``height`` JPEG at least ``min_side`` (1: decode it whole)."""
+    if min_side is None:
+        return 1
+    return next((f for f in REDUCTIONS if max(width, height) // f >= min_side), 1)
+
+
+def decode_reduced(data: bytes, name, *, grayscale: bool = True,
+                   max_pixels: int = MAX_PIXELS, min_side: int | None = None
+                   ) -> tuple[np.ndarray, tuple[int, int]]:
+    """Decode an image file's bytes, a large JPEG reduced in the decoder.
+
+    A phone photo (10 megapixels) that is to be searched at 640 pixels need not
+    be decoded whole: libjpeg decodes it at 1/2, 1/4 or 1/8 of its size for a
+    fraction of the cost (``cv2.IMREAD_REDUCED_*``), averaging each block as an
+    area resize does. The reduction is the largest that keeps the longer side at
+    least ``min_side``, so the caller still downsizes the result itself. EXIF
+    orientation is applied as in a full decode. Other formats are decoded whole.
+
+    Parameters
+    ----------
+    data, name, grayscale, max_pixels
+        As :func:`decode_image`.
+    min_side : int, optional
+        None: decode whole.
+
+    Returns
+    -------
+    image : ndarray of shape (h, w) or (h, w, 3), uint8
+    shape : (int, int)
+        ``(H, W)`` of the whole image, oriented as ``image`` is: the image's
+        pixels are ``shape / image.shape[:2]`` original pixels each.
     """
     import cv2
 
@@ -249,7 +314,14 @@ def decode_image(data: bytes, name, *, grayscale: bool = True,
             name, f"its header declares {width} x {height} = {width * height:,} "
             f"pixels, more than the limit of {max_pixels:,} (a decompression bomb, or "
             "a very large image: raise max_pixels, or downscale it)")
-    flags = cv2.IMREAD_GRAYSCALE if grayscale else cv2.IMREAD_COLOR
+    factor = reduction(width, height, min_side) if data[:3] == b"\xff\xd8\xff" else 1
+    flags = {(1, True): cv2.IMREAD_GRAYSCALE, (1, False): cv2.IMREAD_COLOR,
+             (2, True): cv2.IMREAD_REDUCED_GRAYSCALE_2,
+             (2, False): cv2.IMREAD_REDUCED_COLOR_2,
+             (4, True): cv2.IMREAD_REDUCED_GRAYSCALE_4,
+             (4, False): cv2.IMREAD_REDUCED_COLOR_4,
+             (8, True): cv2.IMREAD_REDUCED_GRAYSCALE_8,
+             (8, False): cv2.IMREAD_REDUCED_COLOR_8}[factor, bool(grayscale)]
     try:
         image = cv2.imdecode(np.frombuffer(data, np.uint8), flags)
     except cv2.error as error:
@@ -260,7 +332,17 @@ def decode_image(data: bytes, name, *, grayscale: bool = True,
         raise UnreadableImageError(
             name, "cannot decode it: it is not an image, is truncated, or its format "
             f"is not supported by OpenCV; {_WHAT_TO_DO}")
-    return image
+    return image, _oriented(image.shape[:2], width, height, factor)
+
+
+def _oriented(decoded: tuple, width: int, height: int, factor: int) -> tuple:
+    """``(H, W)`` of the whole image as decoded: EXIF orientation may have turned
+    the header's ``width`` x ``height`` by 90 degrees. A reduced side is the
+    whole side divided by ``factor``, rounded up."""
+    upright = (-(-height // factor), -(-width // factor))
+    if tuple(decoded) == upright or decoded[0] == decoded[1]:
+        return height, width
+    return width, height
 
 
 def read_color_image(image) -> np.ndarray:

@@ -22,6 +22,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from cvsearch._threads import one_thread_per_worker
 from cvsearch.features import FeatureExtractor, Features
 from cvsearch.io import READ_ERRORS
 from cvsearch.vocabulary import Vocabulary
@@ -108,12 +109,8 @@ def extract_chunk(extractor: FeatureExtractor, vocabulary: Vocabulary | None,
     """Features (or, given a vocabulary, ImageWords) or SkippedImage per image.
     Runs in worker processes."""
     if in_worker:
-        import cv2
-
-        # One thread per worker: the workers already fill the cores, and OpenCV's
-        # own threads on top would only contend with them. (joblib limits BLAS
-        # threads in its workers the same way.)
-        cv2.setNumThreads(1)
+        # the workers already fill the cores given: threads on top only contend
+        one_thread_per_worker()
     items = [_item(extractor, vocabulary, image, name)
              for image, name in zip(images, names)]
     if vocabulary is None:

@@ -203,3 +203,67 @@ def test_the_command_line_queries_by_url(web_folder, trained_index, image_files,
     answer = json.loads(buffer.getvalue())
     assert answer["query"] == f"{base}/photo.png"
     assert answer["results"][0]["name"] == image_files[3]
+
+
+def photo_sized(tmp_path, orientation=None):
+    """A 3648 x 2736 JPEG (a phone photo's size) of a textured scene, and the
+    scene as decoded whole (and turned by EXIF orientation 6, if asked)."""
+    import io as bytes_io
+
+    from conftest import textured_image
+    from PIL import Image
+
+    gray = cv2.resize(textured_image(5, 912)[:684], (3648, 2736),
+                      interpolation=cv2.INTER_CUBIC)
+    scene = cv2.merge([gray, 255 - gray, gray // 2])  # colour, as phones take
+    buffer = bytes_io.BytesIO()
+    exif = Image.Exif()
+    if orientation:
+        exif[0x0112] = orientation
+    Image.fromarray(scene[:, :, ::-1]).save(buffer, "JPEG", quality=92, exif=exif)
+    path = tmp_path / "photo.jpg"
+    path.write_bytes(buffer.getvalue())
+    whole = cv2.imdecode(np.frombuffer(buffer.getvalue(), np.uint8),
+                         cv2.IMREAD_GRAYSCALE)
+    return path, whole
+
+
+@pytest.mark.parametrize("orientation", [None, 6])
+def test_large_jpegs_are_decoded_reduced_with_keypoints_in_whole_pixels(
+        tmp_path, orientation):
+    from cvsearch.io import read_image_reduced
+
+    path, whole = photo_sized(tmp_path, orientation)
+    reduced, shape = read_image_reduced(path, min_side=640)
+    assert shape == whole.shape  # (2736, 3648), or turned by EXIF: (3648, 2736)
+    assert max(reduced.shape) == 912  # 1/4: the largest reduction >= 640
+    assert reduced.shape[0] / reduced.shape[1] == pytest.approx(
+        whole.shape[0] / whole.shape[1], abs=0.01)
+    assert read_image_reduced(path, min_side=1000)[0].shape == (
+        tuple(s // 2 for s in whole.shape))
+    assert read_image_reduced(path)[0].shape == whole.shape
+
+    extractor = FeatureExtractor("sift", max_side=640)
+    from_file = extractor.extract(path)  # reduced in the decoder
+    from_whole = extractor.extract(whole)  # decoded whole, area-resized
+    assert from_file.image_shape == from_whole.image_shape == whole.shape
+    # the same scene: keypoints of one lie where the other's are, in whole pixels
+    matches = cv2.BFMatcher(cv2.NORM_L2, crossCheck=True).match(
+        from_file.descriptors, from_whole.descriptors)
+    assert len(matches) > 0.5 * len(from_whole.keypoints)
+    offsets = np.array([from_file.keypoints[m.queryIdx, :2]
+                        - from_whole.keypoints[m.trainIdx, :2] for m in matches])
+    assert np.median(np.linalg.norm(offsets, axis=1)) < 3.0  # 5.7 pixels per pixel
+    assert (from_file.keypoints[:, 0] < whole.shape[1]).all()
+    assert (from_file.keypoints[:, 1] < whole.shape[0]).all()
+
+
+def test_small_images_and_other_formats_are_decoded_whole(tmp_path, images):
+    from cvsearch.io import read_image_reduced
+
+    cv2.imwrite(str(tmp_path / "a.png"), cv2.resize(images[0], (2000, 1600)))
+    image, shape = read_image_reduced(tmp_path / "a.png", min_side=640)
+    assert image.shape == shape == (1600, 2000)
+    cv2.imwrite(str(tmp_path / "b.jpg"), cv2.resize(images[0], (1200, 900)))
+    image, shape = read_image_reduced(tmp_path / "b.jpg", min_side=640)
+    assert image.shape == shape == (900, 1200)  # 1/2 would be 600 < 640

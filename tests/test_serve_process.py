@@ -154,14 +154,20 @@ def test_several_workers_see_each_others_writes(index_dir):
             time.sleep(1.5)
         query = cv2.imencode(".png", warped(new, rotation=8)[0])[1].tobytes()
         workers = set()
-        for _ in range(40):  # a new connection each: both workers answer
+        for attempt in range(40):  # a new connection each: both workers answer
             health = httpx.get(server.url + "/health", timeout=30).json()
             workers.add(health["worker"])
             assert health["images"] == 17
             found = httpx.post(server.url + "/search", data={"k": "1"}, timeout=30,
                                files={"image": ("q.png", query, "image/png")}).json()
             assert found["results"][0]["id"] == 16
-            if len(workers) == 2:
+            # its match picture, asked on a new connection: either worker draws
+            # it (they share their recent queries through a folder)
+            picture = httpx.get(server.url + found["results"][0]["match_url"],
+                                timeout=30)
+            assert picture.status_code == 200, picture.text
+            assert picture.headers["content-type"] == "image/png"
+            if len(workers) == 2 and attempt >= 7:
                 break
         assert len(workers) == 2
     finally:

@@ -595,3 +595,33 @@ def test_leftovers_of_a_crashed_upload_are_removed_at_start(client, index_dir):
     Library(Settings(index_dir=index_dir, token=TOKEN))
     assert not orphan.exists() and not temporary.exists()
     assert young.exists() and (index_dir / kept[0]["name"]).exists()
+
+
+def test_workers_share_recent_queries_through_a_folder(tmp_path, images):
+    """Two workers' stores on one folder: a query put by one is read back by the
+    other (arrays and all, without pickle); the folder keeps the newest few;
+    names that are not query ids, and torn files, are no query."""
+    from cvsearch import FeatureExtractor
+    from cvsearch.service.recent import Query, SharedQueries
+
+    extractor = FeatureExtractor("sift")
+    first = SharedQueries(tmp_path, 64 * 2**20, 3)
+    second = SharedQueries(tmp_path, 64 * 2**20, 3)
+    features = extractor.extract(images[0])
+    first.put("abc-_1", Query(images[0], features, mirrored=[4, 2]))
+    got = second.get("abc-_1")
+    assert got is not None and got.mirrored == {2, 4} and got.scale == 1.0
+    np.testing.assert_array_equal(got.image, images[0])
+    for mine, theirs in zip(features, got.features):
+        if isinstance(mine, np.ndarray):
+            np.testing.assert_array_equal(mine, theirs)
+        else:
+            assert mine == theirs
+    for n in range(5):
+        first.put(f"q{n}", Query(images[1], None))
+    assert len(list(tmp_path.glob("*.npz"))) == 3
+    third = SharedQueries(tmp_path, 64 * 2**20, 3)  # a worker that read nothing yet
+    assert third.get("abc-_1") is None and third.get("q4").features is None
+    assert second.get("../q4") is None and second.get("") is None
+    (tmp_path / "torn.npz").write_bytes(b"PK\x03\x04 not a whole file")
+    assert second.get("torn") is None

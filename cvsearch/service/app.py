@@ -288,9 +288,21 @@ def serve(settings: Settings, *, host: str = "127.0.0.1", port: int = 8000,
         verify_with=None if settings.verify_with is None
         else Path(settings.verify_with).resolve())
     library = Library(settings)  # fail here, with a clear message, if unusable
+    shared = None
+    if workers > 1:  # a match picture's request may reach another worker
+        import tempfile
+
+        shared = tempfile.mkdtemp(prefix="cvsearch-queries-")
+        settings = dataclasses.replace(settings, queries_dir=Path(shared))
     os.environ["CVSEARCH_SETTINGS"] = settings.to_json()
     if ready is not None:
         ready(library)
     del library  # the workers load their own
-    uvicorn.run("cvsearch.service:create_app", factory=True, host=host, port=port,
-                workers=workers, log_level=log_level)
+    try:
+        uvicorn.run("cvsearch.service:create_app", factory=True, host=host, port=port,
+                    workers=workers, log_level=log_level)
+    finally:
+        if shared is not None:
+            import shutil
+
+            shutil.rmtree(shared, ignore_errors=True)

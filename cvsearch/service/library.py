@@ -45,12 +45,10 @@ from cvsearch.io import (
     read_bytes,
 )
 from cvsearch.rerank import DEFAULT_MIN_INLIERS
-from cvsearch.service.limits import ByteBudgetCache, array_bytes, display_name, known_id
+from cvsearch.service.limits import ByteBudgetCache, display_name, known_id
+from cvsearch.service.recent import MATCH_SIDE, Query, RecentQueries, SharedQueries
 
 UPLOADS = "uploads"
-#: A recent query's image is kept for its match pictures at most this large
-#: (longest side, pixels): the picture draws it 400 pixels high.
-MATCH_SIDE = 1024
 #: Temporary and orphaned upload files older than this (seconds) are removed at
 #: start-up: a write that old has finished or died.
 STALE_SECONDS = 600
@@ -95,6 +93,9 @@ class Settings:
         Host names a request may be addressed to (its ``Host`` header), so that
         a web page cannot reach a service on 127.0.0.1 by DNS rebinding; ``*``
         allows any.
+    queries_dir : Path or None
+        A folder where worker processes share their recent queries (``serve``
+        makes one for several workers); None: each keeps its own in memory.
     """
 
     index_dir: Path
@@ -110,6 +111,7 @@ class Settings:
     refresh_seconds: float = 1.0
     verify_with: Path | None = None
     allowed_hosts: tuple = ("127.0.0.1", "localhost", "::1")
+    queries_dir: Path | None = None
 
     def to_json(self) -> str:
         """Every field as JSON (how :func:`cvsearch.service.serve` hands them to
@@ -125,7 +127,8 @@ class Settings:
     @classmethod
     def from_json(cls, text: str) -> "Settings":
         values = json.loads(text)
-        for key in ("index_dir", "images_root", "verify_with"):  # the Path fields
+        for key in ("index_dir", "images_root", "verify_with",
+                    "queries_dir"):  # the Path fields
             if values.get(key) is not None:
                 values[key] = Path(values[key])
         values["allowed_hosts"] = tuple(values.get("allowed_hosts", ()))
@@ -157,30 +160,6 @@ class ServiceError(Exception):
         super().__init__(message)
         self.status = status
         self.message = message
-
-
-class _Query:
-    """A recent search, kept for its match pictures: its image downscaled to
-    :data:`MATCH_SIDE` (``scale``: that image's pixels per original pixel) and its
-    local features (None where the index has none; their keypoints in the
-    original's pixels)."""
-
-    def __init__(self, image: np.ndarray, features):
-        import cv2
-
-        self.scale = min(1.0, MATCH_SIDE / max(image.shape[:2]))
-        if self.scale < 1.0:
-            image = cv2.resize(image, (max(1, round(image.shape[1] * self.scale)),
-                                       max(1, round(image.shape[0] * self.scale))),
-                               interpolation=cv2.INTER_AREA)
-        self.image = image
-        self.features = features
-        self.mirrored = set()  # ids that matched the mirrored query
-
-    @property
-    def nbytes(self) -> int:
-        features = self.features  # a Features tuple of arrays, or None
-        return self.image.nbytes + (0 if features is None else array_bytes(*features))
 
 
 def _is_global(index) -> bool:
@@ -227,8 +206,13 @@ class Library:
         self._state = self._load()
         self._checked = time.monotonic()
         self._write_lock = threading.Lock()
-        self._queries = ByteBudgetCache(settings.query_cache_bytes,
-                                        settings.recent_queries, lambda q: q.nbytes)
+        # several workers share their recent queries through a folder: a match
+        # picture's request may reach another worker than its search did
+        self._queries = RecentQueries(settings.query_cache_bytes,
+                                      settings.recent_queries) \
+            if settings.queries_dir is None else SharedQueries(
+                settings.queries_dir, settings.query_cache_bytes,
+                settings.recent_queries)
         self._thumbnails = ByteBudgetCache(settings.thumbnail_cache_bytes, 4096, len)
         self.started = time.time()
         self.counts = collections.Counter()
@@ -374,13 +358,16 @@ class Library:
         return path
 
     # --------------------------------------------------------------- reading
-    def decode(self, data: bytes, filename: str) -> np.ndarray:
-        """A colour image of uploaded bytes; a 400 ServiceError naming the
-        problem if they are not a readable image."""
+    def decode(self, data: bytes, filename: str, min_side: int | None = None
+               ) -> np.ndarray:
+        """A colour image of uploaded bytes (a large JPEG reduced in the decoder,
+        its longer side kept at least ``min_side``); a 400 ServiceError naming
+        the problem if they are not a readable image."""
         index = self.current()
         try:
             return decode_image(data, f"upload {filename!r}", grayscale=False,
-                                max_pixels=_limits(index)["max_pixels"])
+                                max_pixels=_limits(index)["max_pixels"],
+                                min_side=min_side)
         except UnreadableImageError as error:
             raise ServiceError(400, str(error)) from None
 
@@ -392,9 +379,15 @@ class Library:
                                f"at most {self.settings.max_rerank}")
         timings = {}
         started = time.perf_counter()
-        image = self.decode(data, filename)
-        timings["decode_ms"] = _ms(started)
         index, verifier = self.current(), self.verifier
+        # A search needs the photo no larger than its features and its match
+        # pictures do: a phone photo is decoded reduced, at a fraction of the cost.
+        # (Added images are decoded whole: their keypoints are kept in the
+        # pixels of the file, which match pictures draw.)
+        image = self.decode(data, filename, min_side=max(
+            [MATCH_SIDE] + [i.extractor.max_side for i in (index, verifier)
+                            if i is not None and hasattr(i, "extractor")]))
+        timings["decode_ms"] = _ms(started)
         if not len(index):
             raise ServiceError(409, "the index holds no images yet; add some first")
         if _is_global(index):
@@ -416,7 +409,7 @@ class Library:
             inliers = evidence.inliers
             timings["search_ms"] = _ms(started)
         query_id = secrets.token_urlsafe(12)
-        query = _Query(image, features)
+        query = Query(image, features)
         if evidence is not None:  # match pictures mirror where the search did
             query.mirrored = {int(i) for i, m in zip(ids, evidence.mirrored) if m}
         self._queries.put(query_id, query)

@@ -1,0 +1,60 @@
+"""One budget of threads: the libraries' pools keep to the cores given."""
+
+import cv2
+import numpy as np
+import pytest
+from threadpoolctl import threadpool_info
+
+from cvsearch import FeatureExtractor, Index, Vocabulary, _threads
+
+
+def pool_sizes() -> set:
+    """Threads of every BLAS/OpenMP pool of this process, and OpenCV's."""
+    return {pool["num_threads"] for pool in threadpool_info()} | {cv2.getNumThreads()}
+
+
+@pytest.mark.parametrize("n_jobs", [1, 2])
+def test_the_budget_limits_every_pool_and_restores_it(n_jobs):
+    before, pool = pool_sizes(), _threads.THREADS
+    with _threads.budget(n_jobs) as cores:
+        assert cores == n_jobs
+        assert max(pool_sizes()) <= n_jobs and _threads.THREADS <= n_jobs
+    assert pool_sizes() == before and _threads.THREADS == pool
+
+
+def test_building_trains_the_vocabulary_within_n_jobs(monkeypatch, images):
+    # scikit-learn's k-means starts one OpenMP thread per core of the machine
+    # unless told otherwise: inside a build it keeps to n_jobs.
+    seen = []
+    fit = Vocabulary.fit
+
+    def recording_fit(self, descriptors):
+        seen.append(pool_sizes())
+        return fit(self, descriptors)
+
+    monkeypatch.setattr(Vocabulary, "fit", recording_fit)
+    index = Index.build(images[:6], FeatureExtractor("sift"), 50,
+                        names=[f"i{i}" for i in range(6)], random_state=0, n_jobs=1)
+    assert len(index) == 6 and seen and max(seen[0]) == 1
+
+
+def worker_pools(_):
+    from cvsearch.parallel import extract_chunk
+
+    extract_chunk(FeatureExtractor("sift"), None, [], [], in_worker=True)
+    return sorted(pool_sizes()), _threads.THREADS
+
+
+def test_worker_processes_keep_to_one_thread_each():
+    from joblib import Parallel, delayed
+
+    for sizes, pool in Parallel(n_jobs=2)(delayed(worker_pools)(i) for i in range(2)):
+        assert sizes == [1] and pool == 1
+
+
+def test_query_batch_in_threads_answers_as_one_at_a_time(trained_index, images):
+    one = trained_index.query_batch(images[:6], k=5, rerank=5, return_inliers=True)
+    many = trained_index.query_batch(images[:6], k=5, rerank=5, return_inliers=True,
+                                     n_jobs=2)
+    for a, b in zip(one, many):
+        np.testing.assert_array_equal(a, b)
