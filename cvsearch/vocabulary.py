@@ -152,7 +152,7 @@ class Vocabulary:
         -------
         self
         """
-        from sklearn.cluster import KMeans, MiniBatchKMeans
+        from threadpoolctl import threadpool_limits
 
         if self.is_fitted:
             raise ValueError("this vocabulary is already fitted, and indexes may hold "
@@ -174,6 +174,20 @@ class Vocabulary:
         # et al. 2007).
         init = "k-means++" if self.n_words <= 4096 else "random"
         seed = None if self.random_state is None else int(self.random_state)
+        # One thread, always: MiniBatchKMeans runs a short OpenMP region per
+        # mini-batch, and when the cores are shared those regions wait on
+        # descheduled threads. Fitting 1,000 words took 9.6 s with two threads
+        # alone and 10.5 s with one, but two fits at once took 34 s each with
+        # two threads and 10.5 s with one (benchmarks/threads.py).
+        with threadpool_limits(limits=1):
+            centers, cell_centers, word_cells = self._cluster(data, init, seed)
+        self._set_state(centers, cell_centers, word_cells, binary)
+        return self
+
+    def _cluster(self, data, init, seed):
+        """The centres, and the coarse cells over them (see the module docstring)."""
+        from sklearn.cluster import KMeans, MiniBatchKMeans
+
         kmeans = MiniBatchKMeans(
             n_clusters=self.n_words, init=init, batch_size=self.batch_size,
             max_iter=self.max_iter, n_init=1, random_state=seed,
@@ -189,8 +203,7 @@ class Vocabulary:
         else:
             cell_centers = np.zeros((0, centers.shape[1]), np.float32)
             word_cells = np.zeros(0, np.int32)
-        self._set_state(centers, cell_centers, word_cells, binary)
-        return self
+        return centers, cell_centers, word_cells
 
     def _set_state(self, centers, cell_centers, word_cells, binary):
         import hashlib

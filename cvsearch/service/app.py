@@ -119,6 +119,10 @@ def create_app(settings: Settings | None = None):
     from starlette.middleware.trustedhost import TrustedHostMiddleware
 
     settings = settings or Settings.from_environment()
+    if settings.one_thread_per_search:
+        from cvsearch._threads import one_thread_per_worker
+
+        one_thread_per_worker()
     state = {}
     models = _models()
 
@@ -288,6 +292,7 @@ def serve(settings: Settings, *, host: str = "127.0.0.1", port: int = 8000,
         verify_with=None if settings.verify_with is None
         else Path(settings.verify_with).resolve())
     library = Library(settings)  # fail here, with a clear message, if unusable
+    settings = dataclasses.replace(settings, one_thread_per_search=True)
     shared = None
     if workers > 1:  # a match picture's request may reach another worker
         import tempfile
