@@ -47,13 +47,30 @@ def cores_of(n_jobs: int) -> int:
     return usable_cores() if n_jobs == -1 else max(1, int(n_jobs))
 
 
+_BUDGET_LOCK = threading.Lock()
+_ACTIVE: list[int] = []  # the cores of every budget open now, in any thread
+_SAVED: dict = {}  # what the first open budget found, restored by the last
+
+
+def _apply(cores: int) -> None:
+    import cv2
+    from threadpoolctl import threadpool_limits
+
+    global THREADS
+    threadpool_limits(limits=cores)
+    cv2.setNumThreads(cores)
+    THREADS = min(_SAVED["threads"], cores)  # the pool of map_in_pool too
+
+
 @contextlib.contextmanager
 def budget(n_jobs: int):
     """Within the block, the thread pools of this process (BLAS and OpenMP, as
     scikit-learn's k-means uses them, through threadpoolctl; OpenCV's; the one
     cvsearch verifies short-lists in) use at most the cores ``n_jobs`` gives
-    (-1: all); they are restored after. The limits are the process's: threads
-    running meanwhile keep to them too.
+    (-1: all). The limits are the process's: threads running meanwhile keep to
+    them too. Budgets opened at once (nested, or in several threads) hold the
+    smallest of them; when the last closes, the pools are as they were before
+    the first opened, whatever the order they close in.
 
     Public as ``cvsearch.thread_budget``::
 
@@ -69,15 +86,24 @@ def budget(n_jobs: int):
 
     global THREADS
     cores = cores_of(n_jobs)
-    before, threads_before = cv2.getNumThreads(), THREADS
-    with threadpool_limits(limits=cores):
-        cv2.setNumThreads(cores)
-        THREADS = min(THREADS, cores)  # the pool of map_in_pool too
-        try:
-            yield cores
-        finally:
-            cv2.setNumThreads(before)
-            THREADS = threads_before
+    with _BUDGET_LOCK:
+        if not _ACTIVE:
+            _SAVED.update(cv2=cv2.getNumThreads(), threads=THREADS,
+                          limiter=threadpool_limits(limits=None))
+        _ACTIVE.append(cores)
+        _apply(min(_ACTIVE))
+    try:
+        yield cores
+    finally:
+        with _BUDGET_LOCK:
+            _ACTIVE.remove(cores)
+            if _ACTIVE:
+                _apply(min(_ACTIVE))
+            else:
+                _SAVED["limiter"].restore_original_limits()
+                cv2.setNumThreads(_SAVED["cv2"])
+                THREADS = _SAVED["threads"]
+                _SAVED.clear()
 
 
 def one_thread_per_worker() -> None:

@@ -58,3 +58,37 @@ def test_query_batch_in_threads_answers_as_one_at_a_time(trained_index, images):
                                      n_jobs=2)
     for a, b in zip(one, many):
         np.testing.assert_array_equal(a, b)
+
+
+def test_budgets_open_in_several_threads_restore_the_pools_whatever_the_order():
+    # T1 opens 2, T2 opens 1, T1 closes, then T2: the smallest budget holds while
+    # both are open, and once both are closed the pools are as before the first.
+    import threading
+
+    before, pool = pool_sizes(), _threads.THREADS
+    steps = [threading.Event() for _ in range(4)]
+    seen = {}
+
+    def first():
+        with _threads.budget(2):
+            steps[0].set()
+            steps[1].wait(10)
+            # process-wide pools (OpenMP's thread count is per thread)
+            seen["both"] = max(cv2.getNumThreads(), _threads.THREADS)
+        steps[2].set()
+
+    def second():
+        steps[0].wait(10)
+        with _threads.budget(1):
+            steps[1].set()
+            steps[2].wait(10)
+            seen["after_first"] = max(cv2.getNumThreads(), _threads.THREADS)
+        steps[3].set()
+
+    threads = [threading.Thread(target=first), threading.Thread(target=second)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(20)
+    assert seen == {"both": 1, "after_first": 1}
+    assert pool_sizes() == before and _threads.THREADS == pool
