@@ -20,7 +20,7 @@ import numpy as np
 from cvsearch import _threads, index_folder, storage
 from cvsearch._validation import check_choice, check_float, check_int, check_n_jobs
 from cvsearch.features import FeatureExtractor, Features, can_mirror, mirror_permutation
-from cvsearch.parallel import ImageWords, SkippedImage, check_words, extract_many
+from cvsearch.parallel import CHUNK, ImageWords, SkippedImage, check_words, extract_many
 from cvsearch.rerank import DEFAULT_MIN_INLIERS
 from cvsearch.searcher import (
     VERIFICATIONS,
@@ -478,22 +478,22 @@ class Index:
 
     def _build(self, images, names, chosen, per_image, rng, n_jobs, progress,
                scheduler) -> Index:
-        index = self
-        training = dict(zip(chosen.tolist(), (item for _, item in index._extract_many(
+        """:meth:`build`'s work on this new index, within its thread budget."""
+        training = dict(zip(chosen.tolist(), (item for _, item in self._extract_many(
             [images[i] for i in chosen], [names[i] for i in chosen], assign=False,
             n_jobs=n_jobs, progress=progress, stage="train", scheduler=scheduler))))
-        index._fit_vocabulary(
+        self._fit_vocabulary(
             [_sample_features(f.descriptors, per_image, rng)
              for f in training.values() if isinstance(f, Features)], rng)
         # keep words, drop descriptors; a chunk of images per call is cheaper
         extracted = [i for i, item in training.items() if isinstance(item, Features)]
-        for start in range(0, len(extracted), 16):
-            chunk = extracted[start:start + 16]
+        for start in range(0, len(extracted), CHUNK):
+            chunk = extracted[start:start + CHUNK]
             for i, words in zip(chunk, ImageWords.of_many([training[i] for i in chunk],
-                                                          index.vocabulary)):
+                                                          self.vocabulary)):
                 training[i] = words
         rest = [i for i in range(len(images)) if i not in training]
-        extracted = index._extract_many(
+        extracted = self._extract_many(
             [images[i] for i in rest], [names[i] for i in rest], assign=True,
             n_jobs=n_jobs, progress=None, stage="add", scheduler=scheduler)
 
@@ -506,8 +506,8 @@ class Index:
                 if progress is not None:
                     progress("add", i + 1, len(images))
 
-        index.skipped_ = index._add_extracted(in_order())
-        return index
+        self.skipped_ = self._add_extracted(in_order())
+        return self
 
     # ------------------------------------------------------------ add, remove
     def add(self, images: Sequence, names: Sequence[str] | None = None, *,
@@ -820,8 +820,7 @@ class Index:
 
         # one thread per image searched at once; the libraries' pools under them
         # keep to the cores given
-        with _threads.budget(1 if cores > 1 else n_jobs), \
-                ThreadPoolExecutor(cores) as threads:
+        with _threads.budget(1), ThreadPoolExecutor(cores) as threads:
             for row, (scores, ids, evidence) in enumerate(threads.map(search, images)):
                 all_scores[row, :len(ids)] = scores
                 all_ids[row, :len(ids)] = ids

@@ -314,6 +314,8 @@ def decode_reduced(data: bytes, name, *, grayscale: bool = True,
             name, f"its header declares {width} x {height} = {width * height:,} "
             f"pixels, more than the limit of {max_pixels:,} (a decompression bomb, or "
             "a very large image: raise max_pixels, or downscale it)")
+    if min_side is not None:
+        min_side = check_int(min_side, "min_side", minimum=1)
     factor = reduction(width, height, min_side) if data[:3] == b"\xff\xd8\xff" else 1
     flags = {(1, True): cv2.IMREAD_GRAYSCALE, (1, False): cv2.IMREAD_COLOR,
              (2, True): cv2.IMREAD_REDUCED_GRAYSCALE_2,

@@ -267,3 +267,12 @@ def test_small_images_and_other_formats_are_decoded_whole(tmp_path, images):
     cv2.imwrite(str(tmp_path / "b.jpg"), cv2.resize(images[0], (1200, 900)))
     image, shape = read_image_reduced(tmp_path / "b.jpg", min_side=640)
     assert image.shape == shape == (900, 1200)  # 1/2 would be 600 < 640
+
+
+@pytest.mark.parametrize("min_side", [0, -5, 2.5, "640"])
+def test_a_reduced_decode_refuses_a_side_that_is_no_size(tmp_path, min_side):
+    from cvsearch.io import decode_image
+
+    data = cv2.imencode(".jpg", np.full((40, 60), 128, np.uint8))[1].tobytes()
+    with pytest.raises((ValueError, TypeError), match="min_side"):
+        decode_image(data, "x.jpg", min_side=min_side)

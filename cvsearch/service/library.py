@@ -100,8 +100,7 @@ class Settings:
         Each search keeps its libraries (BLAS, OpenMP, OpenCV, the verification
         pool) to one thread, for the life of the process: concurrent searches
         and the worker processes fill the cores, and threads of their own would
-        only wait on each other (OpenBLAS serialises concurrent calls; with two
-        threads each, 16 clients got 10.5 searches/s, with one 14.5).
+        only wait on each other (OpenBLAS serialises concurrent calls).
         ``serve`` sets it.
     """
 
