@@ -391,12 +391,14 @@ def _similarity_batch(query_keypoints, db_keypoints, query_idx, db_idx, labels,
     radius = LOOSE * thresholds[hyp_label[test_hyp]]
     close = error_x ** 2 + error_y ** 2 < radius ** 2
     support = np.bincount(test_hyp, weights=close, minlength=len(hyp))
+    # images whose peak had no two members found nothing: exact 0
+    exact |= alive & (n_members == 0) & (min_inliers is None)
+    if not len(hyp):  # no image had two pairs agreeing on a rotation and scale
+        return counts, mask, exact
     # each image's best hypothesis: the first of its largest support
     by_support = np.lexsort((np.arange(len(hyp)), -support, hyp_label))
     firsts = by_support[np.concatenate([[True], np.diff(hyp_label[by_support]) != 0])]
     test_start = np.cumsum(tests) - tests
-    # images whose peak had no two members found nothing: exact 0
-    exact |= alive & (n_members == 0) & (min_inliers is None)
     for best in firsts:
         image = int(hyp_label[best])
         if min_inliers is not None and 2 * support[best] < min_inliers:

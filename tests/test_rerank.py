@@ -272,3 +272,18 @@ def test_query_expansion_without_a_verified_result_changes_nothing(trained_index
         trained_index.query(query, expand=2)
     with pytest.raises(ValueError, match="expand"):
         trained_index.query(query, rerank=5, expand=-1)
+
+
+def test_pairs_that_agree_on_no_rotation_and_scale_verify_nothing():
+    """Three pairs, each turned by another quarter: no two share a (rotation,
+    scale) cell, so no transform is proposed, and the count is an exact 0 (this
+    used to fail on the empty set of hypotheses)."""
+    from cvsearch.rerank import verify_candidates
+
+    query = np.array([[50, 50, 10, 0], [150, 50, 10, 0], [50, 150, 10, 0]], np.float32)
+    db = query.copy()
+    db[:, 3] = [0, 120, 240]
+    words = np.array([1, 2, 3])
+    verified = verify_candidates(words, query, [(words, db, (200, 200))],
+                                 max_side=200, min_inliers=None)
+    assert verified.inliers.tolist() == [0] and verified.exact.tolist() == [True]
