@@ -22,7 +22,8 @@ each image agrees. Two questions get two decisions:
   keypoints, those found again in the other image where the transform puts them,
   at the scale and orientation it predicts (a copy's detector fires at the same
   places even where recompression or blur changed the descriptors, and so words
-  and inliers). Two photos of different things on one carpet agree on the
+  and inliers), looked for only where the other image kept any keypoint near (an
+  extractor keeps its strongest: a screenshot's text takes most of them). Two photos of different things on one carpet agree on the
   carpet only: the things' cells stay uncovered and their keypoints unmatched.
 
 The thresholds were chosen on copies of Caltech-101 photos with another seed
@@ -52,6 +53,9 @@ MIN_SIZE = 0.02
 REPEAT_TOLERANCE = 0.01
 REPEAT_SCALE = 1.4
 REPEAT_ANGLE = 25.0
+#: Keypoints are looked for only where the other image has one within this
+#: share of its long side (see :func:`_found_again`).
+SEEN_RADIUS = 0.03
 #: A transform needs this many correspondences to be fitted (a homography): the
 #: a-contrario count starts from there, as ORSA's does.
 SAMPLE = 4
@@ -288,12 +292,20 @@ def _found_again(structure, to_other, other_keypoints, other_shape) -> float:
     scale = np.sqrt(abs(np.linalg.det(linear)))
     turn = np.degrees(np.arctan2(linear[1, 0], linear[0, 0]))
     radius = REPEAT_TOLERANCE * max(other_shape)
+    tree = cKDTree(other_keypoints[:, :2])
+    # only where the other image kept any keypoint nearby: an extractor keeps
+    # its strongest ``max_keypoints``, and where text or texture elsewhere took
+    # them all (a screenshot's page), absence says nothing about agreement
+    seen = np.isfinite(tree.query(mapped, k=1,
+                                  distance_upper_bound=SEEN_RADIUS * max(other_shape))[0])
+    if not seen.any():
+        return 0.0
+    points, mapped = points[seen], mapped[seen]
     # the nearest few keypoints within the radius: enough where detections
     # crowd, and one vectorised query (a loop over thousands of ORB keypoints
     # would cost more than the verification)
     k = min(8, len(other_keypoints))
-    distance, nearest = cKDTree(other_keypoints[:, :2]).query(
-        mapped, k=k, distance_upper_bound=radius)
+    distance, nearest = tree.query(mapped, k=k, distance_upper_bound=radius)
     distance, nearest = distance.reshape(len(points), k), nearest.reshape(len(points), k)
     close = np.isfinite(distance)
     other = other_keypoints[np.where(close, nearest, 0)]  # (n, k, 4)

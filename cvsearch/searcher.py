@@ -226,31 +226,50 @@ class Searcher:
         k, rerank, min_inliers, verification, _, expand, _ = ranking
         m = max(k, rerank)
         vectors = [self.query_vector(view) for view in views]
-        top_scores, ids = self.store.best(*vectors[0], m, exclude)
-        if len(views) > 1:
-            top_scores, ids = _best_of(
-                [(top_scores, ids)] + [self.store.best(*vector, m, exclude)
-                                       for vector in vectors[1:]], m)
+        lists = [self.store.best(*vector, m, exclude) for vector in vectors]
+        top_scores, ids = lists[0] if len(views) == 1 else _best_of(lists, len(views) * m)
         evidence = Evidence.unverified(len(ids))
         if rerank:
-            short = ids[:rerank]
+            # each view verifies its own short-list: in one shared list, a
+            # mirrored copy near the top of the mirror view's ranking is crowded
+            # out by the plain view's images, and the reverse
+            own = [view_ids[:rerank] for _, view_ids in lists]
+            in_short = np.isin(ids, np.concatenate(own))
+            top_scores = np.concatenate([top_scores[in_short], top_scores[~in_short]])
+            ids = np.concatenate([ids[in_short], ids[~in_short]])
+            short = ids[:int(in_short.sum())]
             candidates = self.store.images(short)
-            verified = [self.verified(view, candidates, verification, min_inliers)
-                        for view in views]
+            positions = [np.flatnonzero(np.isin(short, view_ids)) for view_ids in own]
+            verified = [self.verified(view, [candidates[j] for j in where], verification,
+                                      min_inliers)
+                        for view, where in zip(views, positions)]
+
+            def evidence_of_view(number, rows=()):
+                """The evidence of view ``number`` over the whole short-list
+                (unverified where it did not verify), coverage for ``rows``."""
+                where = positions[number]
+                local = np.flatnonzero(np.isin(where, rows))
+                found = self.evidence(views[number], verified[number],
+                                      [candidates[j] for j in where], local)
+                spread = Evidence.unverified(len(short))
+                for field, values in zip(spread, found):
+                    field[where] = values
+                return spread
+
             # first without coverage: the order needs only the inliers
-            found = self.evidence(views[0], verified[0], candidates, rows=())
+            found = evidence_of_view(0)
             chosen = np.zeros(len(short), np.int64)
-            for number, view in enumerate(views[1:], 1):
-                other = self.evidence(view, verified[number], candidates, rows=())
+            for number in range(1, len(views)):
+                other = evidence_of_view(number)
                 better = _decision.stronger(found, other)
                 found = Evidence(*(np.where(better, b, a) for a, b in zip(found, other)))
                 chosen[better] = number
             order = _rerank.reorder(found.inliers, min_inliers)
             # coverage of the results shown, from the view each matched best
-            for number, view in enumerate(views if coverage else ()):
+            for number in range(len(views) if coverage else 0):
                 rows = order[:k][chosen[order[:k]] == number]
                 if len(rows):
-                    measured = self.evidence(view, verified[number], candidates, rows)
+                    measured = evidence_of_view(number, rows)
                     found.query_coverage[rows] = measured.query_coverage[rows]
                     found.coverage[rows] = measured.coverage[rows]
             # each view is one more chance of a chance match
