@@ -150,6 +150,7 @@ def run_cvsearch(index, queries, original_ids, args, mirror: bool):
             "kind": str(evidence.kind[at[0]]) if len(at) else "absent",
             "inliers": int(counted[at[0]]) if len(at) else 0,
             "any_copy": bool(evidence.copy.any()),
+            "called_copies_of": [str(index.names[int(i)]) for i in ids[evidence.copy]],
             "any_object": bool(evidence.same_object.any()),
             "max_inliers": int(counted.max(initial=0)),
             "seconds": seconds})
@@ -323,6 +324,9 @@ def main(argv=None):
             families.setdefault(negative_family(query), []).append(r["any_copy"])
         results["methods"][f"{label}: copy decision"]["false_positive_rate_by_family"] = {
             family: [int(sum(v)), len(v)] for family, v in families.items()}
+        results["methods"][f"{label}: copy decision"]["negatives_called_copies"] = [
+            {"negative": query, "copy_of": r["called_copies_of"]}
+            for query, r in zip(queries[n:], negative_rows) if r["any_copy"]]
     if args.cvsearch_only:
         return results
     rate = max(results["methods"]["cvsearch mirror: copy decision"]["false_positive_rate"],
@@ -389,6 +393,15 @@ def report(r: dict) -> str:
                   "of negative:", "", "| negatives | called copies |", "|---|---|"]
         lines += [f"| {family} | {hits} of {total} |"
                   for family, (hits, total) in by_family.items()]
+    called = methods["cvsearch mirror: copy decision"].get("negatives_called_copies", [])
+    if called:
+        def short(path):
+            return "/".join(Path(path).parts[-2:])
+        lines += ["", "The negatives called copies, and of what (look at them before "
+                  "counting them as false: a class can hold one photo edited, or "
+                  "its subject pasted onto other backgrounds):", ""]
+        lines += [f"- {short(c['negative'])}: {', '.join(short(o) for o in c['copy_of'])}"
+                  for c in called]
     lines += ["", "Median time per query (cvsearch, milliseconds): " + ", ".join(
         f"{name}: {methods[name]['median_query_ms']}" for name in names
         if "median_query_ms" in methods[name]) + ".", "",

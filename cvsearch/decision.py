@@ -22,9 +22,13 @@ each image agrees. Two questions get two decisions:
   keypoints, those found again in the other image where the transform puts them,
   at the scale and orientation it predicts (a copy's detector fires at the same
   places even where recompression or blur changed the descriptors, and so words
-  and inliers), looked for only where the other image kept any keypoint near (an
-  extractor keeps its strongest: a screenshot's text takes most of them). Two photos of different things on one carpet agree on the
-  carpet only: the things' cells stay uncovered and their keypoints unmatched.
+  and inliers). For a picture pasted into a larger one (a screenshot's page),
+  its keypoints are looked for only where the larger one kept any keypoint near:
+  an extractor keeps its strongest, and the page's text takes most of them.
+  Keypoints by the other image's edges are not looked for (no detector fires
+  there; a pasted picture's frame makes new ones). Two photos of different
+  things on one carpet agree on the carpet only: the things' cells stay
+  uncovered and their keypoints unmatched.
 
 The thresholds were chosen on copies of Caltech-101 photos with another seed
 than the benchmark's (benchmarks/copies.py, results/copies.md).
@@ -53,8 +57,10 @@ MIN_SIZE = 0.02
 REPEAT_TOLERANCE = 0.01
 REPEAT_SCALE = 1.4
 REPEAT_ANGLE = 25.0
-#: Keypoints are looked for only where the other image has one within this
-#: share of its long side (see :func:`_found_again`).
+#: An image pasted into another covers less than this share of it; its
+#: keypoints are then looked for only where the other image has one within
+#: ``SEEN_RADIUS`` of its long side (see :func:`_found_again`).
+PASTED = 0.5
 SEEN_RADIUS = 0.03
 #: A transform needs this many correspondences to be fitted (a homography): the
 #: a-contrario count starts from there, as ORSA's does.
@@ -245,8 +251,26 @@ def _side_coverage(keypoints, shape, inlier_xy, to_other, other_keypoints,
     if not structured.any():
         return 0.0
     cell_share = (cells(inlier_xy) & structured).sum() / structured.sum()
+    # a picture pasted into a larger one (a page): the larger one's keypoints
+    # went mostly elsewhere, so only where it kept some near do they count
+    pasted = _share_of_other(shape, to_other, other_shape) < PASTED
     return float((cell_share + _found_again(structure, to_other, other_keypoints,
-                                            other_shape)) / 2)
+                                            other_shape, pasted)) / 2)
+
+
+def _share_of_other(shape, to_other, other_shape) -> float:
+    """The share of the other image's area that the box of this image, mapped
+    there by ``to_other``, covers (1 if unsure)."""
+    height, width = shape
+    corners = np.array([[0, 0], [width, 0], [width, height], [0, height]], np.float64)
+    mapped = np.column_stack([corners, np.ones(4)]) @ to_other.T
+    if (mapped[:, 2] <= 0).any():
+        return 1.0
+    mapped = mapped[:, :2] / mapped[:, 2:]
+    other_height, other_width = other_shape
+    x = np.clip([mapped[:, 0].min(), mapped[:, 0].max()], 0, other_width)
+    y = np.clip([mapped[:, 1].min(), mapped[:, 1].max()], 0, other_height)
+    return float((x[1] - x[0]) * (y[1] - y[0]) / max(other_width * other_height, 1))
 
 
 def _overlap_side(shape, to_other, other_shape) -> float:
@@ -265,24 +289,28 @@ def _overlap_side(shape, to_other, other_shape) -> float:
     return float(max(x[1] - x[0], y[1] - y[0], 1.0))
 
 
-def _inside(xy, to_other, other_shape) -> np.ndarray:
-    """(n,) bool: points (n, 2) that ``to_other`` maps inside the other image."""
+def _inside(xy, to_other, other_shape, margin: float = 0.0) -> np.ndarray:
+    """(n,) bool: points (n, 2) that ``to_other`` maps inside the other image,
+    at least ``margin`` of its pixels from its edges."""
     mapped = np.column_stack([xy, np.ones(len(xy))]) @ to_other.T
     with np.errstate(divide="ignore", invalid="ignore"):
         x, y = mapped[:, 0] / mapped[:, 2], mapped[:, 1] / mapped[:, 2]
     other_height, other_width = other_shape
-    return (mapped[:, 2] > 0) & (x >= 0) & (x < other_width) & (y >= 0) & (
-        y < other_height)
+    return (mapped[:, 2] > 0) & (x >= margin) & (x < other_width - margin) & (
+        y >= margin) & (y < other_height - margin)
 
 
-def _found_again(structure, to_other, other_keypoints, other_shape) -> float:
+def _found_again(structure, to_other, other_keypoints, other_shape,
+                 only_where_kept: bool = False) -> float:
     """Share of ``structure`` (n, 4) in the overlap with a keypoint of the other
     image where ``to_other`` puts it, of the size and orientation it predicts
     (either sense of rotation: the two images' angle conventions need not agree
-    after a mirror)."""
+    after a mirror). Not near the other image's edges: no detector fires at an
+    image's edge, and a picture pasted into a page gets keypoints on its frame."""
     from scipy.spatial import cKDTree
 
-    inside = _inside(structure[:, :2], to_other, other_shape)
+    inside = _inside(structure[:, :2], to_other, other_shape,
+                     SEEN_RADIUS * max(other_shape))
     points = structure[inside]
     if not len(points) or not len(other_keypoints):
         return 0.0
@@ -293,14 +321,15 @@ def _found_again(structure, to_other, other_keypoints, other_shape) -> float:
     turn = np.degrees(np.arctan2(linear[1, 0], linear[0, 0]))
     radius = REPEAT_TOLERANCE * max(other_shape)
     tree = cKDTree(other_keypoints[:, :2])
-    # only where the other image kept any keypoint nearby: an extractor keeps
-    # its strongest ``max_keypoints``, and where text or texture elsewhere took
-    # them all (a screenshot's page), absence says nothing about agreement
-    seen = np.isfinite(tree.query(mapped, k=1,
-                                  distance_upper_bound=SEEN_RADIUS * max(other_shape))[0])
-    if not seen.any():
-        return 0.0
-    points, mapped = points[seen], mapped[seen]
+    if only_where_kept:
+        # an extractor keeps its strongest ``max_keypoints``: where text or
+        # texture elsewhere took them (a screenshot's page), absence says
+        # nothing about agreement
+        seen = np.isfinite(tree.query(
+            mapped, k=1, distance_upper_bound=SEEN_RADIUS * max(other_shape))[0])
+        if not seen.any():
+            return 0.0
+        points, mapped = points[seen], mapped[seen]
     # the nearest few keypoints within the radius: enough where detections
     # crowd, and one vectorised query (a loop over thousands of ORB keypoints
     # would cost more than the verification)

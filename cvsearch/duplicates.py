@@ -6,11 +6,13 @@ short-list, verification, decision), so the cost per image is one query's,
 whatever the size of the collection. An edge joins two images decided copies (or
 the same object) from either side. Groups are formed around anchors: the image
 with most edges is an anchor, its group is itself and the images verified
-against it, and the rest goes on without them. So every member of a group was
-verified against its anchor, and A ~ B ~ C does not make A and C one group when
-A and C do not match. The copy to keep is the one with most pixels, then a
-lossless file (PNG, TIFF, BMP) over a lossy one, then more bytes per pixel (less
-compression), then the smaller id.
+against it, and the rest goes on without them; an edge counts only between
+images joined through each one's best (widest) copy edge, so a page layout or
+a carpet that many images share does not make one group of them. So every
+member of a group was verified against its anchor, and A ~ B ~ C does not make
+A and C one group when A and C do not match. The copy to keep is the one with
+most pixels, then a lossless file (PNG, TIFF, BMP) over a lossy one, then more
+bytes per pixel (less compression), then the smaller id.
 """
 
 from __future__ import annotations
@@ -166,7 +168,10 @@ def group(edges: list[Edge], key, kind: str = "copy") -> list[DuplicateGroup]:
     the anchor and a copy edge to such a member: the anchor verified it as the
     same picture's object, and a copy of the anchor verified it as a copy (a
     20% crop often shares too little with a screenshot of the whole to be
-    called its copy, though both are copies of the original)."""
+    called its copy, though both are copies of the original). Edges count only
+    within the parts that each image's best copy edge joins (:func:`_best_links`):
+    two screenshots of one page layout are copies of each other on the page,
+    but each is a wider copy of its own picture."""
     strongest: dict[tuple, Edge] = {}
     for edge in edges:
         pair = (edge.a, edge.b)
@@ -176,7 +181,10 @@ def group(edges: list[Edge], key, kind: str = "copy") -> list[DuplicateGroup]:
             strongest[pair] = edge
     neighbours: dict[int, dict[int, Edge]] = {}  # the edges that make groups
     support: dict[int, dict[int, Edge]] = {}  # object edges, for copies
+    linked = _best_links(strongest.values()) if kind == "copy" else None
     for edge in strongest.values():
+        if linked is not None and linked.get(edge.a, -1) != linked.get(edge.b, -2):
+            continue
         table = neighbours if kind != "copy" or edge.kind == "copy" else support
         table.setdefault(edge.a, {})[edge.b] = edge
         table.setdefault(edge.b, {})[edge.a] = edge
@@ -202,6 +210,27 @@ def group(edges: list[Edge], key, kind: str = "copy") -> list[DuplicateGroup]:
             groups.append(DuplicateGroup(ids, best, anchor, weakest))
     groups.sort(key=lambda g: (-len(g.ids), g.best))
     return groups
+
+
+def _best_links(edges) -> dict[int, int]:
+    """Which part each image of a copy edge belongs to: the parts are joined by
+    each image's best copy edge (widest coverage, then lowest NFA). Pages of one
+    layout, or photos on one carpet, are copies of each other on what they
+    share only, less widely than each is a copy of its own picture."""
+    best: dict[int, tuple] = {}
+    for edge in edges:
+        if edge.kind != "copy":
+            continue
+        for node, other in ((edge.a, edge.b), (edge.b, edge.a)):
+            strength = (edge.coverage, -edge.log_nfa, -other)
+            if node not in best or strength > best[node][0]:
+                best[node] = (strength, other)
+    links: dict[int, dict[int, None]] = {}
+    for node, (_, other) in best.items():
+        links.setdefault(node, {})[other] = None
+        links.setdefault(other, {})[node] = None
+    return {node: number for number, component in enumerate(_components(links))
+            for node in component}
 
 
 def _components(neighbours: dict) -> list[set]:

@@ -99,7 +99,8 @@ def test_coverage_counts_the_structured_overlap():
     other = image.copy()
     other[~left, :2] += [7.0, 9.0]  # something else on the right
     half = coverage(image, shape, other, shape, xy[left], xy[left])
-    assert half == (pytest.approx(0.5), pytest.approx(0.5))
+    # (the keypoints by the edges of the other image are not looked for)
+    assert half == (pytest.approx(0.5, abs=0.01), pytest.approx(0.5, abs=0.01))
     crop = coverage(image[left], (400, 200), image, shape, xy[left], xy[left])
     assert crop == (pytest.approx(1.0), pytest.approx(1.0))
     assert coverage(image, shape, image, shape, xy[:3], xy[:3]) == (0.0, 0.0)
@@ -312,20 +313,51 @@ def test_duplicates_of_a_saved_index_run_in_processes(planted, tmp_path):
 
 
 
-def test_keypoints_are_looked_for_only_where_the_other_image_kept_some():
+def test_a_pasted_picture_is_looked_for_only_where_the_page_kept_keypoints():
     """An extractor keeps its strongest keypoints: in a screenshot, the page's
-    text takes them and the pasted picture keeps few. Where the other image has
-    no keypoint near at all, absence is no disagreement; where it has others
-    near, it is."""
-    image = grid_keypoints()
-    xy = image[:, :2]
+    text takes them and the pasted picture keeps few. For a picture pasted into
+    a larger image, absence where the page kept no keypoint near is no
+    disagreement; keypoints near but elsewhere are. Between two images of one
+    size (two pages of one layout), absence counts."""
+    picture = grid_keypoints()
+    xy = picture[:, :2]
     left = xy[:, 0] < 200
-    shape = (400, 400)
-    kept = image[left]  # the right half's keypoints were all dropped
-    query_side, _ = coverage(image, shape, kept, shape, xy[left], xy[left])
-    # cells: half hold inliers; keypoints: those looked for are all found
-    assert query_side == pytest.approx(0.75)
-    elsewhere = image.copy()
-    elsewhere[~left, :2] += [7.0, 9.0]  # near, but not where the copy puts them
-    query_side, _ = coverage(image, shape, elsewhere, shape, xy[left], xy[left])
-    assert query_side == pytest.approx(0.5)
+    offset = np.array([300.0, 200.0])
+    text = grid_keypoints()
+    text[:, 1] = 700 + text[:, 1] / 4  # lines of text under the picture
+    page_shape = (800, 1000)
+
+    def page_with(right):
+        pasted = picture.copy()
+        pasted[:, :2] += offset
+        return np.vstack([pasted[left], right, text])
+
+    dropped = page_with(np.zeros((0, 4)))  # the text took the right half's
+    elsewhere = picture[~left].copy()
+    elsewhere[:, :2] += offset + [7.0, 9.0]  # near, not where the copy puts them
+    shifted = page_with(elsewhere)
+    inliers = (xy[left], xy[left] + offset)
+    kept, _ = coverage(picture, (400, 400), dropped, page_shape, *inliers)
+    seen, _ = coverage(picture, (400, 400), shifted, page_shape, *inliers)
+    # cells: half hold inliers; keypoints: those looked for (the left half, and
+    # the right half's first column, near the kept ones) mostly found
+    assert kept > 0.7 and seen == pytest.approx(0.5)
+    # one size: the right half missing from the other image counts against
+    same_size, _ = coverage(picture, (400, 400), picture[left], (400, 400),
+                            xy[left], xy[left])
+    assert same_size == pytest.approx(0.5)
+
+
+def test_groups_follow_each_images_widest_copy_not_a_shared_page():
+    """Three screenshots of one page layout, each of its own picture: each is a
+    wide copy of its picture (coverage 0.85) and a narrower copy of the other
+    pages (0.55, on the layout). The busiest screenshot must not become the
+    anchor of all three pages."""
+    from cvsearch.duplicates import Edge, group
+
+    pictures, pages = [0, 1, 2], [10, 11, 12]
+    edges = [Edge(p, s, "copy", -80.0, 0.85, 40) for p, s in zip(pictures, pages)]
+    edges += [Edge(a, b, "copy", -300.0, 0.55, 150)
+              for a, b in ((10, 11), (10, 12), (11, 12))]
+    groups = group(edges, key=lambda i: (0, -i))
+    assert sorted(sorted(g.ids) for g in groups) == [[0, 10], [1, 11], [2, 12]]
