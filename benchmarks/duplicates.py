@@ -165,7 +165,7 @@ def main(argv=None):
     meta = run_metadata("duplicates.py", argv)
     paths, planted = collection(args)
     saved = args.work / f"index-{args.seed}-{len(paths)}"
-    if (saved / "manifest.json").exists():
+    if (saved / "index.json").exists():
         build_s = json.loads((args.work / "build.json").read_text())["seconds"]
     else:
         start = time.perf_counter()
