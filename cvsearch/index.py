@@ -741,8 +741,9 @@ class Index:
         mirror : bool
             Also search for the image mirrored left-right (its SIFT descriptors
             permuted, not extracted again: see
-            :func:`cvsearch.features.mirror_features`); each result keeps the
-            better of the two. SIFT and RootSIFT only (ORB is searched as given).
+            :func:`cvsearch.features.mirror_features`); each of the two verifies
+            its own ``rerank`` best, and each result keeps the better of the
+            two. SIFT and RootSIFT only (ORB is searched as given).
         return_inliers : bool
             Also return the inlier counts.
         return_evidence : bool

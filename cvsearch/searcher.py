@@ -221,8 +221,8 @@ class Searcher:
     def rank(self, views: list, ranking: Ranking, exclude: int | None = None,
              coverage: bool = True):
         """Score by tf-idf cosine (each view; an image keeps its best score),
-        verify the short-list, expand if asked; measure the coverage of the
-        results returned if ``coverage``."""
+        verify each view's own short-list (its ``rerank`` best), expand if asked;
+        measure the coverage of the results returned if ``coverage``."""
         k, rerank, min_inliers, verification, _, expand, _ = ranking
         m = max(k, rerank)
         vectors = [self.query_vector(view) for view in views]
