@@ -124,11 +124,11 @@ def edge_diagnostics(index, path: Path, args, groups, planted_names) -> dict:
              for e in found]
     names = index.names
     group_of = {m: number for number, g in enumerate(planted_names) for m in g}
-
-    def attack(name):
-        return Path(name).stem.split("_", 1)[1] if name not in originals else "original"
-
     originals = {g[0] for g in planted_names}
+
+    def attack(name):  # copies are named <group>_<attack>.<extension>
+        return "original" if name in originals else Path(name).stem.split("_", 1)[1]
+
     across, linked, seen = {}, set(), set()
     for edge in edges:
         a, b = names[edge.a], names[edge.b]

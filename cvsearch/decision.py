@@ -258,35 +258,38 @@ def _side_coverage(keypoints, shape, inlier_xy, to_other, other_keypoints,
                                             other_shape, pasted)) / 2)
 
 
-def _share_of_other(shape, to_other, other_shape) -> float:
-    """The share of the other image's area that the box of this image, mapped
-    there by ``to_other``, covers (1 if unsure)."""
+def _mapped_box(shape, transform, other_shape):
+    """``(width, height)`` of the box holding an image of ``shape`` mapped by
+    ``transform`` (3, 3) into an image of ``other_shape``, clipped to it; None
+    when the image wraps behind (no box)."""
     height, width = shape
     corners = np.array([[0, 0], [width, 0], [width, height], [0, height]], np.float64)
-    mapped = np.column_stack([corners, np.ones(4)]) @ to_other.T
+    mapped = np.column_stack([corners, np.ones(4)]) @ transform.T
     if (mapped[:, 2] <= 0).any():
-        return 1.0
+        return None
     mapped = mapped[:, :2] / mapped[:, 2:]
     other_height, other_width = other_shape
     x = np.clip([mapped[:, 0].min(), mapped[:, 0].max()], 0, other_width)
     y = np.clip([mapped[:, 1].min(), mapped[:, 1].max()], 0, other_height)
-    return float((x[1] - x[0]) * (y[1] - y[0]) / max(other_width * other_height, 1))
+    return x[1] - x[0], y[1] - y[0]
+
+
+def _share_of_other(shape, to_other, other_shape) -> float:
+    """The share of the other image's area that the box of this image, mapped
+    there by ``to_other``, covers (1 if unsure)."""
+    box = _mapped_box(shape, to_other, other_shape)
+    if box is None:
+        return 1.0
+    return float(box[0] * box[1] / max(other_shape[0] * other_shape[1], 1))
 
 
 def _overlap_side(shape, to_other, other_shape) -> float:
     """The long side, in this image's pixels, of the box holding the part of it
     that the other image covers (the whole image's if unsure)."""
-    other_height, other_width = other_shape
-    corners = np.array([[0, 0], [other_width, 0], [other_width, other_height],
-                        [0, other_height]], np.float64)
-    back = np.column_stack([corners, np.ones(4)]) @ np.linalg.inv(to_other).T
-    height, width = shape
-    if (back[:, 2] <= 0).any():  # the other image wraps behind: no box
-        return float(max(height, width))
-    back = back[:, :2] / back[:, 2:]
-    x = np.clip([back[:, 0].min(), back[:, 0].max()], 0, width)
-    y = np.clip([back[:, 1].min(), back[:, 1].max()], 0, height)
-    return float(max(x[1] - x[0], y[1] - y[0], 1.0))
+    box = _mapped_box(other_shape, np.linalg.inv(to_other), shape)
+    if box is None:
+        return float(max(shape))
+    return float(max(box[0], box[1], 1.0))
 
 
 def _inside(xy, to_other, other_shape, margin: float = 0.0) -> np.ndarray:
