@@ -357,7 +357,7 @@ def main(argv=None):
 
 
 def report(r: dict) -> str:
-    from cvsearch.decision import COPY_COVERAGE, SAME_OBJECT_LOG_NFA
+    from cvsearch.decision import COPY_AGREEMENT, COPY_COVERAGE, SAME_OBJECT_LOG_NFA
 
     methods = r["methods"]
     names = list(methods)
@@ -371,8 +371,9 @@ def report(r: dict) -> str:
         "other UKBench objects, on the same carpets as indexed ones). "
         f"Built in {r['build_s']} s.", "",
         f"cvsearch decides with its defaults: \"copy\" when log10 NFA <= "
-        f"{SAME_OBJECT_LOG_NFA} and the inliers cover >= {COPY_COVERAGE} of the "
-        "textured overlap; \"object\" on the NFA alone. The other methods are "
+        f"{SAME_OBJECT_LOG_NFA}, the inliers cover >= {COPY_COVERAGE} of the "
+        f"textured overlap and >= {COPY_AGREEMENT:.2f} of the aligned thumbnails' "
+        "pixels agree; \"object\" on the NFA alone. The other methods are "
         f"thresholded where at most {r['rate']:.1%} of the negatives pass "
         "(cvsearch's copy decision's own rate, or 0.5% if lower).", "",
         "## Detected copies per attack (share of copies first, in brackets)", "",

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -150,6 +151,11 @@ def edge_diagnostics(index, path: Path, args, groups, planted_names) -> dict:
                 alone.items(), key=lambda kv: -kv[1]))}
 
 
+#: What a saved index in the work folder must hold to be used again: one saved
+#: by an earlier cvsearch (without thumbnails) would decide with less.
+CACHE_KIND = "with thumbnails"
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=Path("../shared/data"))
@@ -165,15 +171,18 @@ def main(argv=None):
     meta = run_metadata("duplicates.py", argv)
     paths, planted = collection(args)
     saved = args.work / f"index-{args.seed}-{len(paths)}"
-    if (saved / "index.json").exists():
-        build_s = json.loads((args.work / "build.json").read_text())["seconds"]
+    built = args.work / "build.json"
+    cached = json.loads(built.read_text()) if built.exists() else {}
+    if (saved / "index.json").exists() and cached.get("kind") == CACHE_KIND:
+        build_s = cached["seconds"]
     else:
+        shutil.rmtree(saved, ignore_errors=True)
         start = time.perf_counter()
         index = Index.build(paths, n_words=args.n_words, random_state=args.seed,
                             n_jobs=args.jobs)
         build_s = time.perf_counter() - start
         index.save(saved)
-        (args.work / "build.json").write_text(json.dumps({"seconds": build_s}))
+        built.write_text(json.dumps({"seconds": build_s, "kind": CACHE_KIND}))
     print(f"{len(paths)} images, indexed in {build_s:.0f} s", flush=True)
     rng = np.random.default_rng(args.seed + 1)
     in_planted = {i for g in planted for i in g}
@@ -191,6 +200,7 @@ def main(argv=None):
         if drop:  # saved and loaded again: workers map the folder
             index.remove(drop)
             index.compact()
+            shutil.rmtree(args.work / f"index-size-{size}", ignore_errors=True)
             index.save(args.work / f"index-size-{size}")
             index = Index.load(args.work / f"index-size-{size}")
         start = time.perf_counter()

@@ -29,6 +29,14 @@ each image agrees. Two questions get two decisions:
   there; a pasted picture's frame makes new ones). Two photos of different
   things on one carpet agree on the carpet only: the things' cells stay
   uncovered and their keypoints unmatched.
+  Where both images' thumbnails are known, the pixels must agree too: the
+  thumbnails aligned by the same transform, at least ``COPY_AGREEMENT`` of the
+  overlap's pixels within ``PIXEL_TOLERANCE`` grey levels of one gain and offset
+  (which a contrast change, a grey conversion or a re-encoding keep; a caption
+  or logo over a small part does not break it). Keypoints say where structure
+  is, not what lies between it: a portrait pasted onto another background, or
+  two people photographed in front of one pin board, agree on every keypoint
+  of the part they share, but the rest of the picture is another.
 
 The thresholds were chosen on copies of Caltech-101 photos with another seed
 than the benchmark's (benchmarks/copies.py, results/copies.md).
@@ -62,6 +70,13 @@ REPEAT_ANGLE = 25.0
 #: ``SEEN_RADIUS`` of its long side (see :func:`_found_again`).
 PASTED = 0.5
 SEEN_RADIUS = 0.03
+#: Same picture: at least this share of the aligned thumbnails' overlap agrees
+#: (see :func:`pixel_agreement`): up to a third may be covered by a caption, a
+#: logo or a frame.
+COPY_AGREEMENT = 2 / 3
+#: Two aligned thumbnail pixels agree within this many grey levels (of 255),
+#: after one monotone map of intensities for the whole overlap.
+PIXEL_TOLERANCE = 20.0
 #: A transform needs this many correspondences to be fitted (a homography): the
 #: a-contrario count starts from there, as ORSA's does.
 SAMPLE = 4
@@ -89,6 +104,11 @@ class Evidence(NamedTuple):
         callers who ask for the decisions).
     mirrored : ndarray of shape (m,), bool
         Whether the result matched the mirrored query.
+    agreement : ndarray of shape (m,), float32
+        Share of the two images' aligned thumbnails whose pixels agree (see
+        :func:`pixel_agreement`), in [0, 1]; NaN where not measured (as
+        coverage, or an image without a thumbnail: then the copy decision
+        rests on coverage alone).
     """
 
     inliers: np.ndarray
@@ -98,13 +118,15 @@ class Evidence(NamedTuple):
     query_coverage: np.ndarray
     coverage: np.ndarray
     mirrored: np.ndarray
+    agreement: np.ndarray
 
     @classmethod
     def unverified(cls, m: int) -> Evidence:
         """Evidence of ``m`` results that were not verified."""
         return cls(np.full(m, -1, np.int32), np.full(m, -1, np.int32),
                    np.zeros(m, bool), np.full(m, np.inf), np.zeros(m, np.float32),
-                   np.zeros(m, np.float32), np.zeros(m, bool))
+                   np.zeros(m, np.float32), np.zeros(m, bool),
+                   np.full(m, np.nan, np.float32))
 
     def take(self, rows) -> Evidence:
         """The evidence of ``rows`` (an index array or a slice)."""
@@ -123,7 +145,7 @@ class Evidence(NamedTuple):
     def copy(self) -> np.ndarray:
         """(m,) bool: the same picture (see the module's docstring)."""
         return self.same_object & ((self.query_coverage + self.coverage) / 2
-                                   >= COPY_COVERAGE)
+                                   >= COPY_COVERAGE) & ~(self.agreement < COPY_AGREEMENT)
 
     @property
     def kind(self) -> np.ndarray:
@@ -141,6 +163,8 @@ class Evidence(NamedTuple):
                 "coverage": round(float(self.coverage[row]), 3) if exact else None,
                 "query_coverage": (round(float(self.query_coverage[row]), 3)
                                    if exact else None),
+                "agreement": (round(float(self.agreement[row]), 3)
+                              if exact and np.isfinite(self.agreement[row]) else None),
                 "mirrored": bool(self.mirrored[row])}
 
 
@@ -349,8 +373,93 @@ def _found_again(structure, to_other, other_keypoints, other_shape,
     return float(found.any(axis=1).mean())
 
 
+def pixel_agreement(query_thumbnail, query_shape, db_thumbnail, db_shape,
+                    query_inliers, db_inliers) -> float:
+    """Share of two images' overlap whose pixels agree, once aligned by the
+    transform of their inliers.
+
+    The thumbnail that shows the overlap with fewer pixels is compared in its
+    own frame, the other blurred to its scale and warped onto it. Intensities
+    may change by one increasing map (a contrast change, a gamma, clipping, a
+    grey conversion), fitted (isotonic regression) on the pixels by the
+    inliers, where the two images are known to show one thing: fitted on all
+    pixels, any flat background would agree with any other. The share is that
+    of the overlap's pixels within ``PIXEL_TOLERANCE`` of the map.
+
+    Parameters
+    ----------
+    query_thumbnail, db_thumbnail : ndarray of shape (THUMBNAIL, THUMBNAIL), uint8
+        Or None (unknown).
+    query_shape, db_shape : (height, width)
+        The images' sizes, in the pixels of the inliers.
+    query_inliers, db_inliers : ndarray of shape (k, 2), float
+        The inlier correspondences' positions, row for row.
+
+    Returns
+    -------
+    float
+        In [0, 1]; NaN when a thumbnail is unknown, fewer than 4 inliers fit no
+        transform, or the overlap is under 16 thumbnail pixels.
+    """
+    import cv2
+    from sklearn.isotonic import isotonic_regression
+
+    from cvsearch.features import THUMBNAIL
+
+    query_inliers = np.asarray(query_inliers, np.float32).reshape(-1, 2)
+    db_inliers = np.asarray(db_inliers, np.float32).reshape(-1, 2)
+    if query_thumbnail is None or db_thumbnail is None or len(query_inliers) < SAMPLE:
+        return float("nan")
+    forward, _ = cv2.findHomography(query_inliers, db_inliers, 0)
+    if forward is None or abs(np.linalg.det(forward)) < 1e-12:
+        return float("nan")
+
+    def to_thumbnail(shape):  # pixel centres: x = (u + 0.5) * width / THUMBNAIL
+        height, width = shape
+        return np.array([[THUMBNAIL / width, 0, -0.5], [0, THUMBNAIL / height, -0.5],
+                         [0, 0, 1.0]])
+
+    warp = to_thumbnail(db_shape) @ forward @ np.linalg.inv(to_thumbnail(query_shape))
+    ones = np.ones((THUMBNAIL, THUMBNAIL), np.float32)
+    size = (THUMBNAIL, THUMBNAIL)
+    in_db = cv2.warpPerspective(ones, warp, size, flags=cv2.INTER_NEAREST)
+    in_query = cv2.warpPerspective(ones, np.linalg.inv(warp), size,
+                                   flags=cv2.INTER_NEAREST)
+    source = np.asarray(query_thumbnail, np.float32)
+    target = np.asarray(db_thumbnail, np.float32)
+    anchors, anchor_shape = db_inliers, db_shape
+    if in_db.sum() > in_query.sum():  # compare where the overlap is coarser
+        source, target, warp, in_db = target, source, np.linalg.inv(warp), in_query
+        anchors, anchor_shape = query_inliers, query_shape
+    scale = np.sqrt(abs(np.linalg.det(warp[:2, :2] / warp[2, 2])))
+    if scale < 1:  # shrunk onto the target: blur to its scale first
+        source = cv2.GaussianBlur(source, (0, 0),
+                                  max(0.5 * np.sqrt(1 / scale ** 2 - 1), 1e-3))
+    warped = cv2.warpPerspective(source, warp, size, flags=cv2.INTER_LINEAR)
+    mask = cv2.erode(in_db, np.ones((3, 3), np.uint8)) > 0  # no border pixels
+    if mask.sum() < 16:
+        return float("nan")
+    # the pixels by the inliers, where the images are known to show one thing,
+    # set the intensity map: else any flat background would agree with any
+    # other under some offset
+    at = np.column_stack([anchors, np.ones(len(anchors))]) @ to_thumbnail(anchor_shape).T
+    at = np.clip(np.rint(at[:, :2]).astype(np.int64), 0, THUMBNAIL - 1)
+    anchored = np.zeros((THUMBNAIL, THUMBNAIL), np.uint8)
+    anchored[at[:, 1], at[:, 0]] = 1
+    anchored = cv2.dilate(anchored, np.ones((3, 3), np.uint8))[mask] > 0
+    a, b = warped[mask].astype(np.float64), target[mask].astype(np.float64)
+    if not anchored.any():
+        return float("nan")
+    # a monotone map of intensities (contrast, gamma, clipping, grey)
+    order = np.argsort(a[anchored], kind="stable")
+    x = a[anchored][order]
+    fitted = isotonic_regression(b[anchored][order], increasing=True)
+    return float(np.mean(np.abs(np.interp(a, x, fitted) - b) <= PIXEL_TOLERANCE))
+
+
 def evidence_of(verified, query_keypoints, query_shape, candidates,
-                n_images: int, mirrored: bool = False, rows=None) -> Evidence:
+                n_images: int, mirrored: bool = False, rows=None,
+                query_thumbnail=None, thumbnails=None) -> Evidence:
     """The :class:`Evidence` of a query against verified candidates.
 
     Parameters
@@ -369,6 +478,11 @@ def evidence_of(verified, query_keypoints, query_shape, candidates,
         The candidates whose coverage is measured (those that are the same
         object among them); None: all. A search measures it for the results it
         shows only: it costs a transform fit and a neighbour search each.
+    query_thumbnail : ndarray of shape (THUMBNAIL, THUMBNAIL), uint8, optional
+        The query's thumbnail (mirrored with the query).
+    thumbnails : callable, optional
+        ``thumbnails(i)``: candidate ``i``'s thumbnail or None. Without either,
+        ``agreement`` is not measured.
     """
     m = len(candidates)
     areas = np.array([float(c[2][0]) * float(c[2][1]) for c in candidates])
@@ -377,6 +491,7 @@ def evidence_of(verified, query_keypoints, query_shape, candidates,
     log_nfa = np.where(verified.exact, log_nfa, np.inf)
     query_coverage = np.zeros(m, np.float32)
     db_coverage = np.zeros(m, np.float32)
+    agreement = np.full(m, np.nan, np.float32)
     query_keypoints = np.asarray(query_keypoints, np.float32).reshape(-1, 4)
     # coverage only matters for what is the same object
     measured = np.flatnonzero(log_nfa <= SAME_OBJECT_LOG_NFA)
@@ -388,9 +503,13 @@ def evidence_of(verified, query_keypoints, query_shape, candidates,
         query_coverage[i], db_coverage[i] = coverage(
             query_keypoints, query_shape, db_keypoints, candidates[i][2],
             query_keypoints[query_idx, :2], db_keypoints[db_idx, :2])
+        if query_thumbnail is not None and thumbnails is not None:
+            agreement[i] = pixel_agreement(
+                query_thumbnail, query_shape, thumbnails(i), candidates[i][2],
+                query_keypoints[query_idx, :2], db_keypoints[db_idx, :2])
     return Evidence(verified.inliers.astype(np.int32), verified.pairs.astype(np.int32),
                     np.asarray(verified.exact, bool), log_nfa, query_coverage,
-                    db_coverage, np.full(m, bool(mirrored)))
+                    db_coverage, np.full(m, bool(mirrored)), agreement)
 
 
 def stronger(a: Evidence, b: Evidence) -> np.ndarray:

@@ -30,12 +30,40 @@ class Features(NamedTuple):
         What made them: ``FeatureExtractor.feature_params()`` of the extractor. An
         index refuses features whose extractor differs from its own (their words
         would be meaningless); None (features made by hand) is refused too.
+    thumbnail : ndarray of shape (THUMBNAIL, THUMBNAIL), uint8, or None
+        The image in grey, squeezed to a small square (:func:`thumbnail`): what
+        the copy decision compares pixel by pixel once the keypoints have
+        aligned two images. None: unknown (no pixel comparison).
     """
 
     keypoints: np.ndarray
     descriptors: np.ndarray
     image_shape: tuple
     extractor: dict | None = None
+    thumbnail: np.ndarray | None = None
+
+
+#: Side of an image's thumbnail, in pixels (1 KiB per image).
+THUMBNAIL = 32
+
+
+def thumbnail(gray: np.ndarray) -> np.ndarray:
+    """The grey image area-averaged to ``THUMBNAIL`` x ``THUMBNAIL`` pixels (its
+    aspect ratio is not kept: the copy decision maps pixels with each image's own
+    width and height).
+
+    Parameters
+    ----------
+    gray : ndarray of shape (H, W), uint8
+
+    Returns
+    -------
+    ndarray of shape (THUMBNAIL, THUMBNAIL), uint8
+    """
+    import cv2
+
+    small = cv2.resize(gray, (THUMBNAIL, THUMBNAIL), interpolation=cv2.INTER_AREA)
+    return np.ascontiguousarray(small, np.uint8)
 
 
 def root_sift(descriptors: np.ndarray, eps: float = 1e-7) -> np.ndarray:
@@ -151,7 +179,9 @@ def mirror_features(features: Features) -> Features:
         keypoints=mirror_keypoints(features.keypoints, features.image_shape[1],
                                    upright),
         descriptors=np.ascontiguousarray(
-            features.descriptors[:, mirror_permutation(features.extractor)]))
+            features.descriptors[:, mirror_permutation(features.extractor)]),
+        thumbnail=(None if features.thumbnail is None else
+                   np.ascontiguousarray(features.thumbnail[:, ::-1])))
 
 
 #: Dense patches whose mean gradient magnitude (intensities in [0, 1]) is below this
@@ -414,10 +444,11 @@ class FeatureExtractor:
         else:
             geometry, descriptors = dense_sift(gray, self.dense_step, self.dense_sizes)
             keypoints = None
+        small = thumbnail(gray)
         if descriptors is None or len(descriptors) == 0:
             return Features(np.zeros((0, 4), np.float32),
                             np.zeros((0, self.dim), self.dtype), image_shape,
-                            self.feature_params())
+                            self.feature_params(), small)
         # SIFT may return a few more than nfeatures when responses tie.
         if keypoints is not None:
             keypoints = keypoints[: self.max_keypoints]
@@ -428,4 +459,4 @@ class FeatureExtractor:
         if self.method == "rootsift":
             descriptors = root_sift(descriptors)
         return Features(geometry, np.ascontiguousarray(descriptors, self.dtype),
-                        image_shape, self.feature_params())
+                        image_shape, self.feature_params(), small)

@@ -604,7 +604,8 @@ class Index:
             fingerprint = index.vocabulary.fingerprint
             params = index.extractor.feature_params()
             for id_, name in zip(store.ids().tolist(), store.names_in_order()):
-                entries.append((name, ImageWords(*store.image(id_), fingerprint, params)))
+                entries.append((name, ImageWords(*store.image(id_), fingerprint, params,
+                                                 store.thumbnail(id_))))
         skipped = merged._add_extracted(iter(entries))
         if skipped:
             raise ValueError(f"merge: the image name {skipped[0].name!r} appears in "
@@ -643,7 +644,8 @@ class Index:
             store, ids = self._store.add(
                 names, [e.words for _, e in kept],
                 [np.asarray(e.keypoints)[:, :width] for _, e in kept],
-                [e.image_shape for _, e in kept])
+                [e.image_shape for _, e in kept],
+                [getattr(e, "thumbnail", None) for _, e in kept])
             self._publish(store.merge_tail())
             self._name_to_id.update(zip(names, ids.tolist()))
         return skipped

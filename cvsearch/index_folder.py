@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from cvsearch import storage
-from cvsearch.features import FeatureExtractor
+from cvsearch.features import THUMBNAIL, FeatureExtractor
 from cvsearch.store import Segment, Store
 from cvsearch.vocabulary import Vocabulary
 from cvsearch.weighting import pyramid_size
@@ -166,11 +166,15 @@ _UINTS = (np.uint8, np.uint16, np.uint32, np.uint64)
 _SEGMENT_ARRAYS = {
     "ids": _UINTS, "shapes": (np.int32,), "kp_offsets": (np.int64,),
     "kp_words": _UINTS, "kp_xy": (np.uint16,), "kp_shape": (np.uint8,),
-    "post_indptr": (np.int64,), "post_rows": _UINTS, "post_tf": _UINTS}
+    "post_indptr": (np.int64,), "post_rows": _UINTS, "post_tf": _UINTS,
+    "thumbs": (np.uint8,)}
 #: Arrays that indexes saved by earlier versions lack, and what they mean then.
-_OPTIONAL_ARRAYS = {"kp_shape": np.zeros(0, np.uint8)}  # no shapes: RANSAC verifies
+_OPTIONAL_ARRAYS = {
+    "kp_shape": np.zeros(0, np.uint8),  # no shapes: RANSAC verifies
+    "thumbs": np.zeros((0, THUMBNAIL * THUMBNAIL), np.uint8),  # no pixel check
+}
 #: The keypoint arrays, read only to re-rank, remove or merge: hashed on first use.
-_GEOMETRY = ("kp_words", "kp_xy", "kp_shape")
+_GEOMETRY = ("kp_words", "kp_xy", "kp_shape", "thumbs")
 
 
 def _load_segment(directory, meta, index, verify: bool,
@@ -234,6 +238,9 @@ def _check_segment(segment: Segment, n_columns: int, full: bool) -> str | None:
         return "keypoint positions do not match the keypoint words"
     if segment.kp_shape.shape not in ((0,), (len(segment.kp_words),)):
         return "keypoint shapes do not match the keypoint words"
+    if segment.thumbs.shape not in ((0, THUMBNAIL ** 2), (n, THUMBNAIL ** 2)):
+        return f"thumbnails have shape {segment.thumbs.shape}, expected ({n}, " \
+               f"{THUMBNAIL ** 2})"
     if indptr.shape != (n_columns + 1,) or indptr[0] != 0 \
             or np.any(np.diff(indptr) < 0) or indptr[-1] != len(segment.post_rows) \
             or segment.post_tf.shape != segment.post_rows.shape:

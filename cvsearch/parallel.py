@@ -23,7 +23,7 @@ from typing import NamedTuple
 import numpy as np
 
 from cvsearch._threads import one_thread_per_worker
-from cvsearch.features import FeatureExtractor, Features
+from cvsearch.features import THUMBNAIL, FeatureExtractor, Features
 from cvsearch.io import READ_ERRORS
 from cvsearch.vocabulary import Vocabulary
 
@@ -59,6 +59,8 @@ class ImageWords(NamedTuple):
         index refuses words of another vocabulary.
     extractor : dict
         ``FeatureExtractor.feature_params()`` of the extractor of the features.
+    thumbnail : ndarray of shape (THUMBNAIL, THUMBNAIL), uint8, or None
+        See :class:`cvsearch.features.Features`.
     """
 
     words: np.ndarray
@@ -66,6 +68,7 @@ class ImageWords(NamedTuple):
     image_shape: tuple
     vocabulary: str
     extractor: dict
+    thumbnail: np.ndarray | None = None
 
     @classmethod
     def of(cls, features: Features, vocabulary: Vocabulary) -> ImageWords:
@@ -84,7 +87,7 @@ class ImageWords(NamedTuple):
         words = vocabulary.predict(np.concatenate([f.descriptors for f in features]))
         splits = np.cumsum([len(f.descriptors) for f in features])[:-1]
         return [cls(w.astype(np.int32), f.keypoints, f.image_shape,
-                    vocabulary.fingerprint, f.extractor)
+                    vocabulary.fingerprint, f.extractor, f.thumbnail)
                 for w, f in zip(np.split(words, splits), features)]
 
 
@@ -155,6 +158,11 @@ def check_words(words: ImageWords, extractor: FeatureExtractor,
                 < vocabulary.n_words)):
         raise ValueError("these words and keypoints disagree, or hold word ids "
                          f"outside 0..{vocabulary.n_words - 1}")
+    small = words.thumbnail
+    if small is not None and (np.shape(small) != (THUMBNAIL, THUMBNAIL)
+                              or np.asarray(small).dtype != np.uint8):
+        raise ValueError(f"the thumbnail must be ({THUMBNAIL}, {THUMBNAIL}) uint8 "
+                         f"(cvsearch.features.thumbnail), got {np.shape(small)}")
     return words
 
 

@@ -52,6 +52,7 @@ class View(NamedTuple):
     verify_words: np.ndarray
     verify_keypoints: np.ndarray
     mirrored: bool = False
+    thumbnail: np.ndarray | None = None
 
 
 def check_ranking(k, rerank, min_inliers, verification, multiple_assignment,
@@ -138,13 +139,15 @@ class Searcher:
         are kept to permute)."""
         id_ = self.check_id(id_, "similar")
         words, keypoints, shape = self.store.image(id_)
-        views = [View(words, keypoints, shape, words, keypoints)]
+        small = self.store.thumbnail(id_)
+        views = [View(words, keypoints, shape, words, keypoints, False, small)]
         if ranking.mirror and self.mirror_permutation is not None:
             first, second = self.mirrored_words()
             mirrored = mirror_keypoints(keypoints, shape[1], self.upright)
             views.append(View(first[words], mirrored, shape,
                               np.concatenate([first[words], second[words]]),
-                              np.concatenate([mirrored, mirrored]), True))
+                              np.concatenate([mirrored, mirrored]), True,
+                              None if small is None else small[:, ::-1]))
         return self.rank(views, ranking, exclude=id_, coverage=coverage)
 
     def mirrored_words(self):
@@ -201,16 +204,17 @@ class Searcher:
         """The query's words, and the ``(words, keypoints)`` that verification
         matches: with multiple assignment, keypoints repeated with their next
         nearest word where it is nearly as near (one search gives both)."""
+        small = getattr(features, "thumbnail", None)
         if not multiple or not isinstance(features, Features):
             words = self.words_of(features)
             return View(words, features.keypoints, features.image_shape, words,
-                        features.keypoints, mirrored)
+                        features.keypoints, mirrored, small)
         words, second, best, second_best = self.vocabulary.predict_two(
             features.descriptors)
         verify_words, verify_keypoints = _rerank.multiple_assignment(
             words, features.keypoints, second, best, second_best)
         return View(words, features.keypoints, features.image_shape, verify_words,
-                    verify_keypoints, mirrored)
+                    verify_keypoints, mirrored, small)
 
     def query_vector(self, view: View):
         store = self.store
@@ -250,7 +254,8 @@ class Searcher:
                 where = positions[number]
                 local = np.flatnonzero(np.isin(where, rows))
                 found = self.evidence(views[number], verified[number],
-                                      [candidates[j] for j in where], local)
+                                      [candidates[j] for j in where], local,
+                                      short[where])
                 spread = Evidence.unverified(len(short))
                 for field, values in zip(spread, found):
                     field[where] = values
@@ -272,6 +277,7 @@ class Searcher:
                     measured = evidence_of_view(number, rows)
                     found.query_coverage[rows] = measured.query_coverage[rows]
                     found.coverage[rows] = measured.coverage[rows]
+                    found.agreement[rows] = measured.agreement[rows]
             # each view is one more chance of a chance match
             found = found._replace(log_nfa=found.log_nfa + np.log10(len(views)))
             ids[:len(short)] = short[order]
@@ -316,7 +322,7 @@ class Searcher:
         """The evidence of the query's ``view`` against each image of ``ids``."""
         candidates = self.store.images(ids)
         return self.evidence(view, self.verified(view, candidates, verification,
-                                                 min_inliers), candidates)
+                                                 min_inliers), candidates, None, ids)
 
     def verified(self, view: View, candidates, verification: str,
                  min_inliers: int | None = None):
@@ -326,11 +332,16 @@ class Searcher:
                                          min_inliers=min_inliers,
                                          use_shapes=verification == "shapes")
 
-    def evidence(self, view: View, verified, candidates, rows=None) -> Evidence:
+    def evidence(self, view: View, verified, candidates, rows=None,
+                 ids=None) -> Evidence:
         """:func:`cvsearch.decision.evidence_of` of ``view`` (coverage for
-        ``rows`` only, if given)."""
-        return _decision.evidence_of(verified, view.verify_keypoints, view.image_shape,
-                                     candidates, len(self.store), view.mirrored, rows)
+        ``rows`` only, if given; pixel agreement where ``ids``, the candidates'
+        ids, are given)."""
+        ids = None if ids is None else np.asarray(ids, np.int64).ravel()
+        return _decision.evidence_of(
+            verified, view.verify_keypoints, view.image_shape, candidates,
+            len(self.store), view.mirrored, rows, view.thumbnail,
+            None if ids is None else (lambda i: self.store.thumbnail(int(ids[i]))))
 
     def check_id(self, id_, what: str) -> int:
         """An image id of this state, as an int, or a clear error."""

@@ -54,6 +54,7 @@ from typing import NamedTuple
 import numpy as np
 
 from cvsearch._threads import map_in_pool
+from cvsearch.features import THUMBNAIL
 from cvsearch.scoring import top_k
 from cvsearch.weighting import inverse_norms, pyramid_size, spatial_bag_of_words
 
@@ -94,9 +95,13 @@ class Segment(NamedTuple):
     post_tf : ndarray of shape (n_postings,), unsigned int
         How often the column occurs in that image.
     geometry_check : callable or None
-        Checks still owed to the keypoint arrays (``kp_*``) of a loaded
-        segment: run once, by :meth:`check_geometry`, before they are first read
-        (see :mod:`cvsearch.storage`).
+        Checks still owed to the keypoint arrays (``kp_*``) and thumbnails of a
+        loaded segment: run once, by :meth:`check_geometry`, before they are
+        first read (see :mod:`cvsearch.storage`).
+    thumbs : ndarray of shape (n, THUMBNAIL ** 2) or (0, THUMBNAIL ** 2), uint8
+        Each image's thumbnail (:func:`cvsearch.features.thumbnail`), flattened;
+        all zeros where unknown (images described without one); empty when
+        no image of the segment has one (an index saved before they were kept).
     """
 
     ids: np.ndarray
@@ -110,6 +115,7 @@ class Segment(NamedTuple):
     post_rows: np.ndarray
     post_tf: np.ndarray
     geometry_check: object = None
+    thumbs: np.ndarray = np.zeros((0, THUMBNAIL * THUMBNAIL), np.uint8)
 
     def __len__(self) -> int:
         return len(self.names)
@@ -127,7 +133,7 @@ class Segment(NamedTuple):
 
     @classmethod
     def build(cls, ids, names, words_list, keypoints_list, shapes, n_words: int,
-              levels: int) -> Segment:
+              levels: int, thumbnails=None) -> Segment:
         """A segment of images given by their per-keypoint words and keypoints.
 
         Parameters
@@ -140,6 +146,9 @@ class Segment(NamedTuple):
         shapes : ndarray of shape (n, 2)
         n_words, levels : int
             Vocabulary size and spatial pyramid levels.
+        thumbnails : list of (ndarray of shape (THUMBNAIL, THUMBNAIL), uint8, or
+            None), optional
+            Each image's thumbnail, None where unknown.
         """
         ids = np.asarray(ids, np.int64)
         sizes = np.array([len(w) for w in words_list], np.int64)
@@ -150,15 +159,15 @@ class Segment(NamedTuple):
                      np.zeros((0, 2), np.float32)).astype(np.float32)
         shapes = np.asarray(shapes, np.int32).reshape(-1, 2)
         return cls.of_arrays(ids, tuple(names), shapes, offsets, words, keypoints,
-                             n_words, levels)
+                             n_words, levels, stack_thumbnails(thumbnails, len(ids)))
 
     @classmethod
     def of_arrays(cls, ids, names, shapes, offsets, words, keypoints, n_words: int,
-                  levels: int) -> Segment:
+                  levels: int, thumbs=None) -> Segment:
         """A segment from concatenated arrays (keypoints of shape (n, 4), ``(x,
         y, size, angle)`` in pixels and degrees, size 0 where it is unknown, or
-        (n, 2) without shapes); its positions and shapes are quantised and its
-        postings computed here."""
+        (n, 2) without shapes; ``thumbs`` as the attribute, None for none); its
+        positions and shapes are quantised and its postings computed here."""
         shapes = np.asarray(shapes, np.int32).reshape(-1, 2)
         sizes = np.diff(offsets)
         width_height = np.repeat(shapes[:, ::-1], sizes, axis=0).astype(np.float64)
@@ -182,6 +191,9 @@ class Segment(NamedTuple):
             kp_offsets=np.asarray(offsets, np.int64),
             kp_words=np.asarray(words).astype(smallest_uint(max(n_words - 1, 0))),
             kp_xy=kp_xy, kp_shape=kp_shape,
+            thumbs=(np.zeros((0, THUMBNAIL * THUMBNAIL), np.uint8) if thumbs is None
+                    else np.ascontiguousarray(thumbs, np.uint8).reshape(
+                        -1, THUMBNAIL * THUMBNAIL)),
             post_indptr=counts.indptr.astype(np.int64),
             post_rows=counts.indices.astype(smallest_uint(max(n - 1, 0))),
             post_tf=counts.data.astype(np.int64).astype(
@@ -205,7 +217,9 @@ class Segment(NamedTuple):
                  for s, m in parts]
         n = int(sum(int(k.sum()) for k in keeps))
         keep_shapes = any(len(s.kp_shape) for s, _ in parts)
+        keep_thumbs = any(len(s.thumbs) for s, _ in parts)
         ids, names, shapes, sizes, words, xy, kp_shape = [], [], [], [], [], [], []
+        thumbs = []
         moved, base = [], 0  # per part: (columns, rows, tf) of its kept postings
         for (segment, _), keep in zip(parts, keeps):
             segment.check_geometry()
@@ -219,6 +233,8 @@ class Segment(NamedTuple):
             xy.append(np.asarray(segment.kp_xy)[per_keypoint])
             kp_shape.append(_shapes_of(segment)[per_keypoint] if keep_shapes else
                             np.zeros(0, np.uint8))
+            if keep_thumbs:
+                thumbs.append(_thumbs_of(segment)[keep])
             indptr = np.asarray(segment.post_indptr)
             rows = np.asarray(segment.post_rows)
             alive = keep[rows]
@@ -253,6 +269,8 @@ class Segment(NamedTuple):
                                       ).astype(np.int64),
             kp_words=np.concatenate(words), kp_xy=np.concatenate(xy).reshape(-1, 2),
             kp_shape=np.concatenate(kp_shape).astype(np.uint8),
+            thumbs=(np.concatenate(thumbs) if keep_thumbs else
+                    np.zeros((0, THUMBNAIL * THUMBNAIL), np.uint8)),
             post_indptr=indptr, post_rows=out_rows, post_tf=out_tf)
 
     def select(self, keep: np.ndarray, n_words: int, levels: int) -> Segment:
@@ -265,7 +283,8 @@ class Segment(NamedTuple):
             np.asarray(self.ids)[keep].astype(np.int64),
             tuple(n for n, k in zip(self.names, keep) if k), np.asarray(self.shapes)[keep],
             offsets, np.asarray(self.kp_words)[per_keypoint].astype(np.int64),
-            self.keypoints()[per_keypoint], n_words, levels)
+            self.keypoints()[per_keypoint], n_words, levels,
+            np.asarray(self.thumbs)[keep] if len(self.thumbs) else None)
 
     def keypoints(self) -> np.ndarray:
         """All kept keypoints: ndarray of shape (n_keypoints, 4), float32,
@@ -290,6 +309,14 @@ class Segment(NamedTuple):
         return (np.asarray(self.kp_words)[lo:hi].astype(np.int32), keypoints,
                 (height, width))
 
+    def thumbnail(self, row: int) -> np.ndarray | None:
+        """One row's thumbnail, (THUMBNAIL, THUMBNAIL) uint8, or None if unknown."""
+        if not len(self.thumbs):
+            return None
+        self.check_geometry()
+        small = np.asarray(self.thumbs[row]).reshape(THUMBNAIL, THUMBNAIL)
+        return small if small.any() else None
+
     def row_columns(self, rows: np.ndarray, n_words: int, levels: int) -> np.ndarray:
         """Document-frequency contribution of ``rows``: for each column, how many
         of them hold it. ndarray of shape (n_columns,), int64."""
@@ -304,7 +331,8 @@ class Segment(NamedTuple):
         """Bytes of its arrays (names not included)."""
         return int(sum(np.asarray(a).nbytes for a in (
             self.ids, self.shapes, self.kp_offsets, self.kp_words, self.kp_xy,
-            self.kp_shape, self.post_indptr, self.post_rows, self.post_tf)))
+            self.kp_shape, self.post_indptr, self.post_rows, self.post_tf,
+            self.thumbs)))
 
 
 #: Keypoint shape bytes (:func:`encode_shape`): the orientation in this many
@@ -364,6 +392,29 @@ _SHAPE_SIZES = np.where(_CODES == SHAPE_UNKNOWN, 0.0,
                         np.exp2(SHAPE_MIN_LOG2 + ((_CODES & 15) + 0.5) / 2))
 _SHAPE_ANGLES = np.where(_CODES == SHAPE_UNKNOWN, 0.0,
                          ((_CODES >> 4) + 0.5) * (360.0 / SHAPE_SECTORS))
+
+
+def stack_thumbnails(thumbnails, n: int) -> np.ndarray | None:
+    """(n, THUMBNAIL ** 2) uint8 of a list of thumbnails (None where unknown:
+    zeros), or None when none is known."""
+    if thumbnails is None or all(t is None for t in thumbnails):
+        return None
+    stacked = np.zeros((n, THUMBNAIL * THUMBNAIL), np.uint8)
+    for row, small in enumerate(thumbnails):
+        if small is not None:
+            small = np.asarray(small)
+            if small.shape != (THUMBNAIL, THUMBNAIL) or small.dtype != np.uint8:
+                raise ValueError(f"a thumbnail must be ({THUMBNAIL}, {THUMBNAIL}) "
+                                 f"uint8, got {small.shape} {small.dtype}")
+            stacked[row] = small.ravel()
+    return stacked
+
+
+def _thumbs_of(segment: Segment) -> np.ndarray:
+    """The segment's thumbnails, zeros (unknown) if it keeps none."""
+    if len(segment.thumbs):
+        return np.asarray(segment.thumbs)
+    return np.zeros((len(segment), THUMBNAIL * THUMBNAIL), np.uint8)
 
 
 def _shapes_of(segment: Segment) -> np.ndarray:
@@ -508,8 +559,10 @@ class Store:
                      segments=segments, deleted=deleted, df=df,
                      next_id=self.next_id if next_id is None else next_id)
 
-    def add(self, names, words_list, keypoints_list, shapes) -> tuple[Store, np.ndarray]:
-        """A new state with these images appended as one segment.
+    def add(self, names, words_list, keypoints_list, shapes, thumbnails=None
+            ) -> tuple[Store, np.ndarray]:
+        """A new state with these images appended as one segment (``thumbnails``
+        as :meth:`Segment.build`'s).
 
         Returns
         -------
@@ -521,7 +574,7 @@ class Store:
             return self, np.zeros(0, np.int64)
         ids = np.arange(self.next_id, self.next_id + len(names), dtype=np.int64)
         segment = Segment.build(ids, names, words_list, keypoints_list, shapes,
-                                self.n_words, self.levels)
+                                self.n_words, self.levels, thumbnails)
         return (self._with(self.segments + (segment,), self.deleted + (None,),
                            self.df + segment.df, next_id=int(ids[-1]) + 1), ids)
 
@@ -652,6 +705,11 @@ class Store:
         """``(words, keypoints, image_shape)`` of a live image (for re-ranking)."""
         index, row = self.locate(id_)
         return self.segments[index].image(row)
+
+    def thumbnail(self, id_: int) -> np.ndarray | None:
+        """A live image's thumbnail, (THUMBNAIL, THUMBNAIL) uint8, or None."""
+        index, row = self.locate(id_)
+        return self.segments[index].thumbnail(row)
 
     def images(self, ids) -> list:
         """:meth:`image` of several live ids, in their order (located at once)."""

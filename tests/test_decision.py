@@ -8,13 +8,20 @@ from conftest import textured_image
 
 from cvsearch import FeatureExtractor, Index
 from cvsearch.decision import (
+    COPY_AGREEMENT,
     COPY_COVERAGE,
     SAME_OBJECT_LOG_NFA,
     Evidence,
     coverage,
     log10_nfa,
+    pixel_agreement,
 )
-from cvsearch.features import MIRROR_PERMUTATION, can_mirror, mirror_features
+from cvsearch.features import (
+    MIRROR_PERMUTATION,
+    can_mirror,
+    mirror_features,
+    thumbnail,
+)
 
 
 def matched_keypoints(a, b, tolerance=0.1):
@@ -186,11 +193,99 @@ def test_results_outside_the_short_list_are_unverified(copy_index):
     assert record["kind"] == "unverified" and record["inliers"] is None
 
 
+# ------------------------------------------------------------ pixel agreement
+def corners_mapped(transform, shape):
+    """Correspondences of a known transform (3, 3): a grid of points of an
+    image of ``shape`` and where it maps them."""
+    height, width = shape
+    x, y = np.meshgrid(np.linspace(0, width, 9), np.linspace(0, height, 9))
+    points = np.column_stack([x.ravel(), y.ravel()])
+    mapped = np.column_stack([points, np.ones(len(points))]) @ transform.T
+    return points, mapped[:, :2] / mapped[:, 2:]
+
+
+def test_pixels_of_a_turned_rescaled_recontrasted_copy_agree():
+    original = textured_image(3)
+    turn = np.vstack([cv2.getRotationMatrix2D((240, 240), 20, 0.7), [0, 0, 1]])
+    copy = cv2.warpAffine(original, turn[:2], (480, 480), borderValue=255)
+    copy = np.clip(copy * 1.4 - 40, 0, 255).astype(np.uint8)  # contrast
+    # correspondences from the copy's pixels to the original's
+    copy_xy, original_xy = corners_mapped(np.linalg.inv(turn), (480, 480))
+    inside = ((original_xy >= 0) & (original_xy < 480)).all(1)
+    agreement = pixel_agreement(thumbnail(copy), (480, 480), thumbnail(original),
+                                (480, 480), copy_xy[inside], original_xy[inside])
+    assert agreement >= 0.8  # clipped highlights and the rotated edges differ
+    # the same copy, wrongly aligned (shifted by an eighth), does not agree
+    shifted = original_xy[inside] + [60, 0]
+    assert pixel_agreement(thumbnail(copy), (480, 480), thumbnail(original),
+                           (480, 480), copy_xy[inside], shifted) < COPY_AGREEMENT
+
+
+def test_a_subject_pasted_onto_another_background_is_not_the_same_picture():
+    subject = textured_image(4)[120:360, 120:360]
+    one, other = textured_image(5), textured_image(6)
+    one[120:360, 120:360] = subject  # a quarter of each picture is the subject
+    other[120:360, 120:360] = subject
+    xy, _ = corners_mapped(np.eye(3), (240, 240))
+    xy = xy + 120  # the correspondences all lie on the subject
+    assert pixel_agreement(thumbnail(one), (480, 480), thumbnail(other), (480, 480),
+                           xy, xy) < COPY_AGREEMENT
+    # the same picture with a caption over its lower seventh is
+    captioned = one.copy()
+    captioned[412:] = (captioned[412:] * 0.3).astype(np.uint8)
+    cv2.putText(captioned, "BREAKING", (10, 460), cv2.FONT_HERSHEY_SIMPLEX, 1.5, 255, 3)
+    assert pixel_agreement(thumbnail(captioned), (480, 480), thumbnail(one),
+                           (480, 480), xy, xy) >= COPY_AGREEMENT
+
+
+def test_pixel_agreement_is_not_measured_without_both_thumbnails():
+    xy, _ = corners_mapped(np.eye(3), (480, 480))
+    small = thumbnail(textured_image(3))
+    assert np.isnan(pixel_agreement(None, (480, 480), small, (480, 480), xy, xy))
+    assert np.isnan(pixel_agreement(small, (480, 480), small, (480, 480), xy[:3],
+                                    xy[:3]))
+
+
+def test_a_pasted_subject_is_the_same_object_but_not_a_copy(tmp_path):
+    """End to end, and through a save: a subject on a dark wall, and the same
+    subject pasted onto a bright one. Keypoints see only the subject, so they
+    cover what both images' structure shares; the pixels around it differ: an
+    object, not a copy. The picture itself, turned upside down, is a copy."""
+    subject = textured_image(4)[100:380, 100:380]
+    paths = []
+    for seed in range(8):
+        image = textured_image(10 + seed)
+        if seed == 0:
+            image = np.full((480, 480), 30, np.uint8)
+            image[100:380, 100:380] = subject
+        path = tmp_path / f"{seed}.png"
+        cv2.imwrite(str(path), image)
+        paths.append(str(path))
+    Index.build(paths, FeatureExtractor("sift"), 300, random_state=0).save(
+        tmp_path / "index")
+    index = Index.load(tmp_path / "index")
+    pasted = np.full((480, 480), 220, np.uint8)
+    pasted[100:380, 100:380] = subject
+    _, ids, evidence = index.query(pasted, k=3, rerank=8, mirror=True,
+                                   return_evidence=True)
+    assert ids[0] == 0 and evidence.same_object[0]
+    # the keypoints alone would call it a copy
+    assert (evidence.coverage[0] + evidence.query_coverage[0]) / 2 >= COPY_COVERAGE
+    assert evidence.agreement[0] < COPY_AGREEMENT and evidence.kind[0] == "object"
+    copy = cv2.imread(paths[0], cv2.IMREAD_GRAYSCALE)[::-1]  # upside down
+    _, ids, evidence = index.query(copy, k=3, rerank=8, mirror=True,
+                                   return_evidence=True)
+    assert ids[0] == 0 and evidence.kind[0] == "copy"
+    assert evidence.agreement[0] >= 0.9
+    assert evidence.record(0)["agreement"] == pytest.approx(evidence.agreement[0],
+                                                           abs=1e-3)
+
+
 def test_an_unfinished_count_is_not_a_measurement():
     evidence = Evidence(np.array([0, 0], np.int32), np.array([40, 40], np.int32),
                         np.array([False, True]), np.array([np.inf, np.inf]),
                         np.zeros(2, np.float32), np.zeros(2, np.float32),
-                        np.zeros(2, bool))
+                        np.zeros(2, bool), np.full(2, np.nan, np.float32))
     assert list(evidence.kind) == ["unverified", "none"]
     assert evidence.record(0)["inliers"] is None and evidence.record(1)["inliers"] == 0
 

@@ -30,6 +30,16 @@ def test_words_assigned_elsewhere_add_like_images(trained_index, image_files, im
     bad = words[0]._replace(words=np.full_like(words[0].words, 10**6))
     with pytest.raises(ValueError, match="outside"):
         shares(trained_index).add([bad], names=["x"])
+    # the thumbnails the copy decision compares travel with the words
+    expected = trained_index.extractor.extract(image_files[2]).thumbnail
+    store = index.searcher().store
+    assert np.array_equal(store.thumbnail(index.id_of(image_files[2])), expected)
+    wrong = words[0]._replace(thumbnail=np.zeros((8, 8), np.uint8))
+    with pytest.raises(ValueError, match="thumbnail"):
+        shares(trained_index).add([wrong], names=["x"])
+    unknown = shares(trained_index)
+    unknown.add([words[1]._replace(thumbnail=None)], names=["x"])
+    assert unknown.searcher().store.thumbnail(unknown.id_of("x")) is None
 
 
 def test_merged_shards_equal_one_index(trained_index, image_files, images):
@@ -40,6 +50,9 @@ def test_merged_shards_equal_one_index(trained_index, image_files, images):
     whole = shares(trained_index)
     whole.add([p for i in range(3) for p in image_files[i::3]])
     assert merged.names == whole.names
+    first = image_files[0]
+    assert np.array_equal(merged.searcher().store.thumbnail(merged.id_of(first)),
+                          whole.searcher().store.thumbnail(whole.id_of(first)))
     assert_same_results(results(merged, images[:4], rerank=5),
                         results(whole, images[:4], rerank=5))
     with pytest.raises(ValueError, match="more than one index"):

@@ -63,9 +63,9 @@ def test_round_trip_gives_identical_results(trained_index, saved, images):
 def test_files_are_plain_and_pickle_free(saved):
     names = sorted(p.name for p in saved.iterdir())
     assert names[0] == ".cvsearch-lock"  # the writer lock file, empty
-    # the manifest, the vocabulary, and one segment: 9 arrays and the names
-    assert "index.json" in names and len(names) == 13
-    assert sum(n.startswith("seg-") for n in names) == 9
+    # the manifest, the vocabulary, and one segment: 10 arrays and the names
+    assert "index.json" in names and len(names) == 14
+    assert sum(n.startswith("seg-") for n in names) == 10
     for path in saved.glob("*.npz"):
         with np.load(path, allow_pickle=False) as archive:
             for key in archive.files:
@@ -85,7 +85,7 @@ def test_load_maps_the_segments_and_saves_only_what_changed(trained_index, saved
     index.save(saved)
     after = {p.name: p.stat().st_mtime_ns for p in saved.glob("seg-*")}
     assert all(after[name] == mtime for name, mtime in before.items())  # untouched
-    assert len(after) == 18  # the new segment's 9 arrays
+    assert len(after) == 20  # the new segment's 10 arrays
     assert len(list(saved.glob("deleted-*.npy"))) == 1
     loaded = Index.load(saved)
     assert loaded.names == index.names and 3 not in loaded.names
@@ -95,10 +95,10 @@ def test_resave_removes_stale_files(trained_index, saved, image_files):
     index = Index.load(saved)
     index.remove([0])
     index.save(saved)  # a tombstone file; the segment stays
-    assert len(list(saved.iterdir())) == 14
+    assert len(list(saved.iterdir())) == 15
     index.compact()
     index.save(saved)  # one new segment; the old one's files go
-    assert len(list(saved.iterdir())) == 13
+    assert len(list(saved.iterdir())) == 14
     assert len(Index.load(saved)) == len(trained_index) - 1
 
 
@@ -257,6 +257,30 @@ def test_an_index_saved_before_shapes_were_kept_verifies_with_ransac(
     for a, b in zip(old, ransac):
         assert all(np.array_equal(x, y) for x, y in zip(a, b))
     assert old[0][2][0] >= 20  # verified
+
+
+def test_an_index_saved_before_thumbnails_were_kept_decides_on_keypoints(
+        trained_index, saved, images):
+    """Indexes saved before thumbnails were kept load; their copy decision
+    rests on coverage alone (agreement not measured), as it did; images added
+    afterwards carry thumbnails, and compacting keeps both kinds."""
+    manifest = manifest_of(saved)
+    for segment in manifest["segments"]:
+        (saved / segment["files"].pop("thumbs")["name"]).unlink()
+    manifest["manifest_sha256"] = storage.manifest_digest(manifest)
+    (saved / "index.json").write_text(json.dumps(manifest))
+    loaded = Index.load(saved)
+    assert all(len(s.thumbs) == 0 for s in loaded._current().store.segments)
+    _, ids, old = loaded.query(images[0], k=3, rerank=8, return_evidence=True)
+    _, _, new = trained_index.query(images[0], k=3, rerank=8, return_evidence=True)
+    assert ids[0] == 0 and np.isnan(old.agreement).all() and old.kind[0] == "copy"
+    assert new.agreement[0] >= 0.9 and list(new.kind) == list(old.kind)
+    loaded.add([images[1]], names=["again"])
+    loaded.compact()
+    store = loaded.searcher().store
+    assert store.thumbnail(0) is None
+    assert np.array_equal(store.thumbnail(loaded.id_of("again")),
+                          trained_index.searcher().store.thumbnail(1))
 
 
 def test_pickled_array_is_never_loaded(saved):

@@ -37,7 +37,10 @@ def _models():
             "query over the whole index (object: <= -2)")
         coverage: float | None = Field(
             None, description="share of the images' common part the matches cover "
-            "(copy: >= 0.6 on average over both)")
+            "(copy: >= 0.5 on average over both)")
+        agreement: float | None = Field(
+            None, description="share of the two images' aligned thumbnails whose "
+            "pixels agree (copy: >= 2/3); null where not measured")
         mirrored: bool = Field(False, description="matched the mirrored query")
         image_url: str
         thumbnail_url: str

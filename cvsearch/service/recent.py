@@ -99,6 +99,8 @@ class SharedQueries(RecentQueries):
                           descriptors=features.descriptors,
                           image_shape=np.array(features.image_shape, np.int64),
                           extractor=np.array(json.dumps(features.extractor)))
+            if features.thumbnail is not None:
+                arrays["thumbnail"] = features.thumbnail
         handle, temporary = tempfile.mkstemp(dir=self.folder, suffix=".tmp")
         try:
             with os.fdopen(handle, "wb") as file:
@@ -137,7 +139,9 @@ class SharedQueries(RecentQueries):
                 if "keypoints" in saved:
                     features = Features(saved["keypoints"], saved["descriptors"],
                                         tuple(int(s) for s in saved["image_shape"]),
-                                        json.loads(str(saved["extractor"])))
+                                        json.loads(str(saved["extractor"])),
+                                        saved["thumbnail"] if "thumbnail" in saved
+                                        else None)
                 query = Query(saved["image"], features, float(saved["scale"]),
                               saved["mirrored"].tolist())
         except (OSError, ValueError, KeyError, zipfile.BadZipFile):
