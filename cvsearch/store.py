@@ -53,6 +53,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from cvsearch._compiled import compiled
 from cvsearch._threads import map_in_pool
 from cvsearch.features import THUMBNAIL
 from cvsearch.scoring import top_k
@@ -443,8 +444,6 @@ MAX_MERGED_IMAGES = 100_000
 
 #: Use the numba loops when numba is installed (False: always numpy; for tests).
 USE_COMPILED = True
-_COMPILE_LOCK = threading.Lock()
-_COMPILED = {}  # python loop -> its numba version, or None without numba
 
 
 def _compiled(loop):
@@ -452,18 +451,7 @@ def _compiled(loop):
     use numpy. Each loop sums the same float32 products, in float64, in the same
     order as its numpy path, so both give the same numbers to the bit; it releases
     the GIL, so segments are processed on all cores."""
-    if not USE_COMPILED:
-        return None
-    if loop not in _COMPILED:
-        with _COMPILE_LOCK:
-            if loop not in _COMPILED:
-                try:
-                    import numba
-                except ImportError:
-                    _COMPILED[loop] = None
-                else:
-                    _COMPILED[loop] = numba.njit(nogil=True, cache=True)(loop)
-    return _COMPILED[loop]
+    return compiled(loop) if USE_COMPILED else None
 
 
 def _accumulate(indptr, rows, tf, columns, factor, table, n):

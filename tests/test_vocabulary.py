@@ -231,3 +231,32 @@ def test_words_of_many_descriptors_at_once_are_the_words_of_each():
     exact = everything.predict_exact(queries)
     np.testing.assert_array_equal(first, exact)
     assert (second != first).all() and (second >= 0).all()
+
+
+def test_the_compiled_scan_assigns_the_words_numpy_assigns(monkeypatch):
+    """numba's scan of the inverted file sums in another order than BLAS; the
+    near ties it could order otherwise are settled in float64, so every word is
+    the same, ties included."""
+    import cvsearch.vocabulary as vocabulary_module
+    from cvsearch._compiled import compiled
+
+    assert compiled(vocabulary_module._scan_cells) is not None  # numba: [test]
+    vocabulary = Vocabulary(1000, exact_below=0, n_probe=4, random_state=0).fit(X)
+    everywhere = Vocabulary.from_state({**vocabulary.get_params(), "n_probe": 32},
+                                       vocabulary.get_state())
+    rng = np.random.default_rng(3)
+    pairs = rng.integers(0, 1000, (300, 2))
+    tied = tied_descriptors(vocabulary, pairs[pairs[:, 0] != pairs[:, 1]])
+    data = np.concatenate([X, tied])
+    answers = {}
+    for use in (True, False):
+        monkeypatch.setattr(vocabulary_module, "USE_COMPILED", use)
+        answers[use] = (vocabulary.predict_two(data), everywhere.predict(tied))
+    (fast, fast_tied), (plain, plain_tied) = answers[True], answers[False]
+    assert np.array_equal(fast[0], plain[0])
+    assert np.array_equal(fast_tied, plain_tied)
+    assert np.array_equal(fast_tied, float64_reference(tied, vocabulary.centers_))
+    # the second words are not settled: where two words nearly tie, or the
+    # second and third, they may differ (not more than that)
+    assert (fast[1][:len(X)] == plain[1][:len(X)]).mean() >= 0.999
+    np.testing.assert_allclose(fast[2], plain[2], rtol=1e-4, atol=1e-2)
