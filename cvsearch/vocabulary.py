@@ -426,7 +426,12 @@ class Vocabulary:
         n_cells = cell_d.shape[1]
         if n_probe >= n_cells:
             return np.broadcast_to(np.arange(n_cells), cell_d.shape)
-        parts = np.argpartition(cell_d, (n_probe - 1, n_probe), axis=1)
+        kernel = compiled(_smallest) if USE_COMPILED else None
+        if kernel is not None:  # argpartition costs more at these sizes
+            parts = np.empty((len(data), n_probe + 1), np.int64)
+            kernel(cell_d, parts)
+        else:
+            parts = np.argpartition(cell_d, (n_probe - 1, n_probe), axis=1)
         rows = np.arange(len(data))
         unsure = self._ties(row_sqnorms, cell_d[rows, parts[:, n_probe - 1]],
                             cell_d[rows, parts[:, n_probe]], self._cell_sqnorms)
@@ -605,3 +610,25 @@ def _scan_cells(gathered, bounds, cell_bounds, centres, sqnorms, best, word):
             for t in range(min(4, b - r0)):
                 best[r0 + t], word[r0 + t] = b1[t], w1[t]
                 best[n_pairs + r0 + t], word[n_pairs + r0 + t] = b2[t], w2[t]
+
+
+def _smallest(values, out):
+    """Per row of ``values`` (n, m), the columns of its ``k = out.shape[1]``
+    smallest, in increasing order (ties: the smaller column), into ``out`` (n, k)
+    int64: what ``argpartition`` gives at positions k - 2 and k - 1, in order."""
+    n, m = values.shape
+    k = out.shape[1]
+    kept = np.empty(k, values.dtype)
+    for i in range(n):
+        kept[:] = np.inf
+        out[i, :] = -1
+        for j in range(m):
+            v = values[i, j]
+            if v < kept[k - 1]:
+                p = k - 1
+                while p > 0 and kept[p - 1] > v:
+                    kept[p] = kept[p - 1]
+                    out[i, p] = out[i, p - 1]
+                    p -= 1
+                kept[p] = v
+                out[i, p] = j
