@@ -77,6 +77,9 @@ COPY_AGREEMENT = 2 / 3
 #: Two aligned thumbnail pixels agree within this many grey levels (of 255),
 #: after one monotone map of intensities for the whole overlap.
 PIXEL_TOLERANCE = 20.0
+#: A quarter of the thumbnails gets its own intensity map where at least this
+#: many of its pixels lie by inliers (see :func:`pixel_agreement`).
+MIN_ANCHORED = 16
 #: A transform needs this many correspondences to be fitted (a homography): the
 #: a-contrario count starts from there, as ORSA's does.
 SAMPLE = 4
@@ -383,8 +386,10 @@ def pixel_agreement(query_thumbnail, query_shape, db_thumbnail, db_shape,
     may change by one increasing map (a contrast change, a gamma, clipping, a
     grey conversion), fitted (isotonic regression) on the pixels by the
     inliers, where the two images are known to show one thing: fitted on all
-    pixels, any flat background would agree with any other. The share is that
-    of the overlap's pixels within ``PIXEL_TOLERANCE`` of the map.
+    pixels, any flat background would agree with any other. A colour edit
+    changes grey levels by colour, so each quarter of the thumbnails with
+    ``MIN_ANCHORED`` such pixels also gets its own map. The share is that of
+    the overlap's pixels within ``PIXEL_TOLERANCE`` of a map.
 
     Parameters
     ----------
@@ -446,15 +451,32 @@ def pixel_agreement(query_thumbnail, query_shape, db_thumbnail, db_shape,
     at = np.clip(np.rint(at[:, :2]).astype(np.int64), 0, THUMBNAIL - 1)
     anchored = np.zeros((THUMBNAIL, THUMBNAIL), np.uint8)
     anchored[at[:, 1], at[:, 0]] = 1
-    anchored = cv2.dilate(anchored, np.ones((3, 3), np.uint8))[mask] > 0
-    a, b = warped[mask].astype(np.float64), target[mask].astype(np.float64)
+    anchored = (cv2.dilate(anchored, np.ones((3, 3), np.uint8)) > 0) & mask
     if not anchored.any():
         return float("nan")
-    # a monotone map of intensities (contrast, gamma, clipping, grey)
-    order = np.argsort(a[anchored], kind="stable")
-    x = a[anchored][order]
-    fitted = isotonic_regression(b[anchored][order], increasing=True)
-    return float(np.mean(np.abs(np.interp(a, x, fitted) - b) <= PIXEL_TOLERANCE))
+    warped, target = warped.astype(np.float64), target.astype(np.float64)
+
+    def agrees(where, fitted_on):
+        """Pixels ``where`` that a monotone map of intensities (contrast,
+        gamma, clipping, grey) fitted on the pixels ``fitted_on`` explains."""
+        order = np.argsort(warped[fitted_on], kind="stable")
+        fitted = isotonic_regression(target[fitted_on][order], increasing=True)
+        return np.abs(np.interp(warped[where], warped[fitted_on][order], fitted)
+                      - target[where]) <= PIXEL_TOLERANCE
+
+    agree = np.zeros(mask.shape, bool)
+    agree[mask] = agrees(mask, anchored)
+    # a colour edit (hue, saturation) changes grey levels by colour, so no one
+    # map holds for the whole picture; one per quarter does, where its inliers
+    # are enough to fit it
+    half = THUMBNAIL // 2
+    for rows in (slice(0, half), slice(half, None)):
+        for columns in (slice(0, half), slice(half, None)):
+            here = np.zeros(mask.shape, bool)
+            here[rows, columns] = mask[rows, columns]
+            if (anchored & here).sum() >= MIN_ANCHORED:
+                agree[here] |= agrees(here, anchored & here)
+    return float(agree[mask].mean())
 
 
 def evidence_of(verified, query_keypoints, query_shape, candidates,

@@ -238,6 +238,29 @@ def test_a_subject_pasted_onto_another_background_is_not_the_same_picture():
                            (480, 480), xy, xy) >= COPY_AGREEMENT
 
 
+def test_a_copy_with_its_hues_turned_agrees_quarter_by_quarter():
+    """A hue rotation makes blue areas bright and yellow ones dark: no one map
+    of grey levels holds for the whole picture, one per quarter does."""
+    texture = textured_image(7)
+    colour = np.zeros((480, 480, 3), np.uint8)
+    tones = [(230, 40, 40), (40, 230, 230), (40, 200, 40), (220, 40, 220)]  # BGR
+    for i, tone in enumerate(tones):
+        rows = slice(240 * (i // 2), 240 * (i // 2 + 1))
+        columns = slice(240 * (i % 2), 240 * (i % 2 + 1))
+        colour[rows, columns] = (texture[rows, columns, None] / 255.0
+                                 * np.array(tone)).astype(np.uint8)
+    hsv = cv2.cvtColor(colour, cv2.COLOR_BGR2HSV)
+    hsv[..., 0] = (hsv[..., 0].astype(np.int64) + 90) % 180  # 180 degrees
+    edited = cv2.cvtColor(hsv, cv2.COLOR_HSV2BGR)
+
+    def grey(image):
+        return thumbnail(cv2.cvtColor(image, cv2.COLOR_BGR2GRAY))
+
+    xy, _ = corners_mapped(np.eye(3), (480, 480))
+    assert pixel_agreement(grey(edited), (480, 480), grey(colour), (480, 480),
+                           xy, xy) >= 0.9
+
+
 def test_pixel_agreement_is_not_measured_without_both_thumbnails():
     xy, _ = corners_mapped(np.eye(3), (480, 480))
     small = thumbnail(textured_image(3))
