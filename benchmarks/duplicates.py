@@ -173,7 +173,8 @@ def main(argv=None):
     saved = args.work / f"index-{args.seed}-{len(paths)}"
     built = args.work / "build.json"
     cached = json.loads(built.read_text()) if built.exists() else {}
-    if (saved / "index.json").exists() and cached.get("kind") == CACHE_KIND:
+    if ((saved / "index.json").exists() and cached.get("kind") == CACHE_KIND
+            and cached.get("data") == str(args.data)):  # names are its paths
         build_s = cached["seconds"]
     else:
         shutil.rmtree(saved, ignore_errors=True)
@@ -182,7 +183,8 @@ def main(argv=None):
                             n_jobs=args.jobs)
         build_s = time.perf_counter() - start
         index.save(saved)
-        built.write_text(json.dumps({"seconds": build_s, "kind": CACHE_KIND}))
+        built.write_text(json.dumps({"seconds": build_s, "kind": CACHE_KIND,
+                                     "data": str(args.data)}))
     print(f"{len(paths)} images, indexed in {build_s:.0f} s", flush=True)
     rng = np.random.default_rng(args.seed + 1)
     in_planted = {i for g in planted for i in g}
