@@ -109,9 +109,10 @@ class Evidence(NamedTuple):
         Whether the result matched the mirrored query.
     agreement : ndarray of shape (m,), float32
         Share of the two images' aligned thumbnails whose pixels agree (see
-        :func:`pixel_agreement`), in [0, 1]; NaN where not measured (as
-        coverage, or an image without a thumbnail: then the copy decision
-        rests on coverage alone).
+        :func:`pixel_agreement`), in [0, 1]; NaN where not measured: where
+        coverage is not, where the coverage is below ``COPY_COVERAGE`` (the
+        pixels cannot make it a copy), or for an image without a thumbnail
+        (the copy decision then rests on coverage alone).
     """
 
     inliers: np.ndarray
@@ -525,7 +526,9 @@ def evidence_of(verified, query_keypoints, query_shape, candidates,
         query_coverage[i], db_coverage[i] = coverage(
             query_keypoints, query_shape, db_keypoints, candidates[i][2],
             query_keypoints[query_idx, :2], db_keypoints[db_idx, :2])
-        if query_thumbnail is not None and thumbnails is not None:
+        # pixels only matter where the keypoints would call it a copy
+        if (query_thumbnail is not None and thumbnails is not None
+                and (query_coverage[i] + db_coverage[i]) / 2 >= COPY_COVERAGE):
             agreement[i] = pixel_agreement(
                 query_thumbnail, query_shape, thumbnails(i), candidates[i][2],
                 query_keypoints[query_idx, :2], db_keypoints[db_idx, :2])
