@@ -239,16 +239,22 @@ def test_consistent_but_hostile_arrays_are_rejected(saved, images):
             Index.load(saved, verify=verify)
 
 
+def saved_without(saved, array: str) -> Index:
+    """The saved index as an earlier version wrote it, without each segment's
+    ``array`` file (manifest and its digest rewritten), loaded."""
+    manifest = manifest_of(saved)
+    for segment in manifest["segments"]:
+        (saved / segment["files"].pop(array)["name"]).unlink()
+    manifest["manifest_sha256"] = storage.manifest_digest(manifest)
+    (saved / "index.json").write_text(json.dumps(manifest))
+    return Index.load(saved)
+
+
 def test_an_index_saved_before_shapes_were_kept_verifies_with_ransac(
         trained_index, saved, images):
     """Indexes saved before keypoint shapes were kept have no such file: they
     load, and re-ranking verifies them by RANSAC, as it did."""
-    manifest = manifest_of(saved)
-    for segment in manifest["segments"]:
-        (saved / segment["files"].pop("kp_shape")["name"]).unlink()
-    manifest["manifest_sha256"] = storage.manifest_digest(manifest)
-    (saved / "index.json").write_text(json.dumps(manifest))
-    loaded = Index.load(saved)
+    loaded = saved_without(saved, "kp_shape")
     assert all(len(s.kp_shape) == 0 for s in loaded._current().store.segments)
     queries = [warped(images[i], 25, 0.8, 0.2)[0] for i in (0, 5)]
     old = [loaded.query(q, k=5, rerank=8, return_inliers=True) for q in queries]
@@ -264,12 +270,7 @@ def test_an_index_saved_before_thumbnails_were_kept_decides_on_keypoints(
     """Indexes saved before thumbnails were kept load; their copy decision
     rests on coverage alone (agreement not measured), as it did; images added
     afterwards carry thumbnails, and compacting keeps both kinds."""
-    manifest = manifest_of(saved)
-    for segment in manifest["segments"]:
-        (saved / segment["files"].pop("thumbs")["name"]).unlink()
-    manifest["manifest_sha256"] = storage.manifest_digest(manifest)
-    (saved / "index.json").write_text(json.dumps(manifest))
-    loaded = Index.load(saved)
+    loaded = saved_without(saved, "thumbs")
     assert all(len(s.thumbs) == 0 for s in loaded._current().store.segments)
     _, ids, old = loaded.query(images[0], k=3, rerank=8, return_evidence=True)
     _, _, new = trained_index.query(images[0], k=3, rerank=8, return_evidence=True)
