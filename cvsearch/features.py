@@ -66,6 +66,17 @@ def thumbnail(gray: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(small, np.uint8)
 
 
+def check_thumbnail(small) -> np.ndarray | None:
+    """``small`` if it is None or a thumbnail (:func:`thumbnail`), else a
+    ValueError."""
+    if small is not None and (np.shape(small) != (THUMBNAIL, THUMBNAIL)
+                              or np.asarray(small).dtype != np.uint8):
+        raise ValueError(f"a thumbnail must be ({THUMBNAIL}, {THUMBNAIL}) uint8 "
+                         f"(cvsearch.features.thumbnail), got {np.shape(small)} "
+                         f"{np.asarray(small).dtype}")
+    return small
+
+
 def root_sift(descriptors: np.ndarray, eps: float = 1e-7) -> np.ndarray:
     """RootSIFT: L1-normalise each SIFT descriptor, then take the square root.
 

@@ -645,7 +645,7 @@ class Index:
                 names, [e.words for _, e in kept],
                 [np.asarray(e.keypoints)[:, :width] for _, e in kept],
                 [e.image_shape for _, e in kept],
-                [getattr(e, "thumbnail", None) for _, e in kept])
+                [e.thumbnail for _, e in kept])
             self._publish(store.merge_tail())
             self._name_to_id.update(zip(names, ids.tolist()))
         return skipped

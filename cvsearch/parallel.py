@@ -23,7 +23,7 @@ from typing import NamedTuple
 import numpy as np
 
 from cvsearch._threads import one_thread_per_worker
-from cvsearch.features import THUMBNAIL, FeatureExtractor, Features
+from cvsearch.features import FeatureExtractor, Features, check_thumbnail
 from cvsearch.io import READ_ERRORS
 from cvsearch.vocabulary import Vocabulary
 
@@ -158,11 +158,7 @@ def check_words(words: ImageWords, extractor: FeatureExtractor,
                 < vocabulary.n_words)):
         raise ValueError("these words and keypoints disagree, or hold word ids "
                          f"outside 0..{vocabulary.n_words - 1}")
-    small = words.thumbnail
-    if small is not None and (np.shape(small) != (THUMBNAIL, THUMBNAIL)
-                              or np.asarray(small).dtype != np.uint8):
-        raise ValueError(f"the thumbnail must be ({THUMBNAIL}, {THUMBNAIL}) uint8 "
-                         f"(cvsearch.features.thumbnail), got {np.shape(small)}")
+    check_thumbnail(words.thumbnail)
     return words
 
 

@@ -204,7 +204,7 @@ class Searcher:
         """The query's words, and the ``(words, keypoints)`` that verification
         matches: with multiple assignment, keypoints repeated with their next
         nearest word where it is nearly as near (one search gives both)."""
-        small = getattr(features, "thumbnail", None)
+        small = features.thumbnail
         if not multiple or not isinstance(features, Features):
             words = self.words_of(features)
             return View(words, features.keypoints, features.image_shape, words,

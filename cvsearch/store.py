@@ -55,7 +55,7 @@ import numpy as np
 
 from cvsearch._compiled import compiled
 from cvsearch._threads import map_in_pool
-from cvsearch.features import THUMBNAIL
+from cvsearch.features import THUMBNAIL, check_thumbnail
 from cvsearch.scoring import top_k
 from cvsearch.weighting import inverse_norms, pyramid_size, spatial_bag_of_words
 
@@ -402,12 +402,8 @@ def stack_thumbnails(thumbnails, n: int) -> np.ndarray | None:
         return None
     stacked = np.zeros((n, THUMBNAIL * THUMBNAIL), np.uint8)
     for row, small in enumerate(thumbnails):
-        if small is not None:
-            small = np.asarray(small)
-            if small.shape != (THUMBNAIL, THUMBNAIL) or small.dtype != np.uint8:
-                raise ValueError(f"a thumbnail must be ({THUMBNAIL}, {THUMBNAIL}) "
-                                 f"uint8, got {small.shape} {small.dtype}")
-            stacked[row] = small.ravel()
+        if check_thumbnail(small) is not None:
+            stacked[row] = np.asarray(small).ravel()
     return stacked
 
 
