@@ -1,0 +1,111 @@
+"""Word assignment at 20,000 words: the inverted file at several ``n_probe``, and
+faiss's HNSW over the same centres, on the same descriptors (issue 22: "choose by
+measurement").
+
+A vocabulary is learnt on a fixed sample of Caltech-101 images; the descriptors
+of other images are then assigned, one image at a time, in one thread. For each
+method: milliseconds per image and the share of descriptors given their exact
+nearest centre.
+
+    python benchmarks/assignment.py --data ../shared/data
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+from threadpoolctl import threadpool_limits
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import run_metadata  # noqa: E402
+
+from cvsearch import Index, Vocabulary  # noqa: E402
+from cvsearch.datasets import image_folder  # noqa: E402
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def timed_per_image(assign, images) -> tuple[float, list]:
+    started = time.perf_counter()
+    words = [assign(descriptors) for descriptors in images]
+    return 1000 * (time.perf_counter() - started) / len(images), words
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", type=Path, default=Path("../shared/data"))
+    parser.add_argument("--images", type=int, default=1000)
+    parser.add_argument("--queries", type=int, default=200)
+    parser.add_argument("--n-words", type=int, default=20_000)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    meta = run_metadata("assignment.py", argv)
+    paths = [str(p) for p in image_folder(
+        args.data / "caltech101" / "101_ObjectCategories").paths]
+    chosen = np.random.default_rng(args.seed).permutation(len(paths))
+    train = [paths[i] for i in chosen[:args.images]]
+    held_out = [paths[i] for i in chosen[args.images:args.images + args.queries]]
+    index = Index.build(train, n_words=args.n_words, random_state=args.seed, n_jobs=-1)
+    vocabulary = index.vocabulary
+    images = [index.extractor.extract(p).descriptors for p in held_out]
+    images = [d for d in images if len(d)]
+    exact = np.concatenate([vocabulary.predict_exact(d) for d in images])
+    rows = []
+    with threadpool_limits(1):
+        for n_probe in (8, 10, 12):
+            probed = Vocabulary.from_state({**vocabulary.get_params(),
+                                            "n_probe": n_probe}, vocabulary.get_state())
+            probed.predict(images[0])  # compiled on first use
+            ms, words = timed_per_image(probed.predict, images)
+            rows.append({"method": f"inverted file, n_probe={n_probe}"
+                         + (" (default)" if n_probe == vocabulary.n_probe else ""),
+                         "ms_per_image": round(ms, 2),
+                         "agreement": round(float(np.mean(np.concatenate(words) == exact)),
+                                            4)})
+            print(json.dumps(rows[-1]), flush=True)
+        try:
+            import faiss
+        except ImportError:
+            faiss = None
+        if faiss is not None:
+            faiss.omp_set_num_threads(1)
+            for links in (16, 32):
+                hnsw = faiss.IndexHNSWFlat(vocabulary.centers_.shape[1], links)
+                hnsw.hnsw.efConstruction = 80
+                hnsw.add(vocabulary.centers_)
+                for ef in (16, 32, 48):
+                    hnsw.hnsw.efSearch = ef
+                    hnsw.search(images[0], 1)
+                    ms, words = timed_per_image(lambda d, h=hnsw: h.search(d, 1)[1][:, 0],
+                                                images)
+                    rows.append({"method": f"faiss HNSW, M={links}, efSearch={ef}",
+                                 "ms_per_image": round(ms, 2),
+                                 "agreement": round(float(np.mean(
+                                     np.concatenate(words) == exact)), 4)})
+                    print(json.dumps(rows[-1]), flush=True)
+    n_descriptors = float(np.mean([len(d) for d in images]))
+    results = {**meta, "rows": rows, "descriptors_per_image": round(n_descriptors, 1),
+               "args": vars(args) | {"data": str(args.data)}}
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "assignment.json").write_text(json.dumps(results, indent=1) + "\n")
+    lines = ["# Word assignment: methods compared", "",
+             f"`{results['command']}` on {results['date']} ({results['machine']}).", "",
+             f"A {args.n_words:,}-word vocabulary learnt on {args.images} Caltech-101 "
+             f"images (seed {args.seed}); {len(images)} other images assigned one at "
+             f"a time in one thread ({n_descriptors:.0f} SIFT descriptors each). "
+             "Agreement: descriptors given their exact nearest centre.", "",
+             "| method | ms per image | agreement with exact |", "|---|---|---|"]
+    lines += [f"| {r['method']} | {r['ms_per_image']} | {100 * r['agreement']:.1f}% |"
+              for r in rows]
+    lines += ["", "Wall-clock on a shared machine: compare within one run."]
+    (RESULTS / "assignment.md").write_text("\n".join(lines) + "\n")
+    print((RESULTS / "assignment.md").read_text())
+
+
+if __name__ == "__main__":
+    main()
