@@ -8,10 +8,12 @@ from conftest import textured_image
 
 from cvsearch import FeatureExtractor, Index
 from cvsearch.decision import (
+    CONTAINED,
     COPY_AGREEMENT,
     COPY_COVERAGE,
     SAME_OBJECT_LOG_NFA,
     Evidence,
+    containment,
     coverage,
     log10_nfa,
     pixel_agreement,
@@ -304,11 +306,63 @@ def test_a_pasted_subject_is_the_same_object_but_not_a_copy(tmp_path):
                                                            abs=1e-3)
 
 
+# ------------------------------------------------------------------ containment
+@pytest.mark.parametrize("transform, query_shape, expected", [
+    (np.eye(3), (400, 400), 1.0),  # the same frame
+    (np.array([[1, 0, 100], [0, 1, 50], [0, 0, 1.0]]), (200, 240), 1.0),  # a crop
+    (np.array([[0.5, 0, 20], [0, 0.5, 30], [0, 0, 1.0]]), (400, 400), 1.0),  # pasted
+    (np.array([[2.0, 0, -100], [0, 2.0, -100], [0, 0, 1]]), (400, 400), 1.0),  # zoomed
+    (np.array([[1, 0, 300], [0, 1, 0], [0, 0, 1.0]]), (400, 400), 0.25),  # a strip
+    (np.array([[-1, 0, 400], [0, 1, 0], [0, 0, 1.0]]), (400, 400), 1.0),  # mirrored
+    (np.array([[1, 0, 0], [0, 1, 0], [-0.0045, 0, 1.0]]), (400, 400), 0.0),  # wraps
+])
+def test_containment_is_the_share_of_one_image_inside_the_other(transform, query_shape,
+                                                                  expected):
+    query_xy, db_xy = corners_mapped(transform, query_shape)
+    assert containment(query_xy, db_xy, query_shape, (400, 400)) == pytest.approx(
+        expected, abs=1e-3)
+
+
+def test_containment_needs_a_transform():
+    xy = np.array([[10, 10], [200, 30], [50, 300]], np.float32)
+    assert containment(xy, xy, (400, 400), (400, 400)) == 0.0
+
+
+def test_two_shots_that_overlap_by_a_strip_are_the_same_object_not_a_copy(tmp_path):
+    """Two frames along one wall, the camera moved by most of a frame: the strip
+    they share agrees in every keypoint and pixel, but neither picture holds the
+    other. A crop of the first frame is a copy."""
+    wall = np.hstack([textured_image(30), textured_image(31)])  # (480, 960)
+    paths = []
+    for seed in range(8):
+        image = wall[:, :480] if seed == 0 else textured_image(40 + seed)
+        path = tmp_path / f"{seed}.png"
+        cv2.imwrite(str(path), image)
+        paths.append(str(path))
+    index = Index.build(paths, FeatureExtractor("sift"), 300, random_state=0)
+    moved = wall[:, 300:780]  # shares 180 of 480 columns with the first frame
+    _, ids, evidence = index.query(moved, k=3, rerank=8, mirror=True,
+                                   return_evidence=True)
+    assert ids[0] == 0 and evidence.same_object[0]
+    # keypoints and pixels alone would call it a copy
+    assert (evidence.coverage[0] + evidence.query_coverage[0]) / 2 >= COPY_COVERAGE
+    assert evidence.agreement[0] >= COPY_AGREEMENT
+    assert evidence.contained[0] == pytest.approx(180 / 480, abs=0.03)
+    assert evidence.kind[0] == "object"
+    assert evidence.record(0)["contained"] == pytest.approx(evidence.contained[0],
+                                                           abs=1e-3)
+    _, ids, evidence = index.query(wall[60:420, 40:400], k=3, rerank=8, mirror=True,
+                                   return_evidence=True)
+    assert ids[0] == 0 and evidence.kind[0] == "copy"
+    assert evidence.contained[0] >= CONTAINED
+
+
 def test_an_unfinished_count_is_not_a_measurement():
     evidence = Evidence(np.array([0, 0], np.int32), np.array([40, 40], np.int32),
                         np.array([False, True]), np.array([np.inf, np.inf]),
                         np.zeros(2, np.float32), np.zeros(2, np.float32),
-                        np.zeros(2, bool), np.full(2, np.nan, np.float32))
+                        np.zeros(2, bool), np.full(2, np.nan, np.float32),
+                        np.full(2, np.nan, np.float32))
     assert list(evidence.kind) == ["unverified", "none"]
     assert evidence.record(0)["inliers"] is None and evidence.record(1)["inliers"] == 0
 

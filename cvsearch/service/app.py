@@ -41,6 +41,10 @@ def _models():
         agreement: float | None = Field(
             None, description="share of the two images' aligned thumbnails whose "
             "pixels agree (copy: >= 2/3); null where not measured")
+        contained: float | None = Field(
+            None, description="the larger share of either image that lies inside "
+            "the other under the matches' transform (copy: >= 0.5); null where not "
+            "measured")
         mirrored: bool = Field(False, description="matched the mirrored query")
         image_url: str
         thumbnail_url: str

@@ -430,13 +430,14 @@ class Library:
             if name is None:  # removed since the query ran: left out
                 continue
             decision = {"decision": None, "log_nfa": None, "coverage": None,
-                        "agreement": None, "mirrored": False}
+                        "agreement": None, "contained": None, "mirrored": False}
             if evidence is not None:
                 decision = evidence.record(row)
                 n = -1 if decision["inliers"] is None else n  # unfinished: no count
                 decision = {"decision": decision["kind"], "log_nfa": decision["log_nfa"],
                             "coverage": decision["coverage"],
                             "agreement": decision["agreement"],
+                            "contained": decision["contained"],
                             "mirrored": decision["mirrored"]}
             results.append({
                 "rank": len(results) + 1, "id": id_, "name": display_name(name),
