@@ -357,7 +357,12 @@ def main(argv=None):
 
 
 def report(r: dict) -> str:
-    from cvsearch.decision import COPY_AGREEMENT, COPY_COVERAGE, SAME_OBJECT_LOG_NFA
+    from cvsearch.decision import (
+        CONTAINED,
+        COPY_AGREEMENT,
+        COPY_COVERAGE,
+        SAME_OBJECT_LOG_NFA,
+    )
 
     methods = r["methods"]
     names = list(methods)
@@ -372,8 +377,9 @@ def report(r: dict) -> str:
         f"Built in {r['build_s']} s.", "",
         f"cvsearch decides with its defaults: \"copy\" when log10 NFA <= "
         f"{SAME_OBJECT_LOG_NFA}, the inliers cover >= {COPY_COVERAGE} of the "
-        f"textured overlap and >= {COPY_AGREEMENT:.2f} of the aligned thumbnails' "
-        "pixels agree; \"object\" on the NFA alone. The other methods are "
+        f"textured overlap, >= {COPY_AGREEMENT:.2f} of the aligned thumbnails' "
+        f"pixels agree and >= {CONTAINED} of one image lies inside the other; "
+        "\"object\" on the NFA alone. The other methods are "
         f"thresholded where at most {r['rate']:.1%} of the negatives pass "
         "(cvsearch's copy decision's own rate, or 0.5% if lower).", "",
         "## Detected copies per attack (share of copies first, in brackets)", "",
