@@ -48,9 +48,8 @@ The keypoint thresholds were chosen on copies of Caltech-101 photos with another
 seed than the benchmark's (benchmarks/copies.py, results/copies.md). The pixel
 check's were looked at on the benchmark's own copies (seed 0): a round two
 thirds and 20 grey levels, not fitted to them. Containment's half is a round
-value too: the copies the benchmark makes lie at least 0.8 inside (mirrors,
-rotations and perspective views included), the overlapping shots it catches at
-most 0.41 (duplicates.py's edges, copies.md's false positives).
+value too, between copies (a crop, a page or a rotated canvas holds the other
+whole) and shots that overlap by a strip.
 """
 
 from __future__ import annotations
