@@ -273,6 +273,31 @@ def dense_sift(gray: np.ndarray, step: int, sizes=(16, 24, 32)):
     return np.concatenate(all_geometry), np.concatenate(all_descriptors)
 
 
+def spread_budget(keypoints, shape, budget: int, grid: int) -> list:
+    """At most ``budget`` of ``keypoints`` (OpenCV KeyPoints), shared among
+    ``grid`` x ``grid`` cells of an image of ``shape`` (height, width): each cell
+    keeps its strongest (by response) up to ``budget // grid**2``, and the
+    budget the cells leave goes to the strongest of the rest, wherever they
+    are. Strongest first."""
+    keypoints = list(keypoints)
+    if len(keypoints) <= budget:
+        return sorted(keypoints, key=lambda k: -k.response)
+    height, width = shape
+    xy = np.array([k.pt for k in keypoints], np.float64).reshape(-1, 2)
+    cell = (np.clip((xy[:, 1] * grid / height).astype(np.int64), 0, grid - 1) * grid
+            + np.clip((xy[:, 0] * grid / width).astype(np.int64), 0, grid - 1))
+    order = np.argsort([-k.response for k in keypoints], kind="stable")
+    # rank of each keypoint among its cell's, strongest first
+    by_cell = order[np.argsort(cell[order], kind="stable")]
+    starts = np.searchsorted(cell[by_cell], np.arange(grid * grid))
+    rank = np.empty(len(keypoints), np.int64)
+    rank[by_cell] = np.arange(len(keypoints)) - starts[cell[by_cell]]
+    kept = rank < budget // (grid * grid)
+    rest = order[~kept[order]][:budget - int(kept.sum())]
+    kept[rest] = True
+    return [keypoints[i] for i in order if kept[i]]
+
+
 class FeatureExtractor:
     """Detect keypoints and compute local descriptors.
 
@@ -296,6 +321,14 @@ class FeatureExtractor:
         dropped; ``max_keypoints`` does not apply.
     dense_sizes : tuple of int
         Patch sizes (SIFT keypoint diameters, pixels) of the dense grid.
+    budget_grid : int
+        SIFT/RootSIFT: share ``max_keypoints`` among ``budget_grid`` x
+        ``budget_grid`` cells of the image, each keeping its strongest keypoints
+        up to an equal share, and what the cells leave going to the strongest
+        left anywhere (see :func:`spread_budget`). 1 (the default): the
+        strongest anywhere, as OpenCV keeps them; where text or a busy texture
+        covers part of the image (a screenshot's page), it then takes most of
+        the budget and the rest of the picture keeps few keypoints.
     max_pixels, max_file_bytes : int
         Image files whose header declares more pixels, or which are larger, are
         refused before decoding (see :func:`cvsearch.io.read_image`). They bound
@@ -315,8 +348,8 @@ class FeatureExtractor:
 
     def __init__(self, method: str = "sift", *, max_keypoints: int = 1500,
                  max_side: int = 640, dense_step: int | None = None,
-                 dense_sizes: tuple = (16, 24, 32), max_pixels: int = MAX_PIXELS,
-                 max_file_bytes: int = MAX_FILE_BYTES):
+                 dense_sizes: tuple = (16, 24, 32), budget_grid: int = 1,
+                 max_pixels: int = MAX_PIXELS, max_file_bytes: int = MAX_FILE_BYTES):
         self.method = check_choice(method, "method", METHODS)
         self.max_keypoints = check_int(max_keypoints, "max_keypoints", minimum=1)
         self.max_side = check_int(max_side, "max_side", minimum=16)
@@ -331,6 +364,10 @@ class FeatureExtractor:
                             f"{dense_sizes!r}")
         self.dense_sizes = tuple(check_int(v, "dense_sizes", minimum=2)
                                  for v in dense_sizes)
+        self.budget_grid = check_int(budget_grid, "budget_grid", minimum=1)
+        if self.budget_grid > 1 and (self.method == "orb" or dense_step is not None):
+            raise ValueError("budget_grid works with detected sift and rootsift "
+                             "keypoints, not orb or dense_step")
         self.max_pixels = check_int(max_pixels, "max_pixels", minimum=1)
         self.max_file_bytes = check_int(max_file_bytes, "max_file_bytes", minimum=1)
         self._frozen = True
@@ -374,9 +411,12 @@ class FeatureExtractor:
 
     def feature_params(self) -> dict:
         """The arguments that shape the features (all but the read limits)."""
-        return {"method": self.method, "max_keypoints": self.max_keypoints,
-                "max_side": self.max_side, "dense_step": self.dense_step,
-                "dense_sizes": list(self.dense_sizes)}
+        params = {"method": self.method, "max_keypoints": self.max_keypoints,
+                  "max_side": self.max_side, "dense_step": self.dense_step,
+                  "dense_sizes": list(self.dense_sizes)}
+        if self.budget_grid != 1:  # absent at 1: features saved before it match
+            params["budget_grid"] = self.budget_grid
+        return params
 
     def check_features(self, features) -> Features:
         """``features`` if this extractor made them, else a clear error.
@@ -450,7 +490,11 @@ class FeatureExtractor:
             gray = cv2.resize(gray, size, interpolation=cv2.INTER_AREA)
         else:
             scale = 1.0
-        if self.dense_step is None:
+        if self.dense_step is None and self.budget_grid > 1:
+            keypoints = spread_budget(cv2.SIFT_create().detect(gray, None), gray.shape,
+                                      self.max_keypoints, self.budget_grid)
+            keypoints, descriptors = cv2.SIFT_create().compute(gray, keypoints)
+        elif self.dense_step is None:
             keypoints, descriptors = self._detector().detectAndCompute(gray, None)
         else:
             geometry, descriptors = dense_sift(gray, self.dense_step, self.dense_sizes)

@@ -1,8 +1,10 @@
 import cv2
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from cvsearch.features import FeatureExtractor, root_sift
+from cvsearch.features import FeatureExtractor, root_sift, spread_budget
 
 
 @pytest.mark.parametrize("method, dim, dtype", [
@@ -97,3 +99,62 @@ def test_dense_sift_blank_image_and_rootsift():
     assert blank.keypoints.shape == (0, 4) and blank.descriptors.shape == (0, 128)
     with pytest.raises(ValueError, match="orb"):
         FeatureExtractor("orb", dense_step=8)
+
+
+# ------------------------------------------------------------ keypoint budget
+def busy_left_half(seed=1):
+    """A picture whose left half is high-contrast blocks (as text is): its
+    corners are stronger than any of the right half's."""
+    from conftest import textured_image
+
+    image = textured_image(seed).copy()
+    blocks = (np.random.default_rng(seed).random((60, 30)) > 0.5).astype(np.uint8) * 255
+    image[:, :240] = cv2.resize(blocks, (240, 480), interpolation=cv2.INTER_NEAREST)
+    return image
+
+
+def test_a_busy_half_takes_the_whole_budget_unless_it_is_shared():
+    image = busy_left_half()
+    strongest = FeatureExtractor("sift", max_keypoints=300).extract(image)
+    shared = FeatureExtractor("sift", max_keypoints=300, budget_grid=4).extract(image)
+    assert len(strongest.keypoints) == len(shared.keypoints) == 300
+    assert (strongest.keypoints[:, 0] >= 240).mean() < 0.05
+    assert (shared.keypoints[:, 0] >= 240).mean() > 0.3
+
+
+@settings(max_examples=60, deadline=None)
+@given(n=st.integers(0, 300), budget=st.integers(1, 200), grid=st.integers(1, 5),
+       seed=st.integers(0, 2**16))
+def test_a_shared_budget_keeps_each_cells_strongest_and_no_more(n, budget, grid, seed):
+    rng = np.random.default_rng(seed)
+    xy = rng.random((n, 2)) * [320, 240]
+    response = rng.random(n).round(2)  # ties too
+    keypoints = [cv2.KeyPoint(float(x), float(y), 4.0, -1, float(r))
+                 for (x, y), r in zip(xy, response)]
+    kept = spread_budget(keypoints, (240, 320), budget, grid)
+    assert len(kept) == min(n, budget)
+    assert len({id(k) for k in kept}) == len(kept)
+    assert [k.response for k in kept] == sorted((k.response for k in kept), reverse=True)
+    cell = {id(k): (min(int(k.pt[1] * grid / 240), grid - 1),
+                    min(int(k.pt[0] * grid / 320), grid - 1)) for k in keypoints}
+    kept_ids = {id(k) for k in kept}
+    quota = budget // grid ** 2
+    for where in set(cell.values()):
+        members = [k for k in keypoints if cell[id(k)] == where]
+        mine = [k for k in members if id(k) in kept_ids]
+        # every cell keeps its share, or all it has
+        assert len(mine) >= min(len(members), quota)
+        # and what it keeps is its strongest
+        if mine and len(mine) < len(members):
+            left = [k.response for k in members if id(k) not in kept_ids]
+            assert min(k.response for k in mine) >= max(left)
+
+
+def test_a_shared_budget_is_a_setting_of_its_own():
+    assert "budget_grid" not in FeatureExtractor("sift").feature_params()  # as saved
+    assert FeatureExtractor("rootsift", budget_grid=4).feature_params()["budget_grid"] == 4
+    assert FeatureExtractor("sift", budget_grid=4) != FeatureExtractor("sift")
+    with pytest.raises(ValueError, match="budget_grid"):
+        FeatureExtractor("orb", budget_grid=4)
+    with pytest.raises(ValueError, match="budget_grid"):
+        FeatureExtractor("sift", budget_grid=4, dense_step=8)
