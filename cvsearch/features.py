@@ -273,20 +273,25 @@ def dense_sift(gray: np.ndarray, step: int, sizes=(16, 24, 32)):
     return np.concatenate(all_geometry), np.concatenate(all_descriptors)
 
 
-def spread_budget(keypoints, shape, budget: int, grid: int) -> list:
-    """At most ``budget`` of ``keypoints`` (OpenCV KeyPoints), shared among
-    ``grid`` x ``grid`` cells of an image of ``shape`` (height, width): each cell
-    keeps its strongest (by response) up to ``budget // grid**2``, and the
-    budget the cells leave goes to the strongest of the rest, wherever they
-    are. Strongest first."""
-    keypoints = list(keypoints)
+def spread_budget(keypoints, shape, budget: int, grid: int) -> np.ndarray:
+    """Which of ``keypoints`` (OpenCV KeyPoints) to keep, at most ``budget``,
+    shared among ``grid`` x ``grid`` cells of an image of ``shape`` (height,
+    width): each cell keeps its strongest (by response) up to
+    ``budget // grid**2``, and the budget the cells leave goes to the strongest
+    of the rest, wherever they are.
+
+    Returns
+    -------
+    ndarray of shape (min(n, budget),), int64
+        Positions in ``keypoints``, strongest first (ties: the earlier).
+    """
+    order = np.argsort([-k.response for k in keypoints], kind="stable").astype(np.int64)
     if len(keypoints) <= budget:
-        return sorted(keypoints, key=lambda k: -k.response)
+        return order
     height, width = shape
     xy = np.array([k.pt for k in keypoints], np.float64).reshape(-1, 2)
     cell = (np.clip((xy[:, 1] * grid / height).astype(np.int64), 0, grid - 1) * grid
             + np.clip((xy[:, 0] * grid / width).astype(np.int64), 0, grid - 1))
-    order = np.argsort([-k.response for k in keypoints], kind="stable")
     # rank of each keypoint among its cell's, strongest first
     by_cell = order[np.argsort(cell[order], kind="stable")]
     starts = np.searchsorted(cell[by_cell], np.arange(grid * grid))
@@ -295,7 +300,7 @@ def spread_budget(keypoints, shape, budget: int, grid: int) -> list:
     kept = rank < budget // (grid * grid)
     rest = order[~kept[order]][:budget - int(kept.sum())]
     kept[rest] = True
-    return [keypoints[i] for i in order if kept[i]]
+    return order[kept[order]]
 
 
 class FeatureExtractor:
@@ -491,9 +496,14 @@ class FeatureExtractor:
         else:
             scale = 1.0
         if self.dense_step is None and self.budget_grid > 1:
-            keypoints = spread_budget(cv2.SIFT_create().detect(gray, None), gray.shape,
-                                      self.max_keypoints, self.budget_grid)
-            keypoints, descriptors = cv2.SIFT_create().compute(gray, keypoints)
+            # every keypoint described in one pass, then the budget chosen:
+            # detecting and describing apart builds the scale space twice
+            keypoints, descriptors = cv2.SIFT_create().detectAndCompute(gray, None)
+            if descriptors is not None and len(descriptors):
+                kept = spread_budget(keypoints, gray.shape, self.max_keypoints,
+                                     self.budget_grid)
+                keypoints = [keypoints[i] for i in kept]
+                descriptors = descriptors[kept]
         elif self.dense_step is None:
             keypoints, descriptors = self._detector().detectAndCompute(gray, None)
         else:

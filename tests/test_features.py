@@ -120,6 +120,13 @@ def test_a_busy_half_takes_the_whole_budget_unless_it_is_shared():
     assert len(strongest.keypoints) == len(shared.keypoints) == 300
     assert (strongest.keypoints[:, 0] >= 240).mean() < 0.05
     assert (shared.keypoints[:, 0] >= 240).mean() > 0.3
+    # each kept keypoint keeps its own descriptor
+    every, described = cv2.SIFT_create().detectAndCompute(image, None)
+    by_place = {tuple(np.round([*k.pt, k.size, k.angle], 2)): d
+                for k, d in zip(every, described)}
+    for geometry, descriptor in zip(shared.keypoints, shared.descriptors):
+        assert np.array_equal(by_place[tuple(np.round(geometry.astype(float), 2))],
+                              descriptor)
 
 
 @settings(max_examples=60, deadline=None)
@@ -131,7 +138,7 @@ def test_a_shared_budget_keeps_each_cells_strongest_and_no_more(n, budget, grid,
     response = rng.random(n).round(2)  # ties too
     keypoints = [cv2.KeyPoint(float(x), float(y), 4.0, -1, float(r))
                  for (x, y), r in zip(xy, response)]
-    kept = spread_budget(keypoints, (240, 320), budget, grid)
+    kept = [keypoints[i] for i in spread_budget(keypoints, (240, 320), budget, grid)]
     assert len(kept) == min(n, budget)
     assert len({id(k) for k in kept}) == len(kept)
     assert [k.response for k in kept] == sorted((k.response for k in kept), reverse=True)
