@@ -265,18 +265,24 @@ def smvs_rows(index, data: Path, args):
             "false_match_all_removed": round(float(np.mean(every)), 3)}
 
 
-def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def image_arguments(parser, distractors: int = 3000):
+    """The arguments of :func:`choose_images`, :func:`make_copies` and
+    :func:`run_cvsearch` (shared with keypoint_budget.py)."""
     parser.add_argument("--data", type=Path, default=Path("../shared/data"))
     parser.add_argument("--work", type=Path, default=Path("/tmp/cvsearch-copies"))
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--originals", type=int, default=150)
-    parser.add_argument("--distractors", type=int, default=3000)
+    parser.add_argument("--distractors", type=int, default=distractors)
     parser.add_argument("--negatives", type=int, default=300)
     parser.add_argument("--n-words", type=int, default=20_000)
     parser.add_argument("--rerank", type=int, default=100)
     parser.add_argument("--k", type=int, default=10)
     parser.add_argument("--jobs", type=int, default=-1)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    image_arguments(parser)
     parser.add_argument("--no-cnn", action="store_true",
                         help="leave out the CNN (it needs the cnn extra)")
     parser.add_argument("--cvsearch-only", action="store_true",

@@ -93,17 +93,8 @@ def ukbench_part(args, grid: int) -> dict:
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", type=Path, default=Path("../shared/data"))
-    parser.add_argument("--work", type=Path, default=Path("/tmp/cvsearch-copies"))
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--originals", type=int, default=150)
-    parser.add_argument("--distractors", type=int, default=1000)
-    parser.add_argument("--negatives", type=int, default=300)
+    copies_bench.image_arguments(parser, distractors=1000)
     parser.add_argument("--instance-distractors", type=int, default=2000)
-    parser.add_argument("--n-words", type=int, default=20_000)
-    parser.add_argument("--rerank", type=int, default=100)
-    parser.add_argument("--k", type=int, default=10)
-    parser.add_argument("--jobs", type=int, default=-1)
     args = parser.parse_args(argv)
     meta = run_metadata("keypoint_budget.py", argv)
     rows = []
