@@ -165,6 +165,7 @@ def cmd_index(args):
         return _index_global(args, images, others)
     extractor = FeatureExtractor(args.features, max_keypoints=args.max_keypoints,
                                  max_side=args.max_side, dense_step=args.dense_step,
+                                 budget_grid=args.budget_grid,
                                  max_pixels=args.max_pixels,
                                  max_file_bytes=args.max_file_mb * 2**20)
     started = time.perf_counter()
@@ -547,7 +548,9 @@ def cmd_info(args):
     print(f"images:       {info['images']} ({info['keypoints']} keypoints)")
     print(f"features:     {f['method']}, max_side {f['max_side']}, max_keypoints "
           f"{f['max_keypoints']}" + (f", dense step {f['dense_step']}"
-                                     if f.get("dense_step") else ""))
+                                     if f.get("dense_step") else "")
+          + (f", budget shared over {f['budget_grid']} x {f['budget_grid']} cells"
+             if f.get("budget_grid", 1) > 1 else ""))
     print(f"vocabulary:   {info['words']} words, n_probe {info['vocabulary']['n_probe']}, "
           f"random_state {info['vocabulary']['random_state']}")
     print(f"weighting:    tf-idf, tf_power {index.tf_power:g}, power "
@@ -659,6 +662,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="larger images are downscaled to this longer side first")
     p.add_argument("--max-keypoints", type=_positive_int, default=1500,
                    help="keypoints kept per image")
+    p.add_argument("--budget-grid", type=_positive_int, default=1,
+                   help="share --max-keypoints among this many x this many cells, "
+                        "so busy parts (a page's text) cannot take them all "
+                        "(sift, rootsift)")
     p.add_argument("--dense-step", type=_positive_int, default=None,
                    help="dense SIFT on a grid with this step (pixels) instead of "
                         "detected keypoints: for category search")

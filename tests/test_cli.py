@@ -315,6 +315,23 @@ def test_relative_names_are_found_from_anywhere(image_files, tmp_path):
     assert all(library.path_of(i).is_file() for i in index.ids.tolist())
 
 
+def test_the_keypoint_budget_is_shared_from_the_command_line(image_files, tmp_path):
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for path in image_files[:6]:
+        shutil.copy(path, photos)
+    code, _, err = run("index", photos, "-o", "idx", "--words", "100", "--features",
+                       "sift", "--max-keypoints", "160", "--budget-grid", "4", "-q",
+                       cwd=tmp_path)
+    assert code == 0, err
+    info = json.loads(run("info", "idx", "--json", cwd=tmp_path)[1])
+    assert info["features"]["budget_grid"] == 4
+    assert "budget shared over 4 x 4 cells" in run("info", "idx", cwd=tmp_path)[1]
+    assert_one_line_error(*run("index", photos, "-o", "orb-idx", "--features", "orb",
+                               "--budget-grid", "4", "-q", cwd=tmp_path)[::2],
+                          "budget_grid")
+
+
 def test_copies_from_the_command_line(image_files, tmp_path):
     """query says what each result is (a mirrored copy is a copy with --mirror),
     and duplicates groups a folder's copies, names the one to keep, and writes
