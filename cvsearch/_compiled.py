@@ -1,17 +1,16 @@
 """Loops compiled by numba where the 'fast' extra is installed.
 
-Each loop here has a numpy path that gives the same results (see where it is
-used); numba only makes it faster, and releases the GIL so threads run it on
-several cores. Without numba, or with ``USE_COMPILED`` False (tests compare the
-two paths), callers get None and take the numpy path.
+Each loop compiled here has a numpy path that gives the same results (see where
+it is used); numba only makes it faster, and releases the GIL so threads run it
+on several cores. Without numba, callers get None and take the numpy path (each
+caller's module has its own ``USE_COMPILED`` switch, which tests turn off to
+compare the two paths).
 """
 
 from __future__ import annotations
 
 import threading
 
-#: Use the numba loops when numba is installed (False: always numpy; for tests).
-USE_COMPILED = True
 _LOCK = threading.Lock()
 _COMPILED = {}  # (python loop, options) -> its numba version, or None
 
@@ -27,8 +26,6 @@ def compiled(loop, fastmath=False):
         numba's ``fastmath``: a set such as ``{"reassoc", "contract"}`` lets
         a sum of products be vectorised (in another order than numpy's).
     """
-    if not USE_COMPILED:
-        return None
     key = (loop, repr(fastmath))
     if key not in _COMPILED:
         with _LOCK:

@@ -232,6 +232,20 @@ def log10_nfa(pairs, inliers, tolerance, image_area, n_images: int) -> np.ndarra
     return np.where(valid, natural / np.log(10.0), np.inf)
 
 
+def _transform(query_inliers, db_inliers):
+    """The homography (3, 3) that the inliers (k, 2) fit, query to result, by
+    least squares; None where it cannot be fitted (fewer than ``SAMPLE``
+    inliers) or is degenerate."""
+    import cv2
+
+    if len(query_inliers) < SAMPLE:
+        return None
+    forward, _ = cv2.findHomography(query_inliers, db_inliers, 0)
+    if forward is None or abs(np.linalg.det(forward)) < 1e-12:
+        return None
+    return forward
+
+
 def coverage(query_keypoints, query_shape, db_keypoints, db_shape, query_inliers,
              db_inliers, grid: int = GRID, min_size: float = MIN_SIZE
              ) -> tuple[float, float]:
@@ -258,14 +272,11 @@ def coverage(query_keypoints, query_shape, db_keypoints, db_shape, query_inliers
     query_coverage, db_coverage : float
         In [0, 1]; 0 when no transform can be fitted (fewer than 4 inliers).
     """
-    import cv2
 
     query_inliers = np.asarray(query_inliers, np.float32).reshape(-1, 2)
     db_inliers = np.asarray(db_inliers, np.float32).reshape(-1, 2)
-    if len(query_inliers) < SAMPLE:
-        return 0.0, 0.0
-    forward, _ = cv2.findHomography(query_inliers, db_inliers, 0)
-    if forward is None or abs(np.linalg.det(forward)) < 1e-12:
+    forward = _transform(query_inliers, db_inliers)
+    if forward is None:
         return 0.0, 0.0
     backward = np.linalg.inv(forward)
     query_keypoints = np.unique(np.asarray(query_keypoints, np.float64).reshape(-1, 4),
@@ -333,12 +344,9 @@ def containment(query_inliers, db_inliers, query_shape, db_shape) -> float:
     """
     import cv2
 
-    query_inliers = np.asarray(query_inliers, np.float32).reshape(-1, 2)
-    db_inliers = np.asarray(db_inliers, np.float32).reshape(-1, 2)
-    if len(query_inliers) < SAMPLE:
-        return 0.0
-    forward, _ = cv2.findHomography(query_inliers, db_inliers, 0)
-    if forward is None or abs(np.linalg.det(forward)) < 1e-12:
+    forward = _transform(np.asarray(query_inliers, np.float32).reshape(-1, 2),
+                         np.asarray(db_inliers, np.float32).reshape(-1, 2))
+    if forward is None:
         return 0.0
     height, width = query_shape
     corners = np.array([[0, 0, 1], [width, 0, 1], [width, height, 1], [0, height, 1]],
@@ -487,10 +495,8 @@ def pixel_agreement(query_thumbnail, query_shape, db_thumbnail, db_shape,
 
     query_inliers = np.asarray(query_inliers, np.float32).reshape(-1, 2)
     db_inliers = np.asarray(db_inliers, np.float32).reshape(-1, 2)
-    if query_thumbnail is None or db_thumbnail is None or len(query_inliers) < SAMPLE:
-        return float("nan")
-    forward, _ = cv2.findHomography(query_inliers, db_inliers, 0)
-    if forward is None or abs(np.linalg.det(forward)) < 1e-12:
+    forward = _transform(query_inliers, db_inliers)
+    if query_thumbnail is None or db_thumbnail is None or forward is None:
         return float("nan")
 
     def to_thumbnail(shape):  # pixel centres: x = (u + 0.5) * width / THUMBNAIL
