@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _attacks import ATTACKS, make_copy  # noqa: E402
 from _common import run_metadata  # noqa: E402
 
-from cvsearch import Index  # noqa: E402
+from cvsearch import FeatureExtractor, Index  # noqa: E402
 from cvsearch.datasets import caltech101  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -152,8 +152,9 @@ def edge_diagnostics(index, path: Path, args, groups, planted_names) -> dict:
 
 
 #: What a saved index in the work folder must hold to be used again: one saved
-#: by an earlier cvsearch (without thumbnails) would decide with less.
-CACHE_KIND = "with thumbnails"
+#: by an earlier cvsearch (without thumbnails, or with other default features)
+#: would decide with less.
+CACHE_KIND = {"thumbnails": True, "features": FeatureExtractor().get_params()}
 
 
 def main(argv=None):

@@ -662,10 +662,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="larger images are downscaled to this longer side first")
     p.add_argument("--max-keypoints", type=_positive_int, default=1500,
                    help="keypoints kept per image")
-    p.add_argument("--budget-grid", type=_positive_int, default=1,
+    p.add_argument("--budget-grid", type=_positive_int, default=None,
                    help="share --max-keypoints among this many x this many cells, "
                         "so busy parts (a page's text) cannot take them all "
-                        "(sift, rootsift)")
+                        "(sift, rootsift; default 4; 1: the strongest anywhere)")
     p.add_argument("--dense-step", type=_positive_int, default=None,
                    help="dense SIFT on a grid with this step (pixels) instead of "
                         "detected keypoints: for category search")

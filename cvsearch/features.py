@@ -303,6 +303,11 @@ def spread_budget(keypoints, shape, budget: int, grid: int) -> np.ndarray:
     return order[kept[order]]
 
 
+#: Cells per side sharing the keypoint budget of detected SIFT and RootSIFT
+#: (benchmarks/keypoint_budget.py: screenshots decided copies 0.920 -> 0.967).
+DEFAULT_BUDGET_GRID = 4
+
+
 class FeatureExtractor:
     """Detect keypoints and compute local descriptors.
 
@@ -326,14 +331,17 @@ class FeatureExtractor:
         dropped; ``max_keypoints`` does not apply.
     dense_sizes : tuple of int
         Patch sizes (SIFT keypoint diameters, pixels) of the dense grid.
-    budget_grid : int
+    budget_grid : int or None
         SIFT/RootSIFT: share ``max_keypoints`` among ``budget_grid`` x
         ``budget_grid`` cells of the image, each keeping its strongest keypoints
         up to an equal share, and what the cells leave going to the strongest
-        left anywhere (see :func:`spread_budget`). 1 (the default): the
-        strongest anywhere, as OpenCV keeps them; where text or a busy texture
-        covers part of the image (a screenshot's page), it then takes most of
-        the budget and the rest of the picture keeps few keypoints.
+        left anywhere (see :func:`spread_budget`). None (the default): 4 for
+        detected SIFT and RootSIFT keypoints, 1 for ORB and dense features. At
+        1 the strongest are kept wherever they are, as OpenCV keeps them; where
+        text or a busy texture covers part of the image (a screenshot's page),
+        it then takes most of the budget and the rest of the picture keeps few
+        keypoints. Indexes saved before 4 was the default load with 1
+        (:meth:`from_params`).
     max_pixels, max_file_bytes : int
         Image files whose header declares more pixels, or which are larger, are
         refused before decoding (see :func:`cvsearch.io.read_image`). They bound
@@ -353,7 +361,7 @@ class FeatureExtractor:
 
     def __init__(self, method: str = "sift", *, max_keypoints: int = 1500,
                  max_side: int = 640, dense_step: int | None = None,
-                 dense_sizes: tuple = (16, 24, 32), budget_grid: int = 1,
+                 dense_sizes: tuple = (16, 24, 32), budget_grid: int | None = None,
                  max_pixels: int = MAX_PIXELS, max_file_bytes: int = MAX_FILE_BYTES):
         self.method = check_choice(method, "method", METHODS)
         self.max_keypoints = check_int(max_keypoints, "max_keypoints", minimum=1)
@@ -369,6 +377,9 @@ class FeatureExtractor:
                             f"{dense_sizes!r}")
         self.dense_sizes = tuple(check_int(v, "dense_sizes", minimum=2)
                                  for v in dense_sizes)
+        if budget_grid is None:  # spreading needs detected keypoints' responses
+            budget_grid = 1 if self.method == "orb" or dense_step is not None \
+                else DEFAULT_BUDGET_GRID
         self.budget_grid = check_int(budget_grid, "budget_grid", minimum=1)
         if self.budget_grid > 1 and (self.method == "orb" or dense_step is not None):
             raise ValueError("budget_grid works with detected sift and rootsift "
@@ -410,9 +421,17 @@ class FeatureExtractor:
         return np.dtype(np.uint8 if self.method == "orb" else np.float32)
 
     def get_params(self) -> dict:
-        """Constructor arguments, as a JSON-serialisable dict."""
-        return {**self.feature_params(), "max_pixels": self.max_pixels,
-                "max_file_bytes": self.max_file_bytes}
+        """Constructor arguments, as a JSON-serialisable dict (``budget_grid``
+        always named: :meth:`from_params` reads its absence as 1)."""
+        return {**self.feature_params(), "budget_grid": self.budget_grid,
+                "max_pixels": self.max_pixels, "max_file_bytes": self.max_file_bytes}
+
+    @classmethod
+    def from_params(cls, params: dict) -> FeatureExtractor:
+        """The extractor of saved ``get_params()``; without ``budget_grid`` (saved
+        before the budget was shared by default), 1, as those features were
+        made."""
+        return cls(**{"budget_grid": 1, **params})
 
     def feature_params(self) -> dict:
         """The arguments that shape the features (all but the read limits)."""

@@ -91,7 +91,7 @@ def read_index(cls, path, manifest: dict, verify: bool):
     try:
         # indexes saved before tf_power existed used the counts as they are
         weighting = {"tf_power": 1.0, **manifest.get("weighting", {})}
-        index = cls(FeatureExtractor(**manifest["extractor"]),
+        index = cls(FeatureExtractor.from_params(manifest["extractor"]),
                     **manifest["vocabulary"], **weighting)
     except (KeyError, TypeError, ValueError) as error:
         raise ValueError(f"{path}: bad parameters ({error}); the index is "

@@ -115,8 +115,8 @@ def busy_left_half(seed=1):
 
 def test_a_busy_half_takes_the_whole_budget_unless_it_is_shared():
     image = busy_left_half()
-    strongest = FeatureExtractor("sift", max_keypoints=300).extract(image)
-    shared = FeatureExtractor("sift", max_keypoints=300, budget_grid=4).extract(image)
+    strongest = FeatureExtractor("sift", max_keypoints=300, budget_grid=1).extract(image)
+    shared = FeatureExtractor("sift", max_keypoints=300).extract(image)  # 4, the default
     assert len(strongest.keypoints) == len(shared.keypoints) == 300
     assert (strongest.keypoints[:, 0] >= 240).mean() < 0.05
     assert (shared.keypoints[:, 0] >= 240).mean() > 0.3
@@ -158,10 +158,24 @@ def test_a_shared_budget_keeps_each_cells_strongest_and_no_more(n, budget, grid,
 
 
 def test_a_shared_budget_is_a_setting_of_its_own():
-    assert "budget_grid" not in FeatureExtractor("sift").feature_params()  # as saved
-    assert FeatureExtractor("rootsift", budget_grid=4).feature_params()["budget_grid"] == 4
-    assert FeatureExtractor("sift", budget_grid=4) != FeatureExtractor("sift")
+    assert FeatureExtractor("sift").budget_grid == 4  # the default, for detected keypoints
+    assert FeatureExtractor("rootsift").feature_params()["budget_grid"] == 4
+    # absent at 1: features saved before the setting existed still match
+    assert "budget_grid" not in FeatureExtractor("sift", budget_grid=1).feature_params()
+    assert FeatureExtractor("sift", budget_grid=1) != FeatureExtractor("sift")
+    # ORB and dense features have no responses to spread: 1 by default, refused above
+    assert FeatureExtractor("orb").budget_grid == 1
+    assert FeatureExtractor("sift", dense_step=8).budget_grid == 1
     with pytest.raises(ValueError, match="budget_grid"):
         FeatureExtractor("orb", budget_grid=4)
     with pytest.raises(ValueError, match="budget_grid"):
         FeatureExtractor("sift", budget_grid=4, dense_step=8)
+
+
+def test_parameters_saved_before_the_shared_budget_load_as_they_were_made():
+    for extractor in (FeatureExtractor("rootsift"), FeatureExtractor("sift", budget_grid=1),
+                      FeatureExtractor("orb"), FeatureExtractor("sift", dense_step=8)):
+        assert FeatureExtractor.from_params(extractor.get_params()) == extractor
+    old = FeatureExtractor("sift", budget_grid=1).get_params()
+    del old["budget_grid"]  # as saved before it existed
+    assert FeatureExtractor.from_params(old).budget_grid == 1

@@ -322,3 +322,25 @@ def test_an_index_saved_before_tf_power_loads_with_the_counts_as_they_were(
     assert loaded.tf_power == 1.0 != trained_index.tf_power
     assert_same_results(results(loaded, images[:3]),
                         results(trained_index.reweighted(tf_power=1.0), images[:3]))
+
+
+def test_an_index_saved_before_the_shared_keypoint_budget_queries_as_it_was_built(
+        image_files, images, tmp_path):
+    # Manifests written before budget_grid existed have no such key: their
+    # features kept the strongest keypoints anywhere (1), whatever the default is
+    # now; a query must be described the same way, or its words would not be the
+    # index's.
+    from cvsearch import FeatureExtractor
+
+    built = Index.build(image_files[:6], FeatureExtractor("sift", max_keypoints=200,
+                                                          budget_grid=1),
+                        n_words=100, random_state=0)
+    built.save(tmp_path / "old")
+    manifest = manifest_of(tmp_path / "old")
+    del manifest["extractor"]["budget_grid"]
+    manifest["manifest_sha256"] = storage.manifest_digest(manifest)
+    (tmp_path / "old" / "index.json").write_text(json.dumps(manifest))
+    loaded = Index.load(tmp_path / "old")
+    assert loaded.extractor == built.extractor
+    assert loaded.extractor != FeatureExtractor("sift", max_keypoints=200)
+    assert_same_results(results(loaded, images[:2]), results(built, images[:2]))
