@@ -133,6 +133,10 @@ class Evidence(NamedTuple):
         The larger share of either image that lies inside the other under the
         transform (see :func:`containment`), in [0, 1]; NaN where not measured
         (where coverage is not).
+    scale : ndarray of shape (m,), float32
+        The result's pixels per pixel of the query along a side, where they
+        agree (see :func:`scale`): 0.5 for a copy at half size; NaN where not
+        measured (where coverage is not).
     """
 
     inliers: np.ndarray
@@ -144,6 +148,7 @@ class Evidence(NamedTuple):
     mirrored: np.ndarray
     agreement: np.ndarray
     contained: np.ndarray
+    scale: np.ndarray
 
     @classmethod
     def unverified(cls, m: int) -> Evidence:
@@ -151,7 +156,8 @@ class Evidence(NamedTuple):
         return cls(np.full(m, -1, np.int32), np.full(m, -1, np.int32),
                    np.zeros(m, bool), np.full(m, np.inf), np.zeros(m, np.float32),
                    np.zeros(m, np.float32), np.zeros(m, bool),
-                   np.full(m, np.nan, np.float32), np.full(m, np.nan, np.float32))
+                   np.full(m, np.nan, np.float32), np.full(m, np.nan, np.float32),
+                   np.full(m, np.nan, np.float32))
 
     def take(self, rows) -> Evidence:
         """The evidence of ``rows`` (an index array or a slice)."""
@@ -193,6 +199,8 @@ class Evidence(NamedTuple):
                               if exact and np.isfinite(self.agreement[row]) else None),
                 "contained": (round(float(self.contained[row]), 3)
                               if exact and np.isfinite(self.contained[row]) else None),
+                "scale": (round(float(self.scale[row]), 3)
+                          if exact and np.isfinite(self.scale[row]) else None),
                 "mirrored": bool(self.mirrored[row])}
 
 
@@ -319,6 +327,33 @@ def _side_coverage(keypoints, shape, inlier_xy, to_other, other_keypoints,
     pasted = _share_of_other(shape, to_other, other_shape) < PASTED
     return float((cell_share + _found_again(structure, to_other, other_keypoints,
                                             other_shape, pasted)) / 2)
+
+
+def scale(query_inliers, db_inliers) -> float:
+    """How many of the result's pixels show one of the query's, along a side,
+    where the two agree: the square root of the ratio of the areas the inliers
+    span in each (their convex hulls), so a homography's scale, which varies
+    across the image, is averaged where the evidence is.
+
+    Parameters
+    ----------
+    query_inliers, db_inliers : ndarray of shape (k, 2), float
+        The inlier correspondences' positions, row for row.
+
+    Returns
+    -------
+    float
+        > 0; 1 for a copy at the same size, 0.5 for one at half size; NaN when
+        the inliers span no area (fewer than 3, or on a line).
+    """
+    import cv2
+
+    areas = [cv2.contourArea(cv2.convexHull(np.asarray(points, np.float32)
+                                            .reshape(-1, 1, 2)))
+             if len(points) >= 3 else 0.0 for points in (query_inliers, db_inliers)]
+    if min(areas) <= 0:
+        return float("nan")
+    return float(np.sqrt(areas[1] / areas[0]))
 
 
 def containment(query_inliers, db_inliers, query_shape, db_shape) -> float:
@@ -595,6 +630,7 @@ def evidence_of(verified, query_keypoints, query_shape, candidates,
     db_coverage = np.zeros(m, np.float32)
     agreement = np.full(m, np.nan, np.float32)
     contained = np.full(m, np.nan, np.float32)
+    scales = np.full(m, np.nan, np.float32)
     query_keypoints = np.asarray(query_keypoints, np.float32).reshape(-1, 4)
     # coverage only matters for what is the same object
     measured = np.flatnonzero(log_nfa <= SAME_OBJECT_LOG_NFA)
@@ -609,6 +645,7 @@ def evidence_of(verified, query_keypoints, query_shape, candidates,
         contained[i] = containment(query_keypoints[query_idx, :2],
                                    db_keypoints[db_idx, :2], query_shape,
                                    candidates[i][2])
+        scales[i] = scale(query_keypoints[query_idx, :2], db_keypoints[db_idx, :2])
         # pixels only matter where the keypoints would call it a copy
         if (query_thumbnail is not None and thumbnails is not None
                 and (query_coverage[i] + db_coverage[i]) / 2 >= COPY_COVERAGE):
@@ -617,7 +654,8 @@ def evidence_of(verified, query_keypoints, query_shape, candidates,
                 query_keypoints[query_idx, :2], db_keypoints[db_idx, :2])
     return Evidence(verified.inliers.astype(np.int32), verified.pairs.astype(np.int32),
                     np.asarray(verified.exact, bool), log_nfa, query_coverage,
-                    db_coverage, np.full(m, bool(mirrored)), agreement, contained)
+                    db_coverage, np.full(m, bool(mirrored)), agreement, contained,
+                    scales)
 
 
 def stronger(a: Evidence, b: Evidence) -> np.ndarray:

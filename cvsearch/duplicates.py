@@ -10,9 +10,13 @@ against it, and the rest goes on without them; an edge counts only between
 images joined through each one's best (widest) copy edge, so a page layout or
 a carpet that many images share does not make one group of them. So every
 member of a group was verified against its anchor, and A ~ B ~ C does not make
-A and C one group when A and C do not match. The copy to keep is the one with
-most pixels, then a lossless file (PNG, TIFF, BMP) over a lossy one, then more
-bytes per pixel (less compression), then the smaller id.
+A and C one group when A and C do not match. The copy to keep is the one that
+shows the picture with most pixels (its scale against the anchor where they
+agree, in steps of ``SCALE_STEP``: a screenshot's page is larger than the
+picture it shows small, and a picture rotated onto a larger canvas holds no
+more of it), then the one with most pixels (a crop holds less of the picture
+at the same scale), then a lossless file (PNG, TIFF, BMP) over a lossy one,
+then more bytes per pixel (less compression), then the smaller id.
 """
 
 from __future__ import annotations
@@ -27,6 +31,11 @@ import numpy as np
 #: Files whose format loses nothing: kept before any JPEG of the same size.
 LOSSLESS = (".png", ".tif", ".tiff", ".bmp", ".ppm", ".pgm")
 
+#: Scales of the picture (along a side) that differ by less than this factor
+#: count as one when the copy to keep is chosen: measured from the inliers'
+#: spread, the same picture's scale varies by a few percent.
+SCALE_STEP = 1.25
+
 
 class Edge(NamedTuple):
     """Two images decided copies (or the same object): the stronger of the two
@@ -38,6 +47,7 @@ class Edge(NamedTuple):
     log_nfa: float
     coverage: float
     inliers: int
+    scale: float  # a's pixels per pixel of b along a side, where they agree; NaN: unknown
 
 
 class DuplicateGroup(NamedTuple):
@@ -68,9 +78,16 @@ def edges_of(searcher, id_: int, ranking) -> list[Edge]:
     _, ids, evidence = searcher.similar(id_, ranking)
     passed = evidence.same_object
     mean = (evidence.query_coverage + evidence.coverage) / 2
-    return [Edge(min(id_, int(ids[i])), max(id_, int(ids[i])), str(evidence.kind[i]),
-                 float(evidence.log_nfa[i]), float(mean[i]), int(evidence.inliers[i]))
-            for i in np.flatnonzero(passed)]
+    edges = []
+    for i in np.flatnonzero(passed):
+        other = int(ids[i])
+        scale = float(evidence.scale[i])  # the result's pixels per query pixel
+        if other > id_:  # a is the query
+            scale = 1 / scale if scale > 0 else float("nan")
+        edges.append(Edge(min(id_, other), max(id_, other), str(evidence.kind[i]),
+                          float(evidence.log_nfa[i]), float(mean[i]),
+                          int(evidence.inliers[i]), scale))
+    return edges
 
 
 def edges_in_folder(folder: str, identity, ids: list, ranking) -> list:
@@ -201,7 +218,9 @@ def group(edges: list[Edge], key, kind: str = "copy") -> list[DuplicateGroup]:
             remaining -= members
             if len(members) < 2:
                 continue
-            best = max(members, key=key)
+            edges_of_anchor = {**support.get(anchor, {}), **neighbours[anchor]}
+            best = max(members, key=lambda m: (
+                _scale_step(m, anchor, edges_of_anchor.get(m)), key(m)))
             ids = (best, *sorted(members - {best}))
             edges_in = [neighbours[anchor].get(m) or support[anchor][m]
                         for m in members - {anchor}]
@@ -210,6 +229,15 @@ def group(edges: list[Edge], key, kind: str = "copy") -> list[DuplicateGroup]:
             groups.append(DuplicateGroup(ids, best, anchor, weakest))
     groups.sort(key=lambda g: (-len(g.ids), g.best))
     return groups
+
+
+def _scale_step(member: int, anchor: int, edge: Edge | None) -> int:
+    """How many ``SCALE_STEP`` s larger ``member`` shows the picture than
+    ``anchor`` does (0 for the anchor, or where the scale is unknown)."""
+    if edge is None or not np.isfinite(edge.scale) or edge.scale <= 0:
+        return 0
+    scale = edge.scale if edge.a == member else 1 / edge.scale
+    return int(round(np.log(scale) / np.log(SCALE_STEP)))
 
 
 def _best_links(edges) -> dict[int, int]:

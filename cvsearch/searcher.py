@@ -279,6 +279,7 @@ class Searcher:
                     found.coverage[rows] = measured.coverage[rows]
                     found.agreement[rows] = measured.agreement[rows]
                     found.contained[rows] = measured.contained[rows]
+                    found.scale[rows] = measured.scale[rows]
             # each view is one more chance of a chance match
             found = found._replace(log_nfa=found.log_nfa + np.log10(len(views)))
             ids[:len(short)] = short[order]

@@ -365,6 +365,7 @@ def test_copies_from_the_command_line(image_files, tmp_path):
     assert results[0]["log_nfa"] < -2 and results[0]["coverage"] >= 0.5
     assert results[0]["agreement"] >= 0.8  # the thumbnails agree, mirrored
     assert results[0]["contained"] >= 0.9  # the same frame
+    assert results[0]["scale"] == pytest.approx(1.0, rel=0.05)  # and size
     # the copies of the original are mirrored copies too
     assert sorted(Path(r["name"]).name for r in results[1:]) == [
         "copy_crop.jpg", "copy_small.jpg"]

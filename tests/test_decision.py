@@ -17,6 +17,7 @@ from cvsearch.decision import (
     coverage,
     log10_nfa,
     pixel_agreement,
+    scale,
 )
 from cvsearch.features import (
     MIRROR_PERMUTATION,
@@ -323,6 +324,30 @@ def test_containment_is_the_share_of_one_image_inside_the_other(transform, query
         expected, abs=1e-3)
 
 
+@pytest.mark.parametrize("transform, expected", [
+    (np.eye(3), 1.0),
+    (np.array([[0.5, 0, 20], [0, 0.5, 30], [0, 0, 1.0]]), 0.5),  # pasted at half size
+    (np.array([[0, -1.5, 600], [1.5, 0, 0], [0, 0, 1.0]]), 1.5),  # turned, enlarged
+    (np.array([[-1, 0, 400], [0, 1, 0], [0, 0, 1.0]]), 1.0),  # mirrored
+])
+def test_scale_is_the_results_pixels_per_query_pixel(transform, expected):
+    query_xy, db_xy = corners_mapped(transform, (400, 400))
+    assert scale(query_xy, db_xy) == pytest.approx(expected, rel=1e-3)
+
+
+def test_scale_needs_an_area():
+    line = np.array([[0, 0], [10, 10], [20, 20], [30, 30]], np.float32)
+    assert np.isnan(scale(line, line * 2)) and np.isnan(scale(line[:2], line[:2]))
+
+
+def test_a_copy_at_half_size_says_so(copy_index):
+    small = cv2.resize(textured_image(0), (240, 240), interpolation=cv2.INTER_AREA)
+    _, ids, evidence = copy_index.query(small, k=2, rerank=12, return_evidence=True)
+    assert ids[0] == 0 and evidence.kind[0] == "copy"
+    assert evidence.scale[0] == pytest.approx(2.0, rel=0.05)  # the original is twice
+    assert evidence.record(0)["scale"] == pytest.approx(evidence.scale[0], abs=1e-3)
+
+
 def test_containment_needs_a_transform():
     xy = np.array([[10, 10], [200, 30], [50, 300]], np.float32)
     assert containment(xy, xy, (400, 400), (400, 400)) == 0.0
@@ -362,7 +387,7 @@ def test_an_unfinished_count_is_not_a_measurement():
                         np.array([False, True]), np.array([np.inf, np.inf]),
                         np.zeros(2, np.float32), np.zeros(2, np.float32),
                         np.zeros(2, bool), np.full(2, np.nan, np.float32),
-                        np.full(2, np.nan, np.float32))
+                        np.full(2, np.nan, np.float32), np.full(2, np.nan, np.float32))
     assert list(evidence.kind) == ["unverified", "none"]
     assert evidence.record(0)["inliers"] is None and evidence.record(1)["inliers"] == 0
 
@@ -394,19 +419,33 @@ def planted(tmp_path_factory):
     group_b = [save("b.jpg", second, 95), save("b_q40.jpg", second, 40)]
     wide = np.hstack([textured_image(20), textured_image(21), textured_image(22)])
     chain = [save(f"chain{i}.png", wide[:, 240 * i:240 * i + 480]) for i in range(5)]
+    third = textured_image(3)
+    page = np.full((720, 640), 250, np.uint8)  # a screenshot: header, picture, text
+    page[:40] = 90
+    page[60:60 + 336, 20:20 + 336] = cv2.resize(third, (336, 336),
+                                                interpolation=cv2.INTER_AREA)
+    for line in range(430, 700, 18):
+        cv2.putText(page, "lorem ipsum dolor sit amet", (20, line),
+                    cv2.FONT_HERSHEY_PLAIN, 1.0, 40, 1)
+    group_c = [save("c.jpg", third, 90), save("c_page.png", page),
+               save("c_crop.jpg", third[60:420, 60:420], 98)]
     index = Index.build(paths, FeatureExtractor("sift"), 400, random_state=0)
-    return index, group_a, group_b, chain
+    return index, group_a, group_b, chain, group_c
 
 
 def test_duplicates_finds_the_planted_groups_and_the_copy_to_keep(planted):
-    index, group_a, group_b, chain = planted
+    index, group_a, group_b, chain, group_c = planted
     groups = index.duplicates(rerank=10)
     as_sets = [set(g.ids) for g in groups]
     assert set(group_a) in as_sets and set(group_b) in as_sets
+    assert set(group_c) in as_sets
     by_members = {frozenset(g.ids): g for g in groups}
     # most pixels first; between two JPEGs of one size, the less compressed
     assert by_members[frozenset(group_a)].best == group_a[0]
     assert by_members[frozenset(group_b)].best == group_b[0]
+    # the page has most pixels, a lossless file, but shows the picture at 0.7;
+    # the crop shows it at full scale, less of it
+    assert by_members[frozenset(group_c)].best == group_c[0]
     assert by_members[frozenset(group_a)].ids[0] == group_a[0]
     # no group holds images that were never verified against its anchor
     for g in groups:
@@ -528,8 +567,8 @@ def test_groups_follow_each_images_widest_copy_not_a_shared_page():
     from cvsearch.duplicates import Edge, group
 
     pictures, pages = [0, 1, 2], [10, 11, 12]
-    edges = [Edge(p, s, "copy", -80.0, 0.85, 40) for p, s in zip(pictures, pages)]
-    edges += [Edge(a, b, "copy", -300.0, 0.55, 150)
+    edges = [Edge(p, s, "copy", -80.0, 0.85, 40, 1.0) for p, s in zip(pictures, pages)]
+    edges += [Edge(a, b, "copy", -300.0, 0.55, 150, 1.0)
               for a, b in ((10, 11), (10, 12), (11, 12))]
     groups = group(edges, key=lambda i: (0, -i))
     assert sorted(sorted(g.ids) for g in groups) == [[0, 10], [1, 11], [2, 12]]

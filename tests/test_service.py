@@ -88,6 +88,7 @@ def test_search_says_what_each_result_is(client):
     assert top["id"] == 4 and top["decision"] == "copy" and top["mirrored"]
     assert top["log_nfa"] <= -2 and top["coverage"] >= 0.5 and top["agreement"] >= 0.8
     assert top["contained"] >= 0.9
+    assert top["scale"] == pytest.approx(1 / 0.9, rel=0.05)  # the photo is 0.9x
     # the others could not reach min_inliers: verification stopped, no count
     assert {r["decision"] for r in answer["results"][1:]} <= {"none", "unverified"}
     picture = client.get(top["match_url"])

@@ -45,6 +45,10 @@ def _models():
             None, description="the larger share of either image that lies inside "
             "the other under the matches' transform (copy: >= 0.5); null where not "
             "measured")
+        scale: float | None = Field(
+            None, description="the result's pixels per query pixel along a side, "
+            "where they agree (0.5: the result shows it at half size); null where "
+            "not measured")
         mirrored: bool = Field(False, description="matched the mirrored query")
         image_url: str
         thumbnail_url: str

@@ -430,7 +430,8 @@ class Library:
             if name is None:  # removed since the query ran: left out
                 continue
             decision = {"decision": None, "log_nfa": None, "coverage": None,
-                        "agreement": None, "contained": None, "mirrored": False}
+                        "agreement": None, "contained": None, "scale": None,
+                        "mirrored": False}
             if evidence is not None:
                 decision = evidence.record(row)
                 n = -1 if decision["inliers"] is None else n  # unfinished: no count
@@ -438,6 +439,7 @@ class Library:
                             "coverage": decision["coverage"],
                             "agreement": decision["agreement"],
                             "contained": decision["contained"],
+                            "scale": decision["scale"],
                             "mirrored": decision["mirrored"]}
             results.append({
                 "rank": len(results) + 1, "id": id_, "name": display_name(name),
