@@ -1,6 +1,6 @@
-"""Word assignment at 20,000 words: the inverted file at several ``n_probe``, and
-faiss's HNSW over the same centres, on the same descriptors (issue 22: "choose by
-measurement").
+"""Word assignment at 20,000 words: the inverted file at several ``n_probe`` and
+coarse cell counts, and faiss's HNSW over the same centres, on the same
+descriptors (issue 22: "choose by measurement").
 
 A vocabulary is learnt on a fixed sample of Caltech-101 images; the descriptors
 of other images are then assigned, one image at a time, in one thread. For each
@@ -26,6 +26,7 @@ from _common import run_metadata  # noqa: E402
 
 from cvsearch import Index, Vocabulary  # noqa: E402
 from cvsearch.datasets import image_folder  # noqa: E402
+from cvsearch.vocabulary import coarse_cells  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -56,14 +57,23 @@ def main(argv=None):
     images = [d for d in images if len(d)]
     exact = np.concatenate([vocabulary.predict_exact(d) for d in images])
     rows = []
+    n_cells = len(vocabulary.cell_centers_)
+    # the same words under coarse quantisers of more cells (fewer words each)
+    settings = [(vocabulary.get_state(), n_cells, n_probe) for n_probe in (8, 10, 12)]
+    for more, probes in ((2 * n_cells, (14, 16)), (round(2.83 * n_cells), (14, 16, 18))):
+        cell_centers, word_cells = coarse_cells(vocabulary.centers_, more, args.seed)
+        state = {**vocabulary.get_state(), "cell_centers": cell_centers,
+                 "word_cells": word_cells}
+        settings += [(state, more, n_probe) for n_probe in probes]
     with threadpool_limits(1):
-        for n_probe in (8, 10, 12):
-            probed = Vocabulary.from_state({**vocabulary.get_params(),
-                                            "n_probe": n_probe}, vocabulary.get_state())
+        for state, cells, n_probe in settings:
+            probed = Vocabulary.from_state({**vocabulary.get_params(), "n_cells": cells,
+                                            "n_probe": n_probe}, state)
             probed.predict(images[0])  # compiled on first use
             ms, words = timed_per_image(probed.predict, images)
-            rows.append({"method": f"inverted file, n_probe={n_probe}"
-                         + (" (default)" if n_probe == vocabulary.n_probe else ""),
+            default = cells == n_cells and n_probe == vocabulary.n_probe
+            rows.append({"method": f"inverted file, {cells} cells, n_probe={n_probe}"
+                         + (" (default)" if default else ""),
                          "ms_per_image": round(ms, 2),
                          "agreement": round(float(np.mean(np.concatenate(words) == exact)),
                                             4)})

@@ -62,6 +62,25 @@ def sample_rows(arrays, max_rows: int, rng: np.random.Generator) -> np.ndarray:
     )
 
 
+def coarse_cells(centers: np.ndarray, n_cells: int | None = None, seed=None):
+    """The coarse quantiser of an inverted file over ``centers`` (n_words, dim):
+    k-means of the centres into ``n_cells`` cells (None: about sqrt(n_words)).
+
+    Returns
+    -------
+    cell_centers : ndarray of shape (n_cells, dim), float32
+    word_cells : ndarray of shape (n_words,), int32
+        Each centre's cell.
+    """
+    from sklearn.cluster import KMeans
+
+    n_cells = int(round(np.sqrt(len(centers)))) if n_cells is None else n_cells
+    coarse = KMeans(n_clusters=min(n_cells, len(centers)), n_init=1,
+                    random_state=seed, max_iter=50).fit(centers)
+    return (coarse.cluster_centers_.astype(np.float32),
+            coarse.labels_.astype(np.int32))
+
+
 class Vocabulary:
     """Visual vocabulary: k-means centres and nearest-centre word assignment.
 
@@ -78,6 +97,10 @@ class Vocabulary:
     n_probe : int
         Cells of the coarse quantiser searched per descriptor (see module docstring).
         Larger is more exact and slower.
+    n_cells : int or None
+        Cells of the coarse quantiser; None: about sqrt(n_words). More cells
+        hold fewer words each, so more of them are probed for the same work
+        (benchmarks/assignment.py compares).
     exact_below : int
         Vocabularies with fewer words than this are searched exactly.
     random_state : int or None
@@ -97,19 +120,22 @@ class Vocabulary:
 
     def __init__(self, n_words: int = 20_000, *, max_samples: int = 250_000,
                  batch_size: int = 4096, max_iter: int = 20, n_probe: int = 8,
-                 exact_below: int = 2048, random_state: int | None = None):
+                 n_cells: int | None = None, exact_below: int = 2048,
+                 random_state: int | None = None):
         self.n_words = check_int(n_words, "n_words", minimum=2)
         self.max_samples = check_int(max_samples, "max_samples", minimum=2)
         self.batch_size = check_int(batch_size, "batch_size", minimum=1)
         self.max_iter = check_int(max_iter, "max_iter", minimum=1)
         self.n_probe = check_int(n_probe, "n_probe", minimum=1)
+        self.n_cells = None if n_cells is None else check_int(n_cells, "n_cells",
+                                                               minimum=1)
         self.exact_below = check_int(exact_below, "exact_below", minimum=0)
         if random_state is not None:
             check_int(random_state, "random_state", minimum=0)
         self.random_state = random_state
 
     _PARAMS = ("n_words", "max_samples", "batch_size", "max_iter", "n_probe",
-               "exact_below", "random_state")
+               "n_cells", "exact_below", "random_state")
 
     def __setattr__(self, name, value):
         # Once fitted, the words of every image indexed depend on these settings.
@@ -191,7 +217,7 @@ class Vocabulary:
 
     def _cluster(self, data, init, seed):
         """The centres, and the coarse cells over them (see the module docstring)."""
-        from sklearn.cluster import KMeans, MiniBatchKMeans
+        from sklearn.cluster import MiniBatchKMeans
 
         kmeans = MiniBatchKMeans(
             n_clusters=self.n_words, init=init, batch_size=self.batch_size,
@@ -200,11 +226,7 @@ class Vocabulary:
         ).fit(data)
         centers = kmeans.cluster_centers_.astype(np.float32)
         if self.n_words >= max(self.exact_below, 4):
-            n_cells = int(round(np.sqrt(self.n_words)))
-            coarse = KMeans(n_clusters=n_cells, n_init=1, random_state=seed,
-                            max_iter=50).fit(centers)
-            cell_centers = coarse.cluster_centers_.astype(np.float32)
-            word_cells = coarse.labels_.astype(np.int32)
+            cell_centers, word_cells = coarse_cells(centers, self.n_cells, seed)
         else:
             cell_centers = np.zeros((0, centers.shape[1]), np.float32)
             word_cells = np.zeros(0, np.int32)

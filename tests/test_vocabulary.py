@@ -4,7 +4,7 @@ from sklearn.datasets import make_blobs
 from sklearn.exceptions import NotFittedError
 from sklearn.metrics import homogeneity_score
 
-from cvsearch.vocabulary import Vocabulary, sample_rows
+from cvsearch.vocabulary import Vocabulary, coarse_cells, sample_rows
 
 X, _ = make_blobs(n_samples=6000, n_features=128, centers=300, random_state=42)
 X = X.astype(np.float32)
@@ -75,6 +75,30 @@ def test_errors():
     vocabulary = Vocabulary(10, random_state=0).fit(X)
     with pytest.raises(ValueError, match="dim 128"):
         vocabulary.predict(X[:, :64])
+
+
+def test_the_coarse_cells_can_be_more_than_the_square_root():
+    vocabulary = Vocabulary(1000, exact_below=0, n_cells=64, n_probe=8,
+                            random_state=0).fit(X)
+    assert len(vocabulary.cell_centers_) == 64 and vocabulary.get_params()["n_cells"] == 64
+    exact = vocabulary.predict_exact(X)
+    assert (vocabulary.predict(X) == exact).mean() >= 0.9
+    everywhere = Vocabulary.from_state({**vocabulary.get_params(), "n_probe": 64},
+                                       vocabulary.get_state())
+    assert np.array_equal(everywhere.predict(X), exact)
+    # the same words, cells made again over them: another coarse quantiser
+    default = Vocabulary(1000, exact_below=0, n_probe=4, random_state=0).fit(X)
+    cell_centers, word_cells = coarse_cells(default.centers_, 64, 0)
+    assert cell_centers.shape == (64, 128) and word_cells.shape == (1000,)
+    recelled = Vocabulary.from_state(
+        {**default.get_params(), "n_cells": 64, "n_probe": 64},
+        {**default.get_state(), "cell_centers": cell_centers, "word_cells": word_cells})
+    assert np.array_equal(recelled.predict(X), default.predict_exact(X))
+    # parameters saved before n_cells existed: the cells are the saved ones
+    old = default.get_params()
+    del old["n_cells"]
+    assert np.array_equal(Vocabulary.from_state(old, default.get_state()).predict(X),
+                          default.predict(X))
 
 
 def test_state_round_trip_and_validation():
