@@ -118,10 +118,11 @@ def report(r: dict) -> str:
     lines = [
         "# Keypoint budget: the strongest anywhere, or shared among grid cells", "",
         f"`{r['command']}` on {r['date']} ({r['machine']}).", "",
-        "`FeatureExtractor(budget_grid=1)` (the default) keeps OpenCV's strongest "
-        "`max_keypoints` (1,500) anywhere; `budget_grid=4` shares them among 4 x 4 "
-        "cells (`cvsearch.features.spread_budget`). Everything else at the "
-        "library's defaults.", "",
+        "`FeatureExtractor(budget_grid=1)` keeps OpenCV's strongest "
+        "`max_keypoints` (1,500) anywhere; `budget_grid=4` (the default since "
+        "2026-12-03) shares them among 4 x 4 cells "
+        "(`cvsearch.features.spread_budget`). Everything else at the library's "
+        "defaults.", "",
         f"## Copies ({first['indexed']:,} indexed images: copies.py's "
         f"{a['originals']} originals and {a['distractors']:,} of its distractors; "
         f"{first['negatives']} negatives; SIFT, {a['n_words']:,} words; "
