@@ -43,15 +43,16 @@ def peak_rss_gb() -> float:
 def model(args, cache: Path):
     """The vocabulary, the word frequencies and the query features, from real
     Caltech-101 images (cached in ``cache``)."""
+    extractor = FeatureExtractor("sift", max_keypoints=args.words_per_image)
     if (cache / "index.json").exists():
         index = Index.load(cache)
-        stats = np.load(cache.parent / "stats.npz")
-        return index, stats["frequency"], list(stats["queries"])
+        if index.extractor == extractor:  # else made with other default features
+            stats = np.load(cache.parent / "stats.npz")
+            return index, stats["frequency"], list(stats["queries"])
     data = caltech101(args.data, download=False)
     rng = np.random.default_rng(0)
     order = rng.permutation(len(data.paths))
     train = [data.paths[i] for i in order[:args.train_images]]
-    extractor = FeatureExtractor("sift", max_keypoints=args.words_per_image)
     index = Index.build(train, extractor, n_words=args.n_words, random_state=0,
                         n_jobs=2, train_images=len(train))
     counts = np.zeros(args.n_words)
@@ -62,6 +63,7 @@ def model(args, cache: Path):
     queries = [data.paths[i] for i in order[-args.queries:]]
     empty = Index(extractor, args.n_words)
     empty.vocabulary = index.vocabulary
+    shutil.rmtree(cache, ignore_errors=True)  # a cache of other features
     empty.save(cache)
     np.savez(cache.parent / "stats.npz", frequency=frequency, queries=np.array(queries))
     return Index.load(cache), frequency, queries
