@@ -99,8 +99,10 @@ class Vocabulary:
         Larger is more exact and slower.
     n_cells : int or None
         Cells of the coarse quantiser; None: about sqrt(n_words). More cells
-        hold fewer words each, so more of them are probed for the same work
-        (benchmarks/assignment.py compares).
+        hold fewer words each, so more of them can be probed for the same
+        number of centres compared; at 20,000 words that was no faster for the
+        same agreement (benchmarks/assignment.py), as each probed cell costs a
+        pass of its own.
     exact_below : int
         Vocabularies with fewer words than this are searched exactly.
     random_state : int or None
