@@ -135,7 +135,7 @@ class Evidence(NamedTuple):
         (where coverage is not).
     scale : ndarray of shape (m,), float32
         The result's pixels per pixel of the query along a side, where they
-        agree (see :func:`scale`): 0.5 for a copy at half size; NaN where not
+        agree (see :func:`inlier_scale`): 0.5 for a copy at half size; NaN where not
         measured (where coverage is not).
     """
 
@@ -329,7 +329,7 @@ def _side_coverage(keypoints, shape, inlier_xy, to_other, other_keypoints,
                                             other_shape, pasted)) / 2)
 
 
-def scale(query_inliers, db_inliers) -> float:
+def inlier_scale(query_inliers, db_inliers) -> float:
     """How many of the result's pixels show one of the query's, along a side,
     where the two agree: the square root of the ratio of the areas the inliers
     span in each (their convex hulls), so a homography's scale, which varies
@@ -645,7 +645,8 @@ def evidence_of(verified, query_keypoints, query_shape, candidates,
         contained[i] = containment(query_keypoints[query_idx, :2],
                                    db_keypoints[db_idx, :2], query_shape,
                                    candidates[i][2])
-        scales[i] = scale(query_keypoints[query_idx, :2], db_keypoints[db_idx, :2])
+        scales[i] = inlier_scale(query_keypoints[query_idx, :2],
+                                 db_keypoints[db_idx, :2])
         # pixels only matter where the keypoints would call it a copy
         if (query_thumbnail is not None and thumbnails is not None
                 and (query_coverage[i] + db_coverage[i]) / 2 >= COPY_COVERAGE):

@@ -13,10 +13,11 @@ member of a group was verified against its anchor, and A ~ B ~ C does not make
 A and C one group when A and C do not match. The copy to keep is the one that
 shows the picture with most pixels (its scale against the anchor where they
 agree, in steps of ``SCALE_STEP``: a screenshot's page is larger than the
-picture it shows small, and a picture rotated onto a larger canvas holds no
-more of it), then the one with most pixels (a crop holds less of the picture
-at the same scale), then a lossless file (PNG, TIFF, BMP) over a lossy one,
-then more bytes per pixel (less compression), then the smaller id.
+picture it shows small), then the one with most pixels (a crop holds less of
+the picture at the same scale; a picture turned onto a larger canvas wins
+here too, though its corners are padding), then a lossless file (PNG, TIFF,
+BMP) over a lossy one, then more bytes per pixel (less compression), then the
+smaller id.
 """
 
 from __future__ import annotations

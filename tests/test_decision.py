@@ -15,9 +15,9 @@ from cvsearch.decision import (
     Evidence,
     containment,
     coverage,
+    inlier_scale,
     log10_nfa,
     pixel_agreement,
-    scale,
 )
 from cvsearch.features import (
     MIRROR_PERMUTATION,
@@ -332,12 +332,13 @@ def test_containment_is_the_share_of_one_image_inside_the_other(transform, query
 ])
 def test_scale_is_the_results_pixels_per_query_pixel(transform, expected):
     query_xy, db_xy = corners_mapped(transform, (400, 400))
-    assert scale(query_xy, db_xy) == pytest.approx(expected, rel=1e-3)
+    assert inlier_scale(query_xy, db_xy) == pytest.approx(expected, rel=1e-3)
 
 
 def test_scale_needs_an_area():
     line = np.array([[0, 0], [10, 10], [20, 20], [30, 30]], np.float32)
-    assert np.isnan(scale(line, line * 2)) and np.isnan(scale(line[:2], line[:2]))
+    assert np.isnan(inlier_scale(line, line * 2))
+    assert np.isnan(inlier_scale(line[:2], line[:2]))
 
 
 def test_a_copy_at_half_size_says_so(copy_index):
