@@ -31,6 +31,17 @@ def run_metadata(script: str, argv=None) -> dict:
                        f"{memory:.0f} GiB, Python {platform.python_version()}"}
 
 
+def write_results(folder: Path, name: str, results: dict, markdown: str):
+    """Write ``name``.json (``results``, for machines) and ``name``.md
+    (``markdown``, for people) into ``folder``, and print the markdown."""
+    import json
+
+    folder.mkdir(exist_ok=True)
+    (folder / f"{name}.json").write_text(json.dumps(results, indent=1) + "\n")
+    (folder / f"{name}.md").write_text(markdown)
+    print(markdown)
+
+
 def timed(function, *args, **kwargs):
     """``(result, seconds)`` of one call."""
     start = time.perf_counter()

@@ -35,7 +35,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _attacks import ATTACKS, make_copy  # noqa: E402
-from _common import describe_all, run_metadata  # noqa: E402
+from _common import describe_all, run_metadata, write_results  # noqa: E402
 
 from cvsearch import GlobalIndex, Index  # noqa: E402
 from cvsearch.datasets import caltech101  # noqa: E402
@@ -356,10 +356,7 @@ def main(argv=None):
         print(name, json.dumps(results["methods"][name]), flush=True)
     results["smvs"] = smvs_rows(index, args.data, args)
     print("smvs", results["smvs"], flush=True)
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "copies.json").write_text(json.dumps(results, indent=1) + "\n")
-    (RESULTS / "copies.md").write_text(report(results))
-    print((RESULTS / "copies.md").read_text())
+    write_results(RESULTS, "copies", results, report(results))
 
 
 def report(r: dict) -> str:

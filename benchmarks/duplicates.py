@@ -28,7 +28,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _attacks import ATTACKS, make_copy  # noqa: E402
-from _common import run_metadata  # noqa: E402
+from _common import run_metadata, write_results  # noqa: E402
 
 from cvsearch import FeatureExtractor, Index  # noqa: E402
 from cvsearch.datasets import caltech101  # noqa: E402
@@ -237,10 +237,7 @@ def main(argv=None):
     results = {**meta, "build_s": round(build_s), "rows": rows,
                "attacks": list(ATTACKS),
                "args": vars(args) | {"data": str(args.data), "work": str(args.work)}}
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "duplicates.json").write_text(json.dumps(results, indent=1) + "\n")
-    (RESULTS / "duplicates.md").write_text(report(results))
-    print((RESULTS / "duplicates.md").read_text())
+    write_results(RESULTS, "duplicates", results, report(results))
 
 
 def report(r: dict) -> str:

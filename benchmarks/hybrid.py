@@ -22,12 +22,11 @@ ms per query: the search alone, with the query's descriptor and features given
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 
 import numpy as np
-from _common import describe_all, run_metadata, timed
+from _common import describe_all, run_metadata, timed, write_results
 from instance import distractors, smvs
 
 from cvsearch import FeatureExtractor, GlobalIndex, Index
@@ -154,10 +153,7 @@ def main(argv=None):
     results = {**meta, "images": len(paths), "local_build_s": round(build_s),
                "extraction": extraction, "instance": instance, "category": category,
                "args": vars(args) | {"data": str(args.data), "work": str(args.work)}}
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "hybrid.json").write_text(json.dumps(results, indent=1) + "\n")
-    (RESULTS / "hybrid.md").write_text(report(results))
-    print((RESULTS / "hybrid.md").read_text())
+    write_results(RESULTS, "hybrid", results, report(results))
 
 
 def report(r: dict) -> str:

@@ -33,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import copies as copies_bench  # noqa: E402
 import instance as instance_bench  # noqa: E402
 from _attacks import ATTACKS  # noqa: E402
-from _common import run_metadata  # noqa: E402
+from _common import run_metadata, write_results  # noqa: E402
 
 from cvsearch import FeatureExtractor, Index  # noqa: E402
 from cvsearch.evaluation import ns_score  # noqa: E402
@@ -105,10 +105,7 @@ def main(argv=None):
         rows.append(row)
     results = {**meta, "rows": rows, "attacks": list(ATTACKS),
                "args": vars(args) | {"data": str(args.data), "work": str(args.work)}}
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "keypoint_budget.json").write_text(json.dumps(results, indent=1) + "\n")
-    (RESULTS / "keypoint_budget.md").write_text(report(results))
-    print((RESULTS / "keypoint_budget.md").read_text())
+    write_results(RESULTS, "keypoint_budget", results, report(results))
 
 
 def report(r: dict) -> str:

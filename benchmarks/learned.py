@@ -25,12 +25,11 @@ query's relevant images beyond it count as not found, for both).
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 
 import numpy as np
-from _common import describe_all, run_metadata, timed
+from _common import describe_all, run_metadata, timed, write_results
 
 from cvsearch.datasets import caltech101
 from cvsearch.evaluation import average_precision, relevance
@@ -248,10 +247,7 @@ def main(argv=None):
                "validation": validation,
                "approximate_embedding": best["method"], "args": vars(args) | {
                    "data": str(args.data), "work": str(args.work)}}
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "learned.json").write_text(json.dumps(results, indent=1) + "\n")
-    (RESULTS / "learned.md").write_text(report(results))
-    print((RESULTS / "learned.md").read_text())
+    write_results(RESULTS, "learned", results, report(results))
 
 
 def report(r: dict) -> str:

@@ -659,6 +659,11 @@ def evidence_of(verified, query_keypoints, query_shape, candidates,
                     scales)
 
 
+#: The fields of :class:`Evidence` that :func:`evidence_of` measures only for the
+#: rows it is asked for (a search: the results it shows).
+MEASURED_FIELDS = ("query_coverage", "coverage", "agreement", "contained", "scale")
+
+
 def stronger(a: Evidence, b: Evidence) -> np.ndarray:
     """(m,) bool: where ``b`` is stronger evidence than ``a`` (lower NFA, then
     more inliers), for the same results."""

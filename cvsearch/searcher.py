@@ -275,11 +275,8 @@ class Searcher:
                 rows = order[:k][chosen[order[:k]] == number]
                 if len(rows):
                     measured = evidence_of_view(number, rows)
-                    found.query_coverage[rows] = measured.query_coverage[rows]
-                    found.coverage[rows] = measured.coverage[rows]
-                    found.agreement[rows] = measured.agreement[rows]
-                    found.contained[rows] = measured.contained[rows]
-                    found.scale[rows] = measured.scale[rows]
+                    for field in _decision.MEASURED_FIELDS:
+                        getattr(found, field)[rows] = getattr(measured, field)[rows]
             # each view is one more chance of a chance match
             found = found._replace(log_nfa=found.log_nfa + np.log10(len(views)))
             ids[:len(short)] = short[order]

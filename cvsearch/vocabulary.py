@@ -74,7 +74,8 @@ def coarse_cells(centers: np.ndarray, n_cells: int | None = None, seed=None):
     """
     from sklearn.cluster import KMeans
 
-    n_cells = int(round(np.sqrt(len(centers)))) if n_cells is None else n_cells
+    n_cells = (int(round(np.sqrt(len(centers)))) if n_cells is None
+               else check_int(n_cells, "n_cells", minimum=1))
     coarse = KMeans(n_clusters=min(n_cells, len(centers)), n_init=1,
                     random_state=seed, max_iter=50).fit(centers)
     return (coarse.cluster_centers_.astype(np.float32),

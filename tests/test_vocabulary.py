@@ -90,6 +90,10 @@ def test_the_coarse_cells_can_be_more_than_the_square_root():
     default = Vocabulary(1000, exact_below=0, n_probe=4, random_state=0).fit(X)
     cell_centers, word_cells = coarse_cells(default.centers_, 64, 0)
     assert cell_centers.shape == (64, 128) and word_cells.shape == (1000,)
+    with pytest.raises(ValueError, match="n_cells"):
+        coarse_cells(default.centers_, 0)
+    with pytest.raises(ValueError, match="n_cells"):
+        Vocabulary(1000, n_cells=0)
     recelled = Vocabulary.from_state(
         {**default.get_params(), "n_cells": 64, "n_probe": 64},
         {**default.get_state(), "cell_centers": cell_centers, "word_cells": word_cells})
