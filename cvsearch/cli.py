@@ -166,6 +166,7 @@ def cmd_index(args):
     extractor = FeatureExtractor(args.features, max_keypoints=args.max_keypoints,
                                  max_side=args.max_side, dense_step=args.dense_step,
                                  budget_grid=args.budget_grid,
+                                 min_keypoints=args.min_keypoints,
                                  max_pixels=args.max_pixels,
                                  max_file_bytes=args.max_file_mb * 2**20)
     started = time.perf_counter()
@@ -550,7 +551,9 @@ def cmd_info(args):
           f"{f['max_keypoints']}" + (f", dense step {f['dense_step']}"
                                      if f.get("dense_step") else "")
           + (f", budget shared over {f['budget_grid']} x {f['budget_grid']} cells"
-             if f.get("budget_grid", 1) > 1 else ""))
+             if f.get("budget_grid", 1) > 1 else "")
+          + (f", detected again at lower contrast under {f['min_keypoints']} keypoints"
+             if f.get("min_keypoints") else ""))
     print(f"vocabulary:   {info['words']} words, n_probe {info['vocabulary']['n_probe']}, "
           f"random_state {info['vocabulary']['random_state']}")
     print(f"weighting:    tf-idf, tf_power {index.tf_power:g}, power "
@@ -591,14 +594,19 @@ def _info_global(args, index, manifest):
 
 
 # -------------------------------------------------------------------- parser
-def _positive_int(text):
+def _positive_int(text, minimum: int = 1):
     try:
         value = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    if value < minimum:
+        raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {value}")
     return value
+
+
+def _count(text):
+    """An integer >= 0."""
+    return _positive_int(text, minimum=0)
 
 
 def _jobs(text):
@@ -666,6 +674,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="share --max-keypoints among this many x this many cells, "
                         "so busy parts (a page's text) cannot take them all "
                         "(sift, rootsift; default 4; 1: the strongest anywhere)")
+    p.add_argument("--min-keypoints", type=_count, default=None,
+                   help="detect an image that gives fewer keypoints again at lower "
+                        "contrast thresholds, so small, cropped or blurred pictures "
+                        "keep enough to verify (sift, rootsift; default 100; 0: "
+                        "never)")
     p.add_argument("--dense-step", type=_positive_int, default=None,
                    help="dense SIFT on a grid with this step (pixels) instead of "
                         "detected keypoints: for category search")

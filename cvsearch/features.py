@@ -307,6 +307,16 @@ def spread_budget(keypoints, shape, budget: int, grid: int) -> np.ndarray:
 #: (benchmarks/keypoint_budget.py: screenshots decided copies 0.920 -> 0.967).
 DEFAULT_BUDGET_GRID = 4
 
+#: Detected SIFT and RootSIFT: an image that gives fewer keypoints than this at
+#: OpenCV's contrast threshold is detected again at the lower thresholds of
+#: ``LOWER_CONTRAST`` until it gives this many. A small picture, a tight crop or
+#: a blurred copy otherwise keeps too few for any count of inliers to say it is
+#: a copy; a lower threshold finds the same keypoints and more, and costs a
+#: second pass only where the first found few (a small image, cheap to detect).
+DEFAULT_MIN_KEYPOINTS = 100
+#: The contrast thresholds tried in turn after OpenCV's 0.04 (Lowe's).
+LOWER_CONTRAST = (0.02, 0.01)
+
 
 class FeatureExtractor:
     """Detect keypoints and compute local descriptors.
@@ -342,6 +352,13 @@ class FeatureExtractor:
         it then takes most of the budget and the rest of the picture keeps few
         keypoints. Indexes saved before 4 was the default load with 1
         (:meth:`from_params`).
+    min_keypoints : int or None
+        Detected SIFT/RootSIFT: an image that gives fewer keypoints is detected
+        again at lower contrast thresholds (``LOWER_CONTRAST``) until it gives
+        this many, so a small, cropped or blurred picture keeps enough to be
+        verified. None (the default): ``DEFAULT_MIN_KEYPOINTS`` for detected
+        SIFT and RootSIFT, 0 (never) for ORB and dense features. Indexes saved
+        before it existed load with 0 (:meth:`from_params`).
     max_pixels, max_file_bytes : int
         Image files whose header declares more pixels, or which are larger, are
         refused before decoding (see :func:`cvsearch.io.read_image`). They bound
@@ -362,7 +379,8 @@ class FeatureExtractor:
     def __init__(self, method: str = "sift", *, max_keypoints: int = 1500,
                  max_side: int = 640, dense_step: int | None = None,
                  dense_sizes: tuple = (16, 24, 32), budget_grid: int | None = None,
-                 max_pixels: int = MAX_PIXELS, max_file_bytes: int = MAX_FILE_BYTES):
+                 min_keypoints: int | None = None, max_pixels: int = MAX_PIXELS,
+                 max_file_bytes: int = MAX_FILE_BYTES):
         self.method = check_choice(method, "method", METHODS)
         self.max_keypoints = check_int(max_keypoints, "max_keypoints", minimum=1)
         self.max_side = check_int(max_side, "max_side", minimum=16)
@@ -383,6 +401,13 @@ class FeatureExtractor:
         self.budget_grid = check_int(budget_grid, "budget_grid", minimum=1)
         if self.budget_grid > 1 and (self.method == "orb" or dense_step is not None):
             raise ValueError("budget_grid works with detected sift and rootsift "
+                             "keypoints, not orb or dense_step")
+        if min_keypoints is None:  # contrast thresholds are SIFT's
+            min_keypoints = 0 if self.method == "orb" or dense_step is not None \
+                else DEFAULT_MIN_KEYPOINTS
+        self.min_keypoints = check_int(min_keypoints, "min_keypoints", minimum=0)
+        if self.min_keypoints and (self.method == "orb" or dense_step is not None):
+            raise ValueError("min_keypoints works with detected sift and rootsift "
                              "keypoints, not orb or dense_step")
         self.max_pixels = check_int(max_pixels, "max_pixels", minimum=1)
         self.max_file_bytes = check_int(max_file_bytes, "max_file_bytes", minimum=1)
@@ -421,17 +446,20 @@ class FeatureExtractor:
         return np.dtype(np.uint8 if self.method == "orb" else np.float32)
 
     def get_params(self) -> dict:
-        """Constructor arguments, as a JSON-serialisable dict (``budget_grid``
-        always named: :meth:`from_params` reads its absence as 1)."""
+        """Constructor arguments, as a JSON-serialisable dict (``budget_grid`` and
+        ``min_keypoints`` always named: :meth:`from_params` reads their absence
+        as 1 and 0)."""
         return {**self.feature_params(), "budget_grid": self.budget_grid,
-                "max_pixels": self.max_pixels, "max_file_bytes": self.max_file_bytes}
+                "min_keypoints": self.min_keypoints, "max_pixels": self.max_pixels,
+                "max_file_bytes": self.max_file_bytes}
 
     @classmethod
     def from_params(cls, params: dict) -> FeatureExtractor:
         """The extractor of saved ``get_params()``; without ``budget_grid`` (saved
-        before the budget was shared by default), 1, as those features were
+        before the budget was shared by default), 1, and without
+        ``min_keypoints`` (saved before it existed), 0, as those features were
         made."""
-        return cls(**{"budget_grid": 1, **params})
+        return cls(**{"budget_grid": 1, "min_keypoints": 0, **params})
 
     def feature_params(self) -> dict:
         """The arguments that shape the features (all but the read limits)."""
@@ -440,6 +468,8 @@ class FeatureExtractor:
                   "dense_sizes": list(self.dense_sizes)}
         if self.budget_grid != 1:  # absent at 1: features saved before it match
             params["budget_grid"] = self.budget_grid
+        if self.min_keypoints:  # absent at 0, as budget_grid at 1
+            params["min_keypoints"] = self.min_keypoints
         return params
 
     def check_features(self, features) -> Features:
@@ -466,14 +496,28 @@ class FeatureExtractor:
         args = ", ".join(f"{k}={v!r}" for k, v in self.get_params().items())
         return f"FeatureExtractor({args})"
 
-    def _detector(self):
+    def _detect(self, gray, budget: bool):
+        """Keypoints and descriptors of ``gray`` (the detector's own budget of
+        ``max_keypoints`` if ``budget``), at lower contrast thresholds while
+        fewer than ``min_keypoints`` are found (a lower threshold finds the same
+        keypoints and more)."""
+        keypoints, descriptors = self._detector(budget).detectAndCompute(gray, None)
+        for threshold in LOWER_CONTRAST if self.min_keypoints else ():
+            if len(keypoints) >= self.min_keypoints:
+                break
+            keypoints, descriptors = self._detector(budget, threshold).detectAndCompute(
+                gray, None)
+        return keypoints, descriptors
+
+    def _detector(self, budget: bool = True, contrast: float | None = None):
         import cv2
 
         # A new detector per call: OpenCV's detectors are not documented as safe to
         # share between threads, and creating one costs microseconds.
         if self.method == "orb":
             return cv2.ORB_create(nfeatures=self.max_keypoints)
-        return cv2.SIFT_create(nfeatures=self.max_keypoints)
+        options = {} if contrast is None else {"contrastThreshold": contrast}
+        return cv2.SIFT_create(nfeatures=self.max_keypoints if budget else 0, **options)
 
     def extract(self, image: str | os.PathLike | np.ndarray) -> Features:
         """Compute the features of one image.
@@ -517,14 +561,14 @@ class FeatureExtractor:
         if self.dense_step is None and self.budget_grid > 1:
             # every keypoint described in one pass, then the budget chosen:
             # detecting and describing apart builds the scale space twice
-            keypoints, descriptors = cv2.SIFT_create().detectAndCompute(gray, None)
+            keypoints, descriptors = self._detect(gray, budget=False)
             if descriptors is not None and len(descriptors):
                 kept = spread_budget(keypoints, gray.shape, self.max_keypoints,
                                      self.budget_grid)
                 keypoints = [keypoints[i] for i in kept]
                 descriptors = descriptors[kept]
         elif self.dense_step is None:
-            keypoints, descriptors = self._detector().detectAndCompute(gray, None)
+            keypoints, descriptors = self._detect(gray, budget=True)
         else:
             geometry, descriptors = dense_sift(gray, self.dense_step, self.dense_sizes)
             keypoints = None

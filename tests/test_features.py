@@ -179,3 +179,53 @@ def test_parameters_saved_before_the_shared_budget_load_as_they_were_made():
     old = FeatureExtractor("sift", budget_grid=1).get_params()
     del old["budget_grid"]  # as saved before it existed
     assert FeatureExtractor.from_params(old).budget_grid == 1
+    del old["min_keypoints"]
+    assert FeatureExtractor.from_params(old).min_keypoints == 0
+
+
+# ------------------------------------------------- few keypoints, lower contrast
+def low_contrast(seed=2, side=160, levels=60):
+    """A textured picture squeezed into ``levels`` grey levels: OpenCV's contrast
+    threshold keeps few of its keypoints."""
+    from conftest import textured_image
+
+    image = cv2.resize(textured_image(seed), (side, side), interpolation=cv2.INTER_AREA)
+    return (100 + image.astype(np.float32) * levels / 255).astype(np.uint8)
+
+
+def test_an_image_with_few_keypoints_is_detected_again_at_lower_contrast():
+    image = low_contrast()
+    once = FeatureExtractor("sift", min_keypoints=0).extract(image)
+    again = FeatureExtractor("sift").extract(image)  # 100, the default
+    assert len(once.keypoints) < 100 <= len(again.keypoints)
+    # the lower threshold finds the same keypoints, with the same descriptors, and more
+    found = {tuple(np.round(k, 2)): d for k, d in zip(again.keypoints.astype(float),
+                                                       again.descriptors)}
+    for geometry, descriptor in zip(once.keypoints.astype(float), once.descriptors):
+        assert np.array_equal(found[tuple(np.round(geometry, 2))], descriptor)
+
+
+def test_an_image_with_enough_keypoints_is_detected_once():
+    from conftest import textured_image
+
+    image = textured_image(3)
+    once = FeatureExtractor("sift", min_keypoints=0).extract(image)
+    assert len(once.keypoints) >= 100
+    default = FeatureExtractor("sift").extract(image)
+    assert np.array_equal(default.keypoints, once.keypoints)
+    assert np.array_equal(default.descriptors, once.descriptors)
+
+
+def test_min_keypoints_is_a_setting_of_its_own():
+    assert FeatureExtractor("sift").min_keypoints == 100
+    assert FeatureExtractor("rootsift").feature_params()["min_keypoints"] == 100
+    # absent at 0: features saved before the setting existed still match
+    assert "min_keypoints" not in FeatureExtractor("sift", min_keypoints=0).feature_params()
+    assert FeatureExtractor("sift", min_keypoints=0) != FeatureExtractor("sift")
+    # contrast thresholds are SIFT's: 0 for ORB and dense features, refused above
+    assert FeatureExtractor("orb").min_keypoints == 0
+    assert FeatureExtractor("sift", dense_step=8).min_keypoints == 0
+    with pytest.raises(ValueError, match="min_keypoints"):
+        FeatureExtractor("orb", min_keypoints=10)
+    with pytest.raises(ValueError, match="min_keypoints"):
+        FeatureExtractor("sift", min_keypoints=-1)

@@ -326,18 +326,19 @@ def test_an_index_saved_before_tf_power_loads_with_the_counts_as_they_were(
 
 def test_an_index_saved_before_the_shared_keypoint_budget_queries_as_it_was_built(
         image_files, images, tmp_path):
-    # Manifests written before budget_grid existed have no such key: their
-    # features kept the strongest keypoints anywhere (1), whatever the default is
-    # now; a query must be described the same way, or its words would not be the
-    # index's.
+    # Manifests written before budget_grid and min_keypoints existed have no such
+    # keys: their features kept the strongest keypoints anywhere (1) at OpenCV's
+    # contrast threshold only (0), whatever the defaults are now; a query must be
+    # described the same way, or its words would not be the index's.
     from cvsearch import FeatureExtractor
 
     built = Index.build(image_files[:6], FeatureExtractor("sift", max_keypoints=200,
-                                                          budget_grid=1),
+                                                          budget_grid=1, min_keypoints=0),
                         n_words=100, random_state=0)
     built.save(tmp_path / "old")
     manifest = manifest_of(tmp_path / "old")
     del manifest["extractor"]["budget_grid"]
+    del manifest["extractor"]["min_keypoints"]
     manifest["manifest_sha256"] = storage.manifest_digest(manifest)
     (tmp_path / "old" / "index.json").write_text(json.dumps(manifest))
     loaded = Index.load(tmp_path / "old")
