@@ -3,21 +3,23 @@ groups that do not chain, and the copy to keep.
 
 Each image is searched with its own words (as :meth:`cvsearch.Index.similar`:
 short-list, verification, decision), so the cost per image is one query's,
-whatever the size of the collection. An edge joins two images decided copies (or
-the same object) from either side. Groups are formed around anchors: the image
-with most edges is an anchor, its group is itself and the images verified
-against it, and the rest goes on without them; an edge counts only between
-images joined through each one's best (widest) copy edge, so a page layout or
-a carpet that many images share does not make one group of them. So every
-member of a group was verified against its anchor, and A ~ B ~ C does not make
-A and C one group when A and C do not match. The copy to keep is the one that
-shows the picture with most pixels (its scale against the anchor where they
+whatever the size of the collection. A short-list that is mostly the same object
+as the image searched (screenshots of one page layout, an app's frame, a shared
+logo) can hide the image's own copies behind those matches: it is searched again
+deeper, at most ``DEEPEST`` times (see ``SATURATED``). An edge joins two images
+decided copies (or the same object) from either side. Groups are formed around
+anchors: the image with most edges is an anchor, its group is itself and the
+images verified against it, and the rest goes on without them; an edge counts
+only between images joined through each one's best (widest) copy edge, so a page
+layout or a carpet that many images share does not make one group of them. So
+every member of a group was verified against its anchor, and A ~ B ~ C does not
+make A and C one group when A and C do not match. The copy to keep is the one
+that shows the picture with most pixels (its scale against the anchor where they
 agree, in steps of ``SCALE_STEP``: a screenshot's page is larger than the
-picture it shows small), then the one with most pixels (a crop holds less of
-the picture at the same scale; a picture turned onto a larger canvas wins
-here too, though its corners are padding), then a lossless file (PNG, TIFF,
-BMP) over a lossy one, then more bytes per pixel (less compression), then the
-smaller id.
+picture it shows small), then the one with most pixels (a crop holds less of the
+picture at the same scale; a picture turned onto a larger canvas wins here too,
+though its corners are padding), then a lossless file (PNG, TIFF, BMP) over a
+lossy one, then more bytes per pixel (less compression), then the smaller id.
 """
 
 from __future__ import annotations
@@ -31,6 +33,15 @@ import numpy as np
 
 #: Files whose format loses nothing: kept before any JPEG of the same size.
 LOSSLESS = (".png", ".tif", ".tiff", ".bmp", ".ppm", ".pgm")
+
+#: A search whose verified short-list is mostly (``SATURATED``) the same object
+#: as the image searched (a page layout, an app's frame or a logo that many
+#: images share) may have its copies beyond it, outranked by those: it is
+#: searched again ``DEEPER`` times deeper, up to ``DEEPEST`` times the
+#: ``rerank`` asked.
+SATURATED = 0.75
+DEEPER = 4
+DEEPEST = 16
 
 #: Scales of the picture (along a side) that differ by less than this factor
 #: count as one when the copy to keep is chosen: measured from the inliers'
@@ -75,9 +86,17 @@ class DuplicateGroup(NamedTuple):
 def edges_of(searcher, id_: int, ranking) -> list[Edge]:
     """The edges found by searching image ``id_`` with its own words: every
     result decided the same object (a copy or not; :func:`group` says what
-    each kind of edge may do)."""
-    _, ids, evidence = searcher.similar(id_, ranking)
-    passed = evidence.same_object
+    each kind of edge may do). A saturated short-list is searched deeper (see
+    ``SATURATED``)."""
+    deepest = ranking.rerank * DEEPEST
+    while True:
+        _, ids, evidence = searcher.similar(id_, ranking)
+        passed = evidence.same_object
+        if (len(ids) < ranking.rerank or passed.sum() < SATURATED * len(ids)
+                or ranking.rerank >= deepest):
+            break
+        deeper = min(ranking.rerank * DEEPER, deepest)
+        ranking = ranking._replace(k=deeper, rerank=deeper)
     mean = (evidence.query_coverage + evidence.coverage) / 2
     edges = []
     for i in np.flatnonzero(passed):

@@ -984,7 +984,7 @@ class Index:
         ranking = check_ranking(rerank, rerank, DEFAULT_MIN_INLIERS, "shapes", False, 0,
                                 mirror)
         ids = searcher.store.ids()
-        header = {"cvsearch_duplicates": 3, "lineage": self.lineage, "kind": kind,
+        header = {"cvsearch_duplicates": 4, "lineage": self.lineage, "kind": kind,
                   "rerank": rerank, "mirror": ranking.mirror, "images": len(ids),
                   "ids": hashlib.sha256(np.asarray(ids, np.int64).tobytes()
                                         ).hexdigest()}

@@ -573,3 +573,47 @@ def test_groups_follow_each_images_widest_copy_not_a_shared_page():
               for a, b in ((10, 11), (10, 12), (11, 12))]
     groups = group(edges, key=lambda i: (0, -i))
     assert sorted(sorted(g.ids) for g in groups) == [[0, 10], [1, 11], [2, 12]]
+
+
+class ShortListed:
+    """A searcher stub whose short-list of ``rerank`` results is the first of
+    ``same`` (whether each result is the same object), in that order."""
+
+    def __init__(self, same):
+        self.same = np.asarray(same, bool)
+        self.depths = []
+
+    def similar(self, id_, ranking):
+        self.depths.append(ranking.rerank)
+        n = min(ranking.rerank, len(self.same))
+        same = self.same[:n]
+        evidence = Evidence.unverified(n)._replace(
+            inliers=np.where(same, 40, 3).astype(np.int32),
+            pairs=np.full(n, 200, np.int32), exact=np.ones(n, bool),
+            log_nfa=np.where(same, -50.0, 5.0), scale=np.ones(n, np.float32))
+        return np.zeros(n, np.float32), np.arange(1, n + 1), evidence
+
+
+def test_a_saturated_short_list_is_searched_deeper():
+    """Eight pages of one layout outrank the picture's original (the ninth): a
+    short-list of four holds only pages, so it is searched four times deeper,
+    and there the original is found and the list no longer saturated."""
+    from cvsearch.duplicates import DEEPEST, edges_of
+    from cvsearch.searcher import Ranking
+
+    ranking = Ranking(4, 4, 10, "shapes", False, 0, True)
+    pages = ShortListed([True] * 9 + [False] * 40)
+    assert 9 in {edge.b for edge in edges_of(pages, 0, ranking)}
+    assert pages.depths == [4, 16]
+    # a short-list that is not mostly matches is searched once
+    plain = ShortListed([True, False, False, False, True] + [False] * 40)
+    assert {edge.b for edge in edges_of(plain, 0, ranking)} == {1}
+    assert plain.depths == [4]
+    # and a layout shared by the whole collection no deeper than DEEPEST times
+    everywhere = ShortListed([True] * 500)
+    assert len(edges_of(everywhere, 0, ranking)) == 4 * DEEPEST
+    assert everywhere.depths == [4, 16, 64]
+    # nor when the collection holds no more than the short-list
+    few = ShortListed([True] * 3)
+    edges_of(few, 0, ranking)
+    assert few.depths == [4]
