@@ -329,12 +329,19 @@ def test_the_keypoint_budget_is_shared_from_the_command_line(image_files, tmp_pa
     assert code == 0, err
     info = json.loads(run("info", "idx", "--json", cwd=tmp_path)[1])
     assert info["features"]["budget_grid"] == 4
-    assert "budget shared over 4 x 4 cells" in run("info", "idx", cwd=tmp_path)[1]
+    assert info["features"]["min_keypoints"] == 100
+    described = run("info", "idx", cwd=tmp_path)[1]
+    assert "budget shared over 4 x 4 cells" in described
+    assert "lower contrast under 100 keypoints" in described
     code, _, err = run("index", photos, "-o", "one", "--words", "100", "--features",
-                       "sift", "--max-keypoints", "160", "--budget-grid", "1", "-q",
-                       cwd=tmp_path)
+                       "sift", "--max-keypoints", "160", "--budget-grid", "1",
+                       "--min-keypoints", "0", "-q", cwd=tmp_path)
     assert code == 0, err
-    assert "budget shared" not in run("info", "one", cwd=tmp_path)[1]
+    described = run("info", "one", cwd=tmp_path)[1]
+    assert "budget shared" not in described and "lower contrast" not in described
+    code, _, err = run("index", photos, "-o", "bad", "--min-keypoints", "-1", "-q",
+                       cwd=tmp_path)
+    assert code == 2 and "--min-keypoints: must be >= 0, got -1" in err
     assert_one_line_error(*run("index", photos, "-o", "orb-idx", "--features", "orb",
                                "--budget-grid", "4", "-q", cwd=tmp_path)[::2],
                           "budget_grid")
