@@ -502,8 +502,11 @@ class FeatureExtractor:
         fewer than ``min_keypoints`` are found (a lower threshold finds the same
         keypoints and more)."""
         keypoints, descriptors = self._detector(budget).detectAndCompute(gray, None)
-        for threshold in LOWER_CONTRAST if self.min_keypoints else ():
-            if len(keypoints) >= self.min_keypoints:
+        # no more than the budget keeps: a budget below the minimum would else
+        # detect every image three times for keypoints it then drops
+        wanted = min(self.min_keypoints, self.max_keypoints)
+        for threshold in LOWER_CONTRAST if wanted else ():
+            if len(keypoints) >= wanted:
                 break
             keypoints, descriptors = self._detector(budget, threshold).detectAndCompute(
                 gray, None)

@@ -216,6 +216,25 @@ def test_an_image_with_enough_keypoints_is_detected_once():
     assert np.array_equal(default.descriptors, once.descriptors)
 
 
+def test_a_budget_below_the_minimum_is_not_detected_again(monkeypatch):
+    import cvsearch.features as features_module
+
+    image = low_contrast()  # 22 keypoints at OpenCV's threshold
+    passes = []
+    real = FeatureExtractor._detector
+
+    def counted(self, *args, **kwargs):
+        passes.append(args)
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(features_module.FeatureExtractor, "_detector", counted)
+    assert len(FeatureExtractor("sift", max_keypoints=20).extract(image).keypoints) == 20
+    assert len(passes) == 1
+    passes.clear()
+    FeatureExtractor("sift", max_keypoints=300).extract(image)
+    assert len(passes) == 2  # 0.02 gives 215
+
+
 def test_min_keypoints_is_a_setting_of_its_own():
     assert FeatureExtractor("sift").min_keypoints == 100
     assert FeatureExtractor("rootsift").feature_params()["min_keypoints"] == 100
