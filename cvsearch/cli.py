@@ -427,7 +427,8 @@ def cmd_duplicates(args):
         skipped = skipped + index.skipped_
     else:
         raise CommandError(f"{target}: no such index folder or folder of images")
-    groups = index.duplicates(kind=args.kind, rerank=args.rerank, n_jobs=args.jobs,
+    groups = index.duplicates(kind=args.kind, rerank=args.rerank,
+                              reread=not args.stored_words, n_jobs=args.jobs,
                               checkpoint=args.resume,
                               progress=ProgressBar(quiet=args.quiet))
     seconds = round(time.perf_counter() - started, 1)
@@ -808,6 +809,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="group copies of one picture, or pictures of one object")
     p.add_argument("--rerank", type=_positive_int, default=50,
                    help="results verified per image")
+    p.add_argument("--stored-words", action="store_true",
+                   help="search each image with the words the index holds, without "
+                        "reading its file again: faster, finds fewer copies")
     p.add_argument("-j", "--jobs", type=_jobs, default=1,
                    help="images searched at once (-1: all cores)")
     p.add_argument("--resume", metavar="FILE", default=None,

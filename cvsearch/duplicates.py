@@ -1,13 +1,18 @@
 """Copies within a collection: every image against the index, verified edges,
 groups that do not chain, and the copy to keep.
 
-Each image is searched with its own words (as :meth:`cvsearch.Index.similar`:
-short-list, verification, decision), so the cost per image is one query's,
-whatever the size of the collection. A short-list that is mostly the same object
-as the image searched (screenshots of one page layout, an app's frame, a shared
-logo) can hide the image's own copies behind those matches: it is searched again
-deeper, at most ``DEEPEST`` times (see ``SATURATED``). An edge joins two images
-decided copies (or the same object) from either side. Groups are formed around
+Each image is searched as a query of it would be (short-list, verification,
+decision), so the cost per image is one query's, whatever the size of the
+collection: with its features extracted again from its file where the file is
+still the image indexed (its descriptors give each keypoint its second nearest
+word too, and its mirror image's own words: more of its copies verify, as
+blurred, noisy or warped copies' words differ from their original's), else
+with its stored words (as :meth:`cvsearch.Index.similar`). A short-list that
+is mostly the same object as the image searched (screenshots of one page
+layout, an app's frame, a shared logo) can hide the image's own copies behind
+those matches: it is searched again deeper, at most ``DEEPEST`` times (see
+``SATURATED``). An edge joins two images decided copies (or the same object)
+from either side. Groups are formed around
 anchors: the image with most edges is an anchor, its group is itself and the
 images verified against it, and the rest goes on without them; an edge counts
 only between images joined through each one's best (widest) copy edge, so a page
@@ -83,14 +88,17 @@ class DuplicateGroup(NamedTuple):
     weakest: Edge
 
 
-def edges_of(searcher, id_: int, ranking) -> list[Edge]:
-    """The edges found by searching image ``id_`` with its own words: every
-    result decided the same object (a copy or not; :func:`group` says what
-    each kind of edge may do). A saturated short-list is searched deeper (see
-    ``SATURATED``)."""
+def edges_of(searcher, id_: int, ranking, features=None) -> list[Edge]:
+    """The edges found by searching image ``id_`` with its ``features`` (see
+    :func:`features_again`), or its stored words if None: every result decided
+    the same object (a copy or not; :func:`group` says what each kind of edge
+    may do). A saturated short-list is searched deeper (see ``SATURATED``)."""
     deepest = ranking.rerank * DEEPEST
     while True:
-        _, ids, evidence = searcher.similar(id_, ranking)
+        if features is None:
+            _, ids, evidence = searcher.similar(id_, ranking)
+        else:
+            _, ids, evidence = searcher.search(features, ranking, exclude=id_)
         passed = evidence.same_object
         if (len(ids) < ranking.rerank or passed.sum() < SATURATED * len(ids)
                 or ranking.rerank >= deepest):
@@ -110,10 +118,40 @@ def edges_of(searcher, id_: int, ranking) -> list[Edge]:
     return edges
 
 
-def edges_in_folder(folder: str, identity, ids: list, ranking) -> list:
-    """:func:`edges_of` for images ``ids`` of the index in ``folder`` (in a worker
-    process: memory-mapped, not copied). Refuses a folder that another writer
-    changed meanwhile (``identity`` is the state the caller searches)."""
+def features_again(extractor, searcher, id_: int, path):
+    """Image ``id_``'s features extracted again from its file ``path``; None where
+    there is no file, it cannot be read, or it no longer holds the image indexed
+    (another size or another number of keypoints: the extractor is
+    deterministic), so that a search falls back on the stored words."""
+    if path is None:
+        return None
+    try:
+        features = extractor.extract(path)
+    except (OSError, ValueError):  # gone, unreadable, too large since
+        return None
+    words, _, shape = searcher.store.image(id_)
+    if (tuple(features.image_shape) != tuple(int(side) for side in shape)
+            or len(features.keypoints) != len(words)):
+        return None
+    return features
+
+
+def search_images(searcher, extractor, names, root, ids: list, ranking) -> list:
+    """``[(id, edges)]`` of :func:`edges_of` for images ``ids``; each searched
+    with its features read again from its file (name under ``root``) where it
+    is there, unless ``root`` is None (stored words only)."""
+    found = []
+    for id_ in ids:
+        features = (None if root is None else
+                    features_again(extractor, searcher, id_, file_of(names[id_], root)))
+        found.append((id_, edges_of(searcher, id_, ranking, features)))
+    return found
+
+
+def edges_in_folder(folder: str, identity, ids: list, ranking, root=None) -> list:
+    """:func:`search_images` for images ``ids`` of the index in ``folder`` (in a
+    worker process: memory-mapped, not copied). Refuses a folder that another
+    writer changed meanwhile (``identity`` is the state the caller searches)."""
     from cvsearch import Index
     from cvsearch._threads import one_thread_per_worker
 
@@ -122,8 +160,8 @@ def edges_in_folder(folder: str, identity, ids: list, ranking) -> list:
     if index._origin.identity != identity:
         raise RuntimeError(f"{folder} changed while its duplicates were searched; "
                            "run again")
-    searcher = index.searcher()
-    return [(id_, edges_of(searcher, id_, ranking)) for id_ in ids]
+    return search_images(index.searcher(), index.extractor, index.names, root, ids,
+                         ranking)
 
 
 class Checkpoint:

@@ -26,6 +26,7 @@ from cvsearch.searcher import (
     VERIFICATIONS,
     Searcher,
     check_assignment,
+    check_flag,
     check_ranking,
 )
 from cvsearch.store import Segment, Store
@@ -935,14 +936,16 @@ class Index:
         return self.searcher().matches_between(a, b, verification)
 
     def duplicates(self, *, kind: str = "copy", rerank: int = 50, mirror: bool = True,
-                   n_jobs: int = 1, checkpoint: str | os.PathLike | None = None,
-                   progress=None):
+                   reread: bool = True, n_jobs: int = 1,
+                   checkpoint: str | os.PathLike | None = None, progress=None):
         """Groups of copies (or of the same object) in the whole index.
 
-        Every image is searched with its own words (as :meth:`similar`, with
-        ``rerank``) and each result decided (:class:`~cvsearch.decision.Evidence`);
-        groups are formed around anchors so they do not chain, and each names
-        the copy to keep (see :mod:`cvsearch.duplicates`).
+        Every image is searched as a query of its file (with ``reread``, where
+        the file is still the image indexed) or with its own stored words (as
+        :meth:`similar`), with ``rerank``, and each result decided
+        (:class:`~cvsearch.decision.Evidence`); groups are formed around anchors
+        so they do not chain, and each names the copy to keep (see
+        :mod:`cvsearch.duplicates`).
 
         Parameters
         ----------
@@ -954,6 +957,13 @@ class Index:
             Also find mirrored copies (SIFT and RootSIFT; the mirror image's
             words come from the mirrored vocabulary, as
             :meth:`~cvsearch.searcher.Searcher.similar` explains).
+        reread : bool
+            Read each image's file again (its name, under ``images_root`` unless
+            absolute) and search with its features: multiple assignment and the
+            mirror image's own descriptors verify more of its copies than its
+            stored words do, for one extraction more per image. An image whose
+            file is gone or changed (another size or keypoint count) is searched
+            with its stored words. False: stored words only.
         n_jobs : int
             Images searched at once (-1: all cores): in worker processes that
             memory-map the index folder when this index is exactly what its
@@ -981,11 +991,16 @@ class Index:
         n_jobs = check_n_jobs(n_jobs)
         workers = _threads.cores_of(n_jobs)
         searcher = self.searcher()
-        ranking = check_ranking(rerank, rerank, DEFAULT_MIN_INLIERS, "shapes", False, 0,
+        reread = check_flag(reread, "reread")
+        # multiple assignment for the features read again (stored words have
+        # one word each)
+        ranking = check_ranking(rerank, rerank, DEFAULT_MIN_INLIERS, "shapes", reread, 0,
                                 mirror)
+        root = os.path.abspath(self.images_root or os.getcwd()) if reread else None
         ids = searcher.store.ids()
-        header = {"cvsearch_duplicates": 4, "lineage": self.lineage, "kind": kind,
-                  "rerank": rerank, "mirror": ranking.mirror, "images": len(ids),
+        header = {"cvsearch_duplicates": 5, "lineage": self.lineage, "kind": kind,
+                  "rerank": rerank, "mirror": ranking.mirror, "reread": reread,
+                  "images": len(ids),
                   "ids": hashlib.sha256(np.asarray(ids, np.int64).tobytes()
                                         ).hexdigest()}
         saved = (_duplicates.Checkpoint(checkpoint, header) if checkpoint is not None
@@ -994,8 +1009,11 @@ class Index:
         todo = [int(i) for i in ids if int(i) not in found]
         total, done = len(ids), len(found)
 
+        names = self.names
+
         def search(id_):
-            return [(id_, _duplicates.edges_of(searcher, id_, ranking))]
+            return _duplicates.search_images(searcher, self.extractor, names, root,
+                                             [id_], ranking)
 
         folder = self._folder_of_this_state()
         with contextlib.ExitStack() as stack:
@@ -1007,7 +1025,7 @@ class Index:
                 chunks = [todo[i:i + 64] for i in range(0, len(todo), 64)]
                 results = Parallel(n_jobs=workers, return_as="generator")(
                     delayed(_duplicates.edges_in_folder)(
-                        folder, self._origin.identity, chunk, ranking)
+                        folder, self._origin.identity, chunk, ranking, root)
                     for chunk in chunks)
             else:
                 threads = stack.enter_context(ThreadPoolExecutor(max(1, workers)))
@@ -1022,7 +1040,6 @@ class Index:
                         progress("duplicates", done, total)
         edges = [edge for edges in found.values() for edge in edges]
         nodes = sorted({edge.a for edge in edges} | {edge.b for edge in edges})
-        names = self.names
         shapes = {id_: image[2] for id_, image in zip(nodes, searcher.store.images(nodes))}
         files = {id_: _duplicates.file_of(names[id_], self.images_root) for id_ in nodes}
         return _duplicates.group(edges, _duplicates.quality(shapes, files), kind)

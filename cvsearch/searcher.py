@@ -113,10 +113,11 @@ class Searcher:
 
     # ---------------------------------------------------------------- queries
     def search(self, features: Features | ImageWords, ranking: Ranking,
-               coverage: bool = True):
+               coverage: bool = True, exclude: int | None = None):
         """Rank the images for a query's features (or words); ``coverage``
         False leaves the results' coverage unmeasured (0, and so no "copy"
-        decision), for callers that use the ranking only.
+        decision), for callers that use the ranking only; ``exclude``: an
+        image id left out (an indexed image searched with its own features).
 
         Returns
         -------
@@ -129,7 +130,7 @@ class Searcher:
         views = [self.view(features, multiple)]
         if ranking.mirror and isinstance(features, Features) and can_mirror(features):
             views.append(self.view(mirror_features(features), multiple, mirrored=True))
-        return self.rank(views, ranking, coverage=coverage)
+        return self.rank(views, ranking, exclude=exclude, coverage=coverage)
 
     def similar(self, id_: int, ranking: Ranking, coverage: bool = True):
         """:meth:`search` with image ``id_``'s own words, itself left out.

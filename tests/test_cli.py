@@ -395,6 +395,11 @@ def test_copies_from_the_command_line(image_files, tmp_path):
     page = (tmp_path / "report.html").read_text()
     assert page.count("<figure") == 3 and "weakest edge" in page
     assert page.count("data:image/jpeg;base64,") == 4  # three thumbnails, one match
+    # the stored words alone (no file read again) find this group too
+    code, out, err = run("duplicates", "idx", "--json", "--stored-words", "-q",
+                         cwd=tmp_path)
+    assert code == 0, err
+    assert [g["images"] for g in json.loads(out)["groups"]] == [groups[0]["images"]]
     # a folder of images is indexed in memory first: the same groups
     code, out, err = run("duplicates", photos, "--json", "--words", "300",
                          "--features", "sift", "-q", cwd=tmp_path)

@@ -482,6 +482,60 @@ def test_duplicates_with_threads_finds_what_one_thread_finds(planted):
     assert index.duplicates(rerank=10, n_jobs=2) == index.duplicates(rerank=10)
 
 
+def test_an_image_is_read_again_only_while_its_file_is_the_image_indexed(tmp_path):
+    """Its features again where the file is unchanged; None where it is gone,
+    unreadable, or holds another picture now (the stored words are searched)."""
+    from cvsearch.duplicates import features_again
+
+    paths = []
+    for seed in range(3):
+        paths.append(str(tmp_path / f"{seed}.png"))
+        cv2.imwrite(paths[-1], textured_image(seed, size=320))
+    index = Index.build(paths, FeatureExtractor("sift"), 100, random_state=0)
+    searcher, extractor = index.searcher(), index.extractor
+    again = features_again(extractor, searcher, 0, paths[0])
+    np.testing.assert_array_equal(again.keypoints, extractor.extract(paths[0]).keypoints)
+    assert features_again(extractor, searcher, 0, None) is None
+    cv2.imwrite(paths[1], textured_image(7, size=320))  # same size, another picture
+    assert features_again(extractor, searcher, 1, paths[1]) is None
+    cv2.imwrite(paths[1], cv2.resize(textured_image(1, size=320), (300, 320)))
+    assert features_again(extractor, searcher, 1, paths[1]) is None
+    with open(paths[2], "wb") as file:
+        file.write(b"not an image")
+    assert features_again(extractor, searcher, 2, paths[2]) is None
+    assert features_again(extractor, searcher, 2, tmp_path / "gone.png") is None
+
+
+def test_duplicates_read_the_files_again_or_fall_back_on_stored_words(planted,
+                                                                      monkeypatch):
+    """With reread, every image whose file is there is extracted again (and
+    searched with those features); without, or with its file gone, its stored
+    words are searched: the same groups as reread=False."""
+    from cvsearch import duplicates as module
+
+    index = planted[0]
+    calls = []
+    real = module.features_again
+
+    def counted(extractor, searcher, id_, path):
+        features = real(extractor, searcher, id_, path)
+        calls.append(features is not None)
+        return features
+
+    monkeypatch.setattr(module, "features_again", counted)
+    stored = index.duplicates(rerank=10, reread=False)
+    assert calls == []
+    index.duplicates(rerank=10)
+    assert len(calls) == len(index) and all(calls)
+    # no file to read (gone or changed): each image falls back on its words
+    monkeypatch.setattr(module, "features_again",
+                        lambda extractor, searcher, id_, path: real(extractor, searcher,
+                                                                    id_, None))
+    assert index.duplicates(rerank=10) == stored
+    with pytest.raises(TypeError, match="reread"):
+        index.duplicates(reread="yes")
+
+
 def test_mirrored_copies_are_grouped_through_the_mirrored_vocabulary(planted):
     """No descriptors are kept: the mirror image's words come from each word's
     mirrored centre. Without mirror the mirrored copy stays out. (At 400 words
