@@ -137,14 +137,16 @@ def features_again(extractor, searcher, id_: int, path):
 
 
 def search_images(searcher, extractor, names, root, ids: list, ranking) -> list:
-    """``[(id, edges)]`` of :func:`edges_of` for images ``ids``; each searched
-    with its features read again from its file (name under ``root``) where it
-    is there, unless ``root`` is None (stored words only)."""
+    """``[(id, edges, read_again)]`` of :func:`edges_of` for images ``ids``; each
+    searched with its features read again from its file (name under ``root``)
+    where it is there (``read_again``), unless ``root`` is None (stored words
+    only)."""
     found = []
     for id_ in ids:
         features = (None if root is None else
                     features_again(extractor, searcher, id_, file_of(names[id_], root)))
-        found.append((id_, edges_of(searcher, id_, ranking, features)))
+        found.append((id_, edges_of(searcher, id_, ranking, features),
+                      features is not None))
     return found
 
 

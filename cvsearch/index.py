@@ -1007,7 +1007,7 @@ class Index:
                  else None)
         found = dict(saved.done) if saved is not None else {}
         todo = [int(i) for i in ids if int(i) not in found]
-        total, done = len(ids), len(found)
+        total, done, fell_back = len(ids), len(found), 0
 
         names = self.names
 
@@ -1031,13 +1031,18 @@ class Index:
                 threads = stack.enter_context(ThreadPoolExecutor(max(1, workers)))
                 results = threads.map(search, todo)
             for batch in results:
-                for id_, edges in batch:
+                for id_, edges, read_again in batch:
                     found[id_] = edges
+                    fell_back += reread and not read_again
                     if saved is not None:
                         saved.add(id_, edges)
                     done += 1
                     if progress is not None and (done % 100 == 0 or done == total):
                         progress("duplicates", done, total)
+        if fell_back:  # fewer of their copies verify: say so
+            logger.warning("%d of the %d images searched were searched with their "
+                           "stored words: their files are not under %s, or are no "
+                           "longer the images indexed", fell_back, len(todo), root)
         edges = [edge for edges in found.values() for edge in edges]
         nodes = sorted({edge.a for edge in edges} | {edge.b for edge in edges})
         shapes = {id_: image[2] for id_, image in zip(nodes, searcher.store.images(nodes))}

@@ -507,10 +507,11 @@ def test_an_image_is_read_again_only_while_its_file_is_the_image_indexed(tmp_pat
 
 
 def test_duplicates_read_the_files_again_or_fall_back_on_stored_words(planted,
-                                                                      monkeypatch):
+                                                                      monkeypatch,
+                                                                      caplog):
     """With reread, every image whose file is there is extracted again (and
     searched with those features); without, or with its file gone, its stored
-    words are searched: the same groups as reread=False."""
+    words are searched: the same groups as reread=False, with a warning."""
     from cvsearch import duplicates as module
 
     index = planted[0]
@@ -531,7 +532,10 @@ def test_duplicates_read_the_files_again_or_fall_back_on_stored_words(planted,
     monkeypatch.setattr(module, "features_again",
                         lambda extractor, searcher, id_, path: real(extractor, searcher,
                                                                     id_, None))
-    assert index.duplicates(rerank=10) == stored
+    with caplog.at_level("WARNING", logger="cvsearch"):
+        assert index.duplicates(rerank=10) == stored
+    assert f"{len(index)} of the {len(index)} images searched were searched with " \
+        "their stored words" in caplog.text
     with pytest.raises(TypeError, match="reread"):
         index.duplicates(reread="yes")
 
