@@ -15,7 +15,8 @@ those matches: it is searched again deeper, at most ``DEEPEST`` times (see
 from either side. Groups are formed around
 anchors: the image with most edges is an anchor, its group is itself and the
 images verified against it, and the rest goes on without them; an edge counts
-only between images joined through each one's best (widest) copy edge, so a page
+only between images joined through each one's best (widest) copy edge (or
+between two such parts when most pairs across them are copies), so a page
 layout or a carpet that many images share does not make one group of them. So
 every member of a group was verified against its anchor, and A ~ B ~ C does not
 make A and C one group when A and C do not match. The copy to keep is the one
@@ -47,6 +48,11 @@ LOSSLESS = (".png", ".tif", ".tiff", ".bmp", ".ppm", ".pgm")
 SATURATED = 0.75
 DEEPER = 4
 DEEPEST = 16
+
+#: Two parts of a collection joined by each image's best copy edge are one
+#: part when more than this share of the pairs across them are copy edges (see
+#: :func:`_best_links`): half, as "most of them verified".
+MOSTLY = 0.5
 
 #: Scales of the picture (along a side) that differ by less than this factor
 #: count as one when the copy to keep is chosen: measured from the inliers'
@@ -246,9 +252,10 @@ def group(edges: list[Edge], key, kind: str = "copy") -> list[DuplicateGroup]:
     same picture's object, and a copy of the anchor verified it as a copy (a
     20% crop often shares too little with a screenshot of the whole to be
     called its copy, though both are copies of the original). Edges count only
-    within the parts that each image's best copy edge joins (:func:`_best_links`):
-    two screenshots of one page layout are copies of each other on the page,
-    but each is a wider copy of its own picture."""
+    within the parts that each image's best copy edge joins, parts that mostly
+    verified against each other joined (:func:`_best_links`): two screenshots of
+    one page layout are copies of each other on the page, but each is a wider
+    copy of its own picture."""
     strongest: dict[tuple, Edge] = {}
     for edge in edges:
         pair = (edge.a, edge.b)
@@ -302,9 +309,12 @@ def _scale_step(member: int, anchor: int, edge: Edge | None) -> int:
 
 def _best_links(edges) -> dict[int, int]:
     """Which part each image of a copy edge belongs to: the parts are joined by
-    each image's best copy edge (widest coverage, then lowest NFA). Pages of one
+    each image's best copy edge (widest coverage, then lowest NFA), and two
+    parts whose pairs across are ``MOSTLY`` copy edges are one. Pages of one
     layout, or photos on one carpet, are copies of each other on what they
-    share only, less widely than each is a copy of its own picture."""
+    share only, less widely than each is a copy of its own picture, and one
+    page's part holds its picture too, which the other page does not show."""
+    edges = list(edges)
     best: dict[int, tuple] = {}
     for edge in edges:
         if edge.kind != "copy":
@@ -317,8 +327,29 @@ def _best_links(edges) -> dict[int, int]:
     for node, (_, other) in best.items():
         links.setdefault(node, {})[other] = None
         links.setdefault(other, {})[node] = None
-    return {node: number for number, component in enumerate(_components(links))
+    part = {node: number for number, component in enumerate(_components(links))
             for node in component}
+    # copies of one picture pair off by their best edges (an original and its
+    # mirror, a crop and a recoloured copy) although every pair of them
+    # verified: parts that most pairs across verified as copies are one
+    while True:
+        size: dict[int, int] = {}
+        for number in part.values():
+            size[number] = size.get(number, 0) + 1
+        across: dict[tuple, set] = {}
+        for edge in edges:
+            if edge.kind == "copy" and part[edge.a] != part[edge.b]:
+                key = tuple(sorted((part[edge.a], part[edge.b])))
+                across.setdefault(key, set()).add((edge.a, edge.b))
+        joined: dict[int, dict[int, None]] = {number: {} for number in size}
+        for (first, second), pairs in across.items():
+            if len(pairs) > MOSTLY * size[first] * size[second]:
+                joined[first][second] = joined[second][first] = None
+        merged = {number: min(component) for component in _components(joined)
+                  for number in component}
+        if all(merged[number] == number for number in size):
+            return part
+        part = {node: merged[number] for node, number in part.items()}
 
 
 def _components(neighbours: dict) -> list[set]:
