@@ -71,6 +71,9 @@ class Edge(NamedTuple):
     coverage: float
     inliers: int
     scale: float  # a's pixels per pixel of b along a side, where they agree; NaN: unknown
+    query: int = -1  # the image whose search found it (a or b)
+    mirrored: bool = False  # found with the query's mirror image
+    read_again: bool = False  # the query's file read again (else its stored words)
 
 
 class DuplicateGroup(NamedTuple):
@@ -120,8 +123,28 @@ def edges_of(searcher, id_: int, ranking, features=None) -> list[Edge]:
             scale = 1 / scale if scale > 0 else float("nan")
         edges.append(Edge(min(id_, other), max(id_, other), str(evidence.kind[i]),
                           float(evidence.log_nfa[i]), float(mean[i]),
-                          int(evidence.inliers[i]), scale))
+                          int(evidence.inliers[i]), scale, int(id_),
+                          bool(evidence.mirrored[i]), features is not None))
     return edges
+
+
+def edge_matches(index, edge: Edge):
+    """``(a_xy, b_xy)``: the inlier correspondences that ``edge`` counted, each
+    (edge.inliers, 2) float32 in its image's pixels, verified again as the
+    search that found it verified them (its query's file read again, or its
+    stored words; mirrored or not), so a picture of them shows the edge's count.
+    """
+    query = edge.query if edge.query in (edge.a, edge.b) else edge.a
+    other = edge.b if query == edge.a else edge.a
+    path = file_of(index.names[query], index.images_root) if edge.read_again else None
+    try:
+        if path is None:
+            raise FileNotFoundError
+        query_xy, other_xy = index.matches(path, other, mirrored=edge.mirrored)
+    except (OSError, ValueError):  # gone or unreadable since: the stored words
+        query_xy, other_xy = index.matches_between(query, other,
+                                                   mirrored=edge.mirrored)
+    return (query_xy, other_xy) if query == edge.a else (other_xy, query_xy)
 
 
 def features_again(extractor, searcher, id_: int, path):

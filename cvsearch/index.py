@@ -922,10 +922,12 @@ class Index:
         return searcher.matches(features, id, verification, multiple,
                                 mirrored=bool(mirrored))
 
-    def matches_between(self, a: int, b: int, *, verification: str = "shapes"):
+    def matches_between(self, a: int, b: int, *, verification: str = "shapes",
+                        mirrored: bool = False):
         """The inlier correspondences of two images of the index (image ``a``'s
-        stored words against image ``b``, as :meth:`similar` and
-        :meth:`duplicates` verify them).
+        stored words, or its mirror image's with ``mirrored``, against image
+        ``b``, as :meth:`similar` verifies them, and :meth:`duplicates` with
+        stored words).
 
         Returns
         -------
@@ -933,7 +935,8 @@ class Index:
             Points ``(x, y)`` in each image's pixels.
         """
         check_choice(verification, "verification", VERIFICATIONS)
-        return self.searcher().matches_between(a, b, verification)
+        return self.searcher().matches_between(a, b, verification,
+                                               check_flag(mirrored, "mirrored"))
 
     def duplicates(self, *, kind: str = "copy", rerank: int = 50, mirror: bool = True,
                    reread: bool = True, n_jobs: int = 1,
@@ -998,7 +1001,7 @@ class Index:
                                 mirror)
         root = os.path.abspath(self.images_root or os.getcwd()) if reread else None
         ids = searcher.store.ids()
-        header = {"cvsearch_duplicates": 5, "lineage": self.lineage, "kind": kind,
+        header = {"cvsearch_duplicates": 6, "lineage": self.lineage, "kind": kind,
                   "rerank": rerank, "mirror": ranking.mirror, "reread": reread,
                   "images": len(ids),
                   "ids": hashlib.sha256(np.asarray(ids, np.int64).tobytes()

@@ -198,7 +198,7 @@ def duplicates_report(index, groups, *, thumbnail: int = 160,
 
     import cv2
 
-    from cvsearch.duplicates import file_of
+    from cvsearch.duplicates import edge_matches, file_of
 
     def embed(picture) -> str:
         data = cv2.imencode(".jpg", picture, [cv2.IMWRITE_JPEG_QUALITY, 85])[1]
@@ -240,7 +240,7 @@ def duplicates_report(index, groups, *, thumbnail: int = 160,
                    f"inliers, log10 NFA {edge.log_nfa:.1f}, coverage "
                    f"{edge.coverage:.2f}")
         if a_image is not None and b_image is not None:
-            a_xy, b_xy = index.matches_between(edge.a, edge.b)
+            a_xy, b_xy = edge_matches(index, edge)
             picture = match_picture(a_image, b_image, a_xy, b_xy, height=match_height)
             parts.append(f"<img class='match' src='{embed(picture)}' alt=''>")
         parts.append(f"<p>{caption}</p></section>")

@@ -139,17 +139,25 @@ class Searcher:
         those of the mirrored vocabulary (:meth:`mirrored_words`: no descriptors
         are kept to permute)."""
         id_ = self.check_id(id_, "similar")
+        views = [self.stored_view(id_)]
+        if ranking.mirror and self.mirror_permutation is not None:
+            views.append(self.stored_view(id_, mirrored=True))
+        return self.rank(views, ranking, exclude=id_, coverage=coverage)
+
+    def stored_view(self, id_: int, mirrored: bool = False) -> View:
+        """Indexed image ``id_`` as a query, from its stored words; ``mirrored``:
+        its mirror image, its words those of the mirrored vocabulary (both
+        nearest, for verification)."""
         words, keypoints, shape = self.store.image(id_)
         small = self.store.thumbnail(id_)
-        views = [View(words, keypoints, shape, words, keypoints, False, small)]
-        if ranking.mirror and self.mirror_permutation is not None:
-            first, second = self.mirrored_words()
-            mirrored = mirror_keypoints(keypoints, shape[1], self.upright)
-            views.append(View(first[words], mirrored, shape,
-                              np.concatenate([first[words], second[words]]),
-                              np.concatenate([mirrored, mirrored]), True,
-                              None if small is None else small[:, ::-1]))
-        return self.rank(views, ranking, exclude=id_, coverage=coverage)
+        if not mirrored:
+            return View(words, keypoints, shape, words, keypoints, False, small)
+        first, second = self.mirrored_words()
+        flipped = mirror_keypoints(keypoints, shape[1], self.upright)
+        return View(first[words], flipped, shape,
+                    np.concatenate([first[words], second[words]]),
+                    np.concatenate([flipped, flipped]), True,
+                    None if small is None else small[:, ::-1])
 
     def mirrored_words(self):
         """``(first, second)``, each (n_words,) int32: the two words nearest to
@@ -183,15 +191,23 @@ class Searcher:
             query_xy[:, 0] = features.image_shape[1] - 0.5 - query_xy[:, 0]
         return query_xy, db_xy
 
-    def matches_between(self, a: int, b: int, verification: str = "shapes"):
+    def matches_between(self, a: int, b: int, verification: str = "shapes",
+                        mirrored: bool = False):
         """``(a_xy, b_xy)``: the inlier correspondences of two indexed images,
-        image ``a``'s stored words against image ``b`` (as :meth:`similar`
-        verifies), each (n_inliers, 2) float32 in its image's pixels."""
+        image ``a``'s stored words (its mirror image's, ``mirrored``) against
+        image ``b``, as :meth:`similar` verifies, each (n_inliers, 2) float32 in
+        its image's pixels."""
         a, b = self.check_id(a, "matches_between"), self.check_id(b, "matches_between")
-        words, keypoints, _ = self.store.image(a)
-        _, a_xy, b_xy = _rerank.inlier_pairs(words, keypoints, *self.store.image(b),
+        if mirrored and self.mirror_permutation is None:
+            raise ValueError("mirrored matches need SIFT or RootSIFT features")
+        view = self.stored_view(a, mirrored=bool(mirrored))
+        _, a_xy, b_xy = _rerank.inlier_pairs(view.verify_words, view.verify_keypoints,
+                                             *self.store.image(b),
                                              max_side=self.max_side,
                                              use_shapes=verification == "shapes")
+        if mirrored:  # back to image a as it is
+            a_xy = a_xy.copy()
+            a_xy[:, 0] = view.image_shape[1] - 0.5 - a_xy[:, 0]
         return a_xy, b_xy
 
     # ---------------------------------------------------------------- stages

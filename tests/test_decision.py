@@ -1,6 +1,8 @@
 """Decisions: the a-contrario count, coverage, mirror invariance, and what a
 query reports about each result."""
 
+import json
+
 import cv2
 import numpy as np
 import pytest
@@ -538,6 +540,26 @@ def test_duplicates_read_the_files_again_or_fall_back_on_stored_words(planted,
         "their stored words" in caplog.text
     with pytest.raises(TypeError, match="reread"):
         index.duplicates(reread="yes")
+
+
+@pytest.mark.parametrize("reread", [True, False])
+def test_an_edge_s_match_picture_draws_its_count(planted, tmp_path, reread):
+    """Every edge, read again or from stored words, mirrored or not: the
+    correspondences drawn for it are the ones it counted."""
+    from cvsearch.duplicates import Checkpoint, edge_matches
+
+    index = planted[0]
+    path = tmp_path / "edges.jsonl"
+    index.duplicates(rerank=10, reread=reread, checkpoint=path)
+    header = json.loads(path.read_text().split("\n", 1)[0])
+    edges = [e for found in Checkpoint(path, header).done.values() for e in found]
+    assert any(e.mirrored for e in edges)
+    assert all(e.read_again == reread and e.query in (e.a, e.b) for e in edges)
+    for edge in edges:
+        a_xy, b_xy = edge_matches(index, edge)
+        assert len(a_xy) == len(b_xy) == edge.inliers, edge
+        a_shape, b_shape = (index.searcher().store.image(i)[2] for i in (edge.a, edge.b))
+        assert (a_xy[:, 0] < a_shape[1]).all() and (b_xy[:, 0] < b_shape[1]).all()
 
 
 def test_mirrored_copies_are_grouped_through_the_mirrored_vocabulary(planted):
