@@ -313,3 +313,59 @@ def test_mutated_archives_unpack_or_are_refused(server, scratch, body):
         assert folder.is_dir()
         assert all(p.resolve().is_relative_to(target.resolve())
                    for p in folder.rglob("*"))
+
+
+# ------------------------------------------------------------- duplicate groups
+@st.composite
+def copy_graphs(draw):
+    """Edges among up to 12 images: each pair absent, a copy or an object edge,
+    with coverages and NFAs drawn (ties included), seen from either side."""
+    from cvsearch.duplicates import Edge
+
+    n = draw(st.integers(2, 12))
+    edges = []
+    for a in range(n):
+        for b in range(a + 1, n):
+            kind = draw(st.sampled_from([None, None, "copy", "object"]))
+            if kind is None:
+                continue
+            for _ in range(draw(st.integers(1, 2))):  # found by one side or both
+                edges.append(Edge(a, b, kind, -float(draw(st.integers(3, 60))),
+                                  draw(st.sampled_from([0.5, 0.6, 0.75, 0.9])),
+                                  draw(st.integers(8, 80)), 1.0))
+    return n, edges
+
+
+@fuzz
+@given(copy_graphs(), st.sampled_from(["copy", "object"]))
+def test_duplicate_groups_never_hold_an_image_unverified_against_their_anchor(
+        graph, kind):
+    """Whatever the edges: groups are disjoint, of two or more images, the copy
+    to keep first; every member has an edge with the anchor (a copy edge, or
+    for copies an object edge and a copy edge to another member), and the
+    weakest edge is one of the anchor's."""
+    from cvsearch.duplicates import group
+
+    n, edges = graph
+    pairs = {}
+    for edge in edges:
+        pairs.setdefault((edge.a, edge.b), set()).add(edge.kind)
+    groups = group(edges, key=lambda i: (0, -i), kind=kind)
+    seen = set()
+    for found in groups:
+        members = set(found.ids)
+        assert len(members) == len(found.ids) >= 2 and not members & seen
+        seen |= members
+        assert found.ids[0] == found.best and found.anchor in members
+        anchor = found.anchor
+        for member in members - {anchor}:
+            kinds = pairs.get((min(member, anchor), max(member, anchor)), set())
+            copied = any("copy" in pairs.get((min(member, m), max(member, m)), set())
+                         for m in members - {member})
+            if kind == "object":
+                assert kinds, (member, anchor)
+            else:
+                assert "copy" in kinds or ("object" in kinds and copied), \
+                    (member, anchor)
+        assert anchor in (found.weakest.a, found.weakest.b)
+        assert {found.weakest.a, found.weakest.b} <= members
