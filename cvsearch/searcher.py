@@ -182,14 +182,8 @@ class Searcher:
         id_ = self.check_id(id_, "matches")
         if mirrored:
             features = mirror_features(features)
-        view = self.view(features, multiple_assignment, mirrored=mirrored)
-        _, query_xy, db_xy = _rerank.inlier_pairs(
-            view.verify_words, view.verify_keypoints, *self.store.image(id_),
-            max_side=self.max_side, use_shapes=verification == "shapes")
-        if mirrored:  # back to the query as it was given
-            query_xy = query_xy.copy()
-            query_xy[:, 0] = features.image_shape[1] - 0.5 - query_xy[:, 0]
-        return query_xy, db_xy
+        return self._inlier_pairs(self.view(features, multiple_assignment,
+                                            mirrored=mirrored), id_, verification)
 
     def matches_between(self, a: int, b: int, verification: str = "shapes",
                         mirrored: bool = False):
@@ -200,15 +194,19 @@ class Searcher:
         a, b = self.check_id(a, "matches_between"), self.check_id(b, "matches_between")
         if mirrored and self.mirror_permutation is None:
             raise ValueError("mirrored matches need SIFT or RootSIFT features")
-        view = self.stored_view(a, mirrored=bool(mirrored))
-        _, a_xy, b_xy = _rerank.inlier_pairs(view.verify_words, view.verify_keypoints,
-                                             *self.store.image(b),
-                                             max_side=self.max_side,
-                                             use_shapes=verification == "shapes")
-        if mirrored:  # back to image a as it is
-            a_xy = a_xy.copy()
-            a_xy[:, 0] = view.image_shape[1] - 0.5 - a_xy[:, 0]
-        return a_xy, b_xy
+        return self._inlier_pairs(self.stored_view(a, mirrored=bool(mirrored)), b,
+                                  verification)
+
+    def _inlier_pairs(self, view: View, id_: int, verification: str):
+        """``(view_xy, db_xy)``: the inlier correspondences of ``view`` with image
+        ``id_``, the view's points in its image as given (not mirrored)."""
+        _, view_xy, db_xy = _rerank.inlier_pairs(
+            view.verify_words, view.verify_keypoints, *self.store.image(id_),
+            max_side=self.max_side, use_shapes=verification == "shapes")
+        if view.mirrored:  # back to the image as it was given
+            view_xy = view_xy.copy()
+            view_xy[:, 0] = view.image_shape[1] - 0.5 - view_xy[:, 0]
+        return view_xy, db_xy
 
     # ---------------------------------------------------------------- stages
     def words_of(self, features) -> np.ndarray:
