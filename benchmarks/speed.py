@@ -267,7 +267,7 @@ def main():
     parser.add_argument("--queries", type=int, default=200)
     parser.add_argument("--n-words", type=int, default=20_000)
     parser.add_argument("--method", default="sift")
-    parser.add_argument("--n-probe", type=int, default=8)
+    parser.add_argument("--n-probe", type=int, default=10)
     parser.add_argument("--shortlist", type=int, default=50)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--smvs", type=Path,
