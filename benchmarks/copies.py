@@ -151,10 +151,57 @@ def run_cvsearch(index, queries, original_ids, args, mirror: bool):
             "inliers": int(counted[at[0]]) if len(at) else 0,
             "any_copy": bool(evidence.copy.any()),
             "called_copies_of": [str(index.names[int(i)]) for i in ids[evidence.copy]],
+            "called_copies": [[int(i), bool(m)] for i, m in
+                              zip(ids[evidence.copy], evidence.mirrored[evidence.copy])],
             "any_object": bool(evidence.same_object.any()),
             "max_inliers": int(counted.max(initial=0)),
             "seconds": seconds})
     return rows
+
+
+def aligned_rows(index, rows, height: int = 220) -> np.ndarray | None:
+    """A picture to judge each negative called a copy by: the negative, the
+    indexed image it was called a copy of, warped onto it by a homography fitted
+    to the matches ``Index.matches`` returns, and their absolute grey
+    difference (dark where the pixels are the same). None if there are none."""
+    import cv2
+
+    tiles = []
+    for row in rows:
+        negative = cv2.imread(row["query"])
+        for id_, mirrored in row.get("called_copies", []):
+            indexed = cv2.imread(str(index.names[id_]))
+            q_xy, db_xy = index.matches(row["query"], id_, mirrored=mirrored)
+            if negative is None or indexed is None or len(q_xy) < 4:
+                continue
+            # both in their own pixels: a mirrored match gives a reflecting h
+            h, _ = cv2.findHomography(db_xy, q_xy, cv2.RANSAC, 4.0)
+            if h is None:
+                continue
+            size = (negative.shape[1], negative.shape[0])
+            warped = cv2.warpPerspective(indexed, h, size)
+            inside = cv2.warpPerspective(np.full(indexed.shape[:2], 255, np.uint8), h,
+                                         size) > 0
+            difference = cv2.absdiff(cv2.cvtColor(negative, cv2.COLOR_BGR2GRAY),
+                                     cv2.cvtColor(warped, cv2.COLOR_BGR2GRAY))
+            difference[~inside] = 0
+            difference = cv2.cvtColor(difference, cv2.COLOR_GRAY2BGR)
+            scale = height / negative.shape[0]
+            strip = np.hstack([cv2.resize(t, None, fx=scale, fy=scale)
+                               for t in (negative, warped, difference)])
+            caption = np.full((24, strip.shape[1], 3), 255, np.uint8)
+            text = (f"{'/'.join(Path(row['query']).parts[-2:])} | "
+                    f"{'/'.join(Path(index.names[id_]).parts[-2:])} warped onto it"
+                    f"{' (mirrored)' if mirrored else ''}, {len(q_xy)} inliers | "
+                    "difference")
+            cv2.putText(caption, text, (4, 17), cv2.FONT_HERSHEY_SIMPLEX, 0.45,
+                        (0, 0, 0), 1, cv2.LINE_AA)
+            tiles.append(np.vstack([caption, strip]))
+    if not tiles:
+        return None
+    width = max(t.shape[1] for t in tiles)
+    return np.vstack([np.pad(t, ((0, 4), (0, width - t.shape[1]), (0, 0)),
+                             constant_values=255) for t in tiles])
 
 
 def hash_scores(index_paths, queries, original_pos, kind: str):
@@ -354,6 +401,12 @@ def main(argv=None):
             "false_positive_rate": round(float(np.mean(
                 [r["best"] > threshold for r in rows[n:]])), 4)}
         print(name, json.dumps(results["methods"][name]), flush=True)
+    picture = aligned_rows(index, [r for r in runs[True][n:] if r["any_copy"]])
+    if picture is not None:
+        import cv2
+
+        RESULTS.mkdir(exist_ok=True)
+        cv2.imwrite(str(RESULTS / "copies_false_positives.png"), picture)
     results["smvs"] = smvs_rows(index, args.data, args)
     print("smvs", results["smvs"], flush=True)
     write_results(RESULTS, "copies", results, report(results))
@@ -412,6 +465,10 @@ def report(r: dict) -> str:
                   "its subject pasted onto other backgrounds):", ""]
         lines += [f"- {short(c['negative'])}: {', '.join(short(o) for o in c['copy_of'])}"
                   for c in called]
+        lines += ["", "Each of them beside the indexed image warped onto it by the "
+                  "matches, and the two images' difference (dark where the pixels "
+                  "are the same): [copies_false_positives.png]"
+                  "(copies_false_positives.png).", ""]
     lines += ["", "Median time per query (cvsearch, milliseconds): " + ", ".join(
         f"{name}: {methods[name]['median_query_ms']}" for name in names
         if "median_query_ms" in methods[name]) + ".", "",
