@@ -406,7 +406,8 @@ def main(argv=None):
         import cv2
 
         RESULTS.mkdir(exist_ok=True)
-        cv2.imwrite(str(RESULTS / "copies_false_positives.png"), picture)
+        cv2.imwrite(str(RESULTS / "copies_false_positives.jpg"), picture,
+                    [cv2.IMWRITE_JPEG_QUALITY, 85])
     results["smvs"] = smvs_rows(index, args.data, args)
     print("smvs", results["smvs"], flush=True)
     write_results(RESULTS, "copies", results, report(results))
@@ -467,8 +468,8 @@ def report(r: dict) -> str:
                   for c in called]
         lines += ["", "Each of them beside the indexed image warped onto it by the "
                   "matches, and the two images' difference (dark where the pixels "
-                  "are the same): [copies_false_positives.png]"
-                  "(copies_false_positives.png).", ""]
+                  "are the same): [copies_false_positives.jpg]"
+                  "(copies_false_positives.jpg).", ""]
     lines += ["", "Median time per query (cvsearch, milliseconds): " + ", ".join(
         f"{name}: {methods[name]['median_query_ms']}" for name in names
         if "median_query_ms" in methods[name]) + ".", "",
