@@ -345,3 +345,21 @@ def test_an_index_saved_before_the_shared_keypoint_budget_queries_as_it_was_buil
     assert loaded.extractor == built.extractor
     assert loaded.extractor != FeatureExtractor("sift", max_keypoints=200)
     assert_same_results(results(loaded, images[:2]), results(built, images[:2]))
+
+
+def test_a_saved_vocabulary_keeps_its_n_probe_when_the_default_changes(
+        image_files, tmp_path):
+    # Indexes saved before n_probe's default went from 8 to 10 must keep assigning
+    # words as they did when their images were added, so the value is saved.
+    from cvsearch import FeatureExtractor, Vocabulary
+
+    assert Vocabulary().n_probe == 10
+    index = Index.build(image_files[:6], FeatureExtractor("sift", max_side=1024),
+                        n_words=200, random_state=0, exact_below=0, n_probe=2)
+    index.save(tmp_path / "index")
+    assert manifest_of(tmp_path / "index")["vocabulary"]["n_probe"] == 2
+    loaded = Index.load(tmp_path / "index")
+    assert loaded.vocabulary.n_probe == 2
+    descriptors = index.extractor.extract(image_files[7]).descriptors
+    assert np.array_equal(loaded.vocabulary.predict(descriptors),
+                          index.vocabulary.predict(descriptors))
