@@ -169,10 +169,14 @@ def aligned_rows(index, rows, height: int = 220) -> np.ndarray | None:
     tiles = []
     for row in rows:
         negative = cv2.imread(row["query"])
+        if negative is None:
+            continue
         for id_, mirrored in row.get("called_copies", []):
             indexed = cv2.imread(str(index.names[id_]))
+            if indexed is None:
+                continue
             q_xy, db_xy = index.matches(row["query"], id_, mirrored=mirrored)
-            if negative is None or indexed is None or len(q_xy) < 4:
+            if len(q_xy) < 4:  # a homography needs four
                 continue
             # both in their own pixels: a mirrored match gives a reflecting h
             h, _ = cv2.findHomography(db_xy, q_xy, cv2.RANSAC, 4.0)
