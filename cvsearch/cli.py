@@ -858,14 +858,14 @@ def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        from sklearn.exceptions import NotFittedError
-
         args.run(args)
     except KeyboardInterrupt:
         print(f"cvsearch {args.command}: interrupted", file=sys.stderr)
         return 130
+    # scikit-learn's NotFittedError is a ValueError: caught without importing
+    # scikit-learn, which would add a second to every command's start
     except (CommandError, FileNotFoundError, NotADirectoryError, ValueError, TypeError,
-            OSError, NotFittedError) as error:
+            OSError) as error:
         message = str(error)
         if isinstance(error, OSError) and error.filename and error.strerror:
             message = f"{error.filename}: {error.strerror}"

@@ -300,9 +300,9 @@ class Index:
                 f"{len(self)} images)")
 
     def _check_trained(self):
-        from sklearn.exceptions import NotFittedError
-
         if not self.is_trained:
+            from sklearn.exceptions import NotFittedError  # only to raise (see Vocabulary)
+
             raise NotFittedError("this index has no vocabulary yet; call "
                                  "index.train(paths) first, or use Index.build(paths)")
 

@@ -164,9 +164,11 @@ class Vocabulary:
         return hasattr(self, "centers_")
 
     def _check_fitted(self):
-        from sklearn.exceptions import NotFittedError
-
         if not self.is_fitted:
+            # imported only to raise: scikit-learn takes a second to import, and
+            # this check runs on every load and search
+            from sklearn.exceptions import NotFittedError
+
             raise NotFittedError(
                 "this vocabulary is not trained yet; call fit (or Index.train) first")
 

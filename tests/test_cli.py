@@ -168,6 +168,25 @@ def test_help_lists_every_option_with_its_default():
     assert "(default: 20000)" in out and "(default: rootsift)" in out
 
 
+def test_a_small_index_is_searched_without_loading_scikit_learn_or_numba(
+        trained_index, image_files, tmp_path):
+    """A command's start is its imports: scikit-learn (for training) and numba
+    (for large segments) cost about a second each and a search of a small index
+    needs neither, even where the index is not trained."""
+    trained_index.save(tmp_path / "idx")
+    probe = ("import sys, runpy; sys.argv = ['cvsearch'] + sys.argv[1:]\n"
+             "try:\n    runpy.run_module('cvsearch', run_name='__main__')\n"
+             "except SystemExit as done:\n    code = done.code\n"
+             "print(code, 'sklearn' in sys.modules, 'numba' in sys.modules)")
+    for args in (["query", "idx", image_files[3], "-k", "2"],
+                 ["query", "nowhere", image_files[3]], ["info", "idx"]):
+        done = subprocess.run([sys.executable, "-c", probe, *args], cwd=tmp_path,
+                              capture_output=True, text=True, timeout=300)
+        code, sklearn, numba = done.stdout.split()[-3:]
+        assert (sklearn, numba) == ("False", "False"), (args, done.stderr)
+        assert code == ("1" if "nowhere" in args else "0"), done.stderr
+
+
 def test_synthetic_round_trip_and_errors_need_no_data(image_files, tmp_path):
     """The command line on synthetic images: a clean clone without the shared data
     still runs it end to end."""

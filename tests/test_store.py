@@ -184,10 +184,13 @@ def test_compiled_and_numpy_scoring_agree_exactly(monkeypatch, power):
     pytest.importorskip("numba", reason="the compiled path needs numba ('fast' extra)")
     images = random_images(40)
     queries = random_images(4, seed=11)
+    # these segments are small: numpy would score them (COMPILED_FROM)
+    assert store_module._compiled(store_module._accumulate, 1000) is None
+    monkeypatch.setattr(store_module, "COMPILED_FROM", 0)
     store = store_of([images[:15], images[15:]], levels=1, power=power).remove([3])
     compiled = [store_query(store, q, store.weights().idf) for q in queries]
-    assert store_module._compiled(store_module._accumulate) is not None
-    assert store_module._compiled(store_module._norm_squares) is not None
+    assert store_module._compiled(store_module._accumulate, 1000) is not None
+    assert store_module._compiled(store_module._norm_squares, 1000) is not None
     monkeypatch.setattr(store_module, "USE_COMPILED", False)
     plain_store = store_of([images[:15], images[15:]], levels=1, power=power).remove([3])
     for a, b in zip(store.weights().inv_norms, plain_store.weights().inv_norms):
