@@ -51,6 +51,8 @@ TSNE_CLASSES = ["airplanes", "bonsai", "car_side", "chair", "Faces_easy", "ketch
 #: The bag-of-words rows use the word counts as they are (the library's default
 #: damps them for instance search; see benchmarks/results/instance.md).
 CATEGORY_TF_POWER = 1.0
+#: The sparse local features compared (``--features``), each at every vocabulary size.
+CLASSICAL = ("sift", "rootsift", "orb")
 
 
 def log(*parts):
@@ -165,7 +167,7 @@ def evaluate_bow(name, index, data, args, results, indexes, start, **details):
 
 def run_classical(data, args, results, indexes):
     paths = data.paths
-    for method in ("sift", "rootsift", "orb"):
+    for method in args.features:
         extractor = FeatureExtractor(method)
         start = time.perf_counter()
         features = extract_all(extractor, paths, args.n_jobs)
@@ -531,6 +533,9 @@ def main(argv=None):
                              "%(default)s, all cores)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-cnn", action="store_true", help="skip the CNN baseline")
+    parser.add_argument("--features", nargs="+", choices=CLASSICAL, default=list(CLASSICAL),
+                        help="the sparse local features to compare, each with every "
+                             "vocabulary size (default: all; the dense rows always run)")
     parser.add_argument("--cnn-model", type=Path, default=None,
                         help="an ONNX model to use instead of EfficientNet-Lite0, e.g. "
                              "a ResNet-50 you exported (its pooled output is the "
@@ -603,6 +608,8 @@ def main(argv=None):
         command += " --quick"
     if args.no_cnn:
         command += " --no-cnn"
+    if list(args.features) != list(CLASSICAL):
+        command += " --features " + " ".join(args.features)
     meta = {"command": command + f" --seed {args.seed}", "quick": args.quick,
             "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python "
                        f"{platform.python_version()}, n_jobs={args.n_jobs}",
