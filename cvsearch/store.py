@@ -440,17 +440,19 @@ MAX_MERGED_IMAGES = 100_000
 
 #: Use the numba loops when numba is installed (False: always numpy; for tests).
 USE_COMPILED = True
-#: Segments with fewer postings than this are scored by numpy: there it is as
-#: fast, and loading numba and its cached loops costs about a second, once per
-#: process (every command of a small index would pay it).
+#: Stores with fewer postings in all than this are scored by numpy: loading
+#: numba and its cached loops costs about a second, once per process, which
+#: every command of a small index would pay for less than a millisecond a
+#: query. (The choice is the store's, not each segment's: numpy's loop costs
+#: about half a millisecond more per query whatever a segment's size.)
 COMPILED_FROM = 1 << 17
 
 
 def _compiled(loop, postings: int):
-    """The loop compiled by numba (``pip install 'cvsearch[fast]'``) for a segment
-    of ``postings`` postings, or None to use numpy. Each loop sums the same
-    float32 products, in float64, in the same order as its numpy path, so both
-    give the same numbers to the bit; it releases the GIL, so segments are
+    """The loop compiled by numba (``pip install 'cvsearch[fast]'``) for a store
+    of ``postings`` postings in all, or None to use numpy. Each loop sums the
+    same float32 products, in float64, in the same order as its numpy path, so
+    both give the same numbers to the bit; it releases the GIL, so segments are
     processed on all cores."""
     return compiled(loop) if USE_COMPILED and postings >= COMPILED_FROM else None
 
@@ -525,6 +527,7 @@ class Store:
         self.deleted = tuple(deleted) if deleted is not None else (None,) * len(
             self.segments)
         self.next_id = int(next_id)
+        self._postings = sum(len(s.post_rows) for s in self.segments)
         self._first_ids = np.array([int(s.ids[0]) for s in self.segments], np.int64)
         sizes = [len(s) for s in self.segments]
         self._starts = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
@@ -780,14 +783,14 @@ class Store:
     def _inverse_norms(self, segment: Segment, mask, idf_power) -> np.ndarray:
         indptr = np.asarray(segment.post_indptr)
         rows, tf = np.asarray(segment.post_rows), np.asarray(segment.post_tf)
-        kernel = _compiled(_norm_squares, len(rows))
+        kernel = _compiled(_norm_squares, self._postings)
         if kernel is not None and tf.dtype.itemsize <= 2:
             table = self._tf_table(tf.dtype)
             squares = kernel(indptr, rows, tf, table, idf_power, len(segment))
             # numba makes one version of a loop per dtype combination (compiled
             # or loaded from its cache, milliseconds): have the scoring loop's
             # ready now rather than in the first query of this state
-            _compiled(_accumulate, len(rows))(indptr, rows, tf, np.zeros(0, np.int64),
+            _compiled(_accumulate, self._postings)(indptr, rows, tf, np.zeros(0, np.int64),
                                    np.zeros(0, np.float32), table, 0)
             norms = np.sqrt(squares)
             inv = np.divide(1.0, norms, out=np.zeros_like(norms),
@@ -879,7 +882,7 @@ class Store:
         # one slice: cheaper than memmap objects and a gathered index.
         indptr = np.asarray(segment.post_indptr)
         rows, tf = np.asarray(segment.post_rows), np.asarray(segment.post_tf)
-        kernel = _compiled(_accumulate, len(rows))
+        kernel = _compiled(_accumulate, self._postings)
         if kernel is not None and tf.dtype.itemsize <= 2:
             table = self._tf_table(tf.dtype)
             sums = kernel(indptr, rows, tf, query_columns, factor, table, len(segment))
