@@ -99,7 +99,7 @@ class Vocabulary:
         Cells of the coarse quantiser searched per descriptor (see module docstring).
         Larger is more exact and slower. The default, 10, gives each descriptor its
         exact nearest centre 97.5% of the time at 20,000 words (8, the default
-        before 2026-12-03: 96.0%, in 0.86x the time; benchmarks/assignment.py).
+        before 2026-12-03: 96.0%, in 0.89x the time; benchmarks/assignment.py).
         A saved vocabulary keeps the value it was built with.
     n_cells : int or None
         Cells of the coarse quantiser; None: about sqrt(n_words). More cells
