@@ -790,8 +790,9 @@ class Store:
             # numba makes one version of a loop per dtype combination (compiled
             # or loaded from its cache, milliseconds): have the scoring loop's
             # ready now rather than in the first query of this state
-            _compiled(_accumulate, self._postings)(indptr, rows, tf, np.zeros(0, np.int64),
-                                   np.zeros(0, np.float32), table, 0)
+            warm = _compiled(_accumulate, self._postings)
+            warm(indptr, rows, tf, np.zeros(0, np.int64), np.zeros(0, np.float32), table,
+                 0)
             norms = np.sqrt(squares)
             inv = np.divide(1.0, norms, out=np.zeros_like(norms),
                             where=norms > 0).astype(np.float32)
