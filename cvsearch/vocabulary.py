@@ -478,52 +478,33 @@ class Vocabulary:
         n_probe = min(self.n_probe, len(self.cell_centers_))
         row_sqnorms = self._row_sqnorms(data)
         probes = self._probed_cells(data, n_probe, row_sqnorms)
-        # Cell by cell: the rows that probe a cell are compared with its words in
-        # one matrix product. Each (row, probe) pair keeps the cell's two nearest
-        # words in its own slot, so the loop writes contiguous slices and the
-        # merge over a row's 2 * n_probe candidates is vectorised afterwards.
-        # (Per-cell work is a product and two argmins: argpartition costs 100x
-        # an argmin on these small matrices.)
+        # Each (row, probe) pair keeps the probed cell's two nearest words in its
+        # own slot, the pairs sorted by cell so that each cell's words are read
+        # once for all the rows probing it; the merge over a row's 2 * n_probe
+        # candidates is vectorised afterwards.
         pairs = probes.ravel()
         order = np.argsort(pairs, kind="stable")
         bounds = np.searchsorted(pairs[order], np.arange(len(self.cell_centers_) + 1))
-        gathered = data[order // n_probe]
         n_pairs = len(order)
-        best = np.full(2 * n_pairs, np.inf, np.float32)  # slot's best, then second
-        word = np.full(2 * n_pairs, -1, np.int32)  # positions in the sorted words
         kernel = compiled(_scan_cells, fastmath={"reassoc", "contract"}) \
             if USE_COMPILED and data.dtype == np.float32 else None
         if kernel is not None:
-            # the same slots, without a numpy call per cell (the cost of the loop
-            # below at one image's few hundred descriptors); its float32 sums
-            # round otherwise than BLAS's, which the near ties below absorb
-            kernel(np.ascontiguousarray(gathered), bounds.astype(np.int64),
-                   self._cell_bounds, self._sorted_centers_times_minus_2,
-                   self._sorted_sqnorms, best, word)
-        for cell in (() if kernel is not None else np.flatnonzero(np.diff(bounds))):
-            lo, hi = self._cell_bounds[cell], self._cell_bounds[cell + 1]
-            if lo == hi:
-                continue
-            a, b = bounds[cell], bounds[cell + 1]
-            d = gathered[a:b] @ self._sorted_centers_times_minus_2[lo:hi].T
-            d += self._sorted_sqnorms[lo:hi]
-            rows = np.arange(b - a)
-            j = d.argmin(axis=1)
-            best[a:b], word[a:b] = d[rows, j], j + lo
-            if hi - lo > 1:
-                d[rows, j] = np.inf
-                j = d.argmin(axis=1)
-                best[n_pairs + a:n_pairs + b] = d[rows, j]
-                word[n_pairs + a:n_pairs + b] = j + lo
-        # back to one row per descriptor: (n, 2 * n_probe) candidates
-        unsort = np.empty(n_pairs, np.int64)
-        unsort[order] = np.arange(n_pairs)
-        unsort = np.concatenate([unsort, unsort + n_pairs])
+            # the slots without a numpy call per cell (the numpy path's cost at
+            # one image's few hundred descriptors), each written where its
+            # (row, probe) pair is: neither rows nor slots are copied into cell
+            # order and back. Its float32 sums round otherwise than BLAS's,
+            # which the near ties below absorb.
+            best = np.empty(2 * n_pairs, np.float32)
+            word = np.empty(2 * n_pairs, np.int32)
+            kernel(np.ascontiguousarray(data), order // n_probe, order,
+                   bounds.astype(np.int64), self._cell_bounds,
+                   self._sorted_centers_times_minus_2, self._sorted_sqnorms, best, word)
+        else:
+            best, word = self._scan_cells_numpy(data[order // n_probe], bounds, order)
+        # one row per descriptor: (n, 2 * n_probe) candidates
         shape = (2, len(data), n_probe)
-        candidates = best[unsort].reshape(shape).transpose(1, 0, 2).reshape(
-            len(data), -1)
-        candidate_words = word[unsort].reshape(shape).transpose(1, 0, 2).reshape(
-            len(data), -1)
+        candidates = best.reshape(shape).transpose(1, 0, 2).reshape(len(data), -1)
+        candidate_words = word.reshape(shape).transpose(1, 0, 2).reshape(len(data), -1)
         rows = np.arange(len(data))
         j = candidates.argmin(axis=1)
         first, first_word = candidates[rows, j], candidate_words[rows, j]
@@ -542,6 +523,38 @@ class Vocabulary:
                                                self._cell_bounds[c + 1]]
                               for c in probes[row]]))
         return word, second_word, first, second
+
+    def _scan_cells_numpy(self, gathered, bounds, order):
+        """:func:`_scan_cells` in numpy: ``gathered`` (n_pairs, dim) holds the
+        slots' descriptors in cell order (``order`` the pairs' positions, cell
+        c's slots ``bounds[c]:bounds[c + 1]``). Returns ``best`` (2 * n_pairs,)
+        float32 and ``word`` (2 * n_pairs,) int32 in pair order, as the kernel
+        writes them."""
+        n_pairs = len(order)
+        best = np.full(2 * n_pairs, np.inf, np.float32)  # slot's best, then second
+        word = np.full(2 * n_pairs, -1, np.int32)  # positions in the sorted words
+        # Cell by cell: the rows that probe a cell are compared with its words in
+        # one matrix product. (Per-cell work is a product and two argmins:
+        # argpartition costs 100x an argmin on these small matrices.)
+        for cell in np.flatnonzero(np.diff(bounds)):
+            lo, hi = self._cell_bounds[cell], self._cell_bounds[cell + 1]
+            if lo == hi:
+                continue
+            a, b = bounds[cell], bounds[cell + 1]
+            d = gathered[a:b] @ self._sorted_centers_times_minus_2[lo:hi].T
+            d += self._sorted_sqnorms[lo:hi]
+            rows = np.arange(b - a)
+            j = d.argmin(axis=1)
+            best[a:b], word[a:b] = d[rows, j], j + lo
+            if hi - lo > 1:
+                d[rows, j] = np.inf
+                j = d.argmin(axis=1)
+                best[n_pairs + a:n_pairs + b] = d[rows, j]
+                word[n_pairs + a:n_pairs + b] = j + lo
+        unsort = np.empty(n_pairs, np.int64)  # back from cell order to pair order
+        unsort[order] = np.arange(n_pairs)
+        unsort = np.concatenate([unsort, unsort + n_pairs])
+        return best[unsort], word[unsort]
 
     def get_state(self) -> dict:
         """Learnt arrays, for saving: centers, cell_centers, word_cells, binary."""
@@ -597,23 +610,28 @@ class Vocabulary:
 USE_COMPILED = True
 
 
-def _scan_cells(gathered, bounds, cell_bounds, centres, sqnorms, best, word):
+def _scan_cells(data, rows_of, pair_of, bounds, cell_bounds, centres, sqnorms, best,
+                word):
     """For each (descriptor, probed cell) slot, the two nearest words of the cell.
 
-    ``gathered`` (n_pairs, dim) float32 holds the slots' descriptors, sorted by
-    cell: cell c's slots are ``bounds[c]:bounds[c + 1]``, its words (sorted)
-    ``cell_bounds[c]:cell_bounds[c + 1]`` of ``centres`` (scaled by -2) and
-    ``sqnorms``. Writes, as :meth:`Vocabulary._predict_ivf`'s loop does, slot
-    i's nearest distance and word to ``best[i]``, ``word[i]``, and its second
-    to ``best[n_pairs + i]``, ``word[n_pairs + i]``. Four slots at a time, so
-    each word's centre is read once for four descriptors.
+    The slots are sorted by cell: cell c's are ``bounds[c]:bounds[c + 1]``, its
+    words (sorted) ``cell_bounds[c]:cell_bounds[c + 1]`` of ``centres`` (scaled
+    by -2) and ``sqnorms``. Slot i is row ``rows_of[i]`` of ``data`` (n, dim)
+    float32 and pair ``pair_of[i]`` (row * n_probe + probe). Writes, as
+    :meth:`Vocabulary._scan_cells_numpy` returns them, pair p's nearest distance
+    and word to ``best[p]``, ``word[p]`` and its second to ``best[n_pairs + p]``,
+    ``word[n_pairs + p]`` (inf and -1 where the cell has fewer words). Four
+    slots at a time, so each word's centre is read once for four descriptors.
     """
-    n_pairs, dim = gathered.shape
+    n_pairs = rows_of.shape[0]
+    dim = data.shape[1]
     for cell in range(bounds.shape[0] - 1):
         a, b = bounds[cell], bounds[cell + 1]
         lo, hi = cell_bounds[cell], cell_bounds[cell + 1]
         for r0 in range(a, b, 4):
             r1, r2, r3 = min(r0 + 1, b - 1), min(r0 + 2, b - 1), min(r0 + 3, b - 1)
+            x0, x1 = data[rows_of[r0]], data[rows_of[r1]]
+            x2, x3 = data[rows_of[r2]], data[rows_of[r3]]
             b1 = np.full(4, np.inf, np.float32)
             b2 = np.full(4, np.inf, np.float32)
             w1 = np.full(4, -1, np.int32)
@@ -625,10 +643,10 @@ def _scan_cells(gathered, bounds, cell_bounds, centres, sqnorms, best, word):
                 s3 = np.float32(0.0)
                 for k in range(dim):
                     c = centres[j, k]
-                    s0 += gathered[r0, k] * c
-                    s1 += gathered[r1, k] * c
-                    s2 += gathered[r2, k] * c
-                    s3 += gathered[r3, k] * c
+                    s0 += x0[k] * c
+                    s1 += x1[k] * c
+                    s2 += x2[k] * c
+                    s3 += x3[k] * c
                 sums = (s0, s1, s2, s3)
                 for t in range(4):
                     d = sums[t] + sqnorms[j]
@@ -638,8 +656,9 @@ def _scan_cells(gathered, bounds, cell_bounds, centres, sqnorms, best, word):
                     elif d < b2[t]:
                         b2[t], w2[t] = d, j
             for t in range(min(4, b - r0)):
-                best[r0 + t], word[r0 + t] = b1[t], w1[t]
-                best[n_pairs + r0 + t], word[n_pairs + r0 + t] = b2[t], w2[t]
+                pair = pair_of[r0 + t]
+                best[pair], word[pair] = b1[t], w1[t]
+                best[n_pairs + pair], word[n_pairs + pair] = b2[t], w2[t]
 
 
 def _smallest(values, out):
