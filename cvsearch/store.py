@@ -442,9 +442,9 @@ MAX_MERGED_IMAGES = 100_000
 USE_COMPILED = True
 #: Stores with fewer postings in all than this are scored by numpy: loading
 #: numba and its cached loops costs about a second, once per process, which
-#: every command of a small index would pay for less than a millisecond a
-#: query. (The choice is the store's, not each segment's: numpy's loop costs
-#: about half a millisecond more per query whatever a segment's size.)
+#: every command of a small index would pay to save little. (The choice is the
+#: store's, not each segment's: numpy's loop has a cost per query term whatever
+#: a segment's size, so a large store's small new segment is scored by numba.)
 COMPILED_FROM = 1 << 17
 
 

@@ -171,8 +171,8 @@ def test_help_lists_every_option_with_its_default():
 def test_a_small_index_is_searched_without_loading_scikit_learn_or_numba(
         trained_index, image_files, tmp_path):
     """A command's start is its imports: scikit-learn (for training) and numba
-    (for large segments) cost about a second each and a search of a small index
-    needs neither, even where the index is not trained."""
+    (for large stores) cost about a second each, and a search or an ``info`` of
+    a small index needs neither, nor does the error for a missing index."""
     trained_index.save(tmp_path / "idx")
     probe = ("import sys, runpy; sys.argv = ['cvsearch'] + sys.argv[1:]\n"
              "try:\n    runpy.run_module('cvsearch', run_name='__main__')\n"
