@@ -1,22 +1,62 @@
-"""End to end: the real command line in a subprocess, on real photos (UKBench, when
-the shared data is there) and on synthetic images (always)."""
+"""End to end: the command line on real photos (UKBench, when the shared data is
+there) and on synthetic images (always).
 
+Commands run in this process, through ``cvsearch.cli.main`` with its own standard
+streams, working folder and warnings: a subprocess per command spent most of these
+tests starting Python and importing (one to three seconds a command, scikit-learn
+most of it). The real ``python -m cvsearch`` runs in a subprocess where the process
+itself is the point: what a command imports, here; exit codes, concurrent writers,
+undecodable names and the service, in their own test files.
+"""
+
+import contextlib
+import io
 import json
+import os
 import shutil
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import cv2
 import pytest
 from conftest import UKBENCH, requires
 
+from cvsearch.cli import main
+
+#: Python's own warning filters, as a fresh interpreter has them
+FRESH_WARNING_FILTERS = [("default", DeprecationWarning, "__main__"),
+                         ("ignore", DeprecationWarning, ""),
+                         ("ignore", PendingDeprecationWarning, ""),
+                         ("ignore", ImportWarning, ""), ("ignore", ResourceWarning, "")]
+
 
 def run(*args, cwd):
-    """Run ``python -m cvsearch ARGS``; return (exit code, stdout, stderr)."""
-    done = subprocess.run([sys.executable, "-m", "cvsearch", *map(str, args)], cwd=cwd,
-                          capture_output=True, text=True, timeout=300)
-    return done.returncode, done.stdout, done.stderr
+    """Run ``cvsearch ARGS`` in the folder ``cwd``; return (exit code, stdout,
+    stderr). Warnings print to its stderr, as in a fresh interpreter."""
+    out, err = io.StringIO(), io.StringIO()
+    here = os.getcwd()
+    os.chdir(cwd)
+    try:
+        with (contextlib.redirect_stdout(out), contextlib.redirect_stderr(err),
+              warnings.catch_warnings()):
+            warnings.resetwarnings()
+            for action, category, module in FRESH_WARNING_FILTERS:
+                warnings.filterwarnings(action, category=category, module=module,
+                                        append=True)
+            warnings.showwarning = _print_warning
+            try:
+                code = main([str(arg) for arg in args])
+            except SystemExit as done:  # argparse: --help, usage errors
+                code = done.code
+    finally:
+        os.chdir(here)
+    return code, out.getvalue(), err.getvalue()
+
+
+def _print_warning(message, category, filename, lineno, file=None, line=None):
+    sys.stderr.write(warnings.formatwarning(message, category, filename, lineno, line))
 
 
 def assert_one_line_error(code, err, *needles, expected_code=1):
