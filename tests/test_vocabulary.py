@@ -10,6 +10,20 @@ X, _ = make_blobs(n_samples=6000, n_features=128, centers=300, random_state=42)
 X = X.astype(np.float32)
 
 
+@pytest.fixture(scope="module")
+def fitted():
+    """1000 words learnt on ``X`` once for the tests below (a fit takes seconds),
+    in both forms: an inverted file over 32 cells, and exact (no cells)."""
+    return {0: Vocabulary(1000, exact_below=0, random_state=0).fit(X),
+            4096: Vocabulary(1000, exact_below=4096, random_state=0).fit(X)}
+
+
+def with_params(vocabulary, **params):
+    """``vocabulary`` with other search parameters (``n_probe``), as loaded."""
+    return Vocabulary.from_state({**vocabulary.get_params(), **params},
+                                 vocabulary.get_state())
+
+
 def is_nearest(data, centers, words):
     """True where words[i] is a nearest centre of data[i] (ties allowed)."""
     d = ((data[:, None, :] - centers[None, :, :]) ** 2).sum(-1)
@@ -24,8 +38,8 @@ def test_exact_assignment_is_the_nearest_centre():
     assert is_nearest(X[:500], vocabulary.centers_, words).all()
 
 
-def test_inverted_file_search_agrees_with_exact():
-    vocabulary = Vocabulary(1000, exact_below=0, n_probe=4, random_state=0).fit(X)
+def test_inverted_file_search_agrees_with_exact(fitted):
+    vocabulary = with_params(fitted[0], n_probe=4)
     assert len(vocabulary.cell_centers_) == 32
     exact = vocabulary.predict_exact(X)
     assert is_nearest(X[:300], vocabulary.centers_, exact[:300]).all()
@@ -77,7 +91,7 @@ def test_errors():
         vocabulary.predict(X[:, :64])
 
 
-def test_the_coarse_cells_can_be_more_than_the_square_root():
+def test_the_coarse_cells_can_be_more_than_the_square_root(fitted):
     vocabulary = Vocabulary(1000, exact_below=0, n_cells=64, n_probe=8,
                             random_state=0).fit(X)
     assert len(vocabulary.cell_centers_) == 64 and vocabulary.get_params()["n_cells"] == 64
@@ -87,7 +101,7 @@ def test_the_coarse_cells_can_be_more_than_the_square_root():
                                        vocabulary.get_state())
     assert np.array_equal(everywhere.predict(X), exact)
     # the same words, cells made again over them: another coarse quantiser
-    default = Vocabulary(1000, exact_below=0, n_probe=4, random_state=0).fit(X)
+    default = with_params(fitted[0], n_probe=4)
     cell_centers, word_cells = coarse_cells(default.centers_, 64, 0)
     assert cell_centers.shape == (64, 128) and word_cells.shape == (1000,)
     with pytest.raises(ValueError, match="n_cells"):
@@ -144,13 +158,13 @@ def float64_reference(data, centers):
 
 
 @pytest.mark.parametrize("exact_below", [4096, 0])
-def test_near_ties_are_decided_in_float64_whatever_the_blas_rounding(exact_below):
+def test_near_ties_are_decided_in_float64_whatever_the_blas_rounding(exact_below,
+                                                                     fitted):
     # float32 distances from a matrix product round differently with the BLAS
     # thread count, so a descriptor almost equally far from two centres could get
     # either word in a serial and a parallel build. Such near ties are decided in
     # float64 instead: the words are those of the float64 reference, everywhere.
-    vocabulary = Vocabulary(1000, exact_below=exact_below, n_probe=32,
-                            random_state=0).fit(X)
+    vocabulary = with_params(fitted[exact_below], n_probe=32)
     rng = np.random.default_rng(1)
     pairs = rng.integers(0, 1000, (400, 2))
     pairs = pairs[pairs[:, 0] != pairs[:, 1]]
@@ -164,10 +178,10 @@ def test_near_ties_are_decided_in_float64_whatever_the_blas_rounding(exact_below
     assert np.array_equal(vocabulary.predict(data[order]), expected[order])
 
 
-def test_near_ties_at_the_probe_boundary_use_the_float64_cells():
+def test_near_ties_at_the_probe_boundary_use_the_float64_cells(fitted):
     # With few probes, which cells a descriptor searches is itself a decision on
     # float32 distances; near ties there are settled in float64 as well.
-    vocabulary = Vocabulary(1000, exact_below=0, n_probe=1, random_state=0).fit(X)
+    vocabulary = with_params(fitted[0], n_probe=1)
     cells = vocabulary.cell_centers_.astype(np.float64)
     rng = np.random.default_rng(2)
     pairs = rng.integers(0, len(cells), (300, 2))
@@ -216,12 +230,11 @@ def test_the_tie_tolerance_covers_float32_rounding_with_room_to_spare(root):
     assert np.all(2 * error <= tolerance / 4)
 
 
-@pytest.mark.parametrize("exact_below, n_probe", [(2048, 8), (0, 32)])
-def test_predict_two_gives_the_word_and_the_next_nearest(exact_below, n_probe):
+@pytest.mark.parametrize("exact_below, n_probe", [(4096, 8), (0, 32)])
+def test_predict_two_gives_the_word_and_the_next_nearest(exact_below, n_probe, fitted):
     """The first word is predict's; the second the next nearest centre (all
     cells probed: exact), with their squared distances."""
-    vocabulary = Vocabulary(1000, exact_below=exact_below, n_probe=n_probe,
-                            random_state=0).fit(X)
+    vocabulary = with_params(fitted[exact_below], n_probe=n_probe)
     data = X[:400]
     words, second, best, second_best = vocabulary.predict_two(data)
     assert np.array_equal(words, vocabulary.predict(data))
@@ -261,7 +274,7 @@ def test_words_of_many_descriptors_at_once_are_the_words_of_each():
     assert (second != first).all() and (second >= 0).all()
 
 
-def test_the_compiled_scan_assigns_the_words_numpy_assigns(monkeypatch):
+def test_the_compiled_scan_assigns_the_words_numpy_assigns(monkeypatch, fitted):
     """numba's scan of the inverted file sums in another order than BLAS; the
     near ties it could order otherwise are settled in float64, so every word is
     the same, ties included."""
@@ -269,9 +282,8 @@ def test_the_compiled_scan_assigns_the_words_numpy_assigns(monkeypatch):
     from cvsearch._compiled import compiled
 
     assert compiled(vocabulary_module._scan_cells) is not None  # numba: [test]
-    vocabulary = Vocabulary(1000, exact_below=0, n_probe=4, random_state=0).fit(X)
-    everywhere = Vocabulary.from_state({**vocabulary.get_params(), "n_probe": 32},
-                                       vocabulary.get_state())
+    vocabulary = with_params(fitted[0], n_probe=4)
+    everywhere = with_params(vocabulary, n_probe=32)
     rng = np.random.default_rng(3)
     pairs = rng.integers(0, 1000, (300, 2))
     tied = tied_descriptors(vocabulary, pairs[pairs[:, 0] != pairs[:, 1]])
