@@ -11,11 +11,14 @@ from sklearn.preprocessing import normalize
 from cvsearch import FeatureExtractor, Index
 
 
-def fresh_index(image_files, n_words=400):
-    """An untrained-database index sharing the fixture's vocabulary."""
-    index = Index(FeatureExtractor("sift", max_side=1024), n_words=n_words,
-                  random_state=0)
-    return index.train(image_files)
+@pytest.fixture(scope="module")
+def fresh_index(image_files, tmp_path_factory):
+    """Makes an index trained on the fixture's images, no image added: trained
+    once (a fit takes seconds) and saved, each call loads it."""
+    folder = tmp_path_factory.mktemp("trained") / "index"
+    Index(FeatureExtractor("sift", max_side=1024), n_words=400,
+          random_state=0).train(image_files).save(folder)
+    return lambda: Index.load(folder)
 
 
 def results(index, queries, k=12, rerank=0):
@@ -63,22 +66,22 @@ def test_sparse_scores_equal_dense_cosine_of_tfidf(trained_index, image_files):
     assert np.all(np.diff(scores) <= 0)
 
 
-def test_add_in_two_steps_equals_add_at_once(image_files):
+def test_add_in_two_steps_equals_add_at_once(image_files, fresh_index):
     queries = [warped(textured_image(s), 30, 0.8)[0] for s in (1, 7, 99)]
-    once = fresh_index(image_files)
+    once = fresh_index()
     once.add(image_files)
-    twice = fresh_index(image_files)
+    twice = fresh_index()
     twice.add(image_files[:5])
     twice.add(image_files[5:])
     assert once.names == twice.names  # same ids, same names
     assert_same_results(results(once, queries, rerank=6), results(twice, queries, rerank=6))
 
 
-def test_remove_equals_never_added(image_files):
+def test_remove_equals_never_added(image_files, fresh_index):
     queries = [warped(textured_image(s), 30, 0.8)[0] for s in (2, 4, 99)]
-    never = fresh_index(image_files)
+    never = fresh_index()
     never.add([p for i, p in enumerate(image_files) if i not in (4, 9)])
-    removed = fresh_index(image_files)
+    removed = fresh_index()
     removed.add(image_files)
     removed.remove([4, image_files[9]])  # by id and by name
     assert removed.names.values() == never.names.values()
@@ -86,8 +89,8 @@ def test_remove_equals_never_added(image_files):
                         results(removed, queries, rerank=6))
 
 
-def test_remove_unknown_changes_nothing(image_files):
-    index = fresh_index(image_files)
+def test_remove_unknown_changes_nothing(image_files, fresh_index):
+    index = fresh_index()
     index.add(image_files[:3])
     for bad, error in ([5], ValueError), (["missing"], ValueError), ([1.0], TypeError):
         with pytest.raises(error):
@@ -98,7 +101,7 @@ def test_remove_unknown_changes_nothing(image_files):
 
 
 def test_bad_files_are_skipped_reported_and_the_rest_indexed(image_files, tmp_path,
-                                                              caplog):
+                                                              caplog, fresh_index):
     empty = tmp_path / "empty.jpg"
     empty.write_bytes(b"")
     text = tmp_path / "notes.png"
@@ -107,7 +110,7 @@ def test_bad_files_are_skipped_reported_and_the_rest_indexed(image_files, tmp_pa
     truncated.write_bytes(cv2.imencode(".jpg", textured_image(0))[1].tobytes()[:2000])
     bad = [str(tmp_path / "missing.jpg"), str(empty), str(text), str(truncated),
            str(tmp_path)]
-    index = fresh_index(image_files)
+    index = fresh_index()
     with caplog.at_level(logging.WARNING, logger="cvsearch"):
         skipped = index.add(image_files[:2] + bad + image_files[2:4])
     assert [s.name for s in skipped] == bad
@@ -130,8 +133,8 @@ def test_bad_query_files_name_the_file(trained_index, tmp_path):
         trained_index.query(tmp_path)
 
 
-def test_blank_images_are_added_and_blank_queries_work(image_files, caplog):
-    index = fresh_index(image_files)
+def test_blank_images_are_added_and_blank_queries_work(image_files, caplog, fresh_index):
+    index = fresh_index()
     blank = np.full((200, 300), 17, np.uint8)
     with caplog.at_level(logging.WARNING, logger="cvsearch"):
         index.add([blank] + image_files[:3], names=["blank"] + image_files[:3])
@@ -152,7 +155,7 @@ def test_colour_and_16_bit_queries(trained_index, images, convert):
                         results(trained_index, [convert(images[6])], rerank=3))
 
 
-def test_argument_errors(trained_index, image_files, images):
+def test_argument_errors(trained_index, image_files, images, fresh_index):
     with pytest.raises(ValueError, match="k=0"):
         trained_index.query(images[0], k=0)
     with pytest.raises(TypeError, match="k must be an integer"):
@@ -166,7 +169,7 @@ def test_argument_errors(trained_index, image_files, images):
     with pytest.raises(TypeError, match="list"):
         trained_index.add(image_files[0])
     with pytest.raises(ValueError, match="names="):
-        fresh_index(image_files).add([images[0]])
+        fresh_index().add([images[0]])
     with pytest.raises(TypeError, match="dtype"):
         trained_index.query(images[0].astype(np.float64))
 
