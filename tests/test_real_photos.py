@@ -18,13 +18,14 @@ def ukbench():
     names = sorted(truth)
     paths = [str(UKBENCH / "images" / name) for name in names]
     labels = np.array([truth[name] for name in names])
-    index = Index.build(paths, FeatureExtractor("sift"), n_words=5000, random_state=0)
-    return index, paths, labels
+    extractor = FeatureExtractor("sift")
+    features = [extractor.extract(path) for path in paths]  # once: index and queries
+    index = Index.build(features, extractor, n_words=5000, random_state=0, names=paths)
+    return index, paths, labels, features
 
 
 def test_ns_score_with_and_without_reranking(ukbench):
-    index, paths, labels = ukbench
-    features = [index.extractor.extract(path) for path in paths]  # once, for both
+    index, paths, labels, features = ukbench
     _, bow = index.query_batch(features, k=4)
     _, reranked = index.query_batch(features, k=4, rerank=20)
     ns_bow, ns_rerank = ns_score(labels[bow], labels), ns_score(labels[reranked], labels)
@@ -33,7 +34,7 @@ def test_ns_score_with_and_without_reranking(ukbench):
 
 
 def test_views_of_a_planar_object_are_verified(ukbench):
-    index, paths, labels = ukbench
+    index, paths, labels, _ = ukbench
     # Object 0 (a CD cover): its other three views get many inliers, others few.
     _, ids, inliers = index.query(paths[0], k=8, rerank=20, return_inliers=True)
     assert sorted(ids[:4].tolist()) == [0, 1, 2, 3]
