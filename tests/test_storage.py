@@ -203,7 +203,10 @@ def test_bad_manifest(saved, content):
         Index.load(saved)
 
 
-def test_missing_pieces(saved, tmp_path):
+def test_missing_pieces(saved, tmp_path, monkeypatch):
+    # a missing file is reported after one more reading, not after the 2.5 s a
+    # reader waits for a folder being replaced (tests/test_writers.py)
+    monkeypatch.setattr(storage, "LOAD_ATTEMPTS", 2)
     with pytest.raises(FileNotFoundError, match="no-such-index"):
         Index.load(tmp_path / "no-such-index")
     with pytest.raises(FileNotFoundError, match="index.json"):
