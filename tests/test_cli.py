@@ -39,8 +39,8 @@ def run(*args, cwd):
     here = os.getcwd()
     os.chdir(cwd)
     try:
-        with (contextlib.redirect_stdout(out), contextlib.redirect_stderr(err),
-              warnings.catch_warnings()):
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err), \
+                warnings.catch_warnings():
             warnings.resetwarnings()
             for action, category, module in FRESH_WARNING_FILTERS:
                 warnings.filterwarnings(action, category=category, module=module,
