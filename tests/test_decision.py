@@ -436,9 +436,16 @@ def planted(tmp_path_factory):
     return index, group_a, group_b, chain, group_c
 
 
-def test_duplicates_finds_the_planted_groups_and_the_copy_to_keep(planted):
+@pytest.fixture(scope="module")
+def planted_groups(planted):
+    """``duplicates(rerank=10)`` of the planted index, in one thread, once."""
+    return planted[0].duplicates(rerank=10)
+
+
+def test_duplicates_finds_the_planted_groups_and_the_copy_to_keep(planted,
+                                                                   planted_groups):
     index, group_a, group_b, chain, group_c = planted
-    groups = index.duplicates(rerank=10)
+    groups = planted_groups
     as_sets = [set(g.ids) for g in groups]
     assert set(group_a) in as_sets and set(group_b) in as_sets
     assert set(group_c) in as_sets
@@ -479,9 +486,8 @@ def test_duplicates_resumes_from_its_checkpoint(planted, tmp_path):
         index.duplicates(rerank=5, checkpoint=path)
 
 
-def test_duplicates_with_threads_finds_what_one_thread_finds(planted):
-    index = planted[0]
-    assert index.duplicates(rerank=10, n_jobs=2) == index.duplicates(rerank=10)
+def test_duplicates_with_threads_finds_what_one_thread_finds(planted, planted_groups):
+    assert planted[0].duplicates(rerank=10, n_jobs=2) == planted_groups
 
 
 def test_an_image_is_read_again_only_while_its_file_is_the_image_indexed(tmp_path):
@@ -589,7 +595,7 @@ def test_an_orb_index_searches_as_given_with_mirror(tmp_path):
     assert isinstance(index.duplicates(rerank=3), list)
 
 
-def test_duplicates_of_a_saved_index_run_in_processes(planted, tmp_path):
+def test_duplicates_of_a_saved_index_run_in_processes(planted, planted_groups, tmp_path):
     """Saved and unchanged: the workers map the folder and find what one
     thread finds; changed since: threads, on the state in memory."""
     from cvsearch import Index as Loaded
@@ -598,7 +604,7 @@ def test_duplicates_of_a_saved_index_run_in_processes(planted, tmp_path):
     index.save(tmp_path / "saved")
     loaded = Loaded.load(tmp_path / "saved")
     assert loaded._folder_of_this_state() is not None
-    assert loaded.duplicates(rerank=10, n_jobs=2) == index.duplicates(rerank=10)
+    assert loaded.duplicates(rerank=10, n_jobs=2) == planted_groups
     loaded.remove([0])
     assert loaded._folder_of_this_state() is None
     assert all(0 not in g.ids for g in loaded.duplicates(rerank=10, n_jobs=2))
