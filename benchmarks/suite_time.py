@@ -1,7 +1,8 @@
 """The test suite's time, on an idle machine and on a busy one (issue 22).
 
-Runs the README's test command (``python -m pytest -q``) twice from the
-repository root: alone, then beside a load on every core, a loop of quick
+Runs the README's test command (``python -m pytest -q``, with ``-p
+no:cacheprovider`` so as to leave no cache in the tree) twice from the repository
+root: alone, then beside a load on every core, a loop of quick
 Caltech-101 runs (``benchmarks/caltech101.py --quick``, all cores each), as a
 user's other work or another CI job would be. Writes the wall and CPU minutes
 of each (CPU: the suite's processes, user + system) and its outcome.
@@ -62,7 +63,8 @@ class Load:
 
 
 def run_suite() -> dict:
-    """The README's test command, timed: wall and CPU minutes, and its summary."""
+    """The README's test command (leaving no cache), timed: wall and CPU minutes,
+    and its summary."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.perf_counter()
     done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider"],
@@ -83,7 +85,8 @@ def markdown(meta: dict, runs: dict) -> str:
     lines = ["# The test suite's time, idle and busy", "",
              f"`{meta['command']}` on {meta['date']} ({meta['machine']}).", "",
              "The README's test command, `python -m pytest -q` (pytest-xdist on every "
-             "core), from the repository root; busy: beside a loop of quick Caltech-101 "
+             "core; here with `-p no:cacheprovider`, to leave no cache in the tree), "
+             "from the repository root; busy: beside a loop of quick Caltech-101 "
              "runs (`benchmarks/caltech101.py --quick`, every core each), started "
              f"{meta['load_head_start_s']} s before the suite. CPU minutes are the "
              "suite's own processes (user + system).", "",

@@ -145,7 +145,7 @@ def test_mutated_index_folders_are_refused_or_identical(saved_index, saved_finge
     # a deleted file is reported after one more reading, not after the 2.5 s a
     # reader waits for a folder being replaced (tests/test_writers.py)
     monkeypatch.setattr(storage, "LOAD_ATTEMPTS", 2)
-    index, files = saved_index
+    _, files = saved_index
     name = data.draw(st.sampled_from(sorted(files)), label="file")
     action = data.draw(st.sampled_from(["mutate", "mutate", "mutate", "delete",
                                         "add a stray file"]), label="action")
