@@ -34,7 +34,9 @@ each image agrees. Two questions get two decisions:
   overlap's pixels within ``PIXEL_TOLERANCE`` grey levels of an increasing map
   of intensities fitted by the inliers, one for the whole overlap or one per
   quarter (which a contrast change, a grey conversion, a colour edit or a
-  re-encoding keep; a caption or logo over a small part does not break it).
+  re-encoding keep; a caption or logo over a small part does not break it),
+  and showing the same edges (``_edges_agree``: grey levels within the
+  tolerance, a black backdrop and a dark wall, can differ in all they show).
   Keypoints say where structure is, not what lies between it: a portrait
   pasted onto another background, or two people photographed in front of one
   pin board, agree on every keypoint of the part they share, but the rest of
@@ -47,7 +49,9 @@ each image agrees. Two questions get two decisions:
 The keypoint thresholds were chosen on copies of Caltech-101 photos with another
 seed than the benchmark's (benchmarks/copies.py, results/copies.md). The pixel
 check's were looked at on the benchmark's own copies (seed 0): a round two
-thirds and 20 grey levels, not fitted to them. Containment's half is a round
+thirds and 20 grey levels, not fitted to them. Its edges' round values (10 grey
+levels, a factor 4, 30 degrees) were compared with a few others on copies and
+negatives of both seeds; they lose no copy of either. Containment's half is a round
 value too, between copies (a crop, a page or a rotated canvas holds the other
 whole) and shots that overlap by a strip.
 """
@@ -87,6 +91,13 @@ COPY_AGREEMENT = 2 / 3
 #: Two aligned thumbnail pixels agree within this many grey levels (of 255),
 #: after an increasing map of intensities (see :func:`pixel_agreement`).
 PIXEL_TOLERANCE = 20.0
+#: Two aligned thumbnail pixels show the same edge where both change by at most
+#: this many grey levels across two pixels (flat), or both change more, by
+#: strengths within a factor ``EDGE_RATIO`` and directions within
+#: ``EDGE_ANGLE`` degrees (see :func:`_edges_agree`).
+EDGE_TOLERANCE = 10.0
+EDGE_RATIO = 4.0
+EDGE_ANGLE = 30.0
 #: A quarter of the thumbnails gets its own intensity map where at least this
 #: many of its pixels lie by inliers (see :func:`pixel_agreement`).
 MIN_ANCHORED = 16
@@ -506,7 +517,8 @@ def pixel_agreement(query_thumbnail, query_shape, db_thumbnail, db_shape,
     pixels, any flat background would agree with any other. A colour edit
     changes grey levels by colour, so each quarter of the thumbnails with
     ``MIN_ANCHORED`` such pixels also gets its own map. The share is that of
-    the overlap's pixels within ``PIXEL_TOLERANCE`` of a map.
+    the overlap's pixels within ``PIXEL_TOLERANCE`` of a map that also show
+    the same edges (:func:`_edges_agree`), away from the overlap's border.
 
     Parameters
     ----------
@@ -521,7 +533,8 @@ def pixel_agreement(query_thumbnail, query_shape, db_thumbnail, db_shape,
     -------
     float
         In [0, 1]; NaN when a thumbnail is unknown, fewer than 4 inliers fit no
-        transform, or the overlap is under 16 thumbnail pixels.
+        transform, or the overlap, away from its border, is under 16 thumbnail
+        pixels.
     """
     import cv2
     from sklearn.isotonic import isotonic_regression
@@ -571,27 +584,56 @@ def pixel_agreement(query_thumbnail, query_shape, db_thumbnail, db_shape,
         return float("nan")
     warped, target = warped.astype(np.float64), target.astype(np.float64)
 
-    def agrees(where, fitted_on):
-        """Pixels ``where`` that a monotone map of intensities (contrast,
-        gamma, clipping, grey) fitted on the pixels ``fitted_on`` explains."""
+    def mapped(where, fitted_on):
+        """The grey levels of ``warped`` at ``where`` under the increasing map
+        (contrast, gamma, clipping, grey) that the pixels ``fitted_on`` fit."""
         order = np.argsort(warped[fitted_on], kind="stable")
         fitted = isotonic_regression(target[fitted_on][order], increasing=True)
-        return np.abs(np.interp(warped[where], warped[fitted_on][order], fitted)
-                      - target[where]) <= PIXEL_TOLERANCE
+        return np.interp(warped[where], warped[fitted_on][order], fitted)
 
-    agree = np.zeros(mask.shape, bool)
-    agree[mask] = agrees(mask, anchored)
-    # a colour edit (hue, saturation) changes grey levels by colour, so no one
-    # map holds for the whole picture; one per quarter does, where its inliers
-    # are enough to fit it
+    # each pixel takes the map that explains it best: the whole overlap's or,
+    # as a colour edit (hue, saturation) changes grey levels by colour so that
+    # no one map holds for the whole picture, its quarter's, where the quarter's
+    # inliers are enough to fit one
+    best = np.zeros(mask.shape)
+    best[mask] = mapped(mask, anchored)
     half = THUMBNAIL // 2
     for rows in (slice(0, half), slice(half, None)):
         for columns in (slice(0, half), slice(half, None)):
             here = np.zeros(mask.shape, bool)
             here[rows, columns] = mask[rows, columns]
             if (anchored & here).sum() >= MIN_ANCHORED:
-                agree[here] |= agrees(here, anchored & here)
-    return float(agree[mask].mean())
+                quarter = mapped(here, anchored & here)
+                closer = np.abs(quarter - target[here]) < np.abs(best[here] - target[here])
+                best[here] = np.where(closer, quarter, best[here])
+    inner = cv2.erode(mask.astype(np.uint8), np.ones((3, 3), np.uint8)) > 0
+    if inner.sum() < 16:
+        return float("nan")
+    agree = (np.abs(best - target) <= PIXEL_TOLERANCE) & _edges_agree(
+        np.where(mask, warped, 0.0), target)
+    return float(agree[inner].mean())
+
+
+def _edges_agree(one, other) -> np.ndarray:
+    """(h, w) bool: where two aligned images (h, w) show the same edges: both
+    flat (a change of at most ``EDGE_TOLERANCE`` grey levels across two
+    pixels), or both an edge, of strengths within ``EDGE_RATIO`` of each other
+    and directions within ``EDGE_ANGLE`` degrees, of either polarity.
+
+    Grey levels close to each other (a black backdrop and a dark wall) can
+    differ in everything they show. Measured before any map of intensities: a
+    map fitted on a portrait flattens the levels of the wall it was pasted on.
+    A contrast or colour edit scales an edge, and a colour edit can turn it
+    around (blue on yellow becomes yellow on blue)."""
+    import cv2
+
+    gradients = [np.stack([cv2.Sobel(image, cv2.CV_64F, dx, 1 - dx, ksize=3) / 4
+                           for dx in (1, 0)]) for image in (one, other)]
+    strength = [np.hypot(*g) for g in gradients]
+    weaker, stronger = np.minimum(*strength), np.maximum(*strength)
+    aligned = np.abs((gradients[0] * gradients[1]).sum(axis=0)) >= np.cos(
+        np.radians(EDGE_ANGLE)) * strength[0] * strength[1]
+    return (stronger <= EDGE_TOLERANCE) | ((weaker * EDGE_RATIO >= stronger) & aligned)
 
 
 def evidence_of(verified, query_keypoints, query_shape, candidates,

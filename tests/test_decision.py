@@ -243,6 +243,29 @@ def test_a_subject_pasted_onto_another_background_is_not_the_same_picture():
                            (480, 480), xy, xy) >= COPY_AGREEMENT
 
 
+def test_a_portrait_from_a_black_backdrop_pasted_onto_a_dark_wall_is_not_a_copy():
+    """Every pixel of the wall is within the tolerance of the backdrop's black,
+    so grey levels alone agree; the wall's tiles have edges, the backdrop none."""
+    subject = textured_image(4)[90:390, 90:390]  # two fifths of the picture
+    backdrop = np.full((480, 480), 21, np.uint8)
+    tiles = np.where((np.arange(480)[:, None] // 48 + np.arange(480)[None] // 48) % 2,
+                     34, 8).astype(np.uint8)
+    for background in (backdrop, tiles):
+        background[90:390, 90:390] = subject
+    xy, _ = corners_mapped(np.eye(3), (300, 300))
+    xy = xy + 90  # the correspondences all lie on the subject
+    outside = np.ones((32, 32), bool)
+    outside[6:26, 6:26] = False
+    levels = np.abs(thumbnail(tiles).astype(int) - thumbnail(backdrop))[outside]
+    assert (levels <= 20).all()  # the backgrounds' grey levels agree
+    assert pixel_agreement(thumbnail(tiles), (480, 480), thumbnail(backdrop),
+                           (480, 480), xy, xy) < COPY_AGREEMENT
+    # the same portrait on the same wall, its contrast raised, is the same picture
+    brighter = np.clip(tiles * 1.3 - 5, 0, 255).astype(np.uint8)
+    assert pixel_agreement(thumbnail(brighter), (480, 480), thumbnail(tiles),
+                           (480, 480), xy, xy) >= 0.9
+
+
 def test_a_copy_with_its_hues_turned_agrees_quarter_by_quarter():
     """A hue rotation makes blue areas bright and yellow ones dark: no one map
     of grey levels holds for the whole picture, one per quarter does."""
