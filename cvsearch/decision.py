@@ -615,16 +615,26 @@ def pixel_agreement(query_thumbnail, query_shape, db_thumbnail, db_shape,
 
 
 def _edges_agree(one, other) -> np.ndarray:
-    """(h, w) bool: where two aligned images (h, w) show the same edges: both
-    flat (a change of at most ``EDGE_TOLERANCE`` grey levels across two
-    pixels), or both an edge, of strengths within ``EDGE_RATIO`` of each other
-    and directions within ``EDGE_ANGLE`` degrees, of either polarity.
+    """Where two aligned images show the same edges: both flat (a change of at
+    most ``EDGE_TOLERANCE`` grey levels across two pixels), or both an edge, of
+    strengths within ``EDGE_RATIO`` of each other and directions within
+    ``EDGE_ANGLE`` degrees, of either polarity.
 
     Grey levels close to each other (a black backdrop and a dark wall) can
     differ in everything they show. Measured before any map of intensities: a
     map fitted on a portrait flattens the levels of the wall it was pasted on.
     A contrast or colour edit scales an edge, and a colour edit can turn it
-    around (blue on yellow becomes yellow on blue)."""
+    around (blue on yellow becomes yellow on blue).
+
+    Parameters
+    ----------
+    one, other : ndarray of shape (h, w), float64
+        Grey levels, aligned pixel for pixel.
+
+    Returns
+    -------
+    ndarray of shape (h, w), bool
+    """
     import cv2
 
     gradients = [np.stack([cv2.Sobel(image, cv2.CV_64F, dx, 1 - dx, ksize=3) / 4
