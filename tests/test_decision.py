@@ -7,6 +7,8 @@ import cv2
 import numpy as np
 import pytest
 from conftest import textured_image
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from cvsearch import FeatureExtractor, Index
 from cvsearch.decision import (
@@ -264,6 +266,29 @@ def test_a_portrait_from_a_black_backdrop_pasted_onto_a_dark_wall_is_not_a_copy(
     brighter = np.clip(tiles * 1.3 - 5, 0, 255).astype(np.uint8)
     assert pixel_agreement(thumbnail(brighter), (480, 480), thumbnail(tiles),
                            (480, 480), xy, xy) >= 0.9
+
+
+@settings(max_examples=25, deadline=None)
+@given(seed=st.integers(0, 50), gamma=st.floats(0.5, 2.0), contrast=st.floats(0.5, 2.0),
+       inverted=st.booleans())
+def test_an_increasing_map_of_a_picture_keeps_its_pixels_and_edges(seed, gamma, contrast,
+                                                                  inverted):
+    """A gamma and a contrast change are one increasing map of grey levels:
+    the levels follow it and the edges scale with it, except where it clips
+    (a clipped area is flat in the copy only). Turned negative (no increasing
+    map), the levels do not follow."""
+    original = textured_image(seed)
+    levels = ((original / 255.0) ** gamma - 0.5) * contrast + 0.5
+    clipped = float(np.mean((levels <= 0) | (levels >= 1)))
+    levels = np.clip(levels, 0, 1)
+    copy = (255 * (1 - levels if inverted else levels)).astype(np.uint8)
+    xy, _ = corners_mapped(np.eye(3), (480, 480))
+    agreement = pixel_agreement(thumbnail(copy), (480, 480), thumbnail(original),
+                                (480, 480), xy, xy)
+    if inverted:
+        assert agreement < COPY_AGREEMENT
+    else:
+        assert agreement >= 0.9 - clipped
 
 
 def test_a_copy_with_its_hues_turned_agrees_quarter_by_quarter():
