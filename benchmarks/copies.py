@@ -439,7 +439,8 @@ def report(r: dict) -> str:
         f"cvsearch decides with its defaults: \"copy\" when log10 NFA <= "
         f"{SAME_OBJECT_LOG_NFA}, the inliers cover >= {COPY_COVERAGE} of the "
         f"textured overlap, >= {COPY_AGREEMENT:.2f} of the aligned thumbnails' "
-        f"pixels agree and >= {CONTAINED} of one image lies inside the other; "
+        "pixels agree (grey levels and edges) and >= "
+        f"{CONTAINED} of one image lies inside the other; "
         "\"object\" on the NFA alone. The other methods are "
         f"thresholded where at most {r['rate']:.1%} of the negatives pass "
         "(cvsearch's copy decision's own rate, or 0.5% if lower).", "",
