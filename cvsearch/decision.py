@@ -51,9 +51,9 @@ seed than the benchmark's (benchmarks/copies.py, results/copies.md). The pixel
 check's were looked at on the benchmark's own copies (seed 0): a round two
 thirds and 20 grey levels, not fitted to them. Its edges' round values (10 grey
 levels, a factor 4, 30 degrees) were compared with a few others on copies and
-negatives of both seeds; they lose no copy of either. Containment's half is a round
-value too, between copies (a crop, a page or a rotated canvas holds the other
-whole) and shots that overlap by a strip.
+negatives of both seeds (a one-off comparison); they lose no copy of either.
+Containment's half is a round value too, between copies (a crop, a page or a
+rotated canvas holds the other whole) and shots that overlap by a strip.
 """
 
 from __future__ import annotations
@@ -609,8 +609,8 @@ def pixel_agreement(query_thumbnail, query_shape, db_thumbnail, db_shape,
     inner = cv2.erode(mask.astype(np.uint8), np.ones((3, 3), np.uint8)) > 0
     if inner.sum() < 16:
         return float("nan")
-    agree = (np.abs(best - target) <= PIXEL_TOLERANCE) & _edges_agree(
-        np.where(mask, warped, 0.0), target)
+    # edges at ``inner`` pixels see only the overlap (their 3 x 3 neighbours)
+    agree = (np.abs(best - target) <= PIXEL_TOLERANCE) & _edges_agree(warped, target)
     return float(agree[inner].mean())
 
 
