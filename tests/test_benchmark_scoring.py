@@ -1,0 +1,81 @@
+"""How benchmarks/duplicates.py judges found groups against planted groups and
+Caltech-101's labelled own copies (no data needed: names only)."""
+
+import json
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+import duplicates  # noqa: E402
+
+DATA = "data/caltech101/101_ObjectCategories"
+NAMES = [f"{DATA}/{n}" for n in (
+    "cat/image_0001.jpg", "cat/image_0002.jpg", "cat/image_0003.jpg",
+    "dog/image_0001.jpg", "dog/image_0002.jpg", "owl/image_0001.jpg",
+    "owl/image_0002.jpg", "owl/image_0003.jpg")] + [
+    "work/planted-0-2/0000_mirror.jpg", "work/planted-0-2/0001_crop20.jpg",
+    "work/planted-0-2/0001_jpeg10.jpg"]
+CAT1, CAT2, CAT3, DOG1, DOG2, OWL1, OWL2, OWL3, COPY0, COPY1A, COPY1B = NAMES
+PLANTED = [[CAT1, COPY0], [DOG1, COPY1A, COPY1B]]
+#: cat 1 and 2 show one picture; owl 1 and 2 too (no original among them)
+OWN = [["cat/image_0001.jpg", "cat/image_0002.jpg"],
+       ["owl/image_0001.jpg", "owl/image_0002.jpg"]]
+
+
+def found(*groups):
+    return [SimpleNamespace(ids=[NAMES.index(n) for n in g]) for g in groups]
+
+
+def test_planted_groups_take_their_originals_own_copies():
+    planted, own = duplicates.labelled_truth(PLANTED, NAMES, OWN)
+    assert planted == [frozenset({CAT1, CAT2, COPY0}),
+                       frozenset({DOG1, COPY1A, COPY1B})]
+    assert own == {frozenset({OWL1, OWL2})}
+
+
+def test_planted_groups_whose_originals_show_one_picture_merge():
+    planted, own = duplicates.labelled_truth(
+        PLANTED, NAMES, OWN + [["cat/image_0002.jpg", "dog/image_0001.jpg"]])
+    whole = frozenset({CAT1, CAT2, COPY0, DOG1, COPY1A, COPY1B})
+    assert planted == [whole, whole]
+    assert own == {frozenset({OWL1, OWL2})}
+
+
+def test_labelled_files_outside_the_collection_are_left_out():
+    names = [n for n in NAMES if n != OWL2]
+    planted, own = duplicates.labelled_truth(PLANTED, names, OWN)
+    assert own == set()  # one owl left: no group
+
+
+def test_score_counts_exact_truth_groups_only():
+    groups = found([CAT1, CAT2, COPY0],  # right: with its own copy
+                   [DOG1, COPY1A],  # a copy missing: wrong
+                   [OWL1, OWL2, OWL3])  # a different picture added: wrong
+    result = duplicates.score(groups, PLANTED, NAMES, OWN)
+    assert result["right"] == 1
+    assert result["precision"] == round(1 / 3, 4)
+    assert result["recall"] == 0.5
+    assert (result["own_copy_groups"], result["own_copy_groups_found"]) == (1, 0)
+    assert result["groups_of_different_pictures"] == 1
+    # planted alone, Caltech-101's own copies ignored: the cat group is not exact
+    assert (result["exact"], result["strict_recall"]) == (0, 0.0)
+
+
+def test_score_of_the_right_answer_is_one():
+    groups = found([CAT1, CAT2, COPY0], [DOG1, COPY1A, COPY1B], [OWL1, OWL2])
+    result = duplicates.score(groups, PLANTED, NAMES, OWN)
+    assert (result["precision"], result["recall"]) == (1.0, 1.0)
+    assert result["groups_of_different_pictures"] == 0
+
+
+def test_the_labelled_file_is_well_formed():
+    labels = json.loads(duplicates.OWN_COPIES.read_text())
+    members = [m for s in labels["copies"] for m in s]
+    assert len(members) == len(set(members)), "a file in two sets: merge them"
+    assert all(len(s) >= 2 for s in labels["copies"])
+    looked = {m for g in labels["looked_at"] for m in g}
+    assert set(members) <= looked, "every labelled file was looked at"
+    assert all(len(Path(m).parts) == 2 and m.endswith(".jpg") for m in members)
