@@ -1,7 +1,8 @@
 """Word assignment at 20,000 words: the inverted file at several ``n_probe`` and
-coarse cell counts, faiss's HNSW over the same centres, and faiss's inverted
-file (IVF-Flat) over the same centres and cells, on the same descriptors
-(issue 22: "choose by measurement").
+coarse cell counts, faiss's HNSW over the same centres, faiss's inverted
+file (IVF-Flat) over the same centres and cells, and OpenCV's FLANN
+(randomised kd-trees, and its hierarchical k-means tree) over the same centres,
+on the same descriptors (issue 22: "choose by measurement").
 
 A vocabulary is learnt on a fixed sample of Caltech-101 images; the descriptors
 of other images are then assigned, one image at a time, in one thread. For each
@@ -36,6 +37,32 @@ def timed_per_image(assign, images) -> tuple[float, list]:
     started = time.perf_counter()
     words = [assign(descriptors) for descriptors in images]
     return 1000 * (time.perf_counter() - started) / len(images), words
+
+
+def flann_rows(vocabulary, images, exact) -> list[dict]:
+    """OpenCV's FLANN over the centres: randomised kd-trees and a hierarchical
+    k-means tree, at a few numbers of leaves checked (one OpenCV thread)."""
+    import cv2
+
+    cv2.setNumThreads(1)
+    rows = []
+    kinds = [(f"OpenCV FLANN, {trees} randomised kd-trees",
+              {"algorithm": 1, "trees": trees}) for trees in (4, 8)]
+    kinds.append(("OpenCV FLANN, k-means tree (branching 16)",
+                  {"algorithm": 2, "branching": 16, "iterations": 5}))
+    for name, params in kinds:
+        tree = cv2.flann_Index(vocabulary.centers_, params)
+        for checks in (64, 256):
+            search = {"checks": checks}
+            tree.knnSearch(images[0], 2, params=search)
+            ms, words = timed_per_image(
+                lambda d, t=tree, c=search: t.knnSearch(d, 2, params=c)[0][:, 0], images)
+            rows.append({"method": f"{name}, checks={checks} (two nearest)",
+                         "ms_per_image": round(ms, 2),
+                         "agreement": round(float(np.mean(np.concatenate(words) == exact)),
+                                            4)})
+            print(json.dumps(rows[-1]), flush=True)
+    return rows
 
 
 def main(argv=None):
@@ -118,6 +145,7 @@ def main(argv=None):
                              "agreement": round(float(np.mean(
                                  np.concatenate(words) == exact)), 4)})
                 print(json.dumps(rows[-1]), flush=True)
+        rows += flann_rows(vocabulary, images, exact)
     n_descriptors = float(np.mean([len(d) for d in images]))
     results = {**meta, "rows": rows, "descriptors_per_image": round(n_descriptors, 1),
                "args": vars(args) | {"data": str(args.data)}}
