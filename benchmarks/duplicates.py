@@ -8,9 +8,9 @@ its photos, one to three copies each, made by attacks drawn from
 with the files that show its original's picture among Caltech-101's own copies
 (labelled by eye in ``caltech101_own_copies.json``); each labelled set without
 an original is a group too. A found group counts as right when its members are
-exactly one of these. Smaller collections are the same index with images removed (their planted
-groups kept whole, in proportion), so every size is searched with one
-vocabulary.
+exactly one of these. Smaller collections are the same index with images
+removed (their planted groups kept whole, in proportion), so every size is
+searched with one vocabulary.
 
 Usage::
 
@@ -110,10 +110,12 @@ def score(groups, planted_names, names, own_copies) -> dict:
 
 def labelled_truth(planted_names, names, own_copies):
     """``(planted, own)``: each planted group (a frozenset of names) with the
-    files of ``own_copies`` that show its original's picture (planted groups
+    files of ``own_copies`` (among ``names``, the index's ``Names`` or a list)
+    that show its original's picture (planted groups
     whose originals show one picture merge), and the sets of ``own_copies``
     (their files among ``names``, two or more) that hold no original."""
-    present = {relative(n): n for n in names}
+    every = names.values() if hasattr(names, "values") else names  # a Names or a list
+    present = {relative(n): n for n in every}
     set_of = {}
     for labelled in own_copies:
         members = frozenset(present[m] for m in labelled if m in present)

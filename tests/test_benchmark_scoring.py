@@ -44,6 +44,12 @@ def test_planted_groups_whose_originals_show_one_picture_merge():
     assert own == {frozenset({OWL1, OWL2})}
 
 
+def test_names_by_id_as_an_index_gives_them():
+    by_id = dict(enumerate(NAMES))  # Index.names is a mapping id -> name
+    assert duplicates.labelled_truth(PLANTED, by_id, OWN) == duplicates.labelled_truth(
+        PLANTED, NAMES, OWN)
+
+
 def test_labelled_files_outside_the_collection_are_left_out():
     names = [n for n in NAMES if n != OWL2]
     planted, own = duplicates.labelled_truth(PLANTED, names, OWN)
