@@ -110,10 +110,10 @@ def score(groups, planted_names, names, own_copies) -> dict:
 
 def labelled_truth(planted_names, names, own_copies):
     """``(planted, own)``: each planted group (a frozenset of names) with the
-    files of ``own_copies`` (among ``names``, the index's ``Names`` or a list)
-    that show its original's picture (planted groups
+    files of ``own_copies`` that show its original's picture (planted groups
     whose originals show one picture merge), and the sets of ``own_copies``
-    (their files among ``names``, two or more) that hold no original."""
+    that hold no original (their files among ``names``, two or more).
+    ``names`` holds every image's name: the index's ``Names``, or a list."""
     every = names.values() if hasattr(names, "values") else names  # a Names or a list
     present = {relative(n): n for n in every}
     set_of = {}
