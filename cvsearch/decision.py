@@ -17,14 +17,18 @@ each image agrees. Two questions get two decisions:
   the two images share. What they share is the overlap of the two images under
   the fitted transform; its structure, in each image, is the keypoints of at
   least ``MIN_SIZE`` of the overlap's long side (what survives downscaling, blur
-  and recompression). Its coverage is the mean of two shares:
-  of the grid cells holding such structure, those holding an inlier; and of the
-  keypoints, those found again in the other image where the transform puts them,
-  at the scale and orientation it predicts (a copy's detector fires at the same
-  places even where recompression or blur changed the descriptors, and so words
-  and inliers). For a picture pasted into a larger one (a screenshot's page),
-  its keypoints are looked for only where the larger one kept any keypoint near:
-  an extractor keeps its strongest, and the page's text takes most of them.
+  and recompression) and at least the median size of the inliers
+  (``STRUCTURE_QUANTILE``): a blurred copy keeps only its coarse keypoints, and
+  its inliers, all coarse, say at which scale the two can agree; the sharper
+  image's finer detail, and the noise's, say nothing either way. Its coverage
+  is the mean of two shares: of the grid cells holding such structure, those
+  holding an inlier; and of the keypoints, those found again in the other
+  image where the transform puts them, at the scale and orientation it
+  predicts (a copy's detector fires at the same places even where
+  recompression or blur changed the descriptors, and so words and inliers).
+  For a picture pasted into a larger one (a screenshot's page), its keypoints
+  are looked for only where the larger one kept any keypoint near: an
+  extractor keeps its strongest, and the page's text takes most of them.
   Keypoints by the other image's edges are not looked for (no detector fires
   there; a pasted picture's frame makes new ones). Two photos of different
   things on one carpet agree on the carpet only: the things' cells stay
@@ -54,6 +58,9 @@ levels, a factor 4, 30 degrees) were compared with a few others on copies and
 negatives of both seeds (a one-off comparison); they lose no copy of either.
 Containment's half is a round value too, between copies (a crop, a page or a
 rotated canvas holds the other whole) and shots that overlap by a strip.
+The inliers' median as the structure's scale is a round value too; on the
+other seed's copies it changed the decision of blurred copies only (0.947 to
+0.953 of them detected, no other attack and no negative changed).
 """
 
 from __future__ import annotations
@@ -68,6 +75,9 @@ SAME_OBJECT_LOG_NFA = -2.0
 #: Same picture: the agreement covers at least this share of the structured
 #: overlap (the mean of the two images').
 COPY_COVERAGE = 0.5
+#: Keypoints that show structure are at least as large as this quantile of the
+#: inliers' sizes (in their image): the scale at which the two images agree.
+STRUCTURE_QUANTILE = 0.5
 #: Coverage grid: cells per side of each image.
 GRID = 8
 #: Keypoints that show structure, as a share of the long side of the overlap:
@@ -278,8 +288,10 @@ def coverage(query_keypoints, query_shape, db_keypoints, db_shape, query_inliers
         All the query's keypoints ``(x, y, size, angle)``; ``db_keypoints``
         (n_d, 4) the result's (size 0, unknown, counts as structure).
     query_shape, db_shape : (height, width)
-    query_inliers, db_inliers : ndarray of shape (k, 2), float
-        The inlier correspondences' positions, row for row.
+    query_inliers, db_inliers : ndarray of shape (k, 2) or (k, 3), float
+        The inlier correspondences' positions, row for row, and their sizes
+        (the third column, if given: structure starts at their median, see
+        ``STRUCTURE_QUANTILE``).
     grid : int
         Cells per side.
     min_size : float
@@ -292,8 +304,12 @@ def coverage(query_keypoints, query_shape, db_keypoints, db_shape, query_inliers
         In [0, 1]; 0 when no transform can be fitted (fewer than 4 inliers).
     """
 
-    query_inliers = np.asarray(query_inliers, np.float32).reshape(-1, 2)
-    db_inliers = np.asarray(db_inliers, np.float32).reshape(-1, 2)
+    query_inliers = np.asarray(query_inliers, np.float32)
+    db_inliers = np.asarray(db_inliers, np.float32)
+    sizes = [x[:, 2] if x.ndim == 2 and x.shape[1] >= 3 else None
+             for x in (query_inliers, db_inliers)]
+    query_inliers = query_inliers[..., :2].reshape(-1, 2)
+    db_inliers = db_inliers[..., :2].reshape(-1, 2)
     forward = _transform(query_inliers, db_inliers)
     if forward is None:
         return 0.0, 0.0
@@ -302,21 +318,27 @@ def coverage(query_keypoints, query_shape, db_keypoints, db_shape, query_inliers
                                 axis=0)  # multiple assignment repeats rows
     db_keypoints = np.asarray(db_keypoints, np.float64).reshape(-1, 4)
     return (_side_coverage(query_keypoints, query_shape, query_inliers, forward,
-                           db_keypoints, db_shape, grid, min_size),
+                           db_keypoints, db_shape, grid, min_size, sizes[0]),
             _side_coverage(db_keypoints, db_shape, db_inliers, backward,
-                           query_keypoints, query_shape, grid, min_size))
+                           query_keypoints, query_shape, grid, min_size, sizes[1]))
 
 
 def _side_coverage(keypoints, shape, inlier_xy, to_other, other_keypoints,
-                   other_shape, grid, min_size) -> float:
+                   other_shape, grid, min_size, inlier_sizes=None) -> float:
     """Coverage of one image (see :func:`coverage`): ``to_other`` (3, 3) maps its
-    pixels to the other image's."""
+    pixels to the other image's; ``inlier_sizes`` (k,) or None."""
     height, width = shape
     size = keypoints[:, 2]
     # structure at the scale of what the images share: a picture pasted small
     # into a screenshot has its detail at that size
-    structure = keypoints[(size >= min_size * _overlap_side(shape, to_other, other_shape))
-                          | (size == 0)]
+    smallest = min_size * _overlap_side(shape, to_other, other_shape)
+    # and at the scale where the two images agree: a blurred copy keeps only
+    # its coarse keypoints, and all its inliers are coarse; finer detail (the
+    # sharper image's, the noise's) says nothing about whether they agree
+    known = inlier_sizes[inlier_sizes > 0] if inlier_sizes is not None else ()
+    if len(known) >= SAMPLE:
+        smallest = max(smallest, float(np.quantile(known, STRUCTURE_QUANTILE)))
+    structure = keypoints[(size >= smallest) | (size == 0)]
 
     def cells(points):
         points = np.asarray(points, np.float64).reshape(-1, 2)
@@ -693,7 +715,7 @@ def evidence_of(verified, query_keypoints, query_shape, candidates,
         db_keypoints = np.asarray(candidates[i][1], np.float32).reshape(-1, 4)
         query_coverage[i], db_coverage[i] = coverage(
             query_keypoints, query_shape, db_keypoints, candidates[i][2],
-            query_keypoints[query_idx, :2], db_keypoints[db_idx, :2])
+            query_keypoints[query_idx, :3], db_keypoints[db_idx, :3])
         contained[i] = containment(query_keypoints[query_idx, :2],
                                    db_keypoints[db_idx, :2], query_shape,
                                    candidates[i][2])

@@ -149,6 +149,36 @@ def test_small_keypoints_are_not_structure():
                     xy[left]) == (1.0, 1.0)
 
 
+def test_a_blurred_copy_is_covered_at_the_scales_it_kept():
+    """A blurred, noisy copy keeps a picture's coarse keypoints (size 30), not
+    its fine ones (size 12, still over 2% of the long side, four times as
+    many), and noise makes fine ones of its own elsewhere. The inliers, all
+    coarse, say at which scale the two images can agree; at that scale all of
+    it is found again. Counted from 2% of the long side instead, the fine
+    detail leaves most of each image unmatched. A sharp copy's inliers reach
+    the fine scale: there a half that differs still counts."""
+    fine = np.vstack([grid_keypoints(size=12.0), grid_keypoints(x0=0, size=12.0)])
+    fine[len(fine) // 2:, 1] += 10.0
+    coarse = grid_keypoints(x0=20, size=30.0)
+    coarse[:, 1] += 5.0
+    original = np.vstack([fine, coarse])
+    noise = np.vstack([grid_keypoints(x0=15, size=9.0), grid_keypoints(x0=5, size=9.0)])
+    noise[:, 1] += 3.0
+    blurred = np.vstack([noise, coarse])
+    shape = (400, 400)
+    kept = coarse[coarse[:, 0] < 200, :3]  # the inliers: coarse, on the left
+    at_their_scale = coverage(blurred, shape, original, shape, kept, kept)
+    by_position = coverage(blurred, shape, original, shape, kept[:, :2], kept[:, :2])
+    assert min(at_their_scale) > COPY_COVERAGE > max(by_position)
+    # a sharp copy whose right half shows something else, at every scale
+    left = original[:, 0] < 200
+    other = original.copy()
+    other[~left, :2] += [5.0, 5.0]  # away from every keypoint of the grids
+    sharp = original[left, :3]
+    assert coverage(original, shape, other, shape, sharp, sharp) == (
+        pytest.approx(0.5, abs=0.02), pytest.approx(0.5, abs=0.02))
+
+
 @pytest.fixture(scope="module")
 def copy_index(tmp_path_factory):
     """Twelve distinct images; the queries are edits of image 0 and another
