@@ -314,16 +314,39 @@ def coverage(query_keypoints, query_shape, db_keypoints, db_shape, query_inliers
     if forward is None:
         return 0.0, 0.0
     backward = np.linalg.inv(forward)
-    query_keypoints = np.unique(np.asarray(query_keypoints, np.float64).reshape(-1, 4),
-                                axis=0)  # multiple assignment repeats rows
-    db_keypoints = np.asarray(db_keypoints, np.float64).reshape(-1, 4)
-    return (_side_coverage(query_keypoints, query_shape, query_inliers, forward,
-                           db_keypoints, db_shape, grid, min_size, sizes[0]),
-            _side_coverage(db_keypoints, db_shape, db_inliers, backward,
-                           query_keypoints, query_shape, grid, min_size, sizes[1]))
+    query = (query_keypoints if isinstance(query_keypoints, _Keypoints)
+             else _query_keypoints(query_keypoints))
+    db = _Keypoints(np.asarray(db_keypoints, np.float64).reshape(-1, 4))
+    return (_side_coverage(query.rows, query_shape, query_inliers, forward,
+                           db, db_shape, grid, min_size, sizes[0]),
+            _side_coverage(db.rows, db_shape, db_inliers, backward,
+                           query, query_shape, grid, min_size, sizes[1]))
 
 
-def _side_coverage(keypoints, shape, inlier_xy, to_other, other_keypoints,
+class _Keypoints:
+    """Keypoints ``rows`` (n, 4) float64 and the k-d tree of their positions,
+    built when first needed: a query's serve the coverage of all its results."""
+
+    def __init__(self, rows: np.ndarray):
+        self.rows = rows
+        self._tree = None
+
+    @property
+    def tree(self):
+        if self._tree is None:
+            from scipy.spatial import cKDTree
+
+            self._tree = cKDTree(self.rows[:, :2])
+        return self._tree
+
+
+def _query_keypoints(keypoints) -> _Keypoints:
+    """A query's keypoints (n, 4) for :func:`coverage`, each row once: multiple
+    assignment repeats rows."""
+    return _Keypoints(np.unique(np.asarray(keypoints, np.float64).reshape(-1, 4), axis=0))
+
+
+def _side_coverage(keypoints, shape, inlier_xy, to_other, other: _Keypoints,
                    other_shape, grid, min_size, inlier_sizes=None) -> float:
     """Coverage of one image (see :func:`coverage`): ``to_other`` (3, 3) maps its
     pixels to the other image's; ``inlier_sizes`` (k,) or None."""
@@ -358,7 +381,7 @@ def _side_coverage(keypoints, shape, inlier_xy, to_other, other_keypoints,
     # a picture pasted into a larger one (a page): the larger one's keypoints
     # went mostly elsewhere, so only where it kept some near do they count
     pasted = _share_of_other(shape, to_other, other_shape) < PASTED
-    return float((cell_share + _found_again(structure, to_other, other_keypoints,
+    return float((cell_share + _found_again(structure, to_other, other,
                                             other_shape, pasted)) / 2)
 
 
@@ -480,15 +503,15 @@ def _inside(xy, to_other, other_shape, margin: float = 0.0) -> np.ndarray:
         y >= margin) & (y < other_height - margin)
 
 
-def _found_again(structure, to_other, other_keypoints, other_shape,
+def _found_again(structure, to_other, other: _Keypoints, other_shape,
                  only_where_kept: bool = False) -> float:
     """Share of ``structure`` (n, 4) in the overlap with a keypoint of the other
-    image where ``to_other`` puts it, of the size and orientation it predicts
-    (either sense of rotation: the two images' angle conventions need not agree
-    after a mirror). Not near the other image's edges: no detector fires at an
-    image's edge, and a picture pasted into a page gets keypoints on its frame."""
-    from scipy.spatial import cKDTree
-
+    image (``other``) where ``to_other`` puts it, of the size and orientation it
+    predicts (either sense of rotation: the two images' angle conventions need
+    not agree after a mirror). Not near the other image's edges: no detector
+    fires at an image's edge, and a picture pasted into a page gets keypoints on
+    its frame."""
+    other_keypoints = other.rows
     inside = _inside(structure[:, :2], to_other, other_shape,
                      SEEN_RADIUS * max(other_shape))
     points = structure[inside]
@@ -500,7 +523,7 @@ def _found_again(structure, to_other, other_keypoints, other_shape,
     scale = np.sqrt(abs(np.linalg.det(linear)))
     turn = np.degrees(np.arctan2(linear[1, 0], linear[0, 0]))
     radius = REPEAT_TOLERANCE * max(other_shape)
-    tree = cKDTree(other_keypoints[:, :2])
+    tree = other.tree
     if only_where_kept:
         # an extractor keeps its strongest ``max_keypoints``: where text or
         # texture elsewhere took them (a screenshot's page), absence says
@@ -710,11 +733,12 @@ def evidence_of(verified, query_keypoints, query_shape, candidates,
     measured = np.flatnonzero(log_nfa <= SAME_OBJECT_LOG_NFA)
     if rows is not None:
         measured = np.intersect1d(measured, np.asarray(rows, np.int64))
+    query_set = _query_keypoints(query_keypoints) if len(measured) else None
     for i in measured:
         query_idx, db_idx = verified.matched[i]
         db_keypoints = np.asarray(candidates[i][1], np.float32).reshape(-1, 4)
         query_coverage[i], db_coverage[i] = coverage(
-            query_keypoints, query_shape, db_keypoints, candidates[i][2],
+            query_set, query_shape, db_keypoints, candidates[i][2],
             query_keypoints[query_idx, :3], db_keypoints[db_idx, :3])
         contained[i] = containment(query_keypoints[query_idx, :2],
                                    db_keypoints[db_idx, :2], query_shape,
