@@ -285,8 +285,9 @@ def coverage(query_keypoints, query_shape, db_keypoints, db_shape, query_inliers
     Parameters
     ----------
     query_keypoints : ndarray of shape (n_q, 4), float
-        All the query's keypoints ``(x, y, size, angle)``; ``db_keypoints``
-        (n_d, 4) the result's (size 0, unknown, counts as structure).
+        All the query's keypoints ``(x, y, size, angle)`` (:func:`evidence_of`
+        prepares them once for all results); ``db_keypoints`` (n_d, 4) the
+        result's (size 0, unknown, counts as structure).
     query_shape, db_shape : (height, width)
     query_inliers, db_inliers : ndarray of shape (k, 2) or (k, 3), float
         The inlier correspondences' positions, row for row, and their sizes
@@ -304,12 +305,8 @@ def coverage(query_keypoints, query_shape, db_keypoints, db_shape, query_inliers
         In [0, 1]; 0 when no transform can be fitted (fewer than 4 inliers).
     """
 
-    query_inliers = np.asarray(query_inliers, np.float32)
-    db_inliers = np.asarray(db_inliers, np.float32)
-    sizes = [x[:, 2] if x.ndim == 2 and x.shape[1] >= 3 else None
-             for x in (query_inliers, db_inliers)]
-    query_inliers = query_inliers[..., :2].reshape(-1, 2)
-    db_inliers = db_inliers[..., :2].reshape(-1, 2)
+    (query_inliers, query_sizes), (db_inliers, db_sizes) = (
+        _positions_and_sizes(query_inliers), _positions_and_sizes(db_inliers))
     forward = _transform(query_inliers, db_inliers)
     if forward is None:
         return 0.0, 0.0
@@ -318,9 +315,18 @@ def coverage(query_keypoints, query_shape, db_keypoints, db_shape, query_inliers
              else _query_keypoints(query_keypoints))
     db = _Keypoints(np.asarray(db_keypoints, np.float64).reshape(-1, 4))
     return (_side_coverage(query.rows, query_shape, query_inliers, forward,
-                           db, db_shape, grid, min_size, sizes[0]),
+                           db, db_shape, grid, min_size, query_sizes),
             _side_coverage(db.rows, db_shape, db_inliers, backward,
-                           query, query_shape, grid, min_size, sizes[1]))
+                           query, query_shape, grid, min_size, db_sizes))
+
+
+def _positions_and_sizes(inliers):
+    """``(positions (k, 2) float32, sizes (k,) or None)`` of inliers given as
+    positions (k, 2) or with their sizes (k, 3 or more)."""
+    inliers = np.asarray(inliers, np.float32)
+    if inliers.ndim == 2 and inliers.shape[1] >= 3:
+        return inliers[:, :2], inliers[:, 2]
+    return inliers.reshape(-1, 2), None
 
 
 class _Keypoints:
