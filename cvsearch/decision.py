@@ -65,6 +65,7 @@ other seed's copies it changed the decision of blurred copies only (0.947 to
 
 from __future__ import annotations
 
+from functools import cached_property
 from typing import NamedTuple
 
 import numpy as np
@@ -285,9 +286,8 @@ def coverage(query_keypoints, query_shape, db_keypoints, db_shape, query_inliers
     Parameters
     ----------
     query_keypoints : ndarray of shape (n_q, 4), float
-        All the query's keypoints ``(x, y, size, angle)`` (:func:`evidence_of`
-        prepares them once for all results); ``db_keypoints`` (n_d, 4) the
-        result's (size 0, unknown, counts as structure).
+        All the query's keypoints ``(x, y, size, angle)``; ``db_keypoints``
+        (n_d, 4) the result's (size 0, unknown, counts as structure).
     query_shape, db_shape : (height, width)
     query_inliers, db_inliers : ndarray of shape (k, 2) or (k, 3), float
         The inlier correspondences' positions, row for row, and their sizes
@@ -305,14 +305,20 @@ def coverage(query_keypoints, query_shape, db_keypoints, db_shape, query_inliers
         In [0, 1]; 0 when no transform can be fitted (fewer than 4 inliers).
     """
 
+    return _coverage(_query_keypoints(query_keypoints), query_shape, db_keypoints,
+                     db_shape, query_inliers, db_inliers, grid, min_size)
+
+
+def _coverage(query: _Keypoints, query_shape, db_keypoints, db_shape, query_inliers,
+              db_inliers, grid: int = GRID, min_size: float = MIN_SIZE):
+    """:func:`coverage`, with the query's keypoints prepared once for all of its
+    results (:func:`_query_keypoints`)."""
     (query_inliers, query_sizes), (db_inliers, db_sizes) = (
         _positions_and_sizes(query_inliers), _positions_and_sizes(db_inliers))
     forward = _transform(query_inliers, db_inliers)
     if forward is None:
         return 0.0, 0.0
     backward = np.linalg.inv(forward)
-    query = (query_keypoints if isinstance(query_keypoints, _Keypoints)
-             else _query_keypoints(query_keypoints))
     db = _Keypoints(np.asarray(db_keypoints, np.float64).reshape(-1, 4))
     return (_side_coverage(query.rows, query_shape, query_inliers, forward,
                            db, db_shape, grid, min_size, query_sizes),
@@ -335,15 +341,12 @@ class _Keypoints:
 
     def __init__(self, rows: np.ndarray):
         self.rows = rows
-        self._tree = None
 
-    @property
+    @cached_property
     def tree(self):
-        if self._tree is None:
-            from scipy.spatial import cKDTree
+        from scipy.spatial import cKDTree
 
-            self._tree = cKDTree(self.rows[:, :2])
-        return self._tree
+        return cKDTree(self.rows[:, :2])
 
 
 def _query_keypoints(keypoints) -> _Keypoints:
@@ -743,7 +746,7 @@ def evidence_of(verified, query_keypoints, query_shape, candidates,
     for i in measured:
         query_idx, db_idx = verified.matched[i]
         db_keypoints = np.asarray(candidates[i][1], np.float32).reshape(-1, 4)
-        query_coverage[i], db_coverage[i] = coverage(
+        query_coverage[i], db_coverage[i] = _coverage(
             query_set, query_shape, db_keypoints, candidates[i][2],
             query_keypoints[query_idx, :3], db_keypoints[db_idx, :3])
         contained[i] = containment(query_keypoints[query_idx, :2],
