@@ -4,9 +4,9 @@
 10,000 images. This script searches the same images, those in all of the
 indexes ``duplicates.py`` saved (run it first, with the same ``--work``), as
 ``duplicates()`` searches them (their files, ``rerank`` 50 with the mirror
-image, every result decided), one at a time in one thread, each image at every
-size in turn, and splits each
-search's time into the bag-of-words search (extraction, assignment and
+image, every result decided), one at a time in one thread
+(``cvsearch.thread_budget(1)``), each image at every size in turn, and splits
+each search's time into the bag-of-words search (extraction, assignment and
 scoring: ``rerank=0``) and the rest (verification and the decisions). It counts
 the results verified as the same object: each one costs a coverage and a pixel
 check, and a short-list full of them is searched deeper.
@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 from _common import run_metadata, write_results
 
-from cvsearch import Index
+from cvsearch import Index, thread_budget
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -39,8 +39,7 @@ def cost(index: Index, path: str, rerank: int) -> dict:
                                  return_evidence=True)
     total_ms = (time.perf_counter() - start) * 1e3
     return {"total_ms": total_ms, "bag_ms": bag_ms,
-            "same_object": int(evidence.same_object.sum()),
-            "copies": int(evidence.copy.sum())}
+            "same_object": int(evidence.same_object.sum())}
 
 
 def main(argv=None):
@@ -66,14 +65,15 @@ def main(argv=None):
     chosen = [chosen[i] for i in np.sort(rng.choice(
         len(chosen), min(args.images, len(chosen)), replace=False))]
     screenshot = np.array(["_screenshot" in Path(name).name for name in chosen])
-    for index in indexes:
-        index.warm_up()
-        cost(index, chosen[0], args.rerank)  # first-call costs out of the timings
-    # each image at every size in turn: the machine's load drifts alike for all
     by_size = [[] for _ in indexes]
-    for name in chosen:
-        for measured, index in zip(by_size, indexes):
-            measured.append(cost(index, name, args.rerank))
+    with thread_budget(1):
+        for index in indexes:
+            index.warm_up()
+            cost(index, chosen[0], args.rerank)  # first-call costs out of the timings
+        # each image at every size in turn: the machine's load drifts alike for all
+        for name in chosen:
+            for measured, index in zip(by_size, indexes):
+                measured.append(cost(index, name, args.rerank))
     rows, rest_ms, same_objects = [], [], []
     for index, measured in zip(indexes, by_size):
         total = np.array([m["total_ms"] for m in measured])
