@@ -478,10 +478,11 @@ class Vocabulary:
         n_probe = min(self.n_probe, len(self.cell_centers_))
         row_sqnorms = self._row_sqnorms(data)
         probes = self._probed_cells(data, n_probe, row_sqnorms)
-        # Each (row, probe) pair keeps the probed cell's two nearest words in its
-        # own slot, the pairs sorted by cell so that each cell's words are read
-        # once for all the rows probing it; the merge over a row's 2 * n_probe
-        # candidates is vectorised afterwards.
+        # Each (row, probe) pair keeps the probed cell's three nearest words in
+        # its own slot (the third only settles near ties: :meth:`_near_words`),
+        # the pairs sorted by cell so that each cell's words are read once for
+        # all the rows probing it; the merge over a row's 2 * n_probe candidates
+        # is vectorised afterwards.
         pairs = probes.ravel()
         order = np.argsort(pairs, kind="stable")
         bounds = np.searchsorted(pairs[order], np.arange(len(self.cell_centers_) + 1))
@@ -494,17 +495,19 @@ class Vocabulary:
             # (row, probe) pair is: neither rows nor slots are copied into cell
             # order and back. Its float32 sums round otherwise than BLAS's,
             # which the near ties below absorb.
-            best = np.empty(2 * n_pairs, np.float32)
-            word = np.empty(2 * n_pairs, np.int32)
+            best = np.empty(3 * n_pairs, np.float32)
+            word = np.empty(3 * n_pairs, np.int32)
             kernel(np.ascontiguousarray(data), order // n_probe, order,
                    bounds.astype(np.int64), self._cell_bounds,
                    self._sorted_centers_times_minus_2, self._sorted_sqnorms, best, word)
         else:
             best, word = self._scan_cells_numpy(data[order // n_probe], bounds, order)
-        # one row per descriptor: (n, 2 * n_probe) candidates
-        shape = (2, len(data), n_probe)
-        candidates = best.reshape(shape).transpose(1, 0, 2).reshape(len(data), -1)
+        # one row per descriptor: (n, 3 * n_probe), the cells' nearest words, then
+        # their second, then their third (kept aside for near ties)
+        shape = (3, len(data), n_probe)
+        scanned = best.reshape(shape).transpose(1, 0, 2).reshape(len(data), -1)
         candidate_words = word.reshape(shape).transpose(1, 0, 2).reshape(len(data), -1)
+        candidates = scanned[:, :2 * n_probe].copy()
         rows = np.arange(len(data))
         j = candidates.argmin(axis=1)
         first, first_word = candidates[rows, j], candidate_words[rows, j]
@@ -517,22 +520,92 @@ class Vocabulary:
                                ).astype(np.int32)
         if not with_second:
             second_word = np.full(len(data), -1, np.int32)
-        self._settle_ties(data, row_sqnorms, word, second_word, first, second,
-                          lambda row: np.concatenate([
-                              self._cell_order[self._cell_bounds[c]:
-                                               self._cell_bounds[c + 1]]
-                              for c in probes[row]]))
+        self._settle_near_ties(data, row_sqnorms, word, second_word, first, second,
+                               scanned, candidate_words, probes)
         return word, second_word, first, second
+
+    def _settle_near_ties(self, data, row_sqnorms, words, seconds, best, second,
+                          scanned, positions, probes):
+        """:meth:`_settle_ties` for the inverted file, all rows at once: each
+        row whose two nearest words float32 cannot order gets the float64 nearest
+        of the words that can be nearest (:meth:`_near_words`), the smaller id
+        where two are equally near; where the word changes, the two words swap."""
+        ties = self._ties(row_sqnorms, best, second, self._center_sqnorms)
+        if not len(ties):
+            return
+        # Ties come from repeated descriptors (text, patterns), the same row many
+        # times over: each distinct one is settled once (same row, same scan).
+        _, first_of, inverse = np.unique(data[ties], axis=0, return_index=True,
+                                         return_inverse=True)
+        distinct = ties[first_of]
+        pair_rows, pair_words = self._near_words(
+            scanned[distinct], positions[distinct], probes[distinct],
+            row_sqnorms[distinct])
+        d = np.empty(len(pair_rows))
+        for start in range(0, len(pair_rows), 4096):  # bounded memory
+            part = slice(start, start + 4096)
+            # elementwise float64, summed per row as _settle sums: no BLAS
+            d[part] = ((self.centers_[pair_words[part]].astype(np.float64)
+                        - data[distinct[pair_rows[part]]].astype(np.float64)) ** 2
+                       ).sum(1)
+        order = np.lexsort((pair_words, d, pair_rows))
+        nearest = order[np.r_[True, pair_rows[order][1:] != pair_rows[order][:-1]]]
+        # one per distinct row, in order; then back to every tie
+        settled = pair_words[nearest].astype(np.int32)[inverse.reshape(-1)]
+        changed = ties[settled != words[ties]]
+        seconds[changed] = words[changed]
+        words[changed] = settled[settled != words[ties]]
+
+    def _near_words(self, scanned, positions, probes, row_sqnorms):
+        """The words that can be nearest to rows whose two nearest nearly tie.
+
+        Parameters
+        ----------
+        scanned : ndarray of shape (k, 3 * n_probe), float32
+            Each probed cell's nearest words' distances (less the row's norm),
+            then its second's, then its third's, as the scan found them.
+        positions : ndarray of shape (k, 3 * n_probe), int32
+            Their positions in the sorted words (-1: none).
+        probes : ndarray of shape (k, n_probe)
+            The rows' probed cells.
+        row_sqnorms : ndarray of shape (k,), float64
+
+        Returns
+        -------
+        rows, words : ndarray of shape (m,), int64
+            Pairs (row of the k, word id), sorted, each once: the cells' three
+            nearest words within the tolerance of the row's best, and every word
+            of a cell whose third is within it too (k-means leaves several nearly
+            identical centres where its training held repeated descriptors, such
+            as text or screenshots: descriptors there tie between all of them). A
+            word farther than the tolerance is farther in float64 too, so these
+            few words settle a tie as all the probed words (a thousand) would.
+        """
+        n_probe = probes.shape[1]
+        limit = scanned.min(1) + 4.0 * self._tolerance(row_sqnorms, self._center_sqnorms)
+        near = scanned <= limit[:, None]
+        rows, columns = np.nonzero(near)
+        found = [positions[rows, columns]]
+        full_rows, full_probes = np.nonzero(near[:, 2 * n_probe:])
+        cells = probes[full_rows, full_probes]
+        lo = self._cell_bounds[cells]
+        counts = self._cell_bounds[cells + 1] - lo
+        within = np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts)
+        found.append(np.repeat(lo, counts) + within)
+        rows = np.concatenate([rows, np.repeat(full_rows, counts)]).astype(np.int64)
+        words = self._cell_order[np.concatenate(found)].astype(np.int64)
+        keys = np.unique(rows * self.n_words + words)
+        return keys // self.n_words, keys % self.n_words
 
     def _scan_cells_numpy(self, gathered, bounds, order):
         """:func:`_scan_cells` in numpy: ``gathered`` (n_pairs, dim) holds the
         slots' descriptors in cell order (``order`` the pairs' positions, cell
-        c's slots ``bounds[c]:bounds[c + 1]``). Returns ``best`` (2 * n_pairs,)
-        float32 and ``word`` (2 * n_pairs,) int32 in pair order, as the kernel
+        c's slots ``bounds[c]:bounds[c + 1]``). Returns ``best`` (3 * n_pairs,)
+        float32 and ``word`` (3 * n_pairs,) int32 in pair order, as the kernel
         writes them."""
         n_pairs = len(order)
-        best = np.full(2 * n_pairs, np.inf, np.float32)  # slot's best, then second
-        word = np.full(2 * n_pairs, -1, np.int32)  # positions in the sorted words
+        best = np.full(3 * n_pairs, np.inf, np.float32)  # slot's best, second, third
+        word = np.full(3 * n_pairs, -1, np.int32)  # positions in the sorted words
         # Cell by cell: the rows that probe a cell are compared with its words in
         # one matrix product. (Per-cell work is a product and two argmins:
         # argpartition costs 100x an argmin on these small matrices.)
@@ -544,16 +617,14 @@ class Vocabulary:
             d = gathered[a:b] @ self._sorted_centers_times_minus_2[lo:hi].T
             d += self._sorted_sqnorms[lo:hi]
             rows = np.arange(b - a)
-            j = d.argmin(axis=1)
-            best[a:b], word[a:b] = d[rows, j], j + lo
-            if hi - lo > 1:
-                d[rows, j] = np.inf
+            for rank in range(min(3, hi - lo)):
                 j = d.argmin(axis=1)
-                best[n_pairs + a:n_pairs + b] = d[rows, j]
-                word[n_pairs + a:n_pairs + b] = j + lo
+                best[rank * n_pairs + a:rank * n_pairs + b] = d[rows, j]
+                word[rank * n_pairs + a:rank * n_pairs + b] = j + lo
+                d[rows, j] = np.inf
         unsort = np.empty(n_pairs, np.int64)  # back from cell order to pair order
         unsort[order] = np.arange(n_pairs)
-        unsort = np.concatenate([unsort, unsort + n_pairs])
+        unsort = np.concatenate([unsort, unsort + n_pairs, unsort + 2 * n_pairs])
         return best[unsort], word[unsort]
 
     def get_state(self) -> dict:
@@ -612,15 +683,16 @@ USE_COMPILED = True
 
 def _scan_cells(data, rows_of, pair_of, bounds, cell_bounds, centres, sqnorms, best,
                 word):
-    """For each (descriptor, probed cell) slot, the two nearest words of the cell.
+    """For each (descriptor, probed cell) slot, the three nearest words of the cell.
 
     The slots are sorted by cell: cell c's are ``bounds[c]:bounds[c + 1]``, its
     words (sorted) ``cell_bounds[c]:cell_bounds[c + 1]`` of ``centres`` (scaled
     by -2) and ``sqnorms``. Slot i is row ``rows_of[i]`` of ``data`` (n, dim)
     float32 and pair ``pair_of[i]`` (row * n_probe + probe). Writes, as
     :meth:`Vocabulary._scan_cells_numpy` returns them, pair p's nearest distance
-    and word to ``best[p]``, ``word[p]`` and its second to ``best[n_pairs + p]``,
-    ``word[n_pairs + p]`` (inf and -1 where the cell has fewer words). Four
+    and word to ``best[p]``, ``word[p]``, its second to ``best[n_pairs + p]``,
+    ``word[n_pairs + p]`` and its third at ``2 * n_pairs + p`` (inf and -1 where
+    the cell has fewer words). Four
     slots at a time, so each word's centre is read once for four descriptors.
     """
     n_pairs = rows_of.shape[0]
@@ -634,8 +706,10 @@ def _scan_cells(data, rows_of, pair_of, bounds, cell_bounds, centres, sqnorms, b
             x2, x3 = data[rows_of[r2]], data[rows_of[r3]]
             b1 = np.full(4, np.inf, np.float32)
             b2 = np.full(4, np.inf, np.float32)
+            b3 = np.full(4, np.inf, np.float32)
             w1 = np.full(4, -1, np.int32)
             w2 = np.full(4, -1, np.int32)
+            w3 = np.full(4, -1, np.int32)
             for j in range(lo, hi):
                 s0 = np.float32(0.0)
                 s1 = np.float32(0.0)
@@ -650,15 +724,21 @@ def _scan_cells(data, rows_of, pair_of, bounds, cell_bounds, centres, sqnorms, b
                 sums = (s0, s1, s2, s3)
                 for t in range(4):
                     d = sums[t] + sqnorms[j]
-                    if d < b1[t]:
-                        b2[t], w2[t] = b1[t], w1[t]
-                        b1[t], w1[t] = d, j
-                    elif d < b2[t]:
-                        b2[t], w2[t] = d, j
+                    if d < b3[t]:
+                        if d < b1[t]:
+                            b3[t], w3[t] = b2[t], w2[t]
+                            b2[t], w2[t] = b1[t], w1[t]
+                            b1[t], w1[t] = d, j
+                        elif d < b2[t]:
+                            b3[t], w3[t] = b2[t], w2[t]
+                            b2[t], w2[t] = d, j
+                        else:
+                            b3[t], w3[t] = d, j
             for t in range(min(4, b - r0)):
                 pair = pair_of[r0 + t]
                 best[pair], word[pair] = b1[t], w1[t]
                 best[n_pairs + pair], word[n_pairs + pair] = b2[t], w2[t]
+                best[2 * n_pairs + pair], word[2 * n_pairs + pair] = b3[t], w3[t]
 
 
 def _smallest(values, out):

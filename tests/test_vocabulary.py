@@ -178,6 +178,49 @@ def test_near_ties_are_decided_in_float64_whatever_the_blas_rounding(exact_below
     assert np.array_equal(vocabulary.predict(data[order]), expected[order])
 
 
+def twin_vocabulary(vocabulary):
+    """``vocabulary`` with words made (nearly) identical in threes, as k-means
+    leaves them where its training held repeated descriptors (screenshots, text,
+    synthetic pictures): in each of 20 cells, two more words moved onto its
+    first word (one 1e-4 away per coordinate, one exactly on it), and one word
+    of another cell moved 1e-4 away. Returns it and the 20 twinned centres."""
+    state = dict(vocabulary.get_state())
+    centers = state["centers"].copy()
+    cells = state["word_cells"]
+    rng = np.random.default_rng(4)
+    twinned = []
+    for cell in range(20):
+        members = np.flatnonzero(cells == cell)
+        first, near, same = members[:3]
+        other = np.flatnonzero(cells == cell + 1)[-1]
+        centers[near] = centers[first] + rng.choice([-1e-4, 1e-4], centers.shape[1])
+        centers[same] = centers[first]
+        centers[other] = centers[first] + rng.choice([-1e-4, 1e-4], centers.shape[1])
+        twinned.append(first)
+    state["centers"] = centers
+    return Vocabulary.from_state(vocabulary.get_params(), state), centers[twinned]
+
+
+@pytest.mark.parametrize("use_compiled", [True, False])
+def test_words_that_are_nearly_one_centre_are_settled_in_float64(monkeypatch, fitted,
+                                                                 use_compiled):
+    # Descriptors near three (nearly) identical centres of one cell tie between
+    # all three, not only between the cell's two nearest: each still gets the
+    # float64 nearest word (the smaller id where two centres are equal).
+    import cvsearch.vocabulary as vocabulary_module
+
+    monkeypatch.setattr(vocabulary_module, "USE_COMPILED", use_compiled)
+    twins, twinned = twin_vocabulary(fitted[0])
+    rng = np.random.default_rng(5)
+    data = (np.repeat(twinned, 25, axis=0)
+            + rng.normal(0, 0.3, (25 * len(twinned), 128))).astype(np.float32)
+    expected = float64_reference(data, twins.centers_)
+    assert len(np.unique(expected)) > 40  # the ties go several ways
+    vocabulary = with_params(twins, n_probe=32)  # every cell: a twin is elsewhere
+    assert np.array_equal(vocabulary.predict(data), expected)
+    assert np.array_equal(vocabulary.predict_two(data)[0], expected)
+
+
 def test_near_ties_at_the_probe_boundary_use_the_float64_cells(fitted):
     # With few probes, which cells a descriptor searches is itself a decision on
     # float32 distances; near ties there are settled in float64 as well.
