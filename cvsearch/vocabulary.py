@@ -692,8 +692,8 @@ def _scan_cells(data, rows_of, pair_of, bounds, cell_bounds, centres, sqnorms, b
     :meth:`Vocabulary._scan_cells_numpy` returns them, pair p's nearest distance
     and word to ``best[p]``, ``word[p]``, its second to ``best[n_pairs + p]``,
     ``word[n_pairs + p]`` and its third at ``2 * n_pairs + p`` (inf and -1 where
-    the cell has fewer words). Four
-    slots at a time, so each word's centre is read once for four descriptors.
+    the cell has fewer words). Four slots at a time, so each word's centre is
+    read once for four descriptors.
     """
     n_pairs = rows_of.shape[0]
     dim = data.shape[1]
