@@ -95,3 +95,12 @@ def test_the_labelled_file_is_well_formed():
     looked = {m for g in labels["looked_at"] for m in g}
     assert set(members) <= looked, "every labelled file was looked at"
     assert all(len(Path(m).parts) == 2 and m.endswith(".jpg") for m in members)
+
+
+def test_the_clean_collection_keeps_one_file_of_each_labelled_picture():
+    # --clean: what is left of Caltech-101 holds no labelled copy of itself
+    sets = duplicates.load_own_copies()
+    left_out = duplicates.own_copies_left_out()
+    kept = [[m for m in s if m not in left_out] for s in sets]
+    assert all(len(k) == 1 for k in kept)
+    assert len(left_out) == sum(len(s) for s in sets) - len(sets)
