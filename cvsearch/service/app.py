@@ -37,10 +37,12 @@ def _models():
             "query over the whole index (object: <= -2)")
         coverage: float | None = Field(
             None, description="share of the images' common part the matches cover "
-            "(copy: >= 0.5 on average over both)")
+            "(copy: >= 0.5 on average over both, or >= 0.3 where the pixels agree "
+            ">= 0.8)")
         agreement: float | None = Field(
             None, description="share of the two images' aligned thumbnails whose "
-            "pixels agree (copy: >= 2/3); null where not measured")
+            "pixels agree (copy: >= 2/3, or >= 0.8 where the coverage is 0.3 to "
+            "0.5); null where not measured")
         contained: float | None = Field(
             None, description="the larger share of either image that lies inside "
             "the other under the matches' transform (copy: >= 0.5); null where not "
