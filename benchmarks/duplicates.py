@@ -362,8 +362,8 @@ def report(r: dict) -> str:
             "the planted ones. \"Different pictures\" are found groups without a "
             "planted image that are not one labelled set. The last columns compare "
             "with the planted groups alone, as if Caltech-101 held no copies of "
-            "itself (`--clean` measures that reading on a collection without them: "
-            "`duplicates_clean.md`).", ""]
+            "itself (`--clean` measures that reading on a collection without "
+            "them).", ""]
     lines += [
         "| images | planted groups | found | right | precision | recall | "
         "Caltech-101's own groups: found right / labelled | groups of different "

@@ -66,10 +66,10 @@ The inliers' median as the structure's scale is a round value too; on the
 other seed's copies it changed the decision of blurred copies only (0.947 to
 0.953 of them detected, no other attack and no negative changed).
 The pixels' own bar (``LOW_COVERAGE``, ``PIXEL_COPY``) is round values too,
-chosen on the other seed's copies and negatives among a few (0.25 to 0.4 and
-0.75 to 0.9 gave 0.979 to 0.986 of its copies, against 0.974, and no
-negative); in that coverage band its negatives' pixels agreed at most 0.74,
-its copies' with their originals at a median 0.94.
+chosen on the other seed's copies and negatives among a few (a one-off
+comparison: 0.25 to 0.4 and 0.75 to 0.9 gave 0.979 to 0.986 of its copies,
+against 0.974, and no negative; in that coverage band its negatives' pixels
+agreed at most 0.74, its copies' with their originals at a median 0.94).
 """
 
 from __future__ import annotations

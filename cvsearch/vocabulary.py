@@ -411,40 +411,62 @@ class Vocabulary:
 
     def _nearest(self, data, with_second: bool):
         """``(words, second words, best, second)`` as :meth:`_two_nearest`, near
-        ties settled (:meth:`_settle`)."""
+        ties settled (:meth:`_settle_ties`)."""
         words, seconds, best, second = self._two_nearest(
             data, self._centers_times_minus_2, self._center_sqnorms,
             with_second=with_second)
-        self._settle_ties(data, self._row_sqnorms(data), words, seconds, best, second,
-                          lambda row: None)
+        row_sqnorms = self._row_sqnorms(data)
+        self._settle_ties(data, row_sqnorms, words, seconds, best, second,
+                          lambda rows: self._close_words(data[rows], row_sqnorms[rows]))
         return words, seconds, best, second
 
-    def _settle_ties(self, data, row_sqnorms, words, seconds, best, second, members):
-        """Settle the rows whose two nearest words float32 cannot order (in
-        place); where the word changes, the two words swap."""
-        for row in self._ties(row_sqnorms, best, second, self._center_sqnorms):
-            settled = self._settle(data[row], members(row))
-            if settled != words[row]:
-                seconds[row] = words[row]
-                words[row] = settled
+    def _close_words(self, rows, row_sqnorms):
+        """:meth:`_near_words` of the exact search: for each of ``rows`` (k, dim),
+        every word whose float32 distance is within twice the tolerance of its
+        nearest (sorted ``(row, word)`` pairs, int64)."""
+        pair_rows, pair_words = [], []
+        for start in range(0, len(rows), 64):  # bounded memory: 64 x n_words
+            d32 = rows[start:start + 64] @ self._centers_times_minus_2.T
+            d32 += self._center_sqnorms
+            limit = d32.min(1) + 2.0 * self._tolerance(
+                row_sqnorms[start:start + 64], self._center_sqnorms)
+            r, w = np.nonzero(d32 <= limit[:, None])
+            pair_rows.append(r + start)
+            pair_words.append(w)
+        return (np.concatenate(pair_rows).astype(np.int64),
+                np.concatenate(pair_words).astype(np.int64))
 
-    def _settle(self, row: np.ndarray, words: np.ndarray | None) -> int:
-        """The nearest of ``words`` (None: all) to one descriptor whose float32
-        distances tie: the float32 near-ties are measured again in float64
-        elementwise arithmetic (no BLAS, so the same everywhere); exact ties go
-        to the smallest word id."""
-        if words is None:
-            words = np.arange(self.n_words)
-            d32 = self._centers_times_minus_2 @ row + self._center_sqnorms
-        else:
-            words = np.sort(words)
-            d32 = self._centers_times_minus_2[words] @ row + self._center_sqnorms[words]
-        tolerance = 2.0 * self._tolerance(self._row_sqnorms(row[None]),
-                                          self._center_sqnorms)[0]
-        close = words[d32 <= d32.min() + tolerance]
-        d = ((self.centers_[close].astype(np.float64) - row.astype(np.float64)) ** 2
-             ).sum(1)
-        return int(close[d.argmin()])
+    def _settle_ties(self, data, row_sqnorms, words, seconds, best, second,
+                     near_words):
+        """Settle, in place, the rows whose two nearest words float32 cannot
+        order: each gets the float64 nearest of the words that can be nearest,
+        ``near_words(rows)`` (sorted ``(position in rows, word)`` pairs), the
+        smaller id where two are equally near; where the word changes, the two
+        words swap. float64 in elementwise arithmetic (no BLAS), so the words
+        are the same everywhere."""
+        ties = self._ties(row_sqnorms, best, second, self._center_sqnorms)
+        if not len(ties):
+            return
+        # Ties come from repeated descriptors (text, patterns), the same row many
+        # times over: each distinct one is settled once (same row, same scan).
+        _, first_of, inverse = np.unique(data[ties], axis=0, return_index=True,
+                                         return_inverse=True)
+        distinct = ties[first_of]
+        pair_rows, pair_words = near_words(distinct)
+        d = np.empty(len(pair_rows))
+        for start in range(0, len(pair_rows), 4096):  # bounded memory
+            part = slice(start, start + 4096)
+            d[part] = ((self.centers_[pair_words[part]].astype(np.float64)
+                        - data[distinct[pair_rows[part]]].astype(np.float64)) ** 2
+                       ).sum(1)
+        order = np.lexsort((pair_words, d, pair_rows))
+        nearest = order[np.r_[True, pair_rows[order][1:] != pair_rows[order][:-1]]]
+        # one per distinct row, in order; then back to every tie
+        settled = pair_words[nearest].astype(np.int32)[inverse.reshape(-1)]
+        moved = settled != words[ties]
+        changed = ties[moved]
+        seconds[changed] = words[changed]
+        words[changed] = settled[moved]
 
     def _probed_cells(self, data: np.ndarray, n_probe: int,
                       row_sqnorms: np.ndarray) -> np.ndarray:
@@ -520,44 +542,15 @@ class Vocabulary:
                                ).astype(np.int32)
         if not with_second:
             second_word = np.full(len(data), -1, np.int32)
-        self._settle_near_ties(data, row_sqnorms, word, second_word, first, second,
-                               scanned, candidate_words, probes)
+        self._settle_ties(data, row_sqnorms, word, second_word, first, second,
+                          lambda rows: self._near_words(
+                              scanned[rows], positions=candidate_words[rows],
+                              probes=probes[rows], row_sqnorms=row_sqnorms[rows]))
         return word, second_word, first, second
 
-    def _settle_near_ties(self, data, row_sqnorms, words, seconds, best, second,
-                          scanned, positions, probes):
-        """:meth:`_settle_ties` for the inverted file, all rows at once: each
-        row whose two nearest words float32 cannot order gets the float64 nearest
-        of the words that can be nearest (:meth:`_near_words`), the smaller id
-        where two are equally near; where the word changes, the two words swap."""
-        ties = self._ties(row_sqnorms, best, second, self._center_sqnorms)
-        if not len(ties):
-            return
-        # Ties come from repeated descriptors (text, patterns), the same row many
-        # times over: each distinct one is settled once (same row, same scan).
-        _, first_of, inverse = np.unique(data[ties], axis=0, return_index=True,
-                                         return_inverse=True)
-        distinct = ties[first_of]
-        pair_rows, pair_words = self._near_words(
-            scanned[distinct], positions[distinct], probes[distinct],
-            row_sqnorms[distinct])
-        d = np.empty(len(pair_rows))
-        for start in range(0, len(pair_rows), 4096):  # bounded memory
-            part = slice(start, start + 4096)
-            # elementwise float64, summed per row as _settle sums: no BLAS
-            d[part] = ((self.centers_[pair_words[part]].astype(np.float64)
-                        - data[distinct[pair_rows[part]]].astype(np.float64)) ** 2
-                       ).sum(1)
-        order = np.lexsort((pair_words, d, pair_rows))
-        nearest = order[np.r_[True, pair_rows[order][1:] != pair_rows[order][:-1]]]
-        # one per distinct row, in order; then back to every tie
-        settled = pair_words[nearest].astype(np.int32)[inverse.reshape(-1)]
-        changed = ties[settled != words[ties]]
-        seconds[changed] = words[changed]
-        words[changed] = settled[settled != words[ties]]
-
     def _near_words(self, scanned, positions, probes, row_sqnorms):
-        """The words that can be nearest to rows whose two nearest nearly tie.
+        """The words that can be nearest to rows whose two nearest nearly tie,
+        from the inverted file's scan (:meth:`_settle_ties`).
 
         Parameters
         ----------
