@@ -20,7 +20,10 @@ each image agrees. Two questions get two decisions:
   and recompression) and at least the median size of the inliers
   (``STRUCTURE_QUANTILE``): a blurred copy keeps only its coarse keypoints, and
   its inliers, all coarse, say at which scale the two can agree; the sharper
-  image's finer detail, and the noise's, say nothing either way. Its coverage
+  image's finer detail, and the noise's, say nothing either way. Where the
+  overlap holds fewer keypoints at that scale than there are inliers (a small
+  crop of sky or fine print, all of whose keypoints are fine), it is judged at
+  the inliers' own scale, where the two agree. Its coverage
   is the mean of two shares: of the grid cells holding such structure, those
   holding an inlier; and of the keypoints, those found again in the other
   image where the transform puts them, at the scale and orientation it
@@ -390,6 +393,14 @@ def _side_coverage(keypoints, shape, inlier_xy, to_other, other: _Keypoints,
     if len(known) >= SAMPLE:
         smallest = max(smallest, float(np.quantile(known, STRUCTURE_QUANTILE)))
     structure = keypoints[(size >= smallest) | (size == 0)]
+    if len(known) >= SAMPLE:
+        # an overlap with less structure at that scale than its inliers show (a
+        # small crop of sky or fine print, whose keypoints are all fine) is
+        # judged at the scale where the two images agree
+        at_inliers = float(np.quantile(known, STRUCTURE_QUANTILE))
+        if (at_inliers < smallest and _inside(structure[:, :2], to_other,
+                                               other_shape).sum() < len(known)):
+            structure = keypoints[(size >= at_inliers) | (size == 0)]
 
     def cells(points):
         points = np.asarray(points, np.float64).reshape(-1, 2)

@@ -181,6 +181,28 @@ def test_a_blurred_copy_is_covered_at_the_scales_it_kept():
         pytest.approx(0.5, abs=0.02), pytest.approx(0.5, abs=0.02))
 
 
+def test_a_small_crop_of_fine_detail_is_judged_at_its_inliers_scale():
+    """A 200 x 200 crop of a 400 x 400 picture where the crop holds only fine
+    keypoints (size 2.5, under 2% of the overlap's side) and the coarse ones lie
+    elsewhere: at 2% of the side the overlap has no structure, so nothing
+    would count as covered. Its inliers, all fine, say the two agree at that
+    scale: there the crop is covered whole; and a crop whose right half shows
+    something else is covered by half, not whole."""
+    fine = grid_keypoints(x0=10, size=2.5)
+    fine = fine[(fine[:, 0] < 200) & (fine[:, 1] < 200)]
+    coarse = grid_keypoints(x0=210, size=30.0)
+    original = np.vstack([fine, coarse])
+    inliers = fine[:, :3]
+    assert coverage(fine, (200, 200), original, (400, 400), inliers, inliers) == (
+        pytest.approx(1.0), pytest.approx(1.0))
+    left = fine[:, 0] < 100
+    other = fine.copy()
+    other[~left, :2] += [5.0, 5.0]  # something else on the crop's right half
+    half = coverage(other, (200, 200), original, (400, 400), inliers[left],
+                    inliers[left])
+    assert half == (pytest.approx(0.5, abs=0.05), pytest.approx(0.5, abs=0.05))
+
+
 @pytest.fixture(scope="module")
 def copy_index(tmp_path_factory):
     """Twelve distinct images; the queries are edits of image 0 and another
