@@ -621,7 +621,7 @@ def pixel_agreement(query_thumbnail, query_shape, db_thumbnail, db_shape,
         pixels.
     """
     import cv2
-    from sklearn.isotonic import isotonic_regression
+    from scipy.optimize import isotonic_regression
 
     from cvsearch.features import THUMBNAIL
 
@@ -672,7 +672,7 @@ def pixel_agreement(query_thumbnail, query_shape, db_thumbnail, db_shape,
         """The grey levels of ``warped`` at ``where`` under the increasing map
         (contrast, gamma, clipping, grey) that the pixels ``fitted_on`` fit."""
         order = np.argsort(warped[fitted_on], kind="stable")
-        fitted = isotonic_regression(target[fitted_on][order], increasing=True)
+        fitted = isotonic_regression(target[fitted_on][order], increasing=True).x
         return np.interp(warped[where], warped[fitted_on][order], fitted)
 
     # each pixel takes the map that explains it best: the whole overlap's or,
