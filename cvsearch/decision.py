@@ -77,7 +77,7 @@ agreed at most 0.74, its copies' with their originals at a median 0.94).
 
 from __future__ import annotations
 
-from functools import cached_property
+from functools import cached_property, lru_cache
 from typing import NamedTuple
 
 import numpy as np
@@ -288,11 +288,24 @@ def _transform(query_inliers, db_inliers):
     """The homography (3, 3) that the inliers (k, 2) fit, query to result, by
     least squares; None where it cannot be fitted (fewer than ``SAMPLE``
     inliers) or is degenerate."""
-    import cv2
-
+    query_inliers = np.ascontiguousarray(query_inliers, np.float32).reshape(-1, 2)
+    db_inliers = np.ascontiguousarray(db_inliers, np.float32).reshape(-1, 2)
     if len(query_inliers) < SAMPLE:
         return None
-    forward, _ = cv2.findHomography(query_inliers, db_inliers, 0)
+    forward = _fitted(query_inliers.tobytes(), db_inliers.tobytes())
+    return None if forward is None else forward.copy()
+
+
+@lru_cache(maxsize=64)
+def _fitted(query_inliers: bytes, db_inliers: bytes):
+    """:func:`_transform` of inliers given as float32 bytes. Coverage,
+    containment and the pixel check each need one result's transform, and a
+    least-squares fit (with its refinement) costs more than the rest of
+    containment: it is fitted once."""
+    import cv2
+
+    forward, _ = cv2.findHomography(np.frombuffer(query_inliers, np.float32).reshape(-1, 2),
+                                    np.frombuffer(db_inliers, np.float32).reshape(-1, 2), 0)
     if forward is None or abs(np.linalg.det(forward)) < 1e-12:
         return None
     return forward
@@ -390,17 +403,15 @@ def _side_coverage(keypoints, shape, inlier_xy, to_other, other: _Keypoints,
     # its coarse keypoints, and all its inliers are coarse; finer detail (the
     # sharper image's, the noise's) says nothing about whether they agree
     known = inlier_sizes[inlier_sizes > 0] if inlier_sizes is not None else ()
-    if len(known) >= SAMPLE:
-        smallest = max(smallest, float(np.quantile(known, STRUCTURE_QUANTILE)))
-    structure = keypoints[(size >= smallest) | (size == 0)]
-    if len(known) >= SAMPLE:
+    at_inliers = (float(np.quantile(known, STRUCTURE_QUANTILE))
+                  if len(known) >= SAMPLE else 0.0)
+    structure = keypoints[(size >= max(smallest, at_inliers)) | (size == 0)]
+    if (0 < at_inliers < smallest
+            and _inside(structure[:, :2], to_other, other_shape).sum() < len(known)):
         # an overlap with less structure at that scale than its inliers show (a
         # small crop of sky or fine print, whose keypoints are all fine) is
         # judged at the scale where the two images agree
-        at_inliers = float(np.quantile(known, STRUCTURE_QUANTILE))
-        if (at_inliers < smallest and _inside(structure[:, :2], to_other,
-                                               other_shape).sum() < len(known)):
-            structure = keypoints[(size >= at_inliers) | (size == 0)]
+        structure = keypoints[(size >= at_inliers) | (size == 0)]
 
     def cells(points):
         points = np.asarray(points, np.float64).reshape(-1, 2)
