@@ -21,9 +21,9 @@ each image agrees. Two questions get two decisions:
   (``STRUCTURE_QUANTILE``): a blurred copy keeps only its coarse keypoints, and
   its inliers, all coarse, say at which scale the two can agree; the sharper
   image's finer detail, and the noise's, say nothing either way. Where the
-  overlap holds fewer keypoints at that scale than there are inliers (a small
-  crop of sky or fine print, all of whose keypoints are fine), it is judged at
-  the inliers' own scale, where the two agree. Its coverage
+  overlap holds next to no structure at that scale (fewer than ``SAMPLE`` of
+  its cells: a small crop of sky, all of whose keypoints are fine), it is
+  judged at the inliers' own scale, where the two agree. Its coverage
   is the mean of two shares: of the grid cells holding such structure, those
   holding an inlier; and of the keypoints, those found again in the other
   image where the transform puts them, at the scale and orientation it
@@ -406,12 +406,6 @@ def _side_coverage(keypoints, shape, inlier_xy, to_other, other: _Keypoints,
     at_inliers = (float(np.quantile(known, STRUCTURE_QUANTILE))
                   if len(known) >= SAMPLE else 0.0)
     structure = keypoints[(size >= max(smallest, at_inliers)) | (size == 0)]
-    if (0 < at_inliers < smallest
-            and _inside(structure[:, :2], to_other, other_shape).sum() < len(known)):
-        # an overlap with less structure at that scale than its inliers show (a
-        # small crop of sky or fine print, whose keypoints are all fine) is
-        # judged at the scale where the two images agree
-        structure = keypoints[(size >= at_inliers) | (size == 0)]
 
     def cells(points):
         points = np.asarray(points, np.float64).reshape(-1, 2)
@@ -425,6 +419,13 @@ def _side_coverage(keypoints, shape, inlier_xy, to_other, other: _Keypoints,
     cx, cy = np.meshgrid(centre * width, centre * height)
     inside = _inside(np.column_stack([cx.ravel(), cy.ravel()]), to_other, other_shape)
     structured = cells(structure[:, :2]) & inside
+    if 0 < at_inliers < smallest and structured.sum() < SAMPLE:
+        # an overlap with next to no structure at that scale (a small crop of
+        # sky, whose keypoints are all fine) is judged at the scale where the
+        # two images agree; a page's text is not judged so where the page
+        # holds a picture's coarser keypoints too
+        structure = keypoints[(size >= at_inliers) | (size == 0)]
+        structured = cells(structure[:, :2]) & inside
     if not structured.any():
         return 0.0
     cell_share = (cells(inlier_xy) & structured).sum() / structured.sum()
