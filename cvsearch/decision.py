@@ -22,7 +22,7 @@ each image agrees. Two questions get two decisions:
   its inliers, all coarse, say at which scale the two can agree; the sharper
   image's finer detail, and the noise's, say nothing either way. Where the
   overlap holds next to no structure at that scale (fewer than ``SAMPLE`` of
-  its cells: a small crop of sky, all of whose keypoints are fine), it is
+  its cells: a small crop of grass or sky, all of whose keypoints are fine), it is
   judged at the inliers' own scale, where the two agree. Its coverage
   is the mean of two shares: of the grid cells holding such structure, those
   holding an inlier; and of the keypoints, those found again in the other
