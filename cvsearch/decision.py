@@ -304,8 +304,9 @@ def _fitted(query_inliers: bytes, db_inliers: bytes):
     containment: it is fitted once."""
     import cv2
 
-    forward, _ = cv2.findHomography(np.frombuffer(query_inliers, np.float32).reshape(-1, 2),
-                                    np.frombuffer(db_inliers, np.float32).reshape(-1, 2), 0)
+    forward, _ = cv2.findHomography(
+        np.frombuffer(query_inliers, np.float32).reshape(-1, 2),
+        np.frombuffer(db_inliers, np.float32).reshape(-1, 2), 0)
     if forward is None or abs(np.linalg.det(forward)) < 1e-12:
         return None
     return forward
@@ -421,8 +422,8 @@ def _side_coverage(keypoints, shape, inlier_xy, to_other, other: _Keypoints,
     structured = cells(structure[:, :2]) & inside
     if 0 < at_inliers < smallest and structured.sum() < SAMPLE:
         # an overlap with next to no structure at that scale (a small crop of
-        # sky, whose keypoints are all fine) is judged at the scale where the
-        # two images agree; a page's text is not judged so where the page
+        # grass or sky, whose keypoints are all fine) is judged at the scale
+        # where the two images agree; a page's text is not, where the page
         # holds a picture's coarser keypoints too
         structure = keypoints[(size >= at_inliers) | (size == 0)]
         structured = cells(structure[:, :2]) & inside

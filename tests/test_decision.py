@@ -203,6 +203,25 @@ def test_a_small_crop_of_fine_detail_is_judged_at_its_inliers_scale():
     assert half == (pytest.approx(0.5, abs=0.05), pytest.approx(0.5, abs=0.05))
 
 
+def test_two_pages_of_one_layout_are_not_judged_at_their_texts_scale():
+    """Two 400 x 400 pages of one layout: the same fine text (size 2.5), and
+    each its own picture (coarse keypoints, size 12, in its top-left quarter).
+    Every inlier is on the text, finer than 2% of the side; but the overlap
+    holds structure at that scale (the pictures' 16 cells), so it is judged
+    there, and the pictures do not agree: not a copy. Judged at the text's
+    scale, the pages would be covered three quarters."""
+    every = grid_keypoints(x0=10, size=2.5)
+    in_picture = (every[:, 0] < 200) & (every[:, 1] < 200)
+    text = every[~in_picture]
+    picture = grid_keypoints(x0=10, size=12.0)
+    picture = picture[(picture[:, 0] < 200) & (picture[:, 1] < 200)]
+    one = np.vstack([text, picture])
+    other = np.vstack([text, picture + [5.0, 5.0, 0.0, 0.0]])  # another picture
+    inliers = text[:, :3]
+    shape = (400, 400)
+    assert max(coverage(one, shape, other, shape, inliers, inliers)) < COPY_COVERAGE
+
+
 @pytest.fixture(scope="module")
 def copy_index(tmp_path_factory):
     """Twelve distinct images; the queries are edits of image 0 and another
