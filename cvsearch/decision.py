@@ -77,7 +77,7 @@ agreed at most 0.74, its copies' with their originals at a median 0.94).
 
 from __future__ import annotations
 
-from functools import cached_property, lru_cache
+from functools import cached_property
 from typing import NamedTuple
 
 import numpy as np
@@ -288,25 +288,13 @@ def _transform(query_inliers, db_inliers):
     """The homography (3, 3) that the inliers (k, 2) fit, query to result, by
     least squares; None where it cannot be fitted (fewer than ``SAMPLE``
     inliers) or is degenerate."""
-    query_inliers = np.ascontiguousarray(query_inliers, np.float32).reshape(-1, 2)
-    db_inliers = np.ascontiguousarray(db_inliers, np.float32).reshape(-1, 2)
-    if len(query_inliers) < SAMPLE:
-        return None
-    forward = _fitted(query_inliers.tobytes(), db_inliers.tobytes())
-    return None if forward is None else forward.copy()
-
-
-@lru_cache(maxsize=64)
-def _fitted(query_inliers: bytes, db_inliers: bytes):
-    """:func:`_transform` of inliers given as float32 bytes. Coverage,
-    containment and the pixel check each need one result's transform, and a
-    least-squares fit (with its refinement) costs more than the rest of
-    containment: it is fitted once."""
     import cv2
 
-    forward, _ = cv2.findHomography(
-        np.frombuffer(query_inliers, np.float32).reshape(-1, 2),
-        np.frombuffer(db_inliers, np.float32).reshape(-1, 2), 0)
+    query_inliers = np.asarray(query_inliers, np.float32).reshape(-1, 2)
+    db_inliers = np.asarray(db_inliers, np.float32).reshape(-1, 2)
+    if len(query_inliers) < SAMPLE:
+        return None
+    forward, _ = cv2.findHomography(query_inliers, db_inliers, 0)
     if forward is None or abs(np.linalg.det(forward)) < 1e-12:
         return None
     return forward
@@ -341,17 +329,19 @@ def coverage(query_keypoints, query_shape, db_keypoints, db_shape, query_inliers
         In [0, 1]; 0 when no transform can be fitted (fewer than 4 inliers).
     """
 
+    forward = _transform(_positions_and_sizes(query_inliers)[0],
+                         _positions_and_sizes(db_inliers)[0])
     return _coverage(_query_keypoints(query_keypoints), query_shape, db_keypoints,
-                     db_shape, query_inliers, db_inliers, grid, min_size)
+                     db_shape, query_inliers, db_inliers, forward, grid, min_size)
 
 
 def _coverage(query: _Keypoints, query_shape, db_keypoints, db_shape, query_inliers,
-              db_inliers, grid: int = GRID, min_size: float = MIN_SIZE):
+              db_inliers, forward, grid: int = GRID, min_size: float = MIN_SIZE):
     """:func:`coverage`, with the query's keypoints prepared once for all of its
-    results (:func:`_query_keypoints`)."""
+    results (:func:`_query_keypoints`) and the inliers' transform ``forward``
+    (:func:`_transform`, None where none fits) fitted once for all measures."""
     (query_inliers, query_sizes), (db_inliers, db_sizes) = (
         _positions_and_sizes(query_inliers), _positions_and_sizes(db_inliers))
-    forward = _transform(query_inliers, db_inliers)
     if forward is None:
         return 0.0, 0.0
     backward = np.linalg.inv(forward)
@@ -485,10 +475,13 @@ def containment(query_inliers, db_inliers, query_shape, db_shape) -> float:
         In [0, 1]; 0 when no transform fits (fewer than 4 inliers) or it folds
         the query's frame or wraps it behind (no picture's copy does).
     """
+    return _containment(_transform(query_inliers, db_inliers), query_shape, db_shape)
+
+
+def _containment(forward, query_shape, db_shape) -> float:
+    """:func:`containment` under the transform ``forward`` (None: none fits)."""
     import cv2
 
-    forward = _transform(np.asarray(query_inliers, np.float32).reshape(-1, 2),
-                         np.asarray(db_inliers, np.float32).reshape(-1, 2))
     if forward is None:
         return 0.0
     height, width = query_shape
@@ -633,6 +626,15 @@ def pixel_agreement(query_thumbnail, query_shape, db_thumbnail, db_shape,
         transform, or the overlap, away from its border, is under 16 thumbnail
         pixels.
     """
+    return _pixel_agreement(query_thumbnail, query_shape, db_thumbnail, db_shape,
+                            query_inliers, db_inliers,
+                            _transform(query_inliers, db_inliers))
+
+
+def _pixel_agreement(query_thumbnail, query_shape, db_thumbnail, db_shape,
+                     query_inliers, db_inliers, forward) -> float:
+    """:func:`pixel_agreement` under the inliers' transform ``forward`` (None:
+    none fits)."""
     import cv2
     from scipy.optimize import isotonic_regression
 
@@ -640,7 +642,6 @@ def pixel_agreement(query_thumbnail, query_shape, db_thumbnail, db_shape,
 
     query_inliers = np.asarray(query_inliers, np.float32).reshape(-1, 2)
     db_inliers = np.asarray(db_inliers, np.float32).reshape(-1, 2)
-    forward = _transform(query_inliers, db_inliers)
     if query_thumbnail is None or db_thumbnail is None or forward is None:
         return float("nan")
 
@@ -789,20 +790,21 @@ def evidence_of(verified, query_keypoints, query_shape, candidates,
     for i in measured:
         query_idx, db_idx = verified.matched[i]
         db_keypoints = np.asarray(candidates[i][1], np.float32).reshape(-1, 4)
+        # one least-squares fit (with its refinement) for every measure: it
+        # costs more than containment itself
+        forward = _transform(query_keypoints[query_idx, :2], db_keypoints[db_idx, :2])
         query_coverage[i], db_coverage[i] = _coverage(
             query_set, query_shape, db_keypoints, candidates[i][2],
-            query_keypoints[query_idx, :3], db_keypoints[db_idx, :3])
-        contained[i] = containment(query_keypoints[query_idx, :2],
-                                   db_keypoints[db_idx, :2], query_shape,
-                                   candidates[i][2])
+            query_keypoints[query_idx, :3], db_keypoints[db_idx, :3], forward)
+        contained[i] = _containment(forward, query_shape, candidates[i][2])
         scales[i] = inlier_scale(query_keypoints[query_idx, :2],
                                  db_keypoints[db_idx, :2])
         # pixels only matter where the keypoints cover enough for them to decide
         if (query_thumbnail is not None and thumbnails is not None
                 and (query_coverage[i] + db_coverage[i]) / 2 >= LOW_COVERAGE):
-            agreement[i] = pixel_agreement(
+            agreement[i] = _pixel_agreement(
                 query_thumbnail, query_shape, thumbnails(i), candidates[i][2],
-                query_keypoints[query_idx, :2], db_keypoints[db_idx, :2])
+                query_keypoints[query_idx, :2], db_keypoints[db_idx, :2], forward)
     return Evidence(verified.inliers.astype(np.int32), verified.pairs.astype(np.int32),
                     np.asarray(verified.exact, bool), log_nfa, query_coverage,
                     db_coverage, np.full(m, bool(mirrored)), agreement, contained,
