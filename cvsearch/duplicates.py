@@ -24,8 +24,10 @@ that shows the picture with most pixels (its scale against the anchor where they
 agree, in steps of ``SCALE_STEP``: a screenshot's page is larger than the
 picture it shows small), then the one with most pixels (a crop holds less of the
 picture at the same scale; a picture turned onto a larger canvas wins here too,
-though its corners are padding), then a lossless file (PNG, TIFF, BMP) over a
-lossy one, then more bytes per pixel (less compression), then the smaller id.
+though its corners are padding), then one in colour over a grey one (a grey
+copy lost the colours; read from the file, decoded small), then a lossless file
+(PNG, TIFF, BMP) over a lossy one, then more bytes per pixel (less
+compression), then the smaller id.
 """
 
 from __future__ import annotations
@@ -53,6 +55,13 @@ DEEPEST = 16
 #: part when more than this share of the pairs across them are copy edges (see
 #: :func:`_best_links`): half, as "most of them verified".
 MOSTLY = 0.5
+
+#: A file is in colour where its channels differ by more than this many grey
+#: levels on average (a grey picture saved as JPEG with three channels keeps
+#: them within one or two), judged on it decoded to at least ``COLOUR_SIDE``
+#: pixels along its longer side.
+GREY_SPREAD = 3.0
+COLOUR_SIDE = 64
 
 #: Scales of the picture (along a side) that differ by less than this factor
 #: count as one when the copy to keep is chosen: measured from the inliers'
@@ -246,7 +255,7 @@ class Checkpoint:
 def quality(shapes: dict, files: dict):
     """The sort key of the copy to keep (larger is better), computed once per
     image (grouping compares the same images many times; each key stats a
-    file)."""
+    file and decodes it small, :func:`in_colour`)."""
     keys: dict = {}
 
     def key(id_):
@@ -260,9 +269,27 @@ def quality(shapes: dict, files: dict):
                     per_pixel = path.stat().st_size / max(height * width, 1)
                 except OSError:
                     pass
-            keys[id_] = (height * width, lossless, per_pixel, -id_)
+            keys[id_] = (height * width, in_colour(path), lossless, per_pixel, -id_)
         return keys[id_]
     return key
+
+
+def in_colour(path) -> bool:
+    """Whether the image file ``path`` shows colours (True where it cannot be
+    read: unknown). Decoded small (a JPEG at 1/8 in the decoder): its channels
+    differ by more than ``GREY_SPREAD`` grey levels on average. A grey picture
+    saved with three channels has them (nearly) equal."""
+    from cvsearch.io import read_image_reduced
+
+    if path is None:
+        return True
+    try:
+        image, _ = read_image_reduced(path, min_side=COLOUR_SIDE, grayscale=False)
+    except (OSError, ValueError):
+        return True
+    if image.ndim < 3 or image.shape[2] < 3:
+        return False
+    return float(np.ptp(image[..., :3], axis=2).mean()) > GREY_SPREAD
 
 
 def group(edges: list[Edge], key, kind: str = "copy") -> list[DuplicateGroup]:

@@ -830,6 +830,30 @@ def test_copies_that_pair_off_by_their_best_edges_stay_one_group():
         [[0, 1], [2, 3]]
 
 
+def test_the_copy_kept_is_in_colour_before_it_is_lossless(tmp_path):
+    """A grey copy of a colour picture lost its colours: it is not kept, though
+    it is a lossless file of as many pixels (and more bytes per pixel); between
+    two colour copies, the lossless one still is."""
+    from cvsearch.duplicates import Edge, group, quality
+
+    grey = textured_image(4)
+    colour = cv2.merge([grey, textured_image(5), 255 - grey])
+    files = {0: tmp_path / "picture.jpg", 1: tmp_path / "grey.png",
+             2: tmp_path / "grey_as_colour.png", 3: tmp_path / "colour.png"}
+    cv2.imwrite(str(files[0]), colour, [cv2.IMWRITE_JPEG_QUALITY, 70])
+    cv2.imwrite(str(files[1]), cv2.cvtColor(colour, cv2.COLOR_BGR2GRAY))
+    cv2.imwrite(str(files[2]), cv2.cvtColor(cv2.cvtColor(colour, cv2.COLOR_BGR2GRAY),
+                                            cv2.COLOR_GRAY2BGR))
+    cv2.imwrite(str(files[3]), colour)
+    shapes = {i: colour.shape[:2] for i in files}
+    edges = [Edge(a, b, "copy", -100.0, 0.9, 60, 1.0) for a in files for b in files
+             if a < b]
+    for members, kept in (([0, 1], 0), ([0, 2], 0), ([0, 1, 2, 3], 3)):
+        chosen = [e for e in edges if e.a in members and e.b in members]
+        (found,) = group(chosen, quality(shapes, files))
+        assert sorted(found.ids) == members and found.best == kept
+
+
 class ShortListed:
     """A searcher stub whose short-list of ``rerank`` results is the first of
     ``same`` (whether each result is the same object), in that order."""
