@@ -852,6 +852,16 @@ def test_the_copy_kept_is_in_colour_before_it_is_lossless(tmp_path):
         chosen = [e for e in edges if e.a in members and e.b in members]
         (found,) = group(chosen, quality(shapes, files))
         assert sorted(found.ids) == members and found.best == kept
+    # a grey picture saved as a three-channel JPEG decodes to (nearly) equal
+    # channels; a file that cannot be read is not taken for grey
+    from cvsearch.duplicates import in_colour
+
+    grey_jpeg, broken = tmp_path / "grey.jpg", tmp_path / "broken.jpg"
+    cv2.imwrite(str(grey_jpeg), cv2.cvtColor(grey, cv2.COLOR_GRAY2BGR),
+                [cv2.IMWRITE_JPEG_QUALITY, 90])
+    broken.write_bytes(files[0].read_bytes()[:200])
+    assert not in_colour(grey_jpeg) and in_colour(files[0])
+    assert in_colour(broken) and in_colour(tmp_path / "gone.jpg")
 
 
 class ShortListed:
