@@ -287,9 +287,8 @@ def in_colour(path) -> bool:
         image, _ = read_image_reduced(path, min_side=COLOUR_SIDE, grayscale=False)
     except (OSError, ValueError):
         return True
-    if image.ndim < 3 or image.shape[2] < 3:
-        return False
-    return float(np.ptp(image[..., :3], axis=2).mean()) > GREY_SPREAD
+    # decoded in colour: a one-channel file comes with three equal channels
+    return float(np.ptp(image, axis=2).mean()) > GREY_SPREAD
 
 
 def group(edges: list[Edge], key, kind: str = "copy") -> list[DuplicateGroup]:
