@@ -22,9 +22,10 @@ every member of a group was verified against its anchor, and A ~ B ~ C does not
 make A and C one group when A and C do not match. The copy to keep is the one
 that shows the picture with most pixels (its scale against the anchor where they
 agree, in steps of ``SCALE_STEP``: a screenshot's page is larger than the
-picture it shows small), then the one with most pixels (a crop holds less of the
-picture at the same scale; a picture turned onto a larger canvas wins here too,
-though its corners are padding), then one in colour over a grey one (a grey
+picture it shows small), then the one with most pixels of the picture (a crop
+holds less of the picture at the same scale; a picture turned or warped onto a
+larger canvas counts only the pixels of its picture, :func:`picture_share`;
+bands or a frame count as pixels), then one in colour over a grey one (a grey
 copy lost the colours; read from the file, decoded small), then a lossless file
 (PNG, TIFF, BMP) over a lossy one, then more bytes per pixel (less
 compression), then the smaller id.
@@ -62,6 +63,22 @@ MOSTLY = 0.5
 #: pixels along its longer side.
 GREY_SPREAD = 3.0
 COLOUR_SIDE = 64
+
+#: A picture turned or warped onto a larger canvas shows the picture only in a
+#: convex quadrilateral; the rest is the canvas, of one colour (within
+#: ``CANVAS_TOLERANCE`` grey levels in each channel of the border's median),
+#: joined to all four sides and at least ``MIN_CANVAS`` of the image. The
+#: quadrilateral fills at least ``CONVEX`` of its convex hull (an object
+#: photographed on a white backdrop is no canvas's picture), and a side of it
+#: is turned more than ``AXIS_ANGLE`` degrees from the image's axes: bands and
+#: frames count as pixels, as many originals have them (a photo printed with a
+#: white margin, a film's frame). Judged on the file decoded to ``CANVAS_SIDE``
+#: pixels along its longer side.
+CANVAS_SIDE = 128
+CANVAS_TOLERANCE = 12
+MIN_CANVAS = 0.03
+CONVEX = 0.95
+AXIS_ANGLE = 2.5
 
 #: Scales of the picture (along a side) that differ by less than this factor
 #: count as one when the copy to keep is chosen: measured from the inliers'
@@ -269,9 +286,25 @@ def quality(shapes: dict, files: dict):
                     per_pixel = path.stat().st_size / max(height * width, 1)
                 except OSError:
                     pass
-            keys[id_] = (height * width, in_colour(path), lossless, per_pixel, -id_)
+            keys[id_] = (height * width * picture_share(path), in_colour(path),
+                         lossless, per_pixel, -id_)
         return keys[id_]
     return key
+
+
+def _decoded_small(path, side: int) -> np.ndarray | None:
+    """The image file ``path`` in colour, (h, w, 3) uint8, decoded reduced (a
+    JPEG at down to 1/8 in the decoder) to at least ``side`` pixels along its
+    longer side; None where it cannot be read."""
+    from cvsearch.io import read_image_reduced
+
+    if path is None:
+        return None
+    try:
+        # decoded in colour: a one-channel file comes with three equal channels
+        return read_image_reduced(path, min_side=side, grayscale=False)[0]
+    except (OSError, ValueError):
+        return None
 
 
 def in_colour(path) -> bool:
@@ -279,16 +312,49 @@ def in_colour(path) -> bool:
     read: unknown). Decoded small (a JPEG at 1/8 in the decoder): its channels
     differ by more than ``GREY_SPREAD`` grey levels on average. A grey picture
     saved with three channels has them (nearly) equal."""
-    from cvsearch.io import read_image_reduced
+    image = _decoded_small(path, COLOUR_SIDE)
+    return image is None or float(np.ptp(image, axis=2).mean()) > GREY_SPREAD
 
-    if path is None:
-        return True
-    try:
-        image, _ = read_image_reduced(path, min_side=COLOUR_SIDE, grayscale=False)
-    except (OSError, ValueError):
-        return True
-    # decoded in colour: a one-channel file comes with three equal channels
-    return float(np.ptp(image, axis=2).mean()) > GREY_SPREAD
+
+def picture_share(path) -> float:
+    """The share of the image file ``path`` that shows its picture: less than 1
+    only where the picture lies turned on a canvas (see ``CANVAS_SIDE``), measured
+    from inside (the outline's pixels mix in the canvas); 1.0 where there is no
+    canvas or the file cannot be read."""
+    import cv2
+
+    image = _decoded_small(path, CANVAS_SIDE)
+    if image is None:
+        return 1.0
+    scale = CANVAS_SIDE / max(image.shape[:2])
+    if scale < 1:  # every file judged at one size
+        image = cv2.resize(image, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
+    sides = [image[0], image[-1], image[:, 0], image[:, -1]]
+    colour = np.median(np.concatenate(sides), axis=0)
+    like = np.abs(image.astype(np.int16) - colour).max(axis=2) <= CANVAS_TOLERANCE
+    _, labels = cv2.connectedComponents(like.astype(np.uint8), connectivity=4)
+    on_sides = [set(np.unique(side[like_side])) for side, like_side in zip(
+        (labels[0], labels[-1], labels[:, 0], labels[:, -1]),
+        (like[0], like[-1], like[:, 0], like[:, -1]))]
+    canvas_labels = list(set.union(*on_sides))
+    canvas = np.isin(labels, canvas_labels) & like
+    # one canvas around the picture: of one colour, joined to every side
+    if canvas.mean() < MIN_CANVAS or not all(on_sides):
+        return 1.0
+    inside = cv2.erode((~canvas).astype(np.uint8), np.ones((3, 3), np.uint8))
+    outlines, _ = cv2.findContours(inside, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+    if not outlines:
+        return 1.0
+    outline = max(outlines, key=cv2.contourArea)
+    hull = cv2.convexHull(outline)
+    corners = cv2.approxPolyDP(hull, 0.02 * cv2.arcLength(hull, True), True)
+    if len(corners) != 4 or cv2.contourArea(outline) < CONVEX * cv2.contourArea(hull):
+        return 1.0
+    sides = np.diff(np.vstack([corners[:, 0], corners[:1, 0]]), axis=0).astype(float)
+    off_axis = np.degrees(np.arctan2(sides[:, 1], sides[:, 0])) % 90
+    if np.all(np.minimum(off_axis, 90 - off_axis) <= AXIS_ANGLE):
+        return 1.0  # bands or a frame: an original may have them too
+    return float(inside.mean())
 
 
 def group(edges: list[Edge], key, kind: str = "copy") -> list[DuplicateGroup]:

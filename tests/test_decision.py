@@ -864,6 +864,63 @@ def test_the_copy_kept_is_in_colour_before_it_is_lossless(tmp_path):
     assert in_colour(broken) and in_colour(tmp_path / "gone.jpg")
 
 
+def _turned_onto_a_canvas(picture, degrees, fill):
+    """``picture`` turned about its centre onto a canvas that holds all of it."""
+    height, width = picture.shape[:2]
+    turn = cv2.getRotationMatrix2D((width / 2, height / 2), degrees, 1.0)
+    cos, sin = abs(turn[0, 0]), abs(turn[0, 1])
+    size = (int(height * sin + width * cos), int(height * cos + width * sin))
+    turn[0, 2] += size[0] / 2 - width / 2
+    turn[1, 2] += size[1] / 2 - height / 2
+    return cv2.warpAffine(picture, turn, size, borderValue=fill)
+
+
+def test_the_copy_kept_is_not_a_canvas_its_picture_was_turned_onto(tmp_path):
+    """A picture turned by 20 degrees, or warped, onto a larger white canvas has
+    more pixels than the picture, and more bytes per pixel when saved at a
+    higher quality, but no more of the picture: the original is kept. Bands
+    (or a frame) count as pixels: many originals have them. An object
+    photographed on a white backdrop is no canvas (what is not backdrop is no
+    quadrilateral): it still beats its crop."""
+    from cvsearch.duplicates import Edge, group, picture_share, quality
+
+    picture = cv2.merge([textured_image(6, 320)[:240], textured_image(7, 320)[:240],
+                         textured_image(8, 320)[:240]])
+    corners = np.float32([[0, 0], [320, 0], [320, 240], [0, 240]])
+    warp = cv2.getPerspectiveTransform(
+        corners, corners * 1.1 + np.float32([[30, 10], [-10, 50], [0, -20], [45, 5]]))
+    warped = cv2.warpPerspective(picture, warp, (380, 280), borderValue=(255, 255, 255))
+    banded = cv2.copyMakeBorder(picture, 60, 60, 0, 0, cv2.BORDER_CONSTANT, value=0)
+    backdrop = np.full((240, 320, 3), 255, np.uint8)
+    cv2.ellipse(backdrop, (160, 120), (110, 70), 30, 0, 360, (40, 90, 160), -1)
+    cv2.circle(backdrop, (230, 90), 45, (20, 160, 60), -1)
+    dark = (picture[..., 0] < 90) & (backdrop != 255).any(axis=2)
+    backdrop[dark] = (backdrop[dark] * 0.6).astype(np.uint8)  # texture on the object
+    images = {"picture.jpg": (picture, 75),
+              "turned.jpg": (_turned_onto_a_canvas(picture, 20, (255, 255, 255)), 95),
+              "warped.jpg": (warped, 95), "banded.jpg": (banded, 95),
+              "object.jpg": (backdrop, 75),
+              "object_crop.jpg": (backdrop[40:200, 60:300], 95)}
+    files, shapes = {}, {}
+    for i, (name, (image, quality_)) in enumerate(images.items()):
+        files[i] = tmp_path / name
+        cv2.imwrite(str(files[i]), image, [cv2.IMWRITE_JPEG_QUALITY, quality_])
+        shapes[i] = image.shape[:2]
+    assert [picture_share(files[i]) for i in (0, 3, 4)] == [1.0, 1.0, 1.0]
+    # the canvas's picture is measured from inside: never more than it shows
+    for i in (1, 2):
+        assert 0.8 * 240 * 320 < picture_share(files[i]) * np.prod(shapes[i]) < 240 * 320
+    for members, kept in (([0, 1], 0), ([0, 2], 0), ([0, 1, 2], 0), ([4, 5], 4)):
+        edges = [Edge(a, b, "copy", -100.0, 0.9, 60, 1.0) for a in members
+                 for b in members if a < b]
+        (found,) = group(edges, quality(shapes, files))
+        assert sorted(found.ids) == members and found.best == kept
+    # without the canvas rule the turned and warped copies win on pixels
+    assert np.prod(shapes[1]) > np.prod(shapes[0]) < np.prod(shapes[2])
+    # a file that cannot be read shows all it has (unknown)
+    assert picture_share(tmp_path / "gone.jpg") == 1.0
+
+
 class ShortListed:
     """A searcher stub whose short-list of ``rerank`` results is the first of
     ``same`` (whether each result is the same object), in that order."""
