@@ -31,6 +31,7 @@ import json
 import shutil
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -186,8 +187,8 @@ def edge_diagnostics(index, path: Path, args, groups, planted_names) -> dict:
     group_of = {m: number for number, g in enumerate(planted_names) for m in g}
     originals = {g[0] for g in planted_names}
 
-    def attack(name):  # copies are named <group>_<attack>.<extension>
-        return "original" if name in originals else Path(name).stem.split("_", 1)[1]
+    def attack(name):
+        return attack_of(name, originals)
 
     across, linked, copied, seen = {}, set(), set(), set()
     for edge in edges:
@@ -215,6 +216,12 @@ def edge_diagnostics(index, path: Path, args, groups, planted_names) -> dict:
     return {"copy_edges_across_planted_groups": by_count(across),
             "copies_without_edge_to_their_group": by_count(alone),
             "copies_with_object_edges_only": by_count(objects)}
+
+
+def attack_of(name, originals) -> str:
+    """The attack that made a planted image (copies are named
+    ``<group>_<attack>.<extension>``), or "original"."""
+    return "original" if name in originals else Path(name).stem.split("_", 1)[1]
 
 
 #: What a saved index in the work folder must hold to be used again: one saved
@@ -293,9 +300,12 @@ def main(argv=None):
                "ms_per_image": round(1000 * seconds / len(index), 2),
                **score(groups, planted_names, names, own_copies)}
         keep = {frozenset(g): g[0] for g in planted_names}
+        whole = [g for g in groups if frozenset(names[i] for i in g.ids) in keep]
         chosen = [names[g.best] == keep[frozenset(names[i] for i in g.ids)]
-                  for g in groups if frozenset(names[i] for i in g.ids) in keep]
+                  for g in whole]
         row["original_kept"] = round(float(np.mean(chosen)), 4) if chosen else None
+        kept = Counter(attack_of(names[g.best], set(keep.values())) for g in whole)
+        row["kept_by_attack"] = dict(kept.most_common())
         if size == max(args.sizes):  # the same without reading files again
             start = time.perf_counter()
             stored = index.duplicates(rerank=args.rerank, reread=False, n_jobs=args.jobs)
@@ -407,6 +417,11 @@ def report(r: dict) -> str:
                   f"{listed(edges['copies_without_edge_to_their_group'])};",
                   "- planted copies with only \"object\" edges to their group, by "
                   f"attack: {listed(edges.get('copies_with_object_edges_only', {}))}."]
+    kept = r["rows"][-1].get("kept_by_attack")
+    if kept:
+        lines += ["", f"The copy kept in the {sum(kept.values())} planted groups found "
+                  f"whole at {r['rows'][-1]['images']:,} images, by what made it: "
+                  + ", ".join(f"{k} {v}" for k, v in kept.items()) + "."]
     different = r["rows"][-1].get("different_pictures") or []
     if different:
         lines += ["", "The groups of different pictures found at the largest size:", ""]
