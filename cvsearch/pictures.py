@@ -221,7 +221,8 @@ def duplicates_report(index, groups, *, thumbnail: int = 160,
              ".keep{outline:3px solid #2a9d4b}.match{display:block;margin-top:0.4rem}"
              "</style>",
              f"<h1>{html.escape(title)}</h1><p>{len(groups)} groups. The copy to keep "
-             "is framed in green (the picture largest, then most pixels, then in colour, "
+             "is framed in green (the picture largest, then most pixels of the picture "
+             "(a canvas it was turned onto does not count), then in colour, "
              "then lossless, then least compressed); "
              "the picture under each group shows its weakest edge.</p>"]
     for number, found in enumerate(groups, 1):
