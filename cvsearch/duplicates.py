@@ -23,9 +23,9 @@ make A and C one group when A and C do not match. The copy to keep is the one
 that shows the picture with most pixels (its scale against the anchor where they
 agree, in steps of ``SCALE_STEP``: a screenshot's page is larger than the
 picture it shows small), then the one with most pixels of the picture (a crop
-holds less of the picture at the same scale; a picture turned or warped onto a
-larger canvas counts only the pixels of its picture, :func:`picture_share`;
-bands or a frame count as pixels), then one in colour over a grey one (a grey
+holds less of the picture at the same scale; a picture turned onto a larger
+canvas counts only the pixels of its picture, :func:`picture_share`; bands or a
+frame count as pixels), then one in colour over a grey one (a grey
 copy lost the colours; read from the file, decoded small), then a lossless file
 (PNG, TIFF, BMP) over a lossy one, then more bytes per pixel (less
 compression), then the smaller id.
@@ -64,20 +64,20 @@ MOSTLY = 0.5
 GREY_SPREAD = 3.0
 COLOUR_SIDE = 64
 
-#: A picture turned or warped onto a larger canvas shows the picture only in a
-#: convex quadrilateral; the rest is the canvas, of one colour (within
+#: A picture turned onto a larger canvas shows the picture only in a turned
+#: rectangle; the rest is the canvas, of one colour (within
 #: ``CANVAS_TOLERANCE`` grey levels in each channel of the border's median),
 #: joined to all four sides and at least ``MIN_CANVAS`` of the image. The
-#: quadrilateral fills at least ``CONVEX`` of its convex hull (an object
-#: photographed on a white backdrop is no canvas's picture), and a side of it
-#: is turned more than ``AXIS_ANGLE`` degrees from the image's axes: bands and
-#: frames count as pixels, as many originals have them (a photo printed with a
-#: white margin, a film's frame). Judged on the file decoded to ``CANVAS_SIDE``
-#: pixels along its longer side.
+#: picture fills at least ``FILLED`` of its smallest enclosing rectangle (an
+#: object photographed on a white backdrop is no canvas's picture), turned more
+#: than ``AXIS_ANGLE`` degrees from the image's axes: bands and frames count as
+#: pixels, as many originals have them (a photo printed with a white margin, a
+#: film's frame). Judged on the file decoded to ``CANVAS_SIDE`` pixels along
+#: its longer side.
 CANVAS_SIDE = 128
 CANVAS_TOLERANCE = 12
 MIN_CANVAS = 0.03
-CONVEX = 0.95
+FILLED = 0.9
 AXIS_ANGLE = 2.5
 
 #: Scales of the picture (along a side) that differ by less than this factor
@@ -346,14 +346,12 @@ def picture_share(path) -> float:
     if not outlines:
         return 1.0
     outline = max(outlines, key=cv2.contourArea)
-    hull = cv2.convexHull(outline)
-    corners = cv2.approxPolyDP(hull, 0.02 * cv2.arcLength(hull, True), True)
-    if len(corners) != 4 or cv2.contourArea(outline) < CONVEX * cv2.contourArea(hull):
+    _, (width, height), angle = cv2.minAreaRect(outline)
+    turned = min(angle % 90, 90 - angle % 90)
+    # a rectangle turned off the axes: bands and a frame are not (an original
+    # may have them), nor a subject on a backdrop
+    if turned <= AXIS_ANGLE or cv2.contourArea(outline) < FILLED * width * height:
         return 1.0
-    sides = np.diff(np.vstack([corners[:, 0], corners[:1, 0]]), axis=0).astype(float)
-    off_axis = np.degrees(np.arctan2(sides[:, 1], sides[:, 0])) % 90
-    if np.all(np.minimum(off_axis, 90 - off_axis) <= AXIS_ANGLE):
-        return 1.0  # bands or a frame: an original may have them too
     return float(inside.mean())
 
 
