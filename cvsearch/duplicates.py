@@ -25,10 +25,12 @@ agree, in steps of ``SCALE_STEP``: a screenshot's page is larger than the
 picture it shows small), then the one with most pixels of the picture (a crop
 holds less of the picture at the same scale; a picture turned onto a larger
 canvas counts only the pixels of its picture, :func:`picture_share`; bands or a
-frame count as pixels), then one in colour over a grey one (a grey
-copy lost the colours; read from the file, decoded small), then a lossless file
-(PNG, TIFF, BMP) over a lossy one, then more bytes per pixel (less
-compression), then the smaller id.
+frame count as pixels), then one in colour over a grey one (a grey copy lost
+the colours; read from the file, decoded small), then the one that agrees most
+widely with the rest of its group (the coverage of its copy edges to the other
+members, summed: copies made from one original each agree with it more widely
+than with each other), then a lossless file (PNG, TIFF, BMP) over a lossy one,
+then more bytes per pixel (less compression), then the smaller id.
 """
 
 from __future__ import annotations
@@ -270,12 +272,15 @@ class Checkpoint:
 
 
 def quality(shapes: dict, files: dict):
-    """The sort key of the copy to keep (larger is better), computed once per
-    image (grouping compares the same images many times; each key stats a
-    file and decodes it small, :func:`in_colour`)."""
+    """The sort key of the copy to keep, ``key(id_, agreement=0.0)`` (larger is
+    better): the image's pixels of the picture, whether in colour, then
+    ``agreement`` (its agreement with the rest of its group, which
+    :func:`group` passes), then lossless, bytes per pixel and the smaller id.
+    What is read from the file is read once per image (grouping compares the
+    same images many times; each key stats a file and decodes it small)."""
     keys: dict = {}
 
-    def key(id_):
+    def key(id_, agreement=0.0):
         if id_ not in keys:
             height, width = shapes[id_]
             path = files.get(id_)
@@ -288,7 +293,8 @@ def quality(shapes: dict, files: dict):
                     pass
             keys[id_] = (height * width * picture_share(path), in_colour(path),
                          lossless, per_pixel, -id_)
-        return keys[id_]
+        pixels, colour, *rest = keys[id_]
+        return (pixels, colour, agreement, *rest)
     return key
 
 
@@ -399,8 +405,9 @@ def group(edges: list[Edge], key, kind: str = "copy") -> list[DuplicateGroup]:
             if len(members) < 2:
                 continue
             edges_of_anchor = {**support.get(anchor, {}), **neighbours[anchor]}
+            agreement = _agreement(members, neighbours)
             best = max(members, key=lambda m: (
-                _scale_step(m, anchor, edges_of_anchor.get(m)), key(m)))
+                _scale_step(m, anchor, edges_of_anchor.get(m)), key(m, agreement[m])))
             ids = (best, *sorted(members - {best}))
             edges_in = [neighbours[anchor].get(m) or support[anchor][m]
                         for m in members - {anchor}]
@@ -409,6 +416,16 @@ def group(edges: list[Edge], key, kind: str = "copy") -> list[DuplicateGroup]:
             groups.append(DuplicateGroup(ids, best, anchor, weakest))
     groups.sort(key=lambda g: (-len(g.ids), g.best))
     return groups
+
+
+def _agreement(members: set, neighbours: dict) -> dict:
+    """Each member's agreement with the rest of its group: the coverage of its
+    edges to the other members, summed. Every copy was made from the original,
+    so each agrees with it more widely than with another copy (two copies share
+    only what both kept): more bytes per pixel do not tell a copy re-encoded
+    at a higher quality from its original, this does."""
+    return {m: float(sum(edge.coverage for other, edge in neighbours.get(m, {}).items()
+                         if other in members)) for m in members}
 
 
 def _scale_step(member: int, anchor: int, edge: Edge | None) -> int:

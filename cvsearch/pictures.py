@@ -222,7 +222,8 @@ def duplicates_report(index, groups, *, thumbnail: int = 160,
              "</style>",
              f"<h1>{html.escape(title)}</h1><p>{len(groups)} groups. The copy to keep "
              "is framed in green (the picture largest, then most pixels of the picture "
-             "(a canvas it was turned onto does not count), then in colour, "
+             "(a canvas it was turned onto does not count), then in colour, then "
+             "agreeing most widely with the rest of its group, "
              "then lossless, then least compressed); "
              "the picture under each group shows its weakest edge.</p>"]
     for number, found in enumerate(groups, 1):

@@ -807,7 +807,7 @@ def test_groups_follow_each_images_widest_copy_not_a_shared_page():
     edges = [Edge(p, s, "copy", -80.0, 0.85, 40, 1.0) for p, s in zip(pictures, pages)]
     edges += [Edge(a, b, "copy", -300.0, 0.55, 150, 1.0)
               for a, b in ((10, 11), (10, 12), (11, 12))]
-    groups = group(edges, key=lambda i: (0, -i))
+    groups = group(edges, key=lambda i, agreement=0.0: (0, -i))
     assert sorted(sorted(g.ids) for g in groups) == [[0, 10], [1, 11], [2, 12]]
 
 
@@ -822,12 +822,12 @@ def test_copies_that_pair_off_by_their_best_edges_stay_one_group():
              Edge(2, 3, "copy", -100.0, 0.78, 44, 1.0)]
     edges += [Edge(a, b, "copy", -120.0, 0.76, 60, 1.0)
               for a, b in ((0, 2), (0, 3), (1, 2), (1, 3))]
-    groups = group(edges, key=lambda i: (0, -i))
+    groups = group(edges, key=lambda i, agreement=0.0: (0, -i))
     assert [sorted(g.ids) for g in groups] == [[0, 1, 2, 3]]
     # one pair across of the four: a page of each picture's group
     pages = edges[:2] + [Edge(1, 3, "copy", -300.0, 0.6, 150, 1.0)]
-    assert sorted(sorted(g.ids) for g in group(pages, key=lambda i: (0, -i))) == \
-        [[0, 1], [2, 3]]
+    groups = group(pages, key=lambda i, agreement=0.0: (0, -i))
+    assert sorted(sorted(g.ids) for g in groups) == [[0, 1], [2, 3]]
 
 
 def test_the_copy_kept_is_in_colour_before_it_is_lossless(tmp_path):
@@ -916,6 +916,35 @@ def test_the_copy_kept_is_not_a_canvas_its_picture_was_turned_onto(tmp_path):
     assert np.prod(shapes[1]) > np.prod(shapes[0]) < np.prod(shapes[2])
     # a file that cannot be read shows all it has (unknown)
     assert picture_share(tmp_path / "gone.jpg") == 1.0
+
+
+def test_the_copy_kept_agrees_most_widely_with_the_rest_of_its_group(tmp_path):
+    """Copies made from one original each agree with it more widely than with
+    each other (two copies share only what both kept): the original is kept,
+    though its copies of as many pixels were saved at a higher quality (more
+    bytes per pixel). Where the agreement is the same, the bytes decide."""
+    from cvsearch.duplicates import Edge, group, quality
+
+    picture = cv2.merge([textured_image(9, 240), textured_image(10, 240),
+                         textured_image(11, 240)])
+    images = {"original.jpg": (picture, 75), "mirror.jpg": (picture[:, ::-1], 95),
+              "turned.jpg": (cv2.rotate(picture, cv2.ROTATE_90_CLOCKWISE), 95),
+              "flipped.jpg": (picture[::-1], 95)}
+    files, shapes = {}, {}
+    for i, (name, (image, quality_)) in enumerate(images.items()):
+        files[i] = tmp_path / name
+        cv2.imwrite(str(files[i]), image, [cv2.IMWRITE_JPEG_QUALITY, quality_])
+        shapes[i] = image.shape[:2]
+    copies = [Edge(0, c, "copy", -150.0, 0.9, 80, 1.0) for c in (1, 2, 3)]
+    between = [Edge(a, b, "copy", -120.0, 0.8, 70, 1.0)
+               for a, b in ((1, 2), (1, 3), (2, 3))]
+    (found,) = group(copies + between, quality(shapes, files))
+    assert found.best == 0 and sorted(found.ids) == [0, 1, 2, 3]
+    # as widely as the original: the most bytes per pixel
+    even = [edge._replace(coverage=0.9) for edge in between]
+    (found,) = group(copies + even, quality(shapes, files))
+    assert found.best == max(files, key=lambda i: files[i].stat().st_size
+                             / np.prod(shapes[i])) != 0
 
 
 class ShortListed:

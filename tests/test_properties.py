@@ -359,7 +359,7 @@ def test_duplicate_groups_never_hold_an_image_unverified_against_their_anchor(
     pairs = {}
     for edge in edges:
         pairs.setdefault((edge.a, edge.b), set()).add(edge.kind)
-    groups = group(edges, key=lambda i: (0, -i), kind=kind)
+    groups = group(edges, key=lambda i, agreement=0.0: (0, -i), kind=kind)
     seen = set()
     for found in groups:
         members = set(found.ids)
