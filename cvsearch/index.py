@@ -1025,10 +1025,13 @@ class Index:
             if workers > 1 and folder is not None and len(todo) > 4 * workers:
                 from joblib import Parallel, delayed
 
+                from cvsearch.parallel import in_joblib_worker
+
                 chunks = [todo[i:i + 64] for i in range(0, len(todo), 64)]
                 results = Parallel(n_jobs=workers, return_as="generator")(
-                    delayed(_duplicates.edges_in_folder)(
-                        folder, self._origin.identity, chunk, ranking, root)
+                    delayed(in_joblib_worker)(
+                        _duplicates.edges_in_folder, folder, self._origin.identity,
+                        chunk, ranking, root)
                     for chunk in chunks)
             else:
                 threads = stack.enter_context(ThreadPoolExecutor(max(1, workers)))

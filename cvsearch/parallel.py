@@ -17,6 +17,8 @@ shared file system). Only a bounded window of chunks is in flight at a time.
 from __future__ import annotations
 
 import os
+import threading
+import time
 from collections import deque
 from typing import NamedTuple
 
@@ -107,6 +109,40 @@ def extract_one(extractor: FeatureExtractor, image, name: str):
         return SkippedImage(name, str(error))
 
 
+#: Seconds between a worker's checks that the process that started it is alive.
+PARENT_CHECK = 1.0
+_WATCHING = threading.Lock()
+_WATCHED = []
+
+
+def end_with_parent() -> None:
+    """In a joblib worker process: end it once the process that started it is
+    gone, however that ended (kill -9, the kernel's out-of-memory killer).
+    joblib's workers otherwise wait for work from it forever, holding their
+    memory (a vocabulary, a mapped index). A thread checks every
+    ``PARENT_CHECK`` seconds whether the worker was handed to another parent.
+    Not for Dask's workers: those outlive the process that started them by
+    design."""
+    with _WATCHING:
+        if _WATCHED:
+            return
+        _WATCHED.append(os.getppid())
+
+    def watch(parent=_WATCHED[0]):
+        while os.getppid() == parent:
+            time.sleep(PARENT_CHECK)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="cvsearch-parent", daemon=True).start()
+
+
+def in_joblib_worker(function, *args, **kwargs):
+    """``function(*args, **kwargs)`` in a joblib worker process that ends with
+    its parent (:func:`end_with_parent`)."""
+    end_with_parent()
+    return function(*args, **kwargs)
+
+
 def extract_chunk(extractor: FeatureExtractor, vocabulary: Vocabulary | None,
                   images: list, names: list, in_worker: bool = False) -> list:
     """Features (or, given a vocabulary, ImageWords) or SkippedImage per image.
@@ -193,7 +229,8 @@ def extract_many(extractor: FeatureExtractor, vocabulary: Vocabulary | None,
 
         # A generator keeps only a few chunks in flight: memory stays bounded.
         results = Parallel(n_jobs=n_jobs, return_as="generator")(
-            delayed(extract_chunk)(extractor, vocabulary, *c, in_worker=True)
+            delayed(in_joblib_worker)(extract_chunk, extractor, vocabulary, *c,
+                                      in_worker=True)
             for c in chunks)
     done = 0
     for (_, chunk_names), items in zip(chunks, results):

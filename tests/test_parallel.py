@@ -1,6 +1,9 @@
 """Building apart and joining: words assigned elsewhere, merged shards, and a
 build on a Dask cluster, each equal to a serial build."""
 
+import os
+import sys
+
 import numpy as np
 import pytest
 from test_index import assert_same_results, results
@@ -100,3 +103,88 @@ def test_queries_take_words_assigned_beforehand(trained_index, image_files):
                         n_words=100, random_state=0)
     with pytest.raises(ValueError, match="another vocabulary"):
         other.query(words)
+
+
+_KILLED_PARENT = """
+import os, sys, time
+import cv2
+import numpy as np
+from cvsearch import FeatureExtractor
+from cvsearch.parallel import extract_many
+
+folder = sys.argv[1]
+paths = []
+for i in range(400):
+    image = (np.random.default_rng(i).random((64, 64)) * 255).astype(np.uint8)
+    paths.append(os.path.join(folder, f"{i}.png"))
+    cv2.imwrite(paths[-1], cv2.resize(image, (256, 256)))
+print(os.getpid(), flush=True)
+for name, item in extract_many(FeatureExtractor("orb"), None, paths, paths, n_jobs=2):
+    time.sleep(0.2)  # the workers stay busy or waiting while the parent is killed
+"""
+
+
+def _children(pid: int) -> set:
+    """Process ids whose parent is ``pid`` (Linux's /proc)."""
+    from pathlib import Path
+
+    found = set()
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            found.add(int(stat.parent.name))
+    return found
+
+
+def _command(pid: int) -> bytes:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as file:
+            return file.read()
+    except OSError:
+        return b""
+
+
+def _alive(pid: int) -> bool:
+    from pathlib import Path
+
+    try:  # a zombie has ended; it only waits for its new parent to reap it
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads Linux's /proc")
+def test_worker_processes_end_when_their_parent_is_killed(tmp_path):
+    """kill -9 of a process adding images with n_jobs leaves no worker process
+    behind holding its memory (joblib's workers would wait for it forever)."""
+    import signal
+    import subprocess
+    import time
+
+    script = tmp_path / "parent.py"
+    script.write_text(_KILLED_PARENT)
+    parent = subprocess.Popen([sys.executable, str(script), str(tmp_path)],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        pid = int(parent.stdout.readline())
+        deadline = time.monotonic() + 120
+        workers = set()
+        while len(workers) < 2 and time.monotonic() < deadline:
+            workers = {c for c in _children(pid) if b"LokyProcess" in _command(c)}
+            time.sleep(0.2)
+        assert len(workers) == 2, "the workers did not start"
+        time.sleep(3)  # they take their first chunks
+        os.kill(pid, signal.SIGKILL)
+        parent.wait()
+        deadline = time.monotonic() + 60
+        while any(_alive(w) for w in workers) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert not any(_alive(w) for w in workers)
+    finally:
+        parent.kill()
+        for worker in workers if "workers" in locals() else ():
+            if _alive(worker):
+                os.kill(worker, signal.SIGKILL)
