@@ -116,10 +116,11 @@ _WATCHED = []
 
 
 def end_with_parent() -> None:
-    """In a joblib worker process: end it once the process that started it is
-    gone, however that ended (kill -9, the kernel's out-of-memory killer).
-    joblib's workers otherwise wait for work from it forever, holding their
-    memory (a vocabulary, a mapped index). A thread checks every
+    """In a worker process (joblib's, or a service's): end it once the process
+    that started it is gone, however that ended (kill -9, the kernel's
+    out-of-memory killer). joblib's workers otherwise wait for work from it
+    forever, holding their memory (a vocabulary, a mapped index), and a
+    service's serve on, holding the port. A thread checks every
     ``PARENT_CHECK`` seconds whether the worker was handed to another parent.
     Not for Dask's workers: those outlive the process that started them by
     design."""

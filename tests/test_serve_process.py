@@ -176,6 +176,39 @@ def test_several_workers_see_each_others_writes(index_dir):
     assert len(Index.load(index_dir)) == 17
 
 
+def _alive(pid: int) -> bool:
+    try:  # a zombie has ended; it only waits for its new parent to reap it
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads Linux's /proc")
+def test_workers_end_when_the_server_is_killed(index_dir):
+    """kill -9 of ``serve --workers 2`` leaves no worker serving on, holding the
+    port with nothing to supervise it: both end, and the port is free again."""
+    server = Server(index_dir, "--workers", "2")
+    workers = set()
+    try:
+        for _ in range(60):  # a new connection each: both workers answer
+            workers.add(httpx.get(server.url + "/health", timeout=30).json()["worker"])
+            if len(workers) == 2:
+                break
+        assert len(workers) == 2
+        server.kill()
+        deadline = time.monotonic() + 60
+        while any(_alive(w) for w in workers) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert not any(_alive(w) for w in workers)
+        with socket.socket() as again:
+            again.bind(("127.0.0.1", server.port))
+    finally:
+        server.stop()
+        for worker in workers:
+            if _alive(worker):
+                os.kill(worker, signal.SIGKILL)
+
+
 # ------------------------------------------------------------------ browser
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CHROMEDRIVER = shutil.which("chromedriver")

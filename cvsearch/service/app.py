@@ -136,6 +136,10 @@ def create_app(settings: Settings | None = None):
         from cvsearch._threads import one_thread_per_worker
 
         one_thread_per_worker()
+    if settings.end_with_parent:
+        from cvsearch.parallel import end_with_parent
+
+        end_with_parent()
     state = {}
     models = _models()
 
@@ -311,7 +315,8 @@ def serve(settings: Settings, *, host: str = "127.0.0.1", port: int = 8000,
         import tempfile
 
         shared = tempfile.mkdtemp(prefix="cvsearch-queries-")
-        settings = dataclasses.replace(settings, queries_dir=Path(shared))
+        settings = dataclasses.replace(settings, queries_dir=Path(shared),
+                                       end_with_parent=True)
     os.environ["CVSEARCH_SETTINGS"] = settings.to_json()
     if ready is not None:
         ready(library)

@@ -102,6 +102,11 @@ class Settings:
         and the worker processes fill the cores, and threads of their own would
         only wait on each other (OpenBLAS serialises concurrent calls).
         ``serve`` sets it.
+    end_with_parent : bool
+        The process is a worker that ``serve`` started (with several workers):
+        it ends once that process is gone, however it ended (killed with
+        SIGKILL, say), rather than serve on, holding the port, with nothing to
+        supervise it (see :func:`cvsearch.parallel.end_with_parent`).
     """
 
     index_dir: Path
@@ -119,6 +124,7 @@ class Settings:
     allowed_hosts: tuple = ("127.0.0.1", "localhost", "::1")
     queries_dir: Path | None = None
     one_thread_per_search: bool = False
+    end_with_parent: bool = False
 
     def to_json(self) -> str:
         """Every field as JSON (how :func:`cvsearch.service.serve` hands them to
