@@ -24,11 +24,13 @@ from __future__ import annotations
 
 import collections
 import io
+import lzma
 import os
 import pickle
 import pickletools
 import struct
 import zipfile
+import zlib
 
 import numpy as np
 
@@ -275,8 +277,13 @@ def _read_member(archive: zipfile.ZipFile, info: zipfile.ZipInfo, limit: int,
     """At most ``limit`` bytes of a member, charged to the budget first: a
     compressed member is inflated only that far (no zip bomb)."""
     budget.take(min(limit, info.file_size), f"member {info.filename}")
-    with archive.open(info) as member:
-        return member.read(min(limit, info.file_size))
+    try:
+        with archive.open(info) as member:
+            return member.read(min(limit, info.file_size))
+    except (OSError, EOFError, RuntimeError, NotImplementedError, zlib.error,
+            lzma.LZMAError) as error:  # a method or stream the header lies about
+        raise ValueError(f"member {info.filename} cannot be decompressed "
+                         f"({error!r:.200})") from None
 
 
 def _read_exactly(stream, n: int) -> bytes:

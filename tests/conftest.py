@@ -104,3 +104,14 @@ def requires(path: Path):
         not path.is_dir(),
         reason=f"real-data test: {path} is absent (it ships in the project's shared "
                "data folder beside the repository)")
+
+
+def process_alive(pid: int) -> bool:
+    """Whether process ``pid`` runs (Linux's /proc; a zombie has ended, it only
+    waits for its parent to reap it)."""
+    from pathlib import Path
+
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False

@@ -6,6 +6,7 @@ import sys
 
 import numpy as np
 import pytest
+from conftest import process_alive
 from test_index import assert_same_results, results
 
 from cvsearch import FeatureExtractor, ImageWords, Index
@@ -147,15 +148,6 @@ def _command(pid: int) -> bytes:
         return b""
 
 
-def _alive(pid: int) -> bool:
-    from pathlib import Path
-
-    try:  # a zombie has ended; it only waits for its new parent to reap it
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
-
-
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads Linux's /proc")
 def test_worker_processes_end_when_their_parent_is_killed(tmp_path):
     """kill -9 of a process adding images with n_jobs leaves no worker process
@@ -180,11 +172,11 @@ def test_worker_processes_end_when_their_parent_is_killed(tmp_path):
         os.kill(pid, signal.SIGKILL)
         parent.wait()
         deadline = time.monotonic() + 60
-        while any(_alive(w) for w in workers) and time.monotonic() < deadline:
+        while any(process_alive(w) for w in workers) and time.monotonic() < deadline:
             time.sleep(0.5)
-        assert not any(_alive(w) for w in workers)
+        assert not any(process_alive(w) for w in workers)
     finally:
         parent.kill()
         for worker in workers if "workers" in locals() else ():
-            if _alive(worker):
+            if process_alive(worker):
                 os.kill(worker, signal.SIGKILL)

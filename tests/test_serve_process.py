@@ -15,7 +15,7 @@ from pathlib import Path
 
 import cv2
 import pytest
-from conftest import UKBENCH, textured_image, warped
+from conftest import UKBENCH, process_alive, textured_image, warped
 
 pytest.importorskip("fastapi", reason="the service needs the 'server' extra")
 httpx = pytest.importorskip("httpx", reason="the service tests need httpx")
@@ -176,13 +176,6 @@ def test_several_workers_see_each_others_writes(index_dir):
     assert len(Index.load(index_dir)) == 17
 
 
-def _alive(pid: int) -> bool:
-    try:  # a zombie has ended; it only waits for its new parent to reap it
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
-
-
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads Linux's /proc")
 def test_workers_end_when_the_server_is_killed(index_dir):
     """kill -9 of ``serve --workers 2`` leaves no worker serving on, holding the
@@ -197,15 +190,15 @@ def test_workers_end_when_the_server_is_killed(index_dir):
         assert len(workers) == 2
         server.kill()
         deadline = time.monotonic() + 60
-        while any(_alive(w) for w in workers) and time.monotonic() < deadline:
+        while any(process_alive(w) for w in workers) and time.monotonic() < deadline:
             time.sleep(0.5)
-        assert not any(_alive(w) for w in workers)
+        assert not any(process_alive(w) for w in workers)
         with socket.socket() as again:
             again.bind(("127.0.0.1", server.port))
     finally:
         server.stop()
         for worker in workers:
-            if _alive(worker):
+            if process_alive(worker):
                 os.kill(worker, signal.SIGKILL)
 
 
