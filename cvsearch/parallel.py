@@ -112,7 +112,7 @@ def extract_one(extractor: FeatureExtractor, image, name: str):
 #: Seconds between a worker's checks that the process that started it is alive.
 PARENT_CHECK = 1.0
 _WATCHING = threading.Lock()
-_WATCHED = []
+_watched_parent = None  # the parent this process watches, once it does
 
 
 def end_with_parent() -> None:
@@ -124,12 +124,13 @@ def end_with_parent() -> None:
     ``PARENT_CHECK`` seconds whether the worker was handed to another parent.
     Not for Dask's workers: those outlive the process that started them by
     design."""
+    global _watched_parent
     with _WATCHING:
-        if _WATCHED:
+        if _watched_parent is not None:
             return
-        _WATCHED.append(os.getppid())
+        _watched_parent = parent = os.getppid()
 
-    def watch(parent=_WATCHED[0]):
+    def watch():
         while os.getppid() == parent:
             time.sleep(PARENT_CHECK)
         os._exit(1)

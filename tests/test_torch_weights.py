@@ -129,6 +129,28 @@ def test_truncated_file_is_a_clear_error(tmp_path):
         load_state_dict(path)
 
 
+@pytest.mark.parametrize("method", [zipfile.ZIP_DEFLATED, zipfile.ZIP_BZIP2,
+                                    zipfile.ZIP_LZMA, 99])
+def test_a_member_its_stated_method_cannot_decompress_is_a_clear_error(tmp_path,
+                                                                       method):
+    """A stored tensor whose zip headers claim another compression (a damaged
+    or forged file) is refused with the file named, whatever the decompressor
+    raises."""
+    path = tmp_path / "forged.pth"
+    write_zip(path)
+    data = bytearray(path.read_bytes())
+    with zipfile.ZipFile(path) as archive:
+        info = next(i for i in archive.infolist() if "/data/" in i.filename)
+    name = info.filename.encode()
+    local = info.header_offset  # method at +8 of the local header
+    central = data.rindex(b"PK\x01\x02", 0, data.rindex(name))  # and +10 here
+    for at in (local + 8, central + 10):
+        data[at:at + 2] = struct.pack("<H", method)
+    path.write_bytes(bytes(data))
+    with pytest.raises(ValueError, match="forged.pth"):
+        load_state_dict(path)
+
+
 class _Evil:
     def __reduce__(self):
         return os.system, ("touch pwned",)
