@@ -44,11 +44,10 @@ each image agrees. Two questions get two decisions:
   re-encoding keep; a caption or logo over a small part does not break it),
   and showing the same edges (``_edges_agree``: grey levels within the
   tolerance, a black backdrop and a dark wall, can differ in all they show).
-  Bands covered wholly across along two opposite edges of the overlap (a
-  meme's captions, a banner, a letterbox: more than a third, at times) are left
-  out of it where what remains agrees closely (``BAND_CLOSE``); another shot's
-  differences lie anywhere (a subject against other surroundings differs on
-  all four sides), and rarely leave the rest so close.
+  Bands covered wholly across along the overlap's edges (a meme's captions, a
+  banner, a letterbox: more than a third, at times) are left out of it where
+  what remains agrees closely (``BAND_CLOSE``); another shot's differences lie
+  anywhere, and rarely leave the rest so close.
   Where the keypoints cover less than half of it but at least
   ``LOW_COVERAGE``, pixels that agree more closely (``PIXEL_COPY``) make it a
   copy: sharpening and recompression, or shrinking, turning and
@@ -83,10 +82,6 @@ chosen on the other seed's copies, fifteen edits of them and negatives (a one-of
 comparison: meme bands 0.19 -> 0.91 decided, all copies 0.983 -> 0.986, still no
 negative; with no bar on what remains, 2 of its 546 negatives, burst shots of
 faces, became copies; the bar was not fitted to them: they agreed 0.80 and 0.82).
-Bands on all four sides at once made airliners of one pose against other skies
-copies of each other in ``benchmarks/duplicates.py`` (precision at 10,000
-images 0.951 -> 0.943); one pair of sides only, they are not (seed 1's meme
-bands 0.92).
 """
 
 from __future__ import annotations
@@ -632,8 +627,8 @@ def pixel_agreement(query_thumbnail, query_shape, db_thumbnail, db_shape,
     ``MIN_ANCHORED`` such pixels also gets its own map. The share is that of
     the overlap's pixels within ``PIXEL_TOLERANCE`` of a map that also show
     the same edges (:func:`_edges_agree`), away from the overlap's border;
-    bands along two opposite edges that disagree wholly across are left out
-    where what remains agrees on at least ``BAND_CLOSE`` (:func:`_uncovered`).
+    bands along its edges that disagree wholly across are left out where what
+    remains agrees on at least ``BAND_CLOSE`` (:func:`_uncovered`).
 
     Parameters
     ----------
@@ -741,16 +736,10 @@ def _pixel_agreement(query_thumbnail, query_shape, db_thumbnail, db_shape,
 
 
 def _uncovered(agree, inner) -> np.ndarray:
-    """``inner`` less the bands along two of its opposite edges covered wholly
-    across: the rows from the top and from the bottom (or the columns from
-    either side) in which fewer than ``BAND_AGREEMENT`` of the pixels agree.
-    Of the two, the one that leaves the larger share agreeing; ``inner`` itself
-    where neither leaves ``BAND_REST`` of it.
-
-    Bands on all four sides are not taken: a caption, a banner or a letterbox
-    covers a picture across, while a subject shot again against other
-    surroundings (one airliner's pose against other skies) differs on every
-    side.
+    """``inner`` less the bands along its edges covered wholly across: the
+    rows from the top, and from the bottom, (and columns from either side) in
+    which fewer than ``BAND_AGREEMENT`` of the pixels agree; ``inner`` itself
+    where they would leave less than ``BAND_REST`` of it.
 
     Parameters
     ----------
@@ -761,22 +750,21 @@ def _uncovered(agree, inner) -> np.ndarray:
     -------
     ndarray of shape (h, w), bool
     """
-    best, best_share = inner, agree[inner].mean()
+    covered = np.zeros_like(inner)
     for axis in (0, 1):  # rows, then columns
         counted = inner.sum(axis=1 - axis)
         shares = (agree & inner).sum(axis=1 - axis) / np.maximum(counted, 1)
         lines = np.flatnonzero(counted >= 4)  # a line needs pixels to speak for it
-        covered = np.zeros(len(counted), bool)
         for order in (lines, lines[::-1]):
             for line in order:
                 if shares[line] >= BAND_AGREEMENT:
                     break
-                covered[line] = True
-        uncovered = inner & ~(covered[:, None] if axis == 0 else covered[None, :])
-        if (uncovered.sum() >= BAND_REST * inner.sum()
-                and agree[uncovered].mean() > best_share):
-            best, best_share = uncovered, agree[uncovered].mean()
-    return best
+                if axis == 0:
+                    covered[line, :] = True
+                else:
+                    covered[:, line] = True
+    uncovered = inner & ~covered
+    return uncovered if uncovered.sum() >= BAND_REST * inner.sum() else inner
 
 
 def _edges_agree(one, other) -> np.ndarray:
