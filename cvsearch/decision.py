@@ -44,10 +44,6 @@ each image agrees. Two questions get two decisions:
   re-encoding keep; a caption or logo over a small part does not break it),
   and showing the same edges (``_edges_agree``: grey levels within the
   tolerance, a black backdrop and a dark wall, can differ in all they show).
-  Bands covered wholly across along the overlap's edges (a meme's captions, a
-  banner, a letterbox: more than a third, at times) are left out of it where
-  what remains agrees closely (``BAND_CLOSE``); another shot's differences lie
-  anywhere, and rarely leave the rest so close.
   Where the keypoints cover less than half of it but at least
   ``LOW_COVERAGE``, pixels that agree more closely (``PIXEL_COPY``) make it a
   copy: sharpening and recompression, or shrinking, turning and
@@ -77,11 +73,6 @@ chosen on the other seed's copies and negatives among a few (a one-off
 comparison: 0.25 to 0.4 and 0.75 to 0.9 gave 0.979 to 0.986 of its copies,
 against 0.974, and no negative; in that coverage band its negatives' pixels
 agreed at most 0.74, its copies' with their originals at a median 0.94).
-The bands' round values (``BAND_AGREEMENT``, ``BAND_REST``, ``BAND_CLOSE``) were
-chosen on the other seed's copies, fifteen edits of them and negatives (a one-off
-comparison: meme bands 0.19 -> 0.91 decided, all copies 0.983 -> 0.986, still no
-negative; with no bar on what remains, 2 of its 546 negatives, burst shots of
-faces, became copies; the bar was not fitted to them: they agreed 0.80 and 0.82).
 """
 
 from __future__ import annotations
@@ -120,14 +111,6 @@ SEEN_RADIUS = 0.03
 #: (see :func:`pixel_agreement`): up to a third may be covered by a caption, a
 #: logo or a frame.
 COPY_AGREEMENT = 2 / 3
-#: Bands along the overlap's edges whose rows (or columns) agree on less than
-#: ``BAND_AGREEMENT`` of their pixels, wholly across, are covered (a meme's
-#: captions, a banner, a letterbox) and left out of the overlap, where what
-#: remains is at least ``BAND_REST`` of it and agrees on ``BAND_CLOSE`` of its
-#: pixels: the same pixels nearly throughout (see :func:`_uncovered`).
-BAND_AGREEMENT = 0.5
-BAND_REST = 0.5
-BAND_CLOSE = 0.9
 #: Same picture on the pixels' word: where the agreement covers at least
 #: ``LOW_COVERAGE`` of the structured overlap (but less than ``COPY_COVERAGE``),
 #: at least ``PIXEL_COPY`` of the aligned thumbnails agree. A copy sharpened and
@@ -183,9 +166,8 @@ class Evidence(NamedTuple):
     mirrored : ndarray of shape (m,), bool
         Whether the result matched the mirrored query.
     agreement : ndarray of shape (m,), float32
-        Share of the two images' aligned thumbnails whose pixels agree, less
-        bands covered along its edges (see :func:`pixel_agreement`), in
-        [0, 1]; NaN where not measured: where
+        Share of the two images' aligned thumbnails whose pixels agree (see
+        :func:`pixel_agreement`), in [0, 1]; NaN where not measured: where
         coverage is not, where the coverage is below ``LOW_COVERAGE`` (the
         pixels cannot make it a copy), or for an image without a thumbnail
         (the copy decision then rests on coverage alone).
@@ -626,9 +608,7 @@ def pixel_agreement(query_thumbnail, query_shape, db_thumbnail, db_shape,
     changes grey levels by colour, so each quarter of the thumbnails with
     ``MIN_ANCHORED`` such pixels also gets its own map. The share is that of
     the overlap's pixels within ``PIXEL_TOLERANCE`` of a map that also show
-    the same edges (:func:`_edges_agree`), away from the overlap's border;
-    bands along its edges that disagree wholly across are left out where what
-    remains agrees on at least ``BAND_CLOSE`` (:func:`_uncovered`).
+    the same edges (:func:`_edges_agree`), away from the overlap's border.
 
     Parameters
     ----------
@@ -729,42 +709,7 @@ def _pixel_agreement(query_thumbnail, query_shape, db_thumbnail, db_shape,
         return float("nan")
     # edges at ``inner`` pixels see only the overlap (their 3 x 3 neighbours)
     agree = (np.abs(best - target) <= PIXEL_TOLERANCE) & _edges_agree(warped, target)
-    uncovered = _uncovered(agree, inner)
-    if uncovered.sum() >= 16 and agree[uncovered].mean() >= BAND_CLOSE:
-        return float(agree[uncovered].mean())
     return float(agree[inner].mean())
-
-
-def _uncovered(agree, inner) -> np.ndarray:
-    """``inner`` less the bands along its edges covered wholly across: the
-    rows from the top, and from the bottom, (and columns from either side) in
-    which fewer than ``BAND_AGREEMENT`` of the pixels agree; ``inner`` itself
-    where they would leave less than ``BAND_REST`` of it.
-
-    Parameters
-    ----------
-    agree, inner : ndarray of shape (h, w), bool
-        Where aligned pixels agree, and the overlap they are counted over.
-
-    Returns
-    -------
-    ndarray of shape (h, w), bool
-    """
-    covered = np.zeros_like(inner)
-    for axis in (0, 1):  # rows, then columns
-        counted = inner.sum(axis=1 - axis)
-        shares = (agree & inner).sum(axis=1 - axis) / np.maximum(counted, 1)
-        lines = np.flatnonzero(counted >= 4)  # a line needs pixels to speak for it
-        for order in (lines, lines[::-1]):
-            for line in order:
-                if shares[line] >= BAND_AGREEMENT:
-                    break
-                if axis == 0:
-                    covered[line, :] = True
-                else:
-                    covered[:, line] = True
-    uncovered = inner & ~covered
-    return uncovered if uncovered.sum() >= BAND_REST * inner.sum() else inner
 
 
 def _edges_agree(one, other) -> np.ndarray:

@@ -318,38 +318,6 @@ def test_a_subject_pasted_onto_another_background_is_not_the_same_picture():
                            (480, 480), xy, xy) >= COPY_AGREEMENT
 
 
-def _meme(picture):
-    """``picture`` with black bands over its top and bottom sixth, captioned: a
-    third of it covered."""
-    meme = picture.copy()
-    meme[:80], meme[-80:] = 0, 0
-    for y, text in ((60, "WHEN YOU SEE IT"), (460, "NOBODY EXPECTS IT")):
-        cv2.putText(meme, text, (5, y), cv2.FONT_HERSHEY_DUPLEX, 1.1, 255, 2)
-    return meme
-
-
-def test_bands_that_cover_a_pictures_edges_are_left_out_of_its_overlap():
-    """A meme's captioned bands cover a third of the picture: more than a
-    caption may, but along its edges, wholly across, with what remains the same
-    pixels."""
-    original = textured_image(7)
-    xy, _ = corners_mapped(np.eye(3), (320, 480))
-    xy = xy + [0, 80]  # the correspondences lie between the bands
-    assert pixel_agreement(thumbnail(_meme(original)), (480, 480), thumbnail(original),
-                           (480, 480), xy, xy) >= 0.9
-    # a strip replaced across the middle is not covered at an edge
-    middle = original.copy()
-    middle[140:340] = textured_image(8)[140:340]
-    assert pixel_agreement(thumbnail(middle), (480, 480), thumbnail(original),
-                           (480, 480), xy, xy) < COPY_AGREEMENT
-    # bands over a picture whose middle differs too (an eighth of what they
-    # leave: another shot) leave pixels that do not agree closely enough
-    other = original.copy()
-    other[200:300, 120:360] = textured_image(9)[200:300, 120:360]
-    assert pixel_agreement(thumbnail(_meme(other)), (480, 480), thumbnail(original),
-                           (480, 480), xy, xy) < COPY_AGREEMENT
-
-
 def test_a_portrait_from_a_black_backdrop_pasted_onto_a_dark_wall_is_not_a_copy():
     """Every pixel of the wall is within the tolerance of the backdrop's black,
     so grey levels alone agree; the wall's tiles have edges, the backdrop none."""
