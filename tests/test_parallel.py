@@ -160,10 +160,10 @@ def test_worker_processes_end_when_their_parent_is_killed(tmp_path):
     script.write_text(_KILLED_PARENT)
     parent = subprocess.Popen([sys.executable, str(script), str(tmp_path)],
                               stdout=subprocess.PIPE, text=True)
+    workers = set()
     try:
         pid = int(parent.stdout.readline())
         deadline = time.monotonic() + 120
-        workers = set()
         while len(workers) < 2 and time.monotonic() < deadline:
             workers = {c for c in _children(pid) if b"LokyProcess" in _command(c)}
             time.sleep(0.2)
@@ -177,6 +177,6 @@ def test_worker_processes_end_when_their_parent_is_killed(tmp_path):
         assert not any(process_alive(w) for w in workers)
     finally:
         parent.kill()
-        for worker in workers if "workers" in locals() else ():
+        for worker in workers:
             if process_alive(worker):
                 os.kill(worker, signal.SIGKILL)
