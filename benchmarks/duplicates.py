@@ -27,6 +27,7 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import shutil
 import sys
@@ -73,6 +74,15 @@ def collection(args):
         sizes[rng.choice(open_)] += 1
     folder = args.work / f"planted-{args.seed}-{args.groups}"
     folder.mkdir(parents=True, exist_ok=True)
+    # copies already in the folder are used again only if they were made from
+    # these originals: a collection with other files left out (another
+    # --clean label set) draws other originals under the same numbers
+    made_from = folder / "originals.json"
+    sources = [paths[i] for i in originals]
+    if made_from.exists() and json.loads(made_from.read_text()) != sources:
+        raise SystemExit(f"{folder}: its copies were made from other originals (the "
+                         "collection changed); use another --work or delete it")
+    made_from.write_text(json.dumps(sources))
     names = list(ATTACKS)
     planted = []
     for number, (original, size) in enumerate(zip(originals, sizes)):
@@ -153,6 +163,12 @@ def labelled_truth(planted_names, names, own_copies):
     covered = set().union(*planted) if planted else set()
     own = {s for s in set_of.values() if len(s) > 1 and not (s & covered)}
     return planted, own
+
+
+def paths_digest(paths) -> str:
+    """A fingerprint of the collection's files, in order: a saved index is used
+    again only for the same files."""
+    return hashlib.sha256("\n".join(map(str, paths)).encode()).hexdigest()
 
 
 def relative(name) -> str:
@@ -253,7 +269,8 @@ def main(argv=None):
     cached = json.loads(built.read_text()) if built.exists() else {}
     if ((saved / "index.json").exists() and cached.get("kind") == CACHE_KIND
             and cached.get("data") == str(args.data)
-            and cached.get("clean", False) == args.clean):  # names are its paths
+            and cached.get("clean", False) == args.clean
+            and cached.get("paths") == paths_digest(paths)):  # names are its paths
         build_s = cached["seconds"]
     else:
         shutil.rmtree(saved, ignore_errors=True)
@@ -263,7 +280,8 @@ def main(argv=None):
         build_s = time.perf_counter() - start
         index.save(saved)
         built.write_text(json.dumps({"seconds": build_s, "kind": CACHE_KIND,
-                                     "data": str(args.data), "clean": args.clean}))
+                                     "data": str(args.data), "clean": args.clean,
+                                     "paths": paths_digest(paths)}))
     print(f"{len(paths)} images, indexed in {build_s:.0f} s", flush=True)
     rng = np.random.default_rng(args.seed + 1)
     in_planted = {i for g in planted for i in g}
