@@ -74,15 +74,7 @@ def collection(args):
         sizes[rng.choice(open_)] += 1
     folder = args.work / f"planted-{args.seed}-{args.groups}"
     folder.mkdir(parents=True, exist_ok=True)
-    # copies already in the folder are used again only if they were made from
-    # these originals: a collection with other files left out (another
-    # --clean label set) draws other originals under the same numbers
-    made_from = folder / "originals.json"
-    sources = [paths[i] for i in originals]
-    if made_from.exists() and json.loads(made_from.read_text()) != sources:
-        raise SystemExit(f"{folder}: its copies were made from other originals (the "
-                         "collection changed); use another --work or delete it")
-    made_from.write_text(json.dumps(sources))
+    claim_planted_folder(folder, [paths[i] for i in originals])
     names = list(ATTACKS)
     planted = []
     for number, (original, size) in enumerate(zip(originals, sizes)):
@@ -163,6 +155,18 @@ def labelled_truth(planted_names, names, own_copies):
     covered = set().union(*planted) if planted else set()
     own = {s for s in set_of.values() if len(s) > 1 and not (s & covered)}
     return planted, own
+
+
+def claim_planted_folder(folder: Path, originals: list[str]):
+    """Record that ``folder``'s copies are made from ``originals`` (in group
+    order), or stop if they were made from others: copies already there are
+    used again, and a collection with other files left out (another --clean
+    label set) draws other originals under the same group numbers."""
+    made_from = folder / "originals.json"
+    if made_from.exists() and json.loads(made_from.read_text()) != originals:
+        raise SystemExit(f"{folder}: its copies were made from other originals (the "
+                         "collection changed); use another --work or delete it")
+    made_from.write_text(json.dumps(originals))
 
 
 def paths_digest(paths) -> str:

@@ -6,6 +6,8 @@ import json
 from pathlib import Path
 from types import SimpleNamespace
 
+import pytest
+
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
 
@@ -104,3 +106,17 @@ def test_the_clean_collection_keeps_one_file_of_each_labelled_picture():
     kept = [[m for m in s if m not in left_out] for s in sets]
     assert all(len(k) == 1 for k in kept)
     assert len(left_out) == sum(len(s) for s in sets) - len(sets)
+
+
+def test_planted_copies_of_other_originals_are_not_used_again(tmp_path):
+    duplicates.claim_planted_folder(tmp_path, ["a/1.jpg", "b/2.jpg"])
+    duplicates.claim_planted_folder(tmp_path, ["a/1.jpg", "b/2.jpg"])  # the same
+    with pytest.raises(SystemExit, match="other originals"):
+        duplicates.claim_planted_folder(tmp_path, ["a/1.jpg", "c/3.jpg"])
+
+
+def test_a_saved_index_is_used_again_only_for_the_same_files():
+    digest = duplicates.paths_digest(["a/1.jpg", "b/2.jpg"])
+    assert digest == duplicates.paths_digest(["a/1.jpg", "b/2.jpg"])
+    assert digest != duplicates.paths_digest(["a/1.jpg", "c/3.jpg"])
+    assert digest != duplicates.paths_digest(["b/2.jpg", "a/1.jpg"])
