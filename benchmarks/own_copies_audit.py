@@ -121,7 +121,7 @@ def main(argv=None):
                    and measured["differs"] <= UNLABELLED_AGREE)
         rows.append({"pair": [first, second], "labelled_one_picture": labelled,
                      **measured, "flagged": bool(flagged)})
-    results = {**meta, "pairs": rows,
+    results = {**meta, "pairs": rows, "revised": labels.get("revised"),
                "thresholds": {"differs": DIFFERS, "labelled_differ": LABELLED_DIFFER,
                               "unlabelled_agree": UNLABELLED_AGREE,
                               "min_overlap": MIN_OVERLAP, "min_inliers": MIN_INLIERS}}
@@ -149,6 +149,9 @@ def report(r: dict) -> str:
               f"{'yes' if p['labelled_one_picture'] else 'no'} | {p['inliers']} | "
               f"{p['overlap']} | {p['differs']} | {'yes' if p['mirrored'] else 'no'} |"
               for p in flagged]
+    if r.get("revised"):
+        lines += ["", "What was looked at, and decided (`caltech101_own_copies.json`):", "",
+                  r["revised"]]
     return "\n".join(lines) + "\n"
 
 
