@@ -163,9 +163,13 @@ def claim_planted_folder(folder: Path, originals: list[str]):
     used again, and a collection with other files left out (another --clean
     label set) draws other originals under the same group numbers."""
     made_from = folder / "originals.json"
-    if made_from.exists() and json.loads(made_from.read_text()) != originals:
-        raise SystemExit(f"{folder}: its copies were made from other originals (the "
-                         "collection changed); use another --work or delete it")
+    if made_from.exists():
+        if json.loads(made_from.read_text()) != originals:
+            raise SystemExit(f"{folder}: its copies were made from other originals "
+                             "(the collection changed); use another --work or delete it")
+    elif any(folder.iterdir()):  # copies from before their originals were recorded
+        raise SystemExit(f"{folder}: holds copies but not which originals they were "
+                         "made from; use another --work or delete it")
     made_from.write_text(json.dumps(originals))
 
 

@@ -41,17 +41,30 @@ MIN_OVERLAP = 0.5
 MIN_INLIERS = 20
 
 
-def aligned_difference(first: np.ndarray, second: np.ndarray) -> dict:
-    """How two colour images (h, w, 3) uint8 differ once ``first`` (or its
-    mirror) is warped onto ``second``: the inliers, the overlap's share of the
-    smaller image, and the share of the overlap's pixels that differ."""
-    sift = cv2.SIFT_create(4000)
-    found = sift.detectAndCompute(cv2.cvtColor(second, cv2.COLOR_BGR2GRAY), None)
+def described(image: np.ndarray):
+    """``(keypoints, descriptors)`` of OpenCV's SIFT on a colour image: the check
+    is independent of cvsearch's own extraction and verification, so that it
+    does not share their blind spots."""
+    return cv2.SIFT_create(4000).detectAndCompute(
+        cv2.cvtColor(image, cv2.COLOR_BGR2GRAY), None)
+
+
+def aligned_difference(first, second) -> dict:
+    """How two images differ once ``first`` (or its mirror) is warped onto
+    ``second``: the inliers, the overlap's share of the smaller image, and the
+    share of the overlap's pixels that differ (1.0, with 0 inliers, where no
+    homography aligns them).
+
+    Parameters
+    ----------
+    first, second : (image, plain, mirrored)
+        A colour image (h, w, 3) uint8, :func:`described` of it and of its
+        mirror image (the second's mirror is not used).
+    """
+    (first, *views), (second, found, _) = first, second
     best = {"inliers": 0, "overlap": 0.0, "differs": 1.0, "mirrored": False}
-    for mirrored in (False, True):
+    for mirrored, (points, descriptors) in zip((False, True), views):
         image = first[:, ::-1].copy() if mirrored else first
-        points, descriptors = sift.detectAndCompute(
-            cv2.cvtColor(image, cv2.COLOR_BGR2GRAY), None)
         if descriptors is None or found[1] is None or len(points) < 4 or len(found[0]) < 4:
             continue
         pairs = cv2.BFMatcher().knnMatch(descriptors, found[1], k=2)
@@ -107,14 +120,21 @@ def main(argv=None):
     same = {}
     for number, labelled in enumerate(labels["copies"]):
         same.update((name, number) for name in labelled)
+    seen = {}
+
+    def image_of(name):
+        """The file read and described once, however many pairs hold it."""
+        if name not in seen:
+            image = cv2.imread(str(root / name), cv2.IMREAD_COLOR)
+            if image is None:
+                raise SystemExit(f"{root / name}: cannot be read as an image")
+            seen[name] = (image, described(image), described(image[:, ::-1].copy()))
+        return seen[name]
+
     rows = []
     for first, second in pairs_to_check(RESULTS):
-        images = [cv2.imread(str(root / name), cv2.IMREAD_COLOR)
-                  for name in (first, second)]
-        if any(image is None for image in images):
-            raise SystemExit(f"{first} or {second}: cannot be read under {root}")
         labelled = first in same and same.get(first) == same.get(second)
-        measured = aligned_difference(*images)
+        measured = aligned_difference(image_of(first), image_of(second))
         flagged = (measured["differs"] > LABELLED_DIFFER if labelled else
                    measured["inliers"] >= MIN_INLIERS
                    and measured["overlap"] >= MIN_OVERLAP

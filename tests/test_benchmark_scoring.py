@@ -115,6 +115,12 @@ def test_planted_copies_of_other_originals_are_not_used_again(tmp_path):
         duplicates.claim_planted_folder(tmp_path, ["a/1.jpg", "c/3.jpg"])
 
 
+def test_planted_copies_of_unknown_originals_are_not_used_again(tmp_path):
+    (tmp_path / "0000_jpeg10.jpg").write_bytes(b"made before originals were recorded")
+    with pytest.raises(SystemExit, match="not which originals"):
+        duplicates.claim_planted_folder(tmp_path, ["a/1.jpg"])
+
+
 def test_a_saved_index_is_used_again_only_for_the_same_files():
     digest = duplicates.paths_digest(["a/1.jpg", "b/2.jpg"])
     assert digest == duplicates.paths_digest(["a/1.jpg", "b/2.jpg"])
