@@ -422,6 +422,7 @@ def report(r: dict) -> str:
         CONTAINED,
         COPY_AGREEMENT,
         COPY_COVERAGE,
+        PIXEL_COPY,
         SAME_OBJECT_LOG_NFA,
     )
 
@@ -439,7 +440,8 @@ def report(r: dict) -> str:
         f"cvsearch decides with its defaults: \"copy\" when log10 NFA <= "
         f"{SAME_OBJECT_LOG_NFA}, the inliers cover >= {COPY_COVERAGE} of the "
         f"textured overlap, >= {COPY_AGREEMENT:.2f} of the aligned thumbnails' "
-        "pixels agree (grey levels and edges) and >= "
+        "pixels agree (grey levels and edges; a bar over the top or bottom of "
+        f"either set aside where the rest agrees >= {PIXEL_COPY}) and >= "
         f"{CONTAINED} of one image lies inside the other; "
         "\"object\" on the NFA alone. The other methods are "
         f"thresholded where at most {r['rate']:.1%} of the negatives pass "

@@ -1001,7 +1001,9 @@ class Index:
                                 mirror)
         root = os.path.abspath(self.images_root or os.getcwd()) if reread else None
         ids = searcher.store.ids()
-        header = {"cvsearch_duplicates": 6, "lineage": self.lineage, "kind": kind,
+        # the version changes with what decides an edge (7: bars over a
+        # picture's top or bottom), so no run mixes edges decided two ways
+        header = {"cvsearch_duplicates": 7, "lineage": self.lineage, "kind": kind,
                   "rerank": rerank, "mirror": ranking.mirror, "reread": reread,
                   "images": len(ids),
                   "ids": hashlib.sha256(np.asarray(ids, np.int64).tobytes()

@@ -10,7 +10,7 @@ from conftest import textured_image
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cvsearch import FeatureExtractor, Index
+from cvsearch import FeatureExtractor, Index, decision
 from cvsearch.decision import (
     CONTAINED,
     COPY_AGREEMENT,
@@ -316,6 +316,52 @@ def test_a_subject_pasted_onto_another_background_is_not_the_same_picture():
     cv2.putText(captioned, "BREAKING", (10, 460), cv2.FONT_HERSHEY_SIMPLEX, 1.5, 255, 3)
     assert pixel_agreement(thumbnail(captioned), (480, 480), thumbnail(one),
                            (480, 480), xy, xy) >= COPY_AGREEMENT
+
+
+def meme(picture, bar_rows, over):
+    """``picture`` with ``over`` (an image of its size) shown in its top and
+    bottom ``bar_rows``, each with a white caption: a meme's bars when ``over``
+    is flat."""
+    edited = picture.copy()
+    edited[:bar_rows] = over[:bar_rows]
+    edited[-bar_rows:] = over[-bar_rows:]
+    for y in (bar_rows * 3 // 4, picture.shape[0] - bar_rows // 4):
+        cv2.putText(edited, "WHEN YOU SEE IT", (5, y), cv2.FONT_HERSHEY_DUPLEX, 1.1,
+                    255, 2)
+    return edited
+
+
+@pytest.mark.parametrize("seed", [8, 9, 10])
+def test_captioned_bars_over_a_pictures_top_and_bottom_leave_it_the_same_picture(
+        seed, monkeypatch):
+    """A meme's black bars hide a third of the picture, more than a caption may
+    (``COPY_AGREEMENT``); the rest agrees as closely as the pixels' own bar asks
+    (``PIXEL_COPY``). The same third replaced by another picture is no bar, and
+    a shared subject under bars is not the same picture."""
+    original = textured_image(seed)
+    xy, _ = corners_mapped(np.eye(3), (480, 480))
+    xy = xy[(xy[:, 1] > 80) & (xy[:, 1] < 400)]  # keypoints see the middle only
+    black = np.zeros_like(original)
+    other = textured_image(seed + 200)
+    other[80:400, 120:360] = original[80:400, 120:360]  # a shared subject
+    pairs = {"bars": meme(original, 80, black),
+             "another picture": meme(original, 80, textured_image(seed + 100)),
+             "bars over another picture": meme(other, 80, black)}
+
+    def agreements():
+        return {name: (pixel_agreement(thumbnail(edited), (480, 480),
+                                       thumbnail(original), (480, 480), xy, xy),
+                       pixel_agreement(thumbnail(original), (480, 480),
+                                       thumbnail(edited), (480, 480), xy, xy))
+                for name, edited in pairs.items()}
+
+    found = agreements()
+    monkeypatch.setattr(decision, "BAR", 0.0)  # no bars looked for
+    without = agreements()
+    assert min(found["bars"]) >= PIXEL_COPY  # either way round
+    assert max(without["bars"]) < COPY_AGREEMENT
+    assert found["another picture"] == without["another picture"]
+    assert max(found["bars over another picture"]) < COPY_AGREEMENT
 
 
 def test_a_portrait_from_a_black_backdrop_pasted_onto_a_dark_wall_is_not_a_copy():
