@@ -17,9 +17,12 @@ anchors: the image with most edges is an anchor, its group is itself and the
 images verified against it, and the rest goes on without them; an edge counts
 only between images joined through each one's best (widest) copy edge (or
 between two such parts when most pairs across them are copies), so a page
-layout or a carpet that many images share does not make one group of them. So
-every member of a group was verified against its anchor, and A ~ B ~ C does not
-make A and C one group when A and C do not match. The copy to keep is the one
+layout or a carpet that many images share does not make one group of them. A
+member joined to its group by its edge to the anchor alone must agree with the
+anchor where the others do (:func:`_elsewhere`): a page of one layout is a copy
+of another picture's page around the picture, not on it. So every member of a
+group was verified against its anchor, and A ~ B ~ C does not make A and C one
+group when A and C do not match. The copy to keep is the one
 that shows the picture with most pixels (its scale against the anchor where they
 agree, in steps of ``SCALE_STEP``: a screenshot's page is larger than the
 picture it shows small), then the one with most pixels of the picture (a crop
@@ -361,9 +364,12 @@ def picture_share(path) -> float:
     return float(inside.mean())
 
 
-def group(edges: list[Edge], key, kind: str = "copy") -> list[DuplicateGroup]:
+def group(edges: list[Edge], key, kind: str = "copy",
+          matches=None) -> list[DuplicateGroup]:
     """Groups around anchors (see the module's docstring); ``key(id)`` orders the
-    copies to keep.
+    copies to keep; ``matches(edge)`` gives an edge's inliers ``(a_xy, b_xy)``
+    (:func:`edge_matches`), or None: members are not checked with them (see
+    :func:`_elsewhere`).
 
     For copies, an edge is a copy edge if either search decided "copy". A
     member is an image with a copy edge to the anchor, or with an object edge to
@@ -401,6 +407,8 @@ def group(edges: list[Edge], key, kind: str = "copy") -> list[DuplicateGroup]:
             for other in support.get(anchor, {}).keys() & remaining - members:
                 if neighbours.get(other, {}).keys() & members:
                     members.add(other)
+            if matches is not None and kind == "copy":
+                members -= _elsewhere(anchor, members, neighbours, support, matches)
             remaining -= members
             if len(members) < 2:
                 continue
@@ -416,6 +424,47 @@ def group(edges: list[Edge], key, kind: str = "copy") -> list[DuplicateGroup]:
             groups.append(DuplicateGroup(ids, best, anchor, weakest))
     groups.sort(key=lambda g: (-len(g.ids), g.best))
     return groups
+
+
+def _elsewhere(anchor: int, members: set, neighbours: dict, support: dict,
+               matches) -> set:
+    """The members that agree with the anchor elsewhere than the rest of the
+    group does: joined by their edge to the anchor alone (no edge to another
+    member), whose inliers lie mostly (``MOSTLY``) outside the convex hull of
+    the inliers of the anchor's edges to the other members, in the anchor's
+    pixels. A page of one layout as the anchor is a copy of another picture's
+    page on the layout around the picture, and of its own picture's copies on
+    the picture; a copy of the picture too weak to verify against the others
+    still agrees with the anchor on the picture."""
+    import cv2
+
+    if len(members) < 4:
+        return set()
+    edge_to = {**support.get(anchor, {}), **neighbours[anchor]}
+    loners = {m for m in members - {anchor}
+              if not (neighbours.get(m, {}).keys() | support.get(m, {}).keys())
+              & (members - {anchor})}
+    others = members - loners - {anchor}
+    if not loners or not others:
+        return set()
+
+    def in_anchor(member):
+        a_xy, b_xy = matches(edge_to[member])
+        return np.asarray(a_xy if edge_to[member].a == anchor else b_xy,
+                          np.float32).reshape(-1, 2)
+
+    agreed = np.concatenate([in_anchor(other) for other in others])
+    if len(agreed) < 3:
+        return set()
+    hull = cv2.convexHull(agreed)
+    apart = set()
+    for member in loners:
+        xy = in_anchor(member)
+        inside = [cv2.pointPolygonTest(hull, (float(x), float(y)), False) >= 0
+                  for x, y in xy]
+        if len(xy) and np.mean(inside) < MOSTLY:
+            apart.add(member)
+    return apart
 
 
 def _agreement(members: set, neighbours: dict) -> dict:

@@ -1055,7 +1055,8 @@ class Index:
         nodes = sorted({edge.a for edge in edges} | {edge.b for edge in edges})
         shapes = {id_: image[2] for id_, image in zip(nodes, searcher.store.images(nodes))}
         files = {id_: _duplicates.file_of(names[id_], self.images_root) for id_ in nodes}
-        return _duplicates.group(edges, _duplicates.quality(shapes, files), kind)
+        return _duplicates.group(edges, _duplicates.quality(shapes, files), kind,
+                                 lambda edge: _duplicates.edge_matches(self, edge))
 
     def vectors(self):
         """The database's weighted bag-of-words vectors, one row per image, in the

@@ -876,6 +876,36 @@ def test_copies_that_pair_off_by_their_best_edges_stay_one_group():
     assert sorted(sorted(g.ids) for g in groups) == [[0, 1], [2, 3]]
 
 
+def test_a_page_joined_to_a_group_by_its_layout_alone_is_not_a_copy_of_its_picture():
+    """A screenshot (10) of picture 0 among three copies of 0 (1 to 3): all
+    verified against each other. Another picture's screenshot on the same page
+    layout (11) verified as a copy of 10 only, on the page around the picture:
+    it leaves the group. A blurred copy of 0 (12) verified against 10 only, on
+    the picture, stays."""
+    from cvsearch.duplicates import Edge, group
+
+    group_of_0 = [0, 1, 2, 3, 10]
+    edges = [Edge(a, b, "copy", -150.0, 0.8, 70, 1.0)
+             for i, a in enumerate(group_of_0) for b in group_of_0[i + 1:]]
+    edges += [Edge(10, 11, "copy", -300.0, 0.58, 150, 1.0),
+              Edge(10, 12, "copy", -12.0, 0.7, 14, 1.0)]
+    rng = np.random.default_rng(0)
+    picture = rng.uniform([100, 100], [400, 400], (40, 2))  # in 10's pixels
+    page = rng.uniform([500, 50], [950, 750], (40, 2))  # its layout around
+
+    def matches(edge):
+        """The inliers in 10's pixels (the other side's do not matter here)."""
+        where = page if 11 in (edge.a, edge.b) else picture
+        return where, where
+
+    key = lambda i, agreement=0.0: (0, -i)  # noqa: E731
+    (found,) = group(edges, key, matches=matches)
+    assert sorted(found.ids) == [0, 1, 2, 3, 10, 12] and found.anchor == 10
+    # without the inliers, the page that shares the layout is kept
+    (found,) = group(edges, key)
+    assert sorted(found.ids) == [0, 1, 2, 3, 10, 11, 12]
+
+
 def test_the_copy_kept_is_in_colour_before_it_is_lossless(tmp_path):
     """A grey copy of a colour picture lost its colours: it is not kept, though
     it is a lossless file of as many pixels (and more bytes per pixel); between

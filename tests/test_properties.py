@@ -359,7 +359,22 @@ def test_duplicate_groups_never_hold_an_image_unverified_against_their_anchor(
     pairs = {}
     for edge in edges:
         pairs.setdefault((edge.a, edge.b), set()).add(edge.kind)
-    groups = group(edges, key=lambda i, agreement=0.0: (0, -i), kind=kind)
+
+    def matches(edge):
+        """Inliers anywhere in a 100 x 100 image, the same for an edge each
+        time: some members agree with the anchor where the others do not."""
+        rng = np.random.default_rng([edge.a, edge.b])
+        corner = rng.uniform(0, 80, 2)
+        return corner + rng.uniform(0, 20, (8, 2)), rng.uniform(0, 100, (8, 2))
+
+    key = lambda i, agreement=0.0: (0, -i)  # noqa: E731
+    for groups in (group(edges, key, kind=kind),
+                   group(edges, key, kind=kind, matches=matches)):
+        check_groups(groups, pairs, kind)
+
+
+def check_groups(groups, pairs, kind):
+    """The invariants above, for ``groups`` of the edges ``pairs`` hold."""
     seen = set()
     for found in groups:
         members = set(found.ids)
