@@ -627,7 +627,10 @@ def pixel_agreement(query_thumbnail, query_shape, db_thumbnail, db_shape,
     changes grey levels by colour, so each quarter of the thumbnails with
     ``MIN_ANCHORED`` such pixels also gets its own map. The share is that of
     the overlap's pixels within ``PIXEL_TOLERANCE`` of a map that also show
-    the same edges (:func:`_edges_agree`), away from the overlap's border.
+    the same edges (:func:`_edges_agree`), away from the overlap's border;
+    where a bar over either image's top or bottom (:func:`_bars`) mostly
+    disagrees, the share of the rest, if that is at least ``PIXEL_COPY`` and
+    the rest most of the overlap.
 
     Parameters
     ----------
@@ -739,7 +742,7 @@ def _pixel_agreement(query_thumbnail, query_shape, db_thumbnail, db_shape,
     covered = np.zeros_like(inner)
     for bar in bars:
         under = bar & inner
-        if under.any() and agree[under].mean() < 0.5:
+        if under.any() and agree[under].mean() < 0.5:  # mostly disagrees
             covered |= under
     rest = inner & ~covered
     if covered.any() and rest.sum() >= max(16, inner.sum() / 2):
