@@ -736,13 +736,17 @@ def _pixel_agreement(query_thumbnail, query_shape, db_thumbnail, db_shape,
     # a bar over the top or bottom of either (a meme's, subtitles') hides what
     # is under it: where one disagrees, the rest must agree as closely as the
     # pixels' own bar asks, and be most of the overlap
-    bars = list(_bars(target)) + [
-        cv2.warpPerspective(bar.astype(np.uint8), warp, size, flags=cv2.INTER_NEAREST) > 0
+    bars = [(bar, warped) for bar in _bars(target)] + [
+        (cv2.warpPerspective(bar.astype(np.uint8), warp, size,
+                             flags=cv2.INTER_NEAREST) > 0, target)
         for bar in _bars(unblurred)]
     covered = np.zeros_like(inner)
-    for bar in bars:
+    for bar, other in bars:
         under = bar & inner
-        if under.any() and agree[under].mean() < 0.5:  # mostly disagrees
+        # it mostly disagrees, and the other image shows something under it (a
+        # frame or a backdrop that both have, a little apart, is no bar)
+        if (under.sum() and agree[under].mean() < 0.5
+                and not _flat(other[under])):
             covered |= under
     rest = inner & ~covered
     if covered.any() and rest.sum() >= max(16, inner.sum() / 2):
@@ -770,14 +774,21 @@ def _bars(thumbnail) -> list[np.ndarray]:
     for order in (np.arange(side), np.arange(side)[::-1]):
         depth = 0
         for rows in range(1, int(BAR * side) + 1):
-            block = thumbnail[order[:rows]]
-            if (np.abs(block - np.median(block)) <= PIXEL_TOLERANCE).mean() >= BAR_FLAT:
+            if _flat(thumbnail[order[:rows]]):
                 depth = rows
         if depth:
             bar = np.zeros(thumbnail.shape, bool)
             bar[order[:depth]] = True
             bars.append(bar)
     return bars
+
+
+def _flat(pixels) -> bool:
+    """Whether at least ``BAR_FLAT`` of ``pixels`` (grey levels, any shape) are
+    within ``PIXEL_TOLERANCE`` of their median."""
+    pixels = np.asarray(pixels, np.float64)
+    return bool((np.abs(pixels - np.median(pixels)) <= PIXEL_TOLERANCE).mean()
+                >= BAR_FLAT)
 
 
 def _edges_agree(one, other) -> np.ndarray:

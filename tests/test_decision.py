@@ -336,24 +336,31 @@ def test_captioned_bars_over_a_pictures_top_and_bottom_leave_it_the_same_picture
         seed, monkeypatch):
     """A meme's black bars hide a third of the picture, more than a caption may
     (``COPY_AGREEMENT``); the rest agrees as closely as the pixels' own bar asks
-    (``PIXEL_COPY``). The same third replaced by another picture is no bar, and
-    a shared subject under bars is not the same picture."""
+    (``PIXEL_COPY``). The same third replaced by another picture is no bar, a
+    shared subject under bars is not the same picture, and a flat band over
+    a flat band of another grey level hides nothing."""
     original = textured_image(seed)
     xy, _ = corners_mapped(np.eye(3), (480, 480))
     xy = xy[(xy[:, 1] > 80) & (xy[:, 1] < 400)]  # keypoints see the middle only
     black = np.zeros_like(original)
     other = textured_image(seed + 200)
     other[80:400, 120:360] = original[80:400, 120:360]  # a shared subject
+    grey_bands = original.copy()  # flat, without captions
+    grey_bands[:80] = grey_bands[-80:] = 60
+    black_bands = original.copy()
+    black_bands[:80] = black_bands[-80:] = 0
     pairs = {"bars": meme(original, 80, black),
              "another picture": meme(original, 80, textured_image(seed + 100)),
-             "bars over another picture": meme(other, 80, black)}
+             "bars over another picture": meme(other, 80, black),
+             "bars over other bars": grey_bands}
 
     def agreements():
         return {name: (pixel_agreement(thumbnail(edited), (480, 480),
-                                       thumbnail(original), (480, 480), xy, xy),
-                       pixel_agreement(thumbnail(original), (480, 480),
+                                       thumbnail(base), (480, 480), xy, xy),
+                       pixel_agreement(thumbnail(base), (480, 480),
                                        thumbnail(edited), (480, 480), xy, xy))
-                for name, edited in pairs.items()}
+                for name, edited in pairs.items()
+                for base in [black_bands if name == "bars over other bars" else original]}
 
     found = agreements()
     monkeypatch.setattr(decision, "BAR", 0.0)  # no bars looked for
@@ -361,6 +368,10 @@ def test_captioned_bars_over_a_pictures_top_and_bottom_leave_it_the_same_picture
     assert min(found["bars"]) >= PIXEL_COPY  # either way round
     assert max(without["bars"]) < COPY_AGREEMENT
     assert found["another picture"] == without["another picture"]
+    # where the other image is flat too, a frame or a backdrop both have (a
+    # little apart, or at other grey levels), nothing is hidden: no bar is set
+    # aside
+    assert found["bars over other bars"] == without["bars over other bars"]
     assert max(found["bars over another picture"]) < COPY_AGREEMENT
 
 
