@@ -429,7 +429,8 @@ def group(edges: list[Edge], key, kind: str = "copy",
 def _elsewhere(anchor: int, members: set, neighbours: dict, support: dict,
                matches) -> set:
     """The members that agree with the anchor elsewhere than the rest of the
-    group does: joined by their edge to the anchor alone (no edge to another
+    group does (in a group of four or more: with fewer, which is the picture
+    is not known): joined by their edge to the anchor alone (no edge to another
     member), whose inliers lie mostly (``MOSTLY``) outside the convex hull of
     the inliers of the anchor's edges to the other members, in the anchor's
     pixels. A page of one layout as the anchor is a copy of another picture's
