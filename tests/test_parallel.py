@@ -120,7 +120,10 @@ for i in range(400):
     paths.append(os.path.join(folder, f"{i}.png"))
     cv2.imwrite(paths[-1], cv2.resize(image, (256, 256)))
 print(os.getpid(), flush=True)
-for name, item in extract_many(FeatureExtractor("orb"), None, paths, paths, n_jobs=2):
+for number, (name, item) in enumerate(
+        extract_many(FeatureExtractor("orb"), None, paths, paths, n_jobs=2)):
+    if number == 0:
+        print("working", flush=True)  # the workers have taken their tasks
     time.sleep(0.2)  # the workers stay busy or waiting while the parent is killed
 """
 
@@ -168,7 +171,10 @@ def test_worker_processes_end_when_their_parent_is_killed(tmp_path):
             workers = {c for c in _children(pid) if b"LokyProcess" in _command(c)}
             time.sleep(0.2)
         assert len(workers) == 2, "the workers did not start"
-        time.sleep(3)  # they take their first chunks
+        # a worker watches its parent from its first task on: however slowly
+        # they start on a busy machine, wait for the first result, then a little
+        assert parent.stdout.readline().strip() == "working"
+        time.sleep(3)
         os.kill(pid, signal.SIGKILL)
         parent.wait()
         deadline = time.monotonic() + 60
