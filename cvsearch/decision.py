@@ -774,17 +774,29 @@ def _bars(thumbnail) -> list[np.ndarray]:
     list of ndarray of shape (THUMBNAIL, THUMBNAIL), bool
         One mask for each border that has a bar.
     """
-    side = thumbnail.shape[0]
+    side, most = thumbnail.shape[0], int(BAR * thumbnail.shape[0])
+    if most < 1:
+        return []
+    # every depth of both borders at once (it runs on every pixel check): row
+    # k of ``blocks`` holds the first k + 1 rows from a border, NaN after them
+    rows = np.asarray(thumbnail, np.float64)
+    ends = np.stack([rows[:most], rows[::-1][:most]]).reshape(2, 1, most * side)
+    depths = np.arange(1, most + 1)
+    blocks = np.where(np.arange(most * side) < depths[:, None] * side, ends, np.nan)
+    ordered = np.sort(blocks, axis=2)  # NaN last
+    sizes = depths * side
+    middle = (np.take(ordered, (sizes - 1) // 2, axis=2).diagonal(axis1=1, axis2=2)
+              + np.take(ordered, sizes // 2, axis=2).diagonal(axis1=1, axis2=2))
+    middle = (middle / 2)[..., None]  # each block's median, as np.median's
+    flat = ((np.abs(blocks - middle) <= PIXEL_TOLERANCE).sum(axis=2)
+            >= BAR_FLAT * sizes)
     bars = []
-    for order in (np.arange(side), np.arange(side)[::-1]):
-        depth = 0
-        for rows in range(1, int(BAR * side) + 1):
-            if _flat(thumbnail[order[:rows]]):
-                depth = rows
-        if depth:
+    for border, flats in enumerate(flat):
+        if flats.any():
+            depth = int(depths[flats][-1])
             bar = np.zeros(thumbnail.shape, bool)
-            bar[order[:depth]] = True
-            bars.append(bar)
+            bar[:depth] = True
+            bars.append(bar if border == 0 else bar[::-1])
     return bars
 
 
