@@ -108,10 +108,19 @@ def requires(path: Path):
 
 def process_alive(pid: int) -> bool:
     """Whether process ``pid`` runs (Linux's /proc; a zombie has ended, it only
-    waits for its parent to reap it)."""
+    waits for its parent to reap it). Any of its threads counts: the main thread
+    can be a zombie while another still tears the process down, holding its
+    files (a listening socket) for a while yet."""
     from pathlib import Path
 
     try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+        threads = list(Path(f"/proc/{pid}/task").iterdir())
     except OSError:
         return False
+    for thread in threads:
+        try:
+            if (thread / "stat").read_text().rsplit(")", 1)[1].split()[0] != "Z":
+                return True
+        except OSError:
+            pass  # this thread has ended since
+    return False
