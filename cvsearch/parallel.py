@@ -16,6 +16,7 @@ shared file system). Only a bounded window of chunks is in flight at a time.
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import threading
 import time
@@ -115,7 +116,7 @@ _WATCHING = threading.Lock()
 _watched_parent = None  # the parent this process watches, once it does
 
 
-def end_with_parent() -> None:
+def end_with_parent(then=None) -> None:
     """In a worker process (joblib's, or a service's): end it once the process
     that started it is gone, however that ended (kill -9, the kernel's
     out-of-memory killer). joblib's workers otherwise wait for work from it
@@ -123,17 +124,33 @@ def end_with_parent() -> None:
     service's serve on, holding the port. A thread checks every
     ``PARENT_CHECK`` seconds whether the worker was handed to another parent.
     Not for Dask's workers: those outlive the process that started them by
-    design."""
+    design.
+
+    Parameters
+    ----------
+    then : callable, optional
+        Called (no arguments) before the worker ends: the clean-up its parent
+        would have done had it ended cleanly, such as removing a temporary
+        folder. Only the first call's ``then`` is kept."""
     global _watched_parent
     with _WATCHING:
         if _watched_parent is not None:
             return
-        _watched_parent = parent = os.getppid()
+        # the process that started this one, even if it is gone already (a
+        # worker still loading when its parent was killed): getppid() would
+        # then name whichever process adopted it, and the worker would watch it
+        started_by = multiprocessing.parent_process()
+        _watched_parent = parent = (os.getppid() if started_by is None
+                                    else started_by.pid)
 
     def watch():
         while os.getppid() == parent:
             time.sleep(PARENT_CHECK)
-        os._exit(1)
+        try:
+            if then is not None:
+                then()
+        finally:
+            os._exit(1)
 
     threading.Thread(target=watch, name="cvsearch-parent", daemon=True).start()
 

@@ -151,6 +151,58 @@ def _command(pid: int) -> bytes:
         return b""
 
 
+_LATE_WATCHER = """
+import multiprocessing, sys, time
+from pathlib import Path
+
+
+def worker(go):
+    from cvsearch.parallel import end_with_parent
+
+    while not Path(go).exists():  # still starting when its parent is killed
+        time.sleep(0.05)
+    end_with_parent()
+    time.sleep(600)
+
+
+if __name__ == "__main__":
+    child = multiprocessing.get_context("spawn").Process(target=worker, args=(sys.argv[1],))
+    child.start()
+    print(child.pid, flush=True)
+    time.sleep(600)
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads Linux's /proc")
+def test_a_worker_whose_parent_died_before_it_began_to_watch_ends_too(tmp_path):
+    """A worker that calls end_with_parent after its parent is gone (a service's
+    worker still loading its index when ``serve`` is killed) ends: it watches the
+    process that started it, not whichever adopted it."""
+    import signal
+    import subprocess
+    import time
+
+    script = tmp_path / "parent.py"
+    script.write_text(_LATE_WATCHER)
+    go = tmp_path / "go"
+    parent = subprocess.Popen([sys.executable, str(script), str(go)],
+                              stdout=subprocess.PIPE, text=True)
+    worker = None
+    try:
+        worker = int(parent.stdout.readline())
+        parent.kill()
+        parent.wait()
+        go.touch()
+        deadline = time.monotonic() + 60
+        while process_alive(worker) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not process_alive(worker)
+    finally:
+        parent.kill()
+        if worker is not None and process_alive(worker):
+            os.kill(worker, signal.SIGKILL)
+
+
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads Linux's /proc")
 def test_worker_processes_end_when_their_parent_is_killed(tmp_path):
     """kill -9 of a process adding images with n_jobs leaves no worker process

@@ -137,9 +137,15 @@ def create_app(settings: Settings | None = None):
 
         one_thread_per_worker()
     if settings.end_with_parent:
+        import functools
+        import shutil
+
         from cvsearch.parallel import end_with_parent
 
-        end_with_parent()
+        # the parent (serve) removes the folder of shared queries when it ends;
+        # killed, it cannot: its workers do as they end
+        end_with_parent(then=None if settings.queries_dir is None else functools.partial(
+            shutil.rmtree, settings.queries_dir, ignore_errors=True))
     state = {}
     models = _models()
 
