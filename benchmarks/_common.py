@@ -12,9 +12,16 @@ from pathlib import Path
 
 import numpy as np
 
+#: The libraries whose versions change what a run measures (OpenCV's SIFT,
+#: scikit-learn's k-means build the words), named in every run's machine.
+LIBRARIES = {"opencv-contrib-python": "OpenCV", "scikit-learn": "scikit-learn",
+             "numpy": "NumPy"}
+
 
 def run_metadata(script: str, argv=None) -> dict:
-    """The command, date and machine of a benchmark run.
+    """The command, date, machine (with the versions of ``LIBRARIES``) and code
+    (the git commit, "+changes" when the checkout has uncommitted ones) of a
+    benchmark run.
 
     Parameters
     ----------
@@ -23,12 +30,39 @@ def run_metadata(script: str, argv=None) -> dict:
     argv : list of str or None
         Its arguments (None: this process's).
     """
+    from importlib import metadata
+
     memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
     arguments = argv if argv is not None else sys.argv[1:]
+    versions = []
+    for distribution, name in LIBRARIES.items():
+        try:
+            versions.append(f"{name} {metadata.version(distribution)}")
+        except metadata.PackageNotFoundError:
+            pass
     return {"command": " ".join(["python", f"benchmarks/{script}", *arguments]),
             "date": date.today().isoformat(),
-            "machine": f"{platform.machine()}, {os.cpu_count()} cores, "
-                       f"{memory:.0f} GiB, Python {platform.python_version()}"}
+            "machine": ", ".join([f"{platform.machine()}, {os.cpu_count()} cores, "
+                                  f"{memory:.0f} GiB, Python {platform.python_version()}",
+                                  *versions]),
+            "code": _commit()}
+
+
+def _commit() -> str | None:
+    """The repository's commit, with "+changes" if files differ from it; None
+    outside a git checkout."""
+    import subprocess
+
+    root = Path(__file__).resolve().parent.parent
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root,
+                                capture_output=True, text=True, check=True).stdout.strip()
+        changed = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no",
+                                  "--", "cvsearch", "benchmarks/*.py"], cwd=root,
+                                 capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return commit + ("+changes" if changed else "")
 
 
 def write_results(folder: Path, name: str, results: dict, markdown: str):
