@@ -19,9 +19,9 @@ LIBRARIES = {"opencv-contrib-python": "OpenCV", "scikit-learn": "scikit-learn",
 
 
 def run_metadata(script: str, argv=None) -> dict:
-    """The command, date, machine (with the versions of ``LIBRARIES``) and code
-    (the git commit, "+changes" when the checkout has uncommitted ones) of a
-    benchmark run.
+    """The command, date, machine (with the versions of ``LIBRARIES``), code
+    (the git commit, "+changes" when the checkout has uncommitted ones) and
+    processor of a benchmark run.
 
     Parameters
     ----------
@@ -45,7 +45,23 @@ def run_metadata(script: str, argv=None) -> dict:
             "machine": ", ".join([f"{platform.machine()}, {os.cpu_count()} cores, "
                                   f"{memory:.0f} GiB, Python {platform.python_version()}",
                                   *versions]),
-            "code": _commit()}
+            "code": _commit(), "cpu": _cpu()}
+
+
+def _cpu() -> str:
+    """The processor's model, and the instruction sets OpenCV runs with (its
+    SIFT and warps take other paths on other ones)."""
+    import cv2
+
+    model = platform.processor() or "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{model}; OpenCV: {cv2.getCPUFeaturesLine()}"
 
 
 def _commit() -> str | None:
