@@ -767,24 +767,26 @@ def _bars(thumbnail) -> list[np.ndarray]:
 
     Parameters
     ----------
-    thumbnail : ndarray of shape (THUMBNAIL, THUMBNAIL), float
+    thumbnail : ndarray of shape (h, w), float
+        Grey levels (a thumbnail: THUMBNAIL x THUMBNAIL).
 
     Returns
     -------
-    list of ndarray of shape (THUMBNAIL, THUMBNAIL), bool
+    list of ndarray of shape (h, w), bool
         One mask for each border that has a bar.
     """
-    side, most = thumbnail.shape[0], int(BAR * thumbnail.shape[0])
+    height, width = thumbnail.shape
+    most = int(BAR * height)
     if most < 1:
         return []
     # every depth of both borders at once (it runs on every pixel check): row
     # k of ``blocks`` holds the first k + 1 rows from a border, NaN after them
     rows = np.asarray(thumbnail, np.float64)
-    ends = np.stack([rows[:most], rows[::-1][:most]]).reshape(2, 1, most * side)
+    ends = np.stack([rows[:most], rows[::-1][:most]]).reshape(2, 1, most * width)
     depths = np.arange(1, most + 1)
-    blocks = np.where(np.arange(most * side) < depths[:, None] * side, ends, np.nan)
+    blocks = np.where(np.arange(most * width) < depths[:, None] * width, ends, np.nan)
     ordered = np.sort(blocks, axis=2)  # NaN last
-    sizes = depths * side
+    sizes = depths * width
     middle = (np.take(ordered, (sizes - 1) // 2, axis=2).diagonal(axis1=1, axis2=2)
               + np.take(ordered, sizes // 2, axis=2).diagonal(axis1=1, axis2=2))
     middle = (middle / 2)[..., None]  # each block's median, as np.median's

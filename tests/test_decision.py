@@ -331,6 +331,32 @@ def meme(picture, bar_rows, over):
     return edited
 
 
+@pytest.mark.parametrize("shape", [(32, 32), (32, 20), (20, 32), (3, 8)])
+def test_bars_are_the_deepest_flat_rows_from_each_border(shape):
+    """_bars (one sort for every depth) says what its definition says: from each
+    border, the most rows, at most BAR of the height, that _flat calls flat;
+    for any thumbnail's shape."""
+    from cvsearch.decision import BAR, _bars, _flat
+
+    rng = np.random.default_rng(sum(shape))
+    for _ in range(40):
+        image = rng.integers(0, 256, shape).astype(np.float64)
+        top, bottom = rng.integers(0, shape[0] // 2 + 1, 2)
+        image[:top] = rng.normal(30, 12, (top, shape[1]))  # flat, with a caption
+        image[shape[0] - bottom:] = rng.normal(200, 12, (bottom, shape[1]))
+        expected = []
+        for rows in (image, image[::-1]):
+            flat = [d for d in range(1, int(BAR * shape[0]) + 1) if _flat(rows[:d])]
+            if flat:
+                bar = np.zeros(shape, bool)
+                bar[:flat[-1]] = True
+                expected.append(bar if rows is image else bar[::-1])
+        found = _bars(image)
+        assert len(found) == len(expected)
+        for bar, wanted in zip(found, expected):
+            np.testing.assert_array_equal(bar, wanted)
+
+
 @pytest.mark.parametrize("seed", [8, 9, 10])
 def test_captioned_bars_over_a_pictures_top_and_bottom_leave_it_the_same_picture(
         seed, monkeypatch):
