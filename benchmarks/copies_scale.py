@@ -5,9 +5,11 @@ The index holds the 150 originals of ``copies.py`` (seed 0) and N synthetic
 images drawn as ``scale.py`` draws them (400 words from the word statistics of
 real Caltech-101 images, keypoints spread over a 640 x 480 frame, with their
 vocabulary); the queries are the 1,800 copies and the 546 negatives of
-``copies.py``, with ``rerank=100``. The a-contrario count grows with the index
-(log10 NFA has log10 N in it), so the false-positive rate per query should stay
-put while N grows a hundredfold, and the copies should still be found.
+``copies.py``, with ``rerank=100``. The a-contrario count is over the images
+verified (the short-list), which does not grow with N, so the false-positive
+rate per query should stay put while N grows a hundredfold (a larger index
+fills the short-list with more similar images), and the copies should still
+be found.
 
     python benchmarks/copies_scale.py --data ../shared/data --sizes 10000 100000 1000000
 """

@@ -7,11 +7,17 @@ each image agrees. Two questions get two decisions:
 - **same object**: some rigid part of the two images agrees under one transform,
   more than chance allows. The measure is a-contrario (Moisan & Stival, IJCV
   2004; the NFA of ORSA / AC-RANSAC): the expected number of false alarms, over
-  all the images of the index, of an inlier set this large among the
-  correspondences tried, when a chance correspondence lands within the inlier
-  tolerance with probability (tolerance disk) / (image area). Its meaning does
-  not change with the collection: ``log_nfa <= -2`` means fewer than one such
-  chance match per hundred queries, whatever the number of images.
+  the images the query was verified against, of an inlier set this large among
+  the correspondences tried, when a chance correspondence lands within the
+  inlier tolerance with probability (tolerance disk) / (image area). Only the
+  images verified are chances of a false alarm: the short-list is chosen by
+  the words the images share, not by where their keypoints lie, so under the
+  hypothesis of chance the positions of a short-listed image's
+  correspondences are as random as any other's, and an image left out of it
+  cannot be a match at all. Its meaning does not change with the collection:
+  ``log_nfa <= -2`` means fewer than one such chance match per hundred
+  queries, whatever the number of images (the short-list's length, and each
+  view of the query, mirrored or not, are in the count).
 - **same picture** (a copy: crop, rescale, rotation, mirror, recompression,
   overlay, screenshot): the same object, and the agreement covers most of what
   the two images share. What they share is the overlap of the two images under
@@ -180,8 +186,9 @@ class Evidence(NamedTuple):
         image could not reach ``min_inliers``; its count is only a lower bound,
         and its kind is "unverified").
     log_nfa : ndarray of shape (m,), float64
-        log10 of the expected number of chance matches this strong per query over
-        the whole index; +inf where nothing was verified.
+        log10 of the expected number of chance matches this strong per query,
+        over the images verified (see the module's docstring); +inf where
+        nothing was verified.
     query_coverage, coverage : ndarray of shape (m,), float32
         Share of the query's, and of the result's, structured overlap covered by
         inliers, in [0, 1] (see :func:`coverage`); 0 where not the same object
@@ -287,7 +294,7 @@ def log10_nfa(pairs, inliers, tolerance, image_area, n_images: int) -> np.ndarra
     image_area : array-like of shape (m,), float
         The result image's area, in the same pixels.
     n_images : int
-        Images the query was compared with (the index's size).
+        Images the query was verified against (its short-list: the tests made).
 
     Returns
     -------
@@ -856,7 +863,8 @@ def evidence_of(verified, query_keypoints, query_shape, candidates,
     query_shape : (height, width)
     candidates : list of (words, keypoints, image_shape)
     n_images : int
-        The index's size (for :func:`log10_nfa`).
+        The images the query was verified against (for :func:`log10_nfa`):
+        ``len(candidates)`` for one short-list.
     mirrored : bool
         Whether the query was the mirrored image.
     rows : sequence of int, optional

@@ -1002,8 +1002,9 @@ class Index:
         root = os.path.abspath(self.images_root or os.getcwd()) if reread else None
         ids = searcher.store.ids()
         # the version changes with what decides an edge (7: bars over a
-        # picture's top or bottom), so no run mixes edges decided two ways
-        header = {"cvsearch_duplicates": 7, "lineage": self.lineage, "kind": kind,
+        # picture's top or bottom; 8: chance matches counted over the images
+        # verified), so no run mixes edges decided two ways
+        header = {"cvsearch_duplicates": 8, "lineage": self.lineage, "kind": kind,
                   "rerank": rerank, "mirror": ranking.mirror, "reread": reread,
                   "images": len(ids),
                   "ids": hashlib.sha256(np.asarray(ids, np.int64).tobytes()

@@ -352,9 +352,11 @@ class Searcher:
         ``rows`` only, if given; pixel agreement where ``ids``, the candidates'
         ids, are given)."""
         ids = None if ids is None else np.asarray(ids, np.int64).ravel()
+        # the chances of a chance match are the images verified: one left out
+        # of the short-list cannot be one, however many the index holds
         return _decision.evidence_of(
             verified, view.verify_keypoints, view.image_shape, candidates,
-            len(self.store), view.mirrored, rows, view.thumbnail,
+            len(candidates), view.mirrored, rows, view.thumbnail,
             None if ids is None else (lambda i: self.store.thumbnail(int(ids[i]))))
 
     def check_id(self, id_, what: str) -> int:

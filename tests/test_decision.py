@@ -264,6 +264,35 @@ def test_a_cropped_copy_is_a_copy_and_a_stranger_is_nothing(copy_index):
     assert set(stranger.kind) <= {"none", "unverified"}
 
 
+def test_false_alarms_count_the_images_verified_not_the_images_held(copy_index):
+    """An image left out of the short-list cannot be a chance match: the count
+    is over the images verified, so it does not change as the collection grows
+    around the short-list, and grows with the short-list."""
+    crop = textured_image(0)[60:360, 100:420]
+
+    def log_nfa_of_the_original(index, rerank):
+        _, ids, evidence = index.query(crop, k=rerank, rerank=rerank,
+                                       return_evidence=True)
+        assert ids[0] == 0
+        return evidence.log_nfa[0]
+
+    small = Index.merge([copy_index])  # the same twelve images, in a copy
+    grown = Index.merge([copy_index])
+    grown.add([textured_image(seed) for seed in range(100, 112)],
+              names=[f"more-{seed}" for seed in range(100, 112)])
+    assert len(grown) == 2 * len(small)
+    assert log_nfa_of_the_original(grown, 6) == pytest.approx(
+        log_nfa_of_the_original(small, 6))
+    # twice the images verified, twice the chances: log10(2) more
+    assert log_nfa_of_the_original(small, 12) == pytest.approx(
+        log_nfa_of_the_original(small, 6) + np.log10(2))
+    # a pair tested alone is one test
+    one = Index.merge([copy_index])
+    _, _, alone = one.query(crop, k=1, rerank=1, return_evidence=True)
+    assert alone.log_nfa[0] == pytest.approx(log_nfa_of_the_original(small, 6)
+                                             - np.log10(6))
+
+
 def test_results_outside_the_short_list_are_unverified(copy_index):
     _, _, evidence = copy_index.query(textured_image(0), k=6, rerank=2,
                                       return_evidence=True)

@@ -34,7 +34,7 @@ def _models():
             "not finished); null for a global index")
         log_nfa: float | None = Field(
             None, description="log10 of the chance matches this strong expected per "
-            "query over the whole index (object: <= -2)")
+            "query over the images verified (object: <= -2)")
         coverage: float | None = Field(
             None, description="share of the images' common part the matches cover "
             "(copy: >= 0.5 on average over both, or >= 0.3 where the pixels agree "
