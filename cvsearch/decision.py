@@ -14,7 +14,9 @@ each image agrees. Two questions get two decisions:
   the words the images share, not by where their keypoints lie, so under the
   hypothesis of chance the positions of a short-listed image's
   correspondences are as random as any other's, and an image left out of it
-  cannot be a match at all. Its meaning does not change with the collection:
+  cannot be a match at all (with a spatial pyramid, ``pyramid_levels``, the
+  short-list looks at coarse positions too, and the count is a little
+  optimistic). Its meaning does not change with the collection:
   ``log_nfa <= -2`` means fewer than one such chance match per hundred
   queries, whatever the number of images (the short-list's length, and each
   view of the query, mirrored or not, are in the count).
