@@ -627,3 +627,27 @@ def test_workers_share_recent_queries_through_a_folder(tmp_path, images):
     assert second.get("../q4") is None and second.get("") is None
     (tmp_path / "torn.npz").write_bytes(b"PK\x03\x04 not a whole file")
     assert second.get("torn") is None
+
+
+def test_a_shared_queries_folder_is_cleared_of_its_queries_only(tmp_path, images):
+    """A worker whose service was killed clears the folder of shared queries:
+    the queries and half-written files go, and the folder with them, but a file
+    of anyone else's stays, and so does the folder then (it may be a folder a
+    user named, not one ``serve`` made)."""
+    from cvsearch.service.recent import Query, SharedQueries, remove_shared_queries
+
+    made = tmp_path / "made"
+    made.mkdir()
+    shared = SharedQueries(made, 64 * 2**20, 3)
+    shared.put("q1", Query(images[1], None))
+    (made / "half.tmp").write_bytes(b"torn")
+    remove_shared_queries(made)
+    assert not made.exists()
+    named = tmp_path / "named"
+    named.mkdir()
+    SharedQueries(named, 64 * 2**20, 3).put("q1", Query(images[1], None))
+    (named / "notes.txt").write_text("mine")
+    (named / "album").mkdir()
+    remove_shared_queries(named)
+    assert sorted(p.name for p in named.iterdir()) == ["album", "notes.txt"]
+    remove_shared_queries(tmp_path / "gone")  # nothing there: nothing to do

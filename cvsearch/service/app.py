@@ -138,14 +138,15 @@ def create_app(settings: Settings | None = None):
         one_thread_per_worker()
     if settings.end_with_parent:
         import functools
-        import shutil
 
         from cvsearch.parallel import end_with_parent
+        from cvsearch.service.recent import remove_shared_queries
 
         # the parent (serve) removes the folder of shared queries when it ends;
-        # killed, it cannot: its workers do as they end
+        # killed, it cannot: its workers do as they end, removing only the
+        # queries' own files (the folder may be one a user named)
         end_with_parent(then=None if settings.queries_dir is None else functools.partial(
-            shutil.rmtree, settings.queries_dir, ignore_errors=True))
+            remove_shared_queries, settings.queries_dir))
     state = {}
     models = _models()
 

@@ -96,6 +96,8 @@ class Settings:
     queries_dir : Path or None
         A folder where worker processes share their recent queries (``serve``
         makes one for several workers); None: each keeps its own in memory.
+        With ``end_with_parent``, a worker whose parent is gone removes the
+        queries' files from it, and the folder if nothing else is in it.
     one_thread_per_search : bool
         Each search keeps its libraries (BLAS, OpenMP, OpenCV, the verification
         pool) to one thread, for the life of the process: concurrent searches

@@ -148,3 +148,22 @@ class SharedQueries(RecentQueries):
             return None  # pruned meanwhile, or torn
         super().put(query_id, query)
         return query
+
+
+def remove_shared_queries(folder: str | os.PathLike) -> None:
+    """Remove the files :class:`SharedQueries` writes in ``folder`` (its
+    ``.npz`` queries and half-written ``.tmp`` files), then the folder if that
+    left it empty: what a worker does when its service was killed and could not
+    remove the folder it made. Anything else in it stays, with the folder (a
+    folder a user named); a missing folder is nothing to do."""
+    folder = Path(folder)
+    for pattern in ("*.npz", "*.tmp"):
+        for path in folder.glob(pattern):
+            try:
+                path.unlink()
+            except (FileNotFoundError, IsADirectoryError, PermissionError):
+                pass  # another worker took it, or it is no file of ours
+    try:
+        folder.rmdir()
+    except OSError:
+        pass  # not empty (someone else's files), or gone already
