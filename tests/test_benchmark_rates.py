@@ -1,0 +1,35 @@
+"""How benchmarks state a measured rate: the share, and the 95% interval that
+the number of trials allows (no data needed)."""
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+_spec = importlib.util.spec_from_file_location("benchmark_common",
+                                               BENCHMARKS / "_common.py")
+common = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(common)
+
+
+def test_a_rate_comes_with_the_exact_interval_its_trials_allow():
+    rate = common.rate_with_interval([True] * 4 + [False] * 542)
+    assert rate["rate"] == pytest.approx(4 / 546, abs=1e-4)
+    low, high = rate["ci95"]
+    assert 0 < low < rate["rate"] < high
+    assert high == pytest.approx(0.01865, abs=1e-4)  # Clopper-Pearson, 4 of 546
+
+
+def test_none_passing_still_bounds_the_rate_above():
+    # 0 of n: the exact upper bound is 1 - 0.025 ** (1 / n); with 546
+    # negatives, none called a copy cannot show a rate under 0.5%
+    rate = common.rate_with_interval([False] * 546)
+    assert rate["rate"] == 0 and rate["ci95"][0] == 0
+    assert rate["ci95"][1] == pytest.approx(1 - 0.025 ** (1 / 546), abs=1e-4)
+    assert rate["ci95"][1] > 0.005
+
+
+def test_a_rate_of_nothing_is_an_error():
+    with pytest.raises(ValueError, match="no trials"):
+        common.rate_with_interval([])
