@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import run_metadata  # noqa: E402
+from _common import rate_with_interval, run_metadata  # noqa: E402
 from copies import choose_images, make_copies  # noqa: E402
 from scale import add_synthetic, model  # noqa: E402
 
@@ -57,11 +57,19 @@ def run_size(args, n: int, base, frequency, originals, queries, truth) -> dict:
             copies.append(bool(len(at) and evidence.copy[at[0]]))
     return {"images": len(index), "build_s": round(build_s),
             "copies_detected": round(float(np.mean(copies)), 3),
-            "copy_false_positive_rate": round(float(np.mean([c for c, _ in negatives])), 4),
-            "object_false_positive_rate": round(float(np.mean([o for _, o in negatives])),
-                                                4),
+            **{f"{kind}_false_positive_{field}": value
+               for kind, column in (("copy", 0), ("object", 1))
+               for field, value in rate_with_interval(
+                   [called[column] for called in negatives]).items()},
             "negatives": len(negatives), "copies": len(copies),
             "median_query_ms": round(1000 * float(np.median(times)), 1)}
+
+
+def with_interval(row: dict, kind: str) -> str:
+    """A row's ``kind`` ("copy" or "object") false-positive rate with its 95%
+    interval, as text."""
+    low, high = row[f"{kind}_false_positive_ci95"]
+    return f"{row[f'{kind}_false_positive_rate']:.4f} ({low:.4f}-{high:.4f})"
 
 
 def main(argv=None):
@@ -102,9 +110,11 @@ def main(argv=None):
              "given an object | median query ms | build s |",
              "|---|---|---|---|---|---|"]
     lines += [f"| {r['images']:,} | {r['copies_detected']:.3f} | "
-              f"{r['copy_false_positive_rate']:.4f} | "
-              f"{r['object_false_positive_rate']:.4f} | {r['median_query_ms']} | "
-              f"{r['build_s']} |" for r in rows]
+              f"{with_interval(r, 'copy')} | {with_interval(r, 'object')} | "
+              f"{r['median_query_ms']} | {r['build_s']} |" for r in rows]
+    lines += ["", "In brackets, each rate's exact 95% interval (Clopper-Pearson) over "
+              "the negatives: an upper end under a target shows the rate is under "
+              "it."]
     (RESULTS / "copies_scale.md").write_text("\n".join(lines) + "\n")
     print((RESULTS / "copies_scale.md").read_text())
 
