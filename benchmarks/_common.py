@@ -97,7 +97,7 @@ def rate_with_interval(passed) -> dict:
 
     A rate measured on a few hundred negatives is uncertain, and the interval
     says how much: with 546 negatives, none passing still allows a rate up to
-    0.67%. Clopper-Pearson's interval (scipy's ``binomtest``): it never covers
+    0.68%. Clopper-Pearson's interval (scipy's ``binomtest``): it never covers
     less than its level, so an upper bound under a target is evidence.
 
     Parameters
@@ -109,7 +109,8 @@ def rate_with_interval(passed) -> dict:
     -------
     dict
         ``rate`` (float, rounded to 4 places) and ``ci95`` ([low, high],
-        rounded to 4 places).
+        rounded outwards to 4 places: a bound rounded towards the rate would
+        claim more than was measured).
     """
     from scipy.stats import binomtest
 
@@ -118,7 +119,8 @@ def rate_with_interval(passed) -> dict:
         raise ValueError("no trials: a rate needs at least one")
     interval = binomtest(int(passed.sum()), len(passed)).proportion_ci(0.95, "exact")
     return {"rate": round(float(passed.mean()), 4),
-            "ci95": [round(float(interval.low), 4), round(float(interval.high), 4)]}
+            "ci95": [float(np.floor(interval.low * 1e4) / 1e4),
+                     float(np.ceil(interval.high * 1e4) / 1e4)]}
 
 
 def timed(function, *args, **kwargs):

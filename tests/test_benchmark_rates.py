@@ -30,6 +30,18 @@ def test_none_passing_still_bounds_the_rate_above():
     assert rate["ci95"][1] > 0.005
 
 
+def test_the_interval_is_rounded_outwards():
+    # a bound rounded towards the rate would claim more than was measured:
+    # 0 of 546 allows up to 0.6733%, which is not "at most 0.67%"
+    from scipy.stats import binomtest
+
+    for hits, n in ((0, 546), (4, 546), (1, 3)):
+        exact = binomtest(hits, n).proportion_ci(0.95, "exact")
+        low, high = common.rate_with_interval([True] * hits + [False] * (n - hits))["ci95"]
+        assert low <= exact.low and high >= exact.high
+        assert exact.low - low < 1e-4 and high - exact.high < 1e-4
+
+
 def test_a_rate_of_nothing_is_an_error():
     with pytest.raises(ValueError, match="no trials"):
         common.rate_with_interval([])
