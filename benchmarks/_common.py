@@ -123,6 +123,13 @@ def rate_with_interval(passed) -> dict:
                      float(np.ceil(interval.high * 1e4) / 1e4)]}
 
 
+def rate_text(rate: float, ci95) -> str:
+    """A rate and its interval (:func:`rate_with_interval`) as a table's text:
+    "0.0073 (0.0019-0.0187)"."""
+    low, high = ci95
+    return f"{rate:.4f} ({low:.4f}-{high:.4f})"
+
+
 def timed(function, *args, **kwargs):
     """``(result, seconds)`` of one call."""
     start = time.perf_counter()

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import time
 from pathlib import Path
@@ -37,6 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _attacks import ATTACKS, make_copy  # noqa: E402
 from _common import (  # noqa: E402
     describe_all,
+    rate_text,
     rate_with_interval,
     run_metadata,
     write_results,
@@ -427,15 +429,6 @@ def main(argv=None):
     write_results(RESULTS, "copies", results, report(results))
 
 
-def interval(method: dict) -> str:
-    """A method's false-positive interval as text ("?" for results written
-    before intervals were)."""
-    if "false_positive_ci95" not in method:
-        return "?"
-    low, high = method["false_positive_ci95"]
-    return f"{low:.4f}-{high:.4f}"
-
-
 def report(r: dict) -> str:
     from cvsearch.decision import (
         CONTAINED,
@@ -475,12 +468,14 @@ def report(r: dict) -> str:
             cells.append(f"{row['detected']:.3f} ({row.get('first', 0):.3f})")
         lines.append(f"| {attack} | " + " | ".join(cells) + " |")
     lines.append("| **false positives** (95% interval) | " + " | ".join(
-        f"{methods[name]['false_positive_rate']:.4f} ({interval(methods[name])})"
-        for name in names) + " |")
+        rate_text(methods[name]["false_positive_rate"],
+                  methods[name]["false_positive_ci95"]) for name in names) + " |")
+    # with none passing, the exact upper end is 1 - 0.025 ** (1 / n)
+    enough = math.ceil(math.log(0.025) / math.log(1 - 0.005))
     lines += ["", f"The false positives' intervals are exact (Clopper-Pearson) over "
               f"these {r['negatives']} negatives: a rate under 0.5% is shown only "
               "where the interval's upper end is under it, which takes at least "
-              "736 negatives with none passing."]
+              f"{enough} negatives with none passing."]
     by_family = methods["cvsearch mirror: copy decision"].get(
         "false_positive_rate_by_family", {})
     if by_family:

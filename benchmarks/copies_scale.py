@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import rate_with_interval, run_metadata  # noqa: E402
+from _common import rate_text, rate_with_interval, run_metadata  # noqa: E402
 from copies import choose_images, make_copies  # noqa: E402
 from scale import add_synthetic, model  # noqa: E402
 
@@ -65,13 +65,6 @@ def run_size(args, n: int, base, frequency, originals, queries, truth) -> dict:
             "median_query_ms": round(1000 * float(np.median(times)), 1)}
 
 
-def with_interval(row: dict, kind: str) -> str:
-    """A row's ``kind`` ("copy" or "object") false-positive rate with its 95%
-    interval, as text."""
-    low, high = row[f"{kind}_false_positive_ci95"]
-    return f"{row[f'{kind}_false_positive_rate']:.4f} ({low:.4f}-{high:.4f})"
-
-
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=Path("../shared/data"))
@@ -109,9 +102,12 @@ def main(argv=None):
              "| images | copies decided copies | negatives called copies | negatives "
              "given an object | median query ms | build s |",
              "|---|---|---|---|---|---|"]
-    lines += [f"| {r['images']:,} | {r['copies_detected']:.3f} | "
-              f"{with_interval(r, 'copy')} | {with_interval(r, 'object')} | "
-              f"{r['median_query_ms']} | {r['build_s']} |" for r in rows]
+    for r in rows:
+        rates = " | ".join(rate_text(r[f"{kind}_false_positive_rate"],
+                                     r[f"{kind}_false_positive_ci95"])
+                           for kind in ("copy", "object"))
+        lines.append(f"| {r['images']:,} | {r['copies_detected']:.3f} | {rates} | "
+                     f"{r['median_query_ms']} | {r['build_s']} |")
     lines += ["", "In brackets, each rate's exact 95% interval (Clopper-Pearson) over "
               "the negatives: an upper end under a target shows the rate is under "
               "it."]
