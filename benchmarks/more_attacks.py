@@ -5,9 +5,11 @@ round values were chosen (with another seed). This queries the same index
 (``copies.py``'s originals among its distractors, the same seed) with fifteen
 other edits (``_more_attacks.py``: frames, memes, collages, stretching,
 watermarks, print and scan), written after the decision and not tuned on,
-except ``meme_bands``: the decision's bars (``cvsearch.decision._bars``) were
-written after this benchmark showed a meme's bars decided copies for 0.167 of
-them, their values compared on seed 1's edits (not this seed's). Per
+except ``meme_bands`` (and ``meme_text`` with it): the decision's bands over a
+picture's top or bottom (``cvsearch.decision._bands``) were written after this
+benchmark showed a meme's bars decided copies for 0.167 of them (2026-12-04),
+and looked for by their disagreement, not their flatness, after it showed
+0.873 (2026-12-05); their values compared on seed 1's edits (not this seed's). Per
 edit, the share of copies decided "copy", decided the same object (a copy or
 not), and whose original comes first. Its false positives are ``copies.py``'s:
 the decision is the same.
@@ -118,10 +120,11 @@ def report(results: dict) -> str:
              f"{args.n_words:,} words), each queried with fifteen edits of "
              "`benchmarks/_more_attacks.py`, written after the copy decision's values "
              f"were chosen (`rerank={args.rerank}`, `mirror=True`, one thread), "
-             "except `meme_bands`: the decision's bars over a picture's top or "
-             "bottom were written after this benchmark showed 0.167 of its memes "
-             "decided copies (2026-12-04), their values compared on seed 1's "
-             "edits. "
+             "except `meme_bands` (and `meme_text` with it): the decision's bands "
+             "over a picture's top or bottom were written after this benchmark "
+             "showed 0.167 of its memes decided copies (2026-12-04), and looked "
+             "for by their disagreement, not their flatness, after it showed "
+             "0.873 (2026-12-05); their values compared on seed 1's edits. "
              "\"Same object\": decided a copy or the same object; \"first\": the "
              "original ranked first; \"pixels agree\": the median "
              "`evidence.agreement` of those decided the same object (a copy needs "

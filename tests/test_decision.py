@@ -360,73 +360,63 @@ def meme(picture, bar_rows, over):
 
 
 @pytest.mark.parametrize("shape", [(32, 32), (32, 20), (20, 32), (3, 8)])
-def test_bars_are_the_deepest_flat_rows_from_each_border(shape):
-    """_bars (one sort for every depth) says what its definition says: from each
-    border, the most rows, at most BAR of the height, that _flat calls flat;
-    for any thumbnail's shape."""
-    from cvsearch.decision import BAR, _bars, _flat
+def test_bands_are_the_deepest_mostly_disagreeing_rows_from_each_border(shape):
+    """_bands (every depth at once) says what its definition says: from each
+    border, the most rows, at most BAND of the height, of whose overlap pixels
+    fewer than half agree; for any thumbnail's shape and overlap."""
+    from cvsearch.decision import BAND, _bands
 
     rng = np.random.default_rng(sum(shape))
-    for _ in range(40):
-        image = rng.integers(0, 256, shape).astype(np.float64)
-        top, bottom = rng.integers(0, shape[0] // 2 + 1, 2)
-        image[:top] = rng.normal(30, 12, (top, shape[1]))  # flat, with a caption
-        image[shape[0] - bottom:] = rng.normal(200, 12, (bottom, shape[1]))
-        expected = []
-        for rows in (image, image[::-1]):
-            flat = [d for d in range(1, int(BAR * shape[0]) + 1) if _flat(rows[:d])]
-            if flat:
-                bar = np.zeros(shape, bool)
-                bar[:flat[-1]] = True
-                expected.append(bar if rows is image else bar[::-1])
-        found = _bars(image)
-        assert len(found) == len(expected)
-        for bar, wanted in zip(found, expected):
-            np.testing.assert_array_equal(bar, wanted)
+    for _ in range(60):
+        inner = rng.random(shape) < rng.uniform(0.3, 1.0)
+        agree = rng.random(shape) < rng.uniform(0.2, 0.9, (shape[0], 1))
+        expected = np.zeros(shape, bool)
+        for rows in (np.arange(shape[0]), np.arange(shape[0])[::-1]):
+            depths = [d for d in range(1, int(BAND * shape[0]) + 1)
+                      if inner[rows[:d]].any()
+                      and agree[rows[:d]][inner[rows[:d]]].mean() < 0.5]
+            if depths:
+                expected[rows[:depths[-1]]] = True
+        np.testing.assert_array_equal(_bands(agree, inner), expected & inner)
 
 
 @pytest.mark.parametrize("seed", [8, 9, 10])
-def test_captioned_bars_over_a_pictures_top_and_bottom_leave_it_the_same_picture(
+def test_captioned_bands_over_a_pictures_top_and_bottom_leave_it_the_same_picture(
         seed, monkeypatch):
-    """A meme's black bars hide a third of the picture, more than a caption may
-    (``COPY_AGREEMENT``); the rest agrees as closely as the pixels' own bar asks
-    (``PIXEL_COPY``). The same third replaced by another picture is no bar, a
-    shared subject under bars is not the same picture, and a flat band over
-    a flat band of another grey level hides nothing."""
+    """A meme's captioned bands hide a third of the picture, more than a caption
+    may (``COPY_AGREEMENT``), whatever they show (black, or another picture);
+    the rest agrees as closely as the pixels' own bar asks (``PIXEL_COPY``). A
+    shared subject under bands is not the same picture, nor is a picture whose
+    top half is another's: a band is at most ``BAND`` of the height."""
     original = textured_image(seed)
     xy, _ = corners_mapped(np.eye(3), (480, 480))
     xy = xy[(xy[:, 1] > 80) & (xy[:, 1] < 400)]  # keypoints see the middle only
     black = np.zeros_like(original)
     other = textured_image(seed + 200)
     other[80:400, 120:360] = original[80:400, 120:360]  # a shared subject
-    grey_bands = original.copy()  # flat, without captions
-    grey_bands[:80] = grey_bands[-80:] = 60
-    black_bands = original.copy()
-    black_bands[:80] = black_bands[-80:] = 0
-    pairs = {"bars": meme(original, 80, black),
-             "another picture": meme(original, 80, textured_image(seed + 100)),
-             "bars over another picture": meme(other, 80, black),
-             "bars over other bars": grey_bands}
+    top_half = original.copy()
+    top_half[:240] = textured_image(seed + 300)[:240]
+    pairs = {"black bands": meme(original, 80, black),
+             "bands of another picture": meme(original, 80, textured_image(seed + 100)),
+             "bands over another picture": meme(other, 80, black),
+             "another picture's top half": top_half}
 
     def agreements():
         return {name: (pixel_agreement(thumbnail(edited), (480, 480),
-                                       thumbnail(base), (480, 480), xy, xy),
-                       pixel_agreement(thumbnail(base), (480, 480),
+                                       thumbnail(original), (480, 480), xy, xy),
+                       pixel_agreement(thumbnail(original), (480, 480),
                                        thumbnail(edited), (480, 480), xy, xy))
-                for name, edited in pairs.items()
-                for base in [black_bands if name == "bars over other bars" else original]}
+                for name, edited in pairs.items()}
 
     found = agreements()
-    monkeypatch.setattr(decision, "BAR", 0.0)  # no bars looked for
+    monkeypatch.setattr(decision, "BAND", 0.0)  # no bands looked for
     without = agreements()
-    assert min(found["bars"]) >= PIXEL_COPY  # either way round
-    assert max(without["bars"]) < COPY_AGREEMENT
-    assert found["another picture"] == without["another picture"]
-    # where the other image is flat too, a frame or a backdrop both have (a
-    # little apart, or at other grey levels), nothing is hidden: no bar is set
-    # aside
-    assert found["bars over other bars"] == without["bars over other bars"]
-    assert max(found["bars over another picture"]) < COPY_AGREEMENT
+    for name in ("black bands", "bands of another picture"):
+        assert min(found[name]) >= PIXEL_COPY  # either way round
+        assert max(without[name]) < PIXEL_COPY
+    assert max(without["black bands"]) < COPY_AGREEMENT
+    assert max(found["bands over another picture"]) < COPY_AGREEMENT
+    assert max(found["another picture's top half"]) < COPY_AGREEMENT
 
 
 def test_a_portrait_from_a_black_backdrop_pasted_onto_a_dark_wall_is_not_a_copy():
