@@ -90,11 +90,11 @@ picture, kept only a row or two of them, and 0.833 of the other seed's memes
 were decided copies. Looked for by their disagreement instead, 0.98 are
 (compared offline on both seeds' copies, edits and negatives, a one-off: no
 negative and no other attack changed; of the duplicates benchmark's pairs of
-different pictures, 3 more were decided copies, renderings of one ball and
-signs of one design). Asking what is left to agree as closely as
+different pictures, 3 more were decided copies: renderings of one ball,
+signs of one design, two bills). Asking what is left to agree as closely as
 ``PIXEL_COPY`` halves the pairs of other shots of one subject that bands make
-copies; bands down the left and right sides made 20 such pairs copies, and
-are not looked for.
+copies; bands down the left and right sides made 18 and 22 more such pairs
+copies (seeds 0 and 1), and one negative, and are not looked for.
 The pixels' own bar (``LOW_COVERAGE``, ``PIXEL_COPY``) is round values too,
 chosen on the other seed's copies and negatives among a few (a one-off
 comparison: 0.25 to 0.4 and 0.75 to 0.9 gave 0.979 to 0.986 of its copies,
