@@ -7,6 +7,12 @@ import numbers
 import numpy as np
 
 
+def check_flag(value, name: str) -> bool:
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be True or False, got {type(value).__name__}")
+    return bool(value)
+
+
 def check_int(value, name: str, *, minimum: int, hint: str = "") -> int:
     """Return ``value`` as an int, or raise if it is not an integer >= ``minimum``.
 

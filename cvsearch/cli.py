@@ -292,7 +292,7 @@ def cmd_query(args):
         raise CommandError(f"--verify-with verifies a global index's short-list; "
                            f"{args.index} is a bag-of-words index, which verifies "
                            "with its own features (--rerank)")
-    features = index.extractor.extract(args.query)
+    features = index.extractor.extract(args.query, finer=True)  # a thumbnail's too
     scores, ids, evidence = index.query(features, k=args.k, rerank=args.rerank,
                                         min_inliers=args.min_inliers,
                                         verification=args.verification,
@@ -300,11 +300,12 @@ def cmd_query(args):
                                         expand=args.expand, mirror=args.mirror,
                                         return_evidence=True)
     mirrored = {int(i) for i, m in zip(ids, evidence.mirrored) if m}
+    finer = {int(i) for i, f in zip(ids, evidence.finer) if f}
 
     def match(id_):
         return index.matches(features, id_, verification=args.verification,
                              multiple_assignment=args.multiple_assignment,
-                             mirrored=id_ in mirrored)
+                             mirrored=id_ in mirrored, finer=id_ in finer)
 
     _answer_query(args, index, scores, ids, evidence.inliers, match, cv2, evidence)
 

@@ -211,6 +211,9 @@ class Evidence(NamedTuple):
         The result's pixels per pixel of the query along a side, where they
         agree (see :func:`inlier_scale`): 0.5 for a copy at half size; NaN where not
         measured (where coverage is not).
+    finer : ndarray of shape (m,), bool
+        Whether the result matched the query's features at twice its size (a
+        small query's, ``Features.finer``).
     """
 
     inliers: np.ndarray
@@ -223,6 +226,7 @@ class Evidence(NamedTuple):
     agreement: np.ndarray
     contained: np.ndarray
     scale: np.ndarray
+    finer: np.ndarray
 
     @classmethod
     def unverified(cls, m: int) -> Evidence:
@@ -231,7 +235,7 @@ class Evidence(NamedTuple):
                    np.zeros(m, bool), np.full(m, np.inf), np.zeros(m, np.float32),
                    np.zeros(m, np.float32), np.zeros(m, bool),
                    np.full(m, np.nan, np.float32), np.full(m, np.nan, np.float32),
-                   np.full(m, np.nan, np.float32))
+                   np.full(m, np.nan, np.float32), np.zeros(m, bool))
 
     def take(self, rows) -> Evidence:
         """The evidence of ``rows`` (an index array or a slice)."""
@@ -277,7 +281,8 @@ class Evidence(NamedTuple):
                               if exact and np.isfinite(self.contained[row]) else None),
                 "scale": (round(float(self.scale[row]), 3)
                           if exact and np.isfinite(self.scale[row]) else None),
-                "mirrored": bool(self.mirrored[row])}
+                "mirrored": bool(self.mirrored[row]),
+                "finer": bool(self.finer[row])}
 
 
 def log10_nfa(pairs, inliers, tolerance, image_area, n_images: int) -> np.ndarray:
@@ -822,7 +827,8 @@ def _edges_agree(one, other) -> np.ndarray:
 
 def evidence_of(verified, query_keypoints, query_shape, candidates,
                 n_images: int, mirrored: bool = False, rows=None,
-                query_thumbnail=None, thumbnails=None) -> Evidence:
+                query_thumbnail=None, thumbnails=None, finer: bool = False
+                ) -> Evidence:
     """The :class:`Evidence` of a query against verified candidates.
 
     Parameters
@@ -847,6 +853,8 @@ def evidence_of(verified, query_keypoints, query_shape, candidates,
     thumbnails : callable, optional
         ``thumbnails(i)``: candidate ``i``'s thumbnail or None. Without either,
         ``agreement`` is not measured.
+    finer : bool
+        Whether the query's keypoints are its finer features (``Features.finer``).
     """
     m = len(candidates)
     areas = np.array([float(c[2][0]) * float(c[2][1]) for c in candidates])
@@ -885,7 +893,7 @@ def evidence_of(verified, query_keypoints, query_shape, candidates,
     return Evidence(verified.inliers.astype(np.int32), verified.pairs.astype(np.int32),
                     np.asarray(verified.exact, bool), log_nfa, query_coverage,
                     db_coverage, np.full(m, bool(mirrored)), agreement, contained,
-                    scales)
+                    scales, np.full(m, bool(finer)))
 
 
 #: The fields of :class:`Evidence` that :func:`evidence_of` measures only for the

@@ -105,6 +105,7 @@ class Edge(NamedTuple):
     query: int = -1  # the image whose search found it (a or b)
     mirrored: bool = False  # found with the query's mirror image
     read_again: bool = False  # the query's file read again (else its stored words)
+    finer: bool = False  # found with the small query's features at twice its size
 
 
 class DuplicateGroup(NamedTuple):
@@ -155,7 +156,8 @@ def edges_of(searcher, id_: int, ranking, features=None) -> list[Edge]:
         edges.append(Edge(min(id_, other), max(id_, other), str(evidence.kind[i]),
                           float(evidence.log_nfa[i]), float(mean[i]),
                           int(evidence.inliers[i]), scale, int(id_),
-                          bool(evidence.mirrored[i]), features is not None))
+                          bool(evidence.mirrored[i]), features is not None,
+                          bool(evidence.finer[i])))
     return edges
 
 
@@ -171,7 +173,8 @@ def edge_matches(index, edge: Edge):
     try:
         if path is None:
             raise FileNotFoundError
-        query_xy, other_xy = index.matches(path, other, mirrored=edge.mirrored)
+        query_xy, other_xy = index.matches(path, other, mirrored=edge.mirrored,
+                                           finer=edge.finer)
     except (OSError, ValueError):  # gone or unreadable since: the stored words
         query_xy, other_xy = index.matches_between(query, other,
                                                    mirrored=edge.mirrored)
@@ -186,7 +189,7 @@ def features_again(extractor, searcher, id_: int, path):
     if path is None:
         return None
     try:
-        features = extractor.extract(path)
+        features = extractor.extract(path, finer=True)  # as a query's
     except (OSError, ValueError):  # gone, unreadable, too large since
         return None
     words, _, shape = searcher.store.image(id_)

@@ -350,7 +350,8 @@ class Index:
             return self.extractor.check_features(image)
         if isinstance(image, ImageWords):
             return check_words(image, self.extractor, self.vocabulary)
-        return self.extractor.extract(image)
+        # a small query is searched at twice its size too (Features.finer)
+        return self.extractor.extract(image, finer=True)
 
     def _extract_many(self, images: list, names: list[str], *, assign: bool,
                       n_jobs: int, progress, stage: str, scheduler=None):
@@ -712,7 +713,12 @@ class Index:
         image : str, os.PathLike, ndarray, Features or ImageWords
             A path, or an array of shape (H, W), (H, W, 3) BGR or (H, W, 4) BGRA,
             uint8 or uint16, or features already computed by ``index.extractor``,
-            or words already assigned (:meth:`image_words`).
+            or words already assigned (:meth:`image_words`). A small image (its
+            longer side at most a quarter of the extractor's ``max_side``: a
+            thumbnail) is also searched at twice its size, as one more view (see
+            ``Features.finer``; features given keep theirs if computed with
+            ``extract(image, finer=True)``): where that view matched a result
+            best, ``evidence.finer`` says so.
         k : int
             Number of results, >= 1.
         rerank : int
@@ -892,7 +898,8 @@ class Index:
         return searcher.inliers(self._features_of(image), ids, verification, multiple)
 
     def matches(self, image, id: int, *, verification: str = "shapes",
-                multiple_assignment: bool = True, mirrored: bool = False):
+                multiple_assignment: bool = True, mirrored: bool = False,
+                finer: bool = False):
         """The inlier correspondences between ``image`` and image ``id``
         (``verification`` and ``multiple_assignment`` as in :meth:`query`), the
         same verification as :meth:`query`'s, so its count is the result's.
@@ -902,6 +909,10 @@ class Index:
         mirrored : bool
             Match the image mirrored left-right (as ``query(mirror=True)`` did
             where ``evidence.mirrored``); the points are still in ``image``'s own
+            pixels.
+        finer : bool
+            Match the small image's features at twice its size (as ``query`` did
+            where ``evidence.finer``; ``Features.finer``), the points in its own
             pixels.
 
         Returns
@@ -916,11 +927,16 @@ class Index:
         check_choice(verification, "verification", VERIFICATIONS)
         multiple = check_assignment(multiple_assignment)
         features = self._features_of(image)
+        if check_flag(finer, "finer"):
+            if getattr(features, "finer", None) is None:
+                raise ValueError("finer matches need a small image (or its features "
+                                 "from index.extractor.extract(image, finer=True)): "
+                                 "only those are searched at twice their size")
         if mirrored and not (isinstance(features, Features) and can_mirror(features)):
             raise ValueError("mirrored matches need SIFT or RootSIFT features of "
                              "the query (not words, not ORB)")
         return searcher.matches(features, id, verification, multiple,
-                                mirrored=bool(mirrored))
+                                mirrored=bool(mirrored), finer=finer)
 
     def matches_between(self, a: int, b: int, *, verification: str = "shapes",
                         mirrored: bool = False):
@@ -1003,8 +1019,9 @@ class Index:
         ids = searcher.store.ids()
         # the version changes with what decides an edge (7: bars over a
         # picture's top or bottom; 8: chance matches counted over the images
-        # verified), so no run mixes edges decided two ways
-        header = {"cvsearch_duplicates": 8, "lineage": self.lineage, "kind": kind,
+        # verified; 9: small images searched at twice their size too), so no
+        # run mixes edges decided two ways
+        header = {"cvsearch_duplicates": 9, "lineage": self.lineage, "kind": kind,
                   "rerank": rerank, "mirror": ranking.mirror, "reread": reread,
                   "images": len(ids),
                   "ids": hashlib.sha256(np.asarray(ids, np.int64).tobytes()

@@ -18,7 +18,7 @@ import numpy as np
 
 from cvsearch import decision as _decision
 from cvsearch import rerank as _rerank
-from cvsearch._validation import check_choice, check_int
+from cvsearch._validation import check_choice, check_flag, check_int
 from cvsearch.decision import Evidence
 from cvsearch.features import Features, can_mirror, mirror_features, mirror_keypoints
 from cvsearch.parallel import ImageWords
@@ -53,6 +53,7 @@ class View(NamedTuple):
     verify_keypoints: np.ndarray
     mirrored: bool = False
     thumbnail: np.ndarray | None = None
+    finer: bool = False
 
 
 def check_ranking(k, rerank, min_inliers, verification, multiple_assignment,
@@ -70,12 +71,6 @@ def check_ranking(k, rerank, min_inliers, verification, multiple_assignment,
         raise ValueError("expand needs rerank > 0: only verified results expand "
                          "the query")
     return ranking
-
-
-def check_flag(value, name: str) -> bool:
-    if not isinstance(value, (bool, np.bool_)):
-        raise TypeError(f"{name} must be True or False, got {type(value).__name__}")
-    return bool(value)
 
 
 def check_assignment(multiple_assignment) -> bool:
@@ -127,9 +122,18 @@ class Searcher:
             ``m = min(ranking.k, len(self))``; see :meth:`cvsearch.Index.query`.
         """
         multiple = ranking.rerank > 0 and ranking.multiple_assignment
-        views = [self.view(features, multiple)]
-        if ranking.mirror and isinstance(features, Features) and can_mirror(features):
-            views.append(self.view(mirror_features(features), multiple, mirrored=True))
+        views = []
+        # a small query's features at twice its size are one more view of it
+        # (a thumbnail's detail is finer in its original), mirrored too
+        finer = getattr(features, "finer", None)
+        for described, is_finer in ((features, False), (finer, True)):
+            if described is None:
+                continue
+            views.append(self.view(described, multiple, finer=is_finer))
+            if ranking.mirror and isinstance(described, Features) and can_mirror(
+                    described):
+                views.append(self.view(mirror_features(described), multiple,
+                                       mirrored=True, finer=is_finer))
         return self.rank(views, ranking, exclude=exclude, coverage=coverage)
 
     def similar(self, id_: int, ranking: Ranking, coverage: bool = True):
@@ -175,11 +179,15 @@ class Searcher:
                            verification).inliers
 
     def matches(self, features, id_: int, verification: str,
-                multiple_assignment: bool, mirrored: bool = False):
+                multiple_assignment: bool, mirrored: bool = False,
+                finer: bool = False):
         """``(query_xy, db_xy)``: the inlier correspondences with image ``id_``,
         each (n_inliers, 2) float32, in the query's own pixels (also when it
-        matched ``mirrored``); the same verification as :meth:`search`'s."""
+        matched ``mirrored``, or with its ``finer`` features); the same
+        verification as :meth:`search`'s."""
         id_ = self.check_id(id_, "matches")
+        if finer:
+            features = features.finer
         if mirrored:
             features = mirror_features(features)
         return self._inlier_pairs(self.view(features, multiple_assignment,
@@ -215,7 +223,8 @@ class Searcher:
             return np.asarray(features.words, np.int32)
         return self.vocabulary.predict(features.descriptors)
 
-    def view(self, features, multiple: bool, mirrored: bool = False) -> View:
+    def view(self, features, multiple: bool, mirrored: bool = False,
+             finer: bool = False) -> View:
         """The query's words, and the ``(words, keypoints)`` that verification
         matches: with multiple assignment, keypoints repeated with their next
         nearest word where it is nearly as near (one search gives both)."""
@@ -223,13 +232,13 @@ class Searcher:
         if not multiple or not isinstance(features, Features):
             words = self.words_of(features)
             return View(words, features.keypoints, features.image_shape, words,
-                        features.keypoints, mirrored, small)
+                        features.keypoints, mirrored, small, finer)
         words, second, best, second_best = self.vocabulary.predict_two(
             features.descriptors)
         verify_words, verify_keypoints = _rerank.multiple_assignment(
             words, features.keypoints, second, best, second_best)
         return View(words, features.keypoints, features.image_shape, verify_words,
-                    verify_keypoints, mirrored, small)
+                    verify_keypoints, mirrored, small, finer)
 
     def query_vector(self, view: View):
         store = self.store
@@ -357,7 +366,8 @@ class Searcher:
         return _decision.evidence_of(
             verified, view.verify_keypoints, view.image_shape, candidates,
             len(candidates), view.mirrored, rows, view.thumbnail,
-            None if ids is None else (lambda i: self.store.thumbnail(int(ids[i]))))
+            None if ids is None else (lambda i: self.store.thumbnail(int(ids[i]))),
+            view.finer)
 
     def check_id(self, id_, what: str) -> int:
         """An image id of this state, as an int, or a clear error."""

@@ -436,6 +436,16 @@ def test_copies_from_the_command_line(image_files, tmp_path):
     assert sorted(Path(r["name"]).name for r in results[1:]) == [
         "copy_crop.jpg", "copy_small.jpg"]
     assert [r["decision"] for r in results] == ["copy"] * 3
+    # a thumbnail is searched at twice its size too, and drawn so
+    cv2.imwrite(str(tmp_path / "thumb.png"), cv2.resize(original, (96, 96),
+                                                          interpolation=cv2.INTER_AREA))
+    code, out, err = run("query", "idx", "thumb.png", "-k", "3", "--rerank", "10",
+                         "--json", "--matches", "t.png", cwd=tmp_path)
+    assert code == 0, err
+    top = json.loads(out)["results"][0]
+    assert Path(top["name"]).name in ("texture_02.png", "copy_small.jpg",
+                                      "copy_crop.jpg") and top["decision"] == "copy"
+    assert top["finer"] and (tmp_path / "t.png").is_file()
     code, out, err = run("query", "idx", image_files[9], "-k", "3", "--rerank", "10",
                          "--mirror", "--json", cwd=tmp_path)
     assert {r["decision"] for r in json.loads(out)["results"]} <= {"none", "unverified"}

@@ -250,6 +250,27 @@ def test_a_mirrored_copy_is_decided_a_copy_only_with_mirror(copy_index):
     assert np.median(np.abs(query_xy[:, 0] - (width - 0.5 - db_xy[:, 0]))) < 1.0
 
 
+def test_a_thumbnail_is_also_searched_at_twice_its_size(copy_index):
+    """A thumbnail's detail lies at finer scales in its original: a small query
+    is searched at twice its size too, one more view, and its results say when
+    that view matched them best; the match picture counts what the card does."""
+    thumb = cv2.resize(textured_image(0), (64, 64), interpolation=cv2.INTER_AREA)
+    plain = copy_index.extractor.extract(thumb)  # no finer part: one view
+    _, ids, alone = copy_index.query(plain, k=3, rerank=12, return_evidence=True)
+    assert ids[0] == 0 and not alone.finer.any()
+    _, ids, evidence = copy_index.query(thumb, k=3, rerank=12, mirror=True,
+                                        return_evidence=True)
+    assert ids[0] == 0 and evidence.kind[0] == "copy" and evidence.finer[0]
+    assert evidence.inliers[0] > 1.5 * alone.inliers[0]
+    assert evidence.record(0)["finer"] is True
+    query_xy, db_xy = copy_index.matches(thumb, 0, finer=True)
+    assert len(query_xy) == evidence.inliers[0]
+    assert query_xy.max() < 64 and db_xy.max() > 100  # each in its own pixels
+    assert np.median(np.abs(db_xy / query_xy - 480 / 64)) < 0.1
+    with pytest.raises(ValueError, match="finer matches need a small image"):
+        copy_index.matches(textured_image(0), 0, finer=True)
+
+
 def test_a_cropped_copy_is_a_copy_and_a_stranger_is_nothing(copy_index):
     crop = textured_image(0)[60:360, 100:420]
     _, ids, evidence = copy_index.query(crop, k=3, rerank=12, mirror=True,
@@ -612,7 +633,8 @@ def test_an_unfinished_count_is_not_a_measurement():
                         np.array([False, True]), np.array([np.inf, np.inf]),
                         np.zeros(2, np.float32), np.zeros(2, np.float32),
                         np.zeros(2, bool), np.full(2, np.nan, np.float32),
-                        np.full(2, np.nan, np.float32), np.full(2, np.nan, np.float32))
+                        np.full(2, np.nan, np.float32), np.full(2, np.nan, np.float32),
+                        np.zeros(2, bool))
     assert list(evidence.kind) == ["unverified", "none"]
     assert evidence.record(0)["inliers"] is None and evidence.record(1)["inliers"] == 0
 
@@ -637,7 +659,7 @@ def test_pixels_that_agree_closely_make_a_copy_that_lost_keypoints():
                         np.ones(m, bool), np.full(m, -20.0), coverage, coverage,
                         np.zeros(m, bool), np.array([r[0][1] for r in rows], np.float32),
                         np.array([r[0][2] for r in rows], np.float32),
-                        np.ones(m, np.float32))
+                        np.ones(m, np.float32), np.zeros(m, bool))
     assert LOW_COVERAGE <= 0.40 < COPY_COVERAGE and 0.70 < PIXEL_COPY <= 0.90
     assert list(evidence.kind) == [r[1] for r in rows]
 
@@ -645,7 +667,8 @@ def test_pixels_that_agree_closely_make_a_copy_that_lost_keypoints():
 # ------------------------------------------------------------------ duplicates
 @pytest.fixture(scope="module")
 def planted(tmp_path_factory):
-    """Distinct images, two planted copy groups (PNG original, JPEG copies), and
+    """Distinct images, planted copy groups (PNG original, JPEG copies; a
+    thumbnail, searched at twice its size too), and
     a chain of overlapping crops of one wide picture: each crop overlaps the
     next by half and shares nothing with the one after."""
     folder = tmp_path_factory.mktemp("planted")
@@ -666,7 +689,9 @@ def planted(tmp_path_factory):
                save("a_turned.jpg", cv2.rotate(first, cv2.ROTATE_90_CLOCKWISE), 90),
                save("a_mirror.jpg", np.ascontiguousarray(first[:, ::-1]), 90)]
     second = textured_image(2)
-    group_b = [save("b.jpg", second, 95), save("b_q40.jpg", second, 40)]
+    group_b = [save("b.jpg", second, 95), save("b_q40.jpg", second, 40),
+               save("b_thumb.png", cv2.resize(second, (72, 72),
+                                              interpolation=cv2.INTER_AREA))]
     wide = np.hstack([textured_image(20), textured_image(21), textured_image(22)])
     chain = [save(f"chain{i}.png", wide[:, 240 * i:240 * i + 480]) for i in range(5)]
     third = textured_image(3)
@@ -797,8 +822,9 @@ def test_duplicates_read_the_files_again_or_fall_back_on_stored_words(planted,
 
 @pytest.mark.parametrize("reread", [True, False])
 def test_an_edge_s_match_picture_draws_its_count(planted, tmp_path, reread):
-    """Every edge, read again or from stored words, mirrored or not: the
-    correspondences drawn for it are the ones it counted."""
+    """Every edge, read again or from stored words, mirrored or not, at twice
+    a thumbnail's size or not: the correspondences drawn for it are the ones it
+    counted."""
     from cvsearch.duplicates import Checkpoint, edge_matches
 
     index = planted[0]
@@ -807,6 +833,7 @@ def test_an_edge_s_match_picture_draws_its_count(planted, tmp_path, reread):
     header = json.loads(path.read_text().split("\n", 1)[0])
     edges = [e for found in Checkpoint(path, header).done.values() for e in found]
     assert any(e.mirrored for e in edges)
+    assert any(e.finer for e in edges) == reread  # the thumbnail's file, read again
     assert all(e.read_again == reread and e.query in (e.a, e.b) for e in edges)
     for edge in edges:
         a_xy, b_xy = edge_matches(index, edge)

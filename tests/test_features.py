@@ -248,3 +248,54 @@ def test_min_keypoints_is_a_setting_of_its_own():
         FeatureExtractor("orb", min_keypoints=10)
     with pytest.raises(ValueError, match="min_keypoints"):
         FeatureExtractor("sift", min_keypoints=-1)
+
+
+def test_a_small_image_is_also_described_at_twice_its_size_when_asked():
+    from conftest import textured_image
+
+    extractor = FeatureExtractor("sift")
+    small = cv2.resize(textured_image(5), (150, 120), interpolation=cv2.INTER_AREA)
+    plain = extractor.extract(small)
+    assert plain.finer is None  # only when asked: an index never uses it
+    asked = extractor.extract(small, finer=True)
+    assert np.array_equal(asked.keypoints, plain.keypoints)
+    finer = asked.finer
+    assert finer.image_shape == (120, 150) and finer.extractor == plain.extractor
+    assert finer.finer is None and np.array_equal(finer.thumbnail, plain.thumbnail)
+    # the same image's pixels, detail at half the scale the plain pass sees
+    x, y = finer.keypoints[:, 0], finer.keypoints[:, 1]
+    assert x.min() >= 0 and y.min() >= 0 and x.max() < 150 and y.max() < 120
+    assert len(finer.keypoints) > len(plain.keypoints)
+    assert finer.keypoints[:, 2].min() < 0.75 * plain.keypoints[:, 2].min()
+    # exactly the features of the image upscaled twice, in its own pixels
+    twice = extractor.extract(cv2.resize(small, (300, 240), interpolation=cv2.INTER_CUBIC))
+    assert np.allclose(finer.keypoints[:, :3] * 2, twice.keypoints[:, :3], atol=1e-4)
+    assert np.array_equal(finer.descriptors, twice.descriptors)
+
+
+@pytest.mark.parametrize("side, extractor, described", [
+    (161, FeatureExtractor("sift"), False),  # over a quarter of max_side
+    (300, FeatureExtractor("sift", max_side=1200), True),
+    (301, FeatureExtractor("sift", max_side=1200), False),
+    (100, FeatureExtractor("orb"), True),
+    (100, FeatureExtractor("sift", dense_step=8), False)])  # a grid has no detail
+def test_only_a_small_image_of_detected_keypoints_gets_finer_features(side, extractor,
+                                                                     described):
+    from conftest import textured_image
+
+    image = cv2.resize(textured_image(6), (side, side), interpolation=cv2.INTER_AREA)
+    assert (extractor.extract(image, finer=True).finer is not None) == described
+    if side == 161:
+        assert FeatureExtractor("sift").extract(image[:, :160], finer=True).finer is None
+        assert FeatureExtractor("sift").extract(image[:160, :160],
+                                                finer=True).finer is not None
+
+
+def test_mirrored_features_leave_the_finer_part_out():
+    from conftest import textured_image
+
+    from cvsearch.features import mirror_features
+
+    small = cv2.resize(textured_image(5), (150, 120), interpolation=cv2.INTER_AREA)
+    features = FeatureExtractor("sift").extract(small, finer=True)
+    assert mirror_features(features).finer is None

@@ -98,6 +98,24 @@ def test_search_says_what_each_result_is(client):
     assert unverified[1]["decision"] == "unverified" and unverified[1]["inliers"] is None
 
 
+def test_a_thumbnail_is_searched_at_twice_its_size_and_drawn_so(index_dir, tmp_path):
+    """A small query (a thumbnail) is searched at twice its size too; a result
+    it matched best so says it, and its match picture draws those matches, also
+    from another worker, which keeps the query without its finer features."""
+    thumb = cv2.resize(textured_image(7), (72, 72), interpolation=cv2.INTER_AREA)
+    (tmp_path / "queries").mkdir()  # as serve makes it for its workers
+    shared = {"queries_dir": tmp_path / "queries", "token": TOKEN}
+    with client_of(index_dir, **shared) as one, client_of(index_dir, **shared) as two:
+        top = search(one, thumb, k=3, rerank=5).json()["results"][0]
+        assert top["id"] == 7 and top["decision"] == "copy" and top["finer"]
+        for client in (one, two):
+            picture = client.get(top["match_url"])
+            assert picture.status_code == 200
+            decoded = cv2.imdecode(np.frombuffer(picture.content, np.uint8),
+                                   cv2.IMREAD_COLOR)
+            assert decoded.shape[0] == 430
+
+
 @pytest.mark.parametrize("name, data, status, words", [
     ("notes.txt", b"just some text, not a picture", 400, "not an image"),
     ("empty.png", b"", 400, "empty"),
@@ -610,9 +628,10 @@ def test_workers_share_recent_queries_through_a_folder(tmp_path, images):
     first = SharedQueries(tmp_path, 64 * 2**20, 3)
     second = SharedQueries(tmp_path, 64 * 2**20, 3)
     features = extractor.extract(images[0])
-    first.put("abc-_1", Query(images[0], features, mirrored=[4, 2]))
+    first.put("abc-_1", Query(images[0], features, mirrored=[4, 2], finer=[3]))
     got = second.get("abc-_1")
     assert got is not None and got.mirrored == {2, 4} and got.scale == 1.0
+    assert got.finer == {3}
     np.testing.assert_array_equal(got.image, images[0])
     for mine, theirs in zip(features, got.features):
         if isinstance(mine, np.ndarray):

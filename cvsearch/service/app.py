@@ -52,6 +52,8 @@ def _models():
             "where they agree (0.5: the result shows it at half size); null where "
             "not measured")
         mirrored: bool = Field(False, description="matched the mirrored query")
+        finer: bool = Field(False, description="matched the query at twice its size "
+                            "(a small query, a thumbnail, is searched so too)")
         image_url: str
         thumbnail_url: str
         match_url: str | None

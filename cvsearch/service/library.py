@@ -415,7 +415,7 @@ class Library:
             evidence = None  # the verifier counts inliers; no decisions
         else:
             started = time.perf_counter()
-            features = index.extractor.extract(image)
+            features = index.extractor.extract(image, finer=True)  # a thumbnail's too
             timings["features_ms"] = _ms(started)
             started = time.perf_counter()
             scores, ids, evidence = index.query(features, k=k, rerank=rerank,
@@ -427,6 +427,7 @@ class Library:
         query = Query(image, features)
         if evidence is not None:  # match pictures mirror where the search did
             query.mirrored = {int(i) for i, m in zip(ids, evidence.mirrored) if m}
+            query.finer = {int(i) for i, f in zip(ids, evidence.finer) if f}
         self._queries.put(query_id, query)
         del image  # only the downscaled copy is kept
         names = index.names
@@ -439,7 +440,7 @@ class Library:
                 continue
             decision = {"decision": None, "log_nfa": None, "coverage": None,
                         "agreement": None, "contained": None, "scale": None,
-                        "mirrored": False}
+                        "mirrored": False, "finer": False}
             if evidence is not None:
                 decision = evidence.record(row)
                 n = -1 if decision["inliers"] is None else n  # unfinished: no count
@@ -448,7 +449,8 @@ class Library:
                             "agreement": decision["agreement"],
                             "contained": decision["contained"],
                             "scale": decision["scale"],
-                            "mirrored": decision["mirrored"]}
+                            "mirrored": decision["mirrored"],
+                            "finer": decision["finer"]}
             results.append({
                 "rank": len(results) + 1, "id": id_, "name": display_name(name),
                 "score": round(score, 6), "inliers": n if n >= 0 else None,
@@ -552,8 +554,12 @@ class Library:
                                    ) from None
             query_xy, db_xy = verifier.matches(query.features, local_id)
         else:
+            finer = id_ in query.finer
+            if finer and query.features.finer is None:  # kept without them: the
+                # small image is kept whole, its finer features the same again
+                query.features = index.extractor.extract(query.image, finer=True)
             query_xy, db_xy = index.matches(query.features, id_,
-                                            mirrored=id_ in query.mirrored)
+                                            mirrored=id_ in query.mirrored, finer=finer)
         picture = match_picture(query.image, self._read_color(id_),
                                 np.asarray(query_xy) * query.scale, db_xy)
         return cv2.imencode(".png", picture)[1].tobytes()

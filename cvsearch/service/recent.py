@@ -24,10 +24,12 @@ MATCH_SIDE = 1024
 class Query:
     """A recent search: its image downscaled to :data:`MATCH_SIDE` (``scale``:
     that image's pixels per pixel of the image searched), its local features
-    (None where the index has none) and the ids that matched it mirrored."""
+    (None where the index has none) and the ids that matched it mirrored, and
+    at twice its size (``finer``: a small image, kept whole, whose finer
+    features are extracted again from it where not kept)."""
 
     def __init__(self, image: np.ndarray, features, scale: float | None = None,
-                 mirrored=()):
+                 mirrored=(), finer=()):
         import cv2
 
         if scale is None:
@@ -40,11 +42,16 @@ class Query:
         self.scale = float(scale)
         self.features = features
         self.mirrored = set(mirrored)  # ids that matched the mirrored query
+        self.finer = set(finer)  # ids that matched the query at twice its size
 
     @property
     def nbytes(self) -> int:
         features = self.features  # a Features tuple of arrays, or None
-        return self.image.nbytes + (0 if features is None else array_bytes(*features))
+        if features is None:
+            return self.image.nbytes
+        finer = features.finer
+        return (self.image.nbytes + array_bytes(*features)
+                + (0 if finer is None else array_bytes(*finer)))
 
 
 class RecentQueries:
@@ -93,7 +100,8 @@ class SharedQueries(RecentQueries):
             return
         features = query.features
         arrays = {"image": query.image, "scale": np.float64(query.scale),
-                  "mirrored": np.array(sorted(query.mirrored), np.int64)}
+                  "mirrored": np.array(sorted(query.mirrored), np.int64),
+                  "finer": np.array(sorted(query.finer), np.int64)}
         if features is not None:
             arrays.update(keypoints=features.keypoints,
                           descriptors=features.descriptors,
@@ -143,7 +151,8 @@ class SharedQueries(RecentQueries):
                                         saved["thumbnail"] if "thumbnail" in saved
                                         else None)
                 query = Query(saved["image"], features, float(saved["scale"]),
-                              saved["mirrored"].tolist())
+                              saved["mirrored"].tolist(),
+                              saved["finer"].tolist() if "finer" in saved else ())
         except (OSError, ValueError, KeyError, zipfile.BadZipFile):
             return None  # pruned meanwhile, or torn
         super().put(query_id, query)
