@@ -4,6 +4,9 @@
 on copies of them (another seed than the benchmark's). These were written after
 that, to see whether the decision holds for copies in general: frames, memes,
 collages, stretching, watermarks, print and scan. Do not tune on them.
+``thumbnail`` came later, with the search of small queries at twice their size
+(``Features.finer``), after a one-off look at such thumbnails of another seed's
+originals; its value (a quarter of ``max_side``) was not tuned on them.
 
 Each takes a BGR image (uint8), a seeded generator and ``others`` (BGR images
 that are not the picture, for collages) and returns the copy and how it is
@@ -149,6 +152,13 @@ def watermark(image, rng, others):
     return cv2.addWeighted(image, 0.6, layer, 0.4, 0), ".jpg", 90
 
 
+def thumbnail(image, rng, others):
+    """A fifth of each side (a thumbnail), PNG."""
+    height, width = image.shape[:2]
+    return cv2.resize(image, (max(1, width // 5), max(1, height // 5)),
+                      interpolation=cv2.INTER_AREA), ".png", None
+
+
 def half_q30(image, rng, others):
     """Half of each side, JPEG quality 30."""
     height, width = image.shape[:2]
@@ -159,4 +169,4 @@ def half_q30(image, rng, others):
 MORE_ATTACKS = {f.__name__: f for f in (
     frame, stretch, third, meme_text, meme_bands, caption_band, collage, crop_rotate,
     sharpen_q50, brighter, print_scan, picture_in_picture, mirror_crop, watermark,
-    half_q30)}
+    half_q30, thumbnail)}
