@@ -342,16 +342,17 @@ class Index:
                                 f"{type(name).__name__} {name!r}")
         return names
 
-    def _features_of(self, image) -> Features | ImageWords:
-        """Features of a query: computed, or given precomputed by the caller (and
-        then checked to come from this index's extractor), or its words given
-        (checked to come from this index's vocabulary)."""
+    def _features_of(self, image, finer: bool = True) -> Features | ImageWords:
+        """Features of a query: computed (a small image's at twice its size too,
+        with ``finer``), or given precomputed by the caller (and then checked to
+        come from this index's extractor), or its words given (checked to come
+        from this index's vocabulary)."""
         if isinstance(image, Features):
             return self.extractor.check_features(image)
         if isinstance(image, ImageWords):
             return check_words(image, self.extractor, self.vocabulary)
         # a small query is searched at twice its size too (Features.finer)
-        return self.extractor.extract(image, finer=True)
+        return self.extractor.extract(image, finer=finer)
 
     def _extract_many(self, images: list, names: list[str], *, assign: bool,
                       n_jobs: int, progress, stage: str, scheduler=None):
@@ -895,7 +896,8 @@ class Index:
             searcher.check_id(id_, "inliers")
         check_choice(verification, "verification", VERIFICATIONS)
         multiple = check_assignment(multiple_assignment)
-        return searcher.inliers(self._features_of(image), ids, verification, multiple)
+        return searcher.inliers(self._features_of(image, finer=False), ids,
+                                verification, multiple)
 
     def matches(self, image, id: int, *, verification: str = "shapes",
                 multiple_assignment: bool = True, mirrored: bool = False,
@@ -926,12 +928,12 @@ class Index:
         searcher.check_id(id, "matches")
         check_choice(verification, "verification", VERIFICATIONS)
         multiple = check_assignment(multiple_assignment)
-        features = self._features_of(image)
-        if check_flag(finer, "finer"):
-            if getattr(features, "finer", None) is None:
-                raise ValueError("finer matches need a small image (or its features "
-                                 "from index.extractor.extract(image, finer=True)): "
-                                 "only those are searched at twice their size")
+        finer = check_flag(finer, "finer")
+        features = self._features_of(image, finer=finer)
+        if finer and getattr(features, "finer", None) is None:
+            raise ValueError("finer matches need a small image (or its features "
+                             "from index.extractor.extract(image, finer=True)): "
+                             "only those are searched at twice their size")
         if mirrored and not (isinstance(features, Features) and can_mirror(features)):
             raise ValueError("mirrored matches need SIFT or RootSIFT features of "
                              "the query (not words, not ORB)")
