@@ -399,7 +399,10 @@ def _print_results(args, rows):
         if decided:
             decision = {"unverified": "-", "none": "no"}.get(r["decision"],
                                                              r["decision"])
-            decision = f"{decision + (' (mirror)' if r['mirrored'] else ''):<10}  "
+            # which view of the query matched: its mirror image, its finer one
+            views = ", ".join(view for view, used in (
+                ("mirror", r["mirrored"]), ("at 2x", r.get("finer"))) if used)
+            decision = f"{decision + (f' ({views})' if views else ''):<10}  "
         print(f"{r['rank']:>4}  {r['score']:>7.4f}  {inl:>7}  {decision}{r['name']}")
 
 

@@ -446,6 +446,9 @@ def test_copies_from_the_command_line(image_files, tmp_path):
     assert Path(top["name"]).name in ("texture_02.png", "copy_small.jpg",
                                       "copy_crop.jpg") and top["decision"] == "copy"
     assert top["finer"] and (tmp_path / "t.png").is_file()
+    code, out, err = run("query", "idx", "thumb.png", "-k", "1", "--rerank", "10",
+                         cwd=tmp_path)
+    assert code == 0 and "copy (at 2x)" in out, out
     code, out, err = run("query", "idx", image_files[9], "-k", "3", "--rerank", "10",
                          "--mirror", "--json", cwd=tmp_path)
     assert {r["decision"] for r in json.loads(out)["results"]} <= {"none", "unverified"}

@@ -41,7 +41,10 @@ function card(result) {
     result.inliers >= minInliers;
   // the service's decision where it makes one (bag-of-words indexes)
   const decided = { copy: "copy", object: "same object" }[result.decision];
-  const mirror = result.mirrored ? " (mirror)" : "";
+  // which view of the query matched: its mirror image, a thumbnail at twice its size
+  const views = [result.mirrored ? "mirror" : "", result.finer ? "at 2x" : ""]
+    .filter(Boolean);
+  const mirror = views.length ? ` (${views.join(", ")})` : "";
   let badge = "";
   if (decided) {
     badge = `<span class="badge decided ${result.decision}" title="log10 NFA ` +
