@@ -327,10 +327,10 @@ LOWER_CONTRAST = (0.02, 0.01)
 #: A query whose longer side is at most this share of ``max_side`` (a
 #: thumbnail) is also described at twice its size (``Features.finer``): the
 #: original of a thumbnail, described at up to ``max_side``, shows its detail at
-#: scales finer than the thumbnail's pixels (a one-off comparison: thumbnails at
-#: a fifth of the side of Caltech-101 photos decided copies 0.85 -> 0.95, 20%
-#: crops 0.89 -> 0.91; in one set of keypoints with the plain ones instead of a
-#: view of their own, the crops fell to 0.86).
+#: scales finer than the thumbnail's pixels (benchmarks/more_attacks.py:
+#: thumbnails at a fifth of the side decided copies 0.773 -> 0.953 in one run;
+#: a one-off comparison on another seed: in one set of keypoints with the plain
+#: ones instead of a view of their own, 20% crops fell 0.89 -> 0.86).
 FINER_SHARE = 0.25
 
 

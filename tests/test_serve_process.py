@@ -2,6 +2,7 @@
 middle of a stream of adds it loses no acknowledged add, and its page works in a
 real (headless Chromium) browser."""
 
+import contextlib
 import os
 import shutil
 import signal
@@ -248,25 +249,51 @@ def photos_and_query(tmp_path, trained_index):
     return folder, str(query), {"texture_05.png"}
 
 
-@pytest.mark.skipif(not (CHROMIUM and CHROMEDRIVER),
-                    reason="no headless browser: install Debian's chromium and "
-                           "chromium-driver (.ci/run does)")
-def test_the_page_in_a_real_browser(tmp_path, trained_index):
+needs_browser = pytest.mark.skipif(
+    not (CHROMIUM and CHROMEDRIVER),
+    reason="no headless browser: install Debian's chromium and chromium-driver "
+           "(.ci/run does)")
+
+
+@contextlib.contextmanager
+def page_of(folder):
+    """The service of index ``folder`` and its page, loaded in headless Chromium
+    (the driver, stopped after)."""
     pytest.importorskip("selenium", reason="the browser test needs selenium")
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
-    folder, query, expected = photos_and_query(tmp_path, trained_index)
     server = Server(folder)
     driver = browser()
     try:
         driver.get(server.url + "/")
         WebDriverWait(driver, 30).until(
             lambda d: "images" in d.find_element(By.ID, "stats").text)
-        driver.find_element(By.ID, "file").send_keys(os.path.abspath(query))
-        WebDriverWait(driver, 60).until(
-            lambda d: d.find_elements(By.CSS_SELECTOR, "#results li.card"))
-        cards = driver.find_elements(By.CSS_SELECTOR, "#results li.card")
+        yield driver
+    finally:
+        driver.quit()
+        server.stop()
+
+
+def search_on_page(driver, path) -> list:
+    """Upload ``path`` on the page; its result cards, once shown."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    driver.find_element(By.ID, "file").send_keys(os.path.abspath(path))
+    WebDriverWait(driver, 60).until(
+        lambda d: d.find_elements(By.CSS_SELECTOR, "#results li.card"))
+    return driver.find_elements(By.CSS_SELECTOR, "#results li.card")
+
+
+@needs_browser
+def test_the_page_in_a_real_browser(tmp_path, trained_index):
+    folder, query, expected = photos_and_query(tmp_path, trained_index)
+    with page_of(folder) as driver:
+        from selenium.webdriver.common.by import By
+        from selenium.webdriver.support.ui import WebDriverWait
+
+        cards = search_on_page(driver, query)
         names = [Path(card.get_attribute("data-name")).name for card in cards]
         assert expected <= set(names[:len(expected)]), names
         assert "results in" in driver.find_element(By.ID, "timing").text
@@ -290,41 +317,23 @@ def test_the_page_in_a_real_browser(tmp_path, trained_index):
         WebDriverWait(driver, 30).until(
             lambda d: d.find_element(By.ID, "error").is_displayed())
         assert "not an image" in driver.find_element(By.ID, "error").text
-    finally:
-        driver.quit()
-        server.stop()
 
 
-@pytest.mark.skipif(not (CHROMIUM and CHROMEDRIVER),
-                    reason="no headless browser: install Debian's chromium and "
-                           "chromium-driver (.ci/run does)")
+@needs_browser
 def test_the_page_says_a_thumbnail_matched_at_twice_its_size(tmp_path, trained_index):
     """A 64-pixel thumbnail of a photo of texture 5 matches it best through its
     features at twice its size (tests/test_decision.py): the page's badge says
     so, as it says "mirror"."""
-    pytest.importorskip("selenium", reason="the browser test needs selenium")
-    from selenium.webdriver.common.by import By
-    from selenium.webdriver.support.ui import WebDriverWait
-
     folder = tmp_path / "index"
     trained_index.save(folder)
     photo = warped(textured_image(5), rotation=12, scale=0.9)[0]
     thumb = tmp_path / "thumb.png"
     cv2.imwrite(str(thumb), cv2.resize(photo, (64, 64 * photo.shape[0] // photo.shape[1]),
                                        interpolation=cv2.INTER_AREA))
-    server = Server(folder)
-    driver = browser()
-    try:
-        driver.get(server.url + "/")
-        WebDriverWait(driver, 30).until(
-            lambda d: "images" in d.find_element(By.ID, "stats").text)
-        driver.find_element(By.ID, "file").send_keys(str(thumb))
-        WebDriverWait(driver, 60).until(
-            lambda d: d.find_elements(By.CSS_SELECTOR, "#results li.card"))
-        card = driver.find_elements(By.CSS_SELECTOR, "#results li.card")[0]
+    with page_of(folder) as driver:
+        from selenium.webdriver.common.by import By
+
+        card = search_on_page(driver, thumb)[0]
         assert Path(card.get_attribute("data-name")).name == "texture_05.png"
         assert card.find_element(By.CSS_SELECTOR, ".badge").text.startswith(
             "copy (at 2x)")
-    finally:
-        driver.quit()
-        server.stop()

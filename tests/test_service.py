@@ -100,8 +100,8 @@ def test_search_says_what_each_result_is(client):
 
 def test_a_thumbnail_is_searched_at_twice_its_size_and_drawn_so(index_dir, tmp_path):
     """A small query (a thumbnail) is searched at twice its size too; a result
-    it matched best so says it, and its match picture draws those matches, also
-    from another worker, which keeps the query without its finer features."""
+    it matched best so says it, and its match picture draws those matches, as
+    does a second worker, which keeps the query without its finer features."""
     thumb = cv2.resize(textured_image(7), (72, 72), interpolation=cv2.INTER_AREA)
     (tmp_path / "queries").mkdir()  # as serve makes it for its workers
     shared = {"queries_dir": tmp_path / "queries", "token": TOKEN}
