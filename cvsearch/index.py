@@ -726,7 +726,9 @@ class Index:
             If > 0, verify the top ``rerank`` bag-of-words results geometrically
             and move those with at least ``min_inliers`` inliers up, by inliers.
         min_inliers : int
-            Inliers needed to count as geometrically verified (default 10).
+            Inliers needed to count as geometrically verified (default 10);
+            a result decided the same object beyond chance (``evidence.kind``
+            "object" or "copy") with fewer counts as verified too.
         verification : {"shapes", "ransac"}
             How: "shapes" proposes a transform from each correspondence's
             keypoint sizes and orientations and refines the best one (fast, and

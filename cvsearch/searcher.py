@@ -293,7 +293,9 @@ class Searcher:
                 better = _decision.stronger(found, other)
                 found = Evidence(*(np.where(better, b, a) for a, b in zip(found, other)))
                 chosen[better] = number
-            order = _rerank.reorder(found.inliers, min_inliers)
+            # each view is one more chance of a chance match
+            found = found._replace(log_nfa=found.log_nfa + np.log10(len(views)))
+            order = _rerank.reorder(found.inliers, min_inliers, found.same_object)
             # coverage of the results shown, from the view each matched best
             for number in range(len(views) if coverage else 0):
                 rows = order[:k][chosen[order[:k]] == number]
@@ -301,8 +303,6 @@ class Searcher:
                     measured = evidence_of_view(number, rows)
                     for field in _decision.MEASURED_FIELDS:
                         getattr(found, field)[rows] = getattr(measured, field)[rows]
-            # each view is one more chance of a chance match
-            found = found._replace(log_nfa=found.log_nfa + np.log10(len(views)))
             ids[:len(short)] = short[order]
             top_scores[:len(short)] = top_scores[:len(short)][order]
             evidence = Evidence.concatenate([found.take(order),

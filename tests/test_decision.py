@@ -285,6 +285,30 @@ def test_a_cropped_copy_is_a_copy_and_a_stranger_is_nothing(copy_index):
     assert set(stranger.kind) <= {"none", "unverified"}
 
 
+def test_a_copy_under_min_inliers_ranks_above_what_did_not_verify(tmp_path):
+    """A crop's tiles shuffled share its words but not its geometry, and score
+    higher by bag of words than the original. The original is decided a copy
+    with fewer inliers than ``min_inliers`` asks: it still comes first."""
+    crop = textured_image(0)[100:260, 120:280]
+    tiles = [crop[i:i + 40, j:j + 40] for i in range(0, 160, 40) for j in range(0, 160, 40)]
+    order = np.random.default_rng(0).permutation(16)
+    shuffled = np.vstack([np.hstack([tiles[order[4 * row + column]] for column in range(4)])
+                          for row in range(4)])
+    images = [textured_image(seed) for seed in range(12)]
+    images.append(cv2.resize(shuffled, (480, 480), interpolation=cv2.INTER_CUBIC))
+    index = Index.build(images, FeatureExtractor("sift"), 300, random_state=0,
+                        names=[str(number) for number in range(13)])
+    _, by_words = index.query(crop, k=13, rerank=0)
+    assert list(by_words).index(12) < list(by_words).index(0)
+    _, ids, evidence = index.query(crop, k=3, rerank=13, return_evidence=True)
+    inliers = evidence.inliers[0]
+    assert ids[0] == 0 and evidence.kind[0] == "copy"
+    _, ids, evidence = index.query(crop, k=3, rerank=13, min_inliers=inliers + 5,
+                                   return_evidence=True)
+    assert evidence.inliers[0] == inliers and evidence.kind[0] == "copy"
+    assert ids[0] == 0 and ids[1] == 12  # the rest by bag of words
+
+
 def test_false_alarms_count_the_images_verified_not_the_images_held(copy_index):
     """An image left out of the short-list cannot be a chance match: the count
     is over the images verified, so it does not change as the collection grows

@@ -45,6 +45,17 @@ def test_reorder_moves_verified_up_and_keeps_the_rest_in_order():
     assert reorder(np.array([1, 2]), min_inliers=20).tolist() == [0, 1]
 
 
+def test_reorder_counts_results_decided_the_same_object_as_verified():
+    """A small crop's few inliers can be far beyond chance: decided the same
+    object, it ranks with the verified, by its inliers, above the rest."""
+    inliers = np.array([3, 50, 8, 12, 25, 1])
+    decided = np.array([False, True, True, False, True, False])
+    assert reorder(inliers, 20, decided).tolist() == [1, 4, 2, 0, 3, 5]
+    assert reorder(inliers, 10, decided).tolist() == [1, 4, 3, 2, 0, 5]
+    assert reorder(inliers, 20, np.zeros(6, bool)).tolist() == reorder(
+        inliers, 20).tolist()
+
+
 @pytest.mark.parametrize("verification", ["shapes", "ransac"])
 @pytest.mark.parametrize("rotation, scale, perspective", [
     (45, 1.0, 0.0), (-45, 0.5, 0.0), (30, 2.0, 0.0), (45, 0.5, 0.3), (-20, 1.5, 0.4),
