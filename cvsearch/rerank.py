@@ -4,9 +4,10 @@ Query and database keypoints are put in correspondence through shared visual wor
 (no raw descriptors are kept in the index), a transform is fitted, and the
 short-list is re-ordered by inlier count (Philbin et al., "Object retrieval with
 large vocabularies and fast spatial matching", CVPR 2007). Images with at least
-``min_inliers`` inliers (or fewer, decided the same object beyond chance) move
-up, ranked by inliers; the others keep their bag-of-words order below them, so
-re-ranking never drops a good bag-of-words answer out of the short-list.
+``min_inliers`` inliers (or fewer, decided the same object by the searcher)
+move up, ranked by inliers; the others keep their bag-of-words order below
+them, so re-ranking never drops a good bag-of-words answer out of the
+short-list.
 
 Two ways to fit, chosen by ``use_shapes``:
 
@@ -445,7 +446,7 @@ def _refine(query_xy: np.ndarray, db_xy: np.ndarray, inliers: np.ndarray,
 
 
 def reorder(inliers: np.ndarray, min_inliers: int,
-            same_object: np.ndarray | None = None) -> np.ndarray:
+            decided: np.ndarray | None = None) -> np.ndarray:
     """Order of a short-list after verification.
 
     Parameters
@@ -456,10 +457,11 @@ def reorder(inliers: np.ndarray, min_inliers: int,
         Verified images (at least this many inliers) come first, by decreasing
         inliers (ties keep bag-of-words order); the others follow in bag-of-words
         order.
-    same_object : ndarray of shape (n,), bool, optional
-        Images decided the same object beyond chance (``Evidence.same_object``)
-        count as verified with fewer inliers too: a small crop's few inliers
-        among few correspondences can be strong evidence.
+    decided : ndarray of shape (n,), bool, optional
+        Images that count as verified with fewer inliers too (the searcher's:
+        those decided the same object beyond chance, ``Evidence.same_object``:
+        a small crop's few inliers among few correspondences can be strong
+        evidence).
 
     Returns
     -------
@@ -469,8 +471,8 @@ def reorder(inliers: np.ndarray, min_inliers: int,
     inliers = np.asarray(inliers)
     position = np.arange(len(inliers))
     verified = inliers >= min_inliers
-    if same_object is not None:
-        verified |= np.asarray(same_object, bool)
+    if decided is not None:
+        verified |= np.asarray(decided, bool)
     first = position[verified][np.lexsort((position[verified], -inliers[verified]))]
     return np.concatenate([first, position[~verified]]).astype(np.int64)
 

@@ -45,7 +45,7 @@ def test_reorder_moves_verified_up_and_keeps_the_rest_in_order():
     assert reorder(np.array([1, 2]), min_inliers=20).tolist() == [0, 1]
 
 
-def test_reorder_counts_results_decided_the_same_object_as_verified():
+def test_reorder_counts_the_results_decided_as_verified():
     """A small crop's few inliers can be far beyond chance: decided the same
     object, it ranks with the verified, by its inliers, above the rest."""
     inliers = np.array([3, 50, 8, 12, 25, 1])
