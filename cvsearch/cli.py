@@ -742,7 +742,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="verify the top N results geometrically and move the "
                         "verified ones up (0: off)")
     p.add_argument("--min-inliers", type=_positive_int, default=DEFAULT_MIN_INLIERS,
-                   help="inliers needed to count as verified")
+                   help="inliers needed to count as verified (a result decided "
+                        "the same object counts with fewer)")
     p.add_argument("--verification", choices=("shapes", "ransac"), default="shapes",
                    help="shapes: transforms proposed by single keypoints' sizes and "
                         "orientations (default); ransac: a homography by RANSAC on "
