@@ -720,8 +720,12 @@ def _builtin_options(needed) -> dict:
     return options
 
 
-def load_index(directory: str | os.PathLike, **options):
+def load_index(directory: str | os.PathLike, previous=None, **options):
     """``Index.load`` or ``GlobalIndex.load``, as the folder's manifest says.
+
+    ``previous``, an index loaded from this folder before, is passed to
+    ``Index.load`` (which shares what did not change) where both are
+    bag-of-words indexes.
 
     Returns
     -------
@@ -730,4 +734,6 @@ def load_index(directory: str | os.PathLike, **options):
     _, manifest = storage.read_manifest(directory, None)
     if manifest["format"] == FORMAT:
         return GlobalIndex.load(directory, **options)
+    if isinstance(previous, Index):
+        options["previous"] = previous
     return Index.load(directory, **options)

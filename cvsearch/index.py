@@ -164,6 +164,8 @@ class Index:
         self._store = None
         self._name_to_id = {}
         self._saved_segments = {}  # id(segment) -> (segment, its manifest entry)
+        self._saved_vocabulary = None  # (vocabulary, its manifest entry), as saved
+        self._checked = True  # made here, or every file hashed when loaded
         self.extractor = FeatureExtractor() if extractor is None else extractor
         self.vocabulary = Vocabulary(n_words, random_state=random_state,
                                      **vocabulary_params)
@@ -1202,7 +1204,8 @@ class Index:
             index.save(directory)
 
     @classmethod
-    def load(cls, directory: str | os.PathLike, *, verify: bool = True) -> Index:
+    def load(cls, directory: str | os.PathLike, *, verify: bool = True,
+             previous: Index | None = None) -> Index:
         """Load an index saved by :meth:`save`; its segments are memory-mapped,
         not read into memory.
 
@@ -1222,6 +1225,13 @@ class Index:
             :meth:`check_integrity`. False skips the hashes of the large arrays
             and their range checks (sizes, headers, structure and the small
             files are still checked): for a large index you trust.
+        previous : Index or None
+            An index loaded from (or saved to) this folder before, to load it
+            again after another process saved there (as Lucene's
+            ``openIfChanged``): the vocabulary and the segments whose files the
+            folder still names are shared with it, not read and checked again,
+            so only what changed is. Nothing is shared with an index of
+            another folder, or one loaded without ``verify`` by a load with it.
 
         Raises
         ------
@@ -1234,7 +1244,8 @@ class Index:
         # A writer may remove files after the manifest was read: readers take no
         # lock, they read the new manifest instead.
         index = storage.load_consistent(
-            directory, FORMAT, lambda path, manifest: cls._load(path, manifest, verify))
+            directory, FORMAT,
+            lambda path, manifest: cls._load(path, manifest, verify, previous))
         index._saved_store = index._current().store
         return index
 
@@ -1263,8 +1274,8 @@ class Index:
             list(pool.map(Segment.check_geometry, segments))  # hashlib frees the GIL
 
     @classmethod
-    def _load(cls, path, manifest: dict, verify: bool) -> Index:
-        return index_folder.read_index(cls, path, manifest, verify)
+    def _load(cls, path, manifest: dict, verify: bool, previous=None) -> Index:
+        return index_folder.read_index(cls, path, manifest, verify, previous)
 
 
 def resolve_ids(items, name_to_id: Mapping, locate) -> list[int]:

@@ -63,25 +63,37 @@ def write_index(index, directory, generation: int, version: str) -> storage.Orig
     deleted = [np.asarray(seg.ids, np.int64)[mask]
                for seg, mask in zip(store.segments, store.deleted) if mask is not None]
     deleted = np.concatenate(deleted) if deleted else np.zeros(0, np.int64)
+    cached = index._saved_vocabulary
+    if cached is not None and cached[0] is snapshot.vocabulary \
+            and storage.has_file(directory, cached[1]):
+        vocabulary = cached[1]  # in the folder already (megabytes, never changed)
+    else:
+        vocabulary = storage.write_file(
+            directory, "vocabulary", "npz",
+            storage.npz_bytes(snapshot.vocabulary.get_state()))
     manifest.update(
         n_images=len(store), next_id=store.next_id, segments=segments,
         n_keypoints=int(sum(len(s.kp_words) for s in store.segments)),
-        files={"vocabulary": storage.write_file(
-            directory, "vocabulary", "npz",
-            storage.npz_bytes(snapshot.vocabulary.get_state()))},
+        files={"vocabulary": vocabulary},
         deleted=storage.write_file(directory, "deleted", "npy",
                                    storage.npy_bytes(deleted)) if len(deleted)
         else None)
     origin = storage.commit(directory, manifest)
     index._saved_segments = written
+    index._saved_vocabulary = (snapshot.vocabulary, vocabulary)
     return origin
 
 
-def read_index(cls, path, manifest: dict, verify: bool):
+def read_index(cls, path, manifest: dict, verify: bool, previous=None):
     """The index (of class ``cls``) that ``manifest``, read from ``path``, names:
     every file checked as :mod:`cvsearch.storage` says, the segments
-    memory-mapped. A ValueError names the first file that does not check."""
+    memory-mapped. A ValueError names the first file that does not check.
+
+    ``previous``, an index loaded from (or saved to) the same folder, lends its
+    vocabulary and its segments where the manifest names the very files they
+    came from (:func:`_shared_with`): they were checked when first read."""
     directory = path.parent
+    shared_vocabulary, shared_segments = _shared_with(previous, directory, verify)
     version = manifest.get("format_version")
     if version != FORMAT_VERSION:
         raise ValueError(f"{path} has format_version {version!r}, but this cvsearch "
@@ -101,15 +113,21 @@ def read_index(cls, path, manifest: dict, verify: bool):
         name = manifest["files"][key]["name"]
         raise ValueError(f"{directory / name}: {problem}; the index is corrupt")
 
-    vocab = storage.load_npz(
-        storage.read_file(directory, manifest, "vocabulary"),
-        directory / manifest["files"]["vocabulary"]["name"],
-        {"centers": np.float32, "cell_centers": np.float32,
-         "word_cells": np.int32, "binary": np.bool_})
-    try:
-        index._vocabulary = Vocabulary.from_state(manifest["vocabulary"], vocab)
-    except ValueError as error:
-        fail("vocabulary", str(error))
+    entry = manifest["files"]["vocabulary"]
+    if shared_vocabulary is not None and shared_vocabulary[1] == entry \
+            and shared_vocabulary[0].get_params() == manifest["vocabulary"]:
+        index._vocabulary = shared_vocabulary[0]
+    else:
+        vocab = storage.load_npz(
+            storage.read_file(directory, manifest, "vocabulary"),
+            directory / entry["name"],
+            {"centers": np.float32, "cell_centers": np.float32,
+             "word_cells": np.int32, "binary": np.bool_})
+        try:
+            index._vocabulary = Vocabulary.from_state(manifest["vocabulary"], vocab)
+        except ValueError as error:
+            fail("vocabulary", str(error))
+    index._saved_vocabulary = (index._vocabulary, entry)
     if index.vocabulary.descriptor_dim != index.extractor.dim:
         fail("vocabulary", f"dim {index.vocabulary.descriptor_dim} does not fit "
              f"the {index.extractor.method} features")
@@ -122,23 +140,26 @@ def read_index(cls, path, manifest: dict, verify: bool):
     if not isinstance(metas, list):
         raise ValueError(f"{path}: the list of segments is missing; the index is "
                          "corrupt")
+    reused = [shared_segments.get(_entry_key(meta)) for meta in metas]
     digests = None
     if verify:  # what scoring reads, hashed at once on all cores
         digests = storage.sha256_files(directory, [
-            entry["name"] for meta in metas if isinstance(meta, dict)
+            entry["name"] for meta, shared in zip(metas, reused)
+            if shared is None and isinstance(meta, dict)
             and isinstance(meta.get("files"), dict)
             for key, entry in meta["files"].items() if key not in _GEOMETRY
             and isinstance(entry, dict) and isinstance(entry.get("name"), str)
             and storage.is_data_file_name(entry["name"])])
-    previous = -1
-    for meta in metas:
-        segment = _load_segment(directory, meta, index, verify, digests)
-        if len(segment) and (int(segment.ids[0]) <= previous
+    last_id = -1
+    for meta, shared in zip(metas, reused):
+        segment = shared if shared is not None else _load_segment(
+            directory, meta, index, verify, digests)
+        if len(segment) and (int(segment.ids[0]) <= last_id
                              or int(segment.ids[-1]) >= next_id):
             raise ValueError(f"{directory / meta['files']['ids']['name']}: ids "
                              "overlap another segment's or reach next_id; the "
                              "index is corrupt")
-        previous = int(segment.ids[-1]) if len(segment) else previous
+        last_id = int(segment.ids[-1]) if len(segment) else last_id
         segments.append(segment)
         saved[id(segment)] = (segment, meta)
     store = Store(index.n_words, index.pyramid_levels, index.power,
@@ -157,8 +178,36 @@ def read_index(cls, path, manifest: dict, verify: bool):
     if len(names) != len(store):
         raise ValueError(f"{path}: image names are not unique; the index is corrupt")
     index._store, index._name_to_id, index._saved_segments = store, names, saved
+    index._checked = verify
     storage.adopt_identity(index, directory, manifest)
     return index
+
+
+def _entry_key(meta) -> str | None:
+    """A segment's manifest entry as a key (its files are named by content)."""
+    import json
+
+    try:
+        return json.dumps(meta, sort_keys=True)
+    except (TypeError, ValueError):
+        return None  # malformed: _load_segment names the problem
+
+
+def _shared_with(previous, directory, verify: bool) -> tuple:
+    """What an index ``previous`` can lend a load of ``directory``: its
+    vocabulary with its manifest entry (or None), and its segments by their
+    manifest entries. Nothing unless it was loaded from or saved to this folder,
+    with at least the checks this load makes (an index loaded without
+    ``verify`` did not hash its files)."""
+    import os
+
+    origin = getattr(previous, "_origin", None)
+    if origin is None or origin.folder != os.path.realpath(directory) \
+            or (verify and not previous._checked):
+        return None, {}
+    return previous._saved_vocabulary, {
+        _entry_key(meta): segment
+        for segment, meta in previous._saved_segments.values()}
 
 
 #: The arrays of a segment file set, and the dtypes each may have on disk.

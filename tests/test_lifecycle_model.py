@@ -109,11 +109,22 @@ class IndexLifecycle(Lifecycle):
             self.index.save(self.folder)
             self.saved = dict(self.model)
 
-    @rule()
-    def load(self):
+    @rule(share=st.booleans())
+    def load(self, share):
+        """Load the folder, fresh or sharing what is unchanged with the index in
+        memory (changed since its save, or not)."""
         if self.saved is not None:
-            self.index = Index.load(self.folder)
+            self.index = Index.load(self.folder,
+                                    previous=self.index if share else None)
             self.model = dict(self.saved)
+
+    @rule()
+    def reader_reloads(self):
+        """A second reader of the folder, reloading after the saves of this one
+        from its own older state, holds exactly what was saved last."""
+        if self.saved is not None:
+            self.reader = Index.load(self.folder, previous=getattr(self, "reader", None))
+            self._answers_as(self.reader, self.saved)
 
     @rule(count=st.integers(1, 3))
     def merge(self, count):
@@ -130,15 +141,19 @@ class IndexLifecycle(Lifecycle):
 
     @invariant()
     def answers_as_the_model(self):
-        assert len(self.index) == len(self.model)
-        assert sorted(self.index.names.values()) == sorted(self.model)
-        if not self.model:
+        self._answers_as(self.index, self.model)
+
+    @staticmethod
+    def _answers_as(index, model):
+        assert len(index) == len(model)
+        assert sorted(index.names.values()) == sorted(model)
+        if not model:
             return
         for seed in (10_000, 10_001):
-            query = image_words(self.index, seed)
-            expected = tfidf_scores(self.model, query.words)
-            scores, ids = self.index.query(query, k=len(self.model))
-            got = {self.index.names[int(i)]: float(s) for s, i in zip(scores, ids)}
+            query = image_words(index, seed)
+            expected = tfidf_scores(model, query.words)
+            scores, ids = index.query(query, k=len(model))
+            got = {index.names[int(i)]: float(s) for s, i in zip(scores, ids)}
             for name, score in got.items():
                 assert score == pytest.approx(expected[name], abs=2e-5), name
             missing = {n for n, s in expected.items() if s > 1e-4} - set(got)

@@ -533,6 +533,23 @@ def test_a_swapped_in_folder_is_served_and_never_overwritten(trained_index, tmp_
     assert len(Index.load(served)) == 6
 
 
+def test_a_worker_reloads_only_what_another_workers_save_changed(index_dir):
+    """Two workers of one folder: after one adds an image (and saves), the other
+    answers its next search from the new state, sharing the vocabulary and the
+    segment it had (read and hashed once per worker, not once per save)."""
+    from cvsearch.service.library import Library
+
+    one, two = (Library(Settings(index_dir=index_dir, refresh_seconds=0))
+                for _ in range(2))
+    vocabulary = two.index.vocabulary
+    (segment,) = two.index._current().store.segments
+    one.add([("new.png", png(textured_image(45)))])
+    index = two.current()
+    assert len(index) == 13 and index.vocabulary is vocabulary
+    assert index._current().store.segments[0] is segment
+    assert index.names == Index.load(index_dir).names
+
+
 def test_removed_uploads_leave_nothing_after_compaction(client, index_dir):
     auth = {"Authorization": f"Bearer {TOKEN}"}
     private = textured_image(46)

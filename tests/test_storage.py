@@ -91,6 +91,75 @@ def test_load_maps_the_segments_and_saves_only_what_changed(trained_index, saved
     assert loaded.names == index.names and 3 not in loaded.names
 
 
+def test_a_load_given_the_previous_index_reads_only_what_changed(
+        trained_index, saved, image_files, images, monkeypatch):
+    """A reader reloading after another process's save (as Lucene's
+    openIfChanged): the vocabulary and the segments the folder still holds are
+    the previous load's objects, neither read nor hashed again; the rest is
+    checked as always, and the index answers as a fresh load of the folder."""
+    first = Index.load(saved)
+    writer = Index.load(saved)
+    writer.add([image_files[0]], names=["one more"])
+    writer.remove([3])
+    writer.save(saved)
+    old_files = {e["name"] for e in manifest_of(saved)["segments"][0]["files"].values()}
+    hashed, vocabularies_read = [], []
+    real_hash, real_npz = storage.sha256_files, storage.load_npz
+    monkeypatch.setattr(storage, "sha256_files",
+                        lambda d, names: hashed.extend(names) or real_hash(d, names))
+    monkeypatch.setattr(storage, "load_npz", lambda *a: vocabularies_read.append(a)
+                        or real_npz(*a))
+    again = Index.load(saved, previous=first)
+    assert again.vocabulary is first.vocabulary and not vocabularies_read
+    old, new = first._current().store.segments, again._current().store.segments
+    assert len(new) == 2 and new[0] is old[0] and new[1] is not old[0]
+    assert hashed and not old_files & set(hashed)  # the new segment's files only
+    monkeypatch.undo()
+    fresh = Index.load(saved)
+    assert again.names == fresh.names and 3 not in again.names
+    queries = [warped(images[i], 25, 0.9)[0] for i in (0, 5)]
+    assert_same_results(results(again, queries, rerank=8),
+                        results(fresh, queries, rerank=8))
+
+
+def test_a_load_shares_nothing_with_an_index_of_another_folder_or_checked_less(
+        trained_index, saved, tmp_path):
+    """A copy of the folder is another folder: nothing shared. An index loaded
+    without verify was not hashed, so a verified load checks every file again
+    and names a changed byte (here one the unverified load's mapping sees too)."""
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(saved, copy)
+    first = Index.load(saved)
+    assert Index.load(copy, previous=first).vocabulary is not first.vocabulary
+    unverified = Index.load(saved, verify=False)
+    path = data_file(saved, "seg-post_tf")
+    data = bytearray(path.read_bytes())
+    data[-1] ^= 0x01  # one count changed by one: structurally valid
+    path.write_bytes(bytes(data))
+    with pytest.raises(ValueError, match=path.name):
+        Index.load(saved, previous=unverified)
+
+
+def test_saving_again_where_the_vocabulary_is_writes_it_not_again(
+        trained_index, saved, image_files, tmp_path, monkeypatch):
+    """The vocabulary (megabytes at 20,000 words) never changes under an index:
+    a save into a folder that holds it already neither serialises nor hashes it
+    again (a service saves after every add); into another folder it is written."""
+    index = Index.load(saved)
+    index.add([image_files[0]], names=["one more"])
+    serialised = []
+    real = storage.npz_bytes
+    monkeypatch.setattr(storage, "npz_bytes", lambda a: serialised.append(1) or real(a))
+    index.save(saved)
+    assert not serialised
+    index.save(tmp_path / "elsewhere")
+    assert len(serialised) == 1
+    for folder in (saved, tmp_path / "elsewhere"):
+        assert Index.load(folder).names == index.names
+
+
 def test_resave_removes_stale_files(trained_index, saved, image_files):
     index = Index.load(saved)
     index.remove([0])

@@ -113,13 +113,13 @@ def test_a_reader_that_loses_the_race_reads_the_new_manifest(saved, image_files,
     real_load = Index._load.__func__
     raced = []
 
-    def racing(cls, path, manifest, verify):
+    def racing(cls, path, manifest, verify, previous=None):
         if not raced:
             raced.append(True)
             writer.add(image_files[2:3])
             writer.compact()  # one new segment: the old one's files go
             writer.save(saved)
-        return real_load(cls, path, manifest, verify)
+        return real_load(cls, path, manifest, verify, previous)
 
     monkeypatch.setattr(Index, "_load", classmethod(racing))
     assert len(Index.load(saved)) == 3 and raced

@@ -218,6 +218,7 @@ class Library:
         # (index, the identity it was loaded or saved as, the verifying index or
         # None, its identity): replaced as one value, and only under
         # _write_lock, so a reader sees a consistent state
+        self._state = (None, None, None, None)
         self._state = self._load()
         self._checked = time.monotonic()
         self._write_lock = threading.Lock()
@@ -266,7 +267,8 @@ class Library:
         writer): the identities read before and after the load must agree."""
         while True:
             before = self._identities()
-            index = load_index(self.index_dir)
+            # what another worker's save left unchanged is shared, not read again
+            index = load_index(self.index_dir, self._state[0])
             verifier = None
             if self.verify_dir is not None:
                 if not _is_global(index):
