@@ -1241,6 +1241,9 @@ class Index:
             If a file is missing, truncated, modified, inconsistent or of another
             format version; the message names the file.
         """
+        if previous is not None and not isinstance(previous, Index):
+            raise TypeError(f"previous must be an Index loaded from {directory} "
+                            f"before, or None; got {type(previous).__name__}")
         # A writer may remove files after the manifest was read: readers take no
         # lock, they read the new manifest instead.
         index = storage.load_consistent(

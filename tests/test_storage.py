@@ -124,15 +124,18 @@ def test_a_load_given_the_previous_index_reads_only_what_changed(
 
 def test_a_load_shares_nothing_with_an_index_of_another_folder_or_checked_less(
         trained_index, saved, tmp_path):
-    """A copy of the folder is another folder: nothing shared. An index loaded
-    without verify was not hashed, so a verified load checks every file again
-    and names a changed byte (here one the unverified load's mapping sees too)."""
+    """A copy of the folder is another folder: nothing shared; what is not an
+    Index is refused. An index loaded without verify was not hashed, so a
+    verified load checks every file again and names a changed byte (here one the
+    unverified load's mapping sees too)."""
     import shutil
 
     copy = tmp_path / "copy"
     shutil.copytree(saved, copy)
     first = Index.load(saved)
     assert Index.load(copy, previous=first).vocabulary is not first.vocabulary
+    with pytest.raises(TypeError, match="previous must be an Index"):
+        Index.load(saved, previous=str(saved))
     unverified = Index.load(saved, verify=False)
     path = data_file(saved, "seg-post_tf")
     data = bytearray(path.read_bytes())
