@@ -8,6 +8,9 @@ this module says which files an index has and what their arrays must satisfy.
 
 from __future__ import annotations
 
+import json
+import os
+
 import numpy as np
 
 from cvsearch import storage
@@ -113,14 +116,15 @@ def read_index(cls, path, manifest: dict, verify: bool, previous=None):
         name = manifest["files"][key]["name"]
         raise ValueError(f"{directory / name}: {problem}; the index is corrupt")
 
-    entry = manifest["files"]["vocabulary"]
+    files = manifest.get("files")
+    entry = files.get("vocabulary") if isinstance(files, dict) else None
     if shared_vocabulary is not None and shared_vocabulary[1] == entry \
             and shared_vocabulary[0].get_params() == manifest["vocabulary"]:
         index._vocabulary = shared_vocabulary[0]
     else:
+        data = storage.read_file(directory, manifest, "vocabulary")  # entry checked
         vocab = storage.load_npz(
-            storage.read_file(directory, manifest, "vocabulary"),
-            directory / entry["name"],
+            data, directory / entry["name"],
             {"centers": np.float32, "cell_centers": np.float32,
              "word_cells": np.int32, "binary": np.bool_})
         try:
@@ -185,8 +189,6 @@ def read_index(cls, path, manifest: dict, verify: bool, previous=None):
 
 def _entry_key(meta) -> str | None:
     """A segment's manifest entry as a key (its files are named by content)."""
-    import json
-
     try:
         return json.dumps(meta, sort_keys=True)
     except (TypeError, ValueError):
@@ -199,8 +201,6 @@ def _shared_with(previous, directory, verify: bool) -> tuple:
     manifest entries. Nothing unless it was loaded from or saved to this folder,
     with at least the checks this load makes (an index loaded without
     ``verify`` did not hash its files)."""
-    import os
-
     origin = getattr(previous, "_origin", None)
     if origin is None or origin.folder != os.path.realpath(directory) \
             or (verify and not previous._checked):

@@ -289,6 +289,24 @@ def test_missing_pieces(saved, tmp_path, monkeypatch):
         Index.load(saved)
 
 
+@pytest.mark.parametrize("entry", [None, "vocabulary.npz", {"name": 3}])
+def test_a_malformed_vocabulary_entry_is_named(trained_index, saved, entry):
+    """A manifest whose checksum holds but whose vocabulary entry is missing or
+    malformed is refused with a ValueError naming it, also when a previous load
+    of the folder could lend its vocabulary."""
+    previous = Index.load(saved)
+    manifest = manifest_of(saved)
+    if entry is None:
+        del manifest["files"]["vocabulary"]
+    else:
+        manifest["files"]["vocabulary"] = entry
+    manifest["manifest_sha256"] = storage.manifest_digest(manifest)
+    (saved / "index.json").write_text(json.dumps(manifest))
+    for given in (None, previous):
+        with pytest.raises(ValueError, match="vocabulary"):
+            Index.load(saved, previous=given)
+
+
 def test_consistent_but_hostile_arrays_are_rejected(saved, images):
     words = np.load(data_file(saved, "seg-kp_words"))
     rewrite(saved, "seg-kp_words", npy(words.astype(np.uint32) + 10**6))
