@@ -121,7 +121,7 @@ class IndexLifecycle(Lifecycle):
     @rule()
     def reader_reloads(self):
         """A second reader of the folder, reloading after the saves of this one
-        from its own older state, holds exactly what was saved last."""
+        with its own older state as previous, holds exactly what was saved last."""
         if self.saved is not None:
             self.reader = Index.load(self.folder, previous=getattr(self, "reader", None))
             self._answers_as(self.reader, self.saved)
