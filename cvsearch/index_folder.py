@@ -178,7 +178,9 @@ def read_index(cls, path, manifest: dict, verify: bool, previous=None):
             raise ValueError(f"{directory / entry['name']}: removes id {error}, "
                              "which is not in the index; the index is "
                              "corrupt") from None
-    names = dict(zip(store.names_in_order(), store.ids().tolist()))
+    names = _names_carried_over(previous, store) if shared_segments else None
+    if names is None:
+        names = dict(zip(store.names_in_order(), store.ids().tolist()))
     if len(names) != len(store):
         raise ValueError(f"{path}: image names are not unique; the index is corrupt")
     index._store, index._name_to_id, index._saved_segments = store, names, saved
@@ -193,6 +195,36 @@ def _entry_key(meta) -> str | None:
         return json.dumps(meta, sort_keys=True)
     except (TypeError, ValueError):
         return None  # malformed: _load_segment names the problem
+
+
+def _names_carried_over(previous, store) -> dict | None:
+    """``store``'s table from names to ids, made from the one ``previous`` holds
+    now where ``store`` begins with the same segments and the same deletions in
+    them (a reload after another process added images: the names of a million
+    images are not gathered again); None where it does not."""
+    with previous._lock:  # its table changes in place as it adds and removes
+        old = previous._store
+        if old is None:
+            return None
+        common = 0
+        for a, b in zip(old.segments, store.segments):
+            if a is not b:
+                break
+            common += 1
+        for a, b in zip(old.deleted[:common], store.deleted[:common]):
+            if (a is None) != (b is None) or (a is not None and not np.array_equal(a, b)):
+                return None
+        names = dict(previous._name_to_id)
+    for parts, drop in ((zip(old.segments[common:], old.deleted[common:]), True),
+                        (zip(store.segments[common:], store.deleted[common:]), False)):
+        for segment, mask in parts:  # segments merged away, then those new here
+            live = range(len(segment)) if mask is None else np.flatnonzero(~mask)
+            for row in live:
+                if drop:
+                    names.pop(segment.names[row], None)
+                else:
+                    names[segment.names[row]] = int(segment.ids[row])
+    return names
 
 
 def _shared_with(previous, directory, verify: bool) -> tuple:

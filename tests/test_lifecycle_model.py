@@ -147,6 +147,9 @@ class IndexLifecycle(Lifecycle):
     def _answers_as(index, model):
         assert len(index) == len(model)
         assert sorted(index.names.values()) == sorted(model)
+        # the table from names to ids agrees with the ids' names
+        assert {name: index.id_of(name) for name in model} == {
+            name: int(id_) for id_, name in index.names.items()}
         if not model:
             return
         for seed in (10_000, 10_001):

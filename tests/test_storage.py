@@ -122,6 +122,28 @@ def test_a_load_given_the_previous_index_reads_only_what_changed(
                         results(fresh, queries, rerank=8))
 
 
+def test_a_reload_finds_every_name_after_merges_and_removals(trained_index, saved,
+                                                              image_files):
+    """The reader's table from names to ids, carried over from its previous
+    state where the folder only added segments, is the fresh load's: after
+    single adds (whose small segments merge), and after a removal."""
+    reader = Index.load(saved)
+    writer = Index.load(saved)
+    for round_ in range(12):  # ten one-image segments merge into one
+        writer.add([image_files[round_ % len(image_files)]], names=[f"add-{round_}"])
+        if round_ == 7:
+            writer.remove([2, "add-3"])
+        writer.save(saved)
+        reader = Index.load(saved, previous=reader)
+        fresh = Index.load(saved)
+        assert {n: reader.id_of(n) for n in fresh.names.values()} == {
+            n: fresh.id_of(n) for n in fresh.names.values()}
+        assert len(reader) == len(fresh)
+        for gone in ("add-3", trained_index.names[2]) if round_ >= 7 else ():
+            with pytest.raises(KeyError):
+                reader.id_of(gone)
+
+
 def test_a_load_shares_nothing_with_an_index_of_another_folder_or_checked_less(
         trained_index, saved, tmp_path):
     """A copy of the folder is another folder: nothing shared; what is not an
