@@ -25,22 +25,15 @@ import json
 import os
 import shutil
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
-from _common import run_metadata
+from _common import run_metadata, timed, write_results
 
 from cvsearch import Index
 from cvsearch.datasets import caltech101
 
 RESULTS = Path(__file__).resolve().parent / "results"
-
-
-def timed(function, *args, **kwargs):
-    started = time.perf_counter()
-    value = function(*args, **kwargs)
-    return value, time.perf_counter() - started
 
 
 def load(folder: Path, previous=None, warm_ups=None) -> Index:
@@ -92,9 +85,6 @@ def main(argv=None) -> int:
         for folder in args.indexes:
             rows.append(measure(folder, images, Path(scratch)))
             print(json.dumps(rows[-1]), flush=True)
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "reload.json").write_text(json.dumps(
-        {**meta, "repeats": args.repeats, "rows": rows}, indent=1) + "\n")
     lines = ["# A reader reloading after another process's save", "",
              f"`{meta['command']}` on {meta['date']} ({meta['machine']}).", "",
              f"Medians of {args.repeats} rounds: a writer adds one image and saves; a "
@@ -114,8 +104,8 @@ def main(argv=None) -> int:
               "each image's norm) over the whole index: every add changes them, as "
               "the collection's size is in every idf.", "",
               "Wall-clock on a shared machine: compare within one run."]
-    (RESULTS / "reload.md").write_text("\n".join(lines) + "\n")
-    print((RESULTS / "reload.md").read_text())
+    write_results(RESULTS, "reload", {**meta, "repeats": args.repeats, "rows": rows},
+                  "\n".join(lines) + "\n")
     return 0
 
 

@@ -218,7 +218,7 @@ class Library:
         # (index, the identity it was loaded or saved as, the verifying index or
         # None, its identity): replaced as one value, and only under
         # _write_lock, so a reader sees a consistent state
-        self._state = (None, None, None, None)
+        self._state = (None, None, None, None)  # nothing to share with the first load
         self._state = self._load()
         self._checked = time.monotonic()
         self._write_lock = threading.Lock()
