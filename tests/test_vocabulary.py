@@ -343,3 +343,35 @@ def test_the_compiled_scan_assigns_the_words_numpy_assigns(monkeypatch, fitted):
     # second and third, they may differ (not more than that)
     assert (fast[1][:len(X)] == plain[1][:len(X)]).mean() >= 0.999
     np.testing.assert_allclose(fast[2], plain[2], rtol=1e-4, atol=1e-2)
+
+
+@pytest.mark.parametrize("n_rows", [1, 2, 3, 5, 13])
+@pytest.mark.parametrize("use_compiled", [True, False])
+def test_cells_and_blocks_of_any_size_give_the_two_nearest_words(monkeypatch, n_rows,
+                                                                  use_compiled):
+    # The compiled scan takes four descriptors against three words at a time:
+    # cells of one to seven words, and descriptors that are not a multiple of
+    # four, leave partial blocks whose repeated rows and words must not be kept
+    # (a word kept twice would be its own second word).
+    import cvsearch.vocabulary as vocabulary_module
+
+    monkeypatch.setattr(vocabulary_module, "USE_COMPILED", use_compiled)
+    rng = np.random.default_rng(n_rows)
+    sizes = np.array([1, 2, 3, 4, 5, 6, 7])
+    word_cells = rng.permutation(np.repeat(np.arange(len(sizes)), sizes)).astype(np.int32)
+    centers = rng.normal(0, 10, (len(word_cells), 128)).astype(np.float32)
+    cell_centers = np.stack([centers[word_cells == cell].mean(0)
+                             for cell in range(len(sizes))]).astype(np.float32)
+    vocabulary = Vocabulary.from_state(
+        {**Vocabulary(len(word_cells)).get_params(), "n_probe": len(sizes)},
+        {"centers": centers, "cell_centers": cell_centers, "word_cells": word_cells,
+         "binary": np.array(False)})
+    data = rng.normal(0, 10, (n_rows, 128)).astype(np.float32)
+    distances = ((data.astype(np.float64)[:, None] - centers[None]) ** 2).sum(-1)
+    nearest = np.argsort(distances, axis=1)
+    words, second, best, second_best = vocabulary.predict_two(data)
+    assert np.array_equal(words, nearest[:, 0])
+    assert np.array_equal(second, nearest[:, 1])
+    rows = np.arange(n_rows)
+    np.testing.assert_allclose(best, distances[rows, nearest[:, 0]], rtol=1e-4)
+    np.testing.assert_allclose(second_best, distances[rows, nearest[:, 1]], rtol=1e-4)
