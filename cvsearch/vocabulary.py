@@ -449,9 +449,9 @@ class Vocabulary:
             return
         # Ties come from repeated descriptors (text, patterns), the same row many
         # times over: each distinct one is settled once (same row, same scan).
-        # Rows compared as bytes: np.unique(axis=0) costs a third of a
-        # millisecond at a few dozen rows, this a few microseconds (two zeros of
-        # opposite sign, if any, are settled apart, to the same word).
+        # Rows compared as bytes: np.unique(axis=0) builds a structured view
+        # whose overhead outweighs the few dozen rows tied in one image (two
+        # zeros of opposite sign, if any, are settled apart, to the same word).
         tied = np.ascontiguousarray(data[ties])
         rows = tied.view(np.dtype((np.void, tied.dtype.itemsize * tied.shape[1])))
         _, first_of, inverse = np.unique(rows.ravel(), return_index=True,
@@ -511,8 +511,8 @@ class Vocabulary:
         # all the rows probing it; the merge over a row's 2 * n_probe candidates
         # is vectorised afterwards.
         pairs = probes.ravel()
-        # numpy sorts 16-bit integers stably by radix, several times faster
-        # than 64-bit ones at a few thousand pairs; the order is the same
+        # numpy sorts 16-bit integers stably by radix (64-bit ones by merging):
+        # the same order, for less at one image's few thousand pairs
         order = np.argsort(pairs.astype(np.int16) if len(self.cell_centers_) < 2 ** 15
                            else pairs, kind="stable")
         bounds = np.searchsorted(pairs[order], np.arange(len(self.cell_centers_) + 1))
