@@ -16,7 +16,7 @@ from either side. Groups are formed around
 anchors: the image with most edges is an anchor, its group is itself and the
 images verified against it, and the rest goes on without them; an edge counts
 only between images joined through each one's best (widest) copy edge (or
-between two such parts when most pairs across them are copies), so a page
+between two such parts when half the pairs across them are copies), so a page
 layout or a carpet that many images share does not make one group of them. A
 member joined to its group by its edge to the anchor alone must agree with the
 anchor where the others do (:func:`_elsewhere`): a page of one layout is a copy
@@ -58,8 +58,15 @@ DEEPER = 4
 DEEPEST = 16
 
 #: Two parts of a collection joined by each image's best copy edge are one
-#: part when more than this share of the pairs across them are copy edges (see
-#: :func:`_best_links`): half, as "most of them verified".
+#: part when at least this share of the pairs across them are copy edges (see
+#: :func:`_best_links`): half. Two copies of one picture need not verify as
+#: copies of each other (a 20% crop and a mirrored copy), so two parts of one
+#: group, two images each, often have two of their four pairs verified.
+ACROSS = 0.5
+
+#: A member joined to its group by its edge to the anchor alone agrees with the
+#: anchor elsewhere than the others do where fewer than this share of its
+#: inliers lie inside the hull of theirs (see :func:`_elsewhere`).
 MOSTLY = 0.5
 
 #: A file is in colour where its channels differ by more than this many grey
@@ -493,8 +500,9 @@ def _scale_step(member: int, anchor: int, edge: Edge | None) -> int:
 def _best_links(edges) -> dict[int, int]:
     """Which part each image of a copy edge belongs to: the parts are joined by
     each image's best copy edge (widest coverage, then lowest NFA), and two
-    parts whose pairs across are ``MOSTLY`` copy edges are one. Pages of one
-    layout, or photos on one carpet, are copies of each other on what they
+    parts at least ``ACROSS`` of whose pairs across are copy edges are one.
+    Pages of one layout, or photos on one carpet, are copies of each other on
+    what they
     share only, less widely than each is a copy of its own picture, and one
     page's part holds its picture too, which the other page does not show."""
     edges = list(edges)
@@ -514,7 +522,7 @@ def _best_links(edges) -> dict[int, int]:
             for node in component}
     # copies of one picture pair off by their best edges (an original and its
     # mirror, a crop and a recoloured copy) although every pair of them
-    # verified: parts that most pairs across verified as copies are one
+    # verified: parts that half the pairs across verified as copies are one
     while True:
         size: dict[int, int] = {}
         for number in part.values():
@@ -526,7 +534,7 @@ def _best_links(edges) -> dict[int, int]:
                 across.setdefault(key, set()).add((edge.a, edge.b))
         joined: dict[int, dict[int, None]] = {number: {} for number in size}
         for (first, second), pairs in across.items():
-            if len(pairs) > MOSTLY * size[first] * size[second]:
+            if len(pairs) >= ACROSS * size[first] * size[second]:
                 joined[first][second] = joined[second][first] = None
         merged = {number: min(component) for component in _components(joined)
                   for number in component}

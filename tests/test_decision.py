@@ -965,9 +965,9 @@ def test_groups_follow_each_images_widest_copy_not_a_shared_page():
 
 def test_copies_that_pair_off_by_their_best_edges_stay_one_group():
     """An original and its mirror are each other's widest copy, and so are a
-    crop and a recoloured copy; every pair across verified as copies too, so
-    they are one group. Two pages of one layout that show other pictures are
-    one pair across two groups: they stay apart."""
+    crop and a recoloured copy; every pair across verified as copies too, or
+    half of them, so they are one group. Two pages of one layout that show
+    other pictures are one pair across two groups: they stay apart."""
     from cvsearch.duplicates import Edge, group
 
     edges = [Edge(0, 1, "copy", -200.0, 0.93, 87, 1.0),
@@ -975,6 +975,11 @@ def test_copies_that_pair_off_by_their_best_edges_stay_one_group():
     edges += [Edge(a, b, "copy", -120.0, 0.76, 60, 1.0)
               for a, b in ((0, 2), (0, 3), (1, 2), (1, 3))]
     groups = group(edges, key=lambda i, agreement=0.0: (0, -i))
+    assert [sorted(g.ids) for g in groups] == [[0, 1, 2, 3]]
+    # half of them (the crop and the recoloured copy verified against the
+    # original, not against its mirror): one group still
+    half = edges[:2] + [edges[2], edges[3]]
+    groups = group(half, key=lambda i, agreement=0.0: (0, -i))
     assert [sorted(g.ids) for g in groups] == [[0, 1, 2, 3]]
     # one pair across of the four: a page of each picture's group
     pages = edges[:2] + [Edge(1, 3, "copy", -300.0, 0.6, 150, 1.0)]
