@@ -502,9 +502,9 @@ def _best_links(edges) -> dict[int, int]:
     each image's best copy edge (widest coverage, then lowest NFA), and two
     parts at least ``ACROSS`` of whose pairs across are copy edges are one.
     Pages of one layout, or photos on one carpet, are copies of each other on
-    what they
-    share only, less widely than each is a copy of its own picture, and one
-    page's part holds its picture too, which the other page does not show."""
+    what they share only, less widely than each is a copy of its own picture,
+    and one page's part holds its picture too, which the other page does not
+    show."""
     edges = list(edges)
     best: dict[int, tuple] = {}
     for edge in edges:
