@@ -65,6 +65,14 @@ each image agrees. Two questions get two decisions:
   pasted onto another background, or two people photographed in front of one
   pin board, agree on every keypoint of the part they share, but the rest of
   the picture is another.
+  Where the inliers sit loosely (their median distance from where the
+  transform puts them is more than ``LOOSE_INLIERS`` of their size,
+  :func:`inlier_residual`), the pixels must agree as closely as
+  ``PIXEL_COPY``: a copy's keypoints are detected in the same pixels, but two
+  shots of one subject (catalogue shots of one model in one pose, airliners
+  of one type, frames a moment apart) agree only as closely as the subject
+  held its pose, and at 32 pixels their thumbnails can agree as a copy's do.
+  Recompression and downscaling move a copy's keypoints too, not its pixels.
   And one image must lie mostly inside the other (``CONTAINED``): a copy shows
   the picture whole or a part of it, but two shots of one wall with the camera
   moved between them overlap by a strip only, and that strip agrees in every
@@ -95,6 +103,9 @@ signs of one design, two bills). Asking what is left to agree as closely as
 ``PIXEL_COPY`` halves the pairs of other shots of one subject that bands make
 copies; bands down the left and right sides made 18 and 22 more such pairs
 copies (seeds 0 and 1), and one negative, and are not looked for.
+The inliers' looseness bar (``LOOSE_INLIERS``) is a round value, chosen on the
+other seed (a one-off comparison of its copies, edits and negatives, and of its
+duplicates run's copy edges): 0.06 to 0.12 gave the same duplicate groups.
 The pixels' own bar (``LOW_COVERAGE``, ``PIXEL_COPY``) is round values too,
 chosen on the other seed's copies and negatives among a few (a one-off
 comparison: 0.25 to 0.4 and 0.75 to 0.9 gave 0.979 to 0.986 of its copies,
@@ -145,6 +156,14 @@ COPY_AGREEMENT = 2 / 3
 #: keypoints (and so coverage); two pictures that share a background or an
 #: object differ where they differ, whatever their keypoints.
 LOW_COVERAGE = 0.3
+#: Same picture where the inliers sit loosely: where their median distance from
+#: where the transform puts them is more than this share of their size (see
+#: :func:`inlier_residual`), the aligned thumbnails must agree as closely as
+#: ``PIXEL_COPY``. A copy's keypoints are detected in the same pixels; two
+#: shots of one subject (catalogue shots in one pose, frames a moment apart)
+#: agree only as closely as the subject held its pose. Recompression and
+#: downscaling move a copy's keypoints too, but not its pixels.
+LOOSE_INLIERS = 0.1
 #: A band laid over a picture's top or bottom (a meme's bars, subtitles, a
 #: ticker): border rows of the aligned thumbnails, at most this share of their
 #: height, of whose pixels fewer than half agree. See :func:`_bands`.
@@ -211,6 +230,10 @@ class Evidence(NamedTuple):
         The result's pixels per pixel of the query along a side, where they
         agree (see :func:`inlier_scale`): 0.5 for a copy at half size; NaN where not
         measured (where coverage is not).
+    residual : ndarray of shape (m,), float32
+        The inliers' median distance from where the transform puts them, as a
+        share of their size in the result (see :func:`inlier_residual`): near 0
+        for a copy; NaN where not measured (where coverage is not).
     finer : ndarray of shape (m,), bool
         Whether the result matched the query's features at twice its size (a
         small query's, ``Features.finer``).
@@ -226,6 +249,7 @@ class Evidence(NamedTuple):
     agreement: np.ndarray
     contained: np.ndarray
     scale: np.ndarray
+    residual: np.ndarray
     finer: np.ndarray
 
     @classmethod
@@ -235,7 +259,8 @@ class Evidence(NamedTuple):
                    np.zeros(m, bool), np.full(m, np.inf), np.zeros(m, np.float32),
                    np.zeros(m, np.float32), np.zeros(m, bool),
                    np.full(m, np.nan, np.float32), np.full(m, np.nan, np.float32),
-                   np.full(m, np.nan, np.float32), np.zeros(m, bool))
+                   np.full(m, np.nan, np.float32), np.full(m, np.nan, np.float32),
+                   np.zeros(m, bool))
 
     def take(self, rows) -> Evidence:
         """The evidence of ``rows`` (an index array or a slice)."""
@@ -254,7 +279,9 @@ class Evidence(NamedTuple):
     def copy(self) -> np.ndarray:
         """(m,) bool: the same picture (see the module's docstring)."""
         covered = (self.query_coverage + self.coverage) / 2
-        by_keypoints = (covered >= COPY_COVERAGE) & ~(self.agreement < COPY_AGREEMENT)
+        # loose inliers: two shots of one subject, unless the pixels say otherwise
+        bar = np.where(self.residual > LOOSE_INLIERS, PIXEL_COPY, COPY_AGREEMENT)
+        by_keypoints = (covered >= COPY_COVERAGE) & ~(self.agreement < bar)
         by_pixels = (covered >= LOW_COVERAGE) & (self.agreement >= PIXEL_COPY)
         return (self.same_object & (by_keypoints | by_pixels)
                 & ~(self.contained < CONTAINED))
@@ -281,6 +308,8 @@ class Evidence(NamedTuple):
                               if exact and np.isfinite(self.contained[row]) else None),
                 "scale": (round(float(self.scale[row]), 3)
                           if exact and np.isfinite(self.scale[row]) else None),
+                "residual": (round(float(self.residual[row]), 3)
+                             if exact and np.isfinite(self.residual[row]) else None),
                 "mirrored": bool(self.mirrored[row]),
                 "finer": bool(self.finer[row])}
 
@@ -489,6 +518,47 @@ def inlier_scale(query_inliers, db_inliers) -> float:
     if min(areas) <= 0:
         return float("nan")
     return float(np.sqrt(areas[1] / areas[0]))
+
+
+def inlier_residual(query_inliers, db_inliers) -> float:
+    """How loosely the inliers fit one transform: their median distance from
+    where the transform they fit (least squares) puts them, as a share of
+    their size in the result.
+
+    A copy's keypoints are detected in the same pixels: near 0, and a tenth or
+    two where recompression or downscaling moved them. Two shots of one
+    subject agree only as closely as it held its pose.
+
+    Parameters
+    ----------
+    query_inliers, db_inliers : ndarray of shape (k, 3), float
+        The inlier correspondences' positions and sizes (x, y, size), row for
+        row.
+
+    Returns
+    -------
+    float
+        >= 0; NaN when no transform fits (fewer than 4 inliers).
+    """
+    query_inliers = np.asarray(query_inliers, np.float64).reshape(-1, 3)
+    db_inliers = np.asarray(db_inliers, np.float64).reshape(-1, 3)
+    return _inlier_residual(_transform(query_inliers[:, :2], db_inliers[:, :2]),
+                            query_inliers, db_inliers)
+
+
+def _inlier_residual(forward, query_inliers, db_inliers) -> float:
+    """:func:`inlier_residual` under the transform ``forward`` (None: none fits)."""
+    if forward is None:
+        return float("nan")
+    query_inliers = np.asarray(query_inliers, np.float64).reshape(-1, 3)
+    db_inliers = np.asarray(db_inliers, np.float64).reshape(-1, 3)
+    mapped = np.column_stack([query_inliers[:, :2], np.ones(len(query_inliers))]) \
+        @ np.asarray(forward, np.float64).T
+    with np.errstate(divide="ignore", invalid="ignore"):
+        mapped = mapped[:, :2] / mapped[:, 2:]
+        off = np.hypot(*(mapped - db_inliers[:, :2]).T) / db_inliers[:, 2]
+    off = off[np.isfinite(off)]
+    return float(np.median(off)) if len(off) else float("nan")
 
 
 def containment(query_inliers, db_inliers, query_shape, db_shape) -> float:
@@ -866,6 +936,7 @@ def evidence_of(verified, query_keypoints, query_shape, candidates,
     agreement = np.full(m, np.nan, np.float32)
     contained = np.full(m, np.nan, np.float32)
     scales = np.full(m, np.nan, np.float32)
+    residuals = np.full(m, np.nan, np.float32)
     query_keypoints = np.asarray(query_keypoints, np.float32).reshape(-1, 4)
     # coverage only matters for what is the same object
     measured = np.flatnonzero(log_nfa <= SAME_OBJECT_LOG_NFA)
@@ -884,6 +955,8 @@ def evidence_of(verified, query_keypoints, query_shape, candidates,
         contained[i] = _containment(forward, query_shape, candidates[i][2])
         scales[i] = inlier_scale(query_keypoints[query_idx, :2],
                                  db_keypoints[db_idx, :2])
+        residuals[i] = _inlier_residual(forward, query_keypoints[query_idx, :3],
+                                        db_keypoints[db_idx, :3])
         # pixels only matter where the keypoints cover enough for them to decide
         if (query_thumbnail is not None and thumbnails is not None
                 and (query_coverage[i] + db_coverage[i]) / 2 >= LOW_COVERAGE):
@@ -893,12 +966,13 @@ def evidence_of(verified, query_keypoints, query_shape, candidates,
     return Evidence(verified.inliers.astype(np.int32), verified.pairs.astype(np.int32),
                     np.asarray(verified.exact, bool), log_nfa, query_coverage,
                     db_coverage, np.full(m, bool(mirrored)), agreement, contained,
-                    scales, np.full(m, bool(finer)))
+                    scales, residuals, np.full(m, bool(finer)))
 
 
 #: The fields of :class:`Evidence` that :func:`evidence_of` measures only for the
 #: rows it is asked for (a search: the results it shows).
-MEASURED_FIELDS = ("query_coverage", "coverage", "agreement", "contained", "scale")
+MEASURED_FIELDS = ("query_coverage", "coverage", "agreement", "contained", "scale",
+                   "residual")
 
 
 def stronger(a: Evidence, b: Evidence) -> np.ndarray:

@@ -15,12 +15,14 @@ from cvsearch.decision import (
     CONTAINED,
     COPY_AGREEMENT,
     COPY_COVERAGE,
+    LOOSE_INLIERS,
     LOW_COVERAGE,
     PIXEL_COPY,
     SAME_OBJECT_LOG_NFA,
     Evidence,
     containment,
     coverage,
+    inlier_residual,
     inlier_scale,
     log10_nfa,
     pixel_agreement,
@@ -658,7 +660,7 @@ def test_an_unfinished_count_is_not_a_measurement():
                         np.zeros(2, np.float32), np.zeros(2, np.float32),
                         np.zeros(2, bool), np.full(2, np.nan, np.float32),
                         np.full(2, np.nan, np.float32), np.full(2, np.nan, np.float32),
-                        np.zeros(2, bool))
+                        np.full(2, np.nan, np.float32), np.zeros(2, bool))
     assert list(evidence.kind) == ["unverified", "none"]
     assert evidence.record(0)["inliers"] is None and evidence.record(1)["inliers"] == 0
 
@@ -683,9 +685,60 @@ def test_pixels_that_agree_closely_make_a_copy_that_lost_keypoints():
                         np.ones(m, bool), np.full(m, -20.0), coverage, coverage,
                         np.zeros(m, bool), np.array([r[0][1] for r in rows], np.float32),
                         np.array([r[0][2] for r in rows], np.float32),
-                        np.ones(m, np.float32), np.zeros(m, bool))
+                        np.ones(m, np.float32), np.zeros(m, np.float32),
+                        np.zeros(m, bool))
     assert LOW_COVERAGE <= 0.40 < COPY_COVERAGE and 0.70 < PIXEL_COPY <= 0.90
     assert list(evidence.kind) == [r[1] for r in rows]
+
+
+def test_loose_inliers_need_the_pixels_to_agree_closely():
+    # Two shots of one subject (one model in one pose, frames a moment apart)
+    # agree only as closely as it held its pose: their inliers sit loosely.
+    # Their 32-pixel thumbnails can agree as a copy's do, so they must agree to
+    # PIXEL_COPY; a copy's inliers sit where the transform puts them.
+    rows = [  # (agreement, residual) -> kind, all covered and contained
+        ((0.70, 0.05), "copy"),  # tight inliers: two thirds of the pixels do
+        ((0.70, 0.20), "object"),  # loose inliers, pixels as a look-alike's
+        ((0.85, 0.20), "copy"),  # loose (recompressed), the pixels agree closely
+        ((np.nan, 0.20), "copy"),  # no thumbnails: keypoints alone, as before
+        ((0.70, np.nan), "copy"),  # not measured
+    ]
+    m = len(rows)
+    evidence = Evidence(np.full(m, 40, np.int32), np.full(m, 100, np.int32),
+                        np.ones(m, bool), np.full(m, -20.0), np.full(m, 0.6, np.float32),
+                        np.full(m, 0.6, np.float32), np.zeros(m, bool),
+                        np.array([r[0][0] for r in rows], np.float32),
+                        np.ones(m, np.float32), np.ones(m, np.float32),
+                        np.array([r[0][1] for r in rows], np.float32), np.zeros(m, bool))
+    assert COPY_AGREEMENT < 0.70 < PIXEL_COPY < 0.85 and 0.05 < LOOSE_INLIERS < 0.20
+    assert list(evidence.kind) == [r[1] for r in rows]
+    assert evidence.record(1)["residual"] == pytest.approx(0.2, abs=1e-3)
+    assert evidence.record(4)["residual"] is None
+
+
+def _homography_points(n, seed):
+    rng = np.random.default_rng(seed)
+    query = np.column_stack([rng.uniform(0, 400, n), rng.uniform(0, 300, n),
+                             rng.uniform(2, 20, n)])
+    forward = np.array([[1.9, 0.3, 40.0], [-0.2, 2.1, 15.0], [2e-4, 1e-4, 1.0]])
+    mapped = np.column_stack([query[:, :2], np.ones(n)]) @ forward.T
+    db = np.column_stack([mapped[:, :2] / mapped[:, 2:], 2 * query[:, 2]])
+    return query, db, rng
+
+
+def test_inliers_a_transform_maps_exactly_have_no_residual():
+    query, db, _ = _homography_points(40, 0)
+    assert inlier_residual(query, db) == pytest.approx(0.0, abs=1e-6)
+    assert np.isnan(inlier_residual(query[:3], db[:3]))  # no transform fits
+
+
+def test_the_residual_is_in_units_of_the_results_keypoint_sizes():
+    # every inlier 0.3 of its size (in the result, twice its size in the query)
+    # from where the transform puts it, in random directions
+    query, db, rng = _homography_points(400, 1)
+    angle = rng.uniform(0, 2 * np.pi, len(db))
+    db[:, :2] += 0.3 * db[:, 2:] * np.column_stack([np.cos(angle), np.sin(angle)])
+    assert inlier_residual(query, db) == pytest.approx(0.3, abs=0.03)
 
 
 # ------------------------------------------------------------------ duplicates

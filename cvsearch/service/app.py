@@ -51,6 +51,10 @@ def _models():
             None, description="the result's pixels per query pixel along a side, "
             "where they agree (0.5: the result shows it at half size); null where "
             "not measured")
+        residual: float | None = Field(
+            None, description="the matches' median distance from where their "
+            "transform puts them, as a share of their size (copy: agreement >= 0.8 "
+            "where it is over 0.1); null where not measured")
         mirrored: bool = Field(False, description="matched the mirrored query")
         finer: bool = Field(False, description="matched the query at twice its size "
                             "(a small query, a thumbnail, is searched so too)")

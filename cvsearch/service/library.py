@@ -442,6 +442,7 @@ class Library:
                 continue
             decision = {"decision": None, "log_nfa": None, "coverage": None,
                         "agreement": None, "contained": None, "scale": None,
+                        "residual": None,
                         "mirrored": False, "finer": False}
             if evidence is not None:
                 decision = evidence.record(row)
@@ -451,6 +452,7 @@ class Library:
                             "agreement": decision["agreement"],
                             "contained": decision["contained"],
                             "scale": decision["scale"],
+                            "residual": decision["residual"],
                             "mirrored": decision["mirrored"],
                             "finer": decision["finer"]}
             results.append({
