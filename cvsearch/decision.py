@@ -105,7 +105,9 @@ copies; bands down the left and right sides made 18 and 22 more such pairs
 copies (seeds 0 and 1), and one negative, and are not looked for.
 The inliers' looseness bar (``LOOSE_INLIERS``) is a round value, chosen on the
 other seed (a one-off comparison of its copies, edits and negatives, and of its
-duplicates run's copy edges): 0.06 to 0.12 gave the same duplicate groups.
+duplicates run's copy edges): 0.06 to 0.12 gave the same right groups there,
+and about half the groups of different pictures (catalogue shots in one pose,
+airliners of one type) that the other seed's duplicates found without it.
 The pixels' own bar (``LOW_COVERAGE``, ``PIXEL_COPY``) is round values too,
 chosen on the other seed's copies and negatives among a few (a one-off
 comparison: 0.25 to 0.4 and 0.75 to 0.9 gave 0.979 to 0.986 of its copies,
