@@ -527,9 +527,9 @@ def inlier_residual(query_inliers, db_inliers) -> float:
     where the transform they fit (least squares) puts them, as a share of
     their size in the result.
 
-    A copy's keypoints are detected in the same pixels: near 0, and a tenth or
-    two where recompression or downscaling moved them. Two shots of one
-    subject agree only as closely as it held its pose.
+    A copy's keypoints are detected in the same pixels: near 0, more where
+    recompression or downscaling moved them. Two shots of one subject agree
+    only as closely as it held its pose.
 
     Parameters
     ----------
