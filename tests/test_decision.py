@@ -833,6 +833,15 @@ def test_duplicates_resumes_from_its_checkpoint(planted, tmp_path):
         len(index) + 1
     with pytest.raises(ValueError, match="another index state or other settings"):
         index.duplicates(rerank=5, checkpoint=path)
+    # edges decided before loose inliers needed closely agreeing pixels
+    # (checkpoint version 9) are not mixed with today's
+    header, rest = path.read_bytes().split(b"\n", 1)
+    older = json.loads(header)
+    assert older["cvsearch_duplicates"] > 9
+    path.write_bytes(json.dumps({**older, "cvsearch_duplicates": 9}).encode()
+                     + b"\n" + rest)
+    with pytest.raises(ValueError, match="another index state or other settings"):
+        index.duplicates(rerank=10, checkpoint=path)
 
 
 def test_duplicates_with_threads_finds_what_one_thread_finds(planted, planted_groups):
