@@ -368,6 +368,13 @@ def _transform(query_inliers, db_inliers):
     return forward
 
 
+def _homogeneous(xy, transform) -> np.ndarray:
+    """(n, 3) float64: points ``xy`` (n, 2) under ``transform`` (3, 3), before
+    the division by their third coordinate (<= 0: mapped behind)."""
+    xy = np.asarray(xy, np.float64).reshape(-1, 2)
+    return np.column_stack([xy, np.ones(len(xy))]) @ np.asarray(transform, np.float64).T
+
+
 def coverage(query_keypoints, query_shape, db_keypoints, db_shape, query_inliers,
              db_inliers, grid: int = GRID, min_size: float = MIN_SIZE
              ) -> tuple[float, float]:
@@ -542,8 +549,13 @@ def inlier_residual(query_inliers, db_inliers) -> float:
     float
         >= 0; NaN when no transform fits (fewer than 4 inliers).
     """
-    query_inliers = np.asarray(query_inliers, np.float64).reshape(-1, 3)
-    db_inliers = np.asarray(db_inliers, np.float64).reshape(-1, 3)
+    query_inliers, db_inliers = (np.asarray(points, np.float64)
+                                 for points in (query_inliers, db_inliers))
+    if (query_inliers.ndim != 2 or query_inliers.shape[1:] != (3,)
+            or query_inliers.shape != db_inliers.shape):
+        raise ValueError("query_inliers and db_inliers must be (k, 3) arrays of "
+                         f"(x, y, size), row for row; got {query_inliers.shape} "
+                         f"and {db_inliers.shape}")
     return _inlier_residual(_transform(query_inliers[:, :2], db_inliers[:, :2]),
                             query_inliers, db_inliers)
 
@@ -552,10 +564,8 @@ def _inlier_residual(forward, query_inliers, db_inliers) -> float:
     """:func:`inlier_residual` under the transform ``forward`` (None: none fits)."""
     if forward is None:
         return float("nan")
-    query_inliers = np.asarray(query_inliers, np.float64).reshape(-1, 3)
     db_inliers = np.asarray(db_inliers, np.float64).reshape(-1, 3)
-    mapped = np.column_stack([query_inliers[:, :2], np.ones(len(query_inliers))]) \
-        @ np.asarray(forward, np.float64).T
+    mapped = _homogeneous(np.asarray(query_inliers)[:, :2], forward)
     with np.errstate(divide="ignore", invalid="ignore"):
         mapped = mapped[:, :2] / mapped[:, 2:]
         off = np.hypot(*(mapped - db_inliers[:, :2]).T) / db_inliers[:, 2]
@@ -618,7 +628,7 @@ def _mapped_box(shape, transform, other_shape):
     when the image wraps behind (no box)."""
     height, width = shape
     corners = np.array([[0, 0], [width, 0], [width, height], [0, height]], np.float64)
-    mapped = np.column_stack([corners, np.ones(4)]) @ transform.T
+    mapped = _homogeneous(corners, transform)
     if (mapped[:, 2] <= 0).any():
         return None
     mapped = mapped[:, :2] / mapped[:, 2:]
@@ -649,7 +659,7 @@ def _overlap_side(shape, to_other, other_shape) -> float:
 def _inside(xy, to_other, other_shape, margin: float = 0.0) -> np.ndarray:
     """(n,) bool: points (n, 2) that ``to_other`` maps inside the other image,
     at least ``margin`` of its pixels from its edges."""
-    mapped = np.column_stack([xy, np.ones(len(xy))]) @ to_other.T
+    mapped = _homogeneous(xy, to_other)
     with np.errstate(divide="ignore", invalid="ignore"):
         x, y = mapped[:, 0] / mapped[:, 2], mapped[:, 1] / mapped[:, 2]
     other_height, other_width = other_shape
@@ -671,7 +681,7 @@ def _found_again(structure, to_other, other: _Keypoints, other_shape,
     points = structure[inside]
     if not len(points) or not len(other_keypoints):
         return 0.0
-    mapped = np.column_stack([points[:, :2], np.ones(len(points))]) @ to_other.T
+    mapped = _homogeneous(points[:, :2], to_other)
     mapped = mapped[:, :2] / mapped[:, 2:]
     linear = to_other[:2, :2] / to_other[2, 2]
     scale = np.sqrt(abs(np.linalg.det(linear)))

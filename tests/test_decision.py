@@ -730,6 +730,11 @@ def test_inliers_a_transform_maps_exactly_have_no_residual():
     query, db, _ = _homography_points(40, 0)
     assert inlier_residual(query, db) == pytest.approx(0.0, abs=1e-6)
     assert np.isnan(inlier_residual(query[:3], db[:3]))  # no transform fits
+    # positions without sizes, or rows that do not pair, are not guessed at
+    for bad_query, bad_db in ((query[:6, :2], db[:6, :2]), (query, db[:-1]),
+                              (query[:, :3].ravel(), db.ravel())):
+        with pytest.raises(ValueError, match=r"\(k, 3\)"):
+            inlier_residual(bad_query, bad_db)
 
 
 def test_the_residual_is_in_units_of_the_results_keypoint_sizes():

@@ -42,7 +42,7 @@ def _models():
         agreement: float | None = Field(
             None, description="share of the two images' aligned thumbnails whose "
             "pixels agree (copy: >= 2/3, or >= 0.8 where the coverage is 0.3 to "
-            "0.5); null where not measured")
+            "0.5 or the residual over 0.1); null where not measured")
         contained: float | None = Field(
             None, description="the larger share of either image that lies inside "
             "the other under the matches' transform (copy: >= 0.5); null where not "
