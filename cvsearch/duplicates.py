@@ -10,8 +10,8 @@ blurred, noisy or warped copies' words differ from their original's), else
 with its stored words (as :meth:`cvsearch.Index.similar`). A short-list that
 is mostly the same object as the image searched (screenshots of one page
 layout, an app's frame, a shared logo) can hide the image's own copies behind
-those matches: it is searched again deeper, at most ``DEEPEST`` times (see
-``SATURATED``). An edge joins two images decided copies (or the same object)
+those matches: it is searched again, ranked by what those matches do not share
+(see ``SATURATED``). An edge joins two images decided copies (or the same object)
 from either side. Groups are formed around
 anchors: the image with most edges is an anchor, its group is itself and the
 images verified against it, and the rest goes on without them; an edge counts
@@ -50,12 +50,15 @@ LOSSLESS = (".png", ".tif", ".tiff", ".bmp", ".ppm", ".pgm")
 
 #: A search whose verified short-list is mostly (``SATURATED``) the same object
 #: as the image searched (a page layout, an app's frame or a logo that many
-#: images share) may have its copies beyond it, outranked by those: it is
-#: searched again ``DEEPER`` times deeper, up to ``DEEPEST`` times the
-#: ``rerank`` asked.
+#: images share) may have its copies beyond it, outranked by those. It is
+#: searched again, at most ``BEYOND`` times, ranked by only its keypoints that
+#: fewer than ``SHARED`` of those matches hold as inliers (verified with all of
+#: them, as any search): the layout no longer ranks, so the picture it frames
+#: and that picture's copies come first. However many images share the layout,
+#: an image costs a few searches at most.
 SATURATED = 0.75
-DEEPER = 4
-DEEPEST = 16
+SHARED = 0.5
+BEYOND = 2
 
 #: Two parts of a collection joined by each image's best copy edge are one
 #: part when at least this share of the pairs across them are copy edges (see
@@ -140,33 +143,36 @@ def edges_of(searcher, id_: int, ranking, features=None) -> list[Edge]:
     """The edges found by searching image ``id_`` with its ``features`` (see
     :func:`features_again`), or its stored words if None: every result decided
     the same object (a copy or not; :func:`group` says what each kind of edge
-    may do). A saturated short-list is searched deeper (see ``SATURATED``)."""
-    deepest = ranking.rerank * DEEPEST
-    while True:
-        if features is None:
-            _, ids, evidence = searcher.similar(id_, ranking)
-        else:
-            _, ids, evidence = searcher.search(features, ranking, exclude=id_)
+    may do). A saturated short-list is searched beyond (see ``SATURATED``)."""
+    views = (searcher.stored_views(id_, ranking) if features is None
+             else searcher.views(features, ranking))
+    edges = {}
+    for _ in range(1 + BEYOND):
+        _, ids, evidence, shared = searcher.rank_shared(views, ranking, exclude=id_,
+                                                        shared_by=SHARED)
         passed = evidence.same_object
-        if (len(ids) < ranking.rerank or passed.sum() < SATURATED * len(ids)
-                or ranking.rerank >= deepest):
+        mean = (evidence.query_coverage + evidence.coverage) / 2
+        for i in np.flatnonzero(passed):
+            other = int(ids[i])
+            scale = float(evidence.scale[i])  # the result's pixels per query pixel
+            if other > id_:  # a is the query
+                scale = 1 / scale if scale > 0 else float("nan")
+            # the same pair verified again beyond: the same views, the same evidence
+            edges.setdefault(other, Edge(
+                min(id_, other), max(id_, other), str(evidence.kind[i]),
+                float(evidence.log_nfa[i]), float(mean[i]), int(evidence.inliers[i]),
+                scale, int(id_), bool(evidence.mirrored[i]), features is not None,
+                bool(evidence.finer[i])))
+        if len(ids) < ranking.rerank or passed.sum() < SATURATED * len(ids):
             break
-        deeper = min(ranking.rerank * DEEPER, deepest)
-        ranking = ranking._replace(k=deeper, rerank=deeper)
-    mean = (evidence.query_coverage + evidence.coverage) / 2
-    edges = []
-    for i in np.flatnonzero(passed):
-        other = int(ids[i])
-        scale = float(evidence.scale[i])  # the result's pixels per query pixel
-        if other > id_:  # a is the query
-            scale = 1 / scale if scale > 0 else float("nan")
-        edges.append(Edge(min(id_, other), max(id_, other), str(evidence.kind[i]),
-                          float(evidence.log_nfa[i]), float(mean[i]),
-                          int(evidence.inliers[i]), scale, int(id_),
-                          bool(evidence.mirrored[i]), features is not None,
-                          bool(evidence.finer[i])))
-    return edges
-
+        # a view all of whose keypoints are shared ranks as it did
+        narrower = [common.any() and not common.all() for common in shared]
+        if not any(narrower):
+            break  # nothing shared to leave out, or nothing left to rank by
+        views = [view._replace(words=view.words[~common],
+                               keypoints=view.keypoints[~common]) if narrow else view
+                 for view, common, narrow in zip(views, shared, narrower)]
+    return list(edges.values())
 
 def edge_matches(index, edge: Edge):
     """``(a_xy, b_xy)``: the inlier correspondences that ``edge`` counted, each

@@ -1026,9 +1026,10 @@ class Index:
         # the version changes with what decides an edge (7: bars over a
         # picture's top or bottom; 8: chance matches counted over the images
         # verified; 9: small images searched at twice their size too; 10: loose
-        # inliers held to closely agreeing pixels), so no run mixes edges
+        # inliers held to closely agreeing pixels; 11: a saturated short-list
+        # searched beyond what it shares, not deeper), so no run mixes edges
         # decided two ways
-        header = {"cvsearch_duplicates": 10, "lineage": self.lineage, "kind": kind,
+        header = {"cvsearch_duplicates": 11, "lineage": self.lineage, "kind": kind,
                   "rerank": rerank, "mirror": ranking.mirror, "reread": reread,
                   "images": len(ids),
                   "ids": hashlib.sha256(np.asarray(ids, np.int64).tobytes()

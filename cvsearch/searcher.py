@@ -15,6 +15,7 @@ import threading
 from typing import NamedTuple
 
 import numpy as np
+from scipy.spatial import cKDTree
 
 from cvsearch import decision as _decision
 from cvsearch import rerank as _rerank
@@ -25,6 +26,11 @@ from cvsearch.parallel import ImageWords
 from cvsearch.store import Store
 from cvsearch.vocabulary import Vocabulary
 from cvsearch.weighting import average_vectors, query_tfidf
+
+#: A query's keypoints within this share of its long side of keypoints that
+#: many results hold as inliers are what those results share (see
+#: :meth:`Searcher.rank_shared`).
+SHARED_RADIUS = 0.03
 
 #: How re-ranking verifies (see Index.query).
 VERIFICATIONS = ("shapes", "ransac")
@@ -121,6 +127,13 @@ class Searcher:
         evidence : Evidence of m results (not verified outside the short-list)
             ``m = min(ranking.k, len(self))``; see :meth:`cvsearch.Index.query`.
         """
+        return self.rank(self.views(features, ranking), ranking, exclude=exclude,
+                         coverage=coverage)
+
+    def views(self, features: Features | ImageWords, ranking: Ranking) -> list:
+        """The :class:`View` s a search of ``features`` ranks and verifies: the
+        query, its features at twice its size where it is small (``finer``), and
+        the mirror image of each with ``ranking.mirror``."""
         multiple = ranking.rerank > 0 and ranking.multiple_assignment
         views = []
         # a small query's features at twice its size are one more view of it
@@ -134,7 +147,7 @@ class Searcher:
                     described):
                 views.append(self.view(mirror_features(described), multiple,
                                        mirrored=True, finer=is_finer))
-        return self.rank(views, ranking, exclude=exclude, coverage=coverage)
+        return views
 
     def similar(self, id_: int, ranking: Ranking, coverage: bool = True):
         """:meth:`search` with image ``id_``'s own words, itself left out.
@@ -143,10 +156,17 @@ class Searcher:
         those of the mirrored vocabulary (:meth:`mirrored_words`: no descriptors
         are kept to permute)."""
         id_ = self.check_id(id_, "similar")
+        return self.rank(self.stored_views(id_, ranking), ranking, exclude=id_,
+                         coverage=coverage)
+
+    def stored_views(self, id_: int, ranking: Ranking) -> list:
+        """The :class:`View` s of :meth:`similar`: image ``id_``'s stored words,
+        and its mirror image's with ``ranking.mirror``."""
+        id_ = self.check_id(id_, "similar")
         views = [self.stored_view(id_)]
         if ranking.mirror and self.mirror_permutation is not None:
             views.append(self.stored_view(id_, mirrored=True))
-        return self.rank(views, ranking, exclude=id_, coverage=coverage)
+        return views
 
     def stored_view(self, id_: int, mirrored: bool = False) -> View:
         """Indexed image ``id_`` as a query, from its stored words; ``mirrored``:
@@ -250,13 +270,32 @@ class Searcher:
              coverage: bool = True):
         """Score by tf-idf cosine (each view; an image keeps its best score),
         verify each view's own short-list (its ``rerank`` best), expand if asked;
-        measure the coverage of the results returned if ``coverage``."""
+        measure the coverage of the results returned if ``coverage``.
+
+        Returns ``(scores, ids, evidence)`` as :meth:`search`."""
+        return self.rank_shared(views, ranking, exclude, coverage)[:3]
+
+    def rank_shared(self, views: list, ranking: Ranking, exclude: int | None = None,
+                    coverage: bool = True, shared_by: float = 0.5):
+        """:meth:`rank`, and what the results decided the same object share of
+        the query: the keypoints that are inliers of at least ``shared_by`` of
+        them (a page layout that many images repeat, where each shows its own
+        picture).
+
+        Returns
+        -------
+        scores, ids, evidence
+            As :meth:`rank`'s.
+        shared : list of ndarray of shape (len(view.keypoints),), bool
+            For each view, in the order given (all False without ``rerank``).
+        """
         k, rerank, min_inliers, verification, _, expand, _ = ranking
         m = max(k, rerank)
         vectors = [self.query_vector(view) for view in views]
         lists = [self.store.best(*vector, m, exclude) for vector in vectors]
         top_scores, ids = lists[0] if len(views) == 1 else _best_of(lists, len(views) * m)
         evidence = Evidence.unverified(len(ids))
+        shared = [np.zeros(len(view.keypoints), bool) for view in views]
         if rerank:
             # each view verifies its own short-list: in one shared list, a
             # mirrored copy near the top of the mirror view's ranking is crowded
@@ -296,6 +335,12 @@ class Searcher:
             # each view is one more chance of a chance match
             found = found._replace(log_nfa=found.log_nfa + np.log10(len(views)))
             order = _rerank.reorder(found.inliers, min_inliers, found.same_object)
+            same = found.same_object
+            for number, where in enumerate(positions):
+                matched = [verified[number].matched[local][0]
+                           for local, row in enumerate(where) if same[row]]
+                shared[number] = _shared_keypoints(views[number], matched,
+                                                   shared_by * same.sum())
             # coverage of the results shown, from the view each matched best
             for number in range(len(views) if coverage else 0):
                 rows = order[:k][chosen[order[:k]] == number]
@@ -311,7 +356,7 @@ class Searcher:
                 top_scores, ids, evidence = self.expand(
                     vectors[0], top_scores, ids, evidence, ranking, exclude)
         m = min(k, len(ids))
-        return top_scores[:m], ids[:m], evidence.take(slice(0, m))
+        return top_scores[:m], ids[:m], evidence.take(slice(0, m)), shared
 
     def expand(self, query_vector, scores, ids, evidence: Evidence, ranking: Ranking,
                exclude: int | None):
@@ -382,6 +427,25 @@ class Searcher:
             raise ValueError(f"id {id_} is out of range: no image of the index (of "
                              f"{len(self.store)}) has it") from None
         return int(id_)
+
+
+def _shared_keypoints(view: View, matched: list, at_least: float) -> np.ndarray:
+    """Which of ``view.keypoints`` lie within ``SHARED_RADIUS`` of an inlier of
+    ``at_least`` results (and of one at least): (len(view.keypoints),) bool.
+    ``matched``: each result's inlier indices into ``view.verify_keypoints``.
+    Near, not only the inliers: a layout's keypoints whose words are frequent
+    (its text) or fell apart never verify, yet rank it."""
+    counts = np.zeros(len(view.verify_keypoints), np.int64)
+    for rows in matched:
+        counts[np.unique(rows)] += 1
+    common = np.asarray(view.verify_keypoints, np.float32).reshape(-1, 4)[
+        counts >= max(at_least, 1), :2]
+    keypoints = np.asarray(view.keypoints, np.float32).reshape(-1, 4)
+    if not len(common) or not len(keypoints):
+        return np.zeros(len(keypoints), bool)
+    distance, _ = cKDTree(common).query(
+        keypoints[:, :2], k=1, distance_upper_bound=SHARED_RADIUS * max(view.image_shape))
+    return np.isfinite(distance)
 
 
 def _best_of(lists, m: int):

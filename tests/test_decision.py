@@ -838,12 +838,12 @@ def test_duplicates_resumes_from_its_checkpoint(planted, tmp_path):
         len(index) + 1
     with pytest.raises(ValueError, match="another index state or other settings"):
         index.duplicates(rerank=5, checkpoint=path)
-    # edges decided before loose inliers needed closely agreeing pixels
-    # (checkpoint version 9) are not mixed with today's
+    # edges found by searching a saturated short-list deeper (checkpoint
+    # version 10) are not mixed with today's
     header, rest = path.read_bytes().split(b"\n", 1)
     older = json.loads(header)
-    assert older["cvsearch_duplicates"] > 9
-    path.write_bytes(json.dumps({**older, "cvsearch_duplicates": 9}).encode()
+    assert older["cvsearch_duplicates"] > 10
+    path.write_bytes(json.dumps({**older, "cvsearch_duplicates": 10}).encode()
                      + b"\n" + rest)
     with pytest.raises(ValueError, match="another index state or other settings"):
         index.duplicates(rerank=10, checkpoint=path)
@@ -1201,45 +1201,120 @@ def test_the_copy_kept_agrees_most_widely_with_the_rest_of_its_group(tmp_path):
                              / np.prod(shapes[i])) != 0
 
 
-class ShortListed:
-    """A searcher stub whose short-list of ``rerank`` results is the first of
-    ``same`` (whether each result is the same object), in that order."""
+@pytest.fixture(scope="module")
+def pages(tmp_path_factory):
+    """Twelve pages of one layout (a textured page, each with its own picture
+    pasted in its middle), the first page's picture itself, and four other
+    images: a short-list of four holds only pages."""
+    folder = tmp_path_factory.mktemp("pages")
+    layout = textured_image(100, 640)
+    images = []
+    for i in range(12):
+        page = layout.copy()
+        page[220:420, 220:420] = cv2.resize(textured_image(200 + i), (200, 200),
+                                            interpolation=cv2.INTER_AREA)
+        images.append(page)
+    images += [textured_image(200)] + [textured_image(300 + i) for i in range(4)]
+    paths = []
+    for i, image in enumerate(images):
+        paths.append(str(folder / f"{i}.png"))
+        cv2.imwrite(paths[-1], image)
+    return Index.build(paths, FeatureExtractor("sift"), 300, random_state=0)
 
-    def __init__(self, same):
-        self.same = np.asarray(same, bool)
-        self.depths = []
 
-    def similar(self, id_, ranking):
-        self.depths.append(ranking.rerank)
-        n = min(ranking.rerank, len(self.same))
-        same = self.same[:n]
-        evidence = Evidence.unverified(n)._replace(
-            inliers=np.where(same, 40, 3).astype(np.int32),
-            pairs=np.full(n, 200, np.int32), exact=np.ones(n, bool),
-            log_nfa=np.where(same, -50.0, 5.0), scale=np.ones(n, np.float32))
-        return np.zeros(n, np.float32), np.arange(1, n + 1), evidence
+class CountingSearcher:
+    """A searcher that counts its rankings."""
+
+    def __init__(self, searcher):
+        self.searcher, self.rankings = searcher, 0
+
+    def __getattr__(self, name):
+        return getattr(self.searcher, name)
+
+    def rank_shared(self, *args, **kwargs):
+        self.rankings += 1
+        return self.searcher.rank_shared(*args, **kwargs)
 
 
-def test_a_saturated_short_list_is_searched_deeper():
-    """Eight pages of one layout outrank the picture's original (the ninth): a
-    short-list of four holds only pages, so it is searched four times deeper,
-    and there the original is found and the list no longer saturated."""
-    from cvsearch.duplicates import DEEPEST, edges_of
+def test_the_layout_a_short_list_shares_is_left_out_to_search_beyond_it(pages,
+                                                                       monkeypatch):
+    """The first page's short-list of four holds only pages, all of one layout:
+    searched again by what they do not share (its picture), the picture's
+    original (id 12) comes first and is decided its copy. Without the search
+    beyond, it is not found."""
+    from cvsearch import duplicates
     from cvsearch.searcher import Ranking
 
-    ranking = Ranking(4, 4, 10, "shapes", False, 0, True)
-    pages = ShortListed([True] * 9 + [False] * 40)
-    assert 9 in {edge.b for edge in edges_of(pages, 0, ranking)}
-    assert pages.depths == [4, 16]
-    # a short-list that is not mostly matches is searched once
-    plain = ShortListed([True, False, False, False, True] + [False] * 40)
-    assert {edge.b for edge in edges_of(plain, 0, ranking)} == {1}
-    assert plain.depths == [4]
-    # and a layout shared by the whole collection no deeper than DEEPEST times
-    everywhere = ShortListed([True] * 500)
-    assert len(edges_of(everywhere, 0, ranking)) == 4 * DEEPEST
-    assert everywhere.depths == [4, 16, 64]
-    # nor when the collection holds no more than the short-list
-    few = ShortListed([True] * 3)
+    ranking = Ranking(4, 4, 10, "shapes", True, 0, True)
+    searcher = CountingSearcher(pages.searcher())
+    found = {edge.b: edge for edge in duplicates.edges_of(searcher, 0, ranking)}
+    assert found[12].kind == "copy" and searcher.rankings == 2
+    assert {b for b in found if b != 12} <= set(range(1, 12))
+    monkeypatch.setattr(duplicates, "BEYOND", 0)
+    assert 12 not in {edge.b for edge in duplicates.edges_of(searcher, 0, ranking)}
+
+
+def test_what_many_results_share_is_the_layout_around_the_picture(pages):
+    """The keypoints that the page's results share lie in the layout, not in
+    its picture (200 x 200 pixels at 220 to 420)."""
+    from cvsearch.searcher import Ranking
+
+    ranking = Ranking(4, 4, 10, "shapes", True, 0, False)
+    searcher = pages.searcher()
+    views = searcher.stored_views(0, ranking)
+    _, ids, evidence, (shared,) = searcher.rank_shared(views, ranking, exclude=0)
+    assert set(ids.tolist()) <= set(range(1, 12)) and evidence.same_object.all()
+    xy = views[0].keypoints[:, :2]
+    picture = ((xy > 220) & (xy < 420)).all(axis=1)
+    assert shared[picture].mean() < 0.05 and shared[~picture].mean() > 0.5
+    # what no result holds as an inlier is shared by none
+    _, _, _, (alone,) = searcher.rank_shared(searcher.stored_views(13, ranking),
+                                             ranking, exclude=13)
+    assert not alone.any()
+
+
+class Saturated:
+    """A searcher stub whose every short-list of ``rerank`` results is the same
+    object as the query (``n`` images in all), sharing ``shared`` of its ten
+    keypoints (a function of the keypoints left)."""
+
+    def __init__(self, n, shared):
+        self.n, self.shared, self.left = n, shared, []
+
+    def stored_views(self, id_, ranking):
+        from cvsearch.searcher import View
+
+        keypoints = np.zeros((10, 4), np.float32)
+        keypoints[:, 0] = np.arange(10)
+        return [View(np.arange(10), keypoints, (10, 10), np.arange(10), keypoints)]
+
+    def rank_shared(self, views, ranking, exclude=None, shared_by=0.5):
+        self.left.append(len(views[0].keypoints))
+        m = min(ranking.rerank, self.n - 1)
+        evidence = Evidence.unverified(m)._replace(
+            inliers=np.full(m, 40, np.int32), exact=np.ones(m, bool),
+            log_nfa=np.full(m, -50.0), scale=np.ones(m, np.float32))
+        ids = np.arange(1, m + 1) + 10 * len(self.left)  # new results each time
+        return np.zeros(m), ids, evidence, [self.shared(views[0].keypoints)]
+
+
+def test_a_layout_shared_by_the_whole_collection_is_searched_a_few_times():
+    """However many images share the layout, the search goes beyond it at most
+    ``BEYOND`` times, each time without what was shared; not at all where
+    nothing is shared, nothing would be left, or the collection holds no more
+    than the short-list."""
+    from cvsearch.duplicates import BEYOND, edges_of
+    from cvsearch.searcher import Ranking
+
+    ranking = Ranking(4, 4, 10, "shapes", False, 0, False)
+    first = Saturated(1000, lambda keypoints: np.arange(len(keypoints)) == 0)
+    assert len(edges_of(first, 0, ranking)) == 4 * (1 + BEYOND)
+    assert first.left == [10 - i for i in range(1 + BEYOND)]
+    for shared in (lambda keypoints: np.zeros(len(keypoints), bool),
+                   lambda keypoints: np.ones(len(keypoints), bool)):
+        searcher = Saturated(1000, shared)
+        edges_of(searcher, 0, ranking)
+        assert searcher.left == [10]
+    few = Saturated(4, lambda keypoints: np.arange(len(keypoints)) == 0)
     edges_of(few, 0, ranking)
-    assert few.depths == [4]
+    assert few.left == [10]
