@@ -51,11 +51,11 @@ LOSSLESS = (".png", ".tif", ".tiff", ".bmp", ".ppm", ".pgm")
 #: A search whose verified short-list is mostly (``SATURATED``) the same object
 #: as the image searched (a page layout, an app's frame or a logo that many
 #: images share) may have its copies beyond it, outranked by those. It is
-#: searched again, at most ``BEYOND`` times, ranked by only its keypoints that
-#: fewer than ``SHARED`` of those matches hold as inliers (verified with all of
-#: them, as any search): the layout no longer ranks, so the picture it frames
-#: and that picture's copies come first. However many images share the layout,
-#: an image costs a few searches at most.
+#: searched again, at most ``BEYOND`` times, ranked by only its keypoints whose
+#: words fewer than ``SHARED`` of those matches hold (verified with all of them,
+#: as any search): the layout no longer ranks, so the picture it frames and that
+#: picture's copies come first. However many images share the layout, an image
+#: costs a few searches at most.
 SATURATED = 0.75
 SHARED = 0.5
 BEYOND = 2

@@ -15,7 +15,6 @@ import threading
 from typing import NamedTuple
 
 import numpy as np
-from scipy.spatial import cKDTree
 
 from cvsearch import decision as _decision
 from cvsearch import rerank as _rerank
@@ -26,11 +25,6 @@ from cvsearch.parallel import ImageWords
 from cvsearch.store import Store
 from cvsearch.vocabulary import Vocabulary
 from cvsearch.weighting import average_vectors, query_tfidf
-
-#: A query's keypoints within this share of its long side of keypoints that
-#: many results hold as inliers are what those results share (see
-#: :meth:`Searcher.rank_shared`).
-SHARED_RADIUS = 0.03
 
 #: How re-ranking verifies (see Index.query).
 VERIFICATIONS = ("shapes", "ransac")
@@ -276,18 +270,19 @@ class Searcher:
         return self.rank_shared(views, ranking, exclude, coverage)[:3]
 
     def rank_shared(self, views: list, ranking: Ranking, exclude: int | None = None,
-                    coverage: bool = True, shared_by: float = 0.5):
+                    coverage: bool = True, shared_by: float | None = None):
         """:meth:`rank`, and what the results decided the same object share of
-        the query: the keypoints that are inliers of at least ``shared_by`` of
-        them (a page layout that many images repeat, where each shows its own
-        picture).
+        the query: its keypoints whose words at least ``shared_by`` of them hold
+        (a page layout that many images repeat, each with its own picture); None
+        (as :meth:`rank`): not looked for.
 
         Returns
         -------
         scores, ids, evidence
             As :meth:`rank`'s.
         shared : list of ndarray of shape (len(view.keypoints),), bool
-            For each view, in the order given (all False without ``rerank``).
+            For each view, in the order given, over the results in its own
+            short-list (all False without ``rerank`` or ``shared_by``).
         """
         k, rerank, min_inliers, verification, _, expand, _ = ranking
         m = max(k, rerank)
@@ -336,11 +331,10 @@ class Searcher:
             found = found._replace(log_nfa=found.log_nfa + np.log10(len(views)))
             order = _rerank.reorder(found.inliers, min_inliers, found.same_object)
             same = found.same_object
-            for number, where in enumerate(positions):
-                matched = [verified[number].matched[local][0]
-                           for local, row in enumerate(where) if same[row]]
-                shared[number] = _shared_keypoints(views[number], matched,
-                                                   shared_by * same.sum())
+            for number, where in enumerate(positions if shared_by is not None else ()):
+                held = [candidates[j][0] for j in where if same[j]]
+                shared[number] = _shared_words(views[number].words, held,
+                                               shared_by * len(held))
             # coverage of the results shown, from the view each matched best
             for number in range(len(views) if coverage else 0):
                 rows = order[:k][chosen[order[:k]] == number]
@@ -429,23 +423,15 @@ class Searcher:
         return int(id_)
 
 
-def _shared_keypoints(view: View, matched: list, at_least: float) -> np.ndarray:
-    """Which of ``view.keypoints`` lie within ``SHARED_RADIUS`` of an inlier of
-    ``at_least`` results (and of one at least): (len(view.keypoints),) bool.
-    ``matched``: each result's inlier indices into ``view.verify_keypoints``.
-    Near, not only the inliers: a layout's keypoints whose words are frequent
-    (its text) or fell apart never verify, yet rank it."""
-    counts = np.zeros(len(view.verify_keypoints), np.int64)
-    for rows in matched:
-        counts[np.unique(rows)] += 1
-    common = np.asarray(view.verify_keypoints, np.float32).reshape(-1, 4)[
-        counts >= max(at_least, 1), :2]
-    keypoints = np.asarray(view.keypoints, np.float32).reshape(-1, 4)
-    if not len(common) or not len(keypoints):
-        return np.zeros(len(keypoints), bool)
-    distance, _ = cKDTree(common).query(
-        keypoints[:, :2], k=1, distance_upper_bound=SHARED_RADIUS * max(view.image_shape))
-    return np.isfinite(distance)
+def _shared_words(words: np.ndarray, held: list, at_least: float) -> np.ndarray:
+    """Which of the query's ``words`` (n,) are among the words of ``at_least``
+    of the images ``held`` (each image's word ids), and of one at least:
+    (n,) bool. Wherever a layout puts them (text reflows around each page's
+    picture), its words are in every page; a picture's are only in its copies."""
+    counts = np.zeros(len(words), np.int64)
+    for other in held:
+        counts += np.isin(words, other)
+    return counts >= max(at_least, 1)
 
 
 def _best_of(lists, m: int):
