@@ -8,7 +8,9 @@ image, every result decided), one at a time in one thread
 (``cvsearch.thread_budget(1)``), each image at every size in turn, and splits
 each search's time into the bag-of-words search (extraction, assignment and
 scoring: ``rerank=0``) and the rest (verification and the decisions). It counts
-the results verified as the same object: each one costs a coverage and a pixel
+the word correspondences verified over the short-list (a larger collection's
+short-list holds images more like the query, with more of them), and the
+results verified as the same object: each one costs a coverage and a pixel
 check, and ``duplicates()`` searches a short-list mostly of them again, beyond
 what they share (this script does not: it times one search per image).
 
@@ -31,7 +33,8 @@ RESULTS = Path(__file__).parent / "results"
 
 def cost(index: Index, path: str, rerank: int) -> dict:
     """One image searched as ``duplicates()`` does, and as a bag-of-words
-    search alone (milliseconds, and the results decided the same object)."""
+    search alone (milliseconds, the results decided the same object, and the
+    word correspondences its verification tried over the short-list)."""
     start = time.perf_counter()
     index.query(path, k=rerank, mirror=True)
     bag_ms = (time.perf_counter() - start) * 1e3
@@ -40,7 +43,8 @@ def cost(index: Index, path: str, rerank: int) -> dict:
                                  return_evidence=True)
     total_ms = (time.perf_counter() - start) * 1e3
     return {"total_ms": total_ms, "bag_ms": bag_ms,
-            "same_object": int(evidence.same_object.sum())}
+            "same_object": int(evidence.same_object.sum()),
+            "pairs": int(evidence.pairs.sum())}
 
 
 def main(argv=None):
@@ -75,13 +79,14 @@ def main(argv=None):
         for name in chosen:
             for measured, index in zip(by_size, indexes):
                 measured.append(cost(index, name, args.rerank))
-    rows, rest_ms, same_objects = [], [], []
+    rows, rest_ms, same_objects, pairs = [], [], [], []
     for index, measured in zip(indexes, by_size):
         total = np.array([m["total_ms"] for m in measured])
         bag = np.array([m["bag_ms"] for m in measured])
         same = np.array([m["same_object"] for m in measured])
         rest_ms.append(total - bag)
         same_objects.append(same)
+        pairs.append(np.array([m["pairs"] for m in measured], float))
         row = {"images": len(index), "searched": len(chosen),
                "screenshots": int(screenshot.sum())}
         for label, where in (("all", np.ones(len(chosen), bool)),
@@ -93,7 +98,8 @@ def main(argv=None):
                           "median_ms": round(float(np.median(total[where])), 1),
                           "bag_of_words_mean_ms": round(float(bag[where].mean()), 1),
                           "rest_mean_ms": round(float((total - bag)[where].mean()), 1),
-                          "same_object_mean": round(float(same[where].mean()), 2)}
+                          "same_object_mean": round(float(same[where].mean()), 2),
+                          "pairs_mean": round(float(pairs[-1][where].mean()))}
         rows.append(row)
         print(row, flush=True)
     # the rest's cost per result verified the same object, one line through all
@@ -102,9 +108,21 @@ def main(argv=None):
     for row, rest, same in zip(rows, rest_ms, same_objects):
         row["rest_without_same_object_mean_ms"] = round(float((rest - slope * same).mean()),
                                                         1)
+    # and with the correspondences verified too: a larger collection's
+    # short-list holds images more like the query, each with more of them
+    work = np.column_stack([np.concatenate(same_objects), np.concatenate(pairs) / 1e3,
+                            np.ones(sum(len(p) for p in pairs))])
+    per_same, per_thousand, base = np.linalg.lstsq(work, np.concatenate(rest_ms),
+                                                   rcond=None)[0]
+    for row, rest, same, tried in zip(rows, rest_ms, same_objects, pairs):
+        row["rest_without_work_mean_ms"] = round(
+            float((rest - per_same * same - per_thousand * tried / 1e3).mean()), 1)
     results = {**meta, "rerank": args.rerank, "rows": rows,
                "rest_ms_per_same_object": round(float(slope), 2),
-               "rest_ms_intercept": round(float(intercept), 1)}
+               "rest_ms_intercept": round(float(intercept), 1),
+               "fit_with_pairs": {"ms_per_same_object": round(float(per_same), 2),
+                                  "ms_per_thousand_pairs": round(float(per_thousand), 2),
+                                  "ms_at_none": round(float(base), 1)}}
     lines = [
         "# Duplicates: where the cost per image goes",
         "",
@@ -122,8 +140,8 @@ def main(argv=None):
         "beyond what they share, which this script does not.",
         "",
         "| images | searched | mean ms | median ms | bag of words, mean ms | the rest, "
-        "mean ms | same object per search |",
-        "|---|---|---|---|---|---|---|",
+        "mean ms | same object per search | correspondences verified per search |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for row in rows:
         for label in ("all", "not screenshots", "screenshots"):
@@ -131,13 +149,21 @@ def main(argv=None):
                 r = row[label]
                 lines.append(f"| {row['images']:,} | {label} | {r['mean_ms']} | "
                              f"{r['median_ms']} | {r['bag_of_words_mean_ms']} | "
-                             f"{r['rest_mean_ms']} | {r['same_object_mean']} |")
+                             f"{r['rest_mean_ms']} | {r['same_object_mean']} | "
+                             f"{r['pairs_mean']:,} |")
     lines += [
         "",
         f"The rest costs {slope:.1f} ms more per result verified the same object (a "
         f"least-squares line through all sizes' searches, {intercept:.1f} ms at none). "
         "With that taken out, the rest's mean per search is: "
         + ", ".join(f"{row['rest_without_same_object_mean_ms']} ms at {row['images']:,}"
+                    for row in rows) + " images.",
+        "",
+        f"A plane through the same searches, by the results verified the same object "
+        f"and the word correspondences verified: {per_same:.1f} ms per result, "
+        f"{per_thousand:.2f} ms per thousand correspondences, {base:.1f} ms at none. "
+        "With both taken out, the rest's mean per search is: "
+        + ", ".join(f"{row['rest_without_work_mean_ms']} ms at {row['images']:,}"
                     for row in rows) + " images.",
     ]
     write_results(RESULTS, "duplicates_cost", results, "\n".join(lines) + "\n")
