@@ -157,7 +157,7 @@ def edges_of(searcher, id_: int, ranking, features=None) -> list[Edge]:
             scale = float(evidence.scale[i])  # the result's pixels per query pixel
             if other > id_:  # a is the query
                 scale = 1 / scale if scale > 0 else float("nan")
-            # the same pair verified again beyond: the same views, the same evidence
+            # a pair found again beyond keeps the evidence it was first found with
             edges.setdefault(other, Edge(
                 min(id_, other), max(id_, other), str(evidence.kind[i]),
                 float(evidence.log_nfa[i]), float(mean[i]), int(evidence.inliers[i]),
@@ -173,6 +173,7 @@ def edges_of(searcher, id_: int, ranking, features=None) -> list[Edge]:
                                keypoints=view.keypoints[~common]) if narrow else view
                  for view, common, narrow in zip(views, shared, narrower)]
     return list(edges.values())
+
 
 def edge_matches(index, edge: Edge):
     """``(a_xy, b_xy)``: the inlier correspondences that ``edge`` counted, each

@@ -156,7 +156,7 @@ class Searcher:
     def stored_views(self, id_: int, ranking: Ranking) -> list:
         """The :class:`View` s of :meth:`similar`: image ``id_``'s stored words,
         and its mirror image's with ``ranking.mirror``."""
-        id_ = self.check_id(id_, "similar")
+        id_ = self.check_id(id_, "stored_views")
         views = [self.stored_view(id_)]
         if ranking.mirror and self.mirror_permutation is not None:
             views.append(self.stored_view(id_, mirrored=True))
