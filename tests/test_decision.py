@@ -1275,6 +1275,23 @@ def test_what_many_results_share_is_the_layout_around_the_picture(pages):
     assert not alone.any() and not unasked.any()
 
 
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.integers(0, 30), max_size=40),
+       st.lists(st.lists(st.integers(0, 30), max_size=20), max_size=8),
+       st.floats(0.0, 1.0))
+def test_shared_words_are_those_at_least_that_share_of_the_images_hold(words, held,
+                                                                        share):
+    """Against a brute-force count: a word is shared where at least ``share``
+    of the images (and one at least) hold it, however often either holds it."""
+    from cvsearch.searcher import _shared_words
+
+    found = _shared_words(np.array(words, np.int32),
+                          [np.array(other, np.int32) for other in held],
+                          share * len(held))
+    holders = [sum(word in other for other in held) for word in words]
+    assert found.tolist() == [n >= max(share * len(held), 1) for n in holders]
+
+
 class Saturated:
     """A searcher stub whose every short-list of ``rerank`` results is the same
     object as the query (``n`` images in all), sharing ``shared`` of its ten
