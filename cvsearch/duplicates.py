@@ -147,9 +147,10 @@ def edges_of(searcher, id_: int, ranking, features=None) -> list[Edge]:
     views = (searcher.stored_views(id_, ranking) if features is None
              else searcher.views(features, ranking))
     edges = {}
-    for _ in range(1 + BEYOND):
-        _, ids, evidence, shared = searcher.rank_shared(views, ranking, exclude=id_,
-                                                        shared_by=SHARED)
+    for search in range(1 + BEYOND):
+        # the last search goes no further: what it shares is not looked for
+        _, ids, evidence, shared = searcher.rank_shared(
+            views, ranking, exclude=id_, shared_by=SHARED if search < BEYOND else None)
         passed = evidence.same_object
         mean = (evidence.query_coverage + evidence.coverage) / 2
         for i in np.flatnonzero(passed):
