@@ -175,6 +175,33 @@ def test_keypoints_without_shapes_keep_none_and_read_as_unknown():
     assert np.array_equal(merged.kp_shape[n_first:], shaped.kp_shape)
 
 
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_the_images_of_many_ids_are_each_ids_image_to_the_bit(seed):
+    """What verification reads for a short-list, decoded at once, is what each
+    image decodes to alone: in any order, repeated, across segments with and
+    without shapes, images of other sizes and images without keypoints."""
+    rng = np.random.default_rng(seed)
+    images = [(n, w, k, (int(rng.integers(50, 900)), int(rng.integers(50, 900))))
+              for n, w, k, _ in random_images(30, seed=seed)]
+    for i in (5, 14):  # no keypoints
+        images[i] = (images[i][0], images[i][1][:0], images[i][2][:0], images[i][3])
+    shapeless = [(n, w, k[:, :2], s) for n, w, k, s in images[10:18]]
+    store = store_of([images[:10], shapeless, images[18:]]).remove([3, 12, 25])
+    live = store.ids()
+    ids = rng.choice(live, 40)  # repeats, in no order
+    many = store.images(ids)
+    assert len(many) == len(ids)
+    for id_, (words, keypoints, shape) in zip(ids.tolist(), many):
+        alone = store.image(id_)
+        assert words.dtype == alone[0].dtype and np.array_equal(words, alone[0])
+        assert keypoints.dtype == alone[1].dtype and keypoints.shape == alone[1].shape
+        assert keypoints.tobytes() == alone[1].tobytes()
+        assert shape == alone[2] and all(type(v) is int for v in shape)
+    assert store.images([]) == []
+    with pytest.raises(KeyError):
+        store.images([int(live[0]), 12])  # removed
+
+
 @pytest.mark.parametrize("power", [1.0, 0.5])
 def test_compiled_and_numpy_scoring_agree_exactly(monkeypatch, power):
     """With numba (the 'fast' extra) or without it, the same norms and scores to
