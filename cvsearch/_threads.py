@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import sys
 import threading
 
 #: Threads of the pool.
@@ -52,12 +53,27 @@ _ACTIVE: list[int] = []  # the cores of every budget open now, in any thread
 _SAVED: dict = {}  # what the first open budget found, restored by the last
 
 
+_CONTROLLER: list = []  # [modules loaded when it was made, threadpoolctl's controller]
+
+
+def _controller():
+    """threadpoolctl's controller of the BLAS and OpenMP pools this process has
+    loaded. Finding them reads every loaded library, which costs more than a
+    one-image add spends above its features (about 1.7 ms), so they are found
+    once, and again only when modules were imported since (an import is what
+    loads another pool). Call with ``_BUDGET_LOCK`` held."""
+    from threadpoolctl import ThreadpoolController
+
+    if not _CONTROLLER or _CONTROLLER[0] != len(sys.modules):
+        _CONTROLLER[:] = [len(sys.modules), ThreadpoolController()]
+    return _CONTROLLER[1]
+
+
 def _apply(cores: int) -> None:
     import cv2
-    from threadpoolctl import threadpool_limits
 
     global THREADS
-    threadpool_limits(limits=cores)
+    _controller().limit(limits=cores)
     cv2.setNumThreads(cores)
     THREADS = min(_SAVED["threads"], cores)  # the pool of map_in_pool too
 
@@ -82,14 +98,13 @@ def budget(n_jobs: int):
     build several times slower, and inside worker processes they multiply.
     """
     import cv2
-    from threadpoolctl import threadpool_limits
 
     global THREADS
     cores = cores_of(n_jobs)
     with _BUDGET_LOCK:
         if not _ACTIVE:
             _SAVED.update(cv2=cv2.getNumThreads(), threads=THREADS,
-                          limiter=threadpool_limits(limits=None))
+                          limiter=_controller().limit(limits=None))
         _ACTIVE.append(cores)
         _apply(min(_ACTIVE))
     try:

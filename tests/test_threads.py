@@ -92,3 +92,25 @@ def test_budgets_open_in_several_threads_restore_the_pools_whatever_the_order():
         t.join(20)
     assert seen == {"both": 1, "after_first": 1}
     assert pool_sizes() == before and _threads.THREADS == pool
+
+
+def test_the_pools_are_found_once_and_again_after_an_import(monkeypatch):
+    # finding the pools reads every loaded library (more than a one-image add
+    # costs above its features): budgets reuse what was found, until a module
+    # is imported (which may load another pool)
+    import sys
+    import types
+
+    monkeypatch.setattr(_threads, "_CONTROLLER", [])
+    before, found = pool_sizes(), []
+    for _ in range(3):
+        with _threads.budget(1):
+            assert max(pool_sizes()) == 1
+            found.append(_threads._CONTROLLER[1])
+    assert found[0] is found[1] is found[2] and pool_sizes() == before
+    monkeypatch.setitem(sys.modules, "cvsearch_test_new_module",
+                        types.ModuleType("cvsearch_test_new_module"))
+    with _threads.budget(1):
+        assert max(pool_sizes()) == 1
+        assert _threads._CONTROLLER[1] is not found[0]
+    assert pool_sizes() == before
