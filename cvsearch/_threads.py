@@ -58,10 +58,10 @@ _CONTROLLER: list = []  # [modules loaded when it was made, threadpoolctl's cont
 
 def _controller():
     """threadpoolctl's controller of the BLAS and OpenMP pools this process has
-    loaded. Finding them reads every loaded library, which costs more than a
-    one-image add spends above its features (about 1.7 ms), so they are found
-    once, and again only when modules were imported since (an import is what
-    loads another pool). Call with ``_BUDGET_LOCK`` held."""
+    loaded. Finding them reads every loaded library, a good part of what a
+    one-image add spends above its features, so they are found once, and again
+    only when modules were imported since (an import is what loads another
+    pool). Call with ``_BUDGET_LOCK`` held."""
     from threadpoolctl import ThreadpoolController
 
     if not _CONTROLLER or _CONTROLLER[0] != len(sys.modules):

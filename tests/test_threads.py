@@ -95,9 +95,9 @@ def test_budgets_open_in_several_threads_restore_the_pools_whatever_the_order():
 
 
 def test_the_pools_are_found_once_and_again_after_an_import(monkeypatch):
-    # finding the pools reads every loaded library (more than a one-image add
-    # costs above its features): budgets reuse what was found, until a module
-    # is imported (which may load another pool)
+    # finding the pools reads every loaded library (a good part of what a
+    # one-image add costs above its features): budgets reuse what was found,
+    # until a module is imported (which may load another pool)
     import sys
     import types
 
