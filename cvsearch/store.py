@@ -299,16 +299,7 @@ class Segment(NamedTuple):
     def image(self, row: int):
         """``(words int32, keypoints float32 (n, 4) with (x, y, size, angle),
         (height, width))`` of one row; size 0 where unknown."""
-        self.check_geometry()
-        # plain views of the memory maps: slicing a memmap is slower
-        lo, hi = (int(v) for v in np.asarray(self.kp_offsets)[row:row + 2])
-        height, width = (int(v) for v in np.asarray(self.shapes)[row])
-        kp_shape = (np.asarray(self.kp_shape)[lo:hi] if len(self.kp_shape) else
-                    np.full(hi - lo, SHAPE_UNKNOWN, np.uint8))
-        keypoints = _decode(np.asarray(self.kp_xy)[lo:hi],
-                            np.array([[width, height]], np.float64), kp_shape)
-        return (np.asarray(self.kp_words)[lo:hi].astype(np.int32), keypoints,
-                (height, width))
+        return self.images([row])[0]
 
     def images(self, rows) -> list:
         """:meth:`image` of several rows, decoded at once (a short-list's
@@ -323,7 +314,7 @@ class Segment(NamedTuple):
         at = np.arange(int(ends[-1]) if len(ends) else 0) + np.repeat(lo - ends + sizes,
                                                                        sizes)
         shapes = np.asarray(self.shapes)[rows].astype(np.int64)  # (height, width)
-        # np.take: indexing a memory map with an array costs ten times more
+        # np.take: indexing a memory map with an array of rows costs far more
         kp_shape = (np.take(self.kp_shape, at) if len(self.kp_shape) else
                     np.full(len(at), SHAPE_UNKNOWN, np.uint8))
         # each keypoint scaled by its own image's sides: the same float64
@@ -454,8 +445,8 @@ def _decode(kp_xy: np.ndarray, width_height: np.ndarray,
     keypoints = np.zeros((len(kp_xy), 4), np.float32)
     keypoints[:, :2] = kp_xy.reshape(-1, 2).astype(np.float64) / 65535 * width_height
     if kp_shape is not None:
-        # np.maximum of the columns: a reduction along an axis of two costs
-        # more than all the rest for a short-list's keypoints
+        # np.maximum of the two columns: numpy's reduction along an axis of
+        # two is slow over a short-list's tens of thousands of keypoints
         keypoints[:, 2], keypoints[:, 3] = decode_shape(
             kp_shape, np.maximum(width_height[:, 0], width_height[:, 1]))
     return keypoints

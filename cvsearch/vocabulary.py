@@ -699,7 +699,7 @@ def _scan_cells(data, rows_of, pair_of, bounds, cell_bounds, centres, sqnorms, b
     value read serving three or four of them, where one word at a time spent
     more on reading than on multiplying. The distances go to a buffer and each
     slot's three nearest are picked from it afterwards in a loop of their own:
-    picking them between the sums cost a third of the scan.
+    picking them between the sums cost much of the scan.
     """
     n_pairs = rows_of.shape[0]
     dim = data.shape[1]

@@ -180,6 +180,8 @@ def test_the_images_of_many_ids_are_each_ids_image_to_the_bit(seed):
     """What verification reads for a short-list, decoded at once, is what each
     image decodes to alone: in any order, repeated, across segments with and
     without shapes, images of other sizes and images without keypoints."""
+    from cvsearch.store import SHAPE_UNKNOWN, _decode
+
     rng = np.random.default_rng(seed)
     images = [(n, w, k, (int(rng.integers(50, 900)), int(rng.integers(50, 900))))
               for n, w, k, _ in random_images(30, seed=seed)]
@@ -192,7 +194,16 @@ def test_the_images_of_many_ids_are_each_ids_image_to_the_bit(seed):
     many = store.images(ids)
     assert len(many) == len(ids)
     for id_, (words, keypoints, shape) in zip(ids.tolist(), many):
-        alone = store.image(id_)
+        # the reference: the row's own slices, scaled by its own sides
+        index, row = store.locate(id_)
+        segment = store.segments[index]
+        lo, hi = (int(v) for v in segment.kp_offsets[row:row + 2])
+        height, width = (int(v) for v in segment.shapes[row])
+        alone = (segment.kp_words[lo:hi].astype(np.int32),
+                 _decode(segment.kp_xy[lo:hi], np.array([[width, height]], float),
+                         segment.kp_shape[lo:hi] if len(segment.kp_shape) else
+                         np.full(hi - lo, SHAPE_UNKNOWN, np.uint8)), (height, width))
+        assert store.image(id_)[1].tobytes() == alone[1].tobytes()
         assert words.dtype == alone[0].dtype and np.array_equal(words, alone[0])
         assert keypoints.dtype == alone[1].dtype and keypoints.shape == alone[1].shape
         assert keypoints.tobytes() == alone[1].tobytes()
