@@ -314,15 +314,16 @@ class Segment(NamedTuple):
         at = np.arange(int(ends[-1]) if len(ends) else 0) + np.repeat(lo - ends + sizes,
                                                                        sizes)
         shapes = np.asarray(self.shapes)[rows].astype(np.int64)  # (height, width)
-        # np.take: indexing a memory map with an array of rows costs far more
-        kp_shape = (np.take(self.kp_shape, at) if len(self.kp_shape) else
+        # np.take of plain views: indexing a memory map with an array of rows
+        # costs far more, and slices of a memmap-typed result add up
+        kp_shape = (np.take(np.asarray(self.kp_shape), at) if len(self.kp_shape) else
                     np.full(len(at), SHAPE_UNKNOWN, np.uint8))
         # each keypoint scaled by its own image's sides: the same float64
         # arithmetic as one image's, element by element
-        keypoints = _decode(np.take(self.kp_xy, at, axis=0),
+        keypoints = _decode(np.take(np.asarray(self.kp_xy), at, axis=0),
                             np.repeat(shapes[:, ::-1], sizes, axis=0).astype(np.float64),
                             kp_shape)
-        words = np.take(self.kp_words, at).astype(np.int32)
+        words = np.take(np.asarray(self.kp_words), at).astype(np.int32)
         starts = (ends - sizes).tolist()
         return [(words[a:b], keypoints[a:b], (height, width)) for a, b, (height, width)
                 in zip(starts, ends.tolist(), shapes.tolist())]
