@@ -896,8 +896,7 @@ class Index:
         ids = self._as_list(ids, "inliers", ids=True)
         if not all(isinstance(i, (int, np.integer)) for i in ids):
             raise TypeError("inliers takes a list of integer ids")
-        for id_ in ids:  # before anything is extracted
-            searcher.check_id(id_, "inliers")
+        searcher.check_ids(ids, "inliers")  # before anything is extracted
         check_choice(verification, "verification", VERIFICATIONS)
         multiple = check_assignment(multiple_assignment)
         return searcher.inliers(self._features_of(image, finer=False), ids,

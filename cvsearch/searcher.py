@@ -188,7 +188,7 @@ class Searcher:
     def inliers(self, features, ids, verification: str,
                 multiple_assignment: bool) -> np.ndarray:
         """Inlier counts of a query against images ``ids``: (len(ids),) int32."""
-        ids = np.asarray([self.check_id(i, "inliers") for i in ids], np.int64)
+        ids = self.check_ids(ids, "inliers")
         return self.verify(self.view(features, multiple_assignment), ids,
                            verification).inliers
 
@@ -410,17 +410,26 @@ class Searcher:
 
     def check_id(self, id_, what: str) -> int:
         """An image id of this state, as an int, or a clear error."""
-        if isinstance(id_, bool) or not isinstance(id_, (int, np.integer)):
-            raise TypeError(f"{what} takes an integer image id, got "
-                            f"{type(id_).__name__} {id_!r}")
-        try:
-            if not 0 <= int(id_) < 2**63:  # ids are int64
-                raise KeyError(id_)
-            self.store.locate(int(id_))
-        except KeyError:
+        return int(self.check_ids([id_], what)[0])
+
+    def check_ids(self, ids, what: str) -> np.ndarray:
+        """Image ids of this state, (n,) int64, checked at once; the error names
+        the first that is not one (TypeError: not an integer; ValueError: no
+        live image has it)."""
+        for id_ in ids:
+            if isinstance(id_, bool) or not isinstance(id_, (int, np.integer)):
+                raise TypeError(f"{what} takes an integer image id, got "
+                                f"{type(id_).__name__} {id_!r}")
+        ids = list(ids)
+        # ids are int64: one beyond it is no image's (and must not overflow)
+        fits = [0 <= int(i) < 2**63 for i in ids]
+        values = np.array([int(i) if ok else 0 for i, ok in zip(ids, fits)], np.int64)
+        live = self.store.live(values) & np.array(fits, bool)
+        if not live.all():
+            id_ = ids[int(np.argmin(live))]
             raise ValueError(f"id {id_} is out of range: no image of the index (of "
-                             f"{len(self.store)}) has it") from None
-        return int(id_)
+                             f"{len(self.store)}) has it")
+        return values
 
 
 def _shared_words(words: np.ndarray, held: list, at_least: float) -> np.ndarray:

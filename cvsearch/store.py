@@ -664,23 +664,40 @@ class Store:
     def __len__(self) -> int:
         return self.n_live
 
+    def _rows_of(self, ids: np.ndarray):
+        """For ``ids`` (n,) int64: each one's segment (-1: before the first), its
+        row there (where it would be), and whether it is live there; three
+        arrays of shape (n,). Vectorised per segment, as a short-list's ids
+        are checked and located together."""
+        where = np.searchsorted(self._first_ids, ids, side="right") - 1
+        rows = np.zeros(len(ids), np.int64)
+        live = np.zeros(len(ids), bool)
+        for index in np.unique(where[where >= 0]).tolist():
+            chosen = np.flatnonzero(where == index)
+            segment_ids = np.asarray(self.segments[index].ids)
+            at = np.searchsorted(segment_ids, ids[chosen])
+            found = at < len(segment_ids)
+            found[found] = segment_ids[at[found]] == ids[chosen][found]
+            mask = self.deleted[index]
+            if mask is not None:
+                found[found] = ~mask[at[found]]
+            rows[chosen], live[chosen] = at, found
+        return where, rows, live
+
+    def live(self, ids) -> np.ndarray:
+        """Which of ``ids`` are ids of live images: (n,) bool."""
+        return self._rows_of(np.asarray(ids, np.int64).ravel())[2]
+
     def _locate_many(self, ids: np.ndarray):
-        """Yield ``(segment index, rows)`` of live ids; KeyError for another."""
+        """Yield ``(segment index, rows)`` of live ids, segment by segment (in
+        each, in the order given); KeyError for the first id that is not live."""
         if not len(ids):
             return
-        where = np.searchsorted(self._first_ids, ids, side="right") - 1
-        for index in np.unique(where):
-            chosen = ids[where == index]
-            if index < 0:
-                raise KeyError(int(chosen[0]))
-            segment = self.segments[index]
-            rows = np.searchsorted(segment.ids, chosen)
-            mask = self.deleted[index]
-            for row, id_ in zip(rows, chosen):
-                if row >= len(segment) or segment.ids[row] != id_ or (
-                        mask is not None and mask[row]):
-                    raise KeyError(int(id_))
-            yield int(index), rows
+        where, rows, live = self._rows_of(ids)
+        if not live.all():
+            raise KeyError(int(ids[np.argmin(live)]))
+        for index in np.unique(where).tolist():
+            yield index, rows[where == index]
 
     def locate(self, id_: int) -> tuple[int, int]:
         """``(segment index, row)`` of a live id; KeyError if there is none."""

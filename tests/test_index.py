@@ -333,6 +333,26 @@ def test_image_ids_of_similar_and_matches_are_checked(trained_index, images):
         trained_index.matches(images[0], len(images))
 
 
+
+def test_the_ids_inliers_verifies_are_checked_at_once(trained_index, images, tmp_path):
+    # A short-list's ids are checked together, before the query is read: each
+    # id's count is the one it gets alone, whatever the order and repeats, and
+    # the first id that is not an image's is named.
+    query, _ = warped(images[3], rotation=20)
+    ids = [3, 0, 3, len(images) - 1, np.int64(1)]
+    together = trained_index.inliers(query, ids)
+    alone = [int(trained_index.inliers(query, [i])[0]) for i in ids]
+    assert together.tolist() == alone and together[0] == together.max() >= 30
+    missing = tmp_path / "not there.png"  # the ids fail first, not the file
+    for bad in ([0, len(images)], [-1], [2**70], [0, len(images) + 5, len(images)]):
+        with pytest.raises(ValueError, match=f"id {bad[-1] if len(bad) == 1 else bad[1]} "
+                                             "is out of range"):
+            trained_index.inliers(missing, bad)
+    for bad in ([0, "3"], [True], [1.0]):
+        with pytest.raises(TypeError, match="integer"):
+            trained_index.inliers(missing, bad)
+    assert trained_index.inliers(query, []).tolist() == []
+
 # ------------------------------------------- what shapes the data cannot drift
 def test_setting_power_or_pyramid_reweights_the_stored_words(trained_index, image_files,
                                                              tmp_path):

@@ -3,6 +3,8 @@ same scores, whatever the segments, adds, removes and compactions."""
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from cvsearch.scoring import cosine_scores
 from cvsearch.store import Store, decode_shape, encode_shape
@@ -307,3 +309,38 @@ def test_best_equals_top_k_over_all_scores_with_ties_and_deletions():
             got_scores, got_ids = store.best(q.indices, q.data, m, exclude)
             assert got_ids.tolist() == store.ids_at(rows[:n]).tolist()
             assert np.array_equal(got_scores, expected_scores[:n])
+
+
+@settings(max_examples=40, deadline=None)
+@given(steps=st.lists(st.tuples(st.sampled_from(["add", "remove", "merge", "compact"]),
+                                st.integers(0, 2**16)), max_size=12),
+       asked=st.lists(st.integers(-3, 60), max_size=40))
+def test_which_ids_are_live_is_what_a_set_of_ids_says(steps, asked):
+    """``Store.live`` and the rows ``locate`` finds, after any adds, removes and
+    merges, against a plain set of the ids added and not removed."""
+    store, model = Store(N_WORDS), set()
+    for action, seed in steps:
+        rng = np.random.default_rng(seed)
+        if action == "add":
+            batch = random_images(int(rng.integers(1, 6)), seed=seed)
+            store, ids = store.add(*zip(*batch))
+            model.update(ids.tolist())
+        elif action == "remove" and model:
+            gone = rng.choice(sorted(model), int(rng.integers(1, len(model) + 1)),
+                              replace=False)
+            store = store.remove(gone)
+            model.difference_update(gone.tolist())
+        elif action == "merge":
+            store = store.merge_tail(factor=2)
+        elif action == "compact":
+            store = store.compact()
+    asked = np.array(asked, np.int64)
+    assert store.live(asked).tolist() == [i in model for i in asked.tolist()]
+    for id_ in asked.tolist():
+        if id_ in model:
+            index, row = store.locate(id_)
+            assert int(store.segments[index].ids[row]) == id_
+        else:
+            with pytest.raises(KeyError):
+                store.locate(id_)
+    assert store.live(np.zeros(0, np.int64)).shape == (0,)
