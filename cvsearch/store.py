@@ -672,8 +672,15 @@ class Store:
         where = np.searchsorted(self._first_ids, ids, side="right") - 1
         rows = np.zeros(len(ids), np.int64)
         live = np.zeros(len(ids), bool)
-        for index in np.unique(where[where >= 0]).tolist():
-            chosen = np.flatnonzero(where == index)
+        if not len(ids):
+            return where, rows, live
+        # one segment (one id, or a short-list of recent images): no grouping
+        groups = ([(int(where[0]), slice(None))] if where.min() == where.max() else
+                  [(index, np.flatnonzero(where == index))
+                   for index in np.unique(where).tolist()])
+        for index, chosen in groups:
+            if index < 0:
+                continue
             segment_ids = np.asarray(self.segments[index].ids)
             at = np.searchsorted(segment_ids, ids[chosen])
             found = at < len(segment_ids)
@@ -696,13 +703,24 @@ class Store:
         where, rows, live = self._rows_of(ids)
         if not live.all():
             raise KeyError(int(ids[np.argmin(live)]))
+        if where.min() == where.max():
+            yield int(where[0]), rows
+            return
         for index in np.unique(where).tolist():
             yield index, rows[where == index]
 
     def locate(self, id_: int) -> tuple[int, int]:
-        """``(segment index, row)`` of a live id; KeyError if there is none."""
-        ((index, rows),) = list(self._locate_many(np.array([id_], np.int64)))
-        return index, int(rows[0])
+        """``(segment index, row)`` of a live id; KeyError if there is none.
+        :meth:`_rows_of` for one id, in scalars: it is called per candidate, where
+        numpy's per-call cost would be most of the time."""
+        index = int(np.searchsorted(self._first_ids, id_, side="right")) - 1
+        if index >= 0:
+            segment_ids, mask = self.segments[index].ids, self.deleted[index]
+            row = int(np.searchsorted(segment_ids, id_))
+            if row < len(segment_ids) and segment_ids[row] == id_ and (
+                    mask is None or not mask[row]):
+                return index, row
+        raise KeyError(int(id_))
 
     def position(self, id_: int) -> int:
         """The row of a live id among all rows, in segment order (as scored)."""
