@@ -643,8 +643,9 @@ class Store:
             parts = list(zip(segments[start:], deleted[start:]))
             if len(parts) < factor or _live(parts) > max_images:
                 break
-            segments[start:] = [Segment.merge(parts)]
-            deleted[start:] = [None]
+            # every image of the run removed: dropped (a segment needs an image)
+            segments[start:] = [Segment.merge(parts)] if _live(parts) else []
+            deleted[start:] = [None] if _live(parts) else []
         if len(segments) == len(self.segments):
             return self
         return self._with(segments, deleted, self.df)
