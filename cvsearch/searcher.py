@@ -416,11 +416,11 @@ class Searcher:
         """Image ids of this state, (n,) int64, checked at once; the error names
         the first that is not one (TypeError: not an integer; ValueError: no
         live image has it)."""
+        ids = list(ids)
         for id_ in ids:
             if isinstance(id_, bool) or not isinstance(id_, (int, np.integer)):
                 raise TypeError(f"{what} takes an integer image id, got "
                                 f"{type(id_).__name__} {id_!r}")
-        ids = list(ids)
         # ids are int64: one beyond it is no image's (and must not overflow)
         fits = [0 <= int(i) < 2**63 for i in ids]
         values = np.array([int(i) if ok else 0 for i, ok in zip(ids, fits)], np.int64)

@@ -641,11 +641,12 @@ class Store:
                                        factor) <= level:
                 start -= 1
             parts = list(zip(segments[start:], deleted[start:]))
-            if len(parts) < factor or _live(parts) > max_images:
+            alive = _live(parts)
+            if len(parts) < factor or alive > max_images:
                 break
             # every image of the run removed: dropped (a segment needs an image)
-            segments[start:] = [Segment.merge(parts)] if _live(parts) else []
-            deleted[start:] = [None] if _live(parts) else []
+            segments[start:] = [Segment.merge(parts)] if alive else []
+            deleted[start:] = [None] if alive else []
         if len(segments) == len(self.segments):
             return self
         return self._with(segments, deleted, self.df)
