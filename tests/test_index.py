@@ -343,6 +343,7 @@ def test_the_ids_inliers_verifies_are_checked_at_once(trained_index, images, tmp
     together = trained_index.inliers(query, ids)
     alone = [int(trained_index.inliers(query, [i])[0]) for i in ids]
     assert together.tolist() == alone and together[0] == together.max() >= 30
+    assert trained_index.inliers(query, iter(ids)).tolist() == alone  # any iterable
     missing = tmp_path / "not there.png"  # the ids fail first, not the file
     for bad in ([0, len(images)], [-1], [2**70], [0, len(images) + 5, len(images)]):
         with pytest.raises(ValueError, match=f"id {bad[-1] if len(bad) == 1 else bad[1]} "
