@@ -348,3 +348,50 @@ def test_which_ids_are_live_is_what_a_set_of_ids_says(steps, asked):
             with pytest.raises(KeyError):
                 store.locate(id_)
     assert store.live(np.zeros(0, np.int64)).shape == (0,)
+
+
+@settings(max_examples=30, deadline=None)
+@given(steps=st.lists(st.tuples(st.sampled_from(["add", "remove", "merge", "compact",
+                                                  "reweight"]),
+                                st.integers(0, 2**16)), min_size=1, max_size=10),
+       levels=st.sampled_from([0, 1]), power=st.sampled_from([1.0, 0.5]))
+def test_any_history_scores_exactly_as_its_live_images_built_at_once(steps, levels,
+                                                                     power):
+    """Adds, removes, tail merges, compactions and re-weightings in any order: the
+    scores, ids and stored words are those of one segment of the live images,
+    to the bit."""
+    store, model = Store(N_WORDS, levels, power), {}
+    for action, seed in steps:
+        rng = np.random.default_rng(seed)
+        if action == "add":
+            batch = random_images(int(rng.integers(1, 6)), seed=seed)
+            store, ids = store.add(*zip(*batch))
+            model.update(zip(ids.tolist(), batch))
+        elif action == "remove" and model:
+            gone = rng.choice(sorted(model), int(rng.integers(1, len(model) + 1)),
+                              replace=False)
+            store = store.remove(gone)
+            for id_ in gone.tolist():
+                del model[id_]
+        elif action == "merge":
+            store = store.merge_tail(factor=int(rng.integers(2, 4)))
+        elif action == "compact":
+            store = store.compact(max_segments=int(rng.integers(1, 4)))
+        elif action == "reweight":
+            levels, power = int(rng.integers(0, 2)), float(rng.choice([1.0, 0.5]))
+            store = store.reweighted(levels, power, 1.0)
+    live = sorted(model)
+    assert store.ids().tolist() == live and len(store) == len(live)
+    once = store_of([[model[i] for i in live]], levels, power) if live else None
+    for query in random_images(3, seed=21):
+        if once is None:
+            scores = store.scores(np.zeros(0, np.int64), np.zeros(0, np.float32))
+            assert (scores == -np.inf).all()  # removed rows only, if any
+            break
+        scores, ids = store_query(store, query, store.weights().idf)
+        expected, _ = store_query(once, query, once.weights().idf)
+        kept = scores > -np.inf
+        assert np.array_equal(scores[kept], expected)
+        assert ids[kept].tolist() == live
+    for id_, (words, _, shape) in zip(live, store.images(live)):
+        assert np.array_equal(words, model[id_][1]) and shape == model[id_][3]
