@@ -255,16 +255,23 @@ class Vocabulary:
             np.float32)
         self._centers_times_minus_2 = centers * np.float32(-2)
         if len(word_cells):
+            # Only the cells that hold words are probed (a coarse k-means over
+            # repeated centres, or arrays given to from_state, can leave some
+            # without): "cells" below are those, in order, numbered from 0.
+            held = np.bincount(word_cells, minlength=len(cell_centers)) > 0
+            numbers = np.cumsum(held) - 1  # a cell's number among those held
+            self._cells = np.ascontiguousarray(cell_centers[held])
             order = np.argsort(word_cells, kind="stable").astype(np.int32)
             self._cell_order = order
             self._cell_bounds = np.searchsorted(
-                word_cells[order], np.arange(len(cell_centers) + 1)).astype(np.int64)
+                numbers[word_cells[order]], np.arange(len(self._cells) + 1)
+            ).astype(np.int64)
             self._sorted_sqnorms = self._center_sqnorms[order]
-            self._cell_sqnorms = (cell_centers.astype(np.float64) ** 2).sum(1).astype(
+            self._cell_sqnorms = (self._cells.astype(np.float64) ** 2).sum(1).astype(
                 np.float32)
             self._sorted_centers_times_minus_2 = np.ascontiguousarray(
                 centers[order] * np.float32(-2))
-            self._cell_centers_times_minus_2 = cell_centers * np.float32(-2)
+            self._cell_centers_times_minus_2 = self._cells * np.float32(-2)
 
     @property
     def fingerprint(self) -> str:
@@ -493,7 +500,7 @@ class Vocabulary:
         unsure = self._ties(row_sqnorms, cell_d[rows, parts[:, n_probe - 1]],
                             cell_d[rows, parts[:, n_probe]], self._cell_sqnorms)
         probes = np.array(parts[:, :n_probe])
-        cells = self.cell_centers_.astype(np.float64)
+        cells = self._cells.astype(np.float64)
         for start in range(0, len(unsure), 64):  # bounded memory
             chosen = unsure[start:start + 64]
             d = ((data[chosen].astype(np.float64)[:, None, :] - cells[None]) ** 2
@@ -502,7 +509,7 @@ class Vocabulary:
         return probes
 
     def _predict_ivf(self, data: np.ndarray, with_second: bool):
-        n_probe = min(self.n_probe, len(self.cell_centers_))
+        n_probe = min(self.n_probe, len(self._cells))
         row_sqnorms = self._row_sqnorms(data)
         probes = self._probed_cells(data, n_probe, row_sqnorms)
         # Each (row, probe) pair keeps the probed cell's three nearest words in
@@ -513,9 +520,9 @@ class Vocabulary:
         pairs = probes.ravel()
         # numpy sorts 16-bit integers stably by radix (64-bit ones by merging):
         # the same order, for less at one image's few thousand pairs
-        order = np.argsort(pairs.astype(np.int16) if len(self.cell_centers_) < 2 ** 15
+        order = np.argsort(pairs.astype(np.int16) if len(self._cells) < 2 ** 15
                            else pairs, kind="stable")
-        bounds = np.searchsorted(pairs[order], np.arange(len(self.cell_centers_) + 1))
+        bounds = np.searchsorted(pairs[order], np.arange(len(self._cells) + 1))
         n_pairs = len(order)
         kernel = compiled(_scan_cells, fastmath={"reassoc", "contract"}) \
             if USE_COMPILED and data.dtype == np.float32 else None

@@ -375,3 +375,46 @@ def test_cells_and_blocks_of_any_size_give_the_two_nearest_words(monkeypatch, n_
     rows = np.arange(n_rows)
     np.testing.assert_allclose(best, distances[rows, nearest[:, 0]], rtol=1e-4)
     np.testing.assert_allclose(second_best, distances[rows, nearest[:, 1]], rtol=1e-4)
+
+
+@pytest.mark.parametrize("use_compiled", [True, False])
+def test_cells_without_words_are_never_probed(monkeypatch, use_compiled):
+    # A coarse k-means over centres with fewer distinct points than cells (a
+    # vocabulary of repeated descriptors), or a vocabulary loaded from arrays, can
+    # leave cells without words. Probing one found no word, and a descriptor
+    # whose probed cells were all empty got word 0, with no error: the probed
+    # cells are the nearest that hold words.
+    import warnings
+
+    import cvsearch.vocabulary as vocabulary_module
+
+    monkeypatch.setattr(vocabulary_module, "USE_COMPILED", use_compiled)
+    rng = np.random.default_rng(4)
+    centers = rng.normal(0, 10, (3000, 128)).astype(np.float32)
+    word_cells = (np.arange(3000) % 10).astype(np.int32) * 2  # odd cells empty
+    cell_centers = np.stack([centers[word_cells == c].mean(0) if c % 2 == 0
+                             else np.full(128, 40.0 + c) for c in range(20)]
+                            ).astype(np.float32)
+    state = {"centers": centers, "cell_centers": cell_centers,
+             "word_cells": word_cells, "binary": np.array(False)}
+    data = np.concatenate([np.full((3, 128), 41.0), np.full((2, 128), 45.0),
+                           centers[:5] + 0.1]).astype(np.float32)
+    for n_probe, expected in [(10, float64_reference(data, centers)),
+                              (1, None), (20, float64_reference(data, centers))]:
+        vocabulary = Vocabulary.from_state({**Vocabulary(3000).get_params(),
+                                            "n_probe": n_probe}, state)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # no inf - inf on the way
+            words, second, best, _ = vocabulary.predict_two(data)
+        if expected is None:  # one probe: the nearest cell that holds words
+            cells = cell_centers.astype(np.float64)[::2]
+            nearest = ((data[:, None].astype(np.float64) - cells[None]) ** 2
+                       ).sum(-1).argmin(1) * 2
+            members = [np.flatnonzero(word_cells == c) for c in nearest]
+            expected = [m[((centers[m].astype(np.float64) - x) ** 2).sum(1).argmin()]
+                        for m, x in zip(members, data.astype(np.float64))]
+        assert np.array_equal(words, expected)
+        assert np.array_equal(vocabulary.predict(data), expected)
+        assert np.isfinite(best).all() and (second >= 0).all()
+    # the vocabulary's own arrays are as given: saved and loaded alike
+    assert np.array_equal(vocabulary.get_state()["cell_centers"], cell_centers)
