@@ -1,5 +1,7 @@
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from sklearn.datasets import make_blobs
 from sklearn.exceptions import NotFittedError
 from sklearn.metrics import homogeneity_score
@@ -418,3 +420,48 @@ def test_cells_without_words_are_never_probed(monkeypatch, use_compiled):
         assert np.isfinite(best).all() and (second >= 0).all()
     # the vocabulary's own arrays are as given: saved and loaded alike
     assert np.array_equal(vocabulary.get_state()["cell_centers"], cell_centers)
+
+
+@settings(max_examples=60, deadline=None)
+@given(seed=st.integers(0, 2**16), n_cells=st.integers(1, 12),
+       distinct=st.integers(1, 40), scale=st.sampled_from([1.0, 100.0, 512.0]))
+def test_with_every_cell_probed_the_inverted_file_is_the_float64_nearest(
+        seed, n_cells, distinct, scale):
+    # Any vocabulary (repeated centres, cells without words, one cell) and any
+    # descriptors (centres themselves, midpoints, far points, zeros): probing
+    # every cell gives the float64 nearest word, ties to the smaller id, in the
+    # compiled scan and in numpy alike; one probe, the nearest word of the nearest
+    # cell that holds words.
+    import cvsearch.vocabulary as vocabulary_module
+
+    rng = np.random.default_rng(seed)
+    n_words = 64
+    base = rng.normal(0, 1, (distinct, 128)) * scale / 10
+    centers = np.abs(base[rng.integers(0, distinct, n_words)]).astype(np.float32)
+    held = rng.choice(n_cells, int(rng.integers(1, n_cells + 1)), replace=False)
+    word_cells = rng.choice(held, n_words).astype(np.int32)  # some cells empty
+    cell_centers = (np.abs(rng.normal(0, 1, (n_cells, 128))) * scale / 10).astype(
+        np.float32)
+    state = {"centers": centers, "cell_centers": cell_centers,
+             "word_cells": word_cells, "binary": np.array(False)}
+    pairs = rng.integers(0, n_words, (20, 2))
+    data = np.concatenate([centers[:10], (centers[pairs[:, 0]] + centers[pairs[:, 1]]) / 2,
+                           rng.random((20, 128)) * scale, np.zeros((2, 128))]
+                          ).astype(np.float32)
+    expected = float64_reference(data, centers)
+    # one probe: the float64 nearest word of the float64 nearest cell with words
+    cells = np.unique(word_cells)
+    cell = cells[float64_reference(data, cell_centers[cells])]
+    nearest_in_one_cell = [np.flatnonzero(word_cells == c)[float64_reference(
+        x[None], centers[word_cells == c])[0]] for c, x in zip(cell, data)]
+    params = Vocabulary(n_words).get_params()
+    for use in (True, False):
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(vocabulary_module, "USE_COMPILED", use)
+            everything = Vocabulary.from_state({**params, "n_probe": n_cells}, state)
+            words, second, _, _ = everything.predict_two(data)
+            assert np.array_equal(words, expected)
+            assert np.array_equal(everything.predict(data), expected)
+            assert ((second >= 0) & (second != words)).all()
+            one = Vocabulary.from_state({**params, "n_probe": 1}, state).predict(data)
+            assert np.array_equal(one, nearest_in_one_cell)
