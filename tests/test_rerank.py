@@ -2,6 +2,8 @@ import cv2
 import numpy as np
 import pytest
 from conftest import warped
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from cvsearch.rerank import (
     count_inliers,
@@ -298,3 +300,69 @@ def test_pairs_that_agree_on_no_rotation_and_scale_verify_nothing():
     verified = verify_candidates(words, query, [(words, db, (200, 200))],
                                  max_side=200, min_inliers=None)
     assert verified.inliers.tolist() == [0] and verified.exact.tolist() == [True]
+
+
+@settings(max_examples=40, deadline=None)
+@given(seed=st.integers(0, 2**16), max_per_word=st.integers(1, 4),
+       n_words=st.integers(1, 30), n_query=st.integers(0, 40))
+def test_a_short_lists_word_pairs_are_each_images_own(seed, max_per_word, n_words,
+                                                      n_query):
+    # The pairs of all candidates at once (one gather, in verify_candidates) are
+    # each image's own: a word pairs where it occurs 1..max_per_word times on
+    # each side, every query keypoint of it with every one of the image's.
+    from cvsearch.rerank import QueryWords, _pairs
+
+    rng = np.random.default_rng(seed)
+    query_words = rng.integers(0, n_words, n_query)
+    images = [rng.integers(0, n_words + 3, int(rng.integers(0, 30))) for _ in range(6)]
+    sizes = [len(w) for w in images]
+    words = np.concatenate(images).astype(np.int32)
+    labels = np.repeat(np.arange(len(images)), sizes)
+    query_idx, db_idx = _pairs(QueryWords.of(query_words), words, labels, max_per_word)
+    assert (np.diff(db_idx) >= 0).all()  # ordered by database keypoint
+    expected, first = set(), 0
+    for image in images:
+        for w in set(image.tolist()):
+            q, d = np.flatnonzero(query_words == w), np.flatnonzero(image == w)
+            if 1 <= len(q) <= max_per_word and len(d) <= max_per_word:
+                expected |= {(int(a), int(b) + first) for a in q for b in d}
+        first += len(image)
+    assert len(query_idx) == len(expected)
+    assert set(zip(query_idx.tolist(), db_idx.tolist())) == expected
+
+
+@settings(max_examples=25, deadline=None)
+@given(seed=st.integers(0, 2**16), min_inliers=st.sampled_from([None, 5, 12]),
+       odd=st.lists(st.sampled_from(["empty", "shapeless", "foreign", "tiny"]),
+                    max_size=4))
+def test_any_short_list_verified_at_once_is_each_image_alone(seed, min_inliers, odd):
+    # Short-lists of images that show the query and images that do not, with odd
+    # ones among them (no keypoint, no shapes, no shared word, two keypoints):
+    # each count, exactness and inlier pairs are what the image gets alone.
+    from cvsearch.rerank import verify_candidates
+
+    rng = np.random.default_rng(seed)
+    query_words, query, candidates = synthetic_candidates(rng, n_query=120)
+    for kind in odd:
+        words, keypoints, shape = candidates[int(rng.integers(len(candidates)))]
+        if kind == "empty":
+            words, keypoints = words[:0], keypoints[:0]
+        elif kind == "shapeless":
+            keypoints = keypoints.copy()
+            keypoints[:, 2:] = 0  # size 0: no shape, verified by RANSAC
+        elif kind == "foreign":
+            words = words + 10_000
+        else:
+            words, keypoints = words[:2], keypoints[:2]
+        candidates.insert(int(rng.integers(len(candidates) + 1)),
+                          (words, keypoints, shape))
+    together = verify_candidates(query_words, query, candidates, max_side=640,
+                                 min_inliers=min_inliers)
+    for i, candidate in enumerate(candidates):
+        alone = verify_candidates(query_words, query, [candidate], max_side=640,
+                                  min_inliers=min_inliers)
+        assert together.inliers[i] == alone.inliers[0]
+        assert together.exact[i] == alone.exact[0]
+        assert together.pairs[i] == alone.pairs[0]
+        for a, b in zip(together.matched[i], alone.matched[0]):
+            assert np.array_equal(a, b)
