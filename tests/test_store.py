@@ -6,6 +6,7 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
+from cvsearch.features import THUMBNAIL
 from cvsearch.scoring import cosine_scores
 from cvsearch.store import Store, decode_shape, encode_shape
 from cvsearch.weighting import (
@@ -358,15 +359,21 @@ def test_which_ids_are_live_is_what_a_set_of_ids_says(steps, asked):
 def test_any_history_scores_exactly_as_its_live_images_built_at_once(steps, levels,
                                                                      power):
     """Adds, removes, tail merges, compactions and re-weightings in any order: the
-    scores, ids and stored words are those of one segment of the live images,
-    to the bit."""
-    store, model = Store(N_WORDS, levels, power), {}
+    scores, ids, stored words and thumbnails are those of one segment of the live
+    images, to the bit."""
+    store, model, thumbs = Store(N_WORDS, levels, power), {}, {}
     for action, seed in steps:
         rng = np.random.default_rng(seed)
         if action == "add":
             batch = random_images(int(rng.integers(1, 6)), seed=seed)
-            store, ids = store.add(*zip(*batch))
+            # thumbnails for some batches, some images: merges mix them
+            smalls = None if rng.random() < 0.4 else [
+                None if rng.random() < 0.3 else
+                rng.integers(1, 256, (THUMBNAIL, THUMBNAIL)).astype(np.uint8)
+                for _ in batch]
+            store, ids = store.add(*zip(*batch), thumbnails=smalls)
             model.update(zip(ids.tolist(), batch))
+            thumbs.update(zip(ids.tolist(), smalls or [None] * len(batch)))
         elif action == "remove" and model:
             gone = rng.choice(sorted(model), int(rng.integers(1, len(model) + 1)),
                               replace=False)
@@ -395,3 +402,6 @@ def test_any_history_scores_exactly_as_its_live_images_built_at_once(steps, leve
         assert ids[kept].tolist() == live
     for id_, (words, _, shape) in zip(live, store.images(live)):
         assert np.array_equal(words, model[id_][1]) and shape == model[id_][3]
+        small = store.thumbnail(id_)
+        assert (small is None) if thumbs[id_] is None else np.array_equal(small,
+                                                                          thumbs[id_])
