@@ -525,6 +525,10 @@ class FeatureExtractor:
         ``max_keypoints`` if ``budget``), at lower contrast thresholds while
         fewer than ``min_keypoints`` are found (a lower threshold finds the same
         keypoints and more)."""
+        if min(gray.shape[:2]) < 2:
+            # nothing to detect on a line of pixels, and OpenCV's ORB fails on one
+            # (its pyramid shrinks a side to zero)
+            return [], None
         keypoints, descriptors = self._detector(budget).detectAndCompute(gray, None)
         # no more than the budget keeps: a budget below the minimum would else
         # detect every image three times for keypoints it then drops

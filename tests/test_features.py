@@ -1,7 +1,7 @@
 import cv2
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from cvsearch.features import FeatureExtractor, root_sift, spread_budget
@@ -299,3 +299,33 @@ def test_mirrored_features_leave_the_finer_part_out():
     small = cv2.resize(textured_image(5), (150, 120), interpolation=cv2.INTER_AREA)
     features = FeatureExtractor("sift").extract(small, finer=True)
     assert mirror_features(features).finer is None
+
+
+@settings(max_examples=30, deadline=None)
+@example(height=3, width=2000, seed=0, method="orb")  # resized to 1 x 640
+@example(height=1, width=1, seed=0, method="orb")
+@given(height=st.integers(1, 2400), width=st.integers(1, 2400),
+       seed=st.integers(0, 2**16),
+       method=st.sampled_from(["sift", "rootsift", "orb", "dense"]))
+def test_any_image_size_gives_keypoints_inside_it_in_its_own_pixels(height, width,
+                                                                    seed, method):
+    # Any size and aspect ratio (a line of pixels, a strip 2,400 long, an image
+    # resized to max_side by a factor that rounds a side to one pixel): the
+    # features are the image's, keypoints inside it, descriptors finite. OpenCV's
+    # ORB failed on a line of pixels (found by this test).
+    rng = np.random.default_rng(seed)
+    small = rng.integers(0, 256, (max(1, height // 8), max(1, width // 8)))
+    image = cv2.resize(small.astype(np.uint8), (width, height),
+                       interpolation=cv2.INTER_NEAREST)
+    extractor = (FeatureExtractor("sift", dense_step=8) if method == "dense"
+                 else FeatureExtractor(method))
+    features = extractor.extract(image)
+    assert features.image_shape == (height, width)
+    n = len(features.keypoints)
+    assert features.keypoints.shape == (n, 4) and len(features.descriptors) == n
+    assert n <= 1500 or method == "dense"  # a grid: max_keypoints does not apply
+    if n:
+        x, y = features.keypoints[:, 0], features.keypoints[:, 1]
+        assert (x >= -0.5).all() and (x <= width - 0.5).all()
+        assert (y >= -0.5).all() and (y <= height - 0.5).all()
+        assert np.isfinite(features.descriptors.astype(np.float64)).all()
