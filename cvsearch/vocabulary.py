@@ -96,7 +96,8 @@ class Vocabulary:
     max_iter : int
         Maximum passes over the sample (``MiniBatchKMeans`` stops early too).
     n_probe : int
-        Cells of the coarse quantiser searched per descriptor (see module docstring).
+        Cells of the coarse quantiser searched per descriptor (see module docstring),
+        the nearest of those that hold words.
         Larger is more exact and slower. The default, 10, gives each descriptor its
         exact nearest centre 97.5% of the time at 20,000 words (8, the default
         before 2026-12-03: 96.0%, in 0.89x the time; benchmarks/assignment.py).
