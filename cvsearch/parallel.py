@@ -208,11 +208,22 @@ def check_words(words: ImageWords, extractor: FeatureExtractor,
         raise ValueError(f"these words come from features of {words.extractor}, but "
                          f"this index uses {extractor!r}")
     n = len(words.words)
+    if n and not np.issubdtype(np.asarray(words.words).dtype, np.integer):
+        raise ValueError(f"word ids must be integers, got "
+                         f"{np.asarray(words.words).dtype}")
     if (np.shape(words.keypoints) != (n, 4) or np.ndim(words.words) != 1
             or (n and not 0 <= int(np.min(words.words)) <= int(np.max(words.words))
                 < vocabulary.n_words)):
         raise ValueError("these words and keypoints disagree, or hold word ids "
                          f"outside 0..{vocabulary.n_words - 1}")
+    shape = tuple(np.shape(words.image_shape))
+    if shape != (2,) or not all(isinstance(side, (int, np.integer)) and side >= 1
+                                for side in words.image_shape):
+        raise ValueError(f"the image's shape must be (height, width), each at least "
+                         f"a pixel, got {words.image_shape!r}")
+    if not np.isfinite(np.asarray(words.keypoints, np.float64)).all():
+        raise ValueError("these keypoints are not all finite (NaN or infinity): "
+                         "no image has them")
     check_thumbnail(words.thumbnail)
     return words
 

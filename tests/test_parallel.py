@@ -46,6 +46,29 @@ def test_words_assigned_elsewhere_add_like_images(trained_index, image_files, im
     assert unknown.searcher().store.thumbnail(unknown.id_of("x")) is None
 
 
+
+def test_words_that_no_image_could_have_are_refused(trained_index, image_files, images):
+    # Words described elsewhere (another machine, a file) are checked before an
+    # index keeps or searches them: word ids must be integers (1.5 was word 1),
+    # the image's shape two sides of at least a pixel (0 x 0 was stored, and
+    # divided by), the keypoints finite (NaN was stored as the corner).
+    (words,) = shares(trained_index).image_words(image_files[:1])
+    n = len(words.words)
+    odd = {"integers": words._replace(words=words.words.astype(np.float32) + 0.5),
+           "shape": words._replace(image_shape=(0, 0)),
+           "finite": words._replace(keypoints=np.where(
+               np.arange(n)[:, None] == 3, np.nan, words.keypoints)),
+           "shape ": words._replace(image_shape=(480, 640, 3)),
+           "finite ": words._replace(keypoints=words.keypoints * np.inf)}
+    for what, bad in odd.items():
+        index = shares(trained_index)
+        with pytest.raises(ValueError, match=what.strip()):
+            index.add([bad], names=["x"])
+        assert len(index) == 0
+        with pytest.raises(ValueError, match=what.strip()):
+            trained_index.query(bad)
+    assert len(shares(trained_index).add([words], names=["x"]) or []) == 0
+
 def test_merged_shards_equal_one_index(trained_index, image_files, images):
     shards = [shares(trained_index) for _ in range(3)]
     for i, shard in enumerate(shards):
