@@ -72,6 +72,24 @@ def thumbnail(gray: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(small, np.uint8)
 
 
+def check_geometry(keypoints, n: int, image_shape) -> None:
+    """A ValueError unless ``keypoints`` are ``n`` finite ``(x, y, size, angle)``
+    rows and ``image_shape`` is ``(height, width)``, each at least a pixel: what
+    any image's features have (checked where features or words made elsewhere
+    come in)."""
+    if np.shape(keypoints) != (n, 4):
+        raise ValueError(f"there are {n} descriptors or words but keypoints of shape "
+                         f"{np.shape(keypoints)}: each keypoint has one, and "
+                         "(x, y, size, angle)")
+    if not np.isfinite(np.asarray(keypoints, np.float64)).all():
+        raise ValueError("these keypoints are not all finite (NaN or infinity): "
+                         "no image has them")
+    if np.shape(image_shape) != (2,) or not all(
+            isinstance(side, (int, np.integer)) and side >= 1 for side in image_shape):
+        raise ValueError(f"the image's shape must be (height, width), each at least "
+                         f"a pixel, got {image_shape!r}")
+
+
 def check_thumbnail(small) -> np.ndarray | None:
     """``small`` if it is None or a thumbnail (:func:`thumbnail`), else a
     ValueError."""
@@ -506,6 +524,15 @@ class FeatureExtractor:
             raise ValueError(
                 f"these features come from {origin}, but this index uses {self!r}; "
                 "compute them with index.extractor.extract(image)")
+        descriptors = np.asarray(features.descriptors)
+        if (descriptors.dtype != self.dtype or descriptors.ndim != 2
+                or descriptors.shape[1] != self.dim):
+            raise ValueError(f"descriptors of dtype {descriptors.dtype} and shape "
+                             f"{descriptors.shape}, where {self!r} makes {self.dtype} "
+                             f"(n, {self.dim})")
+        if descriptors.dtype.kind == "f" and not np.isfinite(descriptors).all():
+            raise ValueError("these descriptors are not all finite (NaN or infinity)")
+        check_geometry(features.keypoints, len(descriptors), features.image_shape)
         finer = getattr(features, "finer", None)
         if finer is not None:
             self.check_features(finer)

@@ -26,7 +26,7 @@ from typing import NamedTuple
 import numpy as np
 
 from cvsearch._threads import one_thread_per_worker
-from cvsearch.features import FeatureExtractor, Features, check_thumbnail
+from cvsearch.features import FeatureExtractor, Features, check_geometry, check_thumbnail
 from cvsearch.io import READ_ERRORS
 from cvsearch.vocabulary import Vocabulary
 
@@ -216,14 +216,7 @@ def check_words(words: ImageWords, extractor: FeatureExtractor,
                 < vocabulary.n_words)):
         raise ValueError("these words and keypoints disagree, or hold word ids "
                          f"outside 0..{vocabulary.n_words - 1}")
-    shape = tuple(np.shape(words.image_shape))
-    if shape != (2,) or not all(isinstance(side, (int, np.integer)) and side >= 1
-                                for side in words.image_shape):
-        raise ValueError(f"the image's shape must be (height, width), each at least "
-                         f"a pixel, got {words.image_shape!r}")
-    if not np.isfinite(np.asarray(words.keypoints, np.float64)).all():
-        raise ValueError("these keypoints are not all finite (NaN or infinity): "
-                         "no image has them")
+    check_geometry(words.keypoints, n, words.image_shape)
     check_thumbnail(words.thumbnail)
     return words
 

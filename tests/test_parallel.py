@@ -48,7 +48,7 @@ def test_words_assigned_elsewhere_add_like_images(trained_index, image_files, im
 
 
 def test_words_that_no_image_could_have_are_refused(trained_index, image_files, images):
-    # Words described elsewhere (another machine, a file) are checked before an
+    # Words and features described elsewhere (another machine, a file) are checked before an
     # index keeps or searches them: word ids must be integers (1.5 was word 1),
     # the image's shape two sides of at least a pixel (0 x 0 was stored, and
     # divided by), the keypoints finite (NaN was stored as the corner).
@@ -68,6 +68,24 @@ def test_words_that_no_image_could_have_are_refused(trained_index, image_files, 
         with pytest.raises(ValueError, match=what.strip()):
             trained_index.query(bad)
     assert len(shares(trained_index).add([words], names=["x"]) or []) == 0
+    # features computed elsewhere likewise (a keypoint short of its descriptors
+    # raised IndexError in a query; NaN descriptors were given words)
+    features = trained_index.extractor.extract(image_files[0])
+    n = len(features.descriptors)
+    holed = np.where(np.arange(n)[:, None] == 2, np.nan, features.descriptors)
+    odd = {"finite": features._replace(descriptors=holed.astype(np.float32)),
+           "finite ": features._replace(keypoints=features.keypoints * np.nan),
+           "shape": features._replace(image_shape=(0, 0)),
+           "keypoints of shape": features._replace(keypoints=features.keypoints[:-1]),
+           "dtype": features._replace(descriptors=features.descriptors.astype(np.float64))}
+    for what, bad in odd.items():
+        index = shares(trained_index)
+        with pytest.raises(ValueError, match=what.strip()):
+            index.add([bad], names=["x"])
+        assert len(index) == 0
+        with pytest.raises(ValueError, match=what.strip()):
+            trained_index.query(bad)
+    assert len(shares(trained_index).add([features], names=["x"]) or []) == 0
 
 def test_merged_shards_equal_one_index(trained_index, image_files, images):
     shards = [shares(trained_index) for _ in range(3)]
