@@ -442,7 +442,8 @@ class GlobalIndex:
         scores = np.asarray(batch.vectors) @ vector
         if mask is not None:
             scores[mask] = -np.inf
-        top, rows = top_k(scores, m)
+        # no more than the batch holds: m may be any size (a caller's k)
+        top, rows = top_k(scores, max(1, min(m, len(scores))))
         keep = (rows >= 0) & np.isfinite(top)
         return top[keep], batch.ids[rows[keep]]
 

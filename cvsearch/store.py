@@ -923,7 +923,8 @@ class Store:
                                         weights.inv_norms[index], query_columns, factor)
             if where is not None and where[0] == index:
                 part[where[1]] = -np.inf
-            scores, rows = top_k(part, m)
+            # no more than the segment holds: m may be any size (a caller's k)
+            scores, rows = top_k(part, max(1, min(m, len(part))))
             keep = rows >= 0
             return scores[keep], np.asarray(segment.ids, np.int64)[rows[keep]]
 

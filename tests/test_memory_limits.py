@@ -221,3 +221,56 @@ def test_hostile_inputs_stay_within_the_stated_limits(inputs):
         kind, message = results[name]
         assert kind in ("ValueError", "UnreadableImageError"), (name, kind, message)
         assert fragment in message, (name, message)
+
+
+ANY_K = textwrap.dedent("""
+    import json, resource, sys
+    from types import SimpleNamespace
+    import numpy as np
+    import cv2
+    cv2.setNumThreads(0)
+    from cvsearch import GlobalIndex, Index
+    index = Index.load(sys.argv[1])
+    query = cv2.imread(sys.argv[2], cv2.IMREAD_GRAYSCALE)
+    index.query(query, k=3, rerank=3)  # warm up: compiled loops, pools
+    def vm_size():
+        for line in open("/proc/self/status"):
+            if line.startswith("VmSize:"):
+                return int(line.split()[1]) * 1024
+    cap = vm_size() + int(sys.argv[3])
+    resource.setrlimit(resource.RLIMIT_AS, (cap, cap))
+    batch = SimpleNamespace(vectors=np.eye(4, dtype=np.float32),
+                            ids=np.arange(4, dtype=np.int64))
+    huge = 10**9  # 8 GB of ids, were a list that long allocated
+    tasks = {
+        "query": lambda: len(index.query(query, k=huge)[1]),
+        "rerank": lambda: len(index.query(query, k=3, rerank=huge)[1]),
+        "similar": lambda: len(index.similar(0, k=huge)[1]),
+        "global": lambda: len(GlobalIndex._best_of_batch(
+            batch, None, np.ones(4, np.float32), huge)[1]),
+    }
+    results = {}
+    for name, task in tasks.items():
+        try:
+            results[name] = task()
+        except MemoryError:
+            results[name] = "MemoryError"
+    print(json.dumps(results))
+""")
+
+
+def test_any_k_allocates_only_what_the_index_holds(trained_index, image_files,
+                                                   tmp_path):
+    # A caller's k or rerank may be any size: results hold at most the index's
+    # images, and nothing is allocated for the rest (k = 10**9 allocated 8 GB
+    # of padding per segment, and killed the process where memory ran out).
+    trained_index.save(tmp_path / "index")
+    done = subprocess.run(
+        [sys.executable, "-c", ANY_K, str(tmp_path / "index"), str(image_files[0]),
+         str(HEADROOM)], capture_output=True, text=True, timeout=600,
+        env={"MALLOC_ARENA_MAX": "2", "OMP_NUM_THREADS": "1",
+             "OPENBLAS_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"})
+    assert done.returncode == 0, done.stderr[-3000:]
+    n = len(trained_index)
+    assert json.loads(done.stdout.splitlines()[-1]) == {
+        "query": n, "rerank": 3, "similar": n - 1, "global": 4}
