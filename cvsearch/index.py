@@ -247,9 +247,9 @@ class Index:
     def pyramid_levels(self, levels: int):
         levels = check_int(levels, "pyramid_levels", minimum=0,
                            hint="0 for none, 1 or 2 for category search")
-        if levels > 4:
-            raise ValueError(f"pyramid_levels={levels} makes {pyramid_size(levels)} "
-                             "cells; use at most 4")
+        if levels > 4:  # (the cells of many levels would take forever to count)
+            raise ValueError(f"pyramid_levels={levels}: use at most 4 (4 levels make "
+                             f"{pyramid_size(4)} cells per word)")
         with self._lock:
             self._pyramid_levels = levels
             self._reweight()

@@ -1,4 +1,6 @@
 import logging
+import subprocess
+import sys
 import threading
 
 import cv2
@@ -276,6 +278,13 @@ def test_power_and_pyramid_options_survive_save_and_load(trained_index, image_fi
         Index(power=0)
     with pytest.raises(ValueError, match="pyramid_levels"):
         Index(pyramid_levels=9)
+    # the refusal of a huge one must not count its cells (it took forever)
+    done = subprocess.run([sys.executable, "-c", (
+        "from cvsearch import Index\n"
+        "try:\n    Index(pyramid_levels=10**9)\n"
+        "except ValueError as error:\n    print(error)")],
+        capture_output=True, text=True, timeout=120)
+    assert "use at most 4" in done.stdout, done.stderr[-2000:]
     for bad in (0, -1, 1.5):
         with pytest.raises(ValueError, match="tf_power"):
             Index(tf_power=bad)
