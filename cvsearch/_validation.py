@@ -13,20 +13,27 @@ def check_flag(value, name: str) -> bool:
     return bool(value)
 
 
-def check_int(value, name: str, *, minimum: int, hint: str = "") -> int:
-    """Return ``value`` as an int, or raise if it is not an integer >= ``minimum``.
+#: The largest value OpenCV takes where it takes a C int (a count, a size).
+C_INT_MAX = 2**31 - 1
+
+
+def check_int(value, name: str, *, minimum: int, hint: str = "",
+              maximum: int | None = None) -> int:
+    """Return ``value`` as an int, or raise if it is not an integer >= ``minimum``
+    (and <= ``maximum``, if given).
 
     Raises
     ------
     TypeError
         If ``value`` is not an integer (bools are rejected too).
     ValueError
-        If ``value < minimum``.
+        If ``value < minimum`` or ``value > maximum``.
     """
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         raise TypeError(f"{name} must be an integer, got {type(value).__name__} {value!r}")
-    if value < minimum:
-        message = f"{name}={value} is out of range; it must be >= {minimum}"
+    if value < minimum or (maximum is not None and value > maximum):
+        bounds = f">= {minimum}" if maximum is None else f"in [{minimum}, {maximum}]"
+        message = f"{name}={value} is out of range; it must be {bounds}"
         raise ValueError(f"{message}. {hint}" if hint else message)
     return int(value)
 

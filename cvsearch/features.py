@@ -7,7 +7,13 @@ from typing import NamedTuple
 
 import numpy as np
 
-from cvsearch._validation import check_choice, check_flag, check_image, check_int
+from cvsearch._validation import (
+    C_INT_MAX,
+    check_choice,
+    check_flag,
+    check_image,
+    check_int,
+)
 from cvsearch.io import MAX_FILE_BYTES, MAX_PIXELS, read_image_reduced
 
 METHODS = {"sift": 128, "rootsift": 128, "orb": 32}
@@ -416,10 +422,12 @@ class FeatureExtractor:
                  min_keypoints: int | None = None, max_pixels: int = MAX_PIXELS,
                  max_file_bytes: int = MAX_FILE_BYTES):
         self.method = check_choice(method, "method", METHODS)
-        self.max_keypoints = check_int(max_keypoints, "max_keypoints", minimum=1)
+        self.max_keypoints = check_int(max_keypoints, "max_keypoints", minimum=1,
+                                       maximum=C_INT_MAX)
         self.max_side = check_int(max_side, "max_side", minimum=16)
         if dense_step is not None:
-            dense_step = check_int(dense_step, "dense_step", minimum=1)
+            dense_step = check_int(dense_step, "dense_step", minimum=1,
+                                   maximum=C_INT_MAX)
             if self.method == "orb":
                 raise ValueError("dense_step works with sift and rootsift, not orb "
                                  "(ORB needs detected corners)")
@@ -427,7 +435,7 @@ class FeatureExtractor:
         if not isinstance(dense_sizes, (tuple, list)) or not dense_sizes:
             raise TypeError(f"dense_sizes must be a non-empty tuple of ints, got "
                             f"{dense_sizes!r}")
-        self.dense_sizes = tuple(check_int(v, "dense_sizes", minimum=2)
+        self.dense_sizes = tuple(check_int(v, "dense_sizes", minimum=2, maximum=C_INT_MAX)
                                  for v in dense_sizes)
         if budget_grid is None:  # spreading needs detected keypoints' responses
             budget_grid = 1 if self.method == "orb" or dense_step is not None \

@@ -66,6 +66,10 @@ def test_colour_and_16_bit_inputs_match_gray(images):
     ({"max_keypoints": 0}, ValueError, "max_keypoints"),
     ({"max_keypoints": 1.5}, TypeError, "max_keypoints"),
     ({"max_side": 8}, ValueError, "max_side"),
+    # what OpenCV and numpy take as C ints: OverflowError and IndexError before
+    ({"method": "orb", "max_keypoints": 2**63}, ValueError, "max_keypoints"),
+    ({"dense_step": 2**63}, ValueError, "dense_step"),
+    ({"dense_step": 8, "dense_sizes": (2**40,)}, ValueError, "dense_sizes"),
 ])
 def test_bad_parameters(kwargs, error, match):
     with pytest.raises(error, match=match):
