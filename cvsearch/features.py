@@ -520,7 +520,10 @@ class FeatureExtractor:
         Raises
         ------
         ValueError
-            If they carry another extractor's settings, or none.
+            If they carry another extractor's settings, or none; or if their
+            arrays are not what an image's features are (descriptors of this
+            extractor's dtype and width, finite; one finite keypoint each; an
+            image of at least a pixel: :func:`check_geometry`).
         """
         made_by = features.extractor
         if made_by != self.feature_params():
