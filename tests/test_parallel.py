@@ -54,38 +54,34 @@ def test_words_that_no_image_could_have_are_refused(trained_index, image_files, 
     # divided by), the keypoints finite (NaN was stored as the corner).
     (words,) = shares(trained_index).image_words(image_files[:1])
     n = len(words.words)
-    odd = {"integers": words._replace(words=words.words.astype(np.float32) + 0.5),
-           "shape": words._replace(image_shape=(0, 0)),
-           "finite": words._replace(keypoints=np.where(
-               np.arange(n)[:, None] == 3, np.nan, words.keypoints)),
-           "shape ": words._replace(image_shape=(480, 640, 3)),
-           "finite ": words._replace(keypoints=words.keypoints * np.inf)}
-    for what, bad in odd.items():
-        index = shares(trained_index)
-        with pytest.raises(ValueError, match=what.strip()):
-            index.add([bad], names=["x"])
-        assert len(index) == 0
-        with pytest.raises(ValueError, match=what.strip()):
-            trained_index.query(bad)
-    assert len(shares(trained_index).add([words], names=["x"]) or []) == 0
+    odd_words = {
+        "integers": words._replace(words=words.words.astype(np.float32) + 0.5),
+        "shape": words._replace(image_shape=(0, 0)),
+        "finite": words._replace(keypoints=np.where(
+            np.arange(n)[:, None] == 3, np.nan, words.keypoints)),
+        "shape ": words._replace(image_shape=(480, 640, 3)),
+        "finite ": words._replace(keypoints=words.keypoints * np.inf)}
     # features computed elsewhere likewise (a keypoint short of its descriptors
     # raised IndexError in a query; NaN descriptors were given words)
     features = trained_index.extractor.extract(image_files[0])
     n = len(features.descriptors)
     holed = np.where(np.arange(n)[:, None] == 2, np.nan, features.descriptors)
-    odd = {"finite": features._replace(descriptors=holed.astype(np.float32)),
-           "finite ": features._replace(keypoints=features.keypoints * np.nan),
-           "shape": features._replace(image_shape=(0, 0)),
-           "keypoints of shape": features._replace(keypoints=features.keypoints[:-1]),
-           "dtype": features._replace(descriptors=features.descriptors.astype(np.float64))}
-    for what, bad in odd.items():
-        index = shares(trained_index)
-        with pytest.raises(ValueError, match=what.strip()):
-            index.add([bad], names=["x"])
-        assert len(index) == 0
-        with pytest.raises(ValueError, match=what.strip()):
-            trained_index.query(bad)
-    assert len(shares(trained_index).add([features], names=["x"]) or []) == 0
+    odd_features = {
+        "finite": features._replace(descriptors=holed.astype(np.float32)),
+        "finite ": features._replace(keypoints=features.keypoints * np.nan),
+        "shape": features._replace(image_shape=(0, 0)),
+        "keypoints of shape": features._replace(keypoints=features.keypoints[:-1]),
+        "dtype": features._replace(descriptors=features.descriptors.astype(np.float64))}
+    for good, odd in [(words, odd_words), (features, odd_features)]:
+        for what, bad in odd.items():
+            index = shares(trained_index)
+            with pytest.raises(ValueError, match=what.strip()):
+                index.add([bad], names=["x"])
+            assert len(index) == 0
+            with pytest.raises(ValueError, match=what.strip()):
+                trained_index.query(bad)
+        assert len(shares(trained_index).add([good], names=["x"]) or []) == 0
+
 
 def test_merged_shards_equal_one_index(trained_index, image_files, images):
     shards = [shares(trained_index) for _ in range(3)]
