@@ -211,12 +211,11 @@ def check_words(words: ImageWords, extractor: FeatureExtractor,
     if n and not np.issubdtype(np.asarray(words.words).dtype, np.integer):
         raise ValueError(f"word ids must be integers, got "
                          f"{np.asarray(words.words).dtype}")
-    if (np.shape(words.keypoints) != (n, 4) or np.ndim(words.words) != 1
-            or (n and not 0 <= int(np.min(words.words)) <= int(np.max(words.words))
-                < vocabulary.n_words)):
-        raise ValueError("these words and keypoints disagree, or hold word ids "
+    if np.ndim(words.words) != 1 or (n and not 0 <= int(np.min(words.words))
+                                      <= int(np.max(words.words)) < vocabulary.n_words):
+        raise ValueError("these words are not one row of word ids, or hold ids "
                          f"outside 0..{vocabulary.n_words - 1}")
-    check_geometry(words.keypoints, n, words.image_shape)
+    check_geometry(words.keypoints, n, words.image_shape)  # one keypoint per word
     check_thumbnail(words.thumbnail)
     return words
 

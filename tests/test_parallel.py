@@ -60,7 +60,8 @@ def test_words_that_no_image_could_have_are_refused(trained_index, image_files, 
         "finite": words._replace(keypoints=np.where(
             np.arange(n)[:, None] == 3, np.nan, words.keypoints)),
         "shape ": words._replace(image_shape=(480, 640, 3)),
-        "finite ": words._replace(keypoints=words.keypoints * np.inf)}
+        "finite ": words._replace(keypoints=words.keypoints * np.inf),
+        "keypoints of shape": words._replace(keypoints=words.keypoints[:-1])}
     # features computed elsewhere likewise (a keypoint short of its descriptors
     # raised IndexError in a query; NaN descriptors were given words)
     features = trained_index.extractor.extract(image_files[0])
