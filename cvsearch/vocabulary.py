@@ -513,54 +513,39 @@ class Vocabulary:
         n_probe = min(self.n_probe, len(self._cells))
         row_sqnorms = self._row_sqnorms(data)
         probes = self._probed_cells(data, n_probe, row_sqnorms)
-        # Each (row, probe) pair keeps the probed cell's three nearest words in
-        # its own slot (the third only settles near ties: :meth:`_near_words`),
-        # the pairs sorted by cell so that each cell's words are read once for
-        # all the rows probing it; the merge over a row's 2 * n_probe candidates
-        # is vectorised afterwards.
+        # The (row, probe) pairs sorted by cell, so that each cell's words are read
+        # once for all the rows probing it; each row keeps the three nearest words
+        # of all its probed cells (the third only settles near ties:
+        # :meth:`_near_words`).
         pairs = probes.ravel()
         # numpy sorts 16-bit integers stably by radix (64-bit ones by merging):
         # the same order, for less at one image's few thousand pairs
         order = np.argsort(pairs.astype(np.int16) if len(self._cells) < 2 ** 15
                            else pairs, kind="stable")
         bounds = np.searchsorted(pairs[order], np.arange(len(self._cells) + 1))
-        n_pairs = len(order)
+        rows_of = order // n_probe
         kernel = compiled(_scan_cells, fastmath={"reassoc", "contract"}) \
             if USE_COMPILED and data.dtype == np.float32 else None
         if kernel is not None:
-            # the slots without a numpy call per cell (the numpy path's cost at
-            # one image's few hundred descriptors), each written where its
-            # (row, probe) pair is: neither rows nor slots are copied into cell
-            # order and back. Its float32 sums round otherwise than BLAS's,
-            # which the near ties below absorb.
-            best = np.empty(3 * n_pairs, np.float32)
-            word = np.empty(3 * n_pairs, np.int32)
-            kernel(np.ascontiguousarray(data), order // n_probe, order,
-                   bounds.astype(np.int64), self._cell_bounds,
-                   self._sorted_centers_times_minus_2, self._sorted_sqnorms, best, word)
+            # without a numpy call per cell (the numpy path's cost at one image's
+            # few hundred descriptors). Its float32 sums round otherwise than
+            # BLAS's, which the near ties below absorb.
+            best = np.full((len(data), 3), np.inf, np.float32)
+            position = np.full((len(data), 3), -1, np.int32)
+            kernel(np.ascontiguousarray(data), rows_of, bounds.astype(np.int64),
+                   self._cell_bounds, self._sorted_centers_times_minus_2,
+                   self._sorted_sqnorms, best, position)
         else:
-            best, word = self._scan_cells_numpy(data[order // n_probe], bounds, order)
-        # one row per descriptor: (n, 3 * n_probe), the cells' nearest words, then
-        # their second, then their third (kept aside for near ties)
-        shape = (3, len(data), n_probe)
-        scanned = best.reshape(shape).transpose(1, 0, 2).reshape(len(data), -1)
-        candidate_words = word.reshape(shape).transpose(1, 0, 2).reshape(len(data), -1)
-        candidates = scanned[:, :2 * n_probe].copy()
-        rows = np.arange(len(data))
-        j = candidates.argmin(axis=1)
-        first, first_word = candidates[rows, j], candidate_words[rows, j]
-        candidates[rows, j] = np.inf
-        j = candidates.argmin(axis=1)
-        second, second_word = candidates[rows, j], candidate_words[rows, j]
-        word = self._cell_order[np.maximum(first_word, 0)]
-        second_word = np.where(np.isfinite(second) & (second_word >= 0),
-                               self._cell_order[np.maximum(second_word, 0)], -1
-                               ).astype(np.int32)
-        if not with_second:
-            second_word = np.full(len(data), -1, np.int32)
+            best, position = self._scan_cells_numpy(data, rows_of, bounds)
+        first, second = best[:, 0].copy(), best[:, 1].copy()
+        word = self._cell_order[np.maximum(position[:, 0], 0)]
+        second_word = np.full(len(data), -1, np.int32)
+        if with_second:
+            found = np.isfinite(second) & (position[:, 1] >= 0)
+            second_word[found] = self._cell_order[position[found, 1]]
         self._settle_ties(data, row_sqnorms, word, second_word, first, second,
                           lambda rows: self._near_words(
-                              scanned[rows], positions=candidate_words[rows],
+                              best[rows], positions=position[rows],
                               probes=probes[rows], row_sqnorms=row_sqnorms[rows]))
         return word, second_word, first, second
 
@@ -570,10 +555,10 @@ class Vocabulary:
 
         Parameters
         ----------
-        scanned : ndarray of shape (k, 3 * n_probe), float32
-            Each probed cell's nearest words' distances (less the row's norm),
-            then its second's, then its third's, as the scan found them.
-        positions : ndarray of shape (k, 3 * n_probe), int32
+        scanned : ndarray of shape (k, 3), float32
+            Each row's three nearest words' distances (less the row's norm), as
+            the scan found them, nearest first.
+        positions : ndarray of shape (k, 3), int32
             Their positions in the sorted words (-1: none).
         probes : ndarray of shape (k, n_probe)
             The rows' probed cells.
@@ -582,21 +567,20 @@ class Vocabulary:
         Returns
         -------
         rows, words : ndarray of shape (m,), int64
-            Pairs (row of the k, word id), sorted, each once: the cells' three
-            nearest words within the tolerance of the row's best, and every word
-            of a cell whose third is within it too (k-means leaves several nearly
-            identical centres where its training held repeated descriptors, such
-            as text or screenshots: descriptors there tie between all of them). A
-            word farther than the tolerance is farther in float64 too, so these
-            few words settle a tie as all the probed words (a thousand) would.
+            Pairs (row of the k, word id), sorted, each once: the three nearest
+            words within the tolerance of the row's best, and every word of its
+            probed cells where the third is within it too (k-means leaves several
+            nearly identical centres where its training held repeated descriptors,
+            such as text or screenshots: descriptors there tie between all of
+            them). A word farther than the tolerance is farther in float64 too, so
+            these few words settle a tie as all the probed words would.
         """
-        n_probe = probes.shape[1]
         limit = scanned.min(1) + 4.0 * self._tolerance(row_sqnorms, self._center_sqnorms)
         near = scanned <= limit[:, None]
         rows, columns = np.nonzero(near)
         found = [positions[rows, columns]]
-        full_rows, full_probes = np.nonzero(near[:, 2 * n_probe:])
-        cells = probes[full_rows, full_probes]
+        full_rows = np.repeat(np.flatnonzero(near[:, 2]), probes.shape[1])
+        cells = probes[near[:, 2]].ravel()
         lo = self._cell_bounds[cells]
         counts = self._cell_bounds[cells + 1] - lo
         within = np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts)
@@ -606,35 +590,39 @@ class Vocabulary:
         keys = np.unique(rows * self.n_words + words)
         return keys // self.n_words, keys % self.n_words
 
-    def _scan_cells_numpy(self, gathered, bounds, order):
-        """:func:`_scan_cells` in numpy: ``gathered`` (n_pairs, dim) holds the
-        slots' descriptors in cell order (``order`` the pairs' positions, cell
-        c's slots ``bounds[c]:bounds[c + 1]``). Returns ``best`` (3 * n_pairs,)
-        float32 and ``word`` (3 * n_pairs,) int32 in pair order, as the kernel
-        writes them."""
-        n_pairs = len(order)
-        best = np.full(3 * n_pairs, np.inf, np.float32)  # slot's best, second, third
-        word = np.full(3 * n_pairs, -1, np.int32)  # positions in the sorted words
+    def _scan_cells_numpy(self, data, rows_of, bounds):
+        """:func:`_scan_cells` in numpy: cell c is probed by the rows
+        ``rows_of[bounds[c]:bounds[c + 1]]`` of ``data`` (n, dim). Returns each
+        row's three nearest words' distances ``best`` (n, 3) float32 and their
+        positions in the sorted words ``position`` (n, 3) int32, nearest first
+        (equal distances: the smaller position; inf and -1 where fewer)."""
+        n = len(data)
+        # every row starts with three empty candidates (inf, -1), as the kernel's
+        rows, values, found = [np.tile(np.arange(n), 3)], \
+            [np.full(3 * n, np.inf, np.float32)], [np.full(3 * n, -1, np.int64)]
         # Cell by cell: the rows that probe a cell are compared with its words in
-        # one matrix product. (Per-cell work is a product and two argmins:
-        # argpartition costs 100x an argmin on these small matrices.)
+        # one matrix product, and each keeps the cell's three nearest. (Per-cell
+        # work is a product and argmins: argpartition costs 100x an argmin on
+        # these small matrices.)
+        gathered = data[rows_of]
         for cell in np.flatnonzero(np.diff(bounds)):
             lo, hi = self._cell_bounds[cell], self._cell_bounds[cell + 1]
-            if lo == hi:
-                continue
             a, b = bounds[cell], bounds[cell + 1]
             d = gathered[a:b] @ self._sorted_centers_times_minus_2[lo:hi].T
             d += self._sorted_sqnorms[lo:hi]
-            rows = np.arange(b - a)
-            for rank in range(min(3, hi - lo)):
+            slots = np.arange(b - a)
+            for _ in range(min(3, hi - lo)):
                 j = d.argmin(axis=1)
-                best[rank * n_pairs + a:rank * n_pairs + b] = d[rows, j]
-                word[rank * n_pairs + a:rank * n_pairs + b] = j + lo
-                d[rows, j] = np.inf
-        unsort = np.empty(n_pairs, np.int64)  # back from cell order to pair order
-        unsort[order] = np.arange(n_pairs)
-        unsort = np.concatenate([unsort, unsort + n_pairs, unsort + 2 * n_pairs])
-        return best[unsort], word[unsort]
+                rows.append(rows_of[a:b])
+                values.append(d[slots, j])
+                found.append(j + lo)
+                d[slots, j] = np.inf
+        rows, values, found = (np.concatenate(rows), np.concatenate(values),
+                               np.concatenate(found))
+        keep = np.lexsort((found, values, rows))  # by row, distance, position
+        first = np.searchsorted(rows[keep], np.arange(n))
+        take = keep[first[:, None] + np.arange(3)]
+        return values[take], found[take].astype(np.int32)
 
     def get_state(self) -> dict:
         """Learnt arrays, for saving: centers, cell_centers, word_cells, binary."""
@@ -690,26 +678,26 @@ class Vocabulary:
 USE_COMPILED = True
 
 
-def _scan_cells(data, rows_of, pair_of, bounds, cell_bounds, centres, sqnorms, best,
-                word):
-    """For each (descriptor, probed cell) slot, the three nearest words of the cell.
+def _scan_cells(data, rows_of, bounds, cell_bounds, centres, sqnorms, best, word):
+    """For each descriptor, the three nearest words of the cells it probes.
 
-    The slots are sorted by cell: cell c's are ``bounds[c]:bounds[c + 1]``, its
-    words (sorted) ``cell_bounds[c]:cell_bounds[c + 1]`` of ``centres`` (scaled
-    by -2) and ``sqnorms``. Slot i is row ``rows_of[i]`` of ``data`` (n, dim)
-    float32 and pair ``pair_of[i]`` (row * n_probe + probe). Writes, as
-    :meth:`Vocabulary._scan_cells_numpy` returns them, pair p's nearest distance
-    and word to ``best[p]``, ``word[p]``, its second to ``best[n_pairs + p]``,
-    ``word[n_pairs + p]`` and its third at ``2 * n_pairs + p`` (inf and -1 where
-    the cell has fewer words).
+    The (descriptor, probed cell) slots are sorted by cell: cell c's are
+    ``bounds[c]:bounds[c + 1]``, its words (sorted) ``cell_bounds[c]:cell_bounds[c
+    + 1]`` of ``centres`` (scaled by -2) and ``sqnorms``. Slot i is row
+    ``rows_of[i]`` of ``data`` (n, dim) float32. Row r's three nearest words so
+    far are ``best[r]`` (3,) float32, nearest first, and their positions in the
+    sorted words ``word[r]`` (3,) int32: the caller fills them with inf and -1,
+    and each cell's words update them (equal distances: the smaller position,
+    as :meth:`Vocabulary._scan_cells_numpy` orders them).
 
     Four slots against three words at a time: twelve sums in registers, each
     value read serving three or four of them, where one word at a time spent
-    more on reading than on multiplying. The distances go to a buffer and each
-    slot's three nearest are picked from it afterwards in a loop of their own:
-    picking them between the sums cost much of the scan.
+    more on reading than on multiplying. The distances go to a buffer and the
+    nearest are picked from it afterwards in a loop of their own: picking them
+    between the sums cost much of the scan. A row's three nearest carry over from
+    cell to cell, so after its first cell few of a cell's words come near them
+    (a cell's own three nearest, kept apart, cost a quarter more).
     """
-    n_pairs = rows_of.shape[0]
     dim = data.shape[1]
     widest = 0
     for cell in range(cell_bounds.shape[0] - 1):
@@ -751,24 +739,22 @@ def _scan_cells(data, rows_of, pair_of, bounds, cell_bounds, centres, sqnorms, b
                 dist[0, u + 2], dist[1, u + 2] = s02 + q2, s12 + q2
                 dist[2, u + 2], dist[3, u + 2] = s22 + q2, s32 + q2
             for t in range(min(4, b - r0)):
-                # the three smallest, the first of equals ahead (as argmin)
-                b1 = b2 = b3 = np.float32(np.inf)
-                w1 = w2 = w3 = -1
+                # ahead only where strictly nearer: of equals, the smaller
+                # position (this cell's words come after those kept so far)
+                row = rows_of[r0 + t]
+                b1, b2, b3 = best[row, 0], best[row, 1], best[row, 2]
+                w1, w2, w3 = word[row, 0], word[row, 1], word[row, 2]
                 for u in range(hi - lo):
                     d = dist[t, u]
                     if d < b3:
                         if d < b1:
-                            b3, w3, b2, w2, b1, w1 = b2, w2, b1, w1, d, u
+                            b3, w3, b2, w2, b1, w1 = b2, w2, b1, w1, d, u + lo
                         elif d < b2:
-                            b3, w3, b2, w2 = b2, w2, d, u
+                            b3, w3, b2, w2 = b2, w2, d, u + lo
                         else:
-                            b3, w3 = d, u
-                pair = pair_of[r0 + t]
-                best[pair], word[pair] = b1, w1 + lo if w1 >= 0 else -1
-                best[n_pairs + pair] = b2
-                word[n_pairs + pair] = w2 + lo if w2 >= 0 else -1
-                best[2 * n_pairs + pair] = b3
-                word[2 * n_pairs + pair] = w3 + lo if w3 >= 0 else -1
+                            b3, w3 = d, u + lo
+                best[row, 0], best[row, 1], best[row, 2] = b1, b2, b3
+                word[row, 0], word[row, 1], word[row, 2] = w1, w2, w3
 
 
 def _smallest(values, out):
