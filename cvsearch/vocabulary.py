@@ -524,17 +524,17 @@ class Vocabulary:
                            else pairs, kind="stable")
         bounds = np.searchsorted(pairs[order], np.arange(len(self._cells) + 1))
         rows_of = order // n_probe
-        kernel = compiled(_scan_cells, fastmath={"reassoc", "contract"}) \
-            if USE_COMPILED and data.dtype == np.float32 else None
-        if kernel is not None:
+        scan = _compiled_scan() if data.dtype == np.float32 else None
+        if scan is not None:
             # without a numpy call per cell (the numpy path's cost at one image's
             # few hundred descriptors). Its float32 sums round otherwise than
             # BLAS's, which the near ties below absorb.
+            group_bounds, groups, group_sqnorms = self._word_groups(scan.LANES)
             best = np.full((len(data), 3), np.inf, np.float32)
             position = np.full((len(data), 3), -1, np.int32)
-            kernel(np.ascontiguousarray(data), rows_of, bounds.astype(np.int64),
-                   self._cell_bounds, self._sorted_centers_times_minus_2,
-                   self._sorted_sqnorms, best, position)
+            scan.scan_cells(np.ascontiguousarray(data), rows_of, bounds.astype(np.int64),
+                            self._cell_bounds, group_bounds, groups, group_sqnorms, best,
+                            position)
         else:
             best, position = self._scan_cells_numpy(data, rows_of, bounds)
         first, second = best[:, 0].copy(), best[:, 1].copy()
@@ -548,6 +548,36 @@ class Vocabulary:
                               best[rows], positions=position[rows],
                               probes=probes[rows], row_sqnorms=row_sqnorms[rows]))
         return word, second_word, first, second
+
+    def _word_groups(self, lanes: int):
+        """The sorted words in groups of ``lanes``, coordinate by coordinate, as
+        the compiled scan reads them (:mod:`cvsearch._simd`); made once.
+
+        Returns
+        -------
+        group_bounds : ndarray of shape (n_cells + 1,), int64
+            Cell c's groups are ``group_bounds[c]:group_bounds[c + 1]``.
+        groups : ndarray of shape (n_groups, dim, lanes), float32
+            The words scaled by -2; each cell's last group padded with zeros.
+        group_sqnorms : ndarray of shape (n_groups * lanes,), float32
+            Their squared norms; inf for the padding, which is never nearest.
+        """
+        cached = getattr(self, "_groups", None)
+        if cached is None or cached[1].shape[2] != lanes:
+            sizes = np.diff(self._cell_bounds)
+            group_bounds = np.concatenate([[0], np.cumsum(-(-sizes // lanes))])
+            cells = np.repeat(np.arange(len(sizes)), sizes)
+            slots = (group_bounds[cells] * lanes
+                     + np.arange(len(cells)) - self._cell_bounds[cells])
+            flat = np.zeros((group_bounds[-1] * lanes, self.centers_.shape[1]), np.float32)
+            flat[slots] = self._sorted_centers_times_minus_2
+            group_sqnorms = np.full(len(flat), np.inf, np.float32)
+            group_sqnorms[slots] = self._sorted_sqnorms
+            groups = np.ascontiguousarray(
+                flat.reshape(-1, lanes, flat.shape[1]).transpose(0, 2, 1))
+            cached = (group_bounds.astype(np.int64), groups, group_sqnorms)
+            self._groups = cached  # one assignment: threads see all or nothing
+        return cached
 
     def _near_words(self, scanned, positions, probes, row_sqnorms):
         """The words that can be nearest to rows whose two nearest nearly tie,
@@ -678,83 +708,16 @@ class Vocabulary:
 USE_COMPILED = True
 
 
-def _scan_cells(data, rows_of, bounds, cell_bounds, centres, sqnorms, best, word):
-    """For each descriptor, the three nearest words of the cells it probes.
-
-    The (descriptor, probed cell) slots are sorted by cell: cell c's are
-    ``bounds[c]:bounds[c + 1]``, its words (sorted) ``cell_bounds[c]:cell_bounds[c
-    + 1]`` of ``centres`` (scaled by -2) and ``sqnorms``. Slot i is row
-    ``rows_of[i]`` of ``data`` (n, dim) float32. Row r's three nearest words so
-    far are ``best[r]`` (3,) float32, nearest first, and their positions in the
-    sorted words ``word[r]`` (3,) int32: the caller fills them with inf and -1,
-    and each cell's words update them (equal distances: the smaller position,
-    as :meth:`Vocabulary._scan_cells_numpy` orders them).
-
-    Four slots against three words at a time: twelve sums in registers, each
-    value read serving three or four of them, where one word at a time spent
-    more on reading than on multiplying. The distances go to a buffer and the
-    nearest are picked from it afterwards in a loop of their own: picking them
-    between the sums cost much of the scan. A row's three nearest carry over from
-    cell to cell, so after its first cell few of a cell's words come near them
-    (a cell's own three nearest, kept apart, cost a quarter more).
-    """
-    dim = data.shape[1]
-    widest = 0
-    for cell in range(cell_bounds.shape[0] - 1):
-        widest = max(widest, cell_bounds[cell + 1] - cell_bounds[cell])
-    dist = np.empty((4, widest + 2), np.float32)  # 4 slots' distances to a cell
-    for cell in range(bounds.shape[0] - 1):
-        a, b = bounds[cell], bounds[cell + 1]
-        lo, hi = cell_bounds[cell], cell_bounds[cell + 1]
-        for r0 in range(a, b, 4):
-            # the last block repeats its last slot and word where it is short;
-            # only the real ones are kept
-            x0, x1 = data[rows_of[r0]], data[rows_of[min(r0 + 1, b - 1)]]
-            x2, x3 = data[rows_of[min(r0 + 2, b - 1)]], data[rows_of[min(r0 + 3, b - 1)]]
-            for j0 in range(lo, hi, 3):
-                j1, j2 = min(j0 + 1, hi - 1), min(j0 + 2, hi - 1)
-                s00 = s10 = s20 = s30 = np.float32(0.0)
-                s01 = s11 = s21 = s31 = np.float32(0.0)
-                s02 = s12 = s22 = s32 = np.float32(0.0)
-                for k in range(dim):
-                    c0, c1, c2 = centres[j0, k], centres[j1, k], centres[j2, k]
-                    s00 += x0[k] * c0
-                    s10 += x1[k] * c0
-                    s20 += x2[k] * c0
-                    s30 += x3[k] * c0
-                    s01 += x0[k] * c1
-                    s11 += x1[k] * c1
-                    s21 += x2[k] * c1
-                    s31 += x3[k] * c1
-                    s02 += x0[k] * c2
-                    s12 += x1[k] * c2
-                    s22 += x2[k] * c2
-                    s32 += x3[k] * c2
-                u = j0 - lo
-                q0, q1, q2 = sqnorms[j0], sqnorms[j1], sqnorms[j2]
-                dist[0, u], dist[1, u] = s00 + q0, s10 + q0
-                dist[2, u], dist[3, u] = s20 + q0, s30 + q0
-                dist[0, u + 1], dist[1, u + 1] = s01 + q1, s11 + q1
-                dist[2, u + 1], dist[3, u + 1] = s21 + q1, s31 + q1
-                dist[0, u + 2], dist[1, u + 2] = s02 + q2, s12 + q2
-                dist[2, u + 2], dist[3, u + 2] = s22 + q2, s32 + q2
-            for t in range(min(4, b - r0)):
-                # ahead only where strictly nearer: of equals, the smaller
-                # position (this cell's words come after those kept so far)
-                row = rows_of[r0 + t]
-                b1, b2, b3 = best[row, 0], best[row, 1], best[row, 2]
-                w1, w2, w3 = word[row, 0], word[row, 1], word[row, 2]
-                for u in range(hi - lo):
-                    d = dist[t, u]
-                    if d < b3:
-                        if d < b1:
-                            b3, w3, b2, w2, b1, w1 = b2, w2, b1, w1, d, u + lo
-                        elif d < b2:
-                            b3, w3, b2, w2 = b2, w2, d, u + lo
-                        else:
-                            b3, w3 = d, u + lo
-                best[row, 0], best[row, 1], best[row, 2] = b1, b2, b3
-                word[row, 0], word[row, 1], word[row, 2] = w1, w2, w3
+def _compiled_scan():
+    """:mod:`cvsearch._simd` (the compiled scan of the inverted file), or None
+    without numba or with ``USE_COMPILED`` off."""
+    if not USE_COMPILED:
+        return None
+    try:
+        from cvsearch import _simd
+    except ImportError:  # numba: the 'fast' extra
+        return None
+    return _simd
 
 
 def _smallest(values, out):

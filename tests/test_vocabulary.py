@@ -273,6 +273,17 @@ def test_the_tie_tolerance_covers_float32_rounding_with_room_to_spare(root):
     tolerance = vocabulary._tolerance(vocabulary._row_sqnorms(data),
                                       vocabulary._center_sqnorms)
     assert np.all(2 * error <= tolerance / 4)
+    # the compiled scan sums in two chains of 64 products per word (numba: the
+    # [test] extra): its two nearest words' distances are as close
+    cells = Vocabulary.from_state(
+        {**Vocabulary(500).get_params(), "n_probe": 1},
+        {"centers": centers, "cell_centers": centers.mean(0, keepdims=True),
+         "word_cells": np.zeros(500, np.int32), "binary": np.array(False)})
+    words, second, best, second_best = cells.predict_two(data)
+    rows = np.arange(len(data))
+    exact += (data.astype(np.float64) ** 2).sum(1, keepdims=True)
+    for found, distance in ((words, best), (second, second_best)):
+        assert np.all(2 * np.abs(distance - exact[rows, found]) <= tolerance / 4)
 
 
 @pytest.mark.parametrize("exact_below, n_probe", [(4096, 8), (0, 32)])
@@ -324,9 +335,8 @@ def test_the_compiled_scan_assigns_the_words_numpy_assigns(monkeypatch, fitted):
     near ties it could order otherwise are settled in float64, so every word is
     the same, ties included."""
     import cvsearch.vocabulary as vocabulary_module
-    from cvsearch._compiled import compiled
 
-    assert compiled(vocabulary_module._scan_cells) is not None  # numba: [test]
+    assert vocabulary_module._compiled_scan() is not None  # numba: [test]
     vocabulary = with_params(fitted[0], n_probe=4)
     everywhere = with_params(vocabulary, n_probe=32)
     rng = np.random.default_rng(3)
@@ -351,15 +361,16 @@ def test_the_compiled_scan_assigns_the_words_numpy_assigns(monkeypatch, fitted):
 @pytest.mark.parametrize("use_compiled", [True, False])
 def test_cells_and_blocks_of_any_size_give_the_two_nearest_words(monkeypatch, n_rows,
                                                                   use_compiled):
-    # The compiled scan takes four descriptors against three words at a time:
-    # cells of one to seven words, and descriptors that are not a multiple of
-    # four, leave partial blocks whose repeated rows and words must not be kept
-    # (a word kept twice would be its own second word).
+    # The compiled scan takes four descriptors against a group of 8 or 16 words
+    # at a time: cells of one to 33 words, and descriptors that are not a
+    # multiple of four, leave partial blocks and padded groups whose repeated
+    # rows and padding must not be kept (a word kept twice would be its own
+    # second word).
     import cvsearch.vocabulary as vocabulary_module
 
     monkeypatch.setattr(vocabulary_module, "USE_COMPILED", use_compiled)
     rng = np.random.default_rng(n_rows)
-    sizes = np.array([1, 2, 3, 4, 5, 6, 7])
+    sizes = np.array([1, 2, 3, 4, 5, 6, 7, 8, 9, 15, 16, 17, 33])
     word_cells = rng.permutation(np.repeat(np.arange(len(sizes)), sizes)).astype(np.int32)
     centers = rng.normal(0, 10, (len(word_cells), 128)).astype(np.float32)
     cell_centers = np.stack([centers[word_cells == cell].mean(0)
@@ -465,3 +476,68 @@ def test_with_every_cell_probed_the_inverted_file_is_the_float64_nearest(
             assert ((second >= 0) & (second != words)).all()
             one = Vocabulary.from_state({**params, "n_probe": 1}, state).predict(data)
             assert np.array_equal(one, nearest_in_one_cell)
+
+
+def test_the_scan_products_are_each_row_against_each_word_of_a_group():
+    # The compiled scan's block of products (LLVM vector IR): four rows against a
+    # group of words laid out coordinate by coordinate, each row's products
+    # written where asked, nothing beyond them.
+    numba = pytest.importorskip("numba")  # the 'fast' extra; [test] has it
+    from cvsearch import _simd
+
+    @numba.njit
+    def block(rows, group, out):
+        addresses = np.empty(_simd.ROWS, np.int64)
+        for r in range(_simd.ROWS):
+            addresses[r] = rows.ctypes.data + r * rows.shape[1] * 4
+        _simd.dot_rows(addresses.ctypes.data, group.ctypes.data, out.ctypes.data,
+                       out.shape[1], rows.shape[1])
+
+    rng = np.random.default_rng(0)
+    for dim in (2, 128, 256):
+        rows = rng.normal(0, 100, (_simd.ROWS, dim)).astype(np.float32)
+        group = rng.normal(0, 100, (dim, _simd.LANES)).astype(np.float32)
+        out = np.full((_simd.ROWS, _simd.LANES + 5), -7.0, np.float32)
+        block(rows, group, out)
+        exact = rows.astype(np.float64) @ group.astype(np.float64)
+        scale = np.abs(rows).astype(np.float64) @ np.abs(group).astype(np.float64)
+        assert np.all(np.abs(out[:, :_simd.LANES] - exact) <= 2.0 ** -16 * scale)
+        assert np.all(out[:, _simd.LANES:] == -7.0)
+
+
+@pytest.mark.skipif(__import__("platform").machine() not in ("x86_64", "AMD64"),
+                    reason="compiles for two older x86 CPUs")
+@pytest.mark.parametrize("cpu", ["haswell", "x86-64"])
+def test_the_scan_compiled_for_older_cpus_assigns_the_same_words(tmp_path, cpu):
+    # Without AVX-512 the groups hold 8 words; without FMA (x86-64: SSE2 only)
+    # LLVM multiplies and adds apart. Both run on this machine, in a process of
+    # their own that numba compiles for that CPU: the same words as numpy's.
+    import subprocess
+    import sys
+
+    script = """
+import numpy as np
+import cvsearch.vocabulary as vocabulary_module
+from cvsearch import _simd
+from cvsearch.vocabulary import Vocabulary
+rng = np.random.default_rng(1)
+centers = np.abs(rng.normal(0, 30, (700, 128))).astype(np.float32)
+centers[350:400] = centers[300:350]  # equal words: ties
+vocabulary = Vocabulary(700, n_probe=5, exact_below=0, random_state=0).fit(
+    np.repeat(centers, 3, axis=0) + rng.normal(0, 1, (2100, 128)).astype(np.float32))
+data = np.concatenate([np.abs(rng.normal(0, 30, (300, 128))),
+                       vocabulary.centers_[:100]]).astype(np.float32)
+assert len(vocabulary.word_cells_) and vocabulary_module._compiled_scan() is not None
+fast = vocabulary.predict_two(data)
+vocabulary_module.USE_COMPILED = False
+plain = vocabulary.predict_two(data)
+assert np.array_equal(fast[0], plain[0])
+assert (fast[1] == plain[1]).mean() >= 0.99
+print(_simd.LANES)
+"""
+    env = {**__import__("os").environ, "NUMBA_CPU_NAME": cpu, "NUMBA_CPU_FEATURES": "",
+           "NUMBA_CACHE_DIR": str(tmp_path)}
+    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True,
+                          text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.split() == ["8"]
