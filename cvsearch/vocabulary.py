@@ -250,6 +250,7 @@ class Vocabulary:
         self._fingerprint = digest.hexdigest()[:32]
         self.centers_ = centers
         self.binary_ = bool(binary)
+        self._groups = self._sorted_centers_times_minus_2 = None  # made on first use
         self.cell_centers_ = cell_centers
         self.word_cells_ = word_cells
         self._center_sqnorms = (centers.astype(np.float64) ** 2).sum(1).astype(
@@ -270,8 +271,6 @@ class Vocabulary:
             self._sorted_sqnorms = self._center_sqnorms[order]
             self._cell_sqnorms = (self._cells.astype(np.float64) ** 2).sum(1).astype(
                 np.float32)
-            self._sorted_centers_times_minus_2 = np.ascontiguousarray(
-                centers[order] * np.float32(-2))
             self._cell_centers_times_minus_2 = self._cells * np.float32(-2)
 
     @property
@@ -570,7 +569,7 @@ class Vocabulary:
             slots = (group_bounds[cells] * lanes
                      + np.arange(len(cells)) - self._cell_bounds[cells])
             flat = np.zeros((group_bounds[-1] * lanes, self.centers_.shape[1]), np.float32)
-            flat[slots] = self._sorted_centers_times_minus_2
+            flat[slots] = self.centers_[self._cell_order] * np.float32(-2)
             group_sqnorms = np.full(len(flat), np.inf, np.float32)
             group_sqnorms[slots] = self._sorted_sqnorms
             groups = np.ascontiguousarray(
@@ -635,10 +634,16 @@ class Vocabulary:
         # work is a product and argmins: argpartition costs 100x an argmin on
         # these small matrices.)
         gathered = data[rows_of]
+        # the sorted words scaled by -2, made on first use: the compiled scan
+        # reads its own copy (:meth:`_word_groups`)
+        words = getattr(self, "_sorted_centers_times_minus_2", None)
+        if words is None:
+            words = self.centers_[self._cell_order] * np.float32(-2)
+            self._sorted_centers_times_minus_2 = words
         for cell in np.flatnonzero(np.diff(bounds)):
             lo, hi = self._cell_bounds[cell], self._cell_bounds[cell + 1]
             a, b = bounds[cell], bounds[cell + 1]
-            d = gathered[a:b] @ self._sorted_centers_times_minus_2[lo:hi].T
+            d = gathered[a:b] @ words[lo:hi].T
             d += self._sorted_sqnorms[lo:hi]
             slots = np.arange(b - a)
             for _ in range(min(3, hi - lo)):
