@@ -10,10 +10,10 @@ al., "Product quantization for nearest neighbor search", 2011): the centres are
 grouped by a second, coarse k-means into about sqrt(n_words) cells, and a descriptor is
 compared only with the centres of its ``n_probe`` nearest cells. Unlike randomised
 kd-trees this is deterministic, so a saved and reloaded index answers identically.
-With numba (the 'fast' extra) the cells are scanned by one compiled loop instead
-of a few numpy calls per cell, which at one image's few hundred descriptors cost
-more than the arithmetic; the words are the same (near ties are settled in
-float64 either way).
+With numba (the 'fast' extra) the cells are scanned by one compiled loop
+(:mod:`cvsearch._simd`) instead of a few numpy calls per cell, which at one
+image's few hundred descriptors cost more than the arithmetic; the words are the
+same (near ties are settled in float64 either way).
 
 ORB descriptors are 256-bit strings. They are unpacked to 256 values in {0, 1} and
 clustered like real vectors: for binary vectors the squared Euclidean distance is
