@@ -9,8 +9,8 @@ that one vector holds one coordinate of ``LANES`` words and each row's
 coordinate is broadcast against it: no sum across lanes at all, and one vector
 read serves four rows. numba cannot express such vectors, hence this
 intrinsic; LLVM lowers its generic vectors and ``llvm.fmuladd`` to whatever
-the CPU has (one AVX-512 register, two AVX ones, SSE or NEON; a separate
-multiply and add where there is no FMA).
+the CPU has (16 words: one AVX-512 register; 8: one AVX register, or two SSE or
+NEON ones; a separate multiply and add where there is no FMA).
 
 Importing this module imports numba (the 'fast' extra).
 """
@@ -142,8 +142,8 @@ def _scan_cells(data, rows_of, bounds, cell_bounds, group_bounds, groups, group_
     the smaller position, as ``Vocabulary._scan_cells_numpy`` orders them).
 
     A row's three nearest carry over from cell to cell, so after its first cell
-    few of a cell's words come near them (each cell's own three, kept apart,
-    cost a quarter more). The distances of a block of rows go to a buffer and
+    few of a cell's words come near them (each cell's own three, kept apart and
+    merged afterwards, cost more). The distances of a block of rows go to a buffer and
     are picked from it in a loop of their own: picking them between the
     products cost much of the scan.
     """
