@@ -1,3 +1,8 @@
+import os
+import platform
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -505,16 +510,13 @@ def test_the_scan_products_are_each_row_against_each_word_of_a_group():
         assert np.all(out[:, _simd.LANES:] == -7.0)
 
 
-@pytest.mark.skipif(__import__("platform").machine() not in ("x86_64", "AMD64"),
+@pytest.mark.skipif(platform.machine() not in ("x86_64", "AMD64"),
                     reason="compiles for two older x86 CPUs")
 @pytest.mark.parametrize("cpu", ["haswell", "x86-64"])
 def test_the_scan_compiled_for_older_cpus_assigns_the_same_words(tmp_path, cpu):
     # Without AVX-512 the groups hold 8 words; without FMA (x86-64: SSE2 only)
     # LLVM multiplies and adds apart. Both run on this machine, in a process of
     # their own that numba compiles for that CPU: the same words as numpy's.
-    import subprocess
-    import sys
-
     script = """
 import numpy as np
 import cvsearch.vocabulary as vocabulary_module
@@ -535,7 +537,7 @@ assert np.array_equal(fast[0], plain[0])
 assert (fast[1] == plain[1]).mean() >= 0.99
 print(_simd.LANES)
 """
-    env = {**__import__("os").environ, "NUMBA_CPU_NAME": cpu, "NUMBA_CPU_FEATURES": "",
+    env = {**os.environ, "NUMBA_CPU_NAME": cpu, "NUMBA_CPU_FEATURES": "",
            "NUMBA_CACHE_DIR": str(tmp_path)}
     done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True,
                           text=True, timeout=600)
