@@ -620,44 +620,47 @@ class Vocabulary:
         return keys // self.n_words, keys % self.n_words
 
     def _scan_cells_numpy(self, data, rows_of, bounds):
-        """:func:`_scan_cells` in numpy: cell c is probed by the rows
-        ``rows_of[bounds[c]:bounds[c + 1]]`` of ``data`` (n, dim). Returns each
-        row's three nearest words' distances ``best`` (n, 3) float32 and their
-        positions in the sorted words ``position`` (n, 3) int32, nearest first
-        (equal distances: the smaller position; inf and -1 where fewer)."""
-        n = len(data)
-        # every row starts with three empty candidates (inf, -1), as the kernel's
-        rows, values, found = [np.tile(np.arange(n), 3)], \
-            [np.full(3 * n, np.inf, np.float32)], [np.full(3 * n, -1, np.int64)]
-        # Cell by cell: the rows that probe a cell are compared with its words in
-        # one matrix product, and each keeps the cell's three nearest. (Per-cell
-        # work is a product and argmins: argpartition costs 100x an argmin on
-        # these small matrices.)
-        gathered = data[rows_of]
-        # the sorted words scaled by -2, made on first use: the compiled scan
-        # reads its own copy (:meth:`_word_groups`)
+        """The compiled scan (:mod:`cvsearch._simd`) in numpy: cell c is probed
+        by the rows ``rows_of[bounds[c]:bounds[c + 1]]`` of ``data`` (n, dim).
+        Returns each row's three nearest words' distances ``best`` (n, 3) float32
+        and their positions in the sorted words ``position`` (n, 3) int32, nearest
+        first (equal distances: the smaller position; inf and -1 where fewer)."""
+        n_slots = len(rows_of)
+        # each slot's (row, probed cell) three nearest: best, second, third
+        values = np.full((3, n_slots), np.inf, np.float32)
+        found = np.full((3, n_slots), -1, np.int32)
         words = getattr(self, "_sorted_centers_times_minus_2", None)
-        if words is None:
+        if words is None:  # made on first use: the compiled scan has its own copy
             words = self.centers_[self._cell_order] * np.float32(-2)
             self._sorted_centers_times_minus_2 = words
+        gathered = data[rows_of]
+        # Cell by cell: the rows that probe a cell are compared with its words in
+        # one matrix product. (Per-cell work is a product and argmins:
+        # argpartition costs 100x an argmin on these small matrices.)
         for cell in np.flatnonzero(np.diff(bounds)):
             lo, hi = self._cell_bounds[cell], self._cell_bounds[cell + 1]
             a, b = bounds[cell], bounds[cell + 1]
             d = gathered[a:b] @ words[lo:hi].T
             d += self._sorted_sqnorms[lo:hi]
             slots = np.arange(b - a)
-            for _ in range(min(3, hi - lo)):
+            for rank in range(min(3, hi - lo)):
                 j = d.argmin(axis=1)
-                rows.append(rows_of[a:b])
-                values.append(d[slots, j])
-                found.append(j + lo)
+                values[rank, a:b] = d[slots, j]
+                found[rank, a:b] = j + lo
                 d[slots, j] = np.inf
-        rows, values, found = (np.concatenate(rows), np.concatenate(values),
-                               np.concatenate(found))
-        keep = np.lexsort((found, values, rows))  # by row, distance, position
-        first = np.searchsorted(rows[keep], np.arange(n))
-        take = keep[first[:, None] + np.arange(3)]
-        return values[take], found[take].astype(np.int32)
+        # each row's slots side by side, (n, 3 * n_probe), then its three
+        # smallest by (distance, position): sorted by position, then stably by
+        # distance
+        n_probe = n_slots // max(len(data), 1)
+        by_row = np.argsort(rows_of, kind="stable")
+        values = values[:, by_row].reshape(3, len(data), n_probe).transpose(1, 0, 2)
+        found = found[:, by_row].reshape(3, len(data), n_probe).transpose(1, 0, 2)
+        values, found = values.reshape(len(data), -1), found.reshape(len(data), -1)
+        order = np.argsort(found, axis=1, kind="stable")
+        order = np.take_along_axis(order, np.argsort(
+            np.take_along_axis(values, order, 1), axis=1, kind="stable"), 1)[:, :3]
+        return (np.take_along_axis(values, order, 1),
+                np.take_along_axis(found, order, 1))
 
     def get_state(self) -> dict:
         """Learnt arrays, for saving: centers, cell_centers, word_cells, binary."""
