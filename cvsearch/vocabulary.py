@@ -718,14 +718,15 @@ USE_COMPILED = True
 
 def _compiled_scan():
     """:mod:`cvsearch._simd` (the compiled scan of the inverted file), or None
-    without numba or with ``USE_COMPILED`` off."""
+    without numba, with ``USE_COMPILED`` off, or with numba's JIT off
+    (``NUMBA_DISABLE_JIT``: its LLVM products cannot run as Python)."""
     if not USE_COMPILED:
         return None
     try:
         from cvsearch import _simd
     except ImportError:  # numba: the 'fast' extra
         return None
-    return _simd
+    return None if _simd.numba.config.DISABLE_JIT else _simd
 
 
 def _smallest(values, out):

@@ -543,3 +543,30 @@ print(_simd.LANES)
                           text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.split() == ["8"]
+
+
+def test_with_numbas_jit_off_words_come_from_the_numpy_scan(tmp_path):
+    # NUMBA_DISABLE_JIT (for debugging) runs numba's loops as Python; the scan's
+    # LLVM products cannot run so, and the numpy path takes over.
+    script = """
+import numpy as np
+import cvsearch.vocabulary as vocabulary_module
+from cvsearch.vocabulary import Vocabulary
+rng = np.random.default_rng(2)
+centers = np.abs(rng.normal(0, 30, (300, 128))).astype(np.float32)
+vocabulary = Vocabulary(300, n_probe=3, exact_below=0, random_state=0).fit(
+    np.repeat(centers, 3, axis=0) + rng.normal(0, 1, (900, 128)).astype(np.float32))
+data = np.abs(rng.normal(0, 30, (50, 128))).astype(np.float32)
+assert vocabulary_module._compiled_scan() is None
+print(" ".join(map(str, vocabulary.predict(data))))
+"""
+    done = subprocess.run([sys.executable, "-c", script],
+                          env={**os.environ, "NUMBA_DISABLE_JIT": "1"},
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    rng = np.random.default_rng(2)
+    centers = np.abs(rng.normal(0, 30, (300, 128))).astype(np.float32)
+    vocabulary = Vocabulary(300, n_probe=3, exact_below=0, random_state=0).fit(
+        np.repeat(centers, 3, axis=0) + rng.normal(0, 1, (900, 128)).astype(np.float32))
+    data = np.abs(rng.normal(0, 30, (50, 128))).astype(np.float32)
+    assert done.stdout.split() == [str(w) for w in vocabulary.predict(data)]
