@@ -31,7 +31,11 @@ def _lanes() -> int:
     unless ``NUMBA_CPU_NAME`` or ``NUMBA_CPU_FEATURES`` say otherwise."""
     if numba.config.CPU_NAME is not None or numba.config.CPU_FEATURES is not None:
         return 8
-    return 16 if "+avx512f" in binding.get_host_cpu_features().flatten() else 8
+    try:
+        features = binding.get_host_cpu_features().flatten()
+    except RuntimeError:  # LLVM cannot read them on some hosts: 8 fit everywhere
+        return 8
+    return 16 if "+avx512f" in features else 8
 
 
 #: Words per group (see :func:`_lanes`). numba's cache keeps one compiled scan
