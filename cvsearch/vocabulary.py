@@ -535,7 +535,7 @@ class Vocabulary:
                             self._cell_bounds, group_bounds, groups, group_sqnorms, best,
                             position)
         else:
-            best, position = self._scan_cells_numpy(data, rows_of, bounds)
+            best, position = self._scan_cells_numpy(data, rows_of, bounds, n_probe)
         first, second = best[:, 0].copy(), best[:, 1].copy()
         word = self._cell_order[np.maximum(position[:, 0], 0)]
         second_word = np.full(len(data), -1, np.int32)
@@ -619,9 +619,10 @@ class Vocabulary:
         keys = np.unique(rows * self.n_words + words)
         return keys // self.n_words, keys % self.n_words
 
-    def _scan_cells_numpy(self, data, rows_of, bounds):
+    def _scan_cells_numpy(self, data, rows_of, bounds, n_probe: int):
         """The compiled scan (:mod:`cvsearch._simd`) in numpy: cell c is probed
-        by the rows ``rows_of[bounds[c]:bounds[c + 1]]`` of ``data`` (n, dim).
+        by the rows ``rows_of[bounds[c]:bounds[c + 1]]`` of ``data`` (n, dim),
+        each row by ``n_probe`` cells.
         Returns each row's three nearest words' distances ``best`` (n, 3) float32
         and their positions in the sorted words ``position`` (n, 3) int32, nearest
         first (equal distances: the smaller position; inf and -1 where fewer)."""
@@ -651,7 +652,6 @@ class Vocabulary:
         # each row's slots side by side, (n, 3 * n_probe), then its three
         # smallest by (distance, position): sorted by position, then stably by
         # distance
-        n_probe = n_slots // max(len(data), 1)
         by_row = np.argsort(rows_of, kind="stable")
         values = values[:, by_row].reshape(3, len(data), n_probe).transpose(1, 0, 2)
         found = found[:, by_row].reshape(3, len(data), n_probe).transpose(1, 0, 2)
