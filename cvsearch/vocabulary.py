@@ -300,7 +300,13 @@ class Vocabulary:
             raise ValueError(
                 f"descriptors have dtype {descriptors.dtype} but the vocabulary was "
                 f"trained on {kind} descriptors")
-        return self._as_float(descriptors, self.binary_)
+        with np.errstate(over="ignore"):  # beyond float32: refused just below
+            data = self._as_float(descriptors, self.binary_)
+        if not self.binary_ and not np.isfinite(data).all():
+            # no distance orders them: each would silently get some word
+            raise ValueError("descriptors hold NaN or infinity (as float32); no "
+                             "extractor makes them")
+        return data
 
     def predict(self, descriptors: np.ndarray) -> np.ndarray:
         """Assign each descriptor to a visual word (approximate for large vocabularies).

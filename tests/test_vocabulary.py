@@ -84,7 +84,7 @@ def test_binary_orb_vocabulary():
         vocabulary.predict(X[:5])
 
 
-def test_errors():
+def test_errors(fitted):
     with pytest.raises(ValueError, match="n_words"):
         Vocabulary(1)
     with pytest.raises(TypeError, match="n_words"):
@@ -96,6 +96,14 @@ def test_errors():
     vocabulary = Vocabulary(10, random_state=0).fit(X)
     with pytest.raises(ValueError, match="dim 128"):
         vocabulary.predict(X[:, :64])
+    # a NaN, or a value beyond float32, has no nearest word: refused, not word 0
+    for bad in (np.nan, np.inf, 1e39):
+        data = X[:5].astype(np.float64)
+        data[2, 7] = bad
+        for vocab in (vocabulary, fitted[0]):  # exact, and the inverted file
+            for predict in (vocab.predict, vocab.predict_two, vocab.predict_exact):
+                with pytest.raises(ValueError, match="NaN or infinity"):
+                    predict(data)
 
 
 def test_the_coarse_cells_can_be_more_than_the_square_root(fitted):
