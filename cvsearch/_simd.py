@@ -43,7 +43,7 @@ def _chains() -> int:
 
 #: Words per group. 16 on every CPU: each broadcast coordinate of a row then
 #: feeds 16 words, and the scan reads fewer than with 8 on 256-bit and 128-bit
-#: CPUs too (``benchmarks/results/lanes.md``).
+#: CPUs too (``benchmarks/results/scan_cpus.md``).
 LANES = 16
 #: Sums per row and lane (see :func:`_chains`). numba's cache keeps one
 #: compiled scan per target CPU, so a scan loaded from it has the chains
