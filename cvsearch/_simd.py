@@ -9,8 +9,8 @@ that one vector holds one coordinate of ``LANES`` words and each row's
 coordinate is broadcast against it: no sum across lanes at all, and one vector
 read serves four rows. numba cannot express such vectors, hence this
 intrinsic; LLVM lowers its generic vectors and ``llvm.fmuladd`` to whatever
-the CPU has (16 words: one AVX-512 register, two AVX ones, four SSE or NEON
-ones; a separate multiply and add where there is no FMA).
+the CPU has (16 words: one AVX-512 register; 8: one AVX register, or two SSE or
+NEON ones; a separate multiply and add where there is no FMA).
 
 Importing this module imports numba (the 'fast' extra).
 """
@@ -24,31 +24,23 @@ from numba import types
 from numba.extending import intrinsic
 
 
-def _chains() -> int:
-    """Sums per row and lane: 2 where numba compiles for a CPU with 512-bit
-    registers, else 1. Each multiply-add waits for the one before it in its
-    chain, so the unit needs about eight chains at once: four rows times two
-    with AVX-512; with 256 bits each group's vector is two registers, four rows
-    times one chain already eight, and a second chain would not fit the
-    registers. numba compiles for this CPU unless ``NUMBA_CPU_NAME`` or
-    ``NUMBA_CPU_FEATURES`` say otherwise."""
+def _lanes() -> int:
+    """Words per group: one 512-bit register of float32 where numba compiles
+    for a CPU that has them, else 256 bits (one AVX register, two SSE or NEON
+    ones; more sums would not fit the registers). numba compiles for this CPU
+    unless ``NUMBA_CPU_NAME`` or ``NUMBA_CPU_FEATURES`` say otherwise."""
     if numba.config.CPU_NAME is not None or numba.config.CPU_FEATURES is not None:
-        return 1
+        return 8
     try:
         features = binding.get_host_cpu_features().flatten()
-    except RuntimeError:  # LLVM cannot read them on some hosts: 1 fits everywhere
-        return 1
-    return 2 if "+avx512f" in features else 1
+    except RuntimeError:  # LLVM cannot read them on some hosts: 8 fit everywhere
+        return 8
+    return 16 if "+avx512f" in features else 8
 
 
-#: Words per group. 16 on every CPU: each broadcast coordinate of a row then
-#: feeds 16 words, and the scan reads fewer than with 8 on 256-bit and 128-bit
-#: CPUs too (``benchmarks/results/scan_cpus.md``).
-LANES = 16
-#: Sums per row and lane (see :func:`_chains`). numba's cache keeps one
-#: compiled scan per target CPU, so a scan loaded from it has the chains
-#: computed here.
-CHAINS = _chains()
+#: Words per group (see :func:`_lanes`). numba's cache keeps one compiled scan
+#: per target CPU, so a scan loaded from it has the lanes computed here.
+LANES = _lanes()
 #: Rows per block (the caller passes that many row addresses).
 ROWS = 4
 
@@ -69,8 +61,9 @@ def dot_rows(typingctx, row_addresses, group, out, out_stride, dim):
     dim : int64
         Even (descriptors have 128 or 256 coordinates).
 
-    With ``CHAINS`` 2, each lane sums the even coordinates and the odd ones in
-    two chains, in order, then adds the two; with 1, all in order in one.
+    Each lane sums the even coordinates and the odd ones in two chains, in
+    order, then adds the two: two chains per row keep the multiply-add unit
+    busy, and halve the rounding of one long chain.
     """
     sig = types.void(types.int64, types.int64, types.int64, types.int64, types.int64)
 
@@ -98,10 +91,10 @@ def dot_rows(typingctx, row_addresses, group, out, out_stride, dim):
         builder.position_at_end(loop)
         pair = builder.phi(i64)
         pair.add_incoming(ir.Constant(i64, 0), entry)
-        sums = [builder.phi(vector) for _ in range(CHAINS * ROWS)]  # [row: chains]
+        sums = [builder.phi(vector) for _ in range(2 * ROWS)]
         for s in sums:
             s.add_incoming(zero, entry)
-        chained = list(sums)
+        updated = []
         for half in range(2):
             k = builder.add(builder.mul(pair, ir.Constant(i64, 2)), ir.Constant(i64, half))
             words = builder.load(builder.gep(group, [k]), align=4)
@@ -110,8 +103,10 @@ def dot_rows(typingctx, row_addresses, group, out, out_stride, dim):
                 broadcast = builder.shuffle_vector(
                     builder.insert_element(undefined, value, ir.Constant(i32, 0)),
                     undefined, splat)
-                chain = CHAINS * r + half % CHAINS
-                chained[chain] = builder.call(fmuladd, [broadcast, words, chained[chain]])
+                updated.append(builder.call(fmuladd, [broadcast, words,
+                                                      sums[2 * r + half]]))
+        # updated is [half 0: rows..., half 1: rows...]; sums are [row: halves]
+        chained = [updated[half * ROWS + r] for r in range(ROWS) for half in range(2)]
         following = builder.add(pair, ir.Constant(i64, 1))
         pair.add_incoming(following, loop)
         for s, value in zip(sums, chained):
@@ -119,14 +114,13 @@ def dot_rows(typingctx, row_addresses, group, out, out_stride, dim):
         builder.cbranch(builder.icmp_signed("<", following, pairs), loop, done)
 
         builder.position_at_end(done)
-        ends = []
+        halves = []
         for value in chained:  # the phis first, as LLVM wants them
             phi = builder.phi(vector)
             phi.add_incoming(zero, entry)
             phi.add_incoming(value, loop)
-            ends.append(phi)
-        finals = ends if CHAINS == 1 else [
-            builder.fadd(ends[2 * r], ends[2 * r + 1]) for r in range(ROWS)]
+            halves.append(phi)
+        finals = [builder.fadd(halves[2 * r], halves[2 * r + 1]) for r in range(ROWS)]
         for r, total in enumerate(finals):
             target = builder.gep(out, [builder.mul(stride, ir.Constant(i64, r))])
             builder.store(total, builder.bitcast(target, vector.as_pointer()), align=4)
