@@ -559,8 +559,10 @@ def cmd_info(args):
              if f.get("budget_grid", 1) > 1 else "")
           + (f", detected again at lower contrast under {f['min_keypoints']} keypoints"
              if f.get("min_keypoints") else ""))
-    print(f"vocabulary:   {info['words']} words, n_probe {info['vocabulary']['n_probe']}, "
-          f"random_state {info['vocabulary']['random_state']}")
+    vocabulary = info["vocabulary"]
+    print(f"vocabulary:   {info['words']} words, n_probe {vocabulary['n_probe']}, "
+          f"probe_ratio {vocabulary['probe_ratio']}, "
+          f"random_state {vocabulary['random_state']}")
     print(f"weighting:    tf-idf, tf_power {index.tf_power:g}, power "
           f"{index.power:g}, pyramid levels {index.pyramid_levels}")
     print(f"size on disk: {info['disk_bytes'] / 2**20:.2f} MiB; in memory "

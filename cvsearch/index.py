@@ -134,8 +134,8 @@ class Index:
         translation or rotation. See ``benchmarks/results/caltech101.md``.
     **vocabulary_params
         Further arguments of :class:`cvsearch.vocabulary.Vocabulary`
-        (``max_samples``, ``batch_size``, ``max_iter``, ``n_probe``, ``n_cells``,
-        ``exact_below``).
+        (``max_samples``, ``batch_size``, ``max_iter``, ``n_probe``,
+        ``probe_ratio``, ``n_cells``, ``exact_below``).
 
     Attributes
     ----------

@@ -16,7 +16,7 @@ import numpy as np
 from cvsearch import storage
 from cvsearch.features import THUMBNAIL, FeatureExtractor
 from cvsearch.store import Segment, Store
-from cvsearch.vocabulary import Vocabulary
+from cvsearch.vocabulary import Vocabulary, saved_params
 from cvsearch.weighting import pyramid_size
 
 FORMAT = "cvsearch-index"
@@ -106,8 +106,9 @@ def read_index(cls, path, manifest: dict, verify: bool, previous=None):
     try:
         # indexes saved before tf_power existed used the counts as they are
         weighting = {"tf_power": 1.0, **manifest.get("weighting", {})}
+        vocabulary_params = saved_params(manifest["vocabulary"])
         index = cls(FeatureExtractor.from_params(manifest["extractor"]),
-                    **manifest["vocabulary"], **weighting)
+                    **vocabulary_params, **weighting)
     except (KeyError, TypeError, ValueError) as error:
         raise ValueError(f"{path}: bad parameters ({error}); the index is "
                          "corrupt") from None
@@ -119,7 +120,7 @@ def read_index(cls, path, manifest: dict, verify: bool, previous=None):
     files = manifest.get("files")
     entry = files.get("vocabulary") if isinstance(files, dict) else None
     if shared_vocabulary is not None and shared_vocabulary[1] == entry \
-            and shared_vocabulary[0].get_params() == manifest["vocabulary"]:
+            and shared_vocabulary[0].get_params() == vocabulary_params:
         index._vocabulary = shared_vocabulary[0]
     else:
         data = storage.read_file(directory, manifest, "vocabulary")  # entry checked
@@ -128,7 +129,7 @@ def read_index(cls, path, manifest: dict, verify: bool, previous=None):
             {"centers": np.float32, "cell_centers": np.float32,
              "word_cells": np.int32, "binary": np.bool_})
         try:
-            index._vocabulary = Vocabulary.from_state(manifest["vocabulary"], vocab)
+            index._vocabulary = Vocabulary.from_state(vocabulary_params, vocab)
         except ValueError as error:
             fail("vocabulary", str(error))
     index._saved_vocabulary = (index._vocabulary, entry)

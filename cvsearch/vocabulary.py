@@ -8,7 +8,10 @@ if every descriptor were compared with every centre. Above ``exact_below`` words
 therefore uses an inverted file over the centres (as faiss ``IndexIVFFlat``; Jegou et
 al., "Product quantization for nearest neighbor search", 2011): the centres are
 grouped by a second, coarse k-means into about sqrt(n_words) cells, and a descriptor is
-compared only with the centres of its ``n_probe`` nearest cells. Unlike randomised
+compared only with the centres of its nearest cells: at least ``n_probe`` of them,
+and every other cell nearly as near as its nearest (``probe_ratio``), so that a
+descriptor between cells looks into more of them than one well inside a cell
+(the number of cells probed adapts, as in multi-probe searches). Unlike randomised
 kd-trees this is deterministic, so a saved and reloaded index answers identically.
 With numba (the 'fast' extra) the cells are scanned by one compiled loop
 (:mod:`cvsearch._simd`) instead of a few numpy calls per cell, which at one
@@ -32,7 +35,7 @@ import logging
 import numpy as np
 
 from cvsearch._compiled import compiled
-from cvsearch._validation import check_int
+from cvsearch._validation import check_float, check_int
 
 logger = logging.getLogger(__name__)
 
@@ -96,12 +99,19 @@ class Vocabulary:
     max_iter : int
         Maximum passes over the sample (``MiniBatchKMeans`` stops early too).
     n_probe : int
-        Cells of the coarse quantiser searched per descriptor (see module docstring),
-        the nearest of those that hold words.
-        Larger is more exact and slower. The default, 10, gives each descriptor its
-        exact nearest centre 97.5% of the time at 20,000 words (8, the default
-        before 2026-12-03: 96.0%, in 0.89x the time; benchmarks/assignment.py).
-        A saved vocabulary keeps the value it was built with.
+        The fewest cells of the coarse quantiser searched per descriptor (see the
+        module docstring), its nearest of those that hold words. Larger is more
+        exact and slower.
+    probe_ratio : float or None
+        Also search every other cell whose squared distance to the descriptor is
+        at most ``probe_ratio`` times its nearest cell's, up to ``4 * n_probe``
+        cells in all (the nearest); None: exactly ``n_probe`` cells. A
+        descriptor between cells then searches more of them than one well inside
+        a cell. The defaults, 6 and 1.45, search about as many words as 10 fixed
+        cells (the default before 2026-12-06) and give more descriptors their
+        exact nearest centre, with SIFT and RootSIFT, at 5,000 and 20,000 words
+        (``benchmarks/results/assignment*.md``). A saved vocabulary keeps the
+        values it was built with (one saved before probe_ratio existed: None).
     n_cells : int or None
         Cells of the coarse quantiser; None: about sqrt(n_words). More cells
         hold fewer words each, so more of them can be probed for the same
@@ -126,7 +136,8 @@ class Vocabulary:
     """
 
     def __init__(self, n_words: int = 20_000, *, max_samples: int = 250_000,
-                 batch_size: int = 4096, max_iter: int = 20, n_probe: int = 10,
+                 batch_size: int = 4096, max_iter: int = 20, n_probe: int = 6,
+                 probe_ratio: float | None = 1.45,
                  n_cells: int | None = None, exact_below: int = 2048,
                  random_state: int | None = None):
         self.n_words = check_int(n_words, "n_words", minimum=2)
@@ -134,6 +145,8 @@ class Vocabulary:
         self.batch_size = check_int(batch_size, "batch_size", minimum=1)
         self.max_iter = check_int(max_iter, "max_iter", minimum=1)
         self.n_probe = check_int(n_probe, "n_probe", minimum=1)
+        self.probe_ratio = None if probe_ratio is None else check_float(
+            probe_ratio, "probe_ratio", minimum=1.0, maximum=1000.0)
         self.n_cells = None if n_cells is None else check_int(n_cells, "n_cells",
                                                                minimum=1)
         self.exact_below = check_int(exact_below, "exact_below", minimum=0)
@@ -142,7 +155,7 @@ class Vocabulary:
         self.random_state = random_state
 
     _PARAMS = ("n_words", "max_samples", "batch_size", "max_iter", "n_probe",
-               "n_cells", "exact_below", "random_state")
+               "probe_ratio", "n_cells", "exact_below", "random_state")
 
     def __setattr__(self, name, value):
         # Once fitted, the words of every image indexed depend on these settings.
@@ -158,7 +171,8 @@ class Vocabulary:
         return {name: getattr(self, name) for name in self._PARAMS}
 
     def __repr__(self) -> str:
-        return f"Vocabulary(n_words={self.n_words}, n_probe={self.n_probe})"
+        return (f"Vocabulary(n_words={self.n_words}, n_probe={self.n_probe}, "
+                f"probe_ratio={self.probe_ratio})")
 
     @property
     def is_fitted(self) -> bool:
@@ -486,49 +500,96 @@ class Vocabulary:
         seconds[changed] = words[changed]
         words[changed] = settled[moved]
 
-    def _probed_cells(self, data: np.ndarray, n_probe: int,
-                      row_sqnorms: np.ndarray) -> np.ndarray:
-        """The ``n_probe`` nearest coarse cells of each row, shape (n, n_probe);
-        where float32 cannot tell the last probed cell from the next, the cells
-        are chosen in float64 (ties: the smaller cell)."""
+    def _probed_cells(self, data: np.ndarray, row_sqnorms: np.ndarray):
+        """The coarse cells each row probes: its ``n_probe`` nearest, and with
+        ``probe_ratio`` every other cell within that ratio of its nearest's
+        squared distance, up to ``4 * n_probe`` (the nearest).
+
+        Where float32 cannot decide whether a cell is probed (its distance within
+        rounding of the ratio's limit, or of the next cell's where the count is
+        bounded), the row's cells are chosen in float64 (ties: the smaller cell),
+        so that the cells, like the words, are the same on every machine.
+
+        Returns
+        -------
+        rows, cells : ndarray of shape (m,), int64
+            The (row, cell) pairs, sorted by row, then cell.
+        """
         cell_d = data @ self._cell_centers_times_minus_2.T
         cell_d += self._cell_sqnorms
-        n_cells = cell_d.shape[1]
-        if n_probe >= n_cells:
-            return np.broadcast_to(np.arange(n_cells), cell_d.shape)
-        kernel = compiled(_smallest) if USE_COMPILED else None
-        if kernel is not None:  # argpartition costs more at these sizes
-            parts = np.empty((len(data), n_probe + 1), np.int64)
-            kernel(cell_d, parts)
+        n, n_cells = cell_d.shape
+        fewest = min(self.n_probe, n_cells)
+        most = fewest if self.probe_ratio is None else min(4 * self.n_probe, n_cells)
+        if fewest >= n_cells:
+            return np.repeat(np.arange(n), n_cells), np.tile(np.arange(n_cells), n)
+        tolerance = self._tolerance(row_sqnorms, self._cell_sqnorms)
+        kernel = compiled(_choose_cells) if USE_COMPILED else None
+        if kernel is not None:  # numpy's calls cost more at one image's rows
+            chosen = np.empty(cell_d.shape, bool)
+            unsure = np.empty(n, bool)
+            kernel(cell_d, row_sqnorms, tolerance, self.probe_ratio or 0.0, fewest, most,
+                   chosen, unsure)
         else:
-            parts = np.argpartition(cell_d, (n_probe - 1, n_probe), axis=1)
-        rows = np.arange(len(data))
-        unsure = self._ties(row_sqnorms, cell_d[rows, parts[:, n_probe - 1]],
-                            cell_d[rows, parts[:, n_probe]], self._cell_sqnorms)
-        probes = np.array(parts[:, :n_probe])
+            chosen, unsure = self._choose_cells_numpy(cell_d, row_sqnorms, tolerance,
+                                                      fewest, most)
         cells = self._cells.astype(np.float64)
+        unsure = np.flatnonzero(unsure)
         for start in range(0, len(unsure), 64):  # bounded memory
-            chosen = unsure[start:start + 64]
-            d = ((data[chosen].astype(np.float64)[:, None, :] - cells[None]) ** 2
-                 ).sum(-1)
-            probes[chosen] = np.argsort(d, axis=1, kind="stable")[:, :n_probe]
-        return probes
+            rows = unsure[start:start + 64]
+            d = ((data[rows].astype(np.float64)[:, None, :] - cells[None]) ** 2).sum(-1)
+            order = np.argsort(d, axis=1, kind="stable")
+            count = np.full(len(rows), fewest)
+            if self.probe_ratio is not None:
+                nearest = np.take_along_axis(d, order[:, :1], 1)
+                count = np.clip((d <= self.probe_ratio * nearest).sum(1), fewest, most)
+            taken = np.zeros(d.shape, bool)
+            np.put_along_axis(taken, order, np.arange(n_cells) < count[:, None], axis=1)
+            chosen[rows] = taken
+        rows, cells = np.nonzero(chosen)
+        return rows.astype(np.int64, copy=False), cells.astype(np.int64, copy=False)
+
+    def _choose_cells_numpy(self, cell_d, row_sqnorms, tolerance, fewest: int,
+                            most: int):
+        """:func:`_choose_cells` in numpy: ``chosen`` (n, n_cells) bool and
+        ``unsure`` (n,) bool."""
+        n = len(cell_d)
+        if self.probe_ratio is None:
+            chosen = np.zeros(cell_d.shape, bool)
+            unsure = np.zeros(n, bool)
+            ranked = [(fewest, np.arange(n))]
+        else:
+            limit = self.probe_ratio * (cell_d.min(1) + row_sqnorms) - row_sqnorms
+            chosen = cell_d <= limit[:, None]
+            # either side of the limit by less than both roundings (each distance's,
+            # and the nearest's times the ratio): float64 decides
+            band = (1 + self.probe_ratio) * tolerance
+            unsure = (np.abs(cell_d - limit[:, None]) <= band[:, None]).any(1)
+            counts = chosen.sum(1)
+            ranked = [(fewest, np.flatnonzero(counts < fewest)),
+                      (most, np.flatnonzero(counts > most))]
+        for k, rows in ranked:
+            if not len(rows):
+                continue
+            parts = np.argpartition(cell_d[rows], (k - 1, k), axis=1)
+            unsure[rows[cell_d[rows, parts[:, k]] - cell_d[rows, parts[:, k - 1]]
+                        <= tolerance[rows]]] = True
+            chosen[rows] = False
+            chosen[rows[:, None], parts[:, :k]] = True
+        return chosen, unsure
 
     def _predict_ivf(self, data: np.ndarray, with_second: bool):
-        n_probe = min(self.n_probe, len(self._cells))
         row_sqnorms = self._row_sqnorms(data)
-        probes = self._probed_cells(data, n_probe, row_sqnorms)
-        # The (row, probe) pairs sorted by cell, so that each cell's words are read
+        slot_rows, slot_cells = self._probed_cells(data, row_sqnorms)
+        # The (row, cell) slots sorted by cell, so that each cell's words are read
         # once for all the rows probing it; each row keeps the three nearest words
         # of all its probed cells (the third only settles near ties:
         # :meth:`_near_words`).
-        pairs = probes.ravel()
         # numpy sorts 16-bit integers stably by radix (64-bit ones by merging):
-        # the same order, for less at one image's few thousand pairs
-        order = np.argsort(pairs.astype(np.int16) if len(self._cells) < 2 ** 15
-                           else pairs, kind="stable")
-        bounds = np.searchsorted(pairs[order], np.arange(len(self._cells) + 1))
-        rows_of = order // n_probe
+        # the same order, for less at one image's few thousand slots
+        order = np.argsort(slot_cells.astype(np.int16) if len(self._cells) < 2 ** 15
+                           else slot_cells, kind="stable")
+        bounds = np.searchsorted(slot_cells[order], np.arange(len(self._cells) + 1))
+        rows_of = slot_rows[order]
         scan = _compiled_scan() if data.dtype == np.float32 else None
         if scan is not None:
             # without a numpy call per cell (the numpy path's cost at one image's
@@ -541,7 +602,7 @@ class Vocabulary:
                             self._cell_bounds, group_bounds, groups, group_sqnorms, best,
                             position)
         else:
-            best, position = self._scan_cells_numpy(data, rows_of, bounds, n_probe)
+            best, position = self._scan_cells_numpy(data, rows_of, bounds)
         first, second = best[:, 0].copy(), best[:, 1].copy()
         word = self._cell_order[np.maximum(position[:, 0], 0)]
         second_word = np.full(len(data), -1, np.int32)
@@ -551,7 +612,8 @@ class Vocabulary:
         self._settle_ties(data, row_sqnorms, word, second_word, first, second,
                           lambda rows: self._near_words(
                               best[rows], positions=position[rows],
-                              probes=probes[rows], row_sqnorms=row_sqnorms[rows]))
+                              probed=_pairs_of(rows, slot_rows, slot_cells),
+                              row_sqnorms=row_sqnorms[rows]))
         return word, second_word, first, second
 
     def _word_groups(self, lanes: int):
@@ -584,7 +646,7 @@ class Vocabulary:
             self._groups = cached  # one assignment: threads see all or nothing
         return cached
 
-    def _near_words(self, scanned, positions, probes, row_sqnorms):
+    def _near_words(self, scanned, positions, probed, row_sqnorms):
         """The words that can be nearest to rows whose two nearest nearly tie,
         from the inverted file's scan (:meth:`_settle_ties`).
 
@@ -595,8 +657,8 @@ class Vocabulary:
             the scan found them, nearest first.
         positions : ndarray of shape (k, 3), int32
             Their positions in the sorted words (-1: none).
-        probes : ndarray of shape (k, n_probe)
-            The rows' probed cells.
+        probed : tuple of two ndarrays of shape (p,), int64
+            The rows' probed cells, as (row of the k, cell) pairs.
         row_sqnorms : ndarray of shape (k,), float64
 
         Returns
@@ -614,8 +676,8 @@ class Vocabulary:
         near = scanned <= limit[:, None]
         rows, columns = np.nonzero(near)
         found = [positions[rows, columns]]
-        full_rows = np.repeat(np.flatnonzero(near[:, 2]), probes.shape[1])
-        cells = probes[near[:, 2]].ravel()
+        every = near[probed[0], 2]  # rows whose third is near too: every probed word
+        full_rows, cells = probed[0][every], probed[1][every]
         lo = self._cell_bounds[cells]
         counts = self._cell_bounds[cells + 1] - lo
         within = np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts)
@@ -625,10 +687,9 @@ class Vocabulary:
         keys = np.unique(rows * self.n_words + words)
         return keys // self.n_words, keys % self.n_words
 
-    def _scan_cells_numpy(self, data, rows_of, bounds, n_probe: int):
+    def _scan_cells_numpy(self, data, rows_of, bounds):
         """The compiled scan (:mod:`cvsearch._simd`) in numpy: cell c is probed
-        by the rows ``rows_of[bounds[c]:bounds[c + 1]]`` of ``data`` (n, dim),
-        each row by ``n_probe`` cells.
+        by the rows ``rows_of[bounds[c]:bounds[c + 1]]`` of ``data`` (n, dim).
         Returns each row's three nearest words' distances ``best`` (n, 3) float32
         and their positions in the sorted words ``position`` (n, 3) int32, nearest
         first (equal distances: the smaller position; inf and -1 where fewer)."""
@@ -655,13 +716,20 @@ class Vocabulary:
                 values[rank, a:b] = d[slots, j]
                 found[rank, a:b] = j + lo
                 d[slots, j] = np.inf
-        # each row's slots side by side, (n, 3 * n_probe), then its three
-        # smallest by (distance, position): sorted by position, then stably by
-        # distance
+        # each row's slots side by side, (n, 3 * most slots of a row; inf and -1
+        # beyond its own), then its three smallest by (distance, position):
+        # sorted by position, then stably by distance
         by_row = np.argsort(rows_of, kind="stable")
-        values = values[:, by_row].reshape(3, len(data), n_probe).transpose(1, 0, 2)
-        found = found[:, by_row].reshape(3, len(data), n_probe).transpose(1, 0, 2)
-        values, found = values.reshape(len(data), -1), found.reshape(len(data), -1)
+        counts = np.bincount(rows_of, minlength=len(data))
+        width = max(int(counts.max(initial=0)), 1)
+        column = np.arange(n_slots) - np.repeat(np.cumsum(counts) - counts, counts)
+        side_values = np.full((3, len(data), width), np.inf, np.float32)
+        side_found = np.full((3, len(data), width), -1, np.int32)
+        side_values[:, rows_of[by_row], column] = values[:, by_row]
+        side_found[:, rows_of[by_row], column] = found[:, by_row]
+        values = side_values.transpose(1, 0, 2).reshape(len(data), -1)
+        found = side_found.transpose(1, 0, 2).reshape(len(data), -1)
+        # the padding (-1) sorts first by position, but last by distance (inf)
         order = np.argsort(found, axis=1, kind="stable")
         order = np.take_along_axis(order, np.argsort(
             np.take_along_axis(values, order, 1), axis=1, kind="stable"), 1)[:, :3]
@@ -678,13 +746,15 @@ class Vocabulary:
     @classmethod
     def from_state(cls, params: dict, state: dict) -> Vocabulary:
         """Rebuild a fitted vocabulary from ``get_params()`` and ``get_state()``.
+        Parameters saved before ``probe_ratio`` existed leave it out: None, as
+        those vocabularies searched.
 
         Raises
         ------
         ValueError
             If the arrays are inconsistent with each other or with ``params``.
         """
-        vocabulary = cls(**params)
+        vocabulary = cls(**saved_params(params))
         centers = np.asarray(state["centers"])
         cell_centers = np.asarray(state["cell_centers"])
         word_cells = np.asarray(state["word_cells"])
@@ -717,6 +787,22 @@ class Vocabulary:
         return vocabulary
 
 
+def _pairs_of(rows, slot_rows, slot_cells):
+    """The (row, cell) pairs of ``rows`` (m,) among ``slot_rows, slot_cells``
+    (sorted by row), as (position in ``rows``, cell), int64."""
+    starts = np.searchsorted(slot_rows, rows)
+    counts = np.searchsorted(slot_rows, rows, side="right") - starts
+    within = np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts)
+    return (np.repeat(np.arange(len(rows)), counts),
+            slot_cells[np.repeat(starts, counts) + within])
+
+
+def saved_params(params: dict) -> dict:
+    """Vocabulary parameters as saved, completed with those older files leave
+    out: ``probe_ratio`` None (exactly ``n_probe`` cells, as they searched)."""
+    return {"probe_ratio": None, **params}
+
+
 #: Use the compiled scan of the inverted file when numba is installed (False:
 #: always numpy; tests compare the two).
 USE_COMPILED = True
@@ -735,23 +821,57 @@ def _compiled_scan():
     return None if _simd.numba.config.DISABLE_JIT else _simd
 
 
-def _smallest(values, out):
-    """Per row of ``values`` (n, m), the columns of its ``k = out.shape[1]``
-    smallest, in increasing order (ties: the smaller column), into ``out`` (n, k)
-    int64: what ``argpartition`` gives at positions k - 2 and k - 1, in order."""
-    n, m = values.shape
-    k = out.shape[1]
-    kept = np.empty(k, values.dtype)
+def _choose_cells(cell_d, row_sqnorms, tolerance, ratio, fewest, most, chosen, unsure):
+    """The cells each row probes (:meth:`Vocabulary._probed_cells`) in one loop.
+
+    Row i's squared distances to the cells, less its ``row_sqnorms[i]``, are
+    ``cell_d[i]`` (m,) float32. With ``ratio`` > 0 it probes the cells within
+    ``ratio`` times its nearest's squared distance, or its ``fewest`` or
+    ``most`` nearest where fewer or more are (ties: the smaller column); with
+    ``ratio`` 0, its ``fewest`` nearest. Writes ``chosen[i]`` (m,) bool, and
+    ``unsure[i]`` where float32 cannot decide: a distance within
+    ``(1 + ratio) * tolerance[i]`` of the limit, or within ``tolerance[i]`` of
+    the next cell's at a bounded count. Needs ``fewest < m`` and ``most < m``
+    where more than ``most`` can be within the ratio.
+    """
+    n, m = cell_d.shape
+    kept = np.empty(most + 1, np.float64)
+    where = np.empty(most + 1, np.int64)
     for i in range(n):
-        kept[:] = np.inf
-        out[i, :] = -1
-        for j in range(m):
-            v = values[i, j]
-            if v < kept[k - 1]:
-                p = k - 1
-                while p > 0 and kept[p - 1] > v:
-                    kept[p] = kept[p - 1]
-                    out[i, p] = out[i, p - 1]
-                    p -= 1
-                kept[p] = v
-                out[i, p] = j
+        flag = False
+        k = fewest
+        if ratio > 0:
+            low = np.inf
+            for j in range(m):
+                low = min(low, cell_d[i, j])
+            limit = ratio * (low + row_sqnorms[i]) - row_sqnorms[i]
+            band = (1 + ratio) * tolerance[i]
+            count = 0
+            for j in range(m):
+                diff = cell_d[i, j] - limit
+                chosen[i, j] = diff <= 0
+                count += diff <= 0
+                if abs(diff) <= band:
+                    flag = True
+            k = fewest if count < fewest else (most if count > most else 0)
+        if k > 0:  # the k + 1 nearest, in order: k chosen, the next to check
+            for p in range(k + 1):
+                kept[p] = np.inf
+                where[p] = -1
+            for j in range(m):
+                v = cell_d[i, j]
+                if v < kept[k]:
+                    p = k
+                    while p > 0 and kept[p - 1] > v:
+                        kept[p] = kept[p - 1]
+                        where[p] = where[p - 1]
+                        p -= 1
+                    kept[p] = v
+                    where[p] = j
+            for j in range(m):
+                chosen[i, j] = False
+            for p in range(k):
+                chosen[i, where[p]] = True
+            if kept[k] - kept[k - 1] <= tolerance[i]:
+                flag = True
+        unsure[i] = flag

@@ -8,7 +8,7 @@ import pytest
 from conftest import warped
 from test_index import assert_same_results, results
 
-from cvsearch import Index, storage
+from cvsearch import Index, Vocabulary, storage
 
 
 @pytest.fixture
@@ -462,13 +462,41 @@ def test_an_index_saved_before_the_shared_keypoint_budget_queries_as_it_was_buil
     assert_same_results(results(loaded, images[:2]), results(built, images[:2]))
 
 
+def test_an_index_saved_before_the_probe_ratio_searches_as_it_was_built(
+        image_files, images, tmp_path):
+    # Manifests written before probe_ratio existed have no such key: their words
+    # came from exactly n_probe cells, whatever the default is now; a query must
+    # be assigned the same way, or its words would not be the index's.
+    from cvsearch import FeatureExtractor
+
+    built = Index.build(image_files[:6], FeatureExtractor("sift", max_side=1024),
+                        n_words=200, random_state=0, exact_below=0, n_probe=1,
+                        probe_ratio=None)
+    built.save(tmp_path / "old")
+    manifest = manifest_of(tmp_path / "old")
+    del manifest["vocabulary"]["probe_ratio"]
+    manifest["manifest_sha256"] = storage.manifest_digest(manifest)
+    (tmp_path / "old" / "index.json").write_text(json.dumps(manifest))
+    loaded = Index.load(tmp_path / "old")
+    assert loaded.vocabulary.probe_ratio is None
+    descriptors = np.concatenate([built.extractor.extract(i).descriptors
+                                  for i in image_files[6:9]])
+    words = loaded.vocabulary.predict(descriptors)
+    assert np.array_equal(words, built.vocabulary.predict(descriptors))
+    ratio = Vocabulary.from_state({**built.vocabulary.get_params(), "probe_ratio": 1.45},
+                                  built.vocabulary.get_state())
+    assert not np.array_equal(words, ratio.predict(descriptors))  # the key matters
+    assert_same_results(results(loaded, images[:2]), results(built, images[:2]))
+
+
 def test_a_saved_vocabulary_keeps_its_n_probe_when_the_default_changes(
         image_files, tmp_path):
-    # Indexes saved before n_probe's default went from 8 to 10 must keep assigning
-    # words as they did when their images were added, so the value is saved.
+    # Indexes saved before n_probe's default went from 8 to 10 (and to 6 with a
+    # probe ratio) must keep assigning words as they did when their images were
+    # added, so the value is saved.
     from cvsearch import FeatureExtractor, Vocabulary
 
-    assert Vocabulary().n_probe == 10
+    assert (Vocabulary().n_probe, Vocabulary().probe_ratio) == (6, 1.45)
     index = Index.build(image_files[:6], FeatureExtractor("sift", max_side=1024),
                         n_words=200, random_state=0, exact_below=0, n_probe=2)
     index.save(tmp_path / "index")

@@ -239,7 +239,7 @@ def test_words_that_are_nearly_one_centre_are_settled_in_float64(monkeypatch, fi
 def test_near_ties_at_the_probe_boundary_use_the_float64_cells(fitted):
     # With few probes, which cells a descriptor searches is itself a decision on
     # float32 distances; near ties there are settled in float64 as well.
-    vocabulary = with_params(fitted[0], n_probe=1)
+    vocabulary = with_params(fitted[0], n_probe=1, probe_ratio=None)
     cells = vocabulary.cell_centers_.astype(np.float64)
     rng = np.random.default_rng(2)
     pairs = rng.integers(0, len(cells), (300, 2))
@@ -254,6 +254,76 @@ def test_near_ties_at_the_probe_boundary_use_the_float64_cells(fitted):
         d = ((row.astype(np.float64) - centers[members]) ** 2).sum(-1)
         expected.append(members[d.argmin()])
     assert np.array_equal(vocabulary.predict(data), expected)
+
+
+def probed_in_float64(vocabulary, data):
+    """The cells each row of ``data`` probes, by the rule in float64: of the
+    cells that hold words, its ``n_probe`` nearest and those within
+    ``probe_ratio`` of its nearest's squared distance, up to ``4 * n_probe``
+    (ties: the smaller cell)."""
+    held = np.unique(vocabulary.word_cells_)  # cells without words are not probed
+    cells = vocabulary.cell_centers_[held].astype(np.float64)
+    d = ((data.astype(np.float64)[:, None] - cells[None]) ** 2).sum(-1)
+    order = np.argsort(d, axis=1, kind="stable")
+    fewest = min(vocabulary.n_probe, len(cells))
+    count = np.clip((d <= vocabulary.probe_ratio * d.min(1, keepdims=True)).sum(1),
+                    fewest, min(4 * vocabulary.n_probe, len(cells)))
+    return [held[order[i, :count[i]]] for i in range(len(data))]
+
+
+def nearest_in_cells(vocabulary, data, probed):
+    """Each row's float64 nearest word among the words of its ``probed`` cells
+    (ties: the smaller word)."""
+    centers = vocabulary.centers_.astype(np.float64)
+    found = []
+    for row, cells in zip(data, probed):
+        members = np.flatnonzero(np.isin(vocabulary.word_cells_, cells))
+        found.append(members[((row.astype(np.float64) - centers[members]) ** 2
+                              ).sum(-1).argmin()])
+    return np.array(found)
+
+
+@pytest.mark.parametrize("use_compiled", [True, False])
+def test_cells_at_the_probe_ratios_limit_are_chosen_in_float64(fitted, monkeypatch,
+                                                             use_compiled):
+    # A descriptor on the line between two cell centres, where the farther one's
+    # squared distance is probe_ratio times the nearer's: whether that cell is
+    # searched is a near tie of float32 distances, settled in float64.
+    import cvsearch.vocabulary as vocabulary_module
+
+    monkeypatch.setattr(vocabulary_module, "USE_COMPILED", use_compiled)
+    vocabulary = with_params(fitted[0], n_probe=1, probe_ratio=1.45)
+    cells = vocabulary.cell_centers_.astype(np.float64)
+    rng = np.random.default_rng(3)
+    pairs = rng.integers(0, len(cells), (400, 2))
+    pairs = pairs[pairs[:, 0] != pairs[:, 1]]
+    share = 1 / (1 + np.sqrt(1.45))  # |x - c1|^2 * 1.45 = |x - c2|^2
+    data = (cells[pairs[:, 0]] + share * (cells[pairs[:, 1]] - cells[pairs[:, 0]])
+            ).astype(np.float32)
+    probed = probed_in_float64(vocabulary, data)
+    assert len({len(p) for p in probed}) > 1  # the limit goes both ways
+    assert np.array_equal(vocabulary.predict(data),
+                          nearest_in_cells(vocabulary, data, probed))
+
+
+@pytest.mark.parametrize("use_compiled", [True, False])
+@pytest.mark.parametrize("ratio", [1.0, 1.2, 1.45, 3.0])
+def test_the_probe_ratio_searches_the_cells_of_its_rule(fitted, monkeypatch, ratio,
+                                                        use_compiled):
+    # Descriptors near the training data and far from it: the words are the
+    # float64 nearest among the cells the rule chooses in float64, in the
+    # compiled loop and in numpy alike.
+    import cvsearch.vocabulary as vocabulary_module
+
+    monkeypatch.setattr(vocabulary_module, "USE_COMPILED", use_compiled)
+    vocabulary = with_params(fitted[0], n_probe=2, probe_ratio=ratio)
+    rng = np.random.default_rng(4)
+    data = np.concatenate([X[rng.choice(len(X), 150, replace=False)]
+                           + rng.normal(0, 0.5, (150, 128)),
+                           rng.normal(0, 3, (50, 128))]).astype(np.float32)
+    probed = probed_in_float64(vocabulary, data)
+    assert np.array_equal(vocabulary.predict(data),
+                          nearest_in_cells(vocabulary, data, probed))
 
 
 @pytest.mark.parametrize("root", [False, True])
@@ -428,7 +498,8 @@ def test_cells_without_words_are_never_probed(monkeypatch, use_compiled):
     for n_probe, expected in [(10, float64_reference(data, centers)),
                               (1, None), (20, float64_reference(data, centers))]:
         vocabulary = Vocabulary.from_state({**Vocabulary(3000).get_params(),
-                                            "n_probe": n_probe}, state)
+                                            "n_probe": n_probe, "probe_ratio": None},
+                                           state)
         with warnings.catch_warnings():
             warnings.simplefilter("error")  # no inf - inf on the way
             words, second, best, _ = vocabulary.predict_two(data)
@@ -455,7 +526,8 @@ def test_with_every_cell_probed_the_inverted_file_is_the_float64_nearest(
     # descriptors (centres themselves, midpoints, far points, zeros): probing
     # every cell gives the float64 nearest word, ties to the smaller id, in the
     # compiled scan and in numpy alike; one probe, the nearest word of the nearest
-    # cell that holds words.
+    # cell that holds words; one probe and a ratio, the nearest word of the cells
+    # the rule chooses in float64.
     import cvsearch.vocabulary as vocabulary_module
 
     rng = np.random.default_rng(seed)
@@ -487,8 +559,13 @@ def test_with_every_cell_probed_the_inverted_file_is_the_float64_nearest(
             assert np.array_equal(words, expected)
             assert np.array_equal(everything.predict(data), expected)
             assert ((second >= 0) & (second != words)).all()
-            one = Vocabulary.from_state({**params, "n_probe": 1}, state).predict(data)
+            one = Vocabulary.from_state({**params, "n_probe": 1, "probe_ratio": None},
+                                        state).predict(data)
             assert np.array_equal(one, nearest_in_one_cell)
+            ratio = Vocabulary.from_state({**params, "n_probe": 1, "probe_ratio": 1.45},
+                                          state)
+            assert np.array_equal(ratio.predict(data), nearest_in_cells(
+                ratio, data, probed_in_float64(ratio, data)))
 
 
 def test_the_scan_products_are_each_row_against_each_word_of_a_group():
