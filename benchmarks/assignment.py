@@ -1,6 +1,7 @@
-"""Word assignment at 20,000 words: the inverted file at several ``n_probe`` and
-coarse cell counts, faiss's HNSW over the same centres, faiss's inverted
-file (IVF-Flat) over the same centres and cells, and OpenCV's FLANN
+"""Word assignment at 20,000 words: the inverted file at several ``n_probe``
+(fixed, or the fewest cells with ``probe_ratio``) and coarse cell counts,
+faiss's HNSW over the same centres, faiss's inverted file (IVF-Flat) over the
+same centres and cells, and OpenCV's FLANN
 (randomised kd-trees, and its hierarchical k-means tree) over the same centres,
 on the same descriptors (issue 22: "choose by measurement").
 
@@ -10,6 +11,8 @@ method: milliseconds per image and the share of descriptors given their exact
 nearest centre.
 
     python benchmarks/assignment.py --data ../shared/data
+    python benchmarks/assignment.py --data ../shared/data --method rootsift \
+        --only-inverted-file --output assignment_rootsift
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ from threadpoolctl import threadpool_limits
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import run_metadata  # noqa: E402
 
-from cvsearch import Index, Vocabulary  # noqa: E402
+from cvsearch import FeatureExtractor, Index, Vocabulary  # noqa: E402
 from cvsearch.datasets import image_folder  # noqa: E402
 from cvsearch.vocabulary import coarse_cells  # noqa: E402
 
@@ -72,6 +75,11 @@ def main(argv=None):
     parser.add_argument("--queries", type=int, default=200)
     parser.add_argument("--n-words", type=int, default=20_000)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--method", default="sift", choices=["sift", "rootsift"])
+    parser.add_argument("--only-inverted-file", action="store_true",
+                        help="leave out faiss, FLANN and more coarse cells")
+    parser.add_argument("--output", default="assignment",
+                        help="results/<output>.md and .json (default: %(default)s)")
     args = parser.parse_args(argv)
     meta = run_metadata("assignment.py", argv)
     paths = [str(p) for p in image_folder(
@@ -79,7 +87,8 @@ def main(argv=None):
     chosen = np.random.default_rng(args.seed).permutation(len(paths))
     train = [paths[i] for i in chosen[:args.images]]
     held_out = [paths[i] for i in chosen[args.images:args.images + args.queries]]
-    index = Index.build(train, n_words=args.n_words, random_state=args.seed, n_jobs=-1)
+    index = Index.build(train, FeatureExtractor(args.method), n_words=args.n_words,
+                        random_state=args.seed, n_jobs=-1)
     vocabulary = index.vocabulary
     images = [index.extractor.extract(p).descriptors for p in held_out]
     images = [d for d in images if len(d)]
@@ -87,20 +96,28 @@ def main(argv=None):
     rows = []
     n_cells = len(vocabulary.cell_centers_)
     # the same words under coarse quantisers of more cells (fewer words each)
-    settings = [(vocabulary.get_state(), n_cells, n_probe) for n_probe in (8, 10, 12)]
+    # a fixed number of cells (probe_ratio None), and the cells nearly as near
+    # as the nearest (at least 6)
+    settings = [(vocabulary.get_state(), n_cells, n_probe, None) for n_probe in (8, 10, 12)]
+    settings += [(vocabulary.get_state(), n_cells, 6, ratio) for ratio in (1.4, 1.45, 1.5)]
     for more, probes in ((2 * n_cells, (14, 16)), (round(2.83 * n_cells), (14, 16, 18))):
+        if args.only_inverted_file:
+            break
         cell_centers, word_cells = coarse_cells(vocabulary.centers_, more, args.seed)
         state = {**vocabulary.get_state(), "cell_centers": cell_centers,
                  "word_cells": word_cells}
-        settings += [(state, more, n_probe) for n_probe in probes]
+        settings += [(state, more, n_probe, None) for n_probe in probes]
     with threadpool_limits(1):
-        for state, cells, n_probe in settings:
+        for state, cells, n_probe, ratio in settings:
             probed = Vocabulary.from_state({**vocabulary.get_params(), "n_cells": cells,
-                                            "n_probe": n_probe}, state)
+                                            "n_probe": n_probe, "probe_ratio": ratio},
+                                           state)
             probed.predict(images[0])  # compiled on first use
             ms, words = timed_per_image(probed.predict, images)
-            default = cells == n_cells and n_probe == vocabulary.n_probe
+            default = cells == n_cells and (n_probe, ratio) == (
+                Vocabulary().n_probe, Vocabulary().probe_ratio)
             rows.append({"method": f"inverted file, {cells} cells, n_probe={n_probe}"
+                         + ("" if ratio is None else f", probe_ratio={ratio}")
                          + (" (default)" if default else ""),
                          "ms_per_image": round(ms, 2),
                          "agreement": round(float(np.mean(np.concatenate(words) == exact)),
@@ -110,7 +127,7 @@ def main(argv=None):
             import faiss
         except ImportError:
             faiss = None
-        if faiss is not None:
+        if faiss is not None and not args.only_inverted_file:
             faiss.omp_set_num_threads(1)
             for links in (16, 32):
                 hnsw = faiss.IndexHNSWFlat(vocabulary.centers_.shape[1], links)
@@ -145,24 +162,26 @@ def main(argv=None):
                              "agreement": round(float(np.mean(
                                  np.concatenate(words) == exact)), 4)})
                 print(json.dumps(rows[-1]), flush=True)
-        rows += flann_rows(vocabulary, images, exact)
+        if not args.only_inverted_file:
+            rows += flann_rows(vocabulary, images, exact)
     n_descriptors = float(np.mean([len(d) for d in images]))
     results = {**meta, "rows": rows, "descriptors_per_image": round(n_descriptors, 1),
                "args": vars(args) | {"data": str(args.data)}}
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "assignment.json").write_text(json.dumps(results, indent=1) + "\n")
+    (RESULTS / f"{args.output}.json").write_text(json.dumps(results, indent=1) + "\n")
     lines = ["# Word assignment: methods compared", "",
              f"`{results['command']}` on {results['date']} ({results['machine']}).", "",
              f"A {args.n_words:,}-word vocabulary learnt on {args.images} Caltech-101 "
              f"images (seed {args.seed}); {len(images)} other images assigned one at "
-             f"a time in one thread ({n_descriptors:.0f} SIFT descriptors each). "
+             f"a time in one thread ({n_descriptors:.0f} {args.method} descriptors "
+             "each). "
              "Agreement: descriptors given their exact nearest centre.", "",
              "| method | ms per image | agreement with exact |", "|---|---|---|"]
     lines += [f"| {r['method']} | {r['ms_per_image']} | {100 * r['agreement']:.1f}% |"
               for r in rows]
     lines += ["", "Wall-clock on a shared machine: compare within one run."]
-    (RESULTS / "assignment.md").write_text("\n".join(lines) + "\n")
-    print((RESULTS / "assignment.md").read_text())
+    (RESULTS / f"{args.output}.md").write_text("\n".join(lines) + "\n")
+    print((RESULTS / f"{args.output}.md").read_text())
 
 
 if __name__ == "__main__":

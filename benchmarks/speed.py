@@ -93,8 +93,9 @@ def run(args) -> dict:
                for i in order[args.images:args.images + args.queries]]
 
     extractor = FeatureExtractor(args.method)
+    probing = {} if args.n_probe is None else {"n_probe": args.n_probe}
     index, build_s = timed(Index.build, database, extractor, args.n_words,
-                           random_state=args.seed, n_probe=args.n_probe)
+                           random_state=args.seed, **probing)
     n_descriptors = index.n_keypoints
 
     # Stage timings on held-out queries, one query at a time as a user would.
@@ -172,7 +173,8 @@ def run(args) -> dict:
     ms = lambda values: 1000 * float(np.mean(values))  # noqa: E731
     return {
         "images": n_images, "queries": len(queries), "n_words": index.n_words,
-        "method": args.method, "n_probe": args.n_probe,
+        "method": args.method, "n_probe": index.vocabulary.n_probe,
+        "probe_ratio": index.vocabulary.probe_ratio,
         "descriptors_per_image": n_descriptors / len(index),
         "extract_ms": ms(extract_s),
         "assign_ms": ms(assign_s), "assign_exact_ms": ms(exact_s),
@@ -211,7 +213,8 @@ def run(args) -> dict:
 def command(args) -> str:
     return (f"python benchmarks/speed.py --images {args.images} --queries "
             f"{args.queries} --n-words {args.n_words} --method {args.method} "
-            f"--n-probe {args.n_probe} --seed {args.seed}")
+            + ("" if args.n_probe is None else f"--n-probe {args.n_probe} ")
+            + f"--seed {args.seed}")
 
 
 def report(r: dict, args) -> str:
@@ -231,7 +234,8 @@ def report(r: dict, args) -> str:
         "| stage | measured | target | met |",
         "|---|---|---|---|",
         f"| feature extraction | {r['extract_ms']:.1f} ms/image | | |",
-        f"| word assignment, approximate (n_probe={r['n_probe']}) | "
+        f"| word assignment, approximate (n_probe={r['n_probe']}, probe_ratio="
+        f"{r['probe_ratio']}) | "
         f"{r['assign_ms']:.1f} ms/image | < extraction | "
         f"{ok(r['assign_ms'] < r['extract_ms'])} |",
         f"| word assignment with the second word (multiple assignment, queries) | "
@@ -302,7 +306,8 @@ def main():
     parser.add_argument("--queries", type=int, default=200)
     parser.add_argument("--n-words", type=int, default=20_000)
     parser.add_argument("--method", default="sift")
-    parser.add_argument("--n-probe", type=int, default=10)
+    parser.add_argument("--n-probe", type=int, default=None,
+                        help="fewest coarse cells probed (default: the library's)")
     parser.add_argument("--shortlist", type=int, default=50)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--smvs", type=Path,
