@@ -523,16 +523,16 @@ class Vocabulary:
         if fewest >= n_cells:
             return np.repeat(np.arange(n), n_cells), np.tile(np.arange(n_cells), n)
         tolerance = self._tolerance(row_sqnorms, self._cell_sqnorms)
-        kernel = compiled(_choose_cells) if USE_COMPILED else None
-        if kernel is not None:  # numpy's calls cost more at one image's rows
-            chosen = np.empty(cell_d.shape, bool)
-            unsure = np.empty(n, bool)
-            kernel(cell_d, row_sqnorms, tolerance, self.probe_ratio or 0.0, fewest, most,
-                   chosen, unsure)
-        else:
-            chosen, unsure = self._choose_cells_numpy(cell_d, row_sqnorms, tolerance,
-                                                      fewest, most)
         cells = self._cells.astype(np.float64)
+        kernel = compiled(_probe_slots) if USE_COMPILED else None
+        if kernel is not None:  # numpy's calls cost more at one image's rows
+            slot_rows = np.empty(n * most, np.int64)
+            slot_cells = np.empty(n * most, np.int64)
+            filled = kernel(cell_d, data, cells, row_sqnorms, tolerance,
+                            self.probe_ratio or 0.0, fewest, most, slot_rows, slot_cells)
+            return slot_rows[:filled], slot_cells[:filled]
+        chosen, unsure = self._choose_cells_numpy(cell_d, row_sqnorms, tolerance,
+                                                  fewest, most)
         unsure = np.flatnonzero(unsure)
         for start in range(0, len(unsure), 64):  # bounded memory
             rows = unsure[start:start + 64]
@@ -550,8 +550,9 @@ class Vocabulary:
 
     def _choose_cells_numpy(self, cell_d, row_sqnorms, tolerance, fewest: int,
                             most: int):
-        """:func:`_choose_cells` in numpy: ``chosen`` (n, n_cells) bool and
-        ``unsure`` (n,) bool."""
+        """The cells each row probes, by float32 distances, ``chosen`` (n,
+        n_cells) bool, and the rows where float32 cannot decide, ``unsure`` (n,)
+        bool (see :func:`_probe_slots`)."""
         n = len(cell_d)
         if self.probe_ratio is None:
             chosen = np.zeros(cell_d.shape, bool)
@@ -821,57 +822,78 @@ def _compiled_scan():
     return None if _simd.numba.config.DISABLE_JIT else _simd
 
 
-def _choose_cells(cell_d, row_sqnorms, tolerance, ratio, fewest, most, chosen, unsure):
-    """The cells each row probes (:meth:`Vocabulary._probed_cells`) in one loop.
+def _probe_slots(cell_d, data, cells, row_sqnorms, tolerance, ratio, fewest, most,
+                 slot_rows, slot_cells):
+    """:meth:`Vocabulary._probed_cells` in one loop: the (row, cell) pairs into
+    ``slot_rows`` and ``slot_cells`` (at least n * most long), sorted by row,
+    then cell; returns how many.
 
     Row i's squared distances to the cells, less its ``row_sqnorms[i]``, are
-    ``cell_d[i]`` (m,) float32. With ``ratio`` > 0 it probes the cells within
-    ``ratio`` times its nearest's squared distance, or its ``fewest`` or
-    ``most`` nearest where fewer or more are (ties: the smaller column); with
-    ``ratio`` 0, its ``fewest`` nearest. Writes ``chosen[i]`` (m,) bool, and
-    ``unsure[i]`` where float32 cannot decide: a distance within
-    ``(1 + ratio) * tolerance[i]`` of the limit, or within ``tolerance[i]`` of
-    the next cell's at a bounded count. Needs ``fewest < m`` and ``most < m``
-    where more than ``most`` can be within the ratio.
+    ``cell_d[i]`` (m,) float32; ``cells`` (m, dim) float64 are the cells,
+    ``data`` (n, dim) float32 the rows. ``ratio`` 0: exactly ``fewest`` cells.
+    Where float32 cannot decide (a distance within ``(1 + ratio) *
+    tolerance[i]`` of the ratio's limit, or within ``tolerance[i]`` of the next
+    cell's at a count bounded by ``fewest`` or ``most``), the row's squared
+    distances are computed again in float64, elementwise, and decide.
     """
     n, m = cell_d.shape
     kept = np.empty(most + 1, np.float64)
     where = np.empty(most + 1, np.int64)
+    chosen = np.empty(m, np.bool_)
+    values = np.empty(m, np.float64)
+    filled = 0
     for i in range(n):
-        flag = False
-        k = fewest
-        if ratio > 0:
-            low = np.inf
+        offset = row_sqnorms[i]
+        for j in range(m):
+            values[j] = cell_d[i, j]
+        for attempt in range(2):  # float32's distances, then float64's if unsure
+            unsure = False
+            k = fewest
+            if ratio > 0:
+                low = np.inf
+                for j in range(m):
+                    low = min(low, values[j])
+                limit = ratio * (low + offset) - offset
+                band = (1 + ratio) * tolerance[i]
+                count = 0
+                for j in range(m):
+                    chosen[j] = values[j] <= limit
+                    count += chosen[j]
+                    if abs(values[j] - limit) <= band:
+                        unsure = True
+                k = fewest if count < fewest else (most if count > most else 0)
+            if k > 0:  # the k + 1 nearest, in order (ties: the smaller cell)
+                for p in range(k + 1):
+                    kept[p] = np.inf
+                    where[p] = -1
+                for j in range(m):
+                    v = values[j]
+                    if v < kept[k]:
+                        p = k
+                        while p > 0 and kept[p - 1] > v:
+                            kept[p] = kept[p - 1]
+                            where[p] = where[p - 1]
+                            p -= 1
+                        kept[p] = v
+                        where[p] = j
+                for j in range(m):
+                    chosen[j] = False
+                for p in range(k):
+                    chosen[where[p]] = True
+                if kept[k] - kept[k - 1] <= tolerance[i]:
+                    unsure = True
+            if attempt == 1 or not unsure:
+                break
             for j in range(m):
-                low = min(low, cell_d[i, j])
-            limit = ratio * (low + row_sqnorms[i]) - row_sqnorms[i]
-            band = (1 + ratio) * tolerance[i]
-            count = 0
-            for j in range(m):
-                diff = cell_d[i, j] - limit
-                chosen[i, j] = diff <= 0
-                count += diff <= 0
-                if abs(diff) <= band:
-                    flag = True
-            k = fewest if count < fewest else (most if count > most else 0)
-        if k > 0:  # the k + 1 nearest, in order: k chosen, the next to check
-            for p in range(k + 1):
-                kept[p] = np.inf
-                where[p] = -1
-            for j in range(m):
-                v = cell_d[i, j]
-                if v < kept[k]:
-                    p = k
-                    while p > 0 and kept[p - 1] > v:
-                        kept[p] = kept[p - 1]
-                        where[p] = where[p - 1]
-                        p -= 1
-                    kept[p] = v
-                    where[p] = j
-            for j in range(m):
-                chosen[i, j] = False
-            for p in range(k):
-                chosen[i, where[p]] = True
-            if kept[k] - kept[k - 1] <= tolerance[i]:
-                flag = True
-        unsure[i] = flag
+                total = 0.0
+                for t in range(data.shape[1]):
+                    diff = np.float64(data[i, t]) - cells[j, t]
+                    total += diff * diff
+                values[j] = total
+            offset = 0.0
+        for j in range(m):
+            if chosen[j]:
+                slot_rows[filled] = i
+                slot_cells[filled] = j
+                filled += 1
+    return filled

@@ -236,9 +236,15 @@ def test_words_that_are_nearly_one_centre_are_settled_in_float64(monkeypatch, fi
     assert np.array_equal(vocabulary.predict_two(data)[0], expected)
 
 
-def test_near_ties_at_the_probe_boundary_use_the_float64_cells(fitted):
+@pytest.mark.parametrize("use_compiled", [True, False])
+def test_near_ties_at_the_probe_boundary_use_the_float64_cells(fitted, monkeypatch,
+                                                               use_compiled):
     # With few probes, which cells a descriptor searches is itself a decision on
-    # float32 distances; near ties there are settled in float64 as well.
+    # float32 distances; near ties there are settled in float64 as well, in the
+    # compiled loop and in numpy alike.
+    import cvsearch.vocabulary as vocabulary_module
+
+    monkeypatch.setattr(vocabulary_module, "USE_COMPILED", use_compiled)
     vocabulary = with_params(fitted[0], n_probe=1, probe_ratio=None)
     cells = vocabulary.cell_centers_.astype(np.float64)
     rng = np.random.default_rng(2)
