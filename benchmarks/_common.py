@@ -158,3 +158,37 @@ def describe_all(paths, work: Path, flip_average: bool = False) -> np.ndarray:
     work.mkdir(parents=True, exist_ok=True)
     np.save(cache, vectors)
     return vectors
+
+
+def add_vocabulary_sample_arguments(parser):
+    """``--data``, ``--images``, ``--queries``, ``--n-words``, ``--seed``: what
+    :func:`vocabulary_sample` reads."""
+    parser.add_argument("--data", type=Path, default=Path("../shared/data"))
+    parser.add_argument("--images", type=int, default=1000)
+    parser.add_argument("--queries", type=int, default=200)
+    parser.add_argument("--n-words", type=int, default=20_000)
+    parser.add_argument("--seed", type=int, default=0)
+
+
+def vocabulary_sample(args, method: str = "sift"):
+    """A vocabulary learnt on ``args.images`` Caltech-101 images (a fixed random
+    sample) and the descriptors of ``args.queries`` other images, one array per
+    image, none empty: what word assignment benchmarks assign.
+
+    Returns
+    -------
+    vocabulary : cvsearch.Vocabulary
+    images : list of ndarray of shape (n_i, 128), float32
+    """
+    from cvsearch import FeatureExtractor, Index
+    from cvsearch.datasets import image_folder
+
+    paths = [str(p) for p in image_folder(
+        args.data / "caltech101" / "101_ObjectCategories").paths]
+    chosen = np.random.default_rng(args.seed).permutation(len(paths))
+    train = [paths[i] for i in chosen[:args.images]]
+    held_out = [paths[i] for i in chosen[args.images:args.images + args.queries]]
+    index = Index.build(train, FeatureExtractor(method), n_words=args.n_words,
+                        random_state=args.seed, n_jobs=-1)
+    images = [index.extractor.extract(p).descriptors for p in held_out]
+    return index.vocabulary, [d for d in images if len(d)]

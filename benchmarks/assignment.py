@@ -27,10 +27,13 @@ import numpy as np
 from threadpoolctl import threadpool_limits
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import run_metadata  # noqa: E402
+from _common import (  # noqa: E402
+    add_vocabulary_sample_arguments,
+    run_metadata,
+    vocabulary_sample,
+)
 
-from cvsearch import FeatureExtractor, Index, Vocabulary  # noqa: E402
-from cvsearch.datasets import image_folder  # noqa: E402
+from cvsearch import Vocabulary  # noqa: E402
 from cvsearch.vocabulary import coarse_cells  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -70,11 +73,7 @@ def flann_rows(vocabulary, images, exact) -> list[dict]:
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", type=Path, default=Path("../shared/data"))
-    parser.add_argument("--images", type=int, default=1000)
-    parser.add_argument("--queries", type=int, default=200)
-    parser.add_argument("--n-words", type=int, default=20_000)
-    parser.add_argument("--seed", type=int, default=0)
+    add_vocabulary_sample_arguments(parser)
     parser.add_argument("--method", default="sift", choices=["sift", "rootsift"])
     parser.add_argument("--only-inverted-file", action="store_true",
                         help="leave out faiss, FLANN and more coarse cells")
@@ -82,16 +81,7 @@ def main(argv=None):
                         help="results/<output>.md and .json (default: %(default)s)")
     args = parser.parse_args(argv)
     meta = run_metadata("assignment.py", argv)
-    paths = [str(p) for p in image_folder(
-        args.data / "caltech101" / "101_ObjectCategories").paths]
-    chosen = np.random.default_rng(args.seed).permutation(len(paths))
-    train = [paths[i] for i in chosen[:args.images]]
-    held_out = [paths[i] for i in chosen[args.images:args.images + args.queries]]
-    index = Index.build(train, FeatureExtractor(args.method), n_words=args.n_words,
-                        random_state=args.seed, n_jobs=-1)
-    vocabulary = index.vocabulary
-    images = [index.extractor.extract(p).descriptors for p in held_out]
-    images = [d for d in images if len(d)]
+    vocabulary, images = vocabulary_sample(args, args.method)
     exact = np.concatenate([vocabulary.predict_exact(d) for d in images])
     rows = []
     n_cells = len(vocabulary.cell_centers_)

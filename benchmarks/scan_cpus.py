@@ -28,10 +28,12 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import run_metadata, write_results  # noqa: E402
-
-from cvsearch import Index  # noqa: E402
-from cvsearch.datasets import image_folder  # noqa: E402
+from _common import (  # noqa: E402
+    add_vocabulary_sample_arguments,
+    run_metadata,
+    vocabulary_sample,
+    write_results,
+)
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -109,11 +111,7 @@ def report(meta: dict, table: list[dict]) -> str:
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", type=Path, default=Path("../shared/data"))
-    parser.add_argument("--images", type=int, default=1000)
-    parser.add_argument("--queries", type=int, default=200)
-    parser.add_argument("--n-words", type=int, default=20_000)
-    parser.add_argument("--seed", type=int, default=0)
+    add_vocabulary_sample_arguments(parser)
     parser.add_argument("--cpus", nargs="+", default=["host", "haswell", "x86-64"])
     parser.add_argument("--source", type=Path, action="append")
     parser.add_argument("--rounds", type=int, default=3)
@@ -121,15 +119,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     sources = args.source or [Path(__file__).resolve().parent.parent]
     meta = run_metadata("scan_cpus.py", argv)
-    paths = [str(p) for p in image_folder(
-        args.data / "caltech101" / "101_ObjectCategories").paths]
-    chosen = np.random.default_rng(args.seed).permutation(len(paths))
-    train = [paths[i] for i in chosen[:args.images]]
-    held_out = [paths[i] for i in chosen[args.images:args.images + args.queries]]
-    index = Index.build(train, n_words=args.n_words, random_state=args.seed, n_jobs=-1)
-    vocabulary = index.vocabulary
-    images = [index.extractor.extract(p).descriptors for p in held_out]
-    images = [d for d in images if len(d)]
+    vocabulary, images = vocabulary_sample(args)
     runs = {(checkout_name(s), cpu): [] for s in sources for cpu in args.cpus}
     words = {}
     with tempfile.TemporaryDirectory() as tmp:
