@@ -109,7 +109,7 @@ class Vocabulary:
         descriptor between cells then searches more of them than one well inside
         a cell. The defaults, 6 and 1.45, search about as many words as 10 fixed
         cells (the default before 2026-12-06) and give more descriptors their
-        exact nearest centre, with SIFT and RootSIFT, at 5,000 and 20,000 words
+        exact nearest centre, with SIFT and RootSIFT at 20,000 words
         (``benchmarks/results/assignment*.md``). A saved vocabulary keeps the
         values it was built with (one saved before probe_ratio existed: None).
     n_cells : int or None
