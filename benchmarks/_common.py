@@ -45,7 +45,7 @@ def run_metadata(script: str, argv=None) -> dict:
             "machine": ", ".join([f"{platform.machine()}, {os.cpu_count()} cores, "
                                   f"{memory:.0f} GiB, Python {platform.python_version()}",
                                   *versions]),
-            "code": _commit(), "cpu": _cpu()}
+            "code": commit_of(), "cpu": _cpu()}
 
 
 def _cpu() -> str:
@@ -64,12 +64,12 @@ def _cpu() -> str:
     return f"{model}; OpenCV: {cv2.getCPUFeaturesLine()}"
 
 
-def _commit() -> str | None:
-    """The repository's commit, with "+changes" if files differ from it; None
-    outside a git checkout."""
+def commit_of(root: Path | None = None) -> str | None:
+    """The commit of the checkout at ``root`` (None: this repository), with
+    "+changes" if its code differs from it; None outside a git checkout."""
     import subprocess
 
-    root = Path(__file__).resolve().parent.parent
+    root = Path(__file__).resolve().parent.parent if root is None else root
     try:
         commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root,
                                 capture_output=True, text=True, check=True).stdout.strip()

@@ -30,6 +30,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import (  # noqa: E402
     add_vocabulary_sample_arguments,
+    commit_of,
     run_metadata,
     vocabulary_sample,
     write_results,
@@ -64,15 +65,7 @@ print(json.dumps({"ms_per_image": min(passes), "words": digest[:16]}))
 
 def checkout_name(source: Path) -> str:
     """The checkout's commit, "+changes" where its code differs from it."""
-    try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=source,
-                                capture_output=True, text=True, check=True).stdout.strip()
-        changed = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no",
-                                  "--", "cvsearch"], cwd=source, capture_output=True,
-                                 text=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return str(source)
-    return commit + ("+changes" if changed else "")
+    return commit_of(source) or str(source)
 
 
 def run_one(folder: Path, source: Path, cpu: str, repeats: int, cache: Path) -> dict:

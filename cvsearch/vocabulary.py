@@ -277,6 +277,7 @@ class Vocabulary:
             held = np.bincount(word_cells, minlength=len(cell_centers)) > 0
             numbers = np.cumsum(held) - 1  # a cell's number among those held
             self._cells = np.ascontiguousarray(cell_centers[held])
+            self._cells_float64 = self._cells.astype(np.float64)  # unsure probes
             order = np.argsort(word_cells, kind="stable").astype(np.int32)
             self._cell_order = order
             self._cell_bounds = np.searchsorted(
@@ -523,7 +524,7 @@ class Vocabulary:
         if fewest >= n_cells:
             return np.repeat(np.arange(n), n_cells), np.tile(np.arange(n_cells), n)
         tolerance = self._tolerance(row_sqnorms, self._cell_sqnorms)
-        cells = self._cells.astype(np.float64)
+        cells = self._cells_float64
         kernel = compiled(_probe_slots) if USE_COMPILED else None
         if kernel is not None:  # numpy's calls cost more at one image's rows
             slot_rows = np.empty(n * most, np.int64)
@@ -572,8 +573,8 @@ class Vocabulary:
             if not len(rows):
                 continue
             parts = np.argpartition(cell_d[rows], (k - 1, k), axis=1)
-            unsure[rows[cell_d[rows, parts[:, k]] - cell_d[rows, parts[:, k - 1]]
-                        <= tolerance[rows]]] = True
+            unsure[rows[self._ties(row_sqnorms[rows], cell_d[rows, parts[:, k - 1]],
+                                   cell_d[rows, parts[:, k]], self._cell_sqnorms)]] = True
             chosen[rows] = False
             chosen[rows[:, None], parts[:, :k]] = True
         return chosen, unsure
