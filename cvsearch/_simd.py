@@ -10,7 +10,10 @@ coordinate is broadcast against it: no sum across lanes at all, and one vector
 read serves four rows. numba cannot express such vectors, hence this
 intrinsic; LLVM lowers its generic vectors and ``llvm.fmuladd`` to whatever
 the CPU has (16 words: one AVX-512 register; 8: one AVX register, or two SSE or
-NEON ones; a separate multiply and add where there is no FMA).
+NEON ones; a separate multiply and add where there is no FMA). For integer
+descriptors, :func:`dot_rows_quantized` does the same in 16-bit integers on x86
+(AVX-512BW or AVX2): pairs of coordinates, two products and their sum per lane
+and instruction.
 
 Importing this module imports numba (the 'fast' extra).
 """
@@ -24,36 +27,76 @@ from numba import types
 from numba.extending import intrinsic
 
 
-def _lanes() -> int:
+def _lanes() -> tuple[int, bool]:
     """Words per group: one 512-bit register of float32 where numba compiles
     for a CPU that has them, else 256 bits (one AVX register, two SSE or NEON
     ones; more sums would not fit the registers). numba compiles for this CPU
-    unless ``NUMBA_CPU_NAME`` or ``NUMBA_CPU_FEATURES`` say otherwise."""
-    if numba.config.CPU_NAME is not None or numba.config.CPU_FEATURES is not None:
-        return 8
-    try:
-        features = binding.get_host_cpu_features().flatten()
-    except RuntimeError:  # LLVM cannot read them on some hosts: 8 fit everywhere
-        return 8
-    return 16 if "+avx512f" in features else 8
+    unless ``NUMBA_CPU_NAME`` or ``NUMBA_CPU_FEATURES`` say otherwise (a name
+    alone: its features unknown here, 8).
+
+    And whether the scan may multiply 16-bit integers instead
+    (:func:`dot_rows_quantized`): x86 with AVX-512BW (16 words) or AVX2 (8)."""
+    if numba.config.CPU_FEATURES is not None:
+        features = numba.config.CPU_FEATURES
+    elif numba.config.CPU_NAME is not None:
+        return 8, False
+    else:
+        try:
+            features = binding.get_host_cpu_features().flatten()
+        except RuntimeError:  # LLVM cannot read them on some hosts: 8 fit everywhere
+            return 8, False
+    features = set(features.split(","))
+    if "+avx512f" in features:
+        return 16, "+avx512bw" in features
+    return 8, "+avx2" in features
 
 
 #: Words per group (see :func:`_lanes`). numba's cache keeps one compiled scan
 #: per target CPU, so a scan loaded from it has the lanes computed here.
-LANES = _lanes()
+LANES, QUANTIZED = _lanes()
 #: Rows per block (the caller passes that many row addresses).
 ROWS = 4
 
 
+def _broadcast(builder, value):
+    """``value`` (a scalar) in every lane of a ``LANES``-vector."""
+    i32 = ir.IntType(32)
+    undefined = ir.Constant(ir.VectorType(value.type, LANES), ir.Undefined)
+    return builder.shuffle_vector(
+        builder.insert_element(undefined, value, ir.Constant(i32, 0)), undefined,
+        ir.Constant(ir.VectorType(i32, LANES), [0] * LANES))
+
+
+def _store_and_flag(builder, totals, out, stride, thresholds):
+    """Store each row's ``LANES`` distances (``totals``, float32 vectors) at
+    ``out + r * stride``; return the bits of those below the row's threshold
+    (bit ``r * LANES + lane``, int64)."""
+    f32, i64 = ir.FloatType(), ir.IntType(64)
+    vector = ir.VectorType(f32, LANES)
+    mask = ir.Constant(i64, 0)
+    for r, total in enumerate(totals):
+        target = builder.gep(out, [builder.mul(stride, ir.Constant(i64, r))])
+        builder.store(total, builder.bitcast(target, vector.as_pointer()), align=4)
+        limit = builder.load(builder.gep(thresholds, [ir.Constant(i64, r)]))
+        below = builder.fcmp_ordered("<", total, _broadcast(builder, limit))
+        mask = builder.or_(mask, builder.shl(
+            builder.zext(builder.bitcast(below, ir.IntType(LANES)), i64),
+            ir.Constant(i64, r * LANES)))
+    return mask
+
+
 @intrinsic
-def dot_rows(typingctx, row_addresses, group, out, out_stride, dim):
-    """``out[r, lane] = sum_k rows[r][k] * group[k, lane]`` for the ``ROWS`` rows
-    whose addresses (int64) are at ``row_addresses``.
+def dot_rows(typingctx, row_addresses, group, sqnorms, thresholds, out, out_stride, dim):
+    """``out[r, lane] = sqnorms[lane] + sum_k rows[r][k] * group[k, lane]`` for the
+    ``ROWS`` rows whose addresses (int64) are at ``row_addresses``; returns which
+    of them are below the row's threshold, as bits.
 
     Parameters (addresses and counts, all int64)
     ----------
     row_addresses : address of ``ROWS`` int64 addresses of float32 rows (dim,)
     group : address of a float32 array (dim, LANES), C order
+    sqnorms : address of ``LANES`` float32 values added to each row's sums
+    thresholds : address of ``ROWS`` float32 values, one per row
     out : address of float32 rows of ``out_stride`` values; each row gets
         ``LANES`` values, unaligned
     out_stride : int64
@@ -61,14 +104,22 @@ def dot_rows(typingctx, row_addresses, group, out, out_stride, dim):
     dim : int64
         Even (descriptors have 128 or 256 coordinates).
 
+    Returns
+    -------
+    int64
+        Bit ``r * LANES + lane`` is set where ``out[r, lane] < thresholds[r]``
+        (``ROWS * LANES`` <= 64): the scan then looks only at those words, as
+        a comparison here costs a fraction of one per word after it.
+
     Each lane sums the even coordinates and the odd ones in two chains, in
     order, then adds the two: two chains per row keep the multiply-add unit
     busy, and halve the rounding of one long chain.
     """
-    sig = types.void(types.int64, types.int64, types.int64, types.int64, types.int64)
+    sig = types.int64(types.int64, types.int64, types.int64, types.int64, types.int64,
+                      types.int64, types.int64)
 
     def codegen(context, builder, signature, args):
-        f32, i64, i32 = ir.FloatType(), ir.IntType(64), ir.IntType(32)
+        f32, i64 = ir.FloatType(), ir.IntType(64)
         vector = ir.VectorType(f32, LANES)
         name = f"llvm.fmuladd.v{LANES}f32"
         fmuladd = builder.module.globals.get(name) or ir.Function(
@@ -77,15 +128,15 @@ def dot_rows(typingctx, row_addresses, group, out, out_stride, dim):
         rows = [builder.inttoptr(builder.load(builder.gep(
             addresses, [ir.Constant(i64, r)])), f32.as_pointer()) for r in range(ROWS)]
         group = builder.inttoptr(args[1], vector.as_pointer())
-        out = builder.inttoptr(args[2], f32.as_pointer())
-        stride, pairs = args[3], builder.sdiv(args[4], ir.Constant(i64, 2))
+        sqnorms = builder.load(builder.inttoptr(args[2], vector.as_pointer()), align=4)
+        thresholds = builder.inttoptr(args[3], f32.as_pointer())
+        out = builder.inttoptr(args[4], f32.as_pointer())
+        stride, pairs = args[5], builder.sdiv(args[6], ir.Constant(i64, 2))
 
         entry = builder.block
         loop = builder.append_basic_block("pairs")
         done = builder.append_basic_block("done")
         zero = ir.Constant(vector, [0.0] * LANES)
-        undefined = ir.Constant(vector, ir.Undefined)
-        splat = ir.Constant(ir.VectorType(i32, LANES), [0] * LANES)
         builder.cbranch(builder.icmp_signed(">", pairs, ir.Constant(i64, 0)), loop, done)
 
         builder.position_at_end(loop)
@@ -100,10 +151,7 @@ def dot_rows(typingctx, row_addresses, group, out, out_stride, dim):
             words = builder.load(builder.gep(group, [k]), align=4)
             for r in range(ROWS):
                 value = builder.load(builder.gep(rows[r], [k]), align=4)
-                broadcast = builder.shuffle_vector(
-                    builder.insert_element(undefined, value, ir.Constant(i32, 0)),
-                    undefined, splat)
-                updated.append(builder.call(fmuladd, [broadcast, words,
+                updated.append(builder.call(fmuladd, [_broadcast(builder, value), words,
                                                       sums[2 * r + half]]))
         # updated is [half 0: rows..., half 1: rows...]; sums are [row: halves]
         chained = [updated[half * ROWS + r] for r in range(ROWS) for half in range(2)]
@@ -120,36 +168,136 @@ def dot_rows(typingctx, row_addresses, group, out, out_stride, dim):
             phi.add_incoming(zero, entry)
             phi.add_incoming(value, loop)
             halves.append(phi)
-        finals = [builder.fadd(halves[2 * r], halves[2 * r + 1]) for r in range(ROWS)]
-        for r, total in enumerate(finals):
-            target = builder.gep(out, [builder.mul(stride, ir.Constant(i64, r))])
-            builder.store(total, builder.bitcast(target, vector.as_pointer()), align=4)
-        return context.get_dummy_value()
+        return _store_and_flag(builder, [
+            # (even + odd) + norm: the order the scan's loop added them in before
+            builder.fadd(builder.fadd(halves[2 * r], halves[2 * r + 1]), sqnorms)
+            for r in range(ROWS)], out, stride, thresholds)
+
+    return sig, codegen
+
+
+@intrinsic
+def dot_rows_quantized(typingctx, row_addresses, group, sqnorms, scale, thresholds, out,
+                       out_stride, dim):
+    """:func:`dot_rows` in 16-bit integers: ``out[r, lane] = sqnorms[lane] + scale
+    * sum_k rows[r][k] * group[k // 2, 2 * lane + k % 2]``, the sum exact in
+    int32, for rows and words rounded to integers (``Vocabulary`` bounds what
+    the rounding moves and checks its answers in float64). One instruction
+    multiplies and adds two coordinates of ``LANES`` words (AVX-512BW's
+    ``vpmaddwd``, fused with the add into ``vpdpwssd`` where the CPU has VNNI;
+    AVX2's on 8 words): twice the products of float32's per instruction, on
+    half the bytes.
+
+    Parameters
+    ----------
+    row_addresses : int64
+        Address of ``ROWS`` int64 addresses of int16 rows (dim,).
+    group : int64
+        Address of an int16 array (dim // 2, 2 * LANES), C order: coordinates
+        2k and 2k + 1 of each word side by side.
+    sqnorms, thresholds, out, out_stride
+        As :func:`dot_rows`'s.
+    scale : float64
+        Rounded to float32 (a power of two keeps it exact).
+    dim : int64
+        Even; dim * max|row| * max|word| < 2**31 (the sums must not wrap).
+
+    Returns
+    -------
+    int64
+        As :func:`dot_rows`.
+    """
+    sig = types.int64(types.int64, types.int64, types.int64, types.float64, types.int64,
+                      types.int64, types.int64, types.int64)
+
+    def codegen(context, builder, signature, args):
+        f32, i16, i32, i64 = ir.FloatType(), ir.IntType(16), ir.IntType(32), ir.IntType(64)
+        pairs_type = ir.VectorType(i16, 2 * LANES)
+        sums_type = ir.VectorType(i32, LANES)
+        vector = ir.VectorType(f32, LANES)
+        if not QUANTIZED:  # never called there (Vocabulary checks), but compiled
+            return ir.Constant(i64, 0)
+        if LANES == 16:
+            name = "llvm.x86.avx512.pmaddw.d.512"
+        else:
+            name = "llvm.x86.avx2.pmadd.wd"
+        pmadd = builder.module.globals.get(name) or ir.Function(
+            builder.module, ir.FunctionType(sums_type, [pairs_type, pairs_type]), name)
+        addresses = builder.inttoptr(args[0], i64.as_pointer())
+        rows = [builder.inttoptr(builder.load(builder.gep(
+            addresses, [ir.Constant(i64, r)])), i32.as_pointer()) for r in range(ROWS)]
+        group = builder.inttoptr(args[1], pairs_type.as_pointer())
+        sqnorms = builder.load(builder.inttoptr(args[2], vector.as_pointer()), align=4)
+        scale = _broadcast(builder, builder.fptrunc(args[3], f32))
+        thresholds = builder.inttoptr(args[4], f32.as_pointer())
+        out = builder.inttoptr(args[5], f32.as_pointer())
+        stride, pairs = args[6], builder.sdiv(args[7], ir.Constant(i64, 2))
+
+        entry = builder.block
+        loop = builder.append_basic_block("pairs")
+        done = builder.append_basic_block("done")
+        zero = ir.Constant(sums_type, [0] * LANES)
+        builder.cbranch(builder.icmp_signed(">", pairs, ir.Constant(i64, 0)), loop, done)
+
+        builder.position_at_end(loop)
+        pair = builder.phi(i64)
+        pair.add_incoming(ir.Constant(i64, 0), entry)
+        sums = [builder.phi(sums_type) for _ in range(ROWS)]
+        for s in sums:
+            s.add_incoming(zero, entry)
+        words = builder.load(builder.gep(group, [pair]), align=2)
+        updated = []
+        for r in range(ROWS):
+            # the row's coordinates 2k and 2k + 1 as one int32, in every lane
+            both = _broadcast(builder, builder.load(builder.gep(rows[r], [pair]), align=2))
+            products = builder.call(pmadd, [builder.bitcast(both, pairs_type), words])
+            updated.append(builder.add(sums[r], products))
+        following = builder.add(pair, ir.Constant(i64, 1))
+        pair.add_incoming(following, loop)
+        for s, value in zip(sums, updated):
+            s.add_incoming(value, loop)
+        builder.cbranch(builder.icmp_signed("<", following, pairs), loop, done)
+
+        builder.position_at_end(done)
+        finals = []
+        for value in updated:  # the phis first, as LLVM wants them
+            phi = builder.phi(sums_type)
+            phi.add_incoming(zero, entry)
+            phi.add_incoming(value, loop)
+            finals.append(phi)
+        return _store_and_flag(builder, [
+            builder.fadd(builder.fmul(builder.sitofp(total, vector), scale), sqnorms)
+            for total in finals], out, stride, thresholds)
 
     return sig, codegen
 
 
 def _scan_cells(data, rows_of, bounds, cell_bounds, group_bounds, groups, group_sqnorms,
-                best, word):
+                scale, best, word):
     """For each descriptor, the three nearest words of the cells it probes.
 
     The (descriptor, probed cell) slots are sorted by cell: cell c's are
     ``bounds[c]:bounds[c + 1]``, slot i being row ``rows_of[i]`` of ``data`` (n,
-    dim) float32, C order. Cell c's words are the sorted words
-    ``cell_bounds[c]:cell_bounds[c + 1]``, held in ``groups[group_bounds[c]:
-    group_bounds[c + 1]]`` (n_groups, dim, LANES) float32, scaled by -2,
-    coordinate by coordinate, the last group padded; ``group_sqnorms`` (n_groups
-    * LANES,) float32 are their squared norms, inf for the padding. Row r's
-    three nearest words so far are ``best[r]`` (3,) float32, nearest first, and
-    their positions in the sorted words ``word[r]`` (3,) int32: the caller fills
-    them with inf and -1, and each cell's words update them (equal distances:
-    the smaller position, as ``Vocabulary._scan_cells_numpy`` orders them).
+    dim), C order. Cell c's words are the sorted words ``cell_bounds[c]:
+    cell_bounds[c + 1]``, held in ``groups[group_bounds[c]:group_bounds[c + 1]]``,
+    each cell's last group padded; ``group_sqnorms`` (n_groups * LANES,) float32
+    are their squared norms, inf for the padding. Either float32 ``data`` and
+    ``groups`` (n_groups, dim, LANES), the words scaled by -2, coordinate by
+    coordinate (``scale`` 0: :func:`dot_rows`); or int16 ``data`` and ``groups``
+    (n_groups, dim // 2, LANES, 2), rounded words, pairs of coordinates by pairs
+    (``scale``: what turns their sums into distances, :func:`dot_rows_quantized`).
+    Row r's three nearest words so far are ``best[r]`` (3,) float32, nearest
+    first, and their positions in the sorted words ``word[r]`` (3,) int32: the
+    caller fills them with inf and -1, and each cell's words update them (equal
+    distances: the smaller position, as ``Vocabulary._scan_cells_numpy`` orders
+    them).
 
     A row's three nearest carry over from cell to cell, so after its first cell
     few of a cell's words come near them (each cell's own three, kept apart and
-    merged afterwards, cost more). The distances of a block of rows go to a buffer and
-    are picked from it in a loop of their own: picking them between the
-    products cost much of the scan.
+    merged afterwards, cost more). The distances of a block of rows go to a
+    buffer, with bits saying which are below each row's third (as it was before
+    the block); a loop of its own picks those: picking them between the
+    products, or looking at every word, cost much of the scan.
     """
     dim = data.shape[1]
     lanes = groups.shape[2]
@@ -161,9 +309,12 @@ def _scan_cells(data, rows_of, bounds, cell_bounds, group_bounds, groups, group_
         widest = max(widest, group_bounds[cell + 1] - group_bounds[cell])
     stride = widest * lanes
     dist = np.empty((ROWS, stride), np.float32)  # a block's distances to a cell
+    below = np.empty(widest, np.int64)  # per group: its words below each row's third
     addresses = np.empty(ROWS, np.int64)
-    base, row_bytes = data.ctypes.data, dim * 4
-    group_base, group_bytes = groups.ctypes.data, dim * lanes * 4
+    thresholds = np.empty(ROWS, np.float32)
+    base, row_bytes = data.ctypes.data, dim * data.itemsize
+    group_base, group_bytes = groups.ctypes.data, dim * lanes * groups.itemsize
+    every = (1 << lanes) - 1
     for cell in range(bounds.shape[0] - 1):
         a, b = bounds[cell], bounds[cell + 1]
         g0, g1 = group_bounds[cell], group_bounds[cell + 1]
@@ -172,27 +323,93 @@ def _scan_cells(data, rows_of, bounds, cell_bounds, group_bounds, groups, group_
             # the last block repeats its last row where it is short; only the
             # real ones are kept
             for t in range(ROWS):
-                addresses[t] = base + rows_of[min(r0 + t, b - 1)] * row_bytes
+                row = rows_of[min(r0 + t, b - 1)]
+                addresses[t] = base + row * row_bytes
+                thresholds[t] = best[row, 2]
             for g in range(g0, g1):
-                dot_rows(addresses.ctypes.data, group_base + g * group_bytes,
-                         dist.ctypes.data + (g - g0) * lanes * 4, stride, dim)
+                words = group_base + g * group_bytes
+                norms = group_sqnorms.ctypes.data + g * lanes * 4
+                out = dist.ctypes.data + (g - g0) * lanes * 4
+                if scale:
+                    below[g - g0] = dot_rows_quantized(
+                        addresses.ctypes.data, words, norms, scale,
+                        thresholds.ctypes.data, out, stride, dim)
+                else:
+                    below[g - g0] = dot_rows(addresses.ctypes.data, words, norms,
+                                             thresholds.ctypes.data, out, stride, dim)
             for t in range(min(ROWS, b - r0)):
                 # ahead only where strictly nearer: of equals, the smaller
-                # position (this cell's words come after those kept so far)
+                # position (this cell's words come after those kept so far).
+                # A word at or beyond the row's third as it was before this block
+                # cannot come in (the third only comes nearer): only the words
+                # the products flagged are looked at, in order.
                 row = rows_of[r0 + t]
                 b1, b2, b3 = best[row, 0], best[row, 1], best[row, 2]
                 w1, w2, w3 = word[row, 0], word[row, 1], word[row, 2]
-                for u in range((g1 - g0) * lanes):
-                    d = dist[t, u] + group_sqnorms[g0 * lanes + u]
-                    if d < b3:
-                        if d < b1:
-                            b3, w3, b2, w2, b1, w1 = b2, w2, b1, w1, d, u + lo
-                        elif d < b2:
-                            b3, w3, b2, w2 = b2, w2, d, u + lo
-                        else:
-                            b3, w3 = d, u + lo
+                for g in range(g1 - g0):
+                    flagged = (below[g] >> (t * lanes)) & every
+                    while flagged:
+                        lane = 0
+                        while not (flagged >> lane) & 1:
+                            lane += 1
+                        flagged &= flagged - 1  # that lane done
+                        u = g * lanes + lane
+                        d = dist[t, u]
+                        if d < b3:
+                            if d < b1:
+                                b3, w3, b2, w2, b1, w1 = b2, w2, b1, w1, d, u + lo
+                            elif d < b2:
+                                b3, w3, b2, w2 = b2, w2, d, u + lo
+                            else:
+                                b3, w3 = d, u + lo
                 best[row, 0], best[row, 1], best[row, 2] = b1, b2, b3
                 word[row, 0], word[row, 1], word[row, 2] = w1, w2, w3
 
 
 scan_cells = numba.njit(nogil=True, cache=True)(_scan_cells)
+
+
+def _kept_in_float64(data, centers, cell_order, position, row_sqnorms, words, exact):
+    """The quantized scan's three kept words of each row (``position`` (n, 3)
+    int32 in the sorted words, -1: none), measured again in float64: ``words``
+    (n, 3) int64 and ``exact`` (n, 3) float64, the squared distance less the
+    row's ``row_sqnorms``, nearest first (equal: the smaller word; none: -1 and
+    inf, last). ``data`` (n, dim) and ``centers`` (n_words, dim) float32."""
+    big = np.iinfo(np.int64).max
+    for i in range(data.shape[0]):
+        for j in range(3):
+            p = position[i, j]
+            if p < 0:
+                words[i, j], exact[i, j] = big, np.inf
+                continue
+            w = cell_order[p]
+            # four sums side by side (one chain of additions waits on each)
+            s0 = s1 = s2 = s3 = 0.0
+            dim = data.shape[1]
+            for k in range(0, dim - dim % 4, 4):
+                d0 = np.float64(centers[w, k]) - np.float64(data[i, k])
+                d1 = np.float64(centers[w, k + 1]) - np.float64(data[i, k + 1])
+                d2 = np.float64(centers[w, k + 2]) - np.float64(data[i, k + 2])
+                d3 = np.float64(centers[w, k + 3]) - np.float64(data[i, k + 3])
+                s0 += d0 * d0
+                s1 += d1 * d1
+                s2 += d2 * d2
+                s3 += d3 * d3
+            for k in range(dim - dim % 4, dim):
+                d0 = np.float64(centers[w, k]) - np.float64(data[i, k])
+                s0 += d0 * d0
+            total = (s0 + s1) + (s2 + s3)
+            words[i, j], exact[i, j] = w, total - row_sqnorms[i]
+        for j in range(1, 3):  # three: insertion by (distance, word)
+            t = j
+            while t > 0 and (exact[i, t] < exact[i, t - 1] or (
+                    exact[i, t] == exact[i, t - 1] and words[i, t] < words[i, t - 1])):
+                words[i, t], words[i, t - 1] = words[i, t - 1], words[i, t]
+                exact[i, t], exact[i, t - 1] = exact[i, t - 1], exact[i, t]
+                t -= 1
+        for j in range(3):
+            if words[i, j] == big:
+                words[i, j] = -1
+
+
+kept_in_float64 = numba.njit(nogil=True, cache=True)(_kept_in_float64)

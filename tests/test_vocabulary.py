@@ -525,13 +525,15 @@ def test_cells_without_words_are_never_probed(monkeypatch, use_compiled):
 
 @settings(max_examples=60, deadline=None)
 @given(seed=st.integers(0, 2**16), n_cells=st.integers(1, 12),
-       distinct=st.integers(1, 40), scale=st.sampled_from([1.0, 100.0, 512.0]))
+       distinct=st.integers(1, 40), scale=st.sampled_from([1.0, 100.0, 512.0]),
+       integers=st.booleans())
 def test_with_every_cell_probed_the_inverted_file_is_the_float64_nearest(
-        seed, n_cells, distinct, scale):
+        seed, n_cells, distinct, scale, integers):
     # Any vocabulary (repeated centres, cells without words, one cell) and any
     # descriptors (centres themselves, midpoints, far points, zeros): probing
     # every cell gives the float64 nearest word, ties to the smaller id, in the
-    # compiled scan and in numpy alike; one probe, the nearest word of the nearest
+    # compiled scan (in float32, or in 16-bit integers for integer descriptors)
+    # and in numpy alike; one probe, the nearest word of the nearest
     # cell that holds words; one probe and a ratio, the nearest word of the cells
     # the rule chooses in float64.
     import cvsearch.vocabulary as vocabulary_module
@@ -550,6 +552,8 @@ def test_with_every_cell_probed_the_inverted_file_is_the_float64_nearest(
     data = np.concatenate([centers[:10], (centers[pairs[:, 0]] + centers[pairs[:, 1]]) / 2,
                            rng.random((20, 128)) * scale, np.zeros((2, 128))]
                           ).astype(np.float32)
+    if integers:  # as SIFT's: the 16-bit scan where the CPU has it
+        data = np.rint(data)
     expected = float64_reference(data, centers)
     # one probe: the float64 nearest word of the float64 nearest cell with words
     cells = np.unique(word_cells)
@@ -576,38 +580,169 @@ def test_with_every_cell_probed_the_inverted_file_is_the_float64_nearest(
 
 def test_the_scan_products_are_each_row_against_each_word_of_a_group():
     # The compiled scan's block of products (LLVM vector IR): four rows against a
-    # group of words laid out coordinate by coordinate, each row's products
-    # written where asked, nothing beyond them.
+    # group of words laid out coordinate by coordinate, plus the words' norms,
+    # each row's distances written where asked, nothing beyond them; the bits
+    # returned are the words below each row's threshold.
     numba = pytest.importorskip("numba")  # the 'fast' extra; [test] has it
     from cvsearch import _simd
 
     @numba.njit
-    def block(rows, group, out):
+    def block(rows, group, sqnorms, thresholds, out):
         addresses = np.empty(_simd.ROWS, np.int64)
         for r in range(_simd.ROWS):
             addresses[r] = rows.ctypes.data + r * rows.shape[1] * 4
-        _simd.dot_rows(addresses.ctypes.data, group.ctypes.data, out.ctypes.data,
-                       out.shape[1], rows.shape[1])
+        return _simd.dot_rows(addresses.ctypes.data, group.ctypes.data,
+                              sqnorms.ctypes.data, thresholds.ctypes.data,
+                              out.ctypes.data, out.shape[1], rows.shape[1])
 
     rng = np.random.default_rng(0)
     for dim in (2, 128, 256):
         rows = rng.normal(0, 100, (_simd.ROWS, dim)).astype(np.float32)
         group = rng.normal(0, 100, (dim, _simd.LANES)).astype(np.float32)
+        sqnorms = rng.normal(0, 100 * dim, _simd.LANES).astype(np.float32)
         out = np.full((_simd.ROWS, _simd.LANES + 5), -7.0, np.float32)
-        block(rows, group, out)
-        exact = rows.astype(np.float64) @ group.astype(np.float64)
+        exact = rows.astype(np.float64) @ group.astype(np.float64) + sqnorms
+        thresholds = np.median(exact, axis=1).astype(np.float32)
+        bits = block(rows, group, sqnorms, thresholds, out)
         scale = np.abs(rows).astype(np.float64) @ np.abs(group).astype(np.float64)
-        assert np.all(np.abs(out[:, :_simd.LANES] - exact) <= 2.0 ** -16 * scale)
+        assert np.all(np.abs(out[:, :_simd.LANES] - exact)
+                      <= 2.0 ** -16 * (scale + np.abs(sqnorms)))
         assert np.all(out[:, _simd.LANES:] == -7.0)
+        below = out[:, :_simd.LANES] < thresholds[:, None]
+        assert 0 < below.sum() < below.size
+        expected = sum(1 << (r * _simd.LANES + lane) for r, lane in zip(*np.nonzero(below)))
+        assert bits & (2 ** 64 - 1) == expected
+
+
+def test_the_quantized_products_are_exact_integer_sums():
+    # The 16-bit products (AVX-512BW or AVX2): each row's pairs of coordinates
+    # against each word's, summed exactly in int32 at the largest magnitudes the
+    # scan allows, then scaled and added to the norms in float32.
+    numba = pytest.importorskip("numba")
+    from cvsearch import _simd
+
+    if not _simd.QUANTIZED:
+        pytest.skip("this CPU has neither AVX-512BW nor AVX2")
+
+    @numba.njit
+    def block(rows, group, sqnorms, scale, thresholds, out):
+        addresses = np.empty(_simd.ROWS, np.int64)
+        for r in range(_simd.ROWS):
+            addresses[r] = rows.ctypes.data + r * rows.shape[1] * 2
+        return _simd.dot_rows_quantized(addresses.ctypes.data, group.ctypes.data,
+                                        sqnorms.ctypes.data, scale, thresholds.ctypes.data,
+                                        out.ctypes.data, out.shape[1], rows.shape[1])
+
+    rng = np.random.default_rng(1)
+    for dim in (2, 128):
+        largest = min((2 ** 31 - 1) // (dim * 32767), 32767)
+        rows = rng.integers(-largest, largest + 1, (_simd.ROWS, dim)).astype(np.int16)
+        rows[0] = largest  # the largest sums there can be
+        words = rng.integers(-32767, 32768, (_simd.LANES, dim)).astype(np.int16)
+        words[0] = 32767
+        group = np.ascontiguousarray(words.reshape(_simd.LANES, dim // 2, 2)
+                                     .transpose(1, 0, 2))
+        sqnorms = rng.normal(0, 1e6, _simd.LANES).astype(np.float32)
+        sums = rows.astype(np.int64) @ words.T.astype(np.int64)
+        assert np.abs(sums).max() < 2 ** 31 and sums[0, 0] > 2 ** 30
+        expected = (sums.astype(np.float32) * np.float32(-2 / 128)) + sqnorms
+        thresholds = np.median(expected, axis=1).astype(np.float32)
+        out = np.full((_simd.ROWS, _simd.LANES + 3), -7.0, np.float32)
+        bits = block(rows, group, sqnorms, -2 / 128, thresholds, out)
+        assert np.array_equal(out[:, :_simd.LANES], expected)
+        assert np.all(out[:, _simd.LANES:] == -7.0)
+        below = expected < thresholds[:, None]
+        assert bits & (2 ** 64 - 1) == sum(
+            1 << (r * _simd.LANES + lane) for r, lane in zip(*np.nonzero(below)))
+
+
+def one_cell(centers):
+    """A vocabulary of ``centers`` in one coarse cell, searched whole."""
+    centers = np.asarray(centers, np.float32)
+    return Vocabulary.from_state(
+        {**Vocabulary(len(centers)).get_params(), "n_probe": 1, "probe_ratio": None},
+        {"centers": centers, "cell_centers": centers.mean(0, keepdims=True),
+         "word_cells": np.zeros(len(centers), np.int32), "binary": np.array(False)})
+
+
+@pytest.mark.parametrize("use_compiled", [True, False])
+def test_words_the_rounding_cannot_tell_apart_are_decided_in_float64(monkeypatch,
+                                                                    use_compiled):
+    # Integer descriptors (SIFT's) are compared with the words rounded to 16-bit
+    # integers (1/128 apart here). Four words within that rounding of a fifth
+    # look the same to it, yet a descriptor far from them all is nearer to one
+    # of them by more than float32's tolerance: the words a row keeps from the
+    # rounded scan can miss its nearest. Each still gets the float64 nearest
+    # word, and the next nearest with it.
+    import cvsearch.vocabulary as vocabulary_module
+
+    monkeypatch.setattr(vocabulary_module, "USE_COMPILED", use_compiled)
+    dim = 128
+    far = np.zeros(dim)
+    far[0] = 255.0  # the largest coordinate: rounding to 1/128
+    twins = np.array([np.full(dim, step) for step in (0.0, 0.0005, 0.0025, 0.003, 0.0038)])
+    data = np.full((6, dim), 255.0, np.float32)
+    data[:, 0] = 0
+    data[np.arange(1, 6), np.arange(1, 6)] = 200  # a few more rows like it
+    assert np.all(np.rint(twins * 128) == 0)  # one word, once rounded
+    vocabulary = one_cell(np.concatenate([[far], twins]))
+    expected = float64_reference(data, vocabulary.centers_)
+    assert np.all(expected == 5)  # the last twin: nearer by 8 tolerances
+    assert np.array_equal(vocabulary.predict(data), expected)
+    assert np.array_equal(vocabulary.predict_two(data)[0], expected)
+    # a word much nearer than all of them: the twins are the second words
+    exact_match = one_cell(np.concatenate([[far], twins, data[:1] + 1]))
+    words, second, _, _ = exact_match.predict_two(data)
+    assert np.all(words == 6) and np.all(second == 5)
+
+
+def test_integer_descriptors_take_the_quantized_scan(monkeypatch, fitted):
+    # SIFT's descriptors are integers: the 16-bit scan, where the CPU has it,
+    # with the same words; RootSIFT's (not integers) or values too large for
+    # its sums take the float32 scan.
+    pytest.importorskip("numba")
+    import cvsearch.vocabulary as vocabulary_module
+    from cvsearch import _simd
+
+    if not _simd.QUANTIZED:
+        pytest.skip("this CPU has neither AVX-512BW nor AVX2")
+    scales = []
+    scan = _simd.scan_cells
+
+    def spy(*args):
+        scales.append(args[7])
+        return scan(*args)
+
+    monkeypatch.setattr(_simd, "scan_cells", spy)
+    vocabulary = with_params(fitted[0], n_probe=4)
+    rng = np.random.default_rng(6)
+    integers = np.rint(X[:300] + rng.normal(0, 2, X[:300].shape)).astype(np.float32)
+    words = vocabulary.predict(integers)
+    assert scales and all(scale != 0 for scale in scales)
+    for data in (X[:300], integers * 1000, integers + 0.5):
+        scales.clear()
+        vocabulary.predict(data)
+        assert scales and all(scale == 0 for scale in scales)
+    monkeypatch.setattr(vocabulary_module, "USE_COMPILED", False)
+    assert np.array_equal(words, vocabulary.predict(integers))
+
+
+#: Haswell's features, as NUMBA_CPU_FEATURES names them: AVX2 without AVX-512
+HASWELL = ("+avx,+avx2,+bmi,+bmi2,+cx16,+f16c,+fma,+lzcnt,+movbe,+popcnt,+sse2,+sse3,"
+           "+sse4.1,+sse4.2,+ssse3,+xsave,+xsaveopt")
 
 
 @pytest.mark.skipif(platform.machine() not in ("x86_64", "AMD64"),
-                    reason="compiles for two older x86 CPUs")
-@pytest.mark.parametrize("cpu", ["haswell", "x86-64"])
-def test_the_scan_compiled_for_older_cpus_assigns_the_same_words(tmp_path, cpu):
+                    reason="compiles for older x86 CPUs")
+@pytest.mark.parametrize("cpu, features, quantized", [
+    ("haswell", "", "False"), ("x86-64", "", "False"), ("haswell", HASWELL, "True")])
+def test_the_scan_compiled_for_older_cpus_assigns_the_same_words(tmp_path, cpu, features,
+                                                                 quantized):
     # Without AVX-512 the groups hold 8 words; without FMA (x86-64: SSE2 only)
-    # LLVM multiplies and adds apart. Both run on this machine, in a process of
-    # their own that numba compiles for that CPU: the same words as numpy's.
+    # LLVM multiplies and adds apart; with AVX2's features named, integer
+    # descriptors take 8 words' 16-bit products. Each runs on this machine, in
+    # a process of its own that numba compiles for that CPU: the same words as
+    # numpy's.
     script = """
 import numpy as np
 import cvsearch.vocabulary as vocabulary_module
@@ -621,19 +756,20 @@ vocabulary = Vocabulary(700, n_probe=5, exact_below=0, random_state=0).fit(
 data = np.concatenate([np.abs(rng.normal(0, 30, (300, 128))),
                        vocabulary.centers_[:100]]).astype(np.float32)
 assert len(vocabulary.word_cells_) and vocabulary_module._compiled_scan() is not None
-fast = vocabulary.predict_two(data)
+fast = [vocabulary.predict_two(data), vocabulary.predict(np.rint(data))]
 vocabulary_module.USE_COMPILED = False
-plain = vocabulary.predict_two(data)
-assert np.array_equal(fast[0], plain[0])
-assert (fast[1] == plain[1]).mean() >= 0.99
-print(_simd.LANES)
+plain = [vocabulary.predict_two(data), vocabulary.predict(np.rint(data))]
+assert np.array_equal(fast[0][0], plain[0][0])
+assert (fast[0][1] == plain[0][1]).mean() >= 0.99
+assert np.array_equal(fast[1], plain[1])
+print(_simd.LANES, _simd.QUANTIZED)
 """
-    env = {**os.environ, "NUMBA_CPU_NAME": cpu, "NUMBA_CPU_FEATURES": "",
+    env = {**os.environ, "NUMBA_CPU_NAME": cpu, "NUMBA_CPU_FEATURES": features,
            "NUMBA_CACHE_DIR": str(tmp_path)}
     done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True,
                           text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
-    assert done.stdout.split() == ["8"]
+    assert done.stdout.split() == ["8", quantized]
 
 
 def test_with_numbas_jit_off_words_come_from_the_numpy_scan(tmp_path):
