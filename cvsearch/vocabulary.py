@@ -635,12 +635,11 @@ class Vocabulary:
         quantized = self._quantized_groups()
         if quantized is None:
             return None
-        limit = (2 ** 31 - 1) // (data.shape[1] * quantized[4])
-        integers = data.astype(np.int16)  # out of range or NaN: not equal below
-        if (np.abs(data).max(initial=0) > min(limit, 2 ** 15 - 1)
-                or not np.array_equal(integers, data)):
+        limit = min((2 ** 31 - 1) // (data.shape[1] * quantized[4]), 2 ** 15 - 1)
+        if not np.abs(data).max(initial=0) <= limit:  # NaN too
             return None
-        return integers
+        integers = data.astype(np.int16)
+        return integers if np.array_equal(integers, data) else None
 
     def _quantized_groups(self):
         """The sorted words rounded to int16 for the quantized scan
