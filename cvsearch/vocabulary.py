@@ -698,10 +698,10 @@ class Vocabulary:
         not kept is at least the third's rounded distance less ``moved`` away,
         and where that is beyond the nearest kept (and the second, for the
         second word) they are exact; otherwise the float32 scan decides, for
-        those rows (Caltech-101's SIFT at 20,000 words: 1 row in 100,000 for the
-        word, 1 in 100 with the second). So the words are the float64 nearest
-        (equal: the smaller), which the float32 scan gives once its near ties
-        are settled.
+        those rows (Caltech-101's SIFT at 20,000 words, one-off: 1 row in
+        100,000 for the word, 1 in 100 with the second). So the words are the
+        float64 nearest (equal: the smaller), which the float32 scan gives once
+        its near ties are settled.
 
         The distances are those in float64, rounded to float32, with the second
         word; without it the scan's rounded ones (:meth:`predict` drops them).
