@@ -743,6 +743,10 @@ def test_the_scan_compiled_for_older_cpus_assigns_the_same_words(tmp_path, cpu, 
     # descriptors take 8 words' 16-bit products. Each runs on this machine, in
     # a process of its own that numba compiles for that CPU: the same words as
     # numpy's.
+    if features:
+        binding = pytest.importorskip("llvmlite.binding")
+        if "+avx2" not in binding.get_host_cpu_features().flatten().split(","):
+            pytest.skip("this CPU has no AVX2 to run Haswell's instructions")
     script = """
 import numpy as np
 import cvsearch.vocabulary as vocabulary_module
