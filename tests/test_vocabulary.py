@@ -670,10 +670,12 @@ def test_words_the_rounding_cannot_tell_apart_are_decided_in_float64(monkeypatch
                                                                     use_compiled):
     # Integer descriptors (SIFT's) are compared with the words rounded to 16-bit
     # integers (1/128 apart here). Four words within that rounding of a fifth
-    # look the same to it, yet a descriptor far from them all is nearer to one
-    # of them by more than float32's tolerance: the words a row keeps from the
-    # rounded scan can miss its nearest. Each still gets the float64 nearest
-    # word, and the next nearest with it.
+    # look the same to it, yet a descriptor far from them all is nearer to some
+    # of them than to the fifth by more than float32's tolerance: the three
+    # words a row keeps from the rounded scan miss its nearest, and the nearest
+    # of those three is beyond that tolerance below the third's rounded
+    # distance. Each row still gets the float64 nearest word, and the next
+    # nearest with it.
     import cvsearch.vocabulary as vocabulary_module
 
     monkeypatch.setattr(vocabulary_module, "USE_COMPILED", use_compiled)
@@ -687,7 +689,11 @@ def test_words_the_rounding_cannot_tell_apart_are_decided_in_float64(monkeypatch
     assert np.all(np.rint(twins * 128) == 0)  # one word, once rounded
     vocabulary = one_cell(np.concatenate([[far], twins]))
     expected = float64_reference(data, vocabulary.centers_)
-    assert np.all(expected == 5)  # the last twin: nearer by 8 tolerances
+    assert np.all(expected == 5)  # the last twin
+    d = ((data[0].astype(np.float64) - vocabulary.centers_) ** 2).sum(1)
+    tolerance = ((data[0].astype(np.float64) ** 2).sum()
+                 + (vocabulary.centers_.astype(np.float64) ** 2).sum(1).max()) * 2.0 ** -16
+    assert d[1] - d[3] > tolerance and d[5] < d[4] < d[3]  # as described above
     assert np.array_equal(vocabulary.predict(data), expected)
     assert np.array_equal(vocabulary.predict_two(data)[0], expected)
     # a word much nearer than all of them: the twins are the second words
