@@ -631,7 +631,8 @@ class Vocabulary:
     def _as_integers(self, data: np.ndarray):
         """``data`` as int16 where every value is an integer small enough that
         the quantized scan's int32 sums cannot wrap (OpenCV's SIFT descriptors
-        are integers in [0, 255]); else None (RootSIFT, dense SIFT)."""
+        are integers in [0, 255], ORB's unpacked bits 0 or 1); else None
+        (RootSIFT, dense SIFT)."""
         quantized = self._quantized_groups()
         if quantized is None:
             return None

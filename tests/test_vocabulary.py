@@ -84,6 +84,28 @@ def test_binary_orb_vocabulary():
         vocabulary.predict(X[:5])
 
 
+
+def test_orb_words_from_the_inverted_file_are_the_float64_nearest(monkeypatch):
+    # ORB's bits, unpacked, are integers too (256 of 0 or 1): where the CPU has
+    # them, the 16-bit scan, 256 coordinates long. With every cell probed each
+    # string gets its float64 nearest word, as the numpy path gives it.
+    import cvsearch.vocabulary as vocabulary_module
+
+    rng = np.random.default_rng(7)
+    prototypes = rng.integers(0, 256, (300, 32), dtype=np.uint8)
+    data = prototypes[rng.integers(0, 300, 4000)] ^ np.packbits(
+        rng.random((4000, 256)) < 0.05, axis=1)
+    vocabulary = Vocabulary(400, exact_below=0, random_state=0).fit(data)
+    everywhere = with_params(vocabulary, n_probe=len(vocabulary.cell_centers_))
+    bits = np.unpackbits(data[:500], axis=1).astype(np.float32)
+    expected = float64_reference(bits, vocabulary.centers_)
+    assert np.array_equal(everywhere.predict(data[:500]), expected)
+    fast = vocabulary.predict_two(data[:500])
+    monkeypatch.setattr(vocabulary_module, "USE_COMPILED", False)
+    plain = vocabulary.predict_two(data[:500])
+    assert np.array_equal(fast[0], plain[0])
+    assert (fast[1] == plain[1]).mean() >= 0.99
+
 def test_errors(fitted):
     with pytest.raises(ValueError, match="n_words"):
         Vocabulary(1)
