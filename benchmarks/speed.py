@@ -168,8 +168,8 @@ def run(args) -> dict:
     # index). One image is added first, untimed: the first add makes the first
     # small segment, whose postings number their images in 8 bits (the built
     # one in 16), and numba compiles the norms' loop for that type, or loads it
-    # from its cache, once per process (0.4 s in a fresh checkout: 1.9 ms per
-    # image of 200 when it was timed).
+    # from its cache, once per process (one-off, py-spy: 0.4 s in a fresh
+    # checkout, 1.9 ms per image of 200 when it was timed).
     index.add([warm_up])
     add_s = sift_s = our_extract_s = 0.0
     for start in range(0, len(queries), 20):

@@ -633,14 +633,17 @@ class Vocabulary:
         the quantized scan's int32 sums cannot wrap (OpenCV's SIFT descriptors
         are integers in [0, 255], ORB's unpacked bits 0 or 1); else None
         (RootSIFT, dense SIFT)."""
-        quantized = self._quantized_groups()
-        if quantized is None:
-            return None
-        limit = min((2 ** 31 - 1) // (data.shape[1] * quantized[4]), 2 ** 15 - 1)
-        if not np.abs(data).max(initial=0) <= limit:  # NaN too
+        # the data first: RootSIFT's never makes the rounded words
+        largest = np.abs(data).max(initial=0)
+        if not largest <= 2 ** 15 - 1:  # NaN too
             return None
         integers = data.astype(np.int16)
-        return integers if np.array_equal(integers, data) else None
+        if not np.array_equal(integers, data):
+            return None
+        quantized = self._quantized_groups()
+        if quantized is None or largest > (2 ** 31 - 1) // (data.shape[1] * quantized[4]):
+            return None
+        return integers
 
     def _quantized_groups(self):
         """The sorted words rounded to int16 for the quantized scan
