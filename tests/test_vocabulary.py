@@ -636,6 +636,22 @@ def test_the_scan_products_are_each_row_against_each_word_of_a_group():
         assert bits & (2 ** 64 - 1) == expected
 
 
+def test_lowest_bit_is_the_position_of_the_lowest_set_bit():
+    # The scan finds each flagged word with it: every bit of an int64, the sign
+    # bit included, and 64 where no bit is set.
+    numba = pytest.importorskip("numba")
+    from cvsearch import _simd
+
+    lowest = numba.njit(lambda x: _simd.lowest_bit(x))
+    rng = np.random.default_rng(0)
+    values = [0, 1, -1, -2 ** 63, 2 ** 62, 3 << 40]
+    values += [int(v) for v in rng.integers(-2 ** 63, 2 ** 63 - 1, 200, dtype=np.int64)]
+    for value in values:
+        unsigned = value & (2 ** 64 - 1)
+        expected = 64 if unsigned == 0 else (unsigned & -unsigned).bit_length() - 1
+        assert lowest(value) == expected
+
+
 def test_the_quantized_products_are_exact_integer_sums():
     # The 16-bit products (AVX-512BW or AVX2): each row's pairs of coordinates
     # against each word's, summed exactly in int32 at the largest magnitudes the
