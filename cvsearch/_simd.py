@@ -326,8 +326,9 @@ def _scan_cells(data, rows_of, bounds, cell_bounds, group_bounds, groups, group_
     few of a cell's words come near them (each cell's own three, kept apart and
     merged afterwards, cost more). The distances of a block of rows go to a
     buffer, with bits saying which are below each row's third (as it was before
-    the block); a loop of its own picks those: picking them between the
-    products, or looking at every word, cost much of the scan.
+    the block); a loop of its own picks those (picking them between the
+    products cost much of the scan). In a row's first cell every word is below
+    its third (inf), and a plain loop over them costs less than finding each bit.
     """
     dim = data.shape[1]
     lanes = groups.shape[2]
