@@ -16,11 +16,12 @@ kd-trees this is deterministic, so a saved and reloaded index answers identicall
 With numba (the 'fast' extra) the cells are scanned by one compiled loop
 (:mod:`cvsearch._simd`) instead of a few numpy calls per cell, which at one
 image's few hundred descriptors cost more than the arithmetic; the words are the
-same (near ties are settled in float64 either way). Integer descriptors (OpenCV's
-SIFT gives integers in [0, 255]) are compared there with the words rounded to 16-bit
-integers, twice the products per instruction of float32's; the rounding's effect on
-a distance is bounded, and the words it could have ordered otherwise are measured
-again in float64, so they too are the same.
+same (near ties are settled in float64 either way). There the descriptors are
+compared with the words in 16-bit integers, twice the products per instruction of
+float32's: integer descriptors (OpenCV's SIFT gives integers in [0, 255]) as they
+are, others (RootSIFT) scaled by a power of two and rounded. The roundings' effect
+on a distance is bounded, and the words they could have ordered otherwise are
+measured again in float64, so they too are the same.
 
 ORB descriptors are 256-bit strings. They are unpacked to 256 values in {0, 1} and
 clustered like real vectors: for binary vectors the squared Euclidean distance is
@@ -35,6 +36,7 @@ methods, at 8x the memory of packed bits during assignment.
 from __future__ import annotations
 
 import logging
+from typing import NamedTuple
 
 import numpy as np
 
@@ -42,6 +44,19 @@ from cvsearch._compiled import compiled
 from cvsearch._validation import check_float, check_int
 
 logger = logging.getLogger(__name__)
+
+
+class _RoundedWords(NamedTuple):
+    """The sorted words rounded to int16 for the quantized scan
+    (:meth:`Vocabulary._rounded_words`)."""
+
+    group_bounds: np.ndarray  # (n_cells + 1,) int64, as Vocabulary._word_groups's
+    groups: np.ndarray  # (n_groups, dim // 2, LANES, 2) int16: words * quantum, rounded
+    group_sqnorms: np.ndarray  # (n_groups * LANES,) float32: the words' own |w|^2
+    quantum: float  # a power of two, exact in float32
+    largest: int  # the largest |rounded coordinate|
+    error: float  # the largest |word - rounded / quantum| of any coordinate
+    l1: float  # the largest L1 norm of a rounded word (rounded / quantum)
 
 
 def sample_rows(arrays, max_rows: int, rng: np.random.Generator) -> np.ndarray:
@@ -269,7 +284,8 @@ class Vocabulary:
         self.centers_ = centers
         self.binary_ = bool(binary)
         # made on first use
-        self._groups = self._quantized = self._sorted_centers_times_minus_2 = None
+        self._groups = self._sorted_centers_times_minus_2 = None
+        self._rounded = {}  # integer data or not: _RoundedWords or None
         self.cell_centers_ = cell_centers
         self.word_cells_ = word_cells
         self._center_sqnorms = (centers.astype(np.float64) ** 2).sum(1).astype(
@@ -599,9 +615,12 @@ class Vocabulary:
         rows_of = slot_rows[order]
         scan = _compiled_scan() if data.dtype == np.float32 else None
         if quantized and scan is not None and scan.QUANTIZED:
-            integers = self._as_integers(data)
-            if integers is not None:
-                return self._predict_quantized(data, integers, row_sqnorms, rows_of,
+            # RootSIFT's rows, rounded too, would go to the float32 scan 1 in 6
+            # with the second word (one-off, Caltech-101), for more than the
+            # 16-bit scan saves: integers only, there
+            rounded = self._as_int16(data, scaled=not with_second)
+            if rounded is not None:
+                return self._predict_quantized(data, rounded, row_sqnorms, rows_of,
                                                bounds, with_second, scan)
         if scan is not None:
             # without a numpy call per cell (the numpy path's cost at one image's
@@ -628,53 +647,72 @@ class Vocabulary:
                               row_sqnorms=row_sqnorms[rows]))
         return word, second_word, first, second
 
-    def _as_integers(self, data: np.ndarray):
-        """``data`` as int16 where every value is an integer small enough that
-        the quantized scan's int32 sums cannot wrap (OpenCV's SIFT descriptors
-        are integers in [0, 255], ORB's unpacked bits 0 or 1); else None
-        (RootSIFT, dense SIFT)."""
-        # the data first: RootSIFT's never makes the rounded words
-        largest = np.abs(data).max(initial=0)
-        if not largest <= 2 ** 15 - 1:  # NaN too
-            return None
-        integers = data.astype(np.int16)
-        if not np.array_equal(integers, data):
-            return None
-        quantized = self._quantized_groups()
-        if quantized is None or largest > (2 ** 31 - 1) // (data.shape[1] * quantized[4]):
-            return None
-        return integers
+    def _as_int16(self, data: np.ndarray, scaled: bool = True):
+        """``data`` in 16-bit integers for the quantized scan, and the rounded
+        words it is compared with; None where the words cannot be rounded (an
+        odd length, all zero), or the data are not integers and not ``scaled``.
 
-    def _quantized_groups(self):
-        """The sorted words rounded to int16 for the quantized scan
-        (:func:`cvsearch._simd.dot_rows_quantized`), made once: half the bytes
-        of the float32 groups (5 MB at 20,000 SIFT words), which the rows the
-        float32 scan decides still read.
+        Integer values (OpenCV's SIFT descriptors in [0, 255], ORB's unpacked
+        bits) are taken as they are, against the words rounded as finely as
+        int16 allows. Others (RootSIFT, dense SIFT, values too large for those
+        words) are scaled by a power of two and rounded, against words rounded
+        more coarsely, so that the two roundings weigh about alike in a
+        distance's bound (:meth:`_predict_quantized`). Either way no int32 sum
+        of the scan can wrap.
 
         Returns
         -------
-        group_bounds, groups, group_sqnorms
-            As :meth:`_word_groups`'s, ``groups`` (n_groups, dim // 2, LANES, 2)
-            int16: each word times ``quantum``, rounded.
+        integers : ndarray of shape (n, dim), int16
+            ``rint(data * quantum)``.
         quantum : float
-            A power of two (exact in float32), as large as int16 allows.
-        largest : int
-            The largest magnitude of a rounded word's coordinate.
+            A power of two (1 for integer data).
         error : float
-            The largest |word - rounded / quantum| of any coordinate (<= 0.5 /
-            quantum).
+            The largest ``|data - integers / quantum|`` (0 for integer data).
+        words : _RoundedWords
+        """
+        dim = data.shape[1]
+        largest = float(np.abs(data).max(initial=0))
+        if largest <= 2 ** 15 - 1:
+            integers = data.astype(np.int16)
+            if np.array_equal(integers, data):
+                words = self._rounded_words(True)
+                if words is not None and largest * dim * words.largest <= 2 ** 31 - 1:
+                    return integers, 1.0, 0.0, words
+        words = self._rounded_words(False) if scaled else None
+        if words is None:
+            return None
+        room = min(2 ** 15 - 1, (2 ** 31 - 1) // (dim * max(words.largest, 1)))
+        quantum = 2.0 ** np.floor(np.log2(room / largest)) if largest > 0 else 1.0
+        if not 2.0 ** -60 < words.quantum * quantum < 2.0 ** 60:
+            return None  # the scan's scale would leave float32's normal range
+        rounded = np.rint(data.astype(np.float64) * quantum)
+        error = float(np.abs(data - rounded / quantum).max(initial=0))
+        return rounded.astype(np.int16), float(quantum), error, words
 
-        None where the descriptors have an odd length, or the words are all zero.
+    def _rounded_words(self, for_integers: bool) -> _RoundedWords | None:
+        """The sorted words rounded to int16 for the quantized scan
+        (:func:`cvsearch._simd.dot_rows_quantized`), made once for each kind of
+        data: half the bytes of the float32 groups (5 MB at 20,000 SIFT words),
+        which the rows the float32 scan decides still read.
+
+        For integer data their largest coordinate is scaled to at most 2^15 - 1
+        (1/128 apart for SIFT's words); for other data to at most
+        sqrt((2^31 - 1) / dim) (4095 at 128 coordinates), which leaves the data
+        as much: two roundings of about the same weight. The scale is a power of
+        two. None where the descriptors have an odd length, or the words are all
+        zero.
         """
         from cvsearch import _simd
 
-        if self._quantized is None:
+        if for_integers not in self._rounded:
             words = self.centers_[self._cell_order].astype(np.float64)
             peak = float(np.abs(words).max(initial=0))
             if words.shape[1] % 2 or peak == 0:
-                self._quantized = (None,)
+                self._rounded[for_integers] = None
                 return None
-            quantum = 2.0 ** np.floor(np.log2((2 ** 15 - 1) / peak))
+            limit = (2 ** 15 - 1 if for_integers
+                     else int(np.sqrt((2 ** 31 - 1) / words.shape[1])))
+            quantum = 2.0 ** np.floor(np.log2(limit / peak))
             rounded = np.rint(words * quantum)
             lanes = _simd.LANES
             group_bounds, _, group_sqnorms = self._word_groups(lanes)
@@ -686,38 +724,46 @@ class Vocabulary:
             flat[slots] = rounded
             groups = np.ascontiguousarray(flat.reshape(-1, lanes, words.shape[1] // 2, 2)
                                           .transpose(0, 2, 1, 3))
-            self._quantized = (group_bounds, groups, group_sqnorms, quantum,
-                               int(np.abs(rounded).max()),
-                               float(np.abs(words - rounded / quantum).max()))
-        return None if self._quantized[0] is None else self._quantized
+            # one assignment: threads see all or nothing
+            self._rounded[for_integers] = _RoundedWords(
+                group_bounds, groups, group_sqnorms, float(quantum),
+                int(np.abs(rounded).max()), float(np.abs(words - rounded / quantum).max()),
+                float(np.abs(rounded / quantum).sum(1).max()))
+        return self._rounded[for_integers]
 
-    def _predict_quantized(self, data, integers, row_sqnorms, rows_of, bounds,
+    def _predict_quantized(self, data, rounded, row_sqnorms, rows_of, bounds,
                            with_second: bool, scan):
-        """:meth:`_predict_ivf` with the scan in 16-bit integers (its results).
+        """:meth:`_predict_ivf` with the scan in 16-bit integers (its results);
+        ``rounded`` is :meth:`_as_int16`'s.
 
-        The scan keeps each row's three nearest rounded words. The rounding of
-        the words moves a distance by at most ``moved`` (2 |x|_1 times the
-        rounding's largest error, and the tolerance for float32's). Where the
-        nearest kept is nearer than the second by more than twice that, it is
-        the row's word. Elsewhere, and for every row with the second word, the
-        three are measured again in float64 (as ``_settle_ties`` does): a word
-        not kept is at least the third's rounded distance less ``moved`` away,
-        and where that is beyond the nearest kept (and the second, for the
-        second word) they are exact; otherwise the float32 scan decides, for
-        those rows (Caltech-101's SIFT at 20,000 words, one-off: 1 row in
-        100,000 for the word, 1 in 100 with the second). So the words are the
-        float64 nearest (equal: the smaller), which the float32 scan gives once
-        its near ties are settled.
+        The scan keeps each row's three nearest rounded words. The roundings
+        move a distance by at most ``moved``: 2 (|x|_1 times the words' largest
+        rounding error, plus the data's times the largest L1 norm of a rounded
+        word), and the tolerance for float32's. Where the nearest kept is nearer
+        than the second by more than twice that, it is the row's word.
+        Elsewhere, and for every row with the second word, the three are
+        measured again in float64 (as ``_settle_ties`` does): a word not kept is
+        at least the third's rounded distance less ``moved`` away, and where
+        that is beyond the nearest kept (and the second, for the second word)
+        they are exact; otherwise the float32 scan decides, for those rows
+        (Caltech-101's SIFT at 20,000 words, one-off: 1 row in 100,000 for the
+        word, 1 in 100 with the second; RootSIFT's, 1 in 100 for the word). So
+        the words are the float64 nearest (equal: the smaller), which the
+        float32 scan gives once its near ties are settled.
 
         The distances are those in float64, rounded to float32, with the second
         word; without it the scan's rounded ones (:meth:`predict` drops them).
         """
-        group_bounds, groups, group_sqnorms, quantum, _, error = self._quantized
+        integers, quantum, data_error, table = rounded
         best = np.full((len(data), 3), np.inf, np.float32)
         position = np.full((len(data), 3), -1, np.int32)
         scan.scan_cells(integers, rows_of, bounds.astype(np.int64), self._cell_bounds,
-                        group_bounds, groups, group_sqnorms, -2.0 / quantum, best, position)
-        moved = (2.0 * np.abs(data).sum(1, dtype=np.float64) * error
+                        table.group_bounds, table.groups, table.group_sqnorms,
+                        -2.0 / (table.quantum * quantum), best, position)
+        # x.w - x'.w' = x.(w - w') + (x - x').w': each part at most a norm
+        # times the other side's largest rounding error
+        moved = (2.0 * (np.abs(data).sum(1, dtype=np.float64) * table.error
+                        + data_error * table.l1)
                  + self._tolerance(row_sqnorms, self._center_sqnorms))
         approximate = best.astype(np.float64)
         word = self._cell_order[np.maximum(position[:, 0], 0)]

@@ -703,29 +703,35 @@ def one_cell(centers):
          "word_cells": np.zeros(len(centers), np.int32), "binary": np.array(False)})
 
 
+@pytest.mark.parametrize("unit", [1.0, 1 / 729.3], ids=["integers", "scaled"])
 @pytest.mark.parametrize("use_compiled", [True, False])
 def test_words_the_rounding_cannot_tell_apart_are_decided_in_float64(monkeypatch,
-                                                                    use_compiled):
-    # Integer descriptors (SIFT's) are compared with the words rounded to 16-bit
-    # integers (1/128 apart here). Four words within that rounding of a fifth
-    # look the same to it, yet a descriptor far from them all is nearer to some
-    # of them than to the fifth by more than float32's tolerance: the three
-    # words a row keeps from the rounded scan miss its nearest, and the nearest
-    # of those three is beyond that tolerance below the third's rounded
-    # distance. Each row still gets the float64 nearest word, and the next
-    # nearest with it.
+                                                                    use_compiled, unit):
+    # Descriptors are compared with the words rounded to 16-bit integers: 1/128
+    # apart here for integer descriptors (SIFT's), 1/8192 for others, which are
+    # rounded too (at unit 1/729.3, as RootSIFT's). Four words within that
+    # rounding of a fifth look the same to it, yet a descriptor far from them
+    # all is nearer to some of them than to the fifth by more than float32's
+    # tolerance: the three words a row keeps from the rounded scan miss its
+    # nearest, and the nearest of those three is beyond that tolerance below the
+    # third's rounded distance. Each row still gets the float64 nearest word,
+    # and the next nearest with it.
     import cvsearch.vocabulary as vocabulary_module
 
     monkeypatch.setattr(vocabulary_module, "USE_COMPILED", use_compiled)
     dim = 128
     far = np.zeros(dim)
-    far[0] = 255.0  # the largest coordinate: rounding to 1/128
-    twins = np.array([np.full(dim, step) for step in (0.0, 0.0005, 0.0025, 0.003, 0.0038)])
-    data = np.full((6, dim), 255.0, np.float32)
+    far[0] = 255.0 * unit  # the largest coordinate: it sets the rounding
+    twins = unit * np.array([np.full(dim, step)
+                             for step in (0.0, 0.0005, 0.0025, 0.003, 0.0038)])
+    data = np.full((6, dim), 255.0 * unit, np.float32)
     data[:, 0] = 0
-    data[np.arange(1, 6), np.arange(1, 6)] = 200  # a few more rows like it
-    assert np.all(np.rint(twins * 128) == 0)  # one word, once rounded
+    data[np.arange(1, 6), np.arange(1, 6)] = 200 * unit  # a few more rows like it
+    quantum = 128 if unit == 1 else 8192
+    assert np.all(np.rint(twins * quantum) == 0)  # one word, once rounded
     vocabulary = one_cell(np.concatenate([[far], twins]))
+    if use_compiled and vocabulary_module._compiled_scan() is not None:
+        assert vocabulary._rounded_words(unit == 1).quantum == quantum
     expected = float64_reference(data, vocabulary.centers_)
     assert np.all(expected == 5)  # the last twin
     d = ((data[0].astype(np.float64) - vocabulary.centers_) ** 2).sum(1)
@@ -735,15 +741,47 @@ def test_words_the_rounding_cannot_tell_apart_are_decided_in_float64(monkeypatch
     assert np.array_equal(vocabulary.predict(data), expected)
     assert np.array_equal(vocabulary.predict_two(data)[0], expected)
     # a word much nearer than all of them: the twins are the second words
-    exact_match = one_cell(np.concatenate([[far], twins, data[:1] + 1]))
+    exact_match = one_cell(np.concatenate([[far], twins, data[:1] + unit]))
     words, second, _, _ = exact_match.predict_two(data)
     assert np.all(words == 6) and np.all(second == 5)
 
 
-def test_integer_descriptors_take_the_quantized_scan(monkeypatch, fitted):
-    # SIFT's descriptors are integers: the 16-bit scan, where the CPU has it,
-    # with the same words; RootSIFT's (not integers) or values too large for
-    # its sums take the float32 scan.
+def test_a_descriptor_its_rounding_moves_to_another_word_keeps_its_own():
+    # Non-integer descriptors are rounded too (here to 1/16384), and the words
+    # (here exactly on their grid of 1/8192, so only the data's rounding
+    # counts). Rounded, this descriptor is nearer to the second word, by more
+    # than twice float32's tolerance; it is truly nearer to the first. The
+    # bound on the rounding must send it to float64.
+    pytest.importorskip("numba")
+    from cvsearch import _simd
+
+    if not _simd.QUANTIZED:
+        pytest.skip("this CPU has neither AVX-512BW nor AVX2")
+    dim, p = 128, 2400 / 8192
+    words = np.zeros((2, dim))
+    words[0, [0, 3]] = p  # equal norms: 2 p^2
+    words[1, [1, 2]] = p
+    x = np.zeros((1, dim), np.float32)
+    x[0, 0] = (2 * 2000 - 0.55) / 16384  # rounds down by 0.55 steps
+    x[0, 1:3] = (2000 - 0.3) / 16384  # each rounds up by 0.3: the sum flips
+    vocabulary = one_cell(words)
+    integers, quantum, error, table = vocabulary._as_int16(x)
+    assert quantum == 16384 and table.quantum == 8192 and table.error == 0
+    rounded = integers / quantum
+    exact = ((x.astype(np.float64) - words) ** 2).sum(1)
+    moved_order = (words ** 2).sum(1) - 2 * rounded @ words.T
+    tolerance = ((x.astype(np.float64) ** 2).sum() + 2 * p * p) * 2.0 ** -16
+    assert exact[0] < exact[1]
+    assert moved_order[0, 0] - moved_order[0, 1] > 2 * tolerance
+    assert vocabulary.predict(x)[0] == 0
+    assert vocabulary.predict_two(x)[0][0] == 0
+
+
+def test_which_descriptors_take_the_quantized_scan(monkeypatch, fitted):
+    # Integers (SIFT's) take the 16-bit scan as they are, with the second word
+    # too; other values (RootSIFT's, integers too large for its sums, halves)
+    # are scaled and rounded for the word alone, and take the float32 scan with
+    # the second. The words are numpy's either way.
     pytest.importorskip("numba")
     import cvsearch.vocabulary as vocabulary_module
     from cvsearch import _simd
@@ -761,14 +799,21 @@ def test_integer_descriptors_take_the_quantized_scan(monkeypatch, fitted):
     vocabulary = with_params(fitted[0], n_probe=4)
     rng = np.random.default_rng(6)
     integers = np.rint(X[:300] + rng.normal(0, 2, X[:300].shape)).astype(np.float32)
-    words = vocabulary.predict(integers)
-    assert scales and all(scale != 0 for scale in scales)
-    for data in (X[:300], integers * 1000, integers + 0.5):
+    cases = [(integers, True), (X[:300], False), (integers * 1000, False),
+             (integers + 0.5, False)]
+    found = []
+    for data, whole in cases:  # each call's first scan (rows it cannot decide
+        scales.clear()  # go to the float32 scan after it)
+        words = vocabulary.predict(data)
+        assert scales[0] != 0
         scales.clear()
-        vocabulary.predict(data)
-        assert scales and all(scale == 0 for scale in scales)
+        found.append((words, vocabulary.predict_two(data)[:2]))
+        assert (scales[0] != 0) == whole
     monkeypatch.setattr(vocabulary_module, "USE_COMPILED", False)
-    assert np.array_equal(words, vocabulary.predict(integers))
+    for (data, _), (words, (first, second)) in zip(cases, found):
+        assert np.array_equal(words, vocabulary.predict(data))
+        assert np.array_equal(first, words)
+        assert np.array_equal(second, vocabulary.predict_two(data)[1])
 
 
 #: Haswell's features, as NUMBA_CPU_FEATURES names them: AVX2 without AVX-512
