@@ -10,8 +10,9 @@ coordinate is broadcast against it: no sum across lanes at all, and one vector
 read serves four rows. numba cannot express such vectors, hence this
 intrinsic; LLVM lowers its generic vectors and ``llvm.fmuladd`` to whatever
 the CPU has (16 words: one AVX-512 register; 8: one AVX register, or two SSE or
-NEON ones; a separate multiply and add where there is no FMA). For integer
-descriptors, :func:`dot_rows_quantized` does the same in 16-bit integers on x86
+NEON ones; a separate multiply and add where there is no FMA). For
+descriptors in 16-bit integers (SIFT's as they are, others scaled and rounded:
+``Vocabulary._as_int16``), :func:`dot_rows_quantized` does the same on x86
 (AVX-512BW or AVX2): pairs of coordinates, two products and their sum per lane
 and instruction.
 
