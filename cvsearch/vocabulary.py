@@ -54,9 +54,9 @@ class _RoundedWords(NamedTuple):
     groups: np.ndarray  # (n_groups, dim // 2, LANES, 2) int16: words * quantum, rounded
     group_sqnorms: np.ndarray  # (n_groups * LANES,) float32: the words' own |w|^2
     quantum: float  # a power of two, exact in float32
-    largest: int  # the largest |rounded coordinate|
     error: float  # the largest |word - rounded / quantum| of any coordinate
     l1: float  # the largest L1 norm of a rounded word (rounded / quantum)
+    sqnorm: float  # the largest sum of a rounded word's squared integers
 
 
 def sample_rows(arrays, max_rows: int, rng: np.random.Generator) -> np.ndarray:
@@ -285,7 +285,7 @@ class Vocabulary:
         self.binary_ = bool(binary)
         # made on first use
         self._groups = self._sorted_centers_times_minus_2 = None
-        self._rounded = {}  # integer data or not: _RoundedWords or None
+        self._rounded = None  # (_RoundedWords or None,) once made
         self.cell_centers_ = cell_centers
         self.word_cells_ = word_cells
         self._center_sqnorms = (centers.astype(np.float64) ** 2).sum(1).astype(
@@ -615,10 +615,10 @@ class Vocabulary:
         rows_of = slot_rows[order]
         scan = _compiled_scan() if data.dtype == np.float32 else None
         if quantized and scan is not None and scan.QUANTIZED:
-            # RootSIFT's rows, rounded too, would go to the float32 scan 1 in 6
-            # with the second word (one-off, Caltech-101), for more than the
-            # 16-bit scan saves: integers only, there
-            rounded = self._as_int16(data, scaled=not with_second)
+            # with the second word, 1 in 12 of RootSIFT's rows, rounded, would
+            # go back to the float32 scan (one-off, Caltech-101), for as much as
+            # the 16-bit scan saves: integers only, there
+            rounded = self._as_int16(data, row_sqnorms, scaled=not with_second)
             if rounded is not None:
                 return self._predict_quantized(data, rounded, row_sqnorms, rows_of,
                                                bounds, with_second, scan)
@@ -647,18 +647,17 @@ class Vocabulary:
                               row_sqnorms=row_sqnorms[rows]))
         return word, second_word, first, second
 
-    def _as_int16(self, data: np.ndarray, scaled: bool = True):
-        """``data`` in 16-bit integers for the quantized scan, and the rounded
-        words it is compared with; None where the words cannot be rounded (an
-        odd length, all zero), or the data are not integers and not ``scaled``.
+    def _as_int16(self, data: np.ndarray, row_sqnorms: np.ndarray, scaled: bool = True):
+        """``data`` (its rows' ``row_sqnorms``, float64) in 16-bit integers for
+        the quantized scan, and the rounded words it is compared with; None
+        where the words cannot be rounded (an odd length, all zero), or the data
+        are not integers and not ``scaled``.
 
         Integer values (OpenCV's SIFT descriptors in [0, 255], ORB's unpacked
-        bits) are taken as they are, against the words rounded as finely as
-        int16 allows. Others (RootSIFT, dense SIFT, values too large for those
-        words) are scaled by a power of two and rounded, against words rounded
-        more coarsely, so that the two roundings weigh about alike in a
-        distance's bound (:meth:`_predict_quantized`). Either way no int32 sum
-        of the scan can wrap.
+        bits) are taken as they are; others (RootSIFT, dense SIFT, integers too
+        large) are scaled by a power of two and rounded, as finely as int16 and
+        the scan's int32 sums allow. No sum can wrap: each partial sum of
+        products is at most |X|_2 |W|_2 (Cauchy-Schwarz), kept below 2^31.
 
         Returns
         -------
@@ -670,49 +669,54 @@ class Vocabulary:
             The largest ``|data - integers / quantum|`` (0 for integer data).
         words : _RoundedWords
         """
-        dim = data.shape[1]
+        words = self._rounded_words()
+        if words is None:
+            return None
+        # the largest |X|^2 a row may have, with room for float64's rounding
+        most = (2 ** 31 - 1) ** 2 / max(words.sqnorm, 1.0) * (1 - 2 ** -40)
         largest = float(np.abs(data).max(initial=0))
         if largest <= 2 ** 15 - 1:
             integers = data.astype(np.int16)
-            if np.array_equal(integers, data):
-                words = self._rounded_words(True)
-                if words is not None and largest * dim * words.largest <= 2 ** 31 - 1:
-                    return integers, 1.0, 0.0, words
-        words = self._rounded_words(False) if scaled else None
-        if words is None:
+            # integers' squares sum exactly in float64
+            if np.array_equal(integers, data) and row_sqnorms.max(initial=0) <= most:
+                return integers, 1.0, 0.0, words
+        if not scaled:
             return None
-        room = min(2 ** 15 - 1, (2 ** 31 - 1) // (dim * max(words.largest, 1)))
-        quantum = 2.0 ** np.floor(np.log2(room / largest)) if largest > 0 else 1.0
+        quantum = 1.0
+        if largest > 0:
+            # |rint(x q)|_2 <= q |x|_2 + sqrt(dim) / 2
+            room = min((2 ** 15 - 1) / largest,
+                       (np.sqrt(most) - np.sqrt(data.shape[1]) / 2)
+                       / np.sqrt(row_sqnorms.max()))
+            if not room > 0:
+                return None
+            quantum = 2.0 ** np.floor(np.log2(room))
         if not 2.0 ** -60 < words.quantum * quantum < 2.0 ** 60:
             return None  # the scan's scale would leave float32's normal range
         rounded = np.rint(data.astype(np.float64) * quantum)
+        if (rounded ** 2).sum(1).max(initial=0) > most:  # cannot happen: the bound
+            return None
         error = float(np.abs(data - rounded / quantum).max(initial=0))
         return rounded.astype(np.int16), float(quantum), error, words
 
-    def _rounded_words(self, for_integers: bool) -> _RoundedWords | None:
+    def _rounded_words(self) -> _RoundedWords | None:
         """The sorted words rounded to int16 for the quantized scan
-        (:func:`cvsearch._simd.dot_rows_quantized`), made once for each kind of
-        data: half the bytes of the float32 groups (5 MB at 20,000 SIFT words),
-        which the rows the float32 scan decides still read.
-
-        For integer data their largest coordinate is scaled to at most 2^15 - 1
-        (1/128 apart for SIFT's words); for other data to at most
-        sqrt((2^31 - 1) / dim) (4095 at 128 coordinates), which leaves the data
-        as much: two roundings of about the same weight. The scale is a power of
-        two. None where the descriptors have an odd length, or the words are all
+        (:func:`cvsearch._simd.dot_rows_quantized`), made once: half the bytes
+        of the float32 groups (5 MB at 20,000 SIFT words), which the rows the
+        float32 scan decides still read. Their largest coordinate is scaled to
+        at most 2^15 - 1 by a power of two (1/128 apart for SIFT's words).
+        None where the descriptors have an odd length, or the words are all
         zero.
         """
         from cvsearch import _simd
 
-        if for_integers not in self._rounded:
+        if self._rounded is None:
             words = self.centers_[self._cell_order].astype(np.float64)
             peak = float(np.abs(words).max(initial=0))
             if words.shape[1] % 2 or peak == 0:
-                self._rounded[for_integers] = None
+                self._rounded = (None,)
                 return None
-            limit = (2 ** 15 - 1 if for_integers
-                     else int(np.sqrt((2 ** 31 - 1) / words.shape[1])))
-            quantum = 2.0 ** np.floor(np.log2(limit / peak))
+            quantum = 2.0 ** np.floor(np.log2((2 ** 15 - 1) / peak))
             rounded = np.rint(words * quantum)
             lanes = _simd.LANES
             group_bounds, _, group_sqnorms = self._word_groups(lanes)
@@ -725,11 +729,12 @@ class Vocabulary:
             groups = np.ascontiguousarray(flat.reshape(-1, lanes, words.shape[1] // 2, 2)
                                           .transpose(0, 2, 1, 3))
             # one assignment: threads see all or nothing
-            self._rounded[for_integers] = _RoundedWords(
+            self._rounded = (_RoundedWords(
                 group_bounds, groups, group_sqnorms, float(quantum),
-                int(np.abs(rounded).max()), float(np.abs(words - rounded / quantum).max()),
-                float(np.abs(rounded / quantum).sum(1).max()))
-        return self._rounded[for_integers]
+                float(np.abs(words - rounded / quantum).max()),
+                float(np.abs(rounded / quantum).sum(1).max()),
+                float((rounded ** 2).sum(1).max())),)
+        return self._rounded[0]
 
     def _predict_quantized(self, data, rounded, row_sqnorms, rows_of, bounds,
                            with_second: bool, scan):

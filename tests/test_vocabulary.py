@@ -708,7 +708,7 @@ def one_cell(centers):
 def test_words_the_rounding_cannot_tell_apart_are_decided_in_float64(monkeypatch,
                                                                     use_compiled, unit):
     # Descriptors are compared with the words rounded to 16-bit integers: 1/128
-    # apart here for integer descriptors (SIFT's), 1/8192 for others, which are
+    # apart here for integer descriptors (SIFT's), 1/65536 for others, which are
     # rounded too (at unit 1/729.3, as RootSIFT's). Four words within that
     # rounding of a fifth look the same to it, yet a descriptor far from them
     # all is nearer to some of them than to the fifth by more than float32's
@@ -727,11 +727,11 @@ def test_words_the_rounding_cannot_tell_apart_are_decided_in_float64(monkeypatch
     data = np.full((6, dim), 255.0 * unit, np.float32)
     data[:, 0] = 0
     data[np.arange(1, 6), np.arange(1, 6)] = 200 * unit  # a few more rows like it
-    quantum = 128 if unit == 1 else 8192
+    quantum = 128 if unit == 1 else 65536
     assert np.all(np.rint(twins * quantum) == 0)  # one word, once rounded
     vocabulary = one_cell(np.concatenate([[far], twins]))
     if use_compiled and vocabulary_module._compiled_scan() is not None:
-        assert vocabulary._rounded_words(unit == 1).quantum == quantum
+        assert vocabulary._rounded_words().quantum == quantum
     expected = float64_reference(data, vocabulary.centers_)
     assert np.all(expected == 5)  # the last twin
     d = ((data[0].astype(np.float64) - vocabulary.centers_) ** 2).sum(1)
@@ -747,32 +747,37 @@ def test_words_the_rounding_cannot_tell_apart_are_decided_in_float64(monkeypatch
 
 
 def test_a_descriptor_its_rounding_moves_to_another_word_keeps_its_own():
-    # Non-integer descriptors are rounded too (here to 1/16384), and the words
-    # (here exactly on their grid of 1/8192, so only the data's rounding
-    # counts). Rounded, this descriptor is nearer to the second word, by more
-    # than twice float32's tolerance; it is truly nearer to the first. The
-    # bound on the rounding must send it to float64.
+    # Non-integer descriptors are rounded too (here to 1/16384), and so are the
+    # words (here exactly on their grid, so only the data's rounding counts).
+    # The first word holds 64 coordinates, the second the other 64; the
+    # descriptor's coordinates round down by 0.45 of a step on the first's and
+    # up by 0.45 on the second's. Rounded, the descriptor is nearer to the
+    # second word, by far more than twice float32's tolerance; it is truly
+    # nearer to the first. The bound on the rounding must send it to float64.
     pytest.importorskip("numba")
     from cvsearch import _simd
 
     if not _simd.QUANTIZED:
         pytest.skip("this CPU has neither AVX-512BW nor AVX2")
-    dim, p = 128, 2400 / 8192
+    dim, step = 128, 1 / 16384
+    first, second = np.arange(64), np.arange(64, 128)
     words = np.zeros((2, dim))
-    words[0, [0, 3]] = p  # equal norms: 2 p^2
-    words[1, [1, 2]] = p
-    x = np.zeros((1, dim), np.float32)
-    x[0, 0] = (2 * 2000 - 0.55) / 16384  # rounds down by 0.55 steps
-    x[0, 1:3] = (2000 - 0.3) / 16384  # each rounds up by 0.3: the sum flips
+    words[0, first] = words[1, second] = 1414 * step  # equal norms
+    steps = np.full(dim, 1000.0)
+    steps[second[:57]] += 1  # rounded: 57 steps more on the second's side
+    x = steps * step
+    x[first] += 0.45 * step  # truly: 0.6 steps more on the first's
+    x[second] -= 0.45 * step
+    x = x.astype(np.float32)[None]
     vocabulary = one_cell(words)
-    integers, quantum, error, table = vocabulary._as_int16(x)
-    assert quantum == 16384 and table.quantum == 8192 and table.error == 0
-    rounded = integers / quantum
+    row_sqnorms = (x.astype(np.float64) ** 2).sum(1)
+    integers, quantum, error, table = vocabulary._as_int16(x, row_sqnorms)
+    assert quantum == 16384 and table.error == 0
     exact = ((x.astype(np.float64) - words) ** 2).sum(1)
-    moved_order = (words ** 2).sum(1) - 2 * rounded @ words.T
-    tolerance = ((x.astype(np.float64) ** 2).sum() + 2 * p * p) * 2.0 ** -16
+    rounded = (words ** 2).sum(1) - 2 * (integers / quantum) @ words.T
+    tolerance = (row_sqnorms[0] + (words ** 2).sum(1).max()) * 2.0 ** -16
     assert exact[0] < exact[1]
-    assert moved_order[0, 0] - moved_order[0, 1] > 2 * tolerance
+    assert rounded[0, 0] - rounded[0, 1] > 10 * tolerance
     assert vocabulary.predict(x)[0] == 0
     assert vocabulary.predict_two(x)[0][0] == 0
 
