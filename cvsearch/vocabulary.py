@@ -752,7 +752,7 @@ class Vocabulary:
         that is beyond the nearest kept (and the second, for the second word)
         they are exact; otherwise the float32 scan decides, for those rows
         (Caltech-101's SIFT at 20,000 words, one-off: 1 row in 100,000 for the
-        word, 1 in 100 with the second; RootSIFT's, 1 in 100 for the word). So
+        word, 1 in 100 with the second; RootSIFT's, 1 in 450 for the word). So
         the words are the float64 nearest (equal: the smaller), which the
         float32 scan gives once its near ties are settled.
 
