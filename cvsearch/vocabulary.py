@@ -669,17 +669,20 @@ class Vocabulary:
             The largest ``|data - integers / quantum|`` (0 for integer data).
         words : _RoundedWords
         """
+        largest = float(np.abs(data).max(initial=0))
+        integers = data.astype(np.int16) if largest <= 2 ** 15 - 1 else None
+        if integers is not None and not np.array_equal(integers, data):
+            integers = None
+        if integers is None and not scaled:
+            return None  # before the words are made: they would go unused
         words = self._rounded_words()
         if words is None:
             return None
         # the largest |X|^2 a row may have, with room for float64's rounding
         most = (2 ** 31 - 1) ** 2 / max(words.sqnorm, 1.0) * (1 - 2 ** -40)
-        largest = float(np.abs(data).max(initial=0))
-        if largest <= 2 ** 15 - 1:
-            integers = data.astype(np.int16)
-            # integers' squares sum exactly in float64
-            if np.array_equal(integers, data) and row_sqnorms.max(initial=0) <= most:
-                return integers, 1.0, 0.0, words
+        # integers' squares sum exactly in float64
+        if integers is not None and row_sqnorms.max(initial=0) <= most:
+            return integers, 1.0, 0.0, words
         if not scaled:
             return None
         quantum = 1.0

@@ -802,6 +802,8 @@ def test_which_descriptors_take_the_quantized_scan(monkeypatch, fitted):
 
     monkeypatch.setattr(_simd, "scan_cells", spy)
     vocabulary = with_params(fitted[0], n_probe=4)
+    vocabulary.predict_two(X[:300])
+    assert vocabulary._rounded is None  # not made for words it would not use
     rng = np.random.default_rng(6)
     integers = np.rint(X[:300] + rng.normal(0, 2, X[:300].shape)).astype(np.float32)
     cases = [(integers, True), (X[:300], False), (integers * 1000, False),
