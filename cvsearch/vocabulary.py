@@ -682,25 +682,38 @@ class Vocabulary:
         most = (2 ** 31 - 1) ** 2 / max(words.sqnorm, 1.0) * (1 - 2 ** -40)
         # integers' squares sum exactly in float64
         if integers is not None and row_sqnorms.max(initial=0) <= most:
-            return integers, 1.0, 0.0, words
-        if not scaled:
+            quantum, error = 1.0, 0.0
+        elif not scaled:
             return None
-        quantum = 1.0
-        if largest > 0:
-            # |rint(x q)|_2 <= q |x|_2 + sqrt(dim) / 2
-            room = min((2 ** 15 - 1) / largest,
-                       (np.sqrt(most) - np.sqrt(data.shape[1]) / 2)
-                       / np.sqrt(row_sqnorms.max()))
-            if not room > 0:
-                return None
-            quantum = 2.0 ** np.floor(np.log2(room))
+        else:
+            quantum = 1.0
+            if largest > 0:
+                # |rint(x q)|_2 <= q |x|_2 + sqrt(dim) / 2 <= sqrt(most)
+                room = min((2 ** 15 - 1) / largest,
+                           (np.sqrt(most) - np.sqrt(data.shape[1]) / 2)
+                           / np.sqrt(row_sqnorms.max()))
+                if not room > 0:
+                    return None
+                quantum = 2.0 ** np.floor(np.log2(room))
+            rounded = np.rint(data.astype(np.float64) * quantum)
+            error = float(np.abs(data - rounded / quantum).max(initial=0))
+            integers = rounded.astype(np.int16)
         if not 2.0 ** -60 < words.quantum * quantum < 2.0 ** 60:
             return None  # the scan's scale would leave float32's normal range
-        rounded = np.rint(data.astype(np.float64) * quantum)
-        if (rounded ** 2).sum(1).max(initial=0) > most:  # cannot happen: the bound
-            return None
-        error = float(np.abs(data - rounded / quantum).max(initial=0))
-        return rounded.astype(np.int16), float(quantum), error, words
+        return integers, float(quantum), error, words
+
+    def _in_groups(self, values, group_bounds, lanes: int, padding):
+        """``values`` (n_words, ...), one per sorted word, placed where the
+        scan's groups of ``lanes`` hold those words (each cell's last group
+        filled with ``padding``): shape (n_groups * lanes, ...)."""
+        sizes = np.diff(self._cell_bounds)
+        cells = np.repeat(np.arange(len(sizes)), sizes)
+        slots = (group_bounds[cells] * lanes
+                 + np.arange(len(cells)) - self._cell_bounds[cells])
+        placed = np.full((group_bounds[-1] * lanes,) + values.shape[1:], padding,
+                         values.dtype)
+        placed[slots] = values
+        return placed
 
     def _rounded_words(self) -> _RoundedWords | None:
         """The sorted words rounded to int16 for the quantized scan
@@ -723,12 +736,7 @@ class Vocabulary:
             rounded = np.rint(words * quantum)
             lanes = _simd.LANES
             group_bounds, _, group_sqnorms = self._word_groups(lanes)
-            sizes = np.diff(self._cell_bounds)
-            cells = np.repeat(np.arange(len(sizes)), sizes)
-            slots = (group_bounds[cells] * lanes
-                     + np.arange(len(cells)) - self._cell_bounds[cells])
-            flat = np.zeros((group_bounds[-1] * lanes, words.shape[1]), np.int16)
-            flat[slots] = rounded
+            flat = self._in_groups(rounded.astype(np.int16), group_bounds, lanes, 0)
             groups = np.ascontiguousarray(flat.reshape(-1, lanes, words.shape[1] // 2, 2)
                                           .transpose(0, 2, 1, 3))
             # one assignment: threads see all or nothing
@@ -820,13 +828,10 @@ class Vocabulary:
         if cached is None or cached[1].shape[2] != lanes:
             sizes = np.diff(self._cell_bounds)
             group_bounds = np.concatenate([[0], np.cumsum(-(-sizes // lanes))])
-            cells = np.repeat(np.arange(len(sizes)), sizes)
-            slots = (group_bounds[cells] * lanes
-                     + np.arange(len(cells)) - self._cell_bounds[cells])
-            flat = np.zeros((group_bounds[-1] * lanes, self.centers_.shape[1]), np.float32)
-            flat[slots] = self.centers_[self._cell_order] * np.float32(-2)
-            group_sqnorms = np.full(len(flat), np.inf, np.float32)
-            group_sqnorms[slots] = self._sorted_sqnorms
+            flat = self._in_groups(self.centers_[self._cell_order] * np.float32(-2),
+                                   group_bounds, lanes, 0)
+            group_sqnorms = self._in_groups(self._sorted_sqnorms, group_bounds, lanes,
+                                            np.inf)
             groups = np.ascontiguousarray(
                 flat.reshape(-1, lanes, flat.shape[1]).transpose(0, 2, 1))
             cached = (group_bounds.astype(np.int64), groups, group_sqnorms)
