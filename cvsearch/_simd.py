@@ -288,24 +288,50 @@ def lowest_bit(typingctx, bits):
     return sig, codegen
 
 
+#: Words the scan keeps for each row, nearest first: the word (and its near
+#: ties) needs three (:meth:`Vocabulary._predict_quantized`); the second word
+#: four, whose margin certifies the two nearest far more often than the third's
+#: (one-off, 200 Caltech-101 images, 20,000 words: rows left to the float32
+#: scan, RootSIFT's 1 in 170 against 1 in 12 with three; SIFT's 1 in 17,000
+#: against 1 in 100).
+KEPT = 4
+
+
 @numba.njit(inline="always")
-def _keep_nearer(kept, d, position):
-    """``kept`` (the three nearest distances so far, nearest first, then their
+def _keep_nearer_three(kept, d, position):
+    """``kept`` (``KEPT`` distances, the three nearest so far first, then their
     positions) with a word at distance ``d`` and ``position`` taken in where it
     is strictly nearer than the third (of equals, the one kept first)."""
-    b1, b2, b3, w1, w2, w3 = kept
+    b1, b2, b3, b4, w1, w2, w3, w4 = kept
     if d < b3:
         if d < b1:
-            return d, b1, b2, position, w1, w2
+            return d, b1, b2, b4, position, w1, w2, w4
         if d < b2:
-            return b1, d, b2, w1, position, w2
-        return b1, b2, d, w1, w2, position
+            return b1, d, b2, b4, w1, position, w2, w4
+        return b1, b2, d, b4, w1, w2, position, w4
     return kept
 
 
-def _scan_cells(data, rows_of, bounds, cell_bounds, group_bounds, groups, group_sqnorms,
-                scale, best, word):
-    """For each descriptor, the three nearest words of the cells it probes.
+@numba.njit(inline="always")
+def _keep_nearer_four(kept, d, position):
+    """:func:`_keep_nearer_three` keeping the four nearest."""
+    b1, b2, b3, b4, w1, w2, w3, w4 = kept
+    if d < b4:
+        if d < b2:
+            if d < b1:
+                return d, b1, b2, b3, position, w1, w2, w3
+            return b1, d, b2, b3, w1, position, w2, w3
+        if d < b3:
+            return b1, b2, d, b3, w1, w2, position, w3
+        return b1, b2, b3, d, w1, w2, w3, position
+    return kept
+
+
+def _scan(data, rows_of, bounds, cell_bounds, group_bounds, groups, group_sqnorms,
+          scale, best, word, keep_nearer, last):
+    """For each descriptor, the nearest words of the cells it probes: the
+    three or the four nearest (``keep_nearer``: :func:`_keep_nearer_three` or
+    :func:`_keep_nearer_four`; ``last``: the column of the last, 2 or 3).
 
     The (descriptor, probed cell) slots are sorted by cell: cell c's are
     ``bounds[c]:bounds[c + 1]``, slot i being row ``rows_of[i]`` of ``data`` (n,
@@ -317,31 +343,32 @@ def _scan_cells(data, rows_of, bounds, cell_bounds, group_bounds, groups, group_
     coordinate (``scale`` 0: :func:`dot_rows`); or int16 ``data`` and ``groups``
     (n_groups, dim // 2, LANES, 2), rounded words, pairs of coordinates by pairs
     (``scale``: what turns their sums into distances, :func:`dot_rows_quantized`).
-    Row r's three nearest words so far are ``best[r]`` (3,) float32, nearest
-    first, and their positions in the sorted words ``word[r]`` (3,) int32: the
-    caller fills them with inf and -1, and each cell's words update them (equal
-    distances: the smaller position, as ``Vocabulary._scan_cells_numpy`` orders
-    them).
+    Row r's nearest words so far are ``best[r]`` (KEPT,) float32, nearest
+    first, and their positions in the sorted words ``word[r]`` (KEPT,) int32:
+    the caller fills them with inf and -1, and each cell's words update them
+    (equal distances: the smaller position, as ``Vocabulary._scan_cells_numpy``
+    orders them).
 
-    A row's three nearest carry over from cell to cell, so after its first cell
-    few of a cell's words come near them (each cell's own three, kept apart and
-    merged afterwards, cost more). The distances of a block of rows go to a
-    buffer, with bits saying which are below each row's third (as it was before
+    A row's nearest carry over from cell to cell, so after its first cell few
+    of a cell's words come near them (each cell's own, kept apart and merged
+    afterwards, cost more). The distances of a block of rows go to a buffer,
+    with bits saying which are below each row's last kept (as it was before
     the block); a loop of its own picks those (picking them between the
     products cost much of the scan). In a row's first cell every word is below
-    its third (inf), and a plain loop over them costs less than finding each bit.
+    its last kept (inf), and a plain loop over them costs less than finding
+    each bit.
     """
     dim = data.shape[1]
     lanes = groups.shape[2]
-    if lanes != LANES or dim % 2:
-        raise ValueError("the word groups do not have the scan's lanes, or the "
-                         "descriptors an even length")
+    if lanes != LANES or dim % 2 or best.shape[1] != KEPT or word.shape[1] != KEPT:
+        raise ValueError("the word groups do not have the scan's lanes, the "
+                         "descriptors an even length, or best and word KEPT columns")
     widest = 0
     for cell in range(group_bounds.shape[0] - 1):
         widest = max(widest, group_bounds[cell + 1] - group_bounds[cell])
     stride = widest * lanes
     dist = np.empty((ROWS, stride), np.float32)  # a block's distances to a cell
-    below = np.empty(widest, np.int64)  # per group: its words below each row's third
+    below = np.empty(widest, np.int64)  # per group: its words below each row's last
     addresses = np.empty(ROWS, np.int64)
     thresholds = np.empty(ROWS, np.float32)
     base, row_bytes = data.ctypes.data, dim * data.itemsize
@@ -357,7 +384,7 @@ def _scan_cells(data, rows_of, bounds, cell_bounds, group_bounds, groups, group_
             for t in range(ROWS):
                 row = rows_of[min(r0 + t, b - 1)]
                 addresses[t] = base + row * row_bytes
-                thresholds[t] = best[row, 2]
+                thresholds[t] = best[row, last]
             for g in range(g0, g1):
                 words = group_base + g * group_bytes
                 norms = group_sqnorms.ctypes.data + g * lanes * 4
@@ -372,47 +399,65 @@ def _scan_cells(data, rows_of, bounds, cell_bounds, group_bounds, groups, group_
             for t in range(min(ROWS, b - r0)):
                 # ahead only where strictly nearer: of equals, the smaller
                 # position (this cell's words come after those kept so far).
-                # A word at or beyond the row's third as it was before this block
-                # cannot come in (the third only comes nearer): only the words
+                # A word at or beyond the row's last kept as it was before this
+                # block cannot come in (the last only comes nearer): only the words
                 # the products flagged are looked at, in order.
                 row = rows_of[r0 + t]
-                kept = (best[row, 0], best[row, 1], best[row, 2],
-                        word[row, 0], word[row, 1], word[row, 2])
+                kept = (best[row, 0], best[row, 1], best[row, 2], best[row, 3],
+                        word[row, 0], word[row, 1], word[row, 2], word[row, 3])
                 if thresholds[t] == np.inf:
                     # the row's first cell: every word flagged, and a plain loop
                     # over them costs a fraction of finding each flag (one-off,
                     # Caltech-101: about 148 words a row here, 19 in its others)
                     for u in range((g1 - g0) * lanes):
-                        kept = _keep_nearer(kept, dist[t, u], np.int32(u + lo))
+                        kept = keep_nearer(kept, dist[t, u], np.int32(u + lo))
                 else:
                     for g in range(g1 - g0):
                         flagged = (below[g] >> (t * lanes)) & every
                         while flagged:
                             u = g * lanes + lowest_bit(flagged)
                             flagged &= flagged - 1  # that lane done
-                            kept = _keep_nearer(kept, dist[t, u], np.int32(u + lo))
-                best[row, 0], best[row, 1], best[row, 2] = kept[0], kept[1], kept[2]
-                word[row, 0], word[row, 1], word[row, 2] = kept[3], kept[4], kept[5]
+                            kept = keep_nearer(kept, dist[t, u], np.int32(u + lo))
+                best[row, 0], best[row, 1], best[row, 2], best[row, 3] = kept[:4]
+                word[row, 0], word[row, 1], word[row, 2], word[row, 3] = kept[4:]
 
 
-scan_cells = numba.njit(nogil=True, cache=True)(_scan_cells)
+_scan_inlined = numba.njit(inline="always")(_scan)
+
+
+@numba.njit(nogil=True, cache=True)
+def scan_cells(data, rows_of, bounds, cell_bounds, group_bounds, groups, group_sqnorms,
+               scale, best, word):
+    """:func:`_scan` keeping each row's three nearest (``best`` and ``word``
+    have ``KEPT`` columns; the last is left as it was)."""
+    _scan_inlined(data, rows_of, bounds, cell_bounds, group_bounds, groups,
+                  group_sqnorms, scale, best, word, _keep_nearer_three, 2)
+
+
+@numba.njit(nogil=True, cache=True)
+def scan_cells_four(data, rows_of, bounds, cell_bounds, group_bounds, groups,
+                    group_sqnorms, scale, best, word):
+    """:func:`_scan` keeping each row's four nearest."""
+    _scan_inlined(data, rows_of, bounds, cell_bounds, group_bounds, groups,
+                  group_sqnorms, scale, best, word, _keep_nearer_four, 3)
 
 
 def _kept_in_float64(data, centers, cell_order, position, row_sqnorms, words, exact):
-    """The quantized scan's three kept words of each row (``position`` (n, 3)
-    int32 in the sorted words, -1: none), measured again in float64: ``words``
-    (n, 3) int64 and ``exact`` (n, 3) float64, the squared distance less the
-    row's ``row_sqnorms``, nearest first (equal: the smaller word; none: -1 and
-    inf, last). ``data`` (n, dim) and ``centers`` (n_words, dim) float32."""
+    """The quantized scan's kept words of each row (``position`` (n, k) int32
+    in the sorted words, -1: none), measured again in float64: ``words`` (n, k)
+    int64 and ``exact`` (n, k) float64, the squared distance less the row's
+    ``row_sqnorms``, nearest first (equal: the smaller word; none: -1 and inf,
+    last). ``data`` (n, dim) and ``centers`` (n_words, dim) float32."""
     n, dim = data.shape
+    k_kept = position.shape[1]
     # The kept words first, copied side by side: the copies' reads do not wait
     # on each other, so their cache misses overlap (the scan read the words'
     # int16 copy: these float32 ones are not in the caches). Summing straight
     # from the words took twice as long (0.50 against 0.24 ms for an image's
     # 1,161, one-off).
-    kept = np.empty((n, 3, dim), np.float32)
+    kept = np.empty((n, k_kept, dim), np.float32)
     for i in range(n):
-        for j in range(3):
+        for j in range(k_kept):
             p = position[i, j]
             if p >= 0:
                 w = cell_order[p]
@@ -420,7 +465,7 @@ def _kept_in_float64(data, centers, cell_order, position, row_sqnorms, words, ex
                     kept[i, j, k] = centers[w, k]
     big = np.iinfo(np.int64).max
     for i in range(n):
-        for j in range(3):
+        for j in range(k_kept):
             p = position[i, j]
             if p < 0:
                 words[i, j], exact[i, j] = big, np.inf
@@ -442,14 +487,14 @@ def _kept_in_float64(data, centers, cell_order, position, row_sqnorms, words, ex
                 s0 += d0 * d0
             total = (s0 + s1) + (s2 + s3)
             words[i, j], exact[i, j] = w, total - row_sqnorms[i]
-        for j in range(1, 3):  # three: insertion by (distance, word)
+        for j in range(1, k_kept):  # a few: insertion by (distance, word)
             t = j
             while t > 0 and (exact[i, t] < exact[i, t - 1] or (
                     exact[i, t] == exact[i, t - 1] and words[i, t] < words[i, t - 1])):
                 words[i, t], words[i, t - 1] = words[i, t - 1], words[i, t]
                 exact[i, t], exact[i, t - 1] = exact[i, t - 1], exact[i, t]
                 t -= 1
-        for j in range(3):
+        for j in range(k_kept):
             if words[i, j] == big:
                 words[i, j] = -1
 

@@ -604,9 +604,9 @@ class Vocabulary:
         row_sqnorms = self._row_sqnorms(data)
         slot_rows, slot_cells = self._probed_cells(data, row_sqnorms)
         # The (row, cell) slots sorted by cell, so that each cell's words are read
-        # once for all the rows probing it; each row keeps the three nearest words
-        # of all its probed cells (the third only settles near ties:
-        # :meth:`_near_words`).
+        # once for all the rows probing it; each row keeps the nearest words of
+        # all its probed cells (the compiled scan ``KEPT``, the numpy one three;
+        # past the second they only settle near ties: :meth:`_near_words`).
         # numpy sorts 16-bit integers stably by radix (64-bit ones by merging):
         # the same order, for less at one image's few thousand slots
         order = np.argsort(slot_cells.astype(np.int16) if len(self._cells) < 2 ** 15
@@ -615,10 +615,7 @@ class Vocabulary:
         rows_of = slot_rows[order]
         scan = _compiled_scan() if data.dtype == np.float32 else None
         if quantized and scan is not None and scan.QUANTIZED:
-            # with the second word, 1 in 12 of RootSIFT's rows, rounded, would
-            # go back to the float32 scan (one-off, Caltech-101), for as much as
-            # the 16-bit scan saves: integers only, there
-            rounded = self._as_int16(data, row_sqnorms, scaled=not with_second)
+            rounded = self._as_int16(data, row_sqnorms)
             if rounded is not None:
                 return self._predict_quantized(data, rounded, row_sqnorms, rows_of,
                                                bounds, with_second, scan)
@@ -627,11 +624,12 @@ class Vocabulary:
             # few hundred descriptors). Its float32 sums round otherwise than
             # BLAS's, which the near ties below absorb.
             group_bounds, groups, group_sqnorms = self._word_groups(scan.LANES)
-            best = np.full((len(data), 3), np.inf, np.float32)
-            position = np.full((len(data), 3), -1, np.int32)
+            best = np.full((len(data), scan.KEPT), np.inf, np.float32)
+            position = np.full((len(data), scan.KEPT), -1, np.int32)
             scan.scan_cells(np.ascontiguousarray(data), rows_of, bounds.astype(np.int64),
                             self._cell_bounds, group_bounds, groups, group_sqnorms, 0.0,
                             best, position)
+            best, position = best[:, :3], position[:, :3]
         else:
             best, position = self._scan_cells_numpy(data, rows_of, bounds)
         first, second = best[:, 0].copy(), best[:, 1].copy()
@@ -647,11 +645,10 @@ class Vocabulary:
                               row_sqnorms=row_sqnorms[rows]))
         return word, second_word, first, second
 
-    def _as_int16(self, data: np.ndarray, row_sqnorms: np.ndarray, scaled: bool = True):
+    def _as_int16(self, data: np.ndarray, row_sqnorms: np.ndarray):
         """``data`` (its rows' ``row_sqnorms``, float64) in 16-bit integers for
         the quantized scan, and the rounded words it is compared with; None
-        where the words cannot be rounded (an odd length, all zero), or the data
-        are not integers and not ``scaled``.
+        where the words cannot be rounded (an odd length, all zero).
 
         Integer values (OpenCV's SIFT descriptors in [0, 255], ORB's unpacked
         bits) are taken as they are; others (RootSIFT, dense SIFT, integers too
@@ -673,8 +670,6 @@ class Vocabulary:
         integers = data.astype(np.int16) if largest <= 2 ** 15 - 1 else None
         if integers is not None and not np.array_equal(integers, data):
             integers = None
-        if integers is None and not scaled:
-            return None  # before the words are made: they would go unused
         words = self._rounded_words()
         if words is None:
             return None
@@ -683,8 +678,6 @@ class Vocabulary:
         # integers' squares sum exactly in float64
         if integers is not None and row_sqnorms.max(initial=0) <= most:
             quantum, error = 1.0, 0.0
-        elif not scaled:
-            return None
         else:
             quantum = 1.0
             if largest > 0:
@@ -752,30 +745,34 @@ class Vocabulary:
         """:meth:`_predict_ivf` with the scan in 16-bit integers (its results);
         ``rounded`` is :meth:`_as_int16`'s.
 
-        The scan keeps each row's three nearest rounded words. The roundings
-        move a distance by at most ``moved``: 2 (|x|_1 times the words' largest
-        rounding error, plus the data's times the largest L1 norm of a rounded
-        word), and the tolerance for float32's. Where the nearest kept is nearer
-        than the second by more than twice that, it is the row's word.
-        Elsewhere, and for every row with the second word, the three are
+        The scan keeps each row's three nearest rounded words, four with the
+        second word (``scan_cells_four``). The roundings move a distance by at
+        most ``moved``: 2 (|x|_1 times the words' largest rounding error, plus
+        the data's times the largest L1 norm of a rounded word), and the
+        tolerance for float32's. Where the nearest kept is nearer than the
+        second by more than twice that, it is the row's word.
+        Elsewhere, and for every row with the second word, the kept words are
         measured again in float64 (as ``_settle_ties`` does): a word not kept is
-        at least the third's rounded distance less ``moved`` away, and where
+        at least the last kept's rounded distance less ``moved`` away, and where
         that is beyond the nearest kept (and the second, for the second word)
         they are exact; otherwise the float32 scan decides, for those rows
-        (Caltech-101's SIFT at 20,000 words, one-off: 1 row in 100,000 for the
-        word, 1 in 100 with the second; RootSIFT's, 1 in 450 for the word). So
-        the words are the float64 nearest (equal: the smaller), which the
+        (one-off, Caltech-101 at 20,000 words: SIFT's, 1 row in 80,000 for the
+        word and 1 in 17,000 with the second; RootSIFT's, 1 in 450 and 1 in 170).
+        So the words are the float64 nearest (equal: the smaller), which the
         float32 scan gives once its near ties are settled.
 
         The distances are those in float64, rounded to float32, with the second
         word; without it the scan's rounded ones (:meth:`predict` drops them).
         """
         integers, quantum, data_error, table = rounded
-        best = np.full((len(data), 3), np.inf, np.float32)
-        position = np.full((len(data), 3), -1, np.int32)
-        scan.scan_cells(integers, rows_of, bounds.astype(np.int64), self._cell_bounds,
-                        table.group_bounds, table.groups, table.group_sqnorms,
-                        -2.0 / (table.quantum * quantum), best, position)
+        kept = 4 if with_second else 3
+        best = np.full((len(data), scan.KEPT), np.inf, np.float32)
+        position = np.full((len(data), scan.KEPT), -1, np.int32)
+        (scan.scan_cells_four if with_second else scan.scan_cells)(
+            integers, rows_of, bounds.astype(np.int64), self._cell_bounds,
+            table.group_bounds, table.groups, table.group_sqnorms,
+            -2.0 / (table.quantum * quantum), best, position)
+        best, position = best[:, :kept], position[:, :kept]
         # x.w - x'.w' = x.(w - w') + (x - x').w': each part at most a norm
         # times the other side's largest rounding error
         moved = (2.0 * (np.abs(data).sum(1, dtype=np.float64) * table.error
@@ -794,17 +791,18 @@ class Vocabulary:
             return word, second_word, first, second
         # the kept words of those rows, nearest first in float64 (equal: the
         # smaller word); -1 and inf where a row probed fewer words
-        words = np.empty((len(check), 3), np.int64)
-        exact = np.empty((len(check), 3), np.float64)
-        scan.kept_in_float64(data[check], self.centers_, self._cell_order, position[check],
-                             row_sqnorms[check], words, exact)
+        words = np.empty((len(check), kept), np.int64)
+        exact = np.empty((len(check), kept), np.float64)
+        scan.kept_in_float64(data[check], self.centers_, self._cell_order,
+                             np.ascontiguousarray(position[check]), row_sqnorms[check],
+                             words, exact)
         word[check] = words[:, 0]
         first[check], second[check] = exact[:, 0], exact[:, 1]
         if with_second:
             second_word[check] = np.where(np.isfinite(exact[:, 1]), words[:, 1], -1)
-        third = approximate[check, 2]  # inf: every probed word kept
-        unsure = check[np.isfinite(third) & ~(third - moved[check]
-                                              > exact[:, 1 if with_second else 0])]
+        last = approximate[check, -1]  # inf: every probed word kept
+        unsure = check[np.isfinite(last) & ~(last - moved[check]
+                                             > exact[:, 1 if with_second else 0])]
         if len(unsure):
             again = self._predict_ivf(data[unsure], with_second, quantized=False)
             for values, replaced in zip((word, second_word, first, second), again):

@@ -636,6 +636,50 @@ def test_the_scan_products_are_each_row_against_each_word_of_a_group():
         assert bits & (2 ** 64 - 1) == expected
 
 
+@pytest.mark.parametrize("kept", [3, 4])
+def test_the_scan_keeps_each_rows_nearest_words_equal_ones_by_position(kept):
+    # The compiled scan keeps each row's three nearest words of its probed
+    # cells (four for the second word), nearest first and, where distances are
+    # equal, the smaller position first; a fourth column it does not keep is
+    # left as it was. Small integers: every distance exact, and many equal.
+    numba = pytest.importorskip("numba")  # noqa: F841 (the 'fast' extra)
+    from cvsearch import _simd
+
+    rng = np.random.default_rng(kept)
+    sizes = np.array([1, 3, 5, 16, 17, 33, 2])
+    word_cells = rng.permutation(np.repeat(np.arange(len(sizes)), sizes)).astype(np.int32)
+    centers = np.zeros((len(word_cells), 128), np.float32)  # 16 distinct words
+    centers[:, :4] = rng.integers(0, 2, (len(word_cells), 4))
+    vocabulary = Vocabulary.from_state(
+        {**Vocabulary(len(word_cells)).get_params(), "n_probe": 3, "probe_ratio": None},
+        {"centers": centers, "cell_centers": rng.normal(1, 1, (len(sizes), 128))
+         .astype(np.float32), "word_cells": word_cells, "binary": np.array(False)})
+    data = rng.integers(0, 3, (11, 128)).astype(np.float32)
+    data[:, 4:] = 0
+    slot_rows, slot_cells = vocabulary._probed_cells(data, vocabulary._row_sqnorms(data))
+    order = np.argsort(slot_cells, kind="stable")
+    bounds = np.searchsorted(slot_cells[order], np.arange(len(sizes) + 1))
+    group_bounds, groups, group_sqnorms = vocabulary._word_groups(_simd.LANES)
+    best = np.full((len(data), _simd.KEPT), np.inf, np.float32)
+    position = np.full((len(data), _simd.KEPT), -1, np.int32)
+    scan = _simd.scan_cells_four if kept == 4 else _simd.scan_cells
+    scan(data, slot_rows[order], bounds.astype(np.int64), vocabulary._cell_bounds,
+         group_bounds, groups, group_sqnorms, 0.0, best, position)
+    sorted_words = centers[vocabulary._cell_order].astype(np.float64)
+    for row in range(len(data)):
+        cells = slot_cells[slot_rows == row]
+        positions = np.concatenate([np.arange(vocabulary._cell_bounds[c],
+                                              vocabulary._cell_bounds[c + 1])
+                                    for c in cells])
+        d = (sorted_words[positions] ** 2).sum(1) - 2 * sorted_words[positions] @ data[row]
+        nearest = np.lexsort((positions, d))[:kept]
+        assert np.array_equal(position[row, :len(nearest)], positions[nearest])
+        assert np.array_equal(best[row, :len(nearest)], d[nearest])
+        assert np.all(position[row, len(nearest):] == -1)
+        assert np.all(best[row, len(nearest):] == np.inf)
+    assert sum(len(set(row)) < kept for row in best[:, :kept]) > 5  # ties were there
+
+
 def test_lowest_bit_is_the_position_of_the_lowest_set_bit():
     # The scan finds each flagged word with it: every bit of an int64, the sign
     # bit included, and 64 where no bit is set.
@@ -783,10 +827,9 @@ def test_a_descriptor_its_rounding_moves_to_another_word_keeps_its_own():
 
 
 def test_which_descriptors_take_the_quantized_scan(monkeypatch, fitted):
-    # Integers (SIFT's) take the 16-bit scan as they are, with the second word
-    # too; other values (RootSIFT's, integers too large for its sums, halves)
-    # are scaled and rounded for the word alone, and take the float32 scan with
-    # the second. The words are numpy's either way.
+    # Integers (SIFT's) take the 16-bit scan as they are; other values
+    # (RootSIFT's, integers too large for its sums, halves) scaled and rounded;
+    # with the second word too. The words are numpy's either way.
     pytest.importorskip("numba")
     import cvsearch.vocabulary as vocabulary_module
     from cvsearch import _simd
@@ -794,30 +837,29 @@ def test_which_descriptors_take_the_quantized_scan(monkeypatch, fitted):
     if not _simd.QUANTIZED:
         pytest.skip("this CPU has neither AVX-512BW nor AVX2")
     scales = []
-    scan = _simd.scan_cells
 
-    def spy(*args):
-        scales.append(args[7])
-        return scan(*args)
+    def spy(name, scan):
+        def spied(*args):
+            scales.append((name, args[7]))
+            return scan(*args)
+        return spied
 
-    monkeypatch.setattr(_simd, "scan_cells", spy)
+    for name in ("scan_cells", "scan_cells_four"):
+        monkeypatch.setattr(_simd, name, spy(name, getattr(_simd, name)))
     vocabulary = with_params(fitted[0], n_probe=4)
-    vocabulary.predict_two(X[:300])
-    assert vocabulary._rounded is None  # not made for words it would not use
     rng = np.random.default_rng(6)
     integers = np.rint(X[:300] + rng.normal(0, 2, X[:300].shape)).astype(np.float32)
-    cases = [(integers, True), (X[:300], False), (integers * 1000, False),
-             (integers + 0.5, False)]
+    cases = [integers, X[:300], integers * 1000, integers + 0.5]
     found = []
-    for data, whole in cases:  # each call's first scan (rows it cannot decide
-        scales.clear()  # go to the float32 scan after it)
+    for data in cases:  # each call's first scan (rows it cannot decide go to
+        scales.clear()  # the float32 scan after it, which keeps three)
         words = vocabulary.predict(data)
-        assert scales[0] != 0
+        assert scales[0][0] == "scan_cells" and scales[0][1] != 0
         scales.clear()
         found.append((words, vocabulary.predict_two(data)[:2]))
-        assert (scales[0] != 0) == whole
+        assert scales[0][0] == "scan_cells_four" and scales[0][1] != 0
     monkeypatch.setattr(vocabulary_module, "USE_COMPILED", False)
-    for (data, _), (words, (first, second)) in zip(cases, found):
+    for data, (words, (first, second)) in zip(cases, found):
         assert np.array_equal(words, vocabulary.predict(data))
         assert np.array_equal(first, words)
         assert np.array_equal(second, vocabulary.predict_two(data)[1])
