@@ -604,8 +604,8 @@ class Vocabulary:
         row_sqnorms = self._row_sqnorms(data)
         slot_rows, slot_cells = self._probed_cells(data, row_sqnorms)
         # The (row, cell) slots sorted by cell, so that each cell's words are read
-        # once for all the rows probing it; each row keeps the nearest words of
-        # all its probed cells (the compiled scan ``KEPT``, the numpy one three;
+        # once for all the rows probing it; each row keeps the three nearest words
+        # of all its probed cells (four in the 16-bit scan with the second word;
         # past the second they only settle near ties: :meth:`_near_words`).
         # numpy sorts 16-bit integers stably by radix (64-bit ones by merging):
         # the same order, for less at one image's few thousand slots
