@@ -304,30 +304,51 @@ def dense_sift(gray: np.ndarray, step: int, sizes=(16, 24, 32)):
     return np.concatenate(all_geometry), np.concatenate(all_descriptors)
 
 
+def keypoint_table(keypoints) -> np.ndarray:
+    """OpenCV KeyPoints as one array.
+
+    Returns
+    -------
+    ndarray of shape (n, 5), float32
+        ``(x, y, size, angle, response)`` per keypoint, as OpenCV holds them.
+    """
+    import cv2
+
+    n = len(keypoints)
+    table = np.empty((n, 5), np.float32)
+    if n:  # the points in one call; each other attribute read once per keypoint
+        table[:, :2] = cv2.KeyPoint_convert(keypoints)
+        table[:, 2] = np.fromiter((k.size for k in keypoints), np.float32, n)
+        table[:, 3] = np.fromiter((k.angle for k in keypoints), np.float32, n)
+        table[:, 4] = np.fromiter((k.response for k in keypoints), np.float32, n)
+    return table
+
+
 def spread_budget(keypoints, shape, budget: int, grid: int) -> np.ndarray:
-    """Which of ``keypoints`` (OpenCV KeyPoints) to keep, at most ``budget``,
-    shared among ``grid`` x ``grid`` cells of an image of ``shape`` (height,
-    width): each cell keeps its strongest (by response) up to
-    ``budget // grid**2``, and the budget the cells leave goes to the strongest
-    of the rest, wherever they are.
+    """Which of ``keypoints`` (OpenCV KeyPoints, or their :func:`keypoint_table`)
+    to keep, at most ``budget``, shared among ``grid`` x ``grid`` cells of an
+    image of ``shape`` (height, width): each cell keeps its strongest (by
+    response) up to ``budget // grid**2``, and the budget the cells leave goes
+    to the strongest of the rest, wherever they are.
 
     Returns
     -------
     ndarray of shape (min(n, budget),), int64
         Positions in ``keypoints``, strongest first (ties: the earlier).
     """
-    order = np.argsort([-k.response for k in keypoints], kind="stable").astype(np.int64)
-    if len(keypoints) <= budget:
+    table = keypoints if isinstance(keypoints, np.ndarray) else keypoint_table(keypoints)
+    order = np.argsort(-table[:, 4], kind="stable").astype(np.int64)
+    if len(table) <= budget:
         return order
     height, width = shape
-    xy = np.array([k.pt for k in keypoints], np.float64).reshape(-1, 2)
+    xy = table[:, :2].astype(np.float64)
     cell = (np.clip((xy[:, 1] * grid / height).astype(np.int64), 0, grid - 1) * grid
             + np.clip((xy[:, 0] * grid / width).astype(np.int64), 0, grid - 1))
     # rank of each keypoint among its cell's, strongest first
     by_cell = order[np.argsort(cell[order], kind="stable")]
     starts = np.searchsorted(cell[by_cell], np.arange(grid * grid))
-    rank = np.empty(len(keypoints), np.int64)
-    rank[by_cell] = np.arange(len(keypoints)) - starts[cell[by_cell]]
+    rank = np.empty(len(table), np.int64)
+    rank[by_cell] = np.arange(len(table)) - starts[cell[by_cell]]
     kept = rank < budget // (grid * grid)
     rest = order[~kept[order]][:budget - int(kept.sum())]
     kept[rest] = True
@@ -649,30 +670,25 @@ class FeatureExtractor:
         """The features of ``gray``, the image of ``image_shape`` resized by
         ``scale``, their keypoints in the image's pixels; ``small`` its
         thumbnail."""
-        if self.dense_step is None and self.budget_grid > 1:
+        if self.dense_step is None:
             # every keypoint described in one pass, then the budget chosen:
             # detecting and describing apart builds the scale space twice
-            keypoints, descriptors = self._detect(gray, budget=False)
-            if descriptors is not None and len(descriptors):
-                kept = spread_budget(keypoints, gray.shape, self.max_keypoints,
+            keypoints, descriptors = self._detect(gray, budget=self.budget_grid == 1)
+            table = keypoint_table(keypoints)
+            if self.budget_grid > 1 and descriptors is not None and len(descriptors):
+                kept = spread_budget(table, gray.shape, self.max_keypoints,
                                      self.budget_grid)
-                keypoints = [keypoints[i] for i in kept]
-                descriptors = descriptors[kept]
-        elif self.dense_step is None:
-            keypoints, descriptors = self._detect(gray, budget=True)
+                table, descriptors = table[kept], descriptors[kept]
+            # SIFT may return a few more than nfeatures when responses tie.
+            geometry = table[: self.max_keypoints, :4]
         else:
             geometry, descriptors = dense_sift(gray, self.dense_step, self.dense_sizes)
-            keypoints = None
         if descriptors is None or len(descriptors) == 0:
             return Features(np.zeros((0, 4), np.float32),
                             np.zeros((0, self.dim), self.dtype), image_shape,
                             self.feature_params(), small)
-        # SIFT may return a few more than nfeatures when responses tie.
-        if keypoints is not None:
-            keypoints = keypoints[: self.max_keypoints]
-            descriptors = descriptors[: self.max_keypoints]
-            geometry = np.array([(*k.pt, k.size, k.angle) for k in keypoints],
-                                np.float32)
+        descriptors = descriptors[: len(geometry)]
+        geometry = np.array(geometry, np.float32)  # a copy: scaled below
         geometry[:, :3] /= scale
         if self.method == "rootsift":
             descriptors = root_sift(descriptors)

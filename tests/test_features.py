@@ -4,7 +4,7 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from cvsearch.features import FeatureExtractor, root_sift, spread_budget
+from cvsearch.features import FeatureExtractor, keypoint_table, root_sift, spread_budget
 
 
 @pytest.mark.parametrize("method, dim, dtype", [
@@ -131,6 +131,24 @@ def test_a_busy_half_takes_the_whole_budget_unless_it_is_shared():
     for geometry, descriptor in zip(shared.keypoints, shared.descriptors):
         assert np.array_equal(by_place[tuple(np.round(geometry.astype(float), 2))],
                               descriptor)
+
+
+@pytest.mark.parametrize("detector", ["sift", "orb"])
+def test_the_keypoint_table_holds_what_opencv_holds(detector):
+    # Extraction reads each keypoint once, into one array: the same values as
+    # OpenCV's own attributes, and the budget chosen from it keeps the same ones.
+    image = busy_left_half()
+    create = cv2.SIFT_create if detector == "sift" else cv2.ORB_create
+    keypoints = create().detect(image, None)
+    table = keypoint_table(keypoints)
+    assert table.dtype == np.float32 and table.shape == (len(keypoints), 5)
+    assert len(keypoints) > 100
+    expected = np.array([(*k.pt, k.size, k.angle, k.response) for k in keypoints])
+    assert np.array_equal(table, expected.astype(np.float32))
+    assert np.array_equal(table.astype(np.float64), expected)  # no rounding at all
+    assert np.array_equal(spread_budget(table, image.shape, 60, 4),
+                          spread_budget(keypoints, image.shape, 60, 4))
+    assert keypoint_table([]).shape == (0, 5)
 
 
 @settings(max_examples=60, deadline=None)
