@@ -750,9 +750,11 @@ class Vocabulary:
         most ``moved``: 2 (|x|_1 times the words' largest rounding error, plus
         the data's times the largest L1 norm of a rounded word), and the
         tolerance for float32's. Where the nearest kept is nearer than the
-        second by more than twice that, it is the row's word.
-        Elsewhere, and for every row with the second word, the kept words are
-        measured again in float64 (as ``_settle_ties`` does): a word not kept is
+        second by more than twice that, it is the row's word (with the second
+        word, where the second also leads the third so, they are the row's two
+        words, and only their distances are measured again in float64).
+        Elsewhere the kept words are measured again in float64 (as
+        ``_settle_ties`` does): a word not kept is
         at least the last kept's rounded distance less ``moved`` away, and where
         that is beyond the nearest kept (and the second, for the second word)
         they are exact; otherwise the float32 scan decides, for those rows
@@ -782,24 +784,37 @@ class Vocabulary:
         word = self._cell_order[np.maximum(position[:, 0], 0)]
         second_word = np.full(len(data), -1, np.int32)
         first, second = best[:, 0].copy(), best[:, 1].copy()
+
+        def measured(rows, columns: int):
+            """The kept words of ``rows``, their first ``columns``, measured
+            again in float64, nearest first (equal: the smaller word; -1 and inf
+            where a row probed fewer words); the rows' words and distances
+            become theirs."""
+            words = np.empty((len(rows), columns), np.int64)
+            exact = np.empty((len(rows), columns), np.float64)
+            scan.kept_in_float64(data[rows], self.centers_, self._cell_order,
+                                 np.ascontiguousarray(position[rows, :columns]),
+                                 row_sqnorms[rows], words, exact)
+            word[rows] = words[:, 0]
+            first[rows], second[rows] = exact[:, 0], exact[:, 1]
+            if with_second:
+                second_word[rows] = np.where(np.isfinite(exact[:, 1]), words[:, 1], -1)
+            return exact
+
+        # inf - inf (a single word probed) is not sure
+        leads = approximate[:, 1] - approximate[:, 0] > 2 * moved
         if with_second:
-            check = np.arange(len(data))
-        else:  # inf - inf: a single word probed, sure
-            check = np.flatnonzero(~(approximate[:, 1] - approximate[:, 0] > 2 * moved)
-                                   & np.isfinite(approximate[:, 1]))
+            # the two in their order, and the third beyond the second's reach:
+            # their distances alone are measured again
+            leads &= approximate[:, 2] - approximate[:, 1] > 2 * moved
+            if leads.any():
+                measured(np.flatnonzero(leads), 2)
+            check = np.flatnonzero(~leads)
+        else:
+            check = np.flatnonzero(~leads & np.isfinite(approximate[:, 1]))
         if not len(check):
             return word, second_word, first, second
-        # the kept words of those rows, nearest first in float64 (equal: the
-        # smaller word); -1 and inf where a row probed fewer words
-        words = np.empty((len(check), kept), np.int64)
-        exact = np.empty((len(check), kept), np.float64)
-        scan.kept_in_float64(data[check], self.centers_, self._cell_order,
-                             np.ascontiguousarray(position[check]), row_sqnorms[check],
-                             words, exact)
-        word[check] = words[:, 0]
-        first[check], second[check] = exact[:, 0], exact[:, 1]
-        if with_second:
-            second_word[check] = np.where(np.isfinite(exact[:, 1]), words[:, 1], -1)
+        exact = measured(check, kept)
         last = approximate[check, -1]  # inf: every probed word kept
         unsure = check[np.isfinite(last) & ~(last - moved[check]
                                              > exact[:, 1 if with_second else 0])]

@@ -756,10 +756,10 @@ def test_words_the_rounding_cannot_tell_apart_are_decided_in_float64(monkeypatch
     # rounded too (at unit 1/729.3, as RootSIFT's). Four words within that
     # rounding of a fifth look the same to it, yet a descriptor far from them
     # all is nearer to some of them than to the fifth by more than float32's
-    # tolerance: the three words a row keeps from the rounded scan miss its
-    # nearest, and the nearest of those three is beyond that tolerance below the
-    # third's rounded distance. Each row still gets the float64 nearest word,
-    # and the next nearest with it.
+    # tolerance: the three words a row keeps from the rounded scan (four with
+    # the second word) miss its nearest, and the nearest of those is beyond that
+    # tolerance below the last's rounded distance. Each row still gets the
+    # float64 nearest word, and the next nearest with it.
     import cvsearch.vocabulary as vocabulary_module
 
     monkeypatch.setattr(vocabulary_module, "USE_COMPILED", use_compiled)
