@@ -754,10 +754,10 @@ class Vocabulary:
         word, where the second also leads the third so, they are the row's two
         words, and only their distances are measured again in float64).
         Elsewhere the kept words are measured again in float64 (as
-        ``_settle_ties`` does): a word not kept is
-        at least the last kept's rounded distance less ``moved`` away, and where
-        that is beyond the nearest kept (and the second, for the second word)
-        they are exact; otherwise the float32 scan decides, for those rows
+        ``_settle_ties`` does): a word not kept is at least the last kept's
+        rounded distance less ``moved`` away, and where that is beyond the
+        nearest kept (and the second, for the second word) they are exact;
+        otherwise the float32 scan decides, for those rows
         (one-off, Caltech-101 at 20,000 words: SIFT's, 1 row in 80,000 for the
         word and 1 in 17,000 with the second; RootSIFT's, 1 in 450 and 1 in 170).
         So the words are the float64 nearest (equal: the smaller), which the
@@ -801,7 +801,8 @@ class Vocabulary:
                 second_word[rows] = np.where(np.isfinite(exact[:, 1]), words[:, 1], -1)
             return exact
 
-        # inf - inf (a single word probed) is not sure
+        # a row that probed a single word: its word leads by inf (the next gap,
+        # inf - inf, is NaN: not sure, and measured, as the second word needs)
         leads = approximate[:, 1] - approximate[:, 0] > 2 * moved
         if with_second:
             # the two in their order, and the third beyond the second's reach:
