@@ -129,19 +129,39 @@ class Searcher:
         query, its features at twice its size where it is small (``finer``), and
         the mirror image of each with ``ranking.mirror``."""
         multiple = ranking.rerank > 0 and ranking.multiple_assignment
-        views = []
+        seen = []  # (features, mirrored, finer)
         # a small query's features at twice its size are one more view of it
         # (a thumbnail's detail is finer in its original), mirrored too
         finer = getattr(features, "finer", None)
         for described, is_finer in ((features, False), (finer, True)):
             if described is None:
                 continue
-            views.append(self.view(described, multiple, finer=is_finer))
+            seen.append((described, False, is_finer))
             if ranking.mirror and isinstance(described, Features) and can_mirror(
                     described):
-                views.append(self.view(mirror_features(described), multiple,
-                                       mirrored=True, finer=is_finer))
-        return views
+                seen.append((mirror_features(described), True, is_finer))
+        # every view's descriptors assigned in one search: each cell's words are
+        # read once for all of them, and the search's fixed costs paid once
+        # (the words are each descriptor's own, as one by one)
+        described = [f for f, _, _ in seen if isinstance(f, Features)]
+        assigned = iter(self.assign(described, multiple))
+        return [self.view(f, multiple, mirrored=mirrored, finer=is_finer,
+                          assigned=next(assigned) if isinstance(f, Features) else None)
+                for f, mirrored, is_finer in seen]
+
+    def assign(self, described: list, multiple: bool) -> list:
+        """The words of each of ``described`` (Features), from one search:
+        :meth:`Vocabulary.predict_two`'s four arrays each with ``multiple``,
+        else :meth:`Vocabulary.predict`'s words."""
+        if not described:
+            return []
+        counts = np.cumsum([len(f.descriptors) for f in described])[:-1]
+        together = np.concatenate([f.descriptors for f in described])
+        if not multiple:
+            return np.split(self.vocabulary.predict(together), counts)
+        parts = [np.split(values, counts)
+                 for values in self.vocabulary.predict_two(together)]
+        return list(zip(*parts))
 
     def similar(self, id_: int, ranking: Ranking, coverage: bool = True):
         """:meth:`search` with image ``id_``'s own words, itself left out.
@@ -238,17 +258,20 @@ class Searcher:
         return self.vocabulary.predict(features.descriptors)
 
     def view(self, features, multiple: bool, mirrored: bool = False,
-             finer: bool = False) -> View:
+             finer: bool = False, assigned=None) -> View:
         """The query's words, and the ``(words, keypoints)`` that verification
         matches: with multiple assignment, keypoints repeated with their next
-        nearest word where it is nearly as near (one search gives both)."""
+        nearest word where it is nearly as near (one search gives both).
+        ``assigned``: the words of ``features`` already found
+        (:meth:`assign`)."""
         small = features.thumbnail
         if not multiple or not isinstance(features, Features):
-            words = self.words_of(features)
+            words = self.words_of(features) if assigned is None else assigned
             return View(words, features.keypoints, features.image_shape, words,
                         features.keypoints, mirrored, small, finer)
-        words, second, best, second_best = self.vocabulary.predict_two(
-            features.descriptors)
+        words, second, best, second_best = (
+            self.vocabulary.predict_two(features.descriptors) if assigned is None
+            else assigned)
         verify_words, verify_keypoints = _rerank.multiple_assignment(
             words, features.keypoints, second, best, second_best)
         return View(words, features.keypoints, features.image_shape, verify_words,

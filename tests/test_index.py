@@ -23,6 +23,35 @@ def fresh_index(image_files, tmp_path_factory):
     return lambda: Index.load(folder)
 
 
+@pytest.mark.parametrize("multiple", [True, False])
+def test_a_querys_views_are_assigned_together_as_each_alone(fresh_index, images,
+                                                            image_files, multiple):
+    # A small query has four views (plain, mirrored, at twice its size, and that
+    # mirrored): their descriptors are assigned in one search, and each view gets
+    # exactly what a search of its own gives.
+    from cvsearch.features import mirror_features
+    from cvsearch.searcher import Ranking
+
+    index = fresh_index()
+    index.add(image_files[:2])
+    features = index.extractor.extract(cv2.resize(images[3], (120, 90)), finer=True)
+    assert len(features.descriptors) and len(features.finer.descriptors)
+    searcher = index.searcher()
+    views = searcher.views(features, Ranking(5, 10 if multiple else 0, 10, "shapes",
+                                             True, 0, True))
+    alone = [searcher.view(f, multiple, mirrored=mirrored, finer=finer)
+             for f, mirrored, finer in [
+                 (features, False, False), (mirror_features(features), True, False),
+                 (features.finer, False, True),
+                 (mirror_features(features.finer), True, True)]]
+    assert len(views) == 4
+    for together, apart in zip(views, alone):
+        for a, b in zip(together, apart):
+            assert np.array_equal(a, b) if isinstance(a, np.ndarray) else a == b
+    words = [v.words for v in views]
+    assert not np.array_equal(words[0], words[1])  # the mirror is a view of its own
+
+
 def results(index, queries, k=12, rerank=0):
     out = []
     for q in queries:
