@@ -671,8 +671,9 @@ class FeatureExtractor:
         ``scale``, their keypoints in the image's pixels; ``small`` its
         thumbnail."""
         if self.dense_step is None:
-            # every keypoint described in one pass, then the budget chosen:
-            # detecting and describing apart builds the scale space twice
+            # detected and described in one pass (detecting and describing apart
+            # builds the scale space twice): with budget_grid > 1 every keypoint,
+            # the budget chosen here; else OpenCV keeps its strongest
             keypoints, descriptors = self._detect(gray, budget=self.budget_grid == 1)
             table = keypoint_table(keypoints)
             if self.budget_grid > 1 and descriptors is not None and len(descriptors):
