@@ -311,19 +311,29 @@ class Segment(NamedTuple):
         lo = offsets[rows].astype(np.int64)
         sizes = offsets[rows + 1].astype(np.int64) - lo
         ends = np.cumsum(sizes)
-        at = np.arange(int(ends[-1]) if len(ends) else 0) + np.repeat(lo - ends + sizes,
-                                                                       sizes)
+        total = int(ends[-1]) if len(ends) else 0
         shapes = np.asarray(self.shapes)[rows].astype(np.int64)  # (height, width)
-        # np.take of plain views: indexing a memory map with an array of rows
-        # costs far more, and slices of a memmap-typed result add up
-        kp_shape = (np.take(np.asarray(self.kp_shape), at) if len(self.kp_shape) else
-                    np.full(len(at), SHAPE_UNKNOWN, np.uint8))
-        # each keypoint scaled by its own image's sides: the same float64
-        # arithmetic as one image's, element by element
-        keypoints = _decode(np.take(np.asarray(self.kp_xy), at, axis=0),
-                            np.repeat(shapes[:, ::-1], sizes, axis=0).astype(np.float64),
-                            kp_shape)
-        words = np.take(np.asarray(self.kp_words), at).astype(np.int32)
+        gather = compiled(_gather_images) if (
+            USE_COMPILED and total >= COMPILED_KEYPOINTS) else None
+        if gather is not None:  # one pass instead of a dozen numpy ones
+            keypoints = np.empty((total, 4), np.float32)
+            words = np.empty(total, np.int32)
+            gather(np.asarray(self.kp_xy).reshape(-1, 2), np.asarray(self.kp_shape),
+                   np.asarray(self.kp_words), lo, sizes,
+                   shapes[:, ::-1].astype(np.float64), _SHAPE_SIZES, _SHAPE_ANGLES,
+                   SHAPE_UNKNOWN, keypoints, words)
+        else:
+            at = np.arange(total) + np.repeat(lo - ends + sizes, sizes)
+            # np.take of plain views: indexing a memory map with an array of rows
+            # costs far more, and slices of a memmap-typed result add up
+            kp_shape = (np.take(np.asarray(self.kp_shape), at) if len(self.kp_shape)
+                        else np.full(len(at), SHAPE_UNKNOWN, np.uint8))
+            # each keypoint scaled by its own image's sides: the same float64
+            # arithmetic as one image's, element by element
+            keypoints = _decode(np.take(np.asarray(self.kp_xy), at, axis=0),
+                                np.repeat(shapes[:, ::-1], sizes, axis=0).astype(
+                                    np.float64), kp_shape)
+            words = np.take(np.asarray(self.kp_words), at).astype(np.int32)
         starts = (ends - sizes).tolist()
         return [(words[a:b], keypoints[a:b], (height, width)) for a, b, (height, width)
                 in zip(starts, ends.tolist(), shapes.tolist())]
@@ -453,6 +463,27 @@ def _decode(kp_xy: np.ndarray, width_height: np.ndarray,
     return keypoints
 
 
+def _gather_images(kp_xy, kp_shape, kp_words, lo, sizes, width_height, shape_sizes,
+                   shape_angles, unknown, keypoints, words):
+    """:meth:`Segment.images` in one loop: the keypoints ``lo[r]:lo[r] +
+    sizes[r]`` of each row r, one after another, into ``keypoints`` (m, 4)
+    float32 and ``words`` (m,) int32. Each value is :func:`_decode`'s, computed
+    with the same float64 operations in the same order; ``kp_shape`` empty: every
+    shape ``unknown``. ``width_height`` (rows, 2) float64."""
+    at = 0
+    for r in range(lo.shape[0]):
+        width, height = width_height[r, 0], width_height[r, 1]
+        side = max(width, height)
+        for k in range(lo[r], lo[r] + sizes[r]):
+            keypoints[at, 0] = np.float64(kp_xy[k, 0]) / 65535 * width
+            keypoints[at, 1] = np.float64(kp_xy[k, 1]) / 65535 * height
+            code = kp_shape[k] if kp_shape.shape[0] else unknown
+            keypoints[at, 2] = shape_sizes[code] * side
+            keypoints[at, 3] = shape_angles[code]
+            words[at] = kp_words[k]
+            at += 1
+
+
 #: Merge policy of :meth:`Store.merge_tail`: this many segments of one size
 #: level make one, up to this many images.
 MERGE_FACTOR = 10
@@ -466,6 +497,9 @@ USE_COMPILED = True
 #: store's, not each segment's: numpy's loop has a cost per query term whatever
 #: a segment's size, so a large store's small new segment is scored by numba.)
 COMPILED_FROM = 1 << 17
+#: A short-list's keypoints are gathered and decoded by numba from this many
+#: (fewer: numpy, whose calls then cost less than loading numba once).
+COMPILED_KEYPOINTS = 1 << 14
 
 
 def _compiled(loop, postings: int):

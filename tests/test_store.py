@@ -178,12 +178,21 @@ def test_keypoints_without_shapes_keep_none_and_read_as_unknown():
     assert np.array_equal(merged.kp_shape[n_first:], shaped.kp_shape)
 
 
+@pytest.mark.parametrize("path", ["numba", "numpy"])
 @pytest.mark.parametrize("seed", [0, 1, 2])
-def test_the_images_of_many_ids_are_each_ids_image_to_the_bit(seed):
+def test_the_images_of_many_ids_are_each_ids_image_to_the_bit(monkeypatch, seed, path):
     """What verification reads for a short-list, decoded at once, is what each
     image decodes to alone: in any order, repeated, across segments with and
-    without shapes, images of other sizes and images without keypoints."""
+    without shapes, images of other sizes and images without keypoints; by
+    numba's one loop (a large short-list's) as by numpy's calls."""
+    from cvsearch import store as store_module
     from cvsearch.store import SHAPE_UNKNOWN, _decode
+
+    if path == "numba":
+        pytest.importorskip("numba", reason="the compiled path needs numba ('fast' extra)")
+        monkeypatch.setattr(store_module, "COMPILED_KEYPOINTS", 0)
+    else:
+        monkeypatch.setattr(store_module, "USE_COMPILED", False)
 
     rng = np.random.default_rng(seed)
     images = [(n, w, k, (int(rng.integers(50, 900)), int(rng.integers(50, 900))))
