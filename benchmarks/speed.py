@@ -107,7 +107,6 @@ def run(args) -> dict:
     # compiled too (or loaded from numba's cache: the second word's first call
     # put 5 ms on the mean of 200 queries in a fresh checkout, one-off).
     index.query(queries[0], rerank=args.shortlist)
-    index.vocabulary.predict_two(extractor.extract(queries[0]).descriptors)
     extract_s, assign_s, exact_s, score_s, rerank_s, ransac_s = [], [], [], [], [], []
     two_s = []
     agree = total = 0

@@ -156,7 +156,8 @@ class Searcher:
         if not described:
             return []
         counts = np.cumsum([len(f.descriptors) for f in described])[:-1]
-        together = np.concatenate([f.descriptors for f in described])
+        together = (described[0].descriptors if len(described) == 1 else
+                    np.concatenate([f.descriptors for f in described]))
         if not multiple:
             return np.split(self.vocabulary.predict(together), counts)
         parts = [np.split(values, counts)
@@ -251,27 +252,24 @@ class Searcher:
         return view_xy, db_xy
 
     # ---------------------------------------------------------------- stages
-    def words_of(self, features) -> np.ndarray:
-        """The query's words, (n_keypoints,) int32."""
-        if isinstance(features, ImageWords):
-            return np.asarray(features.words, np.int32)
-        return self.vocabulary.predict(features.descriptors)
-
     def view(self, features, multiple: bool, mirrored: bool = False,
              finer: bool = False, assigned=None) -> View:
         """The query's words, and the ``(words, keypoints)`` that verification
         matches: with multiple assignment, keypoints repeated with their next
         nearest word where it is nearly as near (one search gives both).
-        ``assigned``: the words of ``features`` already found
-        (:meth:`assign`)."""
+        ``assigned``: the words of ``features`` already found (:meth:`assign`;
+        None: found here)."""
         small = features.thumbnail
-        if not multiple or not isinstance(features, Features):
-            words = self.words_of(features) if assigned is None else assigned
+        if not isinstance(features, Features):  # words given: no descriptors
+            words = np.asarray(features.words, np.int32)
             return View(words, features.keypoints, features.image_shape, words,
                         features.keypoints, mirrored, small, finer)
-        words, second, best, second_best = (
-            self.vocabulary.predict_two(features.descriptors) if assigned is None
-            else assigned)
+        if assigned is None:
+            assigned = self.assign([features], multiple)[0]
+        if not multiple:
+            return View(assigned, features.keypoints, features.image_shape, assigned,
+                        features.keypoints, mirrored, small, finer)
+        words, second, best, second_best = assigned
         verify_words, verify_keypoints = _rerank.multiple_assignment(
             words, features.keypoints, second, best, second_best)
         return View(words, features.keypoints, features.image_shape, verify_words,

@@ -313,8 +313,7 @@ class Segment(NamedTuple):
         ends = np.cumsum(sizes)
         total = int(ends[-1]) if len(ends) else 0
         shapes = np.asarray(self.shapes)[rows].astype(np.int64)  # (height, width)
-        gather = compiled(_gather_images) if (
-            USE_COMPILED and total >= COMPILED_KEYPOINTS) else None
+        gather = _compiled(_gather_images, total, COMPILED_KEYPOINTS)
         if gather is not None:  # one pass instead of a dozen numpy ones
             keypoints = np.empty((total, 4), np.float32)
             words = np.empty(total, np.int32)
@@ -502,13 +501,15 @@ COMPILED_FROM = 1 << 17
 COMPILED_KEYPOINTS = 1 << 14
 
 
-def _compiled(loop, postings: int):
-    """The loop compiled by numba (``pip install 'cvsearch[fast]'``) for a store
-    of ``postings`` postings in all, or None to use numpy. Each loop sums the
-    same float32 products, in float64, in the same order as its numpy path, so
-    both give the same numbers to the bit; it releases the GIL, so segments are
-    processed on all cores."""
-    return compiled(loop) if USE_COMPILED and postings >= COMPILED_FROM else None
+def _compiled(loop, amount: int, least: int | None = None):
+    """The loop compiled by numba (``pip install 'cvsearch[fast]'``) for
+    ``amount`` items, a store's postings in all (or a short-list's keypoints),
+    from ``least`` of them (None: ``COMPILED_FROM``); else None, to use numpy.
+    Each loop computes the same numbers as its numpy path, to the bit (the
+    scoring loops sum the same float32 products, in float64, in the same
+    order); it releases the GIL, so segments are processed on all cores."""
+    least = COMPILED_FROM if least is None else least
+    return compiled(loop) if USE_COMPILED and amount >= least else None
 
 
 def _accumulate(indptr, rows, tf, columns, factor, table, n):
