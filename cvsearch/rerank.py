@@ -27,12 +27,30 @@ from typing import NamedTuple
 
 import numpy as np
 
+from cvsearch._compiled import compiled
 from cvsearch._threads import map_in_pool
 from cvsearch._validation import check_float, check_int
+from cvsearch.store import COMPILED_KEYPOINTS
 
 #: A word seen more often than this in either image gives no correspondences: a
 #: frequent word (a repeated texture) makes many pairs, nearly all wrong.
 MAX_PER_WORD = 3
+
+#: Use the numba loops when numba is installed (False: always numpy; for tests).
+USE_COMPILED = True
+
+
+def _loop(loop, keypoints: int):
+    """``loop`` compiled by numba for a short-list of ``keypoints`` database
+    keypoints in all, or None: numpy then does it. numba verifies the
+    short-lists whose keypoints the store gathers with numba (from
+    ``COMPILED_KEYPOINTS``): a smaller one (a match picture, a tiny index) need
+    not load numba, which costs about a second once per process. Each loop
+    gives the same numbers as its numpy path, to the bit (the same float64
+    operations, in the same order)."""
+    return (compiled(loop) if USE_COMPILED and keypoints >= COMPILED_KEYPOINTS
+            else None)
+
 
 #: Inliers that make a candidate verified, by default: on the phone photos of
 #: benchmarks/results/instance.md, 10 verifies more of the blurred ones than 20
@@ -95,13 +113,18 @@ def word_correspondences(query_words: np.ndarray, db_words: np.ndarray,
 def _pairs(table: QueryWords, db_words: np.ndarray, labels: np.ndarray,
            max_per_word: int) -> tuple[np.ndarray, np.ndarray]:
     """Word correspondences of a query with several images at once: ``db_words``
-    (n,) are their words concatenated, ``labels`` (n,) says whose each is.
-    Returns ``(query_idx, db_idx)``, int64, ordered by ``db_idx``."""
+    (n,) are their words concatenated, ``labels`` (n,) says whose each is (each
+    image's together, in increasing order). Returns ``(query_idx, db_idx)``,
+    int64, ordered by ``db_idx``."""
     empty = np.zeros(0, np.int64)
     if len(db_words) == 0 or len(table.count) == 0:
         return empty, empty
+    loop = _loop(_pairs_loop, len(db_words))
+    if loop is not None:
+        return loop(table.count, table.start, table.order, db_words, labels,
+                     max_per_word)
     # how often each database keypoint's word occurs in the query: one gather
-    known = db_words < len(table.count)
+    known = (db_words >= 0) & (db_words < len(table.count))
     in_query = np.where(known, table.count[np.where(known, db_words, 0)], 0)
     candidates = np.flatnonzero((in_query >= 1) & (in_query <= max_per_word))
     if not len(candidates):
@@ -115,6 +138,54 @@ def _pairs(table: QueryWords, db_words: np.ndarray, labels: np.ndarray,
     query_idx = table.order[np.repeat(table.start[db_words[keep]], n_query)
                             + _ranks(n_query)]
     return query_idx.astype(np.int64, copy=False), db_idx
+
+
+def _pairs_loop(count, start, order, db_words, labels, max_per_word):
+    """:func:`_pairs` in loops (``table``'s arrays given apart). One pass finds
+    the keypoints whose word the query holds 1..``max_per_word`` times, in a
+    byte per word (a table that stays in the first-level cache); then each
+    image's are counted by word, in a table cleared after it (numpy sorts them
+    all instead)."""
+    n, n_words = db_words.shape[0], count.shape[0]
+    clipped = np.empty(n_words, np.uint8)  # the query's count, at most max + 1
+    for w in range(n_words):
+        clipped[w] = min(count[w], max_per_word + 1)
+    candidates = np.empty(n, np.int64)
+    m = 0
+    for k in range(n):
+        w = db_words[k]
+        if 0 <= w < n_words and 1 <= clipped[w] <= max_per_word:
+            candidates[m] = k
+            m += 1
+    seen = np.zeros(n_words, np.int64)
+    keep = np.zeros(m, np.bool_)
+    total = 0
+    a = 0
+    while a < m:
+        b = a + 1
+        while b < m and labels[candidates[b]] == labels[candidates[a]]:
+            b += 1
+        for j in range(a, b):
+            seen[db_words[candidates[j]]] += 1
+        for j in range(a, b):
+            w = db_words[candidates[j]]
+            if seen[w] <= max_per_word:
+                keep[j] = True
+                total += count[w]
+        for j in range(a, b):
+            seen[db_words[candidates[j]]] = 0
+        a = b
+    query_idx = np.empty(total, np.int64)
+    db_idx = np.empty(total, np.int64)
+    at = 0
+    for j in range(m):
+        if keep[j]:
+            w = db_words[candidates[j]]
+            for r in range(count[w]):
+                query_idx[at] = order[start[w] + r]
+                db_idx[at] = candidates[j]
+                at += 1
+    return query_idx, db_idx
 
 
 def _ranks(sizes: np.ndarray) -> np.ndarray:
@@ -357,15 +428,9 @@ def _similarity_batch(query_keypoints, db_keypoints, query_idx, db_idx, labels,
     sector %= ROTATION_BINS
     step = np.clip(np.floor(log_scale / SCALE_STEP).astype(np.int64) + SCALE_BINS // 2,
                    0, SCALE_BINS - 1)
-    cells = ROTATION_BINS * SCALE_BINS
-    histogram = np.bincount(label * cells + sector * SCALE_BINS + step,
-                            minlength=n_images * cells
-                            ).reshape(n_images, ROTATION_BINS, SCALE_BINS)
-    two = histogram + np.roll(histogram, -1, axis=1)  # rotation is circular
-    windows = (two[:, :, :-1] + two[:, :, 1:]).reshape(n_images, -1)
-    best_sector, best_step = np.divmod(windows.argmax(axis=1), SCALE_BINS - 1)
-    peak = (np.mod(sector - best_sector[label], ROTATION_BINS) <= 1) & (
-        (step == best_step[label]) | (step == best_step[label] + 1))
+    peaks = _loop(_peak_loop, len(db_keypoints))
+    peak = (_peak(label, sector, step, n_images) if peaks is None
+            else peaks(label, sector, step, ROTATION_BINS, SCALE_BINS))
     members = chosen[peak]  # pair indices, grouped by image
     member_label = label[peak]
     rotation, log_scale = rotation[peak], log_scale[peak]
@@ -377,44 +442,188 @@ def _similarity_batch(query_keypoints, db_keypoints, query_idx, db_idx, labels,
     hyp_label = np.repeat(np.arange(n_images), n_hyp)
     rank = _ranks(n_hyp) * (n_members[hyp_label] - 1) // np.maximum(n_hyp - 1, 1)[hyp_label]
     hyp = member_start[hyp_label] + rank  # positions in members
-    scale = np.exp2(log_scale[hyp])
-    cos, sin = scale * np.cos(rotation[hyp]), scale * np.sin(rotation[hyp])
-    anchor_q, anchor_d = query[members[hyp], :2], db[members[hyp], :2]
-    # every hypothesis against every member of its image
-    tests = n_members[hyp_label]
-    test_hyp = np.repeat(np.arange(len(hyp)), tests)
-    tested = members[np.repeat(member_start[hyp_label], tests) + _ranks(tests)]
-    c, s, offset = cos[test_hyp], sin[test_hyp], anchor_d[test_hyp] - db[tested, :2]
-    dx = query[tested, 0] - anchor_q[test_hyp, 0]
-    dy = query[tested, 1] - anchor_q[test_hyp, 1]
-    error_x = c * dx - s * dy + offset[:, 0]
-    error_y = s * dx + c * dy + offset[:, 1]
-    radius = LOOSE * thresholds[hyp_label[test_hyp]]
-    close = error_x ** 2 + error_y ** 2 < radius ** 2
-    support = np.bincount(test_hyp, weights=close, minlength=len(hyp))
     # images whose peak had no two members found nothing: exact 0
     exact |= alive & (n_members == 0) & (min_inliers is None)
     if not len(hyp):  # no image had two pairs agreeing on a rotation and scale
         return counts, mask, exact
-    # each image's best hypothesis: the first of its largest support
-    by_support = np.lexsort((np.arange(len(hyp)), -support, hyp_label))
-    firsts = by_support[np.concatenate([[True], np.diff(hyp_label[by_support]) != 0])]
-    test_start = np.cumsum(tests) - tests
+    scale = np.exp2(log_scale[hyp])
+    cos, sin = scale * np.cos(rotation[hyp]), scale * np.sin(rotation[hyp])
+    # every hypothesis against every member of its image: how many it brings
+    # within LOOSE times the threshold (its support), and each image's best
+    # hypothesis (the first of its largest support) with the members it brings
+    radius = LOOSE * thresholds
+    supports = _loop(_support_loop, len(db_keypoints))
+    if supports is not None:
+        support, firsts, close = supports(query, db, members, member_start, n_members,
+                                          hyp_label, hyp, cos, sin, radius)
+    else:
+        support, firsts, close = _support(query, db, members, member_start, n_members,
+                                          hyp_label, hyp, cos, sin, radius)
     for best in firsts:
         image = int(hyp_label[best])
         if min_inliers is not None and 2 * support[best] < min_inliers:
             continue  # hopeless: not worth refining; 0 is a lower bound
         exact[image] = True
-        block = slice(test_start[best], test_start[best] + tests[best])
+        own = slice(member_start[image], member_start[image] + n_members[image])
         span = slice(first_pair[image], first_pair[image] + per_image[image])
         inliers = np.zeros(per_image[image], bool)
-        inliers[tested[block][close[block]] - first_pair[image]] = True
+        inliers[members[own][close[own]] - first_pair[image]] = True
         inliers = _refine(query[span, :2], db[span, :2], inliers, thresholds[image])
         inliers[inliers] = one_to_one(query[span][inliers, :2].astype(np.float32),
                                       db[span][inliers, :2].astype(np.float32))
         mask[span] = inliers
         counts[image] = int(inliers.sum())
     return counts, mask, exact
+
+
+def _support(query, db, members, member_start, n_members, hyp_label, hyp, cos,
+             sin, radius):
+    """Each hypothesis' support, each image's best and the members it brings
+    within ``radius`` (see :func:`_similarity_batch`), for all at once.
+
+    Parameters
+    ----------
+    query, db : ndarray of shape (n_pairs, 4), float64
+        The pairs' keypoints.
+    members : ndarray of shape (n_members,), int64
+        Pairs at their image's peak, grouped by image: image i's are
+        ``member_start[i]:member_start[i] + n_members[i]``.
+    hyp_label, hyp : ndarray of shape (n_hyp,), int64
+        Each hypothesis' image and its pair's position in ``members``, grouped
+        by image.
+    cos, sin : ndarray of shape (n_hyp,), float64
+        Its scale times the cosine and sine of its rotation.
+    radius : ndarray of shape (n_images,), float64
+
+    Returns
+    -------
+    support : ndarray of shape (n_hyp,)
+        Members within ``radius`` of where the hypothesis puts them.
+    firsts : ndarray, int64
+        Each image's best hypothesis, by image.
+    close : ndarray of shape (n_members,), bool
+        The members each image's best hypothesis brings within ``radius``.
+    """
+    tests = n_members[hyp_label]
+    test_hyp = np.repeat(np.arange(len(hyp)), tests)
+    position = np.repeat(member_start[hyp_label], tests) + _ranks(tests)
+    tested = members[position]
+    anchor_q, anchor_d = query[members[hyp], :2], db[members[hyp], :2]
+    c, s, offset = cos[test_hyp], sin[test_hyp], anchor_d[test_hyp] - db[tested, :2]
+    dx = query[tested, 0] - anchor_q[test_hyp, 0]
+    dy = query[tested, 1] - anchor_q[test_hyp, 1]
+    error_x = c * dx - s * dy + offset[:, 0]
+    error_y = s * dx + c * dy + offset[:, 1]
+    near = error_x ** 2 + error_y ** 2 < radius[hyp_label[test_hyp]] ** 2
+    support = np.bincount(test_hyp, weights=near, minlength=len(hyp))
+    by_support = np.lexsort((np.arange(len(hyp)), -support, hyp_label))
+    firsts = by_support[np.concatenate([[True], np.diff(hyp_label[by_support]) != 0])]
+    is_best = np.zeros(len(hyp), bool)
+    is_best[firsts] = True
+    close = np.zeros(len(members), bool)
+    close[position[near & is_best[test_hyp]]] = True
+    return support, firsts, close
+
+
+def _support_loop(query, db, members, member_start, n_members, hyp_label, hyp, cos,
+                  sin, radius):
+    """:func:`_support` in loops, without the arrays of every test: the same
+    float64 operations in the same order (numpy's square is a product)."""
+    n_hyp = hyp.shape[0]
+    support = np.zeros(n_hyp, np.int64)
+    close = np.zeros(members.shape[0], np.bool_)
+    firsts = np.empty(n_hyp, np.int64)
+    n_firsts = 0
+    h = 0
+    while h < n_hyp:
+        image = hyp_label[h]
+        lo, hi = member_start[image], member_start[image] + n_members[image]
+        limit = radius[image] * radius[image]
+        best = h
+        while h < n_hyp and hyp_label[h] == image:
+            a = members[hyp[h]]
+            c, s = cos[h], sin[h]
+            count = 0
+            for t in range(lo, hi):
+                m = members[t]
+                dx = query[m, 0] - query[a, 0]
+                dy = query[m, 1] - query[a, 1]
+                error_x = c * dx - s * dy + (db[a, 0] - db[m, 0])
+                error_y = s * dx + c * dy + (db[a, 1] - db[m, 1])
+                if error_x * error_x + error_y * error_y < limit:
+                    count += 1
+            support[h] = count
+            if count > support[best]:
+                best = h
+            h += 1
+        firsts[n_firsts] = best
+        n_firsts += 1
+        a = members[hyp[best]]
+        c, s = cos[best], sin[best]
+        for t in range(lo, hi):
+            m = members[t]
+            dx = query[m, 0] - query[a, 0]
+            dy = query[m, 1] - query[a, 1]
+            error_x = c * dx - s * dy + (db[a, 0] - db[m, 0])
+            error_y = s * dx + c * dy + (db[a, 1] - db[m, 1])
+            close[t] = error_x * error_x + error_y * error_y < limit
+    return support, firsts[:n_firsts], close
+
+
+def _peak(label, sector, step, n_images: int) -> np.ndarray:
+    """Which pairs are in their image's densest 2 x 2 cells of changes of
+    rotation and scale (the first densest, in row order; rotation circular).
+
+    Parameters
+    ----------
+    label : ndarray of shape (n,), int64
+        Each pair's image, grouped in increasing order.
+    sector, step : ndarray of shape (n,), int64
+        Its cell: in ``range(ROTATION_BINS)`` and ``range(SCALE_BINS)``.
+    n_images : int
+
+    Returns
+    -------
+    ndarray of shape (n,), bool
+    """
+    cells = ROTATION_BINS * SCALE_BINS
+    histogram = np.bincount(label * cells + sector * SCALE_BINS + step,
+                            minlength=n_images * cells
+                            ).reshape(n_images, ROTATION_BINS, SCALE_BINS)
+    two = histogram + np.roll(histogram, -1, axis=1)  # rotation is circular
+    windows = (two[:, :, :-1] + two[:, :, 1:]).reshape(n_images, -1)
+    best_sector, best_step = np.divmod(windows.argmax(axis=1), SCALE_BINS - 1)
+    return (np.mod(sector - best_sector[label], ROTATION_BINS) <= 1) & (
+        (step == best_step[label]) | (step == best_step[label] + 1))
+
+
+def _peak_loop(label, sector, step, rotation_bins, scale_bins):
+    """:func:`_peak` in loops (``ROTATION_BINS`` and ``SCALE_BINS`` given): one
+    image's histogram at a time."""
+    n = label.shape[0]
+    peak = np.zeros(n, np.bool_)
+    histogram = np.zeros((rotation_bins, scale_bins), np.int64)
+    a = 0
+    while a < n:
+        b = a + 1
+        while b < n and label[b] == label[a]:
+            b += 1
+        histogram[:, :] = 0
+        for k in range(a, b):
+            histogram[sector[k], step[k]] += 1
+        most, best_sector, best_step = -1, 0, 0
+        for r in range(rotation_bins):
+            following = (r + 1) % rotation_bins
+            for t in range(scale_bins - 1):
+                window = (histogram[r, t] + histogram[following, t]
+                          + histogram[r, t + 1] + histogram[following, t + 1])
+                if window > most:
+                    most, best_sector, best_step = window, r, t
+        for k in range(a, b):
+            peak[k] = ((sector[k] - best_sector) % rotation_bins <= 1 and
+                       (step[k] == best_step or step[k] == best_step + 1))
+        a = b
+    return peak
 
 
 def _refine(query_xy: np.ndarray, db_xy: np.ndarray, inliers: np.ndarray,
@@ -585,11 +794,12 @@ def verify_candidates(query_words, query_keypoints, candidates, *,
     for i, (count, found, done) in zip(rest, map_in_pool(by_ransac, rest.tolist())):
         inliers[i], exact[i] = count, done
         mask[first_pair[i]:first_pair[i + 1]] = found
-    matched = [(query_idx[first_pair[i]:first_pair[i + 1]][mask[first_pair[i]:
-                                                                 first_pair[i + 1]]],
-                db_idx[first_pair[i]:first_pair[i + 1]][mask[first_pair[i]:
-                                                              first_pair[i + 1]]]
-                - first[i]) for i in range(n)]
+    # each candidate's inlier pairs: slices of the inliers of all, gathered once
+    inlier = np.flatnonzero(mask)
+    ends = np.searchsorted(inlier, first_pair).tolist()
+    inlier_query = query_idx[inlier]
+    inlier_db = db_idx[inlier] - first[pair_label[inlier]]
+    matched = [(inlier_query[a:b], inlier_db[a:b]) for a, b in zip(ends[:-1], ends[1:])]
     return Verified(inliers.astype(np.int32), pairs, exact, matched, thresholds)
 
 

@@ -302,14 +302,28 @@ def test_pairs_that_agree_on_no_rotation_and_scale_verify_nothing():
     assert verified.inliers.tolist() == [0] and verified.exact.tolist() == [True]
 
 
+def verification_path(monkeypatch, path):
+    """Verify by numba's loops for any short-list ("numba"; skipped without
+    numba), or by numpy alone ("numpy")."""
+    from cvsearch import rerank
+
+    if path == "numba":
+        pytest.importorskip("numba", reason="the compiled path needs numba ('fast' extra)")
+        monkeypatch.setattr(rerank, "COMPILED_KEYPOINTS", 0)
+    else:
+        monkeypatch.setattr(rerank, "USE_COMPILED", False)
+
+
+@pytest.mark.parametrize("path", ["numba", "numpy"])
 @settings(max_examples=40, deadline=None)
 @given(seed=st.integers(0, 2**16), max_per_word=st.integers(1, 4),
        n_words=st.integers(1, 30), n_query=st.integers(0, 40))
-def test_a_short_lists_word_pairs_are_each_images_own(seed, max_per_word, n_words,
+def test_a_short_lists_word_pairs_are_each_images_own(path, seed, max_per_word, n_words,
                                                       n_query):
     # The pairs of all candidates at once (one gather, in verify_candidates) are
     # each image's own: a word pairs where it occurs 1..max_per_word times on
-    # each side, every query keypoint of it with every one of the image's.
+    # each side, every query keypoint of it with every one of the image's; in
+    # the query's order of keypoints, for numba's loop as for numpy's sort.
     from cvsearch.rerank import QueryWords, _pairs
 
     rng = np.random.default_rng(seed)
@@ -318,7 +332,10 @@ def test_a_short_lists_word_pairs_are_each_images_own(seed, max_per_word, n_word
     sizes = [len(w) for w in images]
     words = np.concatenate(images).astype(np.int32)
     labels = np.repeat(np.arange(len(images)), sizes)
-    query_idx, db_idx = _pairs(QueryWords.of(query_words), words, labels, max_per_word)
+    with pytest.MonkeyPatch.context() as patch:  # hypothesis reuses fixtures
+        verification_path(patch, path)
+        query_idx, db_idx = _pairs(QueryWords.of(query_words), words, labels,
+                                   max_per_word)
     assert (np.diff(db_idx) >= 0).all()  # ordered by database keypoint
     expected, first = set(), 0
     for image in images:
@@ -329,6 +346,9 @@ def test_a_short_lists_word_pairs_are_each_images_own(seed, max_per_word, n_word
         first += len(image)
     assert len(query_idx) == len(expected)
     assert set(zip(query_idx.tolist(), db_idx.tolist())) == expected
+    runs = np.flatnonzero(np.diff(db_idx) != 0) + 1  # each keypoint's query ones
+    assert all((np.diff(run) > 0).all() for run in np.split(query_idx, runs))
+    assert query_idx.dtype == db_idx.dtype == np.int64
 
 
 @settings(max_examples=25, deadline=None)
@@ -366,3 +386,91 @@ def test_any_short_list_verified_at_once_is_each_image_alone(seed, min_inliers, 
         assert together.pairs[i] == alone.pairs[0]
         for a, b in zip(together.matched[i], alone.matched[0]):
             assert np.array_equal(a, b)
+
+
+@pytest.mark.parametrize("min_inliers", [None, 5, 12])
+@pytest.mark.parametrize("seed", [0, 1, 2, 3])
+def test_numbas_verification_is_numpys_to_the_bit(monkeypatch, seed, min_inliers):
+    # A large short-list is verified in numba's loops (the word pairs, the
+    # peaks of rotation and scale, the hypotheses' support): the same counts,
+    # exactness, thresholds and inlier pairs as numpy's calls give, with odd
+    # images among them (no keypoint, no shapes, two keypoints).
+    pytest.importorskip("numba", reason="the compiled path needs numba ('fast' extra)")
+    from cvsearch import rerank
+
+    rng = np.random.default_rng(seed)
+    query_words, query, candidates = synthetic_candidates(rng, n_query=200)
+    words, keypoints, shape = candidates[4]
+    shapeless = keypoints.copy()
+    shapeless[:, 2:] = 0
+    candidates[5:5] = [(words[:0], keypoints[:0], shape), (words, shapeless, shape),
+                       (words[:2], keypoints[:2], shape)]
+    found = {}
+    for path in ("numba", "numpy"):
+        with monkeypatch.context() as patch:
+            verification_path(patch, path)
+            found[path] = rerank.verify_candidates(query_words, query, candidates,
+                                                   max_side=640,
+                                                   min_inliers=min_inliers)
+    numba, numpy = found["numba"], found["numpy"]
+    for field in ("inliers", "pairs", "exact", "thresholds"):
+        assert np.array_equal(getattr(numba, field), getattr(numpy, field)), field
+    assert (numba.inliers[::4] > 0).any()  # images that show the query verify
+    for (a, b), (c, d) in zip(numba.matched, numpy.matched, strict=True):
+        assert np.array_equal(a, c) and np.array_equal(b, d)
+
+
+@settings(max_examples=60, deadline=None)
+@given(seed=st.integers(0, 2**16), n_images=st.integers(1, 5))
+def test_the_peak_of_rotation_and_scale_by_loop_is_numpys(seed, n_images):
+    # Pairs crowded into a few cells, across the rotation's wrap (sector 15 next
+    # to 0), so that windows tie: numba's loop picks numpy's first densest.
+    from cvsearch._compiled import compiled
+    from cvsearch.rerank import ROTATION_BINS, SCALE_BINS, _peak, _peak_loop
+
+    loop = compiled(_peak_loop)
+    if loop is None:
+        pytest.skip("the compiled path needs numba ('fast' extra)")
+    rng = np.random.default_rng(seed)
+    label = np.sort(rng.integers(0, n_images, int(rng.integers(0, 60))))
+    sector = rng.choice([0, 1, 2, 14, 15], len(label)).astype(np.int64)
+    step = rng.choice([0, 1, 2, 15, 16, SCALE_BINS - 1], len(label)).astype(np.int64)
+    expected = _peak(label, sector, step, n_images)
+    assert np.array_equal(loop(label, sector, step, ROTATION_BINS, SCALE_BINS), expected)
+
+
+@settings(max_examples=60, deadline=None)
+@given(seed=st.integers(0, 2**16))
+def test_the_hypotheses_support_by_loop_is_numpys(seed):
+    # Keypoints on a grid of whole pixels and turns by quarters: the errors are
+    # whole, some exactly at the radius (not within it), and supports tie (the
+    # first of the largest is the best): numba's loop finds what numpy does.
+    from cvsearch._compiled import compiled
+    from cvsearch.rerank import _support, _support_loop
+
+    loop = compiled(_support_loop)
+    if loop is None:
+        pytest.skip("the compiled path needs numba ('fast' extra)")
+    rng = np.random.default_rng(seed)
+    grouped = rng.choice([0, 2, 3, 5, 8], int(rng.integers(1, 6)))
+    grouped[rng.integers(len(grouped))] = 4  # a hypothesis at least (as verified)
+    n_images, n_members = len(grouped), grouped.sum()
+    member_start = np.cumsum(grouped) - grouped
+    members = rng.permutation(n_members + 4)[:n_members]  # pair indices
+    query = np.zeros((n_members + 4, 4))
+    query[:, :2] = rng.integers(0, 4, (n_members + 4, 2))
+    db = query.copy()
+    db[:, :2] += rng.integers(-2, 3, (n_members + 4, 2))
+    n_hyp = np.minimum(grouped, rng.integers(1, 4, n_images))
+    hyp_label = np.repeat(np.arange(n_images), n_hyp)
+    hyp = np.concatenate([member_start[i] + rng.choice(grouped[i], n_hyp[i], replace=False)
+                          for i in range(n_images)]).astype(np.int64)
+    turn = rng.integers(0, 4, len(hyp))
+    cos, sin = np.array([1.0, 0, -1, 0])[turn], np.array([0.0, 1, 0, -1])[turn]
+    radius = rng.integers(1, 4, n_images).astype(float)
+    expected = _support(query, db, members, member_start, grouped, hyp_label, hyp, cos,
+                        sin, radius)
+    found = loop(query, db, members, member_start, grouped, hyp_label, hyp, cos, sin,
+                 radius)
+    for a, b in zip(found, expected, strict=True):
+        assert np.array_equal(a, b)
