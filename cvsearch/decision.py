@@ -123,6 +123,8 @@ from typing import NamedTuple
 import numpy as np
 from scipy.special import gammaln
 
+from cvsearch.store import ShortList
+
 #: Same object: at most this log10 of the expected false alarms per query.
 SAME_OBJECT_LOG_NFA = -2.0
 #: Same picture: the agreement covers at least this share of the structured
@@ -920,7 +922,7 @@ def evidence_of(verified, query_keypoints, query_shape, candidates,
     query_keypoints : ndarray of shape (n, 4), float32
         The query's keypoints (those that were verified; repeated rows are fine).
     query_shape : (height, width)
-    candidates : list of (words, keypoints, image_shape)
+    candidates : ShortList, or list of (words, keypoints, image_shape)
     n_images : int
         The images the query was verified against (for :func:`log10_nfa`):
         ``len(candidates)`` for one short-list.
@@ -938,8 +940,9 @@ def evidence_of(verified, query_keypoints, query_shape, candidates,
     finer : bool
         Whether the query's keypoints are its finer features (``Features.finer``).
     """
+    candidates = ShortList.of(candidates)
     m = len(candidates)
-    areas = np.array([float(c[2][0]) * float(c[2][1]) for c in candidates])
+    areas = candidates.shapes.prod(axis=1).astype(np.float64)  # exact: < 2^53
     log_nfa = log10_nfa(verified.pairs, verified.inliers, verified.thresholds, areas,
                         n_images)
     log_nfa = np.where(verified.exact, log_nfa, np.inf)

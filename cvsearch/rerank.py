@@ -30,7 +30,7 @@ import numpy as np
 from cvsearch._compiled import compiled
 from cvsearch._threads import map_in_pool
 from cvsearch._validation import check_float, check_int
-from cvsearch.store import COMPILED_KEYPOINTS
+from cvsearch.store import COMPILED_KEYPOINTS, ShortList
 
 #: A word seen more often than this in either image gives no correspondences: a
 #: frequent word (a repeated texture) makes many pairs, nearly all wrong.
@@ -725,9 +725,10 @@ def verify_candidates(query_words, query_keypoints, candidates, *,
     query_words : ndarray of shape (n_query,), int32
     query_keypoints : ndarray of shape (n_query, 4), float32
         ``(x, y, size, angle)``, x the column and y the row.
-    candidates : iterable of (words, keypoints, image_shape)
+    candidates : ShortList, or iterable of (words, keypoints, image_shape)
         Each database image's word ids (n_i,), keypoints (n_i, 4) and
-        ``(height, width)``.
+        ``(height, width)`` (:meth:`cvsearch.store.Store.images` gives them
+        in a ShortList, which is read as it is).
     max_side : int
         The feature extractor's ``max_side``: the threshold is in pixels of images
         downscaled to it, so it is scaled up for larger database images.
@@ -750,18 +751,14 @@ def verify_candidates(query_words, query_keypoints, candidates, *,
                                    minimum=0.0)
     check_int(max_per_word, "max_per_word", minimum=1)
     table = QueryWords.of(query_words)  # the query's side, once for all
-    candidates = list(candidates)
+    candidates = ShortList.of(candidates)  # a store's, as it is
     n = len(candidates)
     query_keypoints = np.asarray(query_keypoints, np.float32).reshape(-1, 4)
-    thresholds = np.array([reproj_threshold * max(1.0, max(c[2]) / max_side)
-                           for c in candidates], float)
-    sizes = np.array([len(np.asarray(c[0]).ravel()) for c in candidates], np.int64)
+    thresholds = reproj_threshold * np.maximum(
+        1.0, candidates.shapes.max(axis=1, initial=0) / max_side)
+    sizes = candidates.sizes
     labels = np.repeat(np.arange(n), sizes)
-    words = (np.concatenate([np.asarray(c[0]).ravel() for c in candidates]) if n
-             else np.zeros(0, np.int64))
-    keypoints = (np.concatenate([np.asarray(c[1], np.float32).reshape(-1, 4)
-                                 for c in candidates]) if n
-                 else np.zeros((0, 4), np.float32))
+    words, keypoints = candidates.words, candidates.keypoints
     # all candidates' pairs at once, ordered by candidate (see _similarity_batch)
     query_idx, db_idx = _pairs(table, words, labels, max_per_word)
     pair_label = labels[db_idx]

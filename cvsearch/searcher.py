@@ -323,18 +323,18 @@ class Searcher:
             short = ids[:int(in_short.sum())]
             candidates = self.store.images(short)
             positions = [np.flatnonzero(np.isin(short, view_ids)) for view_ids in own]
-            verified = [self.verified(view, [candidates[j] for j in where], verification,
-                                      min_inliers)
-                        for view, where in zip(views, positions)]
+            # each view's own candidates, gathered once (an identity take is free)
+            owned = [candidates.take(where) for where in positions]
+            verified = [self.verified(view, mine, verification, min_inliers)
+                        for view, mine in zip(views, owned)]
 
             def evidence_of_view(number, rows=()):
                 """The evidence of view ``number`` over the whole short-list
                 (unverified where it did not verify), coverage for ``rows``."""
                 where = positions[number]
                 local = np.flatnonzero(np.isin(where, rows))
-                found = self.evidence(views[number], verified[number],
-                                      [candidates[j] for j in where], local,
-                                      short[where])
+                found = self.evidence(views[number], verified[number], owned[number],
+                                      local, short[where])
                 spread = Evidence.unverified(len(short))
                 for field, values in zip(spread, found):
                     field[where] = values

@@ -48,7 +48,9 @@ meanwhile.
 
 from __future__ import annotations
 
+import operator
 import threading
+from collections.abc import Sequence
 from typing import NamedTuple
 
 import numpy as np
@@ -66,6 +68,99 @@ def smallest_uint(maximum: int) -> np.dtype:
         if maximum <= np.iinfo(dtype).max:
             return np.dtype(dtype)
     return np.dtype(np.uint64)
+
+
+class ShortList(Sequence):
+    """Database images one after another in shared arrays, as verification
+    reads them (:meth:`Store.images`): a sequence of ``(words, keypoints,
+    (height, width))``, each image's arrays views of the shared ones.
+
+    Parameters
+    ----------
+    words : ndarray of shape (m,), int32
+    keypoints : ndarray of shape (m, 4), float32
+        ``(x, y, size, angle)``; size 0 where unknown.
+    shapes : ndarray of shape (n, 2), int64
+        Each image's ``(height, width)``.
+    sizes : ndarray of shape (n,), int64
+        Each image's keypoints, in order: they sum to m.
+    """
+
+    __slots__ = ("words", "keypoints", "shapes", "sizes", "_ends", "_images")
+
+    def __init__(self, words, keypoints, shapes, sizes):
+        self.words, self.keypoints = words, keypoints
+        self.shapes, self.sizes = shapes, sizes
+        self._ends = np.cumsum(sizes)
+        self._images = None  # the tuples, made once when first looked at
+
+    def _tuples(self) -> list:
+        """The images as tuples of views, made at the first look: loops over
+        the candidates (the copy decision's) index them many times."""
+        if self._images is None:
+            ends = self._ends.tolist()
+            self._images = [(self.words[lo:hi], self.keypoints[lo:hi], (height, width))
+                            for lo, hi, (height, width) in zip(
+                                [0] + ends[:-1], ends, self.shapes.tolist())]
+        return self._images
+
+    @classmethod
+    def of(cls, images) -> ShortList:
+        """``images`` (an iterable of ``(words, keypoints, (height, width))``)
+        as a ShortList: itself if it is one, else copied into shared arrays."""
+        if isinstance(images, ShortList):
+            return images
+        images = list(images)
+        words = [np.asarray(w).ravel() for w, _, _ in images]
+        return cls(np.concatenate(words).astype(np.int32, copy=False) if images
+                   else np.zeros(0, np.int32),
+                   np.concatenate([np.asarray(k, np.float32).reshape(-1, 4)
+                                   for _, k, _ in images]) if images
+                   else np.zeros((0, 4), np.float32),
+                   np.array([(int(s[0]), int(s[1])) for _, _, s in images],
+                            np.int64).reshape(-1, 2),
+                   np.array([len(w) for w in words], np.int64))
+
+    @classmethod
+    def concatenate(cls, parts) -> ShortList:
+        """The images of ``parts`` (ShortLists), one part after another."""
+        if len(parts) == 1:
+            return parts[0]
+        return cls(np.concatenate([p.words for p in parts]),
+                   np.concatenate([p.keypoints for p in parts]),
+                   np.concatenate([p.shapes for p in parts]),
+                   np.concatenate([p.sizes for p in parts]))
+
+    def take(self, positions) -> ShortList:
+        """The images at ``positions`` (int), in that order: their slices
+        copied one after another (gathering each keypoint costs several times
+        more); the same ShortList where they are all of them in order."""
+        positions = np.asarray(positions, np.int64).ravel()
+        if len(positions) == len(self) and np.array_equal(positions,
+                                                          np.arange(len(self))):
+            return self
+        ends = self._ends.tolist()
+        spans = [(ends[p] - size, ends[p]) for p, size in zip(
+            positions.tolist(), self.sizes[positions].tolist())]
+        words = [self.words[lo:hi] for lo, hi in spans]
+        keypoints = [self.keypoints[lo:hi] for lo, hi in spans]
+        return ShortList(np.concatenate(words) if spans else self.words[:0],
+                         np.concatenate(keypoints) if spans else self.keypoints[:0],
+                         self.shapes[positions], self.sizes[positions])
+
+    def __len__(self) -> int:
+        return len(self.sizes)
+
+    def __getitem__(self, position):
+        if isinstance(position, slice):
+            return self.take(np.arange(len(self))[position])
+        return self._tuples()[operator.index(position)]
+
+    def __iter__(self):
+        return iter(self._tuples())
+
+    def __repr__(self) -> str:
+        return f"ShortList({len(self)} images, {len(self.words)} keypoints)"
 
 
 class Segment(NamedTuple):
@@ -301,10 +396,9 @@ class Segment(NamedTuple):
         (height, width))`` of one row; size 0 where unknown."""
         return self.images([row])[0]
 
-    def images(self, rows) -> list:
+    def images(self, rows) -> ShortList:
         """:meth:`image` of several rows, decoded at once (a short-list's
-        candidates: one numpy pass instead of one per row). The arrays of the
-        tuples are views of one array each."""
+        candidates: one pass instead of one per row), in the order given."""
         self.check_geometry()
         rows = np.asarray(rows, np.int64).ravel()
         offsets = np.asarray(self.kp_offsets)
@@ -333,9 +427,7 @@ class Segment(NamedTuple):
                                 np.repeat(shapes[:, ::-1], sizes, axis=0).astype(
                                     np.float64), kp_shape)
             words = np.take(np.asarray(self.kp_words), at).astype(np.int32)
-        starts = (ends - sizes).tolist()
-        return [(words[a:b], keypoints[a:b], (height, width)) for a, b, (height, width)
-                in zip(starts, ends.tolist(), shapes.tolist())]
+        return ShortList(words, keypoints, shapes, sizes)
 
     def thumbnail(self, row: int) -> np.ndarray | None:
         """One row's thumbnail, (THUMBNAIL, THUMBNAIL) uint8, or None if unknown."""
@@ -630,7 +722,7 @@ class Store:
         ids = np.unique(np.asarray(ids, np.int64))
         deleted = list(self.deleted)
         df = self.df.copy()
-        for index, rows in self._locate_many(ids):
+        for index, _, rows in self._locate_many(ids):
             segment = self.segments[index]
             mask = (np.zeros(len(segment), bool) if deleted[index] is None
                     else deleted[index].copy())
@@ -733,18 +825,21 @@ class Store:
         return self._rows_of(np.asarray(ids, np.int64).ravel())[2]
 
     def _locate_many(self, ids: np.ndarray):
-        """Yield ``(segment index, rows)`` of live ids, segment by segment (in
-        each, in the order given); KeyError for the first id that is not live."""
+        """Yield ``(segment index, positions, rows)`` of live ids, segment by
+        segment: the positions in ``ids`` of those in the segment, increasing
+        (int64), and their rows there; KeyError for the first id that is not
+        live."""
         if not len(ids):
             return
         where, rows, live = self._rows_of(ids)
         if not live.all():
             raise KeyError(int(ids[np.argmin(live)]))
         if where.min() == where.max():
-            yield int(where[0]), rows
+            yield int(where[0]), np.arange(len(ids)), rows
             return
         for index in np.unique(where).tolist():
-            yield index, rows[where == index]
+            positions = np.flatnonzero(where == index)
+            yield index, positions, rows[positions]
 
     def locate(self, id_: int) -> tuple[int, int]:
         """``(segment index, row)`` of a live id; KeyError if there is none.
@@ -795,18 +890,19 @@ class Store:
         index, row = self.locate(id_)
         return self.segments[index].thumbnail(row)
 
-    def images(self, ids) -> list:
-        """:meth:`image` of several live ids, in their order (located at once)."""
+    def images(self, ids) -> ShortList:
+        """:meth:`image` of several live ids, in their order (located at once);
+        KeyError for the first id that is not live."""
         ids = np.asarray(ids, np.int64).ravel()
-        found = [None] * len(ids)
-        order = np.argsort(ids, kind="stable")
-        start = 0  # _locate_many yields the sorted ids' rows, segment by segment
-        for index, rows in self._locate_many(ids[order]):
-            chosen = order[start:start + len(rows)]
-            start += len(rows)
-            for at, image in zip(chosen.tolist(), self.segments[index].images(rows)):
-                found[at] = image
-        return found
+        located = list(self._locate_many(ids))
+        if len(located) <= 1:  # one segment: its rows are in the ids' order
+            return (self.segments[located[0][0]].images(located[0][2]) if located
+                    else ShortList.of([]))
+        # the segments' parts one after another, then each image put in its place
+        placed = np.concatenate([positions for _, positions, _ in located])
+        return ShortList.concatenate([self.segments[index].images(rows)
+                                      for index, _, rows in located]
+                                     ).take(np.argsort(placed))
 
     def ids(self) -> np.ndarray:
         """Live ids, increasing. ndarray of shape (n_live,), int64."""

@@ -220,7 +220,7 @@ def test_the_images_of_many_ids_are_each_ids_image_to_the_bit(monkeypatch, seed,
         assert keypoints.dtype == alone[1].dtype and keypoints.shape == alone[1].shape
         assert keypoints.tobytes() == alone[1].tobytes()
         assert shape == alone[2] and all(type(v) is int for v in shape)
-    assert store.images([]) == []
+    assert len(store.images([])) == 0 and list(store.images([])) == []
     with pytest.raises(KeyError):
         store.images([int(live[0]), 12])  # removed
 
@@ -414,3 +414,35 @@ def test_any_history_scores_exactly_as_its_live_images_built_at_once(steps, leve
         small = store.thumbnail(id_)
         assert (small is None) if thumbs[id_] is None else np.array_equal(small,
                                                                           thumbs[id_])
+
+
+def test_a_short_list_holds_its_images_in_order_and_takes_any_of_them():
+    """A ShortList made of images, or taken from one (any positions, repeated,
+    none), holds exactly those images in that order, each one's arrays views
+    of the shared ones."""
+    from cvsearch.store import ShortList
+
+    rng = np.random.default_rng(3)
+    images = [(rng.integers(0, 50, n).astype(np.int32),
+               rng.random((n, 4)).astype(np.float32),
+               (int(rng.integers(1, 900)), int(rng.integers(1, 900))))
+              for n in (5, 0, 9, 1, 7)]
+    short = ShortList.of(images)
+    assert ShortList.of(short) is short and len(short) == 5
+    assert short.words.dtype == np.int32 and short.keypoints.shape == (22, 4)
+    for positions in ([4, 0, 2], [1, 1, 3], [], [0, 1, 2, 3, 4], [3, 2, 1, 0, 4]):
+        taken = short.take(positions)
+        assert len(taken) == len(positions)
+        assert taken.sizes.tolist() == [len(images[p][0]) for p in positions]
+        for (words, keypoints, shape), p in zip(taken, positions, strict=True):
+            assert np.array_equal(words, images[p][0]) and shape == images[p][2]
+            assert keypoints.tobytes() == images[p][1].tobytes()
+            assert np.shares_memory(keypoints, taken.keypoints) or not len(keypoints)
+    assert short.take(range(5)) is short
+    assert [w.tolist() for w, _, _ in short[3:0:-1]] == [
+        images[p][0].tolist() for p in (3, 2, 1)]
+    assert short[-1][2] == images[-1][2]
+    with pytest.raises(IndexError):
+        short[5]
+    both = ShortList.concatenate([short.take([1, 2]), short.take([0])])
+    assert [len(w) for w, _, _ in both] == [0, 9, 5] and len(ShortList.of([])) == 0
