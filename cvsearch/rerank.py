@@ -404,25 +404,25 @@ def _similarity_batch(query_keypoints, db_keypoints, query_idx, db_idx, labels,
     can reach ``min_inliers`` are refined, one by one.
     """
     n_images = len(thresholds)
-    n_pairs = len(query_idx)
-    mask = np.zeros(n_pairs, bool)
-    query = np.asarray(query_keypoints)[query_idx].astype(np.float64)
-    db = np.asarray(db_keypoints)[db_idx].astype(np.float64)
-    known = (query[:, 2] > 0) & (db[:, 2] > 0)
-    per_image = np.bincount(labels, minlength=n_images)
+    mask = np.zeros(len(query_idx), bool)
+    query_keypoints = np.asarray(query_keypoints, np.float32)
+    db_keypoints = np.asarray(db_keypoints, np.float32)
+    least = max(3, min_inliers or 0)
+    changes = _loop(_shape_changes_loop, len(db_keypoints))
+    per_image, with_shapes, chosen, turn, ratio = (
+        _shape_changes if changes is None else changes)(
+        query_keypoints, db_keypoints, query_idx, db_idx, labels, n_images, least)
     # no pair at all: 0 inliers, whatever the method; pairs without shapes: -1
-    shapeless = (per_image > 0) & (np.bincount(labels[known], minlength=n_images) == 0)
-    counts = np.where(shapeless, -1, 0)
+    counts = np.where((per_image > 0) & (with_shapes == 0), -1, 0)
     first_pair = np.cumsum(per_image) - per_image
-    alive = (counts == 0) & (per_image >= max(3, min_inliers or 0))
+    alive = (counts == 0) & (per_image >= least)
     # exact: no pairs, or too few to reach min_inliers (then nothing verifies)
     exact = (per_image == 0) | ((per_image < 3) & (counts == 0))
-    chosen = np.flatnonzero(known & alive[labels])
     if not len(chosen):
         return counts, mask, exact
     label = labels[chosen]
-    rotation = np.deg2rad(np.mod(db[chosen, 3] - query[chosen, 3], 360.0))
-    log_scale = np.log2(db[chosen, 2] / query[chosen, 2])
+    rotation = np.deg2rad(np.mod(turn, 360.0))
+    log_scale = np.log2(ratio)
     # per image, the densest 2 x 2 cells of (rotation, scale) changes
     sector = np.floor(rotation * (ROTATION_BINS / (2 * np.pi))).astype(np.int64)
     sector %= ROTATION_BINS
@@ -451,14 +451,12 @@ def _similarity_batch(query_keypoints, db_keypoints, query_idx, db_idx, labels,
     # every hypothesis against every member of its image: how many it brings
     # within LOOSE times the threshold (its support), and each image's best
     # hypothesis (the first of its largest support) with the members it brings
-    radius = LOOSE * thresholds
+    member_query = query_keypoints[query_idx[members], :2].astype(np.float64)
+    member_db = db_keypoints[db_idx[members], :2].astype(np.float64)
     supports = _loop(_support_loop, len(db_keypoints))
-    if supports is not None:
-        support, firsts, close = supports(query, db, members, member_start, n_members,
-                                          hyp_label, hyp, cos, sin, radius)
-    else:
-        support, firsts, close = _support(query, db, members, member_start, n_members,
-                                          hyp_label, hyp, cos, sin, radius)
+    support, firsts, close = (_support if supports is None else supports)(
+        member_query, member_db, member_start, n_members, hyp_label, hyp, cos, sin,
+        LOOSE * thresholds)
     for best in firsts:
         image = int(hyp_label[best])
         if min_inliers is not None and 2 * support[best] < min_inliers:
@@ -468,29 +466,92 @@ def _similarity_batch(query_keypoints, db_keypoints, query_idx, db_idx, labels,
         span = slice(first_pair[image], first_pair[image] + per_image[image])
         inliers = np.zeros(per_image[image], bool)
         inliers[members[own][close[own]] - first_pair[image]] = True
-        inliers = _refine(query[span, :2], db[span, :2], inliers, thresholds[image])
-        inliers[inliers] = one_to_one(query[span][inliers, :2].astype(np.float32),
-                                      db[span][inliers, :2].astype(np.float32))
+        query_xy = query_keypoints[query_idx[span], :2]
+        db_xy = db_keypoints[db_idx[span], :2]
+        inliers = _refine(query_xy.astype(np.float64), db_xy.astype(np.float64),
+                          inliers, thresholds[image])
+        inliers[inliers] = one_to_one(query_xy[inliers], db_xy[inliers])
         mask[span] = inliers
         counts[image] = int(inliers.sum())
     return counts, mask, exact
 
 
-def _support(query, db, members, member_start, n_members, hyp_label, hyp, cos,
-             sin, radius):
+def _shape_changes(query_keypoints, db_keypoints, query_idx, db_idx, labels,
+                   n_images: int, least: int):
+    """The pairs that can verify their image, and how their keypoints' shapes
+    change (see :func:`_similarity_batch`).
+
+    Parameters
+    ----------
+    query_keypoints, db_keypoints : ndarray of shape (n, 4), float32
+    query_idx, db_idx, labels : ndarray of shape (n_pairs,), int64
+        The pairs, ``labels`` in increasing order.
+    n_images : int
+    least : int
+        The pairs an image needs to be verified.
+
+    Returns
+    -------
+    per_image, with_shapes : ndarray of shape (n_images,), int64
+        Each image's pairs, and those whose two keypoints have shapes (size > 0).
+    chosen : ndarray of shape (n_chosen,), int64
+        The pairs with shapes of the images that have at least ``least`` pairs.
+    turn, ratio : ndarray of shape (n_chosen,), float64
+        Their change of angle (database less query, in degrees) and of size
+        (database over query), computed in float64.
+    """
+    query_size = query_keypoints[query_idx, 2]
+    db_size = db_keypoints[db_idx, 2]
+    known = (query_size > 0) & (db_size > 0)
+    per_image = np.bincount(labels, minlength=n_images)
+    with_shapes = np.bincount(labels[known], minlength=n_images)
+    chosen = np.flatnonzero(known & ((with_shapes > 0) & (per_image >= least))[labels])
+    query_chosen = query_keypoints[query_idx[chosen]].astype(np.float64)
+    db_chosen = db_keypoints[db_idx[chosen]].astype(np.float64)
+    return (per_image, with_shapes, chosen, db_chosen[:, 3] - query_chosen[:, 3],
+            db_chosen[:, 2] / query_chosen[:, 2])
+
+
+def _shape_changes_loop(query_keypoints, db_keypoints, query_idx, db_idx, labels,
+                        n_images, least):
+    """:func:`_shape_changes` in two passes over the pairs, without gathering
+    every pair's keypoints."""
+    n = query_idx.shape[0]
+    per_image = np.zeros(n_images, np.int64)
+    with_shapes = np.zeros(n_images, np.int64)
+    for p in range(n):
+        per_image[labels[p]] += 1
+        if query_keypoints[query_idx[p], 2] > 0 and db_keypoints[db_idx[p], 2] > 0:
+            with_shapes[labels[p]] += 1
+    chosen = np.empty(n, np.int64)
+    turn = np.empty(n, np.float64)
+    ratio = np.empty(n, np.float64)
+    m = 0
+    for p in range(n):
+        image = labels[p]
+        if with_shapes[image] == 0 or per_image[image] < least:
+            continue
+        q, d = query_idx[p], db_idx[p]
+        if query_keypoints[q, 2] > 0 and db_keypoints[d, 2] > 0:
+            chosen[m] = p
+            turn[m] = np.float64(db_keypoints[d, 3]) - np.float64(query_keypoints[q, 3])
+            ratio[m] = np.float64(db_keypoints[d, 2]) / np.float64(query_keypoints[q, 2])
+            m += 1
+    return per_image, with_shapes, chosen[:m], turn[:m], ratio[:m]
+
+
+def _support(member_query, member_db, member_start, n_members, hyp_label, hyp,
+             cos, sin, radius):
     """Each hypothesis' support, each image's best and the members it brings
     within ``radius`` (see :func:`_similarity_batch`), for all at once.
 
     Parameters
     ----------
-    query, db : ndarray of shape (n_pairs, 4), float64
-        The pairs' keypoints.
-    members : ndarray of shape (n_members,), int64
-        Pairs at their image's peak, grouped by image: image i's are
-        ``member_start[i]:member_start[i] + n_members[i]``.
+    member_query, member_db : ndarray of shape (n_members, 2), float64
+        The positions of the pairs at their image's peak (its members), grouped
+        by image: image i's are ``member_start[i]:member_start[i] + n_members[i]``.
     hyp_label, hyp : ndarray of shape (n_hyp,), int64
-        Each hypothesis' image and its pair's position in ``members``, grouped
-        by image.
+        Each hypothesis' image and its member, grouped by image.
     cos, sin : ndarray of shape (n_hyp,), float64
         Its scale times the cosine and sine of its rotation.
     radius : ndarray of shape (n_images,), float64
@@ -500,18 +561,18 @@ def _support(query, db, members, member_start, n_members, hyp_label, hyp, cos,
     support : ndarray of shape (n_hyp,)
         Members within ``radius`` of where the hypothesis puts them.
     firsts : ndarray, int64
-        Each image's best hypothesis, by image.
+        Each image's best hypothesis (the first of its largest support), by image.
     close : ndarray of shape (n_members,), bool
         The members each image's best hypothesis brings within ``radius``.
     """
     tests = n_members[hyp_label]
     test_hyp = np.repeat(np.arange(len(hyp)), tests)
-    position = np.repeat(member_start[hyp_label], tests) + _ranks(tests)
-    tested = members[position]
-    anchor_q, anchor_d = query[members[hyp], :2], db[members[hyp], :2]
-    c, s, offset = cos[test_hyp], sin[test_hyp], anchor_d[test_hyp] - db[tested, :2]
-    dx = query[tested, 0] - anchor_q[test_hyp, 0]
-    dy = query[tested, 1] - anchor_q[test_hyp, 1]
+    tested = np.repeat(member_start[hyp_label], tests) + _ranks(tests)
+    anchor_q, anchor_d = member_query[hyp], member_db[hyp]
+    c, s = cos[test_hyp], sin[test_hyp]
+    offset = anchor_d[test_hyp] - member_db[tested]
+    dx = member_query[tested, 0] - anchor_q[test_hyp, 0]
+    dy = member_query[tested, 1] - anchor_q[test_hyp, 1]
     error_x = c * dx - s * dy + offset[:, 0]
     error_y = s * dx + c * dy + offset[:, 1]
     near = error_x ** 2 + error_y ** 2 < radius[hyp_label[test_hyp]] ** 2
@@ -520,18 +581,18 @@ def _support(query, db, members, member_start, n_members, hyp_label, hyp, cos,
     firsts = by_support[np.concatenate([[True], np.diff(hyp_label[by_support]) != 0])]
     is_best = np.zeros(len(hyp), bool)
     is_best[firsts] = True
-    close = np.zeros(len(members), bool)
-    close[position[near & is_best[test_hyp]]] = True
+    close = np.zeros(len(member_query), bool)
+    close[tested[near & is_best[test_hyp]]] = True
     return support, firsts, close
 
 
-def _support_loop(query, db, members, member_start, n_members, hyp_label, hyp, cos,
-                  sin, radius):
+def _support_loop(member_query, member_db, member_start, n_members, hyp_label, hyp,
+                  cos, sin, radius):
     """:func:`_support` in loops, without the arrays of every test: the same
     float64 operations in the same order (numpy's square is a product)."""
     n_hyp = hyp.shape[0]
     support = np.zeros(n_hyp, np.int64)
-    close = np.zeros(members.shape[0], np.bool_)
+    close = np.zeros(member_query.shape[0], np.bool_)
     firsts = np.empty(n_hyp, np.int64)
     n_firsts = 0
     h = 0
@@ -541,15 +602,14 @@ def _support_loop(query, db, members, member_start, n_members, hyp_label, hyp, c
         limit = radius[image] * radius[image]
         best = h
         while h < n_hyp and hyp_label[h] == image:
-            a = members[hyp[h]]
+            a = hyp[h]
             c, s = cos[h], sin[h]
             count = 0
             for t in range(lo, hi):
-                m = members[t]
-                dx = query[m, 0] - query[a, 0]
-                dy = query[m, 1] - query[a, 1]
-                error_x = c * dx - s * dy + (db[a, 0] - db[m, 0])
-                error_y = s * dx + c * dy + (db[a, 1] - db[m, 1])
+                dx = member_query[t, 0] - member_query[a, 0]
+                dy = member_query[t, 1] - member_query[a, 1]
+                error_x = c * dx - s * dy + (member_db[a, 0] - member_db[t, 0])
+                error_y = s * dx + c * dy + (member_db[a, 1] - member_db[t, 1])
                 if error_x * error_x + error_y * error_y < limit:
                     count += 1
             support[h] = count
@@ -558,14 +618,13 @@ def _support_loop(query, db, members, member_start, n_members, hyp_label, hyp, c
             h += 1
         firsts[n_firsts] = best
         n_firsts += 1
-        a = members[hyp[best]]
+        a = hyp[best]
         c, s = cos[best], sin[best]
         for t in range(lo, hi):
-            m = members[t]
-            dx = query[m, 0] - query[a, 0]
-            dy = query[m, 1] - query[a, 1]
-            error_x = c * dx - s * dy + (db[a, 0] - db[m, 0])
-            error_y = s * dx + c * dy + (db[a, 1] - db[m, 1])
+            dx = member_query[t, 0] - member_query[a, 0]
+            dy = member_query[t, 1] - member_query[a, 1]
+            error_x = c * dx - s * dy + (member_db[a, 0] - member_db[t, 0])
+            error_y = s * dx + c * dy + (member_db[a, 1] - member_db[t, 1])
             close[t] = error_x * error_x + error_y * error_y < limit
     return support, firsts[:n_firsts], close
 

@@ -456,11 +456,8 @@ def test_the_hypotheses_support_by_loop_is_numpys(seed):
     grouped[rng.integers(len(grouped))] = 4  # a hypothesis at least (as verified)
     n_images, n_members = len(grouped), grouped.sum()
     member_start = np.cumsum(grouped) - grouped
-    members = rng.permutation(n_members + 4)[:n_members]  # pair indices
-    query = np.zeros((n_members + 4, 4))
-    query[:, :2] = rng.integers(0, 4, (n_members + 4, 2))
-    db = query.copy()
-    db[:, :2] += rng.integers(-2, 3, (n_members + 4, 2))
+    member_query = rng.integers(0, 4, (n_members, 2)).astype(float)
+    member_db = member_query + rng.integers(-2, 3, (n_members, 2))
     n_hyp = np.minimum(grouped, rng.integers(1, 4, n_images))
     hyp_label = np.repeat(np.arange(n_images), n_hyp)
     hyp = np.concatenate([member_start[i] + rng.choice(grouped[i], n_hyp[i], replace=False)
@@ -468,9 +465,36 @@ def test_the_hypotheses_support_by_loop_is_numpys(seed):
     turn = rng.integers(0, 4, len(hyp))
     cos, sin = np.array([1.0, 0, -1, 0])[turn], np.array([0.0, 1, 0, -1])[turn]
     radius = rng.integers(1, 4, n_images).astype(float)
-    expected = _support(query, db, members, member_start, grouped, hyp_label, hyp, cos,
-                        sin, radius)
-    found = loop(query, db, members, member_start, grouped, hyp_label, hyp, cos, sin,
-                 radius)
+    expected = _support(member_query, member_db, member_start, grouped, hyp_label, hyp,
+                        cos, sin, radius)
+    found = loop(member_query, member_db, member_start, grouped, hyp_label, hyp, cos,
+                 sin, radius)
     for a, b in zip(found, expected, strict=True):
         assert np.array_equal(a, b)
+
+
+@settings(max_examples=60, deadline=None)
+@given(seed=st.integers(0, 2**16), least=st.integers(3, 6))
+def test_the_changes_of_shape_by_loop_are_numpys(seed, least):
+    # Images with pairs just below and at the number that can verify, and
+    # keypoints without shapes on either side: numba's two passes choose the
+    # pairs numpy chooses, with their changes of angle and size to the bit.
+    from cvsearch._compiled import compiled
+    from cvsearch.rerank import _shape_changes, _shape_changes_loop
+
+    loop = compiled(_shape_changes_loop)
+    if loop is None:
+        pytest.skip("the compiled path needs numba ('fast' extra)")
+    rng = np.random.default_rng(seed)
+    query = np.column_stack([rng.random((30, 2)), rng.choice([0, 1.5, 7.25], 30),
+                             rng.random(30) * 360]).astype(np.float32)
+    db = np.column_stack([rng.random((40, 2)), rng.choice([0, 3.1, 2.0], 40),
+                          rng.random(40) * 360]).astype(np.float32)
+    sizes = rng.integers(0, least + 2, int(rng.integers(1, 8)))
+    labels = np.repeat(np.arange(len(sizes)), sizes)
+    query_idx = rng.integers(0, 30, len(labels))
+    db_idx = rng.integers(0, 40, len(labels))
+    expected = _shape_changes(query, db, query_idx, db_idx, labels, len(sizes), least)
+    found = loop(query, db, query_idx, db_idx, labels, len(sizes), least)
+    for a, b in zip(found, expected, strict=True):
+        assert a.dtype == b.dtype and a.tobytes() == b.tobytes()
