@@ -108,8 +108,7 @@ def read_bytes(path: str | os.PathLike, max_bytes: int, *,
             raise error(path, "is not a regular file (a pipe, device or socket)")
         if info.st_size > max_bytes:
             raise error(path, _too_large(info.st_size, max_bytes, limit_name))
-        with os.fdopen(os.dup(fd), "rb") as file:
-            data = file.read(max_bytes + 1)  # bounded, even if the file grows
+        data = _read_at_most(fd, max_bytes + 1, info.st_size)  # bounded
     except OSError as problem:
         raise error(path, f"cannot be read ({problem.strerror}); re-copy or remove "
                     "the file") from None
@@ -118,6 +117,24 @@ def read_bytes(path: str | os.PathLike, max_bytes: int, *,
     if len(data) > max_bytes:
         raise error(path, _too_large(len(data), max_bytes, limit_name))
     return data
+
+
+def _read_at_most(fd: int, limit: int, expected: int) -> bytes:
+    """The bytes of ``fd`` up to its end or ``limit`` bytes, whichever comes
+    first. The first read asks for ``expected`` (the file's size) plus one:
+    asking for the limit would allocate a buffer of the limit (256 MB by
+    default) for every image. A file that grew since is still read on, to its
+    end or the limit."""
+    chunks, total = [], 0
+    wanted = min(expected + 1, limit)
+    while total < limit:
+        chunk = os.read(fd, wanted)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        total += len(chunk)
+        wanted = min(1 << 20, limit - total)
+    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
 def _too_large(size: int, limit: int, limit_name: str) -> str:

@@ -276,3 +276,24 @@ def test_a_reduced_decode_refuses_a_side_that_is_no_size(tmp_path, min_side):
     data = cv2.imencode(".jpg", np.full((40, 60), 128, np.uint8))[1].tobytes()
     with pytest.raises((ValueError, TypeError), match="min_side"):
         decode_image(data, "x.jpg", min_side=min_side)
+
+
+def test_a_file_is_read_whole_or_to_the_limit_even_if_its_size_changed(tmp_path):
+    # read_bytes asks for the size fstat gave (plus one): a file that grew or
+    # shrank since is still read to its end, and never past the limit.
+    import os
+
+    from cvsearch.io import _read_at_most
+
+    path = tmp_path / "f.bin"
+    path.write_bytes(bytes(range(256)) * 40)  # 10,240 bytes
+    whole = path.read_bytes()
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        for expected, limit, length in [(10_240, 10_241, 10_240), (100, 10_241, 10_240),
+                                        (100, 5_000, 5_000), (20_000, 10_241, 10_240),
+                                        (0, 1, 1), (10_240, 10_240, 10_240)]:
+            os.lseek(fd, 0, os.SEEK_SET)
+            assert _read_at_most(fd, limit, expected) == whole[:length]
+    finally:
+        os.close(fd)
