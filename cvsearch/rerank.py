@@ -693,11 +693,18 @@ def _refine(query_xy: np.ndarray, db_xy: np.ndarray, inliers: np.ndarray,
     Returns the final mask (all False if the model falls apart)."""
     import cv2
 
+    # A fit of the same points with the same radius gives the same inliers
+    # again: where a step leaves them as they were, the next is skipped.
     source = np.column_stack([query_xy, np.ones(len(query_xy))])
+    fitted = None  # the inliers the last fit was made of, and its radius
     for radius in (LOOSE * threshold / 2, threshold, threshold):
         if inliers.sum() < 3:
             return np.zeros(len(query_xy), bool)
+        if fitted is not None and fitted[1] == radius and np.array_equal(fitted[0],
+                                                                         inliers):
+            break
         affine, *_ = np.linalg.lstsq(source[inliers], db_xy[inliers], rcond=None)
+        fitted = (inliers, radius)
         inliers = ((source @ affine - db_xy) ** 2).sum(axis=1) < radius ** 2
     for _ in range(2):
         if inliers.sum() < 8:
@@ -709,7 +716,10 @@ def _refine(query_xy: np.ndarray, db_xy: np.ndarray, inliers: np.ndarray,
         widened = ((projected - db_xy) ** 2).sum(axis=1) < threshold ** 2
         if widened.sum() < inliers.sum():
             break
+        unchanged = np.array_equal(widened, inliers)
         inliers = widened
+        if unchanged:
+            break
     return inliers
 
 

@@ -498,3 +498,57 @@ def test_the_changes_of_shape_by_loop_are_numpys(seed, least):
     found = loop(query, db, query_idx, db_idx, labels, len(sizes), least)
     for a, b in zip(found, expected, strict=True):
         assert a.dtype == b.dtype and a.tobytes() == b.tobytes()
+
+
+def _refine_every_step(query_xy, db_xy, inliers, threshold):
+    # _refine as it was before it skipped repeated fits: every step, always
+    from cvsearch.rerank import LOOSE
+
+    source = np.column_stack([query_xy, np.ones(len(query_xy))])
+    for radius in (LOOSE * threshold / 2, threshold, threshold):
+        if inliers.sum() < 3:
+            return np.zeros(len(query_xy), bool)
+        affine, *_ = np.linalg.lstsq(source[inliers], db_xy[inliers], rcond=None)
+        inliers = ((source @ affine - db_xy) ** 2).sum(axis=1) < radius ** 2
+    for _ in range(2):
+        if inliers.sum() < 8:
+            break
+        homography, _ = cv2.findHomography(query_xy[inliers], db_xy[inliers], 0)
+        if homography is None:
+            break
+        projected = cv2.perspectiveTransform(query_xy[None], homography)[0]
+        widened = ((projected - db_xy) ** 2).sum(axis=1) < threshold ** 2
+        if widened.sum() < inliers.sum():
+            break
+        inliers = widened
+    return inliers
+
+
+@settings(max_examples=80, deadline=None)
+@given(seed=st.integers(0, 2**16), share=st.floats(0.1, 1.0), noise=st.floats(0, 4),
+       loose_start=st.booleans())
+def test_refinement_skips_only_fits_that_would_repeat(seed, share, noise, loose_start):
+    # Refining a hypothesis' inliers skips a least-squares fit of the same
+    # points with the same radius: the inliers are those of every step done,
+    # also where the first, loose fit keeps the points it was given (then the
+    # tighter radius must still be fitted).
+    from cvsearch.rerank import LOOSE, _refine
+
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(3, 80))
+    query_xy = rng.uniform(0, 640, (n, 2))
+    turn = rng.uniform(-np.pi, np.pi)
+    rotation = rng.uniform(0.5, 2) * np.array([[np.cos(turn), -np.sin(turn)],
+                                               [np.sin(turn), np.cos(turn)]])
+    db_xy = query_xy @ rotation.T + rng.uniform(-50, 50, 2)
+    db_xy += rng.normal(0, noise, db_xy.shape)
+    wrong = rng.random(n) > share
+    db_xy[wrong] = rng.uniform(0, 640, (wrong.sum(), 2))
+    threshold = float(rng.uniform(2, 8))
+    start = rng.random(n) < 0.7
+    if loose_start:  # the points the true transform puts within the loose radius
+        source = np.column_stack([query_xy, np.ones(n)])
+        affine, *_ = np.linalg.lstsq(source[~wrong], db_xy[~wrong], rcond=None)
+        start = ((source @ affine - db_xy) ** 2).sum(axis=1) < (LOOSE * threshold / 2) ** 2
+    assert np.array_equal(_refine(query_xy, db_xy, start.copy(), threshold),
+                          _refine_every_step(query_xy, db_xy, start.copy(), threshold))
