@@ -601,7 +601,7 @@ class Vocabulary:
         return chosen, unsure
 
     def _predict_ivf(self, data: np.ndarray, with_second: bool, quantized: bool = True):
-        row_sqnorms = self._row_sqnorms(data)
+        row_sqnorms, integers, row_l1 = _row_summary(data)
         slot_rows, slot_cells = self._probed_cells(data, row_sqnorms)
         # The (row, cell) slots sorted by cell, so that each cell's words are read
         # once for all the rows probing it; each row keeps the three nearest words
@@ -615,10 +615,10 @@ class Vocabulary:
         rows_of = slot_rows[order]
         scan = _compiled_scan() if data.dtype == np.float32 else None
         if quantized and scan is not None and scan.QUANTIZED:
-            rounded = self._as_int16(data, row_sqnorms)
+            rounded = self._as_int16(data, row_sqnorms, integers)
             if rounded is not None:
                 return self._predict_quantized(data, rounded, row_sqnorms, rows_of,
-                                               bounds, with_second, scan)
+                                               bounds, with_second, scan, row_l1)
         if scan is not None:
             # without a numpy call per cell (the numpy path's cost at one image's
             # few hundred descriptors). Its float32 sums round otherwise than
@@ -645,7 +645,7 @@ class Vocabulary:
                               row_sqnorms=row_sqnorms[rows]))
         return word, second_word, first, second
 
-    def _as_int16(self, data: np.ndarray, row_sqnorms: np.ndarray):
+    def _as_int16(self, data: np.ndarray, row_sqnorms: np.ndarray, integers=None):
         """``data`` (its rows' ``row_sqnorms``, float64) in 16-bit integers for
         the quantized scan, and the rounded words it is compared with; None
         where the words cannot be rounded (an odd length, all zero).
@@ -655,6 +655,9 @@ class Vocabulary:
         large) are scaled by a power of two and rounded, as finely as int16 and
         the scan's int32 sums allow. No sum can wrap: each partial sum of
         products is at most |X|_2 |W|_2 (Cauchy-Schwarz), kept below 2^31.
+
+        ``integers``, where given, is ``data`` in int16, known to be whole
+        numbers within its range (:func:`_row_summary`).
 
         Returns
         -------
@@ -666,13 +669,15 @@ class Vocabulary:
             The largest ``|data - integers / quantum|`` (0 for integer data).
         words : _RoundedWords
         """
-        largest = float(np.abs(data).max(initial=0))
-        integers = data.astype(np.int16) if largest <= 2 ** 15 - 1 else None
-        if integers is not None and not np.array_equal(integers, data):
-            integers = None
         words = self._rounded_words()
         if words is None:
             return None
+        largest = None
+        if integers is None:
+            largest = float(np.abs(data).max(initial=0))
+            integers = data.astype(np.int16) if largest <= 2 ** 15 - 1 else None
+            if integers is not None and not np.array_equal(integers, data):
+                integers = None
         # the largest |X|^2 a row may have, with room for float64's rounding
         most = (2 ** 31 - 1) ** 2 / max(words.sqnorm, 1.0) * (1 - 2 ** -40)
         # integers' squares sum exactly in float64
@@ -680,6 +685,8 @@ class Vocabulary:
             quantum, error = 1.0, 0.0
         else:
             quantum = 1.0
+            if largest is None:
+                largest = float(np.abs(data).max(initial=0))
             if largest > 0:
                 # |rint(x q)|_2 <= q |x|_2 + sqrt(dim) / 2 <= sqrt(most)
                 room = min((2 ** 15 - 1) / largest,
@@ -741,9 +748,10 @@ class Vocabulary:
         return self._rounded[0]
 
     def _predict_quantized(self, data, rounded, row_sqnorms, rows_of, bounds,
-                           with_second: bool, scan):
+                           with_second: bool, scan, row_l1=None):
         """:meth:`_predict_ivf` with the scan in 16-bit integers (its results);
-        ``rounded`` is :meth:`_as_int16`'s.
+        ``rounded`` is :meth:`_as_int16`'s, ``row_l1`` the rows' |x|_1 where
+        known (:func:`_row_summary`).
 
         The scan keeps each row's three nearest rounded words, four with the
         second word (``scan_cells_four``). The roundings move a distance by at
@@ -777,8 +785,9 @@ class Vocabulary:
         best, position = best[:, :kept], position[:, :kept]
         # x.w - x'.w' = x.(w - w') + (x - x').w': each part at most a norm
         # times the other side's largest rounding error
-        moved = (2.0 * (np.abs(data).sum(1, dtype=np.float64) * table.error
-                        + data_error * table.l1)
+        if row_l1 is None:
+            row_l1 = np.abs(data).sum(1, dtype=np.float64)
+        moved = (2.0 * (row_l1 * table.error + data_error * table.l1)
                  + self._tolerance(row_sqnorms, self._center_sqnorms))
         approximate = best.astype(np.float64)
         word = self._cell_order[np.maximum(position[:, 0], 0)]
@@ -1025,6 +1034,55 @@ def _compiled_scan():
     except ImportError:  # numba: the 'fast' extra
         return None
     return None if _simd.numba.config.DISABLE_JIT else _simd
+
+
+def _row_summary(data: np.ndarray):
+    """Each row's |x|^2 (float64, as :meth:`Vocabulary._row_sqnorms` sums
+    them), and where every value is a whole number within int16's range
+    (SIFT's descriptors, ORB's bits) the rows in int16 and each row's |x|_1
+    (float64), else None and None.
+
+    With numba, one pass over the rows finds all three: whole numbers' squares
+    and absolute values sum exactly in any order (below 2^53), so its sums are
+    numpy's (where the values are not whole, numpy sums the squares, in its own
+    order). Without numba: numpy's |x|^2, and None, None.
+    """
+    kernel = (compiled(_whole_rows, fastmath={"reassoc", "contract"})
+              if USE_COMPILED and data.dtype == np.float32 and data.ndim == 2 else None)
+    if kernel is not None:
+        whole, integers, sqnorms, l1 = kernel(data)
+        if whole:
+            return sqnorms, integers, l1
+    return Vocabulary._row_sqnorms(data), None, None
+
+
+def _whole_rows(data):
+    """Whether every value of ``data`` (n, dim) float32 is a whole number in
+    [-32767, 32767]; if so also them in int16 (n, dim), and each row's |x|^2
+    and |x|_1 (n,) float64 (else what was filled before it gave up). Compiled
+    with reassociation: whole numbers sum exactly in any order, and their sums
+    are only used then."""
+    n, dim = data.shape
+    integers = np.empty((n, dim), np.int16)
+    sqnorms = np.empty(n, np.float64)
+    l1 = np.empty(n, np.float64)
+    for i in range(n):
+        whole = True  # each value clamped and truncated, compared in bulk
+        for k in range(dim):
+            v = data[i, k]
+            rounded = np.int16(min(max(v, np.float32(-32767)), np.float32(32767)))
+            integers[i, k] = rounded
+            whole &= rounded == v
+        if not whole:  # RootSIFT's: the first row gives up
+            return False, integers, sqnorms, l1
+        squares = absolutes = 0.0
+        for k in range(dim):
+            v = np.float64(data[i, k])
+            squares += v * v
+            absolutes += abs(v)
+        sqnorms[i] = squares
+        l1[i] = absolutes
+    return True, integers, sqnorms, l1
 
 
 def _probe_slots(cell_d, data, cells, row_sqnorms, tolerance, ratio, fewest, most,

@@ -939,3 +939,38 @@ print(" ".join(map(str, vocabulary.predict(data))))
         np.repeat(centers, 3, axis=0) + rng.normal(0, 1, (900, 128)).astype(np.float32))
     data = np.abs(rng.normal(0, 30, (50, 128))).astype(np.float32)
     assert done.stdout.split() == [str(w) for w in vocabulary.predict(data)]
+
+
+@pytest.mark.parametrize("use_compiled", [True, False])
+def test_a_batchs_summary_is_numpys_and_whole_numbers_only_are_taken_as_int16(
+        monkeypatch, use_compiled):
+    # What the 16-bit scan needs of a batch (|x|^2 per row; and where every
+    # value is a whole number within int16, the rows in int16 and |x|_1): the
+    # same numbers as numpy's, and whole only where every value is, in every
+    # row (a value off in the last row, at the edges of the range, -0.0).
+    from cvsearch import vocabulary as vocabulary_module
+    from cvsearch.vocabulary import _row_summary
+
+    monkeypatch.setattr(vocabulary_module, "USE_COMPILED", use_compiled)
+    if use_compiled:
+        pytest.importorskip("numba", reason="the compiled pass needs numba ('fast' extra)")
+    rng = np.random.default_rng(0)
+    whole = rng.integers(-300, 300, (40, 128)).astype(np.float32)
+    whole[3, :4] = [32767, -32767, -0.0, 0]
+    expected_sq = (whole.astype(np.float64) ** 2).sum(1)
+    sqnorms, integers, l1 = _row_summary(whole)
+    assert sqnorms.tobytes() == expected_sq.tobytes()
+    if use_compiled:
+        assert integers.dtype == np.int16 and np.array_equal(integers, whole)
+        assert l1.tobytes() == np.abs(whole).sum(1, dtype=np.float64).tobytes()
+    else:
+        assert integers is None and l1 is None
+    for value in (0.5, 32768, -32768, 1e-3):
+        other = whole.copy()
+        other[-1, -1] = value
+        other_sq, integers, l1 = _row_summary(other)
+        assert integers is None and l1 is None
+        assert other_sq.tobytes() == (other.astype(np.float64) ** 2).sum(1).tobytes()
+    root = np.sqrt(np.abs(whole) / np.abs(whole).sum(1, keepdims=True)).astype(np.float32)
+    assert _row_summary(root)[0].tobytes() == (
+        root.astype(np.float64) ** 2).sum(1).tobytes()
