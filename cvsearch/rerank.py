@@ -593,6 +593,7 @@ def _support_loop(member_query, member_db, member_start, n_members, hyp_label, h
     n_hyp = hyp.shape[0]
     support = np.zeros(n_hyp, np.int64)
     close = np.zeros(member_query.shape[0], np.bool_)
+    trial = np.zeros(max(n_members.max(), 1), np.bool_)  # the hypothesis tested
     firsts = np.empty(n_hyp, np.int64)
     n_firsts = 0
     h = 0
@@ -600,7 +601,7 @@ def _support_loop(member_query, member_db, member_start, n_members, hyp_label, h
         image = hyp_label[h]
         lo, hi = member_start[image], member_start[image] + n_members[image]
         limit = radius[image] * radius[image]
-        best = h
+        best, most = h, -1
         while h < n_hyp and hyp_label[h] == image:
             a = hyp[h]
             c, s = cos[h], sin[h]
@@ -610,22 +611,15 @@ def _support_loop(member_query, member_db, member_start, n_members, hyp_label, h
                 dy = member_query[t, 1] - member_query[a, 1]
                 error_x = c * dx - s * dy + (member_db[a, 0] - member_db[t, 0])
                 error_y = s * dx + c * dy + (member_db[a, 1] - member_db[t, 1])
-                if error_x * error_x + error_y * error_y < limit:
-                    count += 1
+                trial[t - lo] = error_x * error_x + error_y * error_y < limit
+                count += trial[t - lo]
             support[h] = count
-            if count > support[best]:
-                best = h
+            if count > most:  # the first of the largest support is the best
+                best, most = h, count
+                close[lo:hi] = trial[:hi - lo]
             h += 1
         firsts[n_firsts] = best
         n_firsts += 1
-        a = hyp[best]
-        c, s = cos[best], sin[best]
-        for t in range(lo, hi):
-            dx = member_query[t, 0] - member_query[a, 0]
-            dy = member_query[t, 1] - member_query[a, 1]
-            error_x = c * dx - s * dy + (member_db[a, 0] - member_db[t, 0])
-            error_y = s * dx + c * dy + (member_db[a, 1] - member_db[t, 1])
-            close[t] = error_x * error_x + error_y * error_y < limit
     return support, firsts[:n_firsts], close
 
 
