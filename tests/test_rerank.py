@@ -388,6 +388,16 @@ def test_any_short_list_verified_at_once_is_each_image_alone(seed, min_inliers, 
             assert np.array_equal(a, b)
 
 
+def compiled_or_skip(loop):
+    """numba's version of one of verification's loops; skipped without numba."""
+    from cvsearch._compiled import compiled
+
+    found = compiled(loop)
+    if found is None:
+        pytest.skip("the compiled path needs numba ('fast' extra)")
+    return found
+
+
 @pytest.mark.parametrize("min_inliers", [None, 5, 12])
 @pytest.mark.parametrize("seed", [0, 1, 2, 3])
 def test_numbas_verification_is_numpys_to_the_bit(monkeypatch, seed, min_inliers):
@@ -425,12 +435,9 @@ def test_numbas_verification_is_numpys_to_the_bit(monkeypatch, seed, min_inliers
 def test_the_peak_of_rotation_and_scale_by_loop_is_numpys(seed, n_images):
     # Pairs crowded into a few cells, across the rotation's wrap (sector 15 next
     # to 0), so that windows tie: numba's loop picks numpy's first densest.
-    from cvsearch._compiled import compiled
     from cvsearch.rerank import ROTATION_BINS, SCALE_BINS, _peak, _peak_loop
 
-    loop = compiled(_peak_loop)
-    if loop is None:
-        pytest.skip("the compiled path needs numba ('fast' extra)")
+    loop = compiled_or_skip(_peak_loop)
     rng = np.random.default_rng(seed)
     label = np.sort(rng.integers(0, n_images, int(rng.integers(0, 60))))
     sector = rng.choice([0, 1, 2, 14, 15], len(label)).astype(np.int64)
@@ -445,12 +452,9 @@ def test_the_hypotheses_support_by_loop_is_numpys(seed):
     # Keypoints on a grid of whole pixels and turns by quarters: the errors are
     # whole, some exactly at the radius (not within it), and supports tie (the
     # first of the largest is the best): numba's loop finds what numpy does.
-    from cvsearch._compiled import compiled
     from cvsearch.rerank import _support, _support_loop
 
-    loop = compiled(_support_loop)
-    if loop is None:
-        pytest.skip("the compiled path needs numba ('fast' extra)")
+    loop = compiled_or_skip(_support_loop)
     rng = np.random.default_rng(seed)
     grouped = rng.choice([0, 2, 3, 5, 8], int(rng.integers(1, 6)))
     grouped[rng.integers(len(grouped))] = 4  # a hypothesis at least (as verified)
@@ -479,12 +483,9 @@ def test_the_changes_of_shape_by_loop_are_numpys(seed, least):
     # Images with pairs just below and at the number that can verify, and
     # keypoints without shapes on either side: numba's two passes choose the
     # pairs numpy chooses, with their changes of angle and size to the bit.
-    from cvsearch._compiled import compiled
     from cvsearch.rerank import _shape_changes, _shape_changes_loop
 
-    loop = compiled(_shape_changes_loop)
-    if loop is None:
-        pytest.skip("the compiled path needs numba ('fast' extra)")
+    loop = compiled_or_skip(_shape_changes_loop)
     rng = np.random.default_rng(seed)
     query = np.column_stack([rng.random((30, 2)), rng.choice([0, 1.5, 7.25], 30),
                              rng.random(30) * 360]).astype(np.float32)
