@@ -600,9 +600,17 @@ class Vocabulary:
             chosen[rows[:, None], parts[:, :k]] = True
         return chosen, unsure
 
-    def _predict_ivf(self, data: np.ndarray, with_second: bool, quantized: bool = True):
-        row_sqnorms, integers, row_l1 = _row_summary(data)
-        slot_rows, slot_cells = self._probed_cells(data, row_sqnorms)
+    def _predict_ivf(self, data: np.ndarray, with_second: bool, quantized: bool = True,
+                     probed=None):
+        """The inverted file's words (:meth:`_assign`); ``probed``, where
+        known, is the rows' |x|^2 and (row, cell) slots (the 16-bit scan's
+        unsure rows, searched again: each row's cells are its own, whatever
+        the batch)."""
+        if probed is None:
+            row_sqnorms, integers, row_l1 = _row_summary(data)
+            slot_rows, slot_cells = self._probed_cells(data, row_sqnorms)
+        else:
+            (row_sqnorms, slot_rows, slot_cells), integers, row_l1 = probed, None, None
         # The (row, cell) slots sorted by cell, so that each cell's words are read
         # once for all the rows probing it; each row keeps the three nearest words
         # of all its probed cells (four in the 16-bit scan with the second word;
@@ -618,7 +626,8 @@ class Vocabulary:
             rounded = self._as_int16(data, row_sqnorms, integers)
             if rounded is not None:
                 return self._predict_quantized(data, rounded, row_sqnorms, rows_of,
-                                               bounds, with_second, scan, row_l1)
+                                               bounds, with_second, scan, row_l1,
+                                               (slot_rows, slot_cells))
         if scan is not None:
             # without a numpy call per cell (the numpy path's cost at one image's
             # few hundred descriptors). Its float32 sums round otherwise than
@@ -748,10 +757,11 @@ class Vocabulary:
         return self._rounded[0]
 
     def _predict_quantized(self, data, rounded, row_sqnorms, rows_of, bounds,
-                           with_second: bool, scan, row_l1=None):
+                           with_second: bool, scan, row_l1, slots):
         """:meth:`_predict_ivf` with the scan in 16-bit integers (its results);
         ``rounded`` is :meth:`_as_int16`'s, ``row_l1`` the rows' |x|_1 where
-        known (:func:`_row_summary`).
+        known (:func:`_row_summary`; else None), ``slots`` the (row, cell)
+        slots, sorted by row.
 
         The scan keeps each row's three nearest rounded words, four with the
         second word (``scan_cells_four``). The roundings move a distance by at
@@ -829,7 +839,9 @@ class Vocabulary:
         unsure = check[np.isfinite(last) & ~(last - moved[check]
                                              > exact[:, 1 if with_second else 0])]
         if len(unsure):
-            again = self._predict_ivf(data[unsure], with_second, quantized=False)
+            again = self._predict_ivf(data[unsure], with_second, quantized=False,
+                                      probed=(row_sqnorms[unsure],
+                                              *_pairs_of(unsure, *slots)))
             for values, replaced in zip((word, second_word, first, second), again):
                 values[unsure] = replaced
         return word, second_word, first, second
