@@ -1161,9 +1161,8 @@ def _probe_slots(cell_d, data, cells, row_sqnorms, tolerance, ratio, fewest, mos
                 break
             dim = data.shape[1]
             for j in range(m):
-                # eight sums side by side, combined pairwise, as numpy sums
-                # 128 values: one chain of additions waited on each (the
-                # recheck took a quarter of this loop's time, one-off)
+                # eight sums side by side, combined pairwise: one chain of
+                # additions waited on each (1.4% of rows come here, one-off)
                 r0 = r1 = r2 = r3 = r4 = r5 = r6 = r7 = 0.0
                 for t in range(0, dim - dim % 8, 8):
                     d0 = np.float64(data[i, t]) - cells[j, t]
