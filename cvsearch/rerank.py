@@ -405,8 +405,11 @@ def _similarity_batch(query_keypoints, db_keypoints, query_idx, db_idx, labels,
     """
     n_images = len(thresholds)
     mask = np.zeros(len(query_idx), bool)
-    query_keypoints = np.asarray(query_keypoints, np.float32)
-    db_keypoints = np.asarray(db_keypoints, np.float32)
+    # float64 arithmetic on the positions as given: float32 ones (the store's,
+    # a query's) widen exactly; other inputs are not narrowed to float32
+    query_keypoints, db_keypoints = (
+        k if k.dtype == np.float32 else k.astype(np.float64)
+        for k in (np.asarray(query_keypoints), np.asarray(db_keypoints)))
     least = max(3, min_inliers or 0)
     changes = _loop(_shape_changes_loop, len(db_keypoints))
     per_image, with_shapes, chosen, turn, ratio = (

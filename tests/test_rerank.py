@@ -553,3 +553,22 @@ def test_refinement_skips_only_fits_that_would_repeat(seed, share, noise, loose_
         start = ((source @ affine - db_xy) ** 2).sum(axis=1) < (LOOSE * threshold / 2) ** 2
     assert np.array_equal(_refine(query_xy, db_xy, start.copy(), threshold),
                           _refine_every_step(query_xy, db_xy, start.copy(), threshold))
+
+
+def test_positions_given_in_float64_are_verified_in_float64():
+    # Far from the origin float32 holds only whole pixels: positions given in
+    # float64 are verified as given (a pure shift: every pair an inlier at a
+    # tenth of a pixel), not narrowed to float32 first (then few are).
+    rng = np.random.default_rng(0)
+    n = 40
+    query = np.column_stack([1e7 + 3 * np.arange(n) + rng.random(n),
+                             1e7 + 3 * rng.permutation(n) + rng.random(n),
+                             np.full(n, 8.0), np.full(n, 30.0)])
+    db = query.copy()
+    db[:, :2] += [10.25, -4.5]
+    pairs = np.arange(n)
+    count, mask = similarity_inliers(query, db, pairs, pairs, threshold=0.1)
+    assert count == n and mask.all()
+    narrowed, _ = similarity_inliers(query.astype(np.float32), db.astype(np.float32),
+                                     pairs, pairs, threshold=0.1)
+    assert narrowed < n // 2
