@@ -55,6 +55,30 @@ class Features(NamedTuple):
     finer: Features | None = None
 
 
+class PreparedImage(NamedTuple):
+    """An image read and resized for detection (:meth:`FeatureExtractor.prepare`).
+
+    Attributes
+    ----------
+    gray : ndarray of shape (h, w), uint8
+        The image in grey, its longer side at most ``max_side``.
+    scale : float
+        ``gray``'s pixels per pixel of the original image (at most 1).
+    image_shape : tuple of int
+        ``(height, width)`` of the original image.
+    thumbnail : ndarray of shape (THUMBNAIL, THUMBNAIL), uint8
+        :func:`thumbnail` of ``gray``.
+    max_side : int
+        The extractor's ``max_side`` it was prepared for.
+    """
+
+    gray: np.ndarray
+    scale: float
+    image_shape: tuple
+    thumbnail: np.ndarray
+    max_side: int
+
+
 #: Side of an image's thumbnail, in pixels (1 KiB per image).
 THUMBNAIL = 32
 
@@ -609,36 +633,30 @@ class FeatureExtractor:
         options = {} if contrast is None else {"contrastThreshold": contrast}
         return cv2.SIFT_create(nfeatures=self.max_keypoints if budget else 0, **options)
 
-    def extract(self, image: str | os.PathLike | np.ndarray,
-                finer: bool = False) -> Features:
-        """Compute the features of one image.
+    def prepare(self, image: str | os.PathLike | np.ndarray) -> PreparedImage:
+        """Read (or check) an image and resize it for detection: the first half
+        of :meth:`extract`, which takes the result.
+
+        Preparing a batch of images before describing any is faster than
+        extracting them one by one (each stage's code and data stay in the
+        CPU's caches); ``Index.add`` does so.
 
         Parameters
         ----------
         image : str, os.PathLike or ndarray
-            A path, or an array of shape (H, W), (H, W, 3) BGR or (H, W, 4) BGRA,
-            uint8 or uint16.
-        finer : bool
-            For a query: where the image is small (its longer side at most
-            ``FINER_SHARE`` of ``max_side``) and keypoints are detected (not
-            ``dense_step``), also describe it at twice its size (bicubic), its
-            keypoints in its own pixels (``Features.finer``): a search looks at
-            both, as at a mirror image.
+            As :meth:`extract`.
 
         Returns
         -------
-        Features
-            keypoints of shape (n, 4) float32 ``(x, y, size, angle)`` and descriptors
-            of shape (n, dim). A blank image gives n = 0.
+        PreparedImage
 
         Raises
         ------
         FileNotFoundError, ValueError, TypeError
-            See :func:`cvsearch.io.read_image` and the accepted arrays above.
+            As :meth:`extract`.
         """
         import cv2
 
-        finer = check_flag(finer, "finer")  # before any decoding
         if isinstance(image, np.ndarray):
             gray = check_image(image)
             image_shape = (int(gray.shape[0]), int(gray.shape[1]))
@@ -656,7 +674,47 @@ class FeatureExtractor:
             gray = cv2.resize(gray, size, interpolation=cv2.INTER_AREA)
         else:
             scale = 1.0
-        small = thumbnail(gray)
+        return PreparedImage(gray, scale, image_shape, thumbnail(gray), self.max_side)
+
+    def extract(self, image: str | os.PathLike | np.ndarray | PreparedImage,
+                finer: bool = False) -> Features:
+        """Compute the features of one image.
+
+        Parameters
+        ----------
+        image : str, os.PathLike, ndarray or PreparedImage
+            A path; an array of shape (H, W), (H, W, 3) BGR or (H, W, 4) BGRA,
+            uint8 or uint16; or what :meth:`prepare` made of either (by an
+            extractor of the same ``max_side``).
+        finer : bool
+            For a query: where the image is small (its longer side at most
+            ``FINER_SHARE`` of ``max_side``) and keypoints are detected (not
+            ``dense_step``), also describe it at twice its size (bicubic), its
+            keypoints in its own pixels (``Features.finer``): a search looks at
+            both, as at a mirror image.
+
+        Returns
+        -------
+        Features
+            keypoints of shape (n, 4) float32 ``(x, y, size, angle)`` and descriptors
+            of shape (n, dim). A blank image gives n = 0.
+
+        Raises
+        ------
+        FileNotFoundError, ValueError, TypeError
+            See :func:`cvsearch.io.read_image` and the accepted arrays above; a
+            ValueError for an image prepared at another ``max_side``.
+        """
+        import cv2
+
+        finer = check_flag(finer, "finer")  # before any decoding
+        if not isinstance(image, PreparedImage):
+            image = self.prepare(image)
+        elif image.max_side != self.max_side:
+            raise ValueError(f"this image was prepared for max_side={image.max_side}, "
+                             f"but this extractor's is {self.max_side}: prepare it "
+                             "with this extractor")
+        gray, scale, image_shape, small = image[:4]
         features = self._describe(gray, scale, image_shape, small)
         if (finer and self.dense_step is None
                 and max(image_shape) <= FINER_SHARE * self.max_side):

@@ -26,7 +26,13 @@ from typing import NamedTuple
 import numpy as np
 
 from cvsearch._threads import one_thread_per_worker
-from cvsearch.features import FeatureExtractor, Features, check_geometry, check_thumbnail
+from cvsearch.features import (
+    FeatureExtractor,
+    Features,
+    PreparedImage,
+    check_geometry,
+    check_thumbnail,
+)
 from cvsearch.io import READ_ERRORS
 from cvsearch.vocabulary import Vocabulary
 
@@ -94,18 +100,19 @@ class ImageWords(NamedTuple):
                 for w, f in zip(np.split(words, splits), features)]
 
 
-def extract_one(extractor: FeatureExtractor, image, name: str):
-    """Features of one image (a path, an array or Features), or a SkippedImage if
-    a file is not a readable image."""
+def prepare_one(extractor: FeatureExtractor, image, name: str):
+    """An image read and resized for detection (a path or an array:
+    ``PreparedImage``), Features checked, or a SkippedImage if a file is not a
+    readable image."""
     if isinstance(image, Features):  # computed beforehand by the caller
         return extractor.check_features(image)
     if isinstance(image, np.ndarray):
-        return extractor.extract(image)  # bad arrays are caller errors
+        return extractor.prepare(image)  # bad arrays are caller errors
     if not isinstance(image, (str, os.PathLike)):
         raise TypeError(f"image {name!r} is a {type(image).__name__}, not a path "
                         "or array")
     try:
-        return extractor.extract(image)
+        return extractor.prepare(image)
     except READ_ERRORS as error:
         return SkippedImage(name, str(error))
 
@@ -169,8 +176,14 @@ def extract_chunk(extractor: FeatureExtractor, vocabulary: Vocabulary | None,
     if in_worker:
         # the workers already fill the cores given: threads on top only contend
         one_thread_per_worker()
+    # Every image is read and resized before any is described: one stage at a
+    # time keeps each stage's code and data in the CPU's caches, where SIFT
+    # between two reads evicted them (one-off, 200 Caltech-101 images: about
+    # 0.3 ms per image less, the same features)
     items = [_item(extractor, vocabulary, image, name)
              for image, name in zip(images, names)]
+    items = [extractor.extract(item) if isinstance(item, PreparedImage) else item
+             for item in items]
     if vocabulary is None:
         return items
     # the chunk's features get their words in one call
@@ -187,7 +200,7 @@ def _item(extractor, vocabulary, image, name):
             raise TypeError(f"image {name!r}: training takes images or Features, "
                             "not ImageWords")
         return check_words(image, extractor, vocabulary)
-    return extract_one(extractor, image, name)
+    return prepare_one(extractor, image, name)
 
 
 def check_words(words: ImageWords, extractor: FeatureExtractor,

@@ -351,3 +351,37 @@ def test_any_image_size_gives_keypoints_inside_it_in_its_own_pixels(height, widt
         assert (x >= -0.5).all() and (x <= width - 0.5).all()
         assert (y >= -0.5).all() and (y <= height - 0.5).all()
         assert np.isfinite(features.descriptors.astype(np.float64)).all()
+
+
+@pytest.mark.parametrize("method", ["sift", "orb"])
+def test_a_prepared_image_gives_the_features_of_the_image(image_files, images, method):
+    extractor = FeatureExtractor(method, max_side=300)
+    # a file and an array resized to 300, a crop that is not, a small one (finer)
+    for image, shape in ((image_files[0], (480, 480)), (images[1], (480, 480)),
+                         (images[2][:90, :200], (90, 200)),
+                         (images[3][:60, :70], (60, 70))):
+        prepared = extractor.prepare(image)
+        assert prepared.image_shape == shape
+        assert max(prepared.gray.shape) == min(300, max(shape))
+        assert prepared.scale == min(1.0, 300 / max(shape))
+        # the prepared grey image's own features, in the original's pixels
+        own = extractor.extract(prepared.gray)
+        assert np.array_equal(own.descriptors, extractor.extract(prepared).descriptors)
+        assert np.allclose(own.keypoints[:, :3] / prepared.scale,
+                           extractor.extract(prepared).keypoints[:, :3], rtol=1e-6)
+        direct, later = (extractor.extract(image, finer=True),
+                         extractor.extract(prepared, finer=True))
+        assert (direct.finer is None) == (later.finer is None) == (max(shape) > 75)
+        for a, b in ((direct, later), (direct.finer, later.finer)):
+            if a is not None:
+                assert np.array_equal(a.keypoints, b.keypoints)
+                assert len(a.keypoints) or max(shape) < 100  # ORB finds none there
+                assert np.array_equal(a.descriptors, b.descriptors)
+                assert a.image_shape == b.image_shape
+                assert np.array_equal(a.thumbnail, b.thumbnail)
+
+
+def test_an_image_prepared_for_another_size_is_refused(images):
+    prepared = FeatureExtractor("sift", max_side=300).prepare(images[0])
+    with pytest.raises(ValueError, match="max_side=300.*prepare it"):
+        FeatureExtractor("sift", max_side=640).extract(prepared)

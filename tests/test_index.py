@@ -595,3 +595,39 @@ def test_warm_up_prepares_the_first_query(trained_index, tmp_path):
     before = store._weights
     index.query(textured_image(3), k=2)
     assert index._current().store._weights is before
+
+
+def test_a_chunk_is_prepared_before_any_image_is_described(image_files, tmp_path,
+                                                           monkeypatch):
+    from cvsearch.features import PreparedImage
+    from cvsearch.parallel import SkippedImage, extract_chunk
+
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(b"\xff\xd8\xff not a whole JPEG")
+    extractor = FeatureExtractor("sift", max_side=300)
+    inputs = [image_files[0], str(broken), cv2.imread(image_files[1]),
+              extractor.extract(image_files[2])]
+    expected = [extractor.extract(inputs[0]), None, extractor.extract(inputs[2]),
+                inputs[3]]
+    calls = []
+    prepare, extract = FeatureExtractor.prepare, FeatureExtractor.extract
+
+    def logged_prepare(self, image):
+        calls.append("prepare")
+        return prepare(self, image)
+
+    def logged_extract(self, image, finer=False):
+        calls.append("extract" if isinstance(image, PreparedImage) else "unprepared")
+        return extract(self, image, finer)
+
+    monkeypatch.setattr(FeatureExtractor, "prepare", logged_prepare)
+    monkeypatch.setattr(FeatureExtractor, "extract", logged_extract)
+    items = extract_chunk(extractor, None, inputs, ["a", "b", "c", "d"])
+    # the path, the broken file and the array prepared, then the two described
+    assert calls == ["prepare"] * 3 + ["extract"] * 2
+    assert isinstance(items[1], SkippedImage) and items[1].name == "b"
+    assert "broken.jpg" in items[1].reason
+    for item, wanted in zip(items, expected):
+        if wanted is not None:
+            assert np.array_equal(item.keypoints, wanted.keypoints)
+            assert np.array_equal(item.descriptors, wanted.descriptors)
