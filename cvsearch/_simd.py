@@ -199,6 +199,67 @@ def dot_rows(typingctx, row_addresses, group, sqnorms, thresholds, out, out_stri
     return sig, codegen
 
 
+def _quantized_products(n_groups: int):
+    """The signature and code of :func:`dot_rows_quantized` over ``n_groups``
+    consecutive groups: each row's pair of coordinates is read once for all of
+    them, and their products are summed side by side. With two groups, the
+    second group's bits go to the address given last."""
+    sig = types.int64(types.int64, types.int64, types.int64, types.float64, types.int64,
+                      types.int64, types.int64, types.int64,
+                      *([types.int64] if n_groups > 1 else []))
+
+    def codegen(context, builder, signature, args):
+        f32, i16, i32, i64 = ir.FloatType(), ir.IntType(16), ir.IntType(32), ir.IntType(64)
+        pairs_type = ir.VectorType(i16, 2 * LANES)
+        sums_type = ir.VectorType(i32, LANES)
+        vector = ir.VectorType(f32, LANES)
+        if not QUANTIZED:  # never called there (Vocabulary checks), but compiled
+            return ir.Constant(i64, 0)
+        if LANES == 16:
+            name = "llvm.x86.avx512.pmaddw.d.512"
+        else:
+            name = "llvm.x86.avx2.pmadd.wd"
+        pmadd = _declared(builder, name, sums_type, [pairs_type, pairs_type])
+        rows = _row_pointers(builder, args[0], i32)
+        group = builder.inttoptr(args[1], pairs_type.as_pointer())
+        sqnorms = builder.inttoptr(args[2], vector.as_pointer())
+        scale = _broadcast(builder, builder.fptrunc(args[3], f32))
+        thresholds = builder.inttoptr(args[4], f32.as_pointer())
+        out = builder.inttoptr(args[5], f32.as_pointer())
+        stride, pairs = args[6], builder.sdiv(args[7], ir.Constant(i64, 2))
+
+        def pair_of_coordinates(pair, sums):  # sums[g * ROWS + r]
+            words = [builder.load(builder.gep(group, [builder.add(
+                pair, builder.mul(pairs, ir.Constant(i64, g)))]), align=2)
+                for g in range(n_groups)]
+            updated = list(sums)
+            for r in range(ROWS):
+                # the row's coordinates 2k and 2k + 1 as one int32, in every lane
+                both = builder.bitcast(_broadcast(builder, builder.load(
+                    builder.gep(rows[r], [pair]), align=2)), pairs_type)
+                for g in range(n_groups):
+                    products = builder.call(pmadd, [both, words[g]])
+                    updated[g * ROWS + r] = builder.add(sums[g * ROWS + r], products)
+            return updated
+
+        finals = _summing_loop(builder, pairs, ir.Constant(sums_type, [0] * LANES),
+                               n_groups * ROWS, pair_of_coordinates)
+        masks = []
+        for g in range(n_groups):
+            norms = builder.load(builder.gep(sqnorms, [ir.Constant(i64, g)]), align=4)
+            masks.append(_store_and_flag(builder, [
+                builder.fadd(builder.fmul(builder.sitofp(total, vector), scale), norms)
+                for total in finals[g * ROWS:(g + 1) * ROWS]],
+                builder.gep(out, [ir.Constant(i64, g * LANES)]), stride, thresholds))
+        if n_groups > 1:
+            more = builder.inttoptr(args[8], i64.as_pointer())
+            for g in range(1, n_groups):
+                builder.store(masks[g], builder.gep(more, [ir.Constant(i64, g - 1)]))
+        return masks[0]
+
+    return sig, codegen
+
+
 @intrinsic
 def dot_rows_quantized(typingctx, row_addresses, group, sqnorms, scale, thresholds, out,
                        out_stride, dim):
@@ -230,47 +291,27 @@ def dot_rows_quantized(typingctx, row_addresses, group, sqnorms, scale, threshol
     int64
         As :func:`dot_rows`.
     """
-    sig = types.int64(types.int64, types.int64, types.int64, types.float64, types.int64,
-                      types.int64, types.int64, types.int64)
+    return _quantized_products(1)
 
-    def codegen(context, builder, signature, args):
-        f32, i16, i32, i64 = ir.FloatType(), ir.IntType(16), ir.IntType(32), ir.IntType(64)
-        pairs_type = ir.VectorType(i16, 2 * LANES)
-        sums_type = ir.VectorType(i32, LANES)
-        vector = ir.VectorType(f32, LANES)
-        if not QUANTIZED:  # never called there (Vocabulary checks), but compiled
-            return ir.Constant(i64, 0)
-        if LANES == 16:
-            name = "llvm.x86.avx512.pmaddw.d.512"
-        else:
-            name = "llvm.x86.avx2.pmadd.wd"
-        pmadd = _declared(builder, name, sums_type, [pairs_type, pairs_type])
-        rows = _row_pointers(builder, args[0], i32)
-        group = builder.inttoptr(args[1], pairs_type.as_pointer())
-        sqnorms = builder.load(builder.inttoptr(args[2], vector.as_pointer()), align=4)
-        scale = _broadcast(builder, builder.fptrunc(args[3], f32))
-        thresholds = builder.inttoptr(args[4], f32.as_pointer())
-        out = builder.inttoptr(args[5], f32.as_pointer())
-        stride, pairs = args[6], builder.sdiv(args[7], ir.Constant(i64, 2))
 
-        def pair_of_coordinates(pair, sums):
-            words = builder.load(builder.gep(group, [pair]), align=2)
-            updated = []
-            for r in range(ROWS):
-                # the row's coordinates 2k and 2k + 1 as one int32, in every lane
-                both = _broadcast(builder, builder.load(builder.gep(rows[r], [pair]),
-                                                        align=2))
-                products = builder.call(pmadd, [builder.bitcast(both, pairs_type), words])
-                updated.append(builder.add(sums[r], products))
-            return updated
+@intrinsic
+def dot_rows_quantized_two(typingctx, row_addresses, group, sqnorms, scale, thresholds,
+                           out, out_stride, dim, second_bits):
+    """:func:`dot_rows_quantized` on two consecutive groups (``group``: two
+    arrays (dim // 2, 2 * LANES) one after the other; ``sqnorms``: 2 * LANES
+    values; each row of ``out`` gets 2 * LANES values). A row's coordinates,
+    broadcast, serve both groups' products: a third fewer reads per product
+    than a group at a time. One-off, 200 held-out Caltech-101 images, 20,000
+    words, in batches of 16 images: ``predict`` 1.72 -> 1.60 ms per image
+    (medians of 7 passes); three or four groups gave no more.
 
-        finals = _summing_loop(builder, pairs, ir.Constant(sums_type, [0] * LANES), ROWS,
-                               pair_of_coordinates)
-        return _store_and_flag(builder, [
-            builder.fadd(builder.fmul(builder.sitofp(total, vector), scale), sqnorms)
-            for total in finals], out, stride, thresholds)
-
-    return sig, codegen
+    Returns
+    -------
+    int64
+        The first group's bits, as :func:`dot_rows`'s; the second's are
+        written at the address ``second_bits`` (int64).
+    """
+    return _quantized_products(2)
 
 
 @intrinsic
@@ -389,13 +430,18 @@ def _scan(data, rows_of, bounds, cell_bounds, group_bounds, groups, group_sqnorm
                 words = group_base + g * group_bytes
                 norms = group_sqnorms.ctypes.data + g * lanes * 4
                 out = dist.ctypes.data + (g - g0) * lanes * 4
-                if scale:
+                if not scale:
+                    below[g - g0] = dot_rows(addresses.ctypes.data, words, norms,
+                                             thresholds.ctypes.data, out, stride, dim)
+                elif (g - g0) % 2 == 0 and g + 1 < g1:  # this group and the next
+                    below[g - g0] = dot_rows_quantized_two(
+                        addresses.ctypes.data, words, norms, scale,
+                        thresholds.ctypes.data, out, stride, dim,
+                        below.ctypes.data + (g - g0 + 1) * 8)
+                elif (g - g0) % 2 == 0:  # a cell's odd last group
                     below[g - g0] = dot_rows_quantized(
                         addresses.ctypes.data, words, norms, scale,
                         thresholds.ctypes.data, out, stride, dim)
-                else:
-                    below[g - g0] = dot_rows(addresses.ctypes.data, words, norms,
-                                             thresholds.ctypes.data, out, stride, dim)
             for t in range(min(ROWS, b - r0)):
                 # ahead only where strictly nearer: of equals, the smaller
                 # position (this cell's words come after those kept so far).

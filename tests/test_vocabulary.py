@@ -696,10 +696,12 @@ def test_lowest_bit_is_the_position_of_the_lowest_set_bit():
         assert lowest(value) == expected
 
 
-def test_the_quantized_products_are_exact_integer_sums():
+@pytest.mark.parametrize("n_groups", [1, 2])
+def test_the_quantized_products_are_exact_integer_sums(n_groups):
     # The 16-bit products (AVX-512BW or AVX2): each row's pairs of coordinates
     # against each word's, summed exactly in int32 at the largest magnitudes the
-    # scan allows, then scaled and added to the norms in float32.
+    # scan allows, then scaled and added to the norms in float32; one group of
+    # words at a time, or two side by side (the second's bits written apart).
     numba = pytest.importorskip("numba")
     from cvsearch import _simd
 
@@ -707,35 +709,47 @@ def test_the_quantized_products_are_exact_integer_sums():
         pytest.skip("this CPU has neither AVX-512BW nor AVX2")
 
     @numba.njit
-    def block(rows, group, sqnorms, scale, thresholds, out):
+    def block(rows, groups, sqnorms, scale, thresholds, out, second_bits):
         addresses = np.empty(_simd.ROWS, np.int64)
         for r in range(_simd.ROWS):
             addresses[r] = rows.ctypes.data + r * rows.shape[1] * 2
-        return _simd.dot_rows_quantized(addresses.ctypes.data, group.ctypes.data,
-                                        sqnorms.ctypes.data, scale, thresholds.ctypes.data,
-                                        out.ctypes.data, out.shape[1], rows.shape[1])
+        if groups.shape[0] == 1:
+            return _simd.dot_rows_quantized(
+                addresses.ctypes.data, groups.ctypes.data, sqnorms.ctypes.data, scale,
+                thresholds.ctypes.data, out.ctypes.data, out.shape[1], rows.shape[1])
+        return _simd.dot_rows_quantized_two(
+            addresses.ctypes.data, groups.ctypes.data, sqnorms.ctypes.data, scale,
+            thresholds.ctypes.data, out.ctypes.data, out.shape[1], rows.shape[1],
+            second_bits.ctypes.data)
 
     rng = np.random.default_rng(1)
+    lanes = _simd.LANES
     for dim in (2, 128):
         largest = min((2 ** 31 - 1) // (dim * 32767), 32767)
         rows = rng.integers(-largest, largest + 1, (_simd.ROWS, dim)).astype(np.int16)
         rows[0] = largest  # the largest sums there can be
-        words = rng.integers(-32767, 32768, (_simd.LANES, dim)).astype(np.int16)
+        words = rng.integers(-32767, 32768, (n_groups * lanes, dim)).astype(np.int16)
         words[0] = 32767
-        group = np.ascontiguousarray(words.reshape(_simd.LANES, dim // 2, 2)
-                                     .transpose(1, 0, 2))
-        sqnorms = rng.normal(0, 1e6, _simd.LANES).astype(np.float32)
+        groups = np.ascontiguousarray(words.reshape(n_groups, lanes, dim // 2, 2)
+                                      .transpose(0, 2, 1, 3))
+        sqnorms = rng.normal(0, 1e6, n_groups * lanes).astype(np.float32)
         sums = rows.astype(np.int64) @ words.T.astype(np.int64)
         assert np.abs(sums).max() < 2 ** 31 and sums[0, 0] > 2 ** 30
         expected = (sums.astype(np.float32) * np.float32(-2 / 128)) + sqnorms
         thresholds = np.median(expected, axis=1).astype(np.float32)
-        out = np.full((_simd.ROWS, _simd.LANES + 3), -7.0, np.float32)
-        bits = block(rows, group, sqnorms, -2 / 128, thresholds, out)
-        assert np.array_equal(out[:, :_simd.LANES], expected)
-        assert np.all(out[:, _simd.LANES:] == -7.0)
+        width = n_groups * lanes
+        out = np.full((_simd.ROWS, width + 3), -7.0, np.float32)
+        second_bits = np.full(1, -1, np.int64)
+        bits = [block(rows, groups, sqnorms, -2 / 128, thresholds, out, second_bits)]
+        if n_groups == 2:
+            bits.append(second_bits[0])
+        assert np.array_equal(out[:, :width], expected)
+        assert np.all(out[:, width:] == -7.0)
         below = expected < thresholds[:, None]
-        assert bits & (2 ** 64 - 1) == sum(
-            1 << (r * _simd.LANES + lane) for r, lane in zip(*np.nonzero(below)))
+        for g in range(n_groups):
+            assert int(bits[g]) & (2 ** 64 - 1) == sum(
+                1 << int(r * lanes + lane)
+                for r, lane in zip(*np.nonzero(below[:, g * lanes:(g + 1) * lanes])))
 
 
 def one_cell(centers):
