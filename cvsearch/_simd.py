@@ -300,10 +300,11 @@ def dot_rows_quantized_two(typingctx, row_addresses, group, sqnorms, scale, thre
     """:func:`dot_rows_quantized` on two consecutive groups (``group``: two
     arrays (dim // 2, 2 * LANES) one after the other; ``sqnorms``: 2 * LANES
     values; each row of ``out`` gets 2 * LANES values). A row's coordinates,
-    broadcast, serve both groups' products: a third fewer reads per product
-    than a group at a time. One-off, 200 held-out Caltech-101 images, 20,000
-    words, in batches of 16 images: ``predict`` 1.72 -> 1.60 ms per image
-    (medians of 7 passes); three or four groups gave no more.
+    broadcast, serve both groups' products: 0.75 reads per product (two word
+    vectors and four rows for eight), where a group at a time takes 1.25.
+    One-off, 200 held-out Caltech-101 images, 20,000 words, in batches of 16
+    images: ``predict`` 1.72 -> 1.60 ms per image (medians of 7 passes); three
+    or four groups gave no more.
 
     Returns
     -------
