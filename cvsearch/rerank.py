@@ -147,14 +147,14 @@ def _pairs_loop(count, start, order, db_words, labels, max_per_word):
     image's are counted by word, in a table cleared after it (numpy sorts them
     all instead)."""
     n, n_words = db_words.shape[0], count.shape[0]
-    clipped = np.empty(n_words, np.uint8)  # the query's count, at most max + 1
+    wanted = np.empty(n_words, np.bool_)  # the query holds it 1..max_per_word times
     for w in range(n_words):
-        clipped[w] = min(count[w], max_per_word + 1)
+        wanted[w] = 1 <= count[w] <= max_per_word
     candidates = np.empty(n, np.int64)
     m = 0
     for k in range(n):
         w = db_words[k]
-        if 0 <= w < n_words and 1 <= clipped[w] <= max_per_word:
+        if 0 <= w < n_words and wanted[w]:
             candidates[m] = k
             m += 1
     seen = np.zeros(n_words, np.int64)

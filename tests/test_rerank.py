@@ -351,6 +351,19 @@ def test_a_short_lists_word_pairs_are_each_images_own(path, seed, max_per_word, 
     assert query_idx.dtype == db_idx.dtype == np.int64
 
 
+@pytest.mark.parametrize("path", ["numba", "numpy"])
+def test_a_word_beyond_a_large_max_per_word_pairs_nothing(monkeypatch, path):
+    # max_per_word above a byte's range: a word the query holds 300 times stays
+    # out at 256, one it holds twice pairs
+    from cvsearch.rerank import QueryWords, _pairs
+
+    verification_path(monkeypatch, path)
+    query_words = np.array([0] * 300 + [1, 1])
+    words, labels = np.array([0, 1], np.int32), np.zeros(2, np.int64)
+    query_idx, db_idx = _pairs(QueryWords.of(query_words), words, labels, 256)
+    assert query_idx.tolist() == [300, 301] and db_idx.tolist() == [1, 1]
+
+
 @settings(max_examples=25, deadline=None)
 @given(seed=st.integers(0, 2**16), min_inliers=st.sampled_from([None, 5, 12]),
        odd=st.lists(st.sampled_from(["empty", "shapeless", "foreign", "tiny"]),
