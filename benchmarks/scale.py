@@ -158,7 +158,8 @@ def run_size(args, n: int) -> dict:
     out["verify50_ms"] = median_ms(verify)
 
     # grow by 100 and save, ten times: a new segment (merged with the small ones
-    # before it one time in ten), the idf and norms of the new state, the manifest
+    # before it one time in ten) and the manifest; the next query computes the
+    # idf and norms of the state it finds
     adds = []
     for r in range(args.adds):
         items, names = synthetic(rng, frequency, 100, args.words_per_image,
@@ -247,10 +248,11 @@ def write_results(args, argv, rows):
              "Caltech-101 SIFT features (20,000 words); queries are real Caltech-101 "
              "images, their words given (assigning them is the column \"assign "
              "words\", apart). Medians over the queries. \"1st query\" includes "
-             "computing the idf and the norms of the loaded state, once; after a "
-             "change they are computed by add or remove, before the new state is "
-             "published (so \"add 100 + save\" includes them and the query after "
-             "does not). Adding 100 is repeated " + str(args.adds) + " times: the "
+             "computing the idf and the norms of the loaded state, once; so does "
+             "the first query after a change (Index.warm_changes is False, the "
+             "default: \"add 100 + save\" does not include them, \"query after "
+             "change\" does; see grow.md). Adding 100 is repeated " + str(args.adds) +
+             " times: the "
              "median, and the slowest (which merges small segments). \"load, "
              "hashed\" hashes what scoring reads; \"check_integrity\" then hashes "
              "the keypoint arrays, which a loaded index otherwise hashes segment by "

@@ -141,6 +141,10 @@ class Index:
     ----------
     extractor : FeatureExtractor
     vocabulary : Vocabulary
+    warm_changes : bool
+        Whether a changed state's idf and norms are computed before it becomes
+        visible (by ``add``, ``remove``, ``compact``), or by its first query
+        (False, the default).
 
     Examples
     --------
@@ -155,6 +159,12 @@ class Index:
                  power: float = 1.0, pyramid_levels: int = 0,
                  tf_power: float = DEFAULT_TF_POWER, **vocabulary_params):
         self._lock = threading.RLock()
+        #: Compute a changed state's idf and norms before it becomes visible, so a
+        #: query running beside an add or a remove never computes them (``cvsearch
+        #: serve`` sets it). False (the default): the first query of a changed
+        #: state computes them, once; adds and removes in a row then cost their
+        #: own images only, not a pass over the whole index each.
+        self.warm_changes = False
         self._origin = None  # storage.Origin this index was loaded from or saved to
         self._saved_store = None  # the state that _origin's folder holds
         self.lineage = storage.new_lineage()  # kept by every save of this index
@@ -263,14 +273,17 @@ class Index:
 
     # ------------------------------------------------------------------ state
     def _current(self) -> _Snapshot:
-        # No lock: writers publish a new store, with its weights computed, in one
-        # assignment, so readers never wait for a writer.
+        # No lock: writers publish a new store in one assignment, so readers never
+        # wait for a writer (only, without warm_changes, for the first reader of a
+        # changed state computing its norms).
         return _Snapshot(self._store, self._vocabulary)
 
     def _publish(self, store: Store) -> None:
-        """Make ``store`` the current state (under ``_lock``), its idf and norms
-        computed first, so the next query does not pay for them."""
-        if len(store):
+        """Make ``store`` the current state (under ``_lock``). Its idf and norms
+        (a pass over every posting) are computed first only if ``warm_changes``;
+        else by its first query, so changes in a row cost their own images, not
+        the index's."""
+        if self.warm_changes and len(store):
             store.weights()
         self._store = store
 

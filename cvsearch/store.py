@@ -33,7 +33,8 @@ so a query touches only the postings of its own columns, with one factor per
 column and one inverse norm per image. The norms depend on the idf, hence on every
 image: they are recomputed (one pass over the postings, compiled with numba when
 the 'fast' extra is installed) once per state, and shared by every query of that
-state; :class:`cvsearch.Index` computes them before it publishes a changed state.
+state (by its first query, or before :class:`cvsearch.Index` publishes it if
+asked: ``Index.warm_changes``).
 
 Segments merge as in Lucene's log merge policy (:meth:`Store.merge_tail`): ten
 small segments of one size level become one, so images added one at a time do

@@ -597,6 +597,53 @@ def test_warm_up_prepares_the_first_query(trained_index, tmp_path):
     assert index._current().store._weights is before
 
 
+def test_changes_in_a_row_cost_their_own_images_not_the_index(trained_index,
+                                                               image_files,
+                                                               monkeypatch):
+    """Adds and removes publish their state without its idf and norms (a pass over
+    every posting of the index): a run of changes computes none, and the first
+    query computes them once, for the last state only, answering as an index
+    built at once."""
+    from cvsearch.store import Store
+
+    words = trained_index.image_words(image_files)
+    computed = []
+    norms_of = Store._inverse_norms
+    monkeypatch.setattr(Store, "_inverse_norms", lambda store, *a: (
+        computed.append(store), norms_of(store, *a))[1])
+    index = Index(FeatureExtractor("sift", max_side=1024), n_words=400)
+    index.vocabulary = trained_index.vocabulary
+    for i in range(0, 12, 3):
+        index.add(words[i:i + 3], names=[f"image {j}" for j in range(i, i + 3)])
+    index.remove(["image 4"])
+    assert computed == []
+    assert index._current().store._weights is None
+    scores, ids = index.query(words[0], k=12)
+    final = index._current().store
+    assert len(final.segments) > 1 and computed == [final] * len(final.segments)
+    at_once = Index(FeatureExtractor("sift", max_side=1024), n_words=400)
+    at_once.vocabulary = trained_index.vocabulary
+    at_once.add(words, names=[f"image {j}" for j in range(12)])
+    at_once.remove(["image 4"])
+    expected = at_once.query(words[0], k=12)
+    assert np.array_equal(scores, expected[0]) and np.array_equal(ids, expected[1])
+
+
+def test_warm_changes_publishes_each_state_with_its_norms(trained_index, image_files):
+    """With warm_changes (what the service sets), an add's state is visible only
+    with its idf and norms computed, so a query beside it never computes them."""
+    words = trained_index.image_words(image_files[:4])
+    index = Index(FeatureExtractor("sift", max_side=1024), n_words=400)
+    index.vocabulary = trained_index.vocabulary
+    assert index.warm_changes is False
+    index.warm_changes = True
+    for i in range(4):
+        index.add([words[i]], names=[f"image {i}"])
+        assert index._current().store._weights is not None
+    index.remove([0])
+    assert index._current().store._weights is not None
+
+
 def test_a_chunk_is_prepared_before_any_image_is_described(image_files, tmp_path,
                                                            monkeypatch):
     from cvsearch.features import PreparedImage

@@ -234,6 +234,28 @@ def test_page_docs_health_and_stats(client):
     assert stats["index_disk_bytes"] > 0 and stats["uptime_s"] >= 0
 
 
+def test_a_search_beside_a_write_finds_its_state_weighted(client, index_dir):
+    """The service publishes a changed state only with its idf and norms, loaded
+    or changed by itself or by another process: a search never computes them."""
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    library = client.app.state.library
+
+    def weighted():
+        index = library.current()
+        return index.warm_changes and index._current().store._weights is not None
+
+    assert weighted()
+    answer = client.post("/images", headers=auth, files={
+        "images": ("new.png", png(textured_image(43)), "image/png")})
+    assert answer.status_code == 201 and weighted()
+    assert client.delete("/images/0", headers=auth).status_code == 200 and weighted()
+    other = Index.load(index_dir)  # another process adds and saves
+    other.add([textured_image(44)], names=["elsewhere.png"])
+    other.save(index_dir)
+    library._checked = float("-inf")  # due for its check of the folder
+    assert len(library.current()) == 13 and weighted()
+
+
 @pytest.mark.parametrize("refresh_seconds", [1.0, 0.0])
 def test_queries_answer_while_images_are_added_and_removed(index_dir, refresh_seconds):
     """Each query sees one state: every answer is a 200 whose results name

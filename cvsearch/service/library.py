@@ -189,6 +189,15 @@ def _holds(index, name: str) -> bool:
         return False
 
 
+def _warm(index):
+    """``index``, its first query's work done now, and (a bag-of-words index)
+    each changed state's before it becomes visible: a search running beside a
+    write never waits for the norms of the whole index."""
+    if not _is_global(index):
+        index.warm_changes = True
+    return index.warm_up()
+
+
 def _limits(index) -> dict:
     """What an image may weigh: the bag-of-words extractor's limits, or the
     readers' defaults for a global index (its describer reads with those)."""
@@ -275,7 +284,7 @@ class Library:
                     raise ValueError(f"--verify-with verifies a global index's "
                                      f"short-list; {self.index_dir} is a bag-of-words "
                                      "index, which verifies with its own features")
-                verifier = Index.load(self.verify_dir).warm_up()
+                verifier = _warm(Index.load(self.verify_dir))
             if _is_global(index):
                 try:  # a describer that cannot be rebuilt: refused now, not per search
                     index.describer  # noqa: B018
@@ -284,7 +293,7 @@ class Library:
                                      f"for this index, so it cannot be served: {error}"
                                      ) from None
             if self._identities() == before:
-                return index.warm_up(), before[0], verifier, before[1]
+                return _warm(index), before[0], verifier, before[1]
 
     def _saved(self, index, verifier) -> tuple:
         identities = self._identities()
