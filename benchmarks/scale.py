@@ -243,7 +243,8 @@ def write_results(args, argv, rows):
                ("searchable_bytes_per_image", "searchable B/image"),
                ("disk_bytes_per_image", "disk B/image"), ("peak_rss_gb", "peak RSS GB")]
     lines = ["# Scale: one machine, up to a million images", "",
-             f"`{meta['command']}` on {meta['date']} ({meta['machine']}).", "",
+             f"`{meta['command']}` on {meta['date']} ({meta['machine']}; code "
+             f"{meta['code']}).", "",
              "Synthetic images of 400 words drawn from the word frequencies of real "
              "Caltech-101 SIFT features (20,000 words); queries are real Caltech-101 "
              "images, their words given (assigning them is the column \"assign "
