@@ -144,7 +144,7 @@ class Index:
     warm_changes : bool
         Whether a changed state's idf and norms are computed before it becomes
         visible (by ``add``, ``remove``, ``compact``), or by its first query
-        (False, the default).
+        (False, the default). Not saved: set it again after ``load``.
 
     Examples
     --------
