@@ -847,6 +847,7 @@ class Index:
         def search(image):
             return searcher.search(self._features_of(image), ranking, coverage=False)
 
+        _weigh(searcher, cores)
         # one thread per image searched at once; the libraries' pools under them
         # keep to the cores given
         with _threads.budget(1), ThreadPoolExecutor(cores) as threads:
@@ -1059,10 +1060,13 @@ class Index:
                                              [id_], ranking)
 
         folder = self._folder_of_this_state()
+        in_processes = workers > 1 and folder is not None and len(todo) > 4 * workers
+        if not in_processes:
+            _weigh(searcher, workers)
         with contextlib.ExitStack() as stack:
             # each worker process, or thread, searches with one thread
             stack.enter_context(_threads.budget(1))
-            if workers > 1 and folder is not None and len(todo) > 4 * workers:
+            if in_processes:
                 from joblib import Parallel, delayed
 
                 from cvsearch.parallel import in_joblib_worker
@@ -1293,6 +1297,15 @@ class Index:
     @classmethod
     def _load(cls, path, manifest: dict, verify: bool, previous=None) -> Index:
         return index_folder.read_index(cls, path, manifest, verify, previous)
+
+
+def _weigh(searcher: Searcher, cores: int) -> None:
+    """The idf and norms of ``searcher``'s state, computed now on ``cores``: a
+    batch searches one thread per image, and its first search would otherwise
+    compute them (a pass over every posting) on its one."""
+    if len(searcher.store):
+        with _threads.budget(cores):
+            searcher.store.weights()
 
 
 def resolve_ids(items, name_to_id: Mapping, locate) -> list[int]:

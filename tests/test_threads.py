@@ -114,3 +114,28 @@ def test_the_pools_are_found_once_and_again_after_an_import(monkeypatch):
         assert max(pool_sizes()) == 1
         assert _threads._CONTROLLER[1] is not found[0]
     assert pool_sizes() == before
+
+
+@pytest.mark.parametrize("batch", ["query_batch", "duplicates"])
+def test_a_batch_computes_the_norms_on_every_core_it_was_given(trained_index,
+                                                               image_files, batch,
+                                                               monkeypatch):
+    """A changed state's idf and norms wait for its first query (a pass over every
+    posting); a batch's searches run one thread each, so the batch computes them
+    first, on the cores it was given, not inside its first search's one."""
+    from cvsearch.store import Store
+
+    index = Index(FeatureExtractor("sift", max_side=1024), n_words=400)
+    index.vocabulary = trained_index.vocabulary
+    index.add(image_files[:6])  # in memory: duplicates searches it in threads
+    index.add(image_files[6:8])
+    expected = min(2, _threads.THREADS)
+    seen = []
+    norms_of = Store._inverse_norms
+    monkeypatch.setattr(Store, "_inverse_norms", lambda store, *a: (
+        seen.append(_threads.THREADS), norms_of(store, *a))[1])
+    if batch == "query_batch":
+        index.query_batch(image_files[:4], k=3, n_jobs=2)
+    else:
+        index.duplicates(rerank=5, n_jobs=2)
+    assert seen == [expected] * index.n_segments
