@@ -572,6 +572,36 @@ def test_a_worker_reloads_only_what_another_workers_save_changed(index_dir):
     assert index.names == Index.load(index_dir).names
 
 
+def test_a_reload_keeps_what_it_loaded_when_a_save_lands_meanwhile(index_dir,
+                                                                   monkeypatch):
+    """A reader does not load again because another process saved during its
+    load: it answers from the state it loaded, named by that state's own
+    identity, and reloads at its next check. (A reader that loaded until no save
+    landed meanwhile never finished while a writer saved faster than it loads:
+    searches waited seconds in benchmarks/serve.py.)"""
+    import cvsearch.service.library as library_module
+
+    library = library_module.Library(Settings(index_dir=index_dir, refresh_seconds=0))
+    real_load, loads = library_module.load_index, []
+
+    def load_while_another_saves(directory, previous=None):
+        loaded = real_load(directory, previous)
+        loads.append(loaded)
+        if len(loads) <= 5:  # (a reader that chases the writer stops after 6)
+            other = Index.load(directory)
+            other.add([textured_image(50 + len(loads))], names=[f"other {len(loads)}"])
+            other.save(directory)
+        return loaded
+
+    monkeypatch.setattr(library_module, "load_index", load_while_another_saves)
+    first = Index.load(index_dir)
+    first.add([textured_image(49)], names=["first"])
+    first.save(index_dir)
+    assert len(library.current()) == 13 and len(loads) == 1
+    assert library.identity == loads[0]._origin.identity
+    assert len(library.current()) == 14 and len(loads) == 2  # the save meanwhile
+
+
 def test_removed_uploads_leave_nothing_after_compaction(client, index_dir):
     auth = {"Authorization": f"Bearer {TOKEN}"}
     private = textured_image(46)

@@ -273,27 +273,31 @@ class Library:
     def _load(self) -> tuple:
         """``(index, identity, verifier, its identity)`` as saved now, without
         taking the folders' locks (readers never wait for another process's
-        writer): the identities read before and after the load must agree."""
-        while True:
-            before = self._identities()
-            # what another worker's save left unchanged is shared, not read again
-            index = load_index(self.index_dir, self._state[0])
-            verifier = None
-            if self.verify_dir is not None:
-                if not _is_global(index):
-                    raise ValueError(f"--verify-with verifies a global index's "
-                                     f"short-list; {self.index_dir} is a bag-of-words "
-                                     "index, which verifies with its own features")
-                verifier = _warm(Index.load(self.verify_dir))
-            if _is_global(index):
-                try:  # a describer that cannot be rebuilt: refused now, not per search
-                    index.describer  # noqa: B018
-                except (ValueError, ImportError) as error:
-                    raise ValueError(f"{self.index_dir}: cannot describe query images "
-                                     f"for this index, so it cannot be served: {error}"
-                                     ) from None
-            if self._identities() == before:
-                return _warm(index), before[0], verifier, before[1]
+        writer). Each identity is that of the state loaded (its manifest's): a
+        save landing meanwhile is seen at the next check, not chased by loading
+        again (a reader that loaded until no save landed never finished while a
+        writer saved faster than it loads). The index is loaded before its
+        verifier, and a writer saves the verifier first when it adds and the
+        index first when it removes: the verifier holds every image of the index
+        loaded (an image it lacks would only go unverified)."""
+        # what another worker's save left unchanged is shared, not read again
+        index = load_index(self.index_dir, self._state[0])
+        verifier = None
+        if self.verify_dir is not None:
+            if not _is_global(index):
+                raise ValueError(f"--verify-with verifies a global index's "
+                                 f"short-list; {self.index_dir} is a bag-of-words "
+                                 "index, which verifies with its own features")
+            verifier = _warm(Index.load(self.verify_dir))
+        if _is_global(index):
+            try:  # a describer that cannot be rebuilt: refused now, not per search
+                index.describer  # noqa: B018
+            except (ValueError, ImportError) as error:
+                raise ValueError(f"{self.index_dir}: cannot describe query images "
+                                 f"for this index, so it cannot be served: {error}"
+                                 ) from None
+        return (_warm(index), index._origin.identity, verifier,
+                None if verifier is None else verifier._origin.identity)
 
     def _saved(self, index, verifier) -> tuple:
         identities = self._identities()
