@@ -1119,12 +1119,27 @@ class Index:
         return self._current().store.n_keypoints()
 
     def warm_up(self) -> Index:
-        """Compute now what the first query of the current state would: the idf,
-        the norms, and the compiled loops for its segments (a service calls this
-        at start-up, so its first user does not wait). Returns self."""
+        """Compute now what the first query of the current state would: the idf
+        and the norms; and, once per process for each kind of features, search a
+        synthetic picture, so that numba compiles (or loads from its cache) the
+        loops a search runs: seconds on a fresh install, else paid by the first
+        searches (a service calls this at start-up, so its first user does not
+        wait). Returns self."""
         store = self._current().store
-        if len(store):
-            store.weights()
+        if not len(store):
+            return self
+        store.weights()
+        kind = repr(sorted(self.extractor.feature_params().items()))
+        with _WARMED_LOCK:
+            if kind in _WARMED:
+                return self
+            _WARMED.add(kind)
+        features = self.extractor.extract(_warm_up_picture(), finer=True)
+        self.vocabulary.predict(features.descriptors)  # an add's one word each
+        # a short-list as long as a service's searches take (the verification's
+        # loops are compiled for long ones only)
+        self.query(features, k=10, rerank=min(len(store), 100), mirror=True,
+                   return_evidence=True)
         return self
 
     @property
@@ -1297,6 +1312,25 @@ class Index:
     @classmethod
     def _load(cls, path, manifest: dict, verify: bool, previous=None) -> Index:
         return index_folder.read_index(cls, path, manifest, verify, previous)
+
+
+#: Kinds of features (their parameters) whose search this process has warmed up.
+_WARMED: set = set()
+_WARMED_LOCK = threading.Lock()
+
+
+def _warm_up_picture() -> np.ndarray:
+    """A fixed grey picture of blobs at many scales (smooth noise, upscaled), which
+    gives every kind of features plenty of keypoints.
+
+    Returns
+    -------
+    ndarray of shape (360, 480), uint8
+    """
+    import cv2
+
+    noise = np.random.default_rng(0).integers(0, 256, (45, 60), dtype=np.uint8)
+    return cv2.resize(noise, (480, 360), interpolation=cv2.INTER_CUBIC)
 
 
 def _weigh(searcher: Searcher, cores: int) -> None:

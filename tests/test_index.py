@@ -1,4 +1,5 @@
 import logging
+import os
 import subprocess
 import sys
 import threading
@@ -678,3 +679,47 @@ def test_a_chunk_is_prepared_before_any_image_is_described(image_files, tmp_path
         if wanted is not None:
             assert np.array_equal(item.keypoints, wanted.keypoints)
             assert np.array_equal(item.descriptors, wanted.descriptors)
+
+
+WARM_UP_SCRIPT = """
+import sys
+import numpy as np
+sys.path.insert(0, sys.argv[1])
+from conftest import textured_image, warped
+from cvsearch import FeatureExtractor, Index, _compiled, _simd, rerank, store
+
+# what a large index compiles (this one is small): the scan of the words, the
+# scoring loops, the verification's
+store.COMPILED_FROM = store.COMPILED_KEYPOINTS = rerank.COMPILED_KEYPOINTS = 1
+
+def compiled_so_far():
+    loops = [d for d in _compiled._COMPILED.values() if d is not None]
+    loops += [v for v in vars(_simd).values() if hasattr(v, "signatures")]
+    return {repr(d): len(d.signatures) for d in loops}
+
+images = [textured_image(seed) for seed in range(40)]
+index = Index(FeatureExtractor("sift"), n_words=200, random_state=0,
+              exact_below=0)
+index.train(images[:8]).add(images, names=[str(i) for i in range(40)])
+index.warm_up()
+before = compiled_so_far()
+query = index.extractor.extract(warped(images[3], rotation=20)[0], finer=True)
+scores, ids, evidence = index.query(query, k=10, rerank=40, return_evidence=True)
+new = {k: v for k, v in compiled_so_far().items() if v > before.get(k, 0)}
+assert ids[0] == 3, ids
+assert any(before.values()), "warm_up compiled nothing"
+assert not new, f"the first search compiled {sorted(new)}"
+print("ok")
+"""
+
+
+def test_warm_up_compiles_the_loops_a_search_runs(tmp_path):
+    """numba compiles each loop at its first call (seconds on a fresh install, and
+    a service's first searches waited 12-15 s in benchmarks/serve.py): after
+    warm_up, a search compiles nothing (a fresh numba cache, in a new process)."""
+    pytest.importorskip("numba", reason="the loops are compiled with the 'fast' extra")
+    env = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path / "numba")}
+    tests = os.path.dirname(os.path.abspath(__file__))
+    done = subprocess.run([sys.executable, "-c", WARM_UP_SCRIPT, tests], env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-2000:]
