@@ -177,6 +177,27 @@ def test_several_workers_see_each_others_writes(index_dir):
     assert len(Index.load(index_dir)) == 17
 
 
+def test_one_client_connection_reaches_every_worker(index_dir):
+    """With --workers 2, a client's requests on one kept-alive connection spread
+    over the workers: each response closes its connection, so the next request
+    is accepted by whichever worker is free (kept alive, a connection stays with
+    the worker that accepted it: all 320 searches of benchmarks/serve.py's 16
+    clients once went to one of two workers)."""
+    server = Server(index_dir, "--workers", "2")
+    try:
+        workers = set()
+        with httpx.Client(base_url=server.url, timeout=30) as client:
+            for _ in range(60):
+                answer = client.get("/health")
+                assert answer.headers["connection"] == "close"
+                workers.add(answer.json()["worker"])
+                if len(workers) == 2:
+                    break
+        assert len(workers) == 2
+    finally:
+        server.stop()
+
+
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads Linux's /proc")
 def test_workers_end_when_the_server_is_killed(index_dir, tmp_path):
     """kill -9 of ``serve --workers 2`` leaves no worker serving on, holding the

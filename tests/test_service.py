@@ -602,6 +602,16 @@ def test_a_reload_keeps_what_it_loaded_when_a_save_lands_meanwhile(index_dir,
     assert len(library.current()) == 14 and len(loads) == 2  # the save meanwhile
 
 
+@pytest.mark.parametrize("close", [False, True])
+def test_responses_close_their_connection_only_if_asked(index_dir, close):
+    """close_connections (serve sets it for several workers) ends every response's
+    connection, so a client's next request can reach another worker."""
+    with client_of(index_dir, close_connections=close) as client:
+        for answer in (client.get("/health"), client.get("/nothing-here"),
+                       search(client, textured_image(3), k=1)):
+            assert (answer.headers.get("connection") == "close") is close
+
+
 def test_removed_uploads_leave_nothing_after_compaction(client, index_dir):
     auth = {"Authorization": f"Bearer {TOKEN}"}
     private = textured_image(46)

@@ -172,6 +172,8 @@ def create_app(settings: Settings | None = None):
                          description="Reverse image search with classical computer "
                          "vision.")
     app.add_middleware(BodyLimit, max_bytes=settings.max_upload_bytes + 64 * 1024)
+    if settings.close_connections:
+        app.add_middleware(CloseConnections)
     # a web page cannot reach the service through a name it controls (DNS rebinding)
     app.add_middleware(TrustedHostMiddleware,
                        allowed_hosts=list(settings.allowed_hosts) or ["127.0.0.1"])
@@ -292,6 +294,26 @@ def create_app(settings: Settings | None = None):
     return app
 
 
+class CloseConnections:
+    """ASGI middleware: every response says ``Connection: close`` (see
+    :attr:`Settings.close_connections`)."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+
+        async def closing(message):
+            if message["type"] == "http.response.start":
+                message = {**message, "headers": [
+                    *message.get("headers", []), (b"connection", b"close")]}
+            await send(message)
+
+        await self.app(scope, receive, closing)
+
+
 def serve(settings: Settings, *, host: str = "127.0.0.1", port: int = 8000,
           workers: int = 1, log_level: str = "warning", ready=None) -> None:
     """Run the service with uvicorn until it is stopped (``ready(library)`` is
@@ -329,7 +351,7 @@ def serve(settings: Settings, *, host: str = "127.0.0.1", port: int = 8000,
 
         shared = tempfile.mkdtemp(prefix="cvsearch-queries-")
         settings = dataclasses.replace(settings, queries_dir=Path(shared),
-                                       end_with_parent=True)
+                                       end_with_parent=True, close_connections=True)
     os.environ["CVSEARCH_SETTINGS"] = settings.to_json()
     if ready is not None:
         ready(library)

@@ -109,6 +109,12 @@ class Settings:
         it ends once that process is gone, however it ended (killed with
         SIGKILL, say), rather than serve on, holding the port, with nothing to
         supervise it (see :func:`cvsearch.parallel.end_with_parent`).
+    close_connections : bool
+        Every response closes its connection, so that a client's next request
+        is accepted by whichever worker is free: kept alive, a connection stays
+        with the worker that accepted it (in ``benchmarks/serve.py`` all 320
+        searches of 16 clients once went to one of two workers). ``serve`` sets
+        it for several workers.
     """
 
     index_dir: Path
@@ -127,6 +133,7 @@ class Settings:
     queries_dir: Path | None = None
     one_thread_per_search: bool = False
     end_with_parent: bool = False
+    close_connections: bool = False
 
     def to_json(self) -> str:
         """Every field as JSON (how :func:`cvsearch.service.serve` hands them to
