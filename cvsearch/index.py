@@ -1134,12 +1134,17 @@ class Index:
             if kind in _WARMED:
                 return self
             _WARMED.add(kind)
-        features = self.extractor.extract(_warm_up_picture(), finer=True)
-        self.vocabulary.predict(features.descriptors)  # an add's one word each
-        # a short-list as long as a service's searches take (the verification's
-        # loops are compiled for long ones only)
-        self.query(features, k=10, rerank=min(len(store), 100), mirror=True,
-                   return_evidence=True)
+        try:  # only to compile: a failure here must not stop a service starting
+            features = self.extractor.extract(_warm_up_picture(), finer=True)
+            self.vocabulary.predict(features.descriptors)  # an add's one word each
+            # a short-list as long as a service's searches take (the
+            # verification's loops are compiled for long ones only)
+            self.query(features, k=10, rerank=min(len(store), 100), mirror=True,
+                       return_evidence=True)
+        except Exception as error:  # logged: the first search will say more
+            logger.warning("warming up the search of %s failed (%s: %s): the first "
+                           "searches compile its loops", self, type(error).__name__,
+                           error)
         return self
 
     @property

@@ -723,3 +723,23 @@ def test_warm_up_compiles_the_loops_a_search_runs(tmp_path):
     done = subprocess.run([sys.executable, "-c", WARM_UP_SCRIPT, tests], env=env,
                           capture_output=True, text=True, timeout=600)
     assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-2000:]
+
+
+def test_a_failed_warm_up_search_is_logged_and_the_index_still_served(
+        trained_index, tmp_path, monkeypatch, caplog):
+    """The synthetic search only compiles loops: if it fails, warm_up says so and
+    returns the index, its norms computed, rather than stop a service starting."""
+    import cvsearch.index as index_module
+
+    trained_index.save(tmp_path / "index")
+    index = Index.load(tmp_path / "index")
+    monkeypatch.setattr(index_module, "_WARMED", set())
+
+    def failing(*args, **kwargs):
+        raise RuntimeError("no such loop")
+
+    monkeypatch.setattr(Index, "query", failing)
+    with caplog.at_level(logging.WARNING, logger="cvsearch.index"):
+        assert index.warm_up() is index
+    assert index._current().store._weights is not None
+    assert "warming up the search" in caplog.text and "no such loop" in caplog.text

@@ -284,9 +284,9 @@ class Library:
         save landing meanwhile is seen at the next check, not chased by loading
         again (a reader that loaded until no save landed never finished while a
         writer saved faster than it loads). The index is loaded before its
-        verifier, and a writer saves the verifier first when it adds and the
-        index first when it removes: the verifier holds every image of the index
-        loaded (an image it lacks would only go unverified)."""
+        verifier: a writer saves the verifier first when it adds, so the verifier
+        holds every image added to the index loaded; one removed meanwhile (the
+        index is saved first) is only left unverified."""
         # what another worker's save left unchanged is shared, not read again
         index = load_index(self.index_dir, self._state[0])
         verifier = None
