@@ -120,6 +120,17 @@ def check_geometry(keypoints, n: int, image_shape) -> None:
                          f"a pixel, got {image_shape!r}")
 
 
+def _fitted(image_shape, max_side: int) -> tuple[float, tuple[int, int]]:
+    """``(scale, (height, width))``: an image of ``image_shape`` (height, width)
+    resized so that its longer side is at most ``max_side`` (scale 1.0: as it
+    is)."""
+    height, width = (int(v) for v in image_shape)
+    scale = max_side / max(height, width)
+    if scale >= 1.0:
+        return 1.0, (height, width)
+    return scale, (max(1, round(height * scale)), max(1, round(width * scale)))
+
+
 def check_thumbnail(small) -> np.ndarray | None:
     """``small`` if it is None or a thumbnail (:func:`thumbnail`), else a
     ValueError."""
@@ -667,14 +678,38 @@ class FeatureExtractor:
             gray, image_shape = read_image_reduced(
                 image, min_side=self.max_side, max_pixels=self.max_pixels,
                 max_file_bytes=self.max_file_bytes)
-        scale = self.max_side / max(image_shape)
+        scale, (height, width) = _fitted(image_shape, self.max_side)
         if scale < 1.0:
-            size = (max(1, round(image_shape[1] * scale)),
-                    max(1, round(image_shape[0] * scale)))
-            gray = cv2.resize(gray, size, interpolation=cv2.INTER_AREA)
-        else:
-            scale = 1.0
+            gray = cv2.resize(gray, (width, height), interpolation=cv2.INTER_AREA)
         return PreparedImage(gray, scale, image_shape, thumbnail(gray), self.max_side)
+
+    def _check_prepared(self, image: PreparedImage) -> None:
+        """A ValueError (TypeError for a grey image that is not an array) unless
+        ``image`` is what :meth:`prepare` makes of an image at this extractor's
+        ``max_side``: one made by hand with other values would give keypoints in
+        the wrong pixels."""
+        gray, scale, image_shape, small, max_side = image
+        if max_side != self.max_side:
+            raise ValueError(f"this image was prepared for max_side={max_side}, but "
+                             f"this extractor's is {self.max_side}: prepare it with "
+                             "this extractor")
+        if not isinstance(gray, np.ndarray):
+            raise TypeError(f"a prepared image's grey image is an array, got "
+                            f"{type(gray).__name__}: make it with prepare")
+        shape = np.shape(image_shape)
+        expected = (None if shape != (2,) or not all(
+            isinstance(v, (int, np.integer)) and v >= 1 for v in image_shape)
+            else _fitted(image_shape, self.max_side))
+        if (expected is None or gray.dtype != np.uint8 or gray.shape != expected[1]
+                or scale != expected[0]):
+            raise ValueError(f"this prepared image is not what prepare makes: a grey "
+                             f"image {gray.shape} {gray.dtype} at scale {scale!r} of "
+                             f"an image of {image_shape} pixels (for max_side="
+                             f"{self.max_side}: {expected}); make it with prepare")
+        try:
+            check_thumbnail(small)
+        except ValueError as error:
+            raise ValueError(f"{error}; make it with prepare") from None
 
     def extract(self, image: str | os.PathLike | np.ndarray | PreparedImage,
                 finer: bool = False) -> Features:
@@ -710,10 +745,8 @@ class FeatureExtractor:
         finer = check_flag(finer, "finer")  # before any decoding
         if not isinstance(image, PreparedImage):
             image = self.prepare(image)
-        elif image.max_side != self.max_side:
-            raise ValueError(f"this image was prepared for max_side={image.max_side}, "
-                             f"but this extractor's is {self.max_side}: prepare it "
-                             "with this extractor")
+        else:
+            self._check_prepared(image)
         gray, scale, image_shape, small = image[:4]
         features = self._describe(gray, scale, image_shape, small)
         if (finer and self.dense_step is None

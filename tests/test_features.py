@@ -381,6 +381,30 @@ def test_a_prepared_image_gives_the_features_of_the_image(image_files, images, m
                 assert np.array_equal(a.thumbnail, b.thumbnail)
 
 
+def test_a_prepared_image_that_prepare_did_not_make_is_refused(images):
+    """A PreparedImage made by hand must be what prepare makes (its grey image
+    the original's size fitted to max_side, uint8, its scale and thumbnail):
+    else a ValueError or TypeError, not keypoints in the wrong pixels, or
+    infinite ones from a scale of 0."""
+    from cvsearch.features import PreparedImage
+
+    extractor = FeatureExtractor("sift", max_side=300)
+    good = extractor.prepare(images[0])
+    assert extractor.extract(PreparedImage(*good)).keypoints.shape[0] > 0
+    bad = {"a scale of 0": good._replace(scale=0.0),
+           "another scale": good._replace(scale=0.5),
+           "another original size": good._replace(image_shape=(960, 480)),
+           "a colour image": good._replace(gray=np.dstack([good.gray] * 3)),
+           "float pixels": good._replace(gray=good.gray.astype(np.float32)),
+           "a cropped grey image": good._replace(gray=good.gray[:200]),
+           "a wrong thumbnail": good._replace(thumbnail=good.thumbnail[:8])}
+    for what, prepared in bad.items():
+        with pytest.raises(ValueError, match="prepare"):
+            extractor.extract(prepared)
+    with pytest.raises(TypeError, match="prepare"):
+        extractor.extract(good._replace(gray=good.gray.tolist()))
+
+
 def test_an_image_prepared_for_another_size_is_refused(images):
     prepared = FeatureExtractor("sift", max_side=300).prepare(images[0])
     with pytest.raises(ValueError, match="max_side=300.*prepare it"):
