@@ -398,7 +398,7 @@ def test_a_prepared_image_that_prepare_did_not_make_is_refused(images):
            "float pixels": good._replace(gray=good.gray.astype(np.float32)),
            "a cropped grey image": good._replace(gray=good.gray[:200]),
            "a wrong thumbnail": good._replace(thumbnail=good.thumbnail[:8])}
-    for what, prepared in bad.items():
+    for prepared in bad.values():  # (the keys say what is wrong)
         with pytest.raises(ValueError, match="prepare"):
             extractor.extract(prepared)
     with pytest.raises(TypeError, match="prepare"):

@@ -715,7 +715,7 @@ print("ok")
 
 def test_warm_up_compiles_the_loops_a_search_runs(tmp_path):
     """numba compiles each loop at its first call (seconds on a fresh install, and
-    a service's first searches waited 12-15 s in benchmarks/serve.py): after
+    a service's first searches waited 12-15 s, one-off, in benchmarks/serve.py): after
     warm_up, a search compiles nothing (a fresh numba cache, in a new process)."""
     pytest.importorskip("numba", reason="the loops are compiled with the 'fast' extra")
     env = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path / "numba")}

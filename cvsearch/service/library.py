@@ -112,9 +112,9 @@ class Settings:
     close_connections : bool
         Every response closes its connection, so that a client's next request
         is accepted by whichever worker is free: kept alive, a connection stays
-        with the worker that accepted it (in ``benchmarks/serve.py`` all 320
-        searches of 16 clients once went to one of two workers). ``serve`` sets
-        it for several workers.
+        with the worker that accepted it (one-off, ``benchmarks/serve.py``: all
+        320 searches of 16 clients once went to one of two workers). ``serve``
+        sets it for several workers.
     """
 
     index_dir: Path
