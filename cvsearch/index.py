@@ -142,7 +142,9 @@ class Index:
     extractor : FeatureExtractor
     vocabulary : Vocabulary
     warm_changes : bool
-        Whether a changed state's idf and norms are computed before it becomes
+        Whether what a changed state's queries need (its idf and norms, or
+        bounds on the norms from the state before: see
+        :meth:`cvsearch.store.Store.prepare`) is computed before it becomes
         visible (by ``add``, ``remove``, ``compact``), or by its first query
         (False, the default). Not saved: set it again after ``load``.
 
@@ -279,12 +281,12 @@ class Index:
         return _Snapshot(self._store, self._vocabulary)
 
     def _publish(self, store: Store) -> None:
-        """Make ``store`` the current state (under ``_lock``). Its idf and norms
-        (a pass over every posting) are computed first only if ``warm_changes``;
+        """Make ``store`` the current state (under ``_lock``). What its queries
+        need (:meth:`Store.prepare`) is computed first only if ``warm_changes``;
         else by its first query, so changes in a row cost their own images, not
         the index's."""
         if self.warm_changes and len(store):
-            store.weights()
+            store.prepare()
         self._store = store
 
     @property
@@ -1339,12 +1341,13 @@ def _warm_up_picture() -> np.ndarray:
 
 
 def _weigh(searcher: Searcher, cores: int) -> None:
-    """The idf and norms of ``searcher``'s state, computed now on ``cores``: a
-    batch searches one thread per image, and its first search would otherwise
-    compute them (a pass over every posting) on its one."""
+    """What ``searcher``'s state's queries need, computed now on ``cores``
+    (:meth:`Store.prepare`): a batch searches one thread per image, and its
+    first search would otherwise compute it (at most a pass over every
+    posting) on its one."""
     if len(searcher.store):
         with _threads.budget(cores):
-            searcher.store.weights()
+            searcher.store.prepare()
 
 
 def resolve_ids(items, name_to_id: Mapping, locate) -> list[int]:

@@ -278,7 +278,7 @@ class Searcher:
     def query_vector(self, view: View):
         store = self.store
         return query_tfidf(view.words, view.keypoints, view.image_shape, store.n_words,
-                           store.levels, store.weights().idf, store.power,
+                           store.levels, store.idf_weights().idf, store.power,
                            store.tf_power)
 
     def rank(self, views: list, ranking: Ranking, exclude: int | None = None,
@@ -382,7 +382,7 @@ class Searcher:
         verified = evidence.inliers >= ranking.min_inliers
         if not verified.any():
             return scores, ids, evidence
-        idf = store.weights().idf
+        idf = store.idf_weights().idf
         vectors = [query_vector] + [
             query_tfidf(words, keypoints, shape, store.n_words, store.levels, idf,
                         store.power, store.tf_power)

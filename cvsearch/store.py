@@ -31,10 +31,14 @@ exactly like one built at once. Scoring a database image ``d`` against a query
 
 so a query touches only the postings of its own columns, with one factor per
 column and one inverse norm per image. The norms depend on the idf, hence on every
-image: they are recomputed (one pass over the postings, compiled with numba when
-the 'fast' extra is installed) once per state, and shared by every query of that
-state (by its first query, or before :class:`cvsearch.Index` publishes it if
-asked: ``Index.warm_changes``).
+image: computing them is a pass over the postings (compiled with numba when the
+'fast' extra is installed), once per state, shared by every query of that state
+(by its first query, or before :class:`cvsearch.Index` publishes it if asked:
+``Index.warm_changes``). A state made by a small change from one whose norms
+were computed needs no pass: each image's norm moved by no more than its words'
+weights did, which bounds every score, and a query computes exactly, from their
+own postings, only the norms of the images that can reach its best (see
+:meth:`Store._norm_plan`). The scores are those of the pass, to the bit.
 
 Segments merge as in Lucene's log merge policy (:meth:`Store.merge_tail`): ten
 small segments of one size level become one, so images added one at a time do
@@ -60,7 +64,12 @@ from cvsearch._compiled import compiled
 from cvsearch._threads import map_in_pool
 from cvsearch.features import THUMBNAIL, check_thumbnail
 from cvsearch.scoring import top_k
-from cvsearch.weighting import inverse_norms, pyramid_size, spatial_bag_of_words
+from cvsearch.weighting import (
+    inverse_of_squares,
+    norm_squares,
+    pyramid_size,
+    spatial_bag_of_words,
+)
 
 
 def smallest_uint(maximum: int) -> np.dtype:
@@ -277,10 +286,7 @@ class Segment(NamedTuple):
         if keypoints.shape[1] >= 4 and np.any(keypoints[:, 2] > 0):
             kp_shape = encode_shape(keypoints[:, 2], keypoints[:, 3],
                                     width_height.max(axis=1))
-        decoded = _decode(kp_xy, width_height)
-        counts = spatial_bag_of_words(words, decoded, shapes, offsets, n_words,
-                                      levels).tocsc()
-        counts.sort_indices()
+        counts = _postings(words, kp_xy, width_height, shapes, offsets, n_words, levels)
         n = len(names)
         return cls(
             ids=np.asarray(ids).astype(smallest_uint(int(ids.max()) if n else 0)),
@@ -438,14 +444,51 @@ class Segment(NamedTuple):
         small = np.asarray(self.thumbs[row]).reshape(THUMBNAIL, THUMBNAIL)
         return small if small.any() else None
 
+    def postings_of(self, rows: np.ndarray, n_words: int, levels: int):
+        """The postings of a segment of just ``rows`` (in their order), computed
+        again from their keypoints as :meth:`of_arrays` computed this segment's:
+        what a few rows' norms need, without a pass over every posting.
+
+        Returns
+        -------
+        indptr : ndarray of shape (n_columns + 1,), int64
+        post_rows : ndarray of shape (n_postings,), int64
+            Positions in ``rows``, increasing within a column.
+        post_tf : ndarray of shape (n_postings,), int64
+        """
+        self.check_geometry()
+        rows = np.asarray(rows, np.int64)
+        offsets = np.asarray(self.kp_offsets)
+        lo = offsets[rows]
+        sizes = offsets[rows + 1] - lo
+        ends = np.cumsum(sizes)
+        at = np.arange(int(ends[-1]) if len(ends) else 0) + np.repeat(lo - ends + sizes,
+                                                                      sizes)
+        words = np.take(np.asarray(self.kp_words), at).astype(np.int64)
+        n_columns = n_words * pyramid_size(levels)
+        if levels == 0:  # a keypoint's column is its word: counted directly
+            keys, tf = np.unique(words * len(rows) + np.repeat(np.arange(len(rows)),
+                                                               sizes),
+                                 return_counts=True)
+            columns, post_rows = np.divmod(keys, len(rows))
+            indptr = np.zeros(n_columns + 1, np.int64)
+            np.cumsum(np.bincount(columns, minlength=n_columns), out=indptr[1:])
+            return indptr, post_rows, tf.astype(np.int64)
+        shapes = np.asarray(self.shapes)[rows]
+        width_height = np.repeat(shapes[:, ::-1], sizes, axis=0).astype(np.float64)
+        counts = _postings(words, np.take(np.asarray(self.kp_xy).reshape(-1, 2), at,
+                                          axis=0),
+                           width_height, shapes, np.concatenate([[0], ends]), n_words,
+                           levels)
+        return (counts.indptr.astype(np.int64), counts.indices.astype(np.int64),
+                counts.data.astype(np.int64))
+
     def row_columns(self, rows: np.ndarray, n_words: int, levels: int) -> np.ndarray:
         """Document-frequency contribution of ``rows``: for each column, how many
         of them hold it. ndarray of shape (n_columns,), int64."""
-        n_columns = n_words * pyramid_size(levels)
         if not len(rows):
-            return np.zeros(n_columns, np.int64)
-        part = self.select(np.isin(np.arange(len(self)), rows), n_words, levels)
-        return np.diff(part.post_indptr)
+            return np.zeros(n_words * pyramid_size(levels), np.int64)
+        return np.diff(self.postings_of(np.unique(rows), n_words, levels)[0])
 
     @property
     def nbytes(self) -> int:
@@ -462,6 +505,15 @@ class Segment(NamedTuple):
 SHAPE_SECTORS = 16
 SHAPE_MIN_LOG2 = -10.0
 SHAPE_UNKNOWN = 0xFF
+
+
+def _postings(words, kp_xy, width_height, shapes, offsets, n_words: int, levels: int):
+    """Term counts of images from their words and quantised positions (what
+    a segment's postings are): csc_matrix (n_images, n_columns), sorted."""
+    counts = spatial_bag_of_words(words, _decode(kp_xy, width_height), shapes, offsets,
+                                  n_words, levels).tocsc()
+    counts.sort_indices()
+    return counts
 
 
 def encode_shape(size: np.ndarray, angle: np.ndarray, side: np.ndarray) -> np.ndarray:
@@ -628,6 +680,23 @@ def _norm_squares(indptr, rows, tf, table, idf_power, n):
     return squares
 
 
+def _column_squares(indptr, rows, tf, columns, weight, other, table, n):
+    """Per row, the sums over ``columns`` of (table[tf] * weight[j]) ** 2 and of
+    (table[tf] * other[j]) ** 2, each float32 product squared in float64
+    (:func:`_norm_squares` over some columns, under two weightings)."""
+    squares = np.zeros(n, np.float64)
+    others = np.zeros(n, np.float64)
+    for j in range(columns.shape[0]):
+        c = columns[j]
+        w, v = weight[j], other[j]
+        for k in range(indptr[c], indptr[c + 1]):
+            t = table[tf[k]]
+            value, second = np.float64(t * w), np.float64(t * v)
+            squares[rows[k]] += value * value
+            others[rows[k]] += second * second
+    return squares, others
+
+
 def _live(parts) -> int:
     """Live images of ``(segment, mask)`` pairs."""
     return int(sum(len(s) - (0 if m is None else int(m.sum())) for s, m in parts))
@@ -642,12 +711,80 @@ def _level(n: int, factor: int) -> int:
     return level
 
 
+class _Idf(NamedTuple):
+    """A state's idf (one value per column: cheap to compute)."""
+
+    idf: np.ndarray  # (n_columns,), float32
+    idf_power: np.ndarray  # idf ** power, float32
+
+
 class _Weights(NamedTuple):
     """What scoring a state needs beyond its segments (derived, not stored)."""
 
     idf: np.ndarray  # (n_columns,), float32
     idf_power: np.ndarray  # idf ** power, float32
     inv_norms: tuple  # per segment, (n,) float32; 0 where deleted or empty
+    squares: tuple  # per segment, (n,) float64: the sums of squares normed
+
+
+#: A changed state bounds a segment's norms (:meth:`Store._bounds`) reading at
+#: most this fraction of its postings; a change that moves more of the idf
+#: costs a pass over every posting instead.
+BOUND_POSTINGS = 0.125
+#: Columns whose weight moved by more than this (in log of the squared ratio)
+#: are summed exactly, within BOUND_POSTINGS; the others bound the rest.
+BOUND_SPREAD = 1e-3
+#: Margins of the bounds over float32 products (each relative error under
+#: 2 ** -24, squared) and float64 sums: far wider than the rounding they cover,
+#: far narrower than the bounds.
+RATIO_SLACK = 1e-6
+SUM_SLACK = 1e-9
+#: A query needing the exact norms of more than this share of a segment's
+#: rows computes the segment's in one pass (cheaper than row by row).
+EXACT_ROWS_SHARE = 0.125
+#: The upper bound of an inverse norm that may be anything (a row whose words
+#: may all have lost their weight): finite, so a score of 0 stays 0.
+NO_BOUND = np.float32(1e30)
+
+
+class _Bounds:
+    """One segment's inverse norms in a changed state, known within bounds
+    (``lo <= inverse norm <= hi``, float32 (n,)), and exactly for the rows a
+    query needed (computed from their own postings, as the pass would)."""
+
+    def __init__(self, store, index: int, lo, hi, idf_power):
+        self.store, self.index = store, index
+        self.lo, self.hi, self.idf_power = lo, hi, idf_power
+        self.exact = np.full(len(lo), np.nan, np.float32)
+        self._lock = threading.Lock()
+
+    def inverse(self, rows: np.ndarray) -> np.ndarray:
+        """Exact inverse norms of ``rows`` (int64), float32."""
+        with self._lock:
+            missing = rows[np.isnan(self.exact[rows])]
+            if len(missing) > EXACT_ROWS_SHARE * len(self.exact):  # the pass costs less
+                segment = self.store.segments[self.index]
+                self.exact[:] = self.store._norms(segment, None, self.idf_power)[0]
+            elif len(missing):
+                self.exact[missing] = self.store._rows_inverse(self.index, missing,
+                                                               self.idf_power)
+            return self.exact[rows]
+
+    def bounds(self, sums: np.ndarray, mask):
+        """Lower and upper bounds of the segment's scores (as
+        :meth:`Store._finish` of exact norms would give them), float32 (n,)."""
+        return Store._finish(sums, self.lo, mask), Store._finish(sums, self.hi, mask)
+
+    def scores(self, sums: np.ndarray, mask, upper: np.ndarray, floor):
+        """The rows whose ``upper`` bound reaches ``floor`` (int64, increasing)
+        and their scores, computed with exact norms (float32)."""
+        chosen = np.flatnonzero(upper >= floor)
+        # a row that shares no column with the query scores 0 whatever its norm
+        shared = sums[chosen] > 0
+        inverse = self.lo[chosen]
+        inverse[shared] = self.inverse(chosen[shared])
+        return chosen, Store._finish(sums[chosen], inverse,
+                                     None if mask is None else mask[chosen])
 
 
 class Store:
@@ -666,7 +803,7 @@ class Store:
 
     def __init__(self, n_words: int, levels: int = 0, power: float = 1.0, *,
                  tf_power: float = 1.0, segments=(), deleted=None, next_id: int = 0,
-                 df=None):
+                 df=None, reference=None):
         self.n_words, self.levels, self.power = int(n_words), int(levels), float(power)
         self.tf_power = float(tf_power)
         self.n_columns = self.n_words * pyramid_size(self.levels)
@@ -689,15 +826,38 @@ class Store:
                     df -= segment.row_columns(np.flatnonzero(mask), self.n_words,
                                               self.levels)
         self.df = df
+        # per segment, (idf_power, squares) of its norms in an earlier state, or
+        # None: what this state's norms are bounded from (see _norm_plan)
+        self._reference = (tuple(reference) if reference is not None else
+                           (None,) * len(self.segments))
+        self._idf = None
         self._weights = None
         self._weights_lock = threading.Lock()
+        self._plan = None
+        self._plan_lock = threading.Lock()
+        self._known = {}  # segment index -> (idf_power, squares) computed in a plan
         self._tables = {}  # dtype -> tf ** (tf_power * power) for each of its values
 
     # ------------------------------------------------------------ changing
     def _with(self, segments, deleted, df, next_id=None) -> Store:
         return Store(self.n_words, self.levels, self.power, tf_power=self.tf_power,
                      segments=segments, deleted=deleted, df=df,
-                     next_id=self.next_id if next_id is None else next_id)
+                     next_id=self.next_id if next_id is None else next_id,
+                     reference=self._reference_for(segments))
+
+    def _reference_for(self, segments) -> tuple:
+        """For each of ``segments`` that is one of this state's, the sums of
+        squares its norms were last computed from and the ``idf_power`` they
+        were computed with (None if never): what a new state bounds its norms
+        from."""
+        weights = self._weights
+        known = {}
+        for index, segment in enumerate(self.segments):
+            entry = ((weights.idf_power, weights.squares[index]) if weights is not None
+                     else self._known.get(index, self._reference[index]))
+            if entry is not None:
+                known[id(segment)] = entry
+        return tuple(known.get(id(segment)) for segment in segments)
 
     def add(self, names, words_list, keypoints_list, shapes, thumbnails=None
             ) -> tuple[Store, np.ndarray]:
@@ -949,20 +1109,152 @@ class Store:
         return out
 
     # -------------------------------------------------------------- scoring
+    def idf_weights(self) -> _Idf:
+        """idf and idf ** power of this state (one value per column, computed
+        once): what weighting a query needs, without the norms."""
+        if self._idf is None:  # two threads may both compute it: the same values
+            idf = np.zeros(self.n_columns, np.float64)
+            present = self.df > 0
+            idf[present] = np.log(self.n_live / self.df[present])
+            idf = idf.astype(np.float32)
+            self._idf = _Idf(idf, np.power(idf, self.power, dtype=np.float32))
+        return self._idf
+
     def weights(self) -> _Weights:
-        """idf and norms of this state, computed once (thread-safe)."""
+        """idf and norms of this state, computed once (thread-safe): a pass over
+        every posting."""
         with self._weights_lock:
             if self._weights is None:
-                idf = np.zeros(self.n_columns, np.float64)
-                present = self.df > 0
-                idf[present] = np.log(self.n_live / self.df[present])
-                idf = idf.astype(np.float32)
-                idf_power = np.power(idf, self.power, dtype=np.float32)
-                inv_norms = tuple(map_in_pool(
-                    lambda item: self._inverse_norms(*item, idf_power),
-                    list(zip(self.segments, self.deleted))))
-                self._weights = _Weights(idf, idf_power, inv_norms)
+                idf = self.idf_weights()
+                computed = map_in_pool(
+                    lambda item: self._norms(*item, idf.idf_power),
+                    list(zip(self.segments, self.deleted)))
+                self._weights = _Weights(idf.idf, idf.idf_power,
+                                         tuple(inv for inv, _ in computed),
+                                         tuple(squares for _, squares in computed))
             return self._weights
+
+    def prepare(self) -> None:
+        """Compute now what this state's queries need: its norms, or bounds on
+        them from an earlier state's (:meth:`_norm_plan`), whichever costs
+        less; a query then computes only the exact norms of the few images
+        that can reach its best."""
+        self._norm_plan()
+
+    def _norm_plan(self) -> tuple:
+        """Per segment, its inverse norms (float32 (n,)) or their :class:`_Bounds`.
+
+        A state whose norms were not computed, made by a change from one whose
+        were, bounds them instead of a pass over every posting: its segments
+        of that state (their sums of squares known under the old idf) and
+        the new idf bound each image's norm (:meth:`_bounds`); a query then
+        computes exactly the norms of the images that can reach its best, from
+        their own postings, in the order the pass sums them: the same numbers.
+        New segments (an add's, a merge's) are computed whole. Where that
+        would cost more than the pass, the pass runs (:meth:`weights`)."""
+        if self._weights is not None:
+            return self._weights.inv_norms
+        with self._plan_lock:
+            if self._plan is None and self._weights is None:
+                self._plan = self._bounded_plan() or False
+        return self._plan if self._plan else self.weights().inv_norms
+
+    def _bounded_plan(self) -> tuple | None:
+        """:meth:`_norm_plan`'s bounds, or None where the pass costs less."""
+        rows = self._starts[-1]
+        known = sum(len(s) for s, r in zip(self.segments, self._reference)
+                    if r is not None)
+        if not rows or known * 2 < rows:  # most would be computed whole anyway
+            return None
+        idf_power = self.idf_weights().idf_power
+
+        def plan_of(index):
+            reference = self._reference[index]
+            if reference is None:
+                inv, squares = self._norms(self.segments[index], self.deleted[index],
+                                           idf_power)
+                self._known[index] = (idf_power, squares)
+                return inv
+            return self._bounds(index, reference, idf_power)
+
+        plan = map_in_pool(plan_of, list(range(len(self.segments))))
+        return None if any(p is None for p in plan) else tuple(plan)
+
+    def _bounds(self, index: int, reference, idf_power) -> _Bounds | None:
+        """Bounds on segment ``index``'s inverse norms under ``idf_power``, from
+        its sums of squares under an earlier one (``reference``); None if they
+        would read more than :data:`BOUND_POSTINGS` of its postings.
+
+        A row's sum of squares is over its columns c of (t_c w_c) ** 2. The
+        columns whose weight w_c moved most relative to the old (an added or
+        removed image's rare words; every weight moves a little with the number
+        of images) are summed exactly, old and new, from their postings; the
+        others' part, old, is the old sum less theirs, and each of its terms
+        moved by the ratio (w_new / w_old) ** 2 of its column, which lies
+        between the least and the greatest of those ratios."""
+        segment = self.segments[index]
+        old_power, old_squares = reference
+        old, new = old_power.astype(np.float64), idf_power.astype(np.float64)
+        held = np.diff(np.asarray(segment.post_indptr))  # this segment's postings
+        both = (old > 0) & (new > 0) & (held > 0)
+        ratio = np.ones(len(new))
+        ratio[both] = (new[both] / old[both]) ** 2
+        spread = np.zeros(len(new))
+        spread[both] = np.abs(np.log(ratio[both]))
+        # a weight from or to 0 bounds nothing by a ratio: summed exactly
+        spread[((old > 0) != (new > 0)) & (held > 0)] = np.inf
+        # the widest first, while they are wider than BOUND_SPREAD and the
+        # postings read stay within budget
+        wide = np.flatnonzero(spread > BOUND_SPREAD)
+        wide = wide[np.argsort(-spread[wide], kind="stable")]
+        within = int(np.searchsorted(np.cumsum(held[wide]),
+                                     BOUND_POSTINGS * len(segment.post_rows), "right"))
+        if within < len(wide) and np.isinf(spread[wide[within]]):
+            return None
+        exact = np.sort(wide[:within])
+        rest = both.copy()
+        rest[exact] = False
+        low, high = ((float(ratio[rest].min()), float(ratio[rest].max())) if rest.any()
+                     else (1.0, 1.0))
+        before, after = self._column_squares(segment, exact, old_power, idf_power)
+        others = old_squares - before  # the other columns' part, old
+        pad = SUM_SLACK * old_squares
+        least = (after + low * (1 - RATIO_SLACK) * np.maximum(others - pad, 0)
+                 ) * (1 - SUM_SLACK)
+        most = (after + high * (1 + RATIO_SLACK) * (others + pad)) * (1 + SUM_SLACK)
+        positive = least > 0  # else the norm may be 0, and its inverse 0
+        lo = np.where(positive, inverse_of_squares(most), np.float32(0))
+        hi = np.full(len(segment), NO_BOUND, np.float32)
+        hi[positive] = inverse_of_squares(least[positive])
+        return _Bounds(self, index, lo, hi, idf_power)
+
+    def _column_squares(self, segment: Segment, columns: np.ndarray, *powers):
+        """Per row of ``segment``, its sum of squares over ``columns`` only under
+        each of two ``idf_power`` (two float64 (n,))."""
+        indptr = np.asarray(segment.post_indptr)
+        rows, tf = np.asarray(segment.post_rows), np.asarray(segment.post_tf)
+        columns = np.asarray(columns, np.int64)
+        kernel = _compiled(_column_squares, self._postings)
+        if kernel is not None and tf.dtype.itemsize <= 2:
+            return kernel(indptr, rows, tf, columns, powers[0][columns],
+                          powers[1][columns], self._tf_table(tf.dtype), len(segment))
+        lo, hi = indptr[columns], indptr[columns + 1]
+        at = (np.arange(int((hi - lo).sum()))
+              + np.repeat(lo - np.cumsum(hi - lo) + (hi - lo), hi - lo))
+        counts = self._tf_power(tf[at])
+        return tuple(np.bincount(
+            rows[at], minlength=len(segment),
+            weights=(counts * np.repeat(power[columns], hi - lo)).astype(np.float64) ** 2)
+            for power in powers)
+
+    def _rows_inverse(self, index: int, rows: np.ndarray, idf_power) -> np.ndarray:
+        """Exact inverse norms of some rows of segment ``index`` (float32), from
+        their own postings: the pass's numbers, summed in its order."""
+        segment = self.segments[index]
+        indptr, post_rows, tf = segment.postings_of(rows, self.n_words, self.levels)
+        # the segment's own dtypes: the same loop runs
+        return self._norms_of(indptr, post_rows.astype(segment.post_rows.dtype),
+                              tf.astype(segment.post_tf.dtype), len(rows), idf_power)[0]
 
     def _tf_power(self, tf: np.ndarray) -> np.ndarray:
         """``tf ** (tf_power * power)``, float32."""
@@ -970,29 +1262,33 @@ class Store:
         exponent = self.tf_power * self.power
         return tf if exponent == 1.0 else np.power(tf, exponent, dtype=np.float32)
 
-    def _inverse_norms(self, segment: Segment, mask, idf_power) -> np.ndarray:
-        indptr = np.asarray(segment.post_indptr)
-        rows, tf = np.asarray(segment.post_rows), np.asarray(segment.post_tf)
+    def _norms(self, segment: Segment, mask, idf_power):
+        """A segment's inverse norms (float32 (n,), 0 where deleted) and sums of
+        squares (float64 (n,))."""
+        inv, squares = self._norms_of(
+            np.asarray(segment.post_indptr), np.asarray(segment.post_rows),
+            np.asarray(segment.post_tf), len(segment), idf_power)
+        if mask is not None:
+            inv[mask] = 0.0
+        return inv, squares
+
+    def _norms_of(self, indptr, rows, tf, n: int, idf_power):
+        """:meth:`_norms` of postings (column offsets, rows, counts) of n rows."""
         kernel = _compiled(_norm_squares, self._postings)
         if kernel is not None and tf.dtype.itemsize <= 2:
             table = self._tf_table(tf.dtype)
-            squares = kernel(indptr, rows, tf, table, idf_power, len(segment))
+            squares = kernel(indptr, rows, tf, table, idf_power, n)
             # numba makes one version of a loop per dtype combination (compiled
             # or loaded from its cache, milliseconds): have the scoring loop's
             # ready now rather than in the first query of this state
             warm = _compiled(_accumulate, self._postings)
             warm(indptr, rows, tf, np.zeros(0, np.int64), np.zeros(0, np.float32), table,
                  0)
-            norms = np.sqrt(squares)
-            inv = np.divide(1.0, norms, out=np.zeros_like(norms),
-                            where=norms > 0).astype(np.float32)
         else:
             columns = np.repeat(np.arange(self.n_columns), np.diff(indptr))
-            inv = inverse_norms(self._tf_power(tf) * idf_power[columns],
-                                np.asarray(rows, np.int64), len(segment))
-        if mask is not None:
-            inv[mask] = 0.0
-        return inv
+            values = self._tf_power(tf) * idf_power[columns]
+            squares = norm_squares(values, np.asarray(rows, np.int64), n)
+        return inverse_of_squares(squares), squares
 
     def scores(self, query_columns: np.ndarray, query_values: np.ndarray):
         """Cosine scores of a query with every image, deleted ones at -inf.
@@ -1043,22 +1339,55 @@ class Store:
         scores : ndarray of shape (min(m, live images),), float32
         ids : ndarray of the same shape, int64
         """
-        weights = self.weights()
-        factor = (np.asarray(query_values, np.float32)
-                  * weights.idf_power[query_columns])
+        idf_power = self.idf_weights().idf_power
+        factor = np.asarray(query_values, np.float32) * idf_power[query_columns]
         query_columns = np.asarray(query_columns, np.int64)
         where = self.locate(exclude) if exclude is not None else None
+        plan = self._norm_plan()
+
+        def bounded(index):
+            """Bounds of the segment's scores (the scores if its norms are
+            known), and its own m best lower bounds."""
+            segment, mask, norms = self.segments[index], self.deleted[index], plan[index]
+            sums = self._segment_sums(segment, query_columns, factor)
+            if isinstance(norms, _Bounds):
+                lower, upper = norms.bounds(sums, mask)
+            else:
+                lower = upper = self._finish(sums, norms, mask)
+            if where is not None and where[0] == index:
+                lower[where[1]] = upper[where[1]] = -np.inf
+            k = min(m, len(lower))
+            return sums, lower, upper, np.partition(lower, len(lower) - k)[-k:]
+
+        parts, floor = None, -np.inf  # every norm known: one pass per segment
+        if any(isinstance(norms, _Bounds) for norms in plan):
+            parts = map_in_pool(bounded, list(range(len(self.segments))))
+            # the m-th best lower bound of all: no image whose upper bound is
+            # below it can be among the m best; the norms of those above it are
+            # computed exactly (few: the bounds are close)
+            lows = np.concatenate([p[3] for p in parts])
+            if len(lows) > m:
+                floor = np.partition(lows, len(lows) - m)[len(lows) - m]
 
         def segment_best(index):
-            segment = self.segments[index]
-            part = self._segment_scores(segment, self.deleted[index],
-                                        weights.inv_norms[index], query_columns, factor)
+            norms, rows = plan[index], None
+            if parts is None:
+                part = self._finish(self._segment_sums(self.segments[index], query_columns,
+                                                       factor), norms, self.deleted[index])
+            elif isinstance(norms, _Bounds):
+                # only the rows that can reach the best (increasing, so ties
+                # still go to the smaller id)
+                sums, _, upper, _ = parts[index]
+                rows, part = norms.scores(sums, self.deleted[index], upper, floor)
+            else:
+                part = parts[index][1]
             if where is not None and where[0] == index:
-                part[where[1]] = -np.inf
+                part[where[1] if rows is None else rows == where[1]] = -np.inf
             # no more than the segment holds: m may be any size (a caller's k)
-            scores, rows = top_k(part, max(1, min(m, len(part))))
-            keep = rows >= 0
-            return scores[keep], np.asarray(segment.ids, np.int64)[rows[keep]]
+            scores, best = top_k(part, max(1, min(m, len(part))))
+            keep = best >= 0
+            best = best[keep] if rows is None else rows[best[keep]]
+            return scores[keep], np.asarray(self.segments[index].ids, np.int64)[best]
 
         found = map_in_pool(segment_best, list(range(len(self.segments))))
         if not found:
@@ -1070,6 +1399,12 @@ class Store:
         return scores[order[:n]], ids[order[:n]]
 
     def _segment_scores(self, segment, mask, inv, query_columns, factor):
+        return self._finish(self._segment_sums(segment, query_columns, factor), inv,
+                            mask)
+
+    def _segment_sums(self, segment, query_columns, factor) -> np.ndarray:
+        """Per row of ``segment``, its dot product with the query before its
+        norm (float64 (n,), >= 0)."""
         # Plain views of the (memory-mapped) arrays, and a column's postings as
         # one slice: cheaper than memmap objects and a gathered index.
         indptr = np.asarray(segment.post_indptr)
@@ -1077,19 +1412,16 @@ class Store:
         kernel = _compiled(_accumulate, self._postings)
         if kernel is not None and tf.dtype.itemsize <= 2:
             table = self._tf_table(tf.dtype)
-            sums = kernel(indptr, rows, tf, query_columns, factor, table, len(segment))
-            return self._finish(sums, inv, mask)
+            return kernel(indptr, rows, tf, query_columns, factor, table, len(segment))
         lo, hi = indptr[query_columns], indptr[query_columns + 1]
         lengths = hi - lo
-        if lengths.sum():
-            spans = list(zip(lo.tolist(), hi.tolist()))
-            value = np.repeat(factor, lengths) * self._tf_power(
-                np.concatenate([tf[a:b] for a, b in spans]))
-            sums = np.bincount(np.concatenate([rows[a:b] for a, b in spans]),
-                               weights=value, minlength=len(segment))
-        else:
-            sums = np.zeros(len(segment))
-        return self._finish(sums, inv, mask)
+        if not lengths.sum():
+            return np.zeros(len(segment))
+        spans = list(zip(lo.tolist(), hi.tolist()))
+        value = np.repeat(factor, lengths) * self._tf_power(
+            np.concatenate([tf[a:b] for a, b in spans]))
+        return np.bincount(np.concatenate([rows[a:b] for a, b in spans]),
+                           weights=value, minlength=len(segment))
 
     def _tf_table(self, dtype: np.dtype) -> np.ndarray:
         """``tf ** (tf_power * power)`` for every value of an 8- or 16-bit dtype,

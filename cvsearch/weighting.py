@@ -116,8 +116,28 @@ def inverse_norms(values: np.ndarray, rows: np.ndarray, n_rows: int) -> np.ndarr
     -------
     ndarray of shape (n_rows,), float32
     """
-    squares = np.bincount(rows, weights=np.asarray(values, np.float64) ** 2,
-                          minlength=n_rows)
+    return inverse_of_squares(norm_squares(values, rows, n_rows))
+
+
+def norm_squares(values: np.ndarray, rows: np.ndarray, n_rows: int) -> np.ndarray:
+    """Each row's sum of its values squared, in float64, in the order given
+    (float64 (n_rows,)): what :func:`inverse_norms` inverts."""
+    return np.bincount(rows, weights=np.asarray(values, np.float64) ** 2,
+                       minlength=n_rows)
+
+
+def inverse_of_squares(squares: np.ndarray) -> np.ndarray:
+    """1 / sqrt of each sum of squares, float32 (0 where it is 0): the last step
+    of :func:`inverse_norms`, shared by every path that computes norms.
+
+    Parameters
+    ----------
+    squares : ndarray of shape (n,), float64
+
+    Returns
+    -------
+    ndarray of shape (n,), float32
+    """
     norms = np.sqrt(squares)
     return np.divide(1.0, norms, out=np.zeros_like(norms),
                      where=norms > 0).astype(np.float32)

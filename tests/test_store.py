@@ -446,3 +446,150 @@ def test_a_short_list_holds_its_images_in_order_and_takes_any_of_them():
         short[5]
     both = ShortList.concatenate([short.take([1, 2]), short.take([0])])
     assert [len(w) for w, _, _ in both] == [0, 9, 5] and len(ShortList.of([])) == 0
+
+
+def _weighed_anew(store):
+    """The same segments, deletions and ids with nothing computed and no earlier
+    state to bound from: what every query answered before changes were bounded."""
+    return Store(store.n_words, store.levels, store.power, tf_power=store.tf_power,
+                 segments=store.segments, deleted=store.deleted, next_id=store.next_id)
+
+
+def _best_of(store, query, m, exclude=None):
+    q = tfidf(spatial_bag_of_words(query[1], query[2], np.array([query[3]]),
+                                   np.array([0, len(query[1])]), N_WORDS, store.levels),
+              store.idf_weights().idf, store.power, store.tf_power)
+    return store.best(q.indices, q.data, m, exclude)
+
+
+@settings(max_examples=80, deadline=None)
+@given(steps=st.lists(st.tuples(st.sampled_from(["add", "add", "remove", "merge",
+                                                  "compact", "query", "query", "query",
+                                                  "weigh"]),
+                                st.integers(0, 2**16)), min_size=1, max_size=24),
+       levels=st.sampled_from([0, 1]), power=st.sampled_from([1.0, 0.5]),
+       compiled=st.booleans(), read=st.sampled_from([0.0, 0.125, 1.0]),
+       rows_share=st.sampled_from([0.125, 1.0]))
+def test_a_changed_state_answers_as_one_whose_norms_were_all_computed(
+        steps, levels, power, compiled, read, rows_share):
+    """After any history of changes, queries and computed states, a state whose
+    norms are bounded from an earlier one's (and computed only for the rows a
+    query needs) gives each query's best, scores and ids, to the bit, as the same
+    state with every norm computed: numba or numpy, every share of columns summed
+    exactly, rows computed one by one or a segment at once."""
+    from unittest import mock
+
+    from cvsearch import store as store_module
+
+    if compiled:
+        pytest.importorskip("numba", reason="the compiled path needs numba")
+    store = Store(N_WORDS, levels, power, tf_power=0.5)
+    queries = random_images(3, seed=5)
+    with mock.patch.object(store_module, "COMPILED_FROM", 0 if compiled else 1 << 40), \
+            mock.patch.object(store_module, "BOUND_POSTINGS", read), \
+            mock.patch.object(store_module, "EXACT_ROWS_SHARE", rows_share):
+        for action, seed in steps:
+            rng = np.random.default_rng(seed)
+            if action == "add":
+                batch = random_images(int(rng.integers(1, 3 if len(store) else 12)),
+                                      seed=seed)
+                store, _ = store.add(*zip(*batch))
+            elif action == "remove" and len(store):
+                ids = store.ids()
+                store = store.remove(rng.choice(ids, int(rng.integers(1, min(4, len(ids))
+                                                                    + 1)), replace=False))
+            elif action == "merge":
+                store = store.merge_tail(factor=int(rng.integers(2, 4)))
+            elif action == "compact":
+                store = store.compact(max_segments=int(rng.integers(1, 4)))
+            elif action == "weigh":
+                store.weights()
+            elif action == "query" and len(store):
+                query = queries[seed % 3]
+                m = int(rng.integers(1, 10))
+                exclude = int(rng.choice(store.ids())) if rng.random() < 0.3 else None
+                scores, ids = _best_of(store, query, m, exclude)
+                expected = _best_of(_weighed_anew(store), query, m, exclude)
+                assert np.array_equal(scores, expected[0])
+                assert np.array_equal(ids, expected[1])
+
+
+def test_a_small_change_costs_its_own_segment_and_a_few_rows_not_a_pass(monkeypatch):
+    """Adding one image to a state whose norms were computed: its first query
+    computes the new segment's norms and, exactly, those of the few rows that
+    can reach its best, not those of every image (a pass over every posting),
+    and answers as that pass would."""
+    rng = np.random.default_rng(3)
+    images = []
+    for i in range(600):  # a vocabulary of 2,000 words, each image 30 of them
+        words = rng.zipf(1.3, 30) % 2000
+        keypoints = np.column_stack([rng.random((30, 2)) * [300, 200],
+                                     rng.random((30, 2)) * 10]).astype(np.float32)
+        images.append((f"image {i}", words.astype(np.int32), keypoints, (200, 300)))
+    store = Store(2000, 0, 1.0, tf_power=0.2)
+    for start in range(0, 600, 200):
+        store, _ = store.add(*zip(*images[start:start + 200]))
+    store.weights()
+    changed, _ = store.add(*zip(images[7]))  # a copy of image 7
+    whole, rows = [], []
+    norms_of, rows_of = Store._norms, Store._rows_inverse
+    monkeypatch.setattr(Store, "_norms", lambda self, segment, *a: (
+        whole.append(len(segment)), norms_of(self, segment, *a))[1])
+    monkeypatch.setattr(Store, "_rows_inverse", lambda self, index, some, *a: (
+        rows.append(len(some)), rows_of(self, index, some, *a))[1])
+    query = (None, images[7][1], images[7][2], images[7][3])
+    q = tfidf(spatial_bag_of_words(query[1], query[2], np.array([query[3]]),
+                                   np.array([0, 30]), 2000, 0),
+              changed.idf_weights().idf, 1.0, 0.2)
+    scores, ids = changed.best(q.indices, q.data, 10)
+    assert whole == [1]  # the new segment only
+    assert 0 < sum(rows) <= 60  # of 600 images
+    assert changed._weights is None
+    whole.clear()
+    expected = _weighed_anew(changed).best(q.indices, q.data, 10)
+    assert whole == [200, 200, 200, 1]
+    assert np.array_equal(scores, expected[0]) and np.array_equal(ids, expected[1])
+    assert ids[:2].tolist() == [7, 600] and scores[0] == scores[1]
+
+
+@pytest.mark.parametrize("compiled", [False, True])
+def test_bounded_norms_give_the_best_of_computed_ones_over_many_histories(monkeypatch,
+                                                                          compiled):
+    """300 random histories, each from a state whose norms were computed through
+    a few adds, removes and merges to a query (pyramids, powers, tf powers,
+    exclusions): the best, scores and ids, as with every norm computed, to the
+    bit; and most of them answered from bounds."""
+    from cvsearch import store as store_module
+
+    if compiled:
+        pytest.importorskip("numba", reason="the compiled path needs numba")
+        monkeypatch.setattr(store_module, "COMPILED_FROM", 0)
+    bounded = []
+    scores_of = store_module._Bounds.scores
+    monkeypatch.setattr(store_module._Bounds, "scores", lambda self, *a: (
+        bounded.append(1), scores_of(self, *a))[1])
+    queries = random_images(4, seed=99)
+    for history in range(300):
+        rng = np.random.default_rng(history)
+        store = Store(N_WORDS, int(rng.integers(0, 2)), float(rng.choice([1.0, 0.5])),
+                      tf_power=float(rng.choice([1.0, 0.2])))
+        for size in rng.integers(5, 30, int(rng.integers(1, 4))):
+            store, _ = store.add(*zip(*random_images(int(size), seed=1000 + history)))
+        store.weights()
+        for _ in range(int(rng.integers(1, 4))):
+            action = rng.choice(["add", "remove", "merge"])
+            if action == "add":
+                batch = random_images(int(rng.integers(1, 3)), seed=history)
+                store, _ = store.add(*zip(*batch))
+            elif action == "remove" and len(store) > 1:
+                store = store.remove(rng.choice(store.ids(), 1))
+            else:
+                store = store.merge_tail(factor=2)
+        for query in queries[:int(rng.integers(1, 4))]:
+            m = int(rng.integers(1, 8))
+            exclude = int(rng.choice(store.ids())) if rng.random() < 0.3 else None
+            scores, ids = _best_of(store, query, m, exclude)
+            expected = _best_of(_weighed_anew(store), query, m, exclude)
+            assert np.array_equal(scores, expected[0]), history
+            assert np.array_equal(ids, expected[1]), history
+    assert len(bounded) > 300  # segment scorings from bounds

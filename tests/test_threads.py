@@ -131,8 +131,8 @@ def test_a_batch_computes_the_norms_on_every_core_it_was_given(trained_index,
     index.add(image_files[6:8])
     expected = min(2, _threads.THREADS)
     seen = []
-    norms_of = Store._inverse_norms
-    monkeypatch.setattr(Store, "_inverse_norms", lambda store, *a: (
+    norms_of = Store._norms
+    monkeypatch.setattr(Store, "_norms", lambda store, *a: (
         seen.append(_threads.THREADS), norms_of(store, *a))[1])
     if batch == "query_batch":
         index.query_batch(image_files[:4], k=3, n_jobs=2)
