@@ -697,6 +697,23 @@ def _column_squares(indptr, rows, tf, columns, weight, other, table, n):
     return squares, others
 
 
+def _moves(old_power: np.ndarray, idf_power: np.ndarray):
+    """How each column's weight moved from ``old_power`` to ``idf_power``:
+    ``ratio`` (new / old) ** 2 (1 where either is 0), ``spread`` |log ratio|
+    (inf where one of them is 0 and the other is not), ``both`` (neither is 0),
+    and ``wide``, the columns whose spread passes :data:`BOUND_SPREAD`
+    (increasing)."""
+    old, new = old_power.astype(np.float64), idf_power.astype(np.float64)
+    both = (old > 0) & (new > 0)
+    ratio = np.ones(len(new))
+    ratio[both] = (new[both] / old[both]) ** 2
+    spread = np.zeros(len(new))
+    spread[both] = np.abs(np.log(ratio[both]))
+    # a weight from or to 0 bounds nothing by a ratio: summed exactly
+    spread[(old > 0) != (new > 0)] = np.inf
+    return ratio, spread, both, np.flatnonzero(spread > BOUND_SPREAD)
+
+
 def _live(parts) -> int:
     """Live images of ``(segment, mask)`` pairs."""
     return int(sum(len(s) - (0 if m is None else int(m.sum())) for s, m in parts))
@@ -731,6 +748,11 @@ class _Weights(NamedTuple):
 #: most this fraction of its postings; a change that moves more of the idf
 #: costs a pass over every posting instead.
 BOUND_POSTINGS = 0.125
+#: What bounding one segment costs beside its postings read and its rows, and
+#: per row, in postings of the pass (measured: numpy's calls over the columns
+#: and the rows); bounds are used only where they cost under half the pass.
+BOUND_SEGMENT_COST = 300_000
+BOUND_ROW_COST = 10
 #: Columns whose weight moved by more than this (in log of the squared ratio)
 #: are summed exactly, within BOUND_POSTINGS; the others bound the rest.
 BOUND_SPREAD = 1e-3
@@ -1167,6 +1189,25 @@ class Store:
         if not rows or known * 2 < rows:  # most would be computed whole anyway
             return None
         idf_power = self.idf_weights().idf_power
+        # how each column's weight moved, once per earlier weighting (the
+        # segments of one earlier state share theirs)
+        moves = {id(r[0]): _moves(r[0], idf_power) for r in self._reference
+                 if r is not None}
+        # what bounding would cost, in postings of the pass: the new segments
+        # whole, and per bounded one its fixed cost, its rows and the postings
+        # summed exactly (twice) within budget
+        cost = 0.0
+        for segment, reference in zip(self.segments, self._reference):
+            postings = len(segment.post_rows)
+            if reference is None:
+                cost += postings
+                continue
+            wide = moves[id(reference[0])][3]
+            read = np.diff(np.asarray(segment.post_indptr))[wide].sum()
+            cost += (BOUND_SEGMENT_COST + BOUND_ROW_COST * len(segment)
+                     + 2 * min(read, BOUND_POSTINGS * postings))
+        if cost * 2 > self._postings:
+            return None
 
         def plan_of(index):
             reference = self._reference[index]
@@ -1175,15 +1216,16 @@ class Store:
                                            idf_power)
                 self._known[index] = (idf_power, squares)
                 return inv
-            return self._bounds(index, reference, idf_power)
+            return self._bounds(index, reference, idf_power, moves[id(reference[0])])
 
         plan = map_in_pool(plan_of, list(range(len(self.segments))))
         return None if any(p is None for p in plan) else tuple(plan)
 
-    def _bounds(self, index: int, reference, idf_power) -> _Bounds | None:
+    def _bounds(self, index: int, reference, idf_power, moves) -> _Bounds | None:
         """Bounds on segment ``index``'s inverse norms under ``idf_power``, from
-        its sums of squares under an earlier one (``reference``); None if they
-        would read more than :data:`BOUND_POSTINGS` of its postings.
+        its sums of squares under an earlier one (``reference``, and ``moves``:
+        :func:`_moves` between the two); None if they would read more than
+        :data:`BOUND_POSTINGS` of its postings.
 
         A row's sum of squares is over its columns c of (t_c w_c) ** 2. The
         columns whose weight w_c moved most relative to the old (an added or
@@ -1194,25 +1236,19 @@ class Store:
         between the least and the greatest of those ratios."""
         segment = self.segments[index]
         old_power, old_squares = reference
-        old, new = old_power.astype(np.float64), idf_power.astype(np.float64)
-        held = np.diff(np.asarray(segment.post_indptr))  # this segment's postings
-        both = (old > 0) & (new > 0) & (held > 0)
-        ratio = np.ones(len(new))
-        ratio[both] = (new[both] / old[both]) ** 2
-        spread = np.zeros(len(new))
-        spread[both] = np.abs(np.log(ratio[both]))
-        # a weight from or to 0 bounds nothing by a ratio: summed exactly
-        spread[((old > 0) != (new > 0)) & (held > 0)] = np.inf
-        # the widest first, while they are wider than BOUND_SPREAD and the
-        # postings read stay within budget
-        wide = np.flatnonzero(spread > BOUND_SPREAD)
-        wide = wide[np.argsort(-spread[wide], kind="stable")]
-        within = int(np.searchsorted(np.cumsum(held[wide]),
-                                     BOUND_POSTINGS * len(segment.post_rows), "right"))
-        if within < len(wide) and np.isinf(spread[wide[within]]):
-            return None
-        exact = np.sort(wide[:within])
-        rest = both.copy()
+        ratio, spread, both, wide = moves
+        postings = np.diff(np.asarray(segment.post_indptr))
+        held = postings > 0  # this segment's columns
+        wide = wide[held[wide]]
+        budget = BOUND_POSTINGS * len(segment.post_rows)
+        exact = wide
+        if postings[wide].sum() > budget:  # the widest first, within budget
+            wide = wide[np.argsort(-spread[wide], kind="stable")]
+            within = int(np.searchsorted(np.cumsum(postings[wide]), budget, "right"))
+            if np.isinf(spread[wide[within]]):
+                return None
+            exact = np.sort(wide[:within])
+        rest = both & held
         rest[exact] = False
         low, high = ((float(ratio[rest].min()), float(ratio[rest].max())) if rest.any()
                      else (1.0, 1.0))

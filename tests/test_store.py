@@ -487,6 +487,8 @@ def test_a_changed_state_answers_as_one_whose_norms_were_all_computed(
     queries = random_images(3, seed=5)
     with mock.patch.object(store_module, "COMPILED_FROM", 0 if compiled else 1 << 40), \
             mock.patch.object(store_module, "BOUND_POSTINGS", read), \
+            mock.patch.object(store_module, "BOUND_SEGMENT_COST", 0), \
+            mock.patch.object(store_module, "BOUND_ROW_COST", 0), \
             mock.patch.object(store_module, "EXACT_ROWS_SHARE", rows_share):
         for action, seed in steps:
             rng = np.random.default_rng(seed)
@@ -519,6 +521,12 @@ def test_a_small_change_costs_its_own_segment_and_a_few_rows_not_a_pass(monkeypa
     computes the new segment's norms and, exactly, those of the few rows that
     can reach its best, not those of every image (a pass over every posting),
     and answers as that pass would."""
+    from cvsearch import store as store_module
+
+    # as at a large scale, where a segment's fixed cost and its rows' (images
+    # of hundreds of words) are small beside the pass
+    monkeypatch.setattr(store_module, "BOUND_SEGMENT_COST", 0)
+    monkeypatch.setattr(store_module, "BOUND_ROW_COST", 0)
     rng = np.random.default_rng(3)
     images = []
     for i in range(600):  # a vocabulary of 2,000 words, each image 30 of them
@@ -564,6 +572,9 @@ def test_bounded_norms_give_the_best_of_computed_ones_over_many_histories(monkey
     if compiled:
         pytest.importorskip("numba", reason="the compiled path needs numba")
         monkeypatch.setattr(store_module, "COMPILED_FROM", 0)
+    # small stores: bounds cost more than the pass, which would be chosen
+    monkeypatch.setattr(store_module, "BOUND_SEGMENT_COST", 0)
+    monkeypatch.setattr(store_module, "BOUND_ROW_COST", 0)
     bounded = []
     scores_of = store_module._Bounds.scores
     monkeypatch.setattr(store_module._Bounds, "scores", lambda self, *a: (
