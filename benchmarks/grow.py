@@ -2,7 +2,7 @@
 with what a changed state's queries need computed by its first query (the
 default) or before the add returns (``Index.warm_changes``, what ``cvsearch
 serve`` sets); beside them, what the whole pass over every posting costs on the
-same states (``Index.warm_up`` after the add).
+same states (``Store.weights`` after the add).
 
 The norms depend on the idf, hence on every image. A state changed from one
 whose norms were computed bounds them instead, and computes exactly only those
@@ -68,8 +68,8 @@ def run_size(args, n: int) -> dict:
                 started = time.perf_counter()
                 index.add(items, names=names)
                 middle = time.perf_counter()
-                if label == "pass":
-                    index.warm_up()  # the idf and every norm: a pass over the postings
+                if label == "pass":  # the idf and every norm: a pass over the postings
+                    index.searcher().store.weights()
                 passed = time.perf_counter()
                 index.query(words[r % len(words)], k=10)
                 ended = time.perf_counter()
@@ -132,8 +132,9 @@ def write_results(args, argv, rows):
              "costs more, every norm: a pass over every posting); \"warm\": "
              "`Index.warm_changes = True` (what `cvsearch serve` sets), the add "
              "computes the bounds before its state becomes visible; \"whole pass\": "
-             "`Index.warm_up()` after an add, every norm of the new state (what the "
-             "first query of every changed state computed before the bounds). The "
+             "`index.searcher().store.weights()` after an add, every norm of the "
+             "new state (what the first query of every changed state computed "
+             "before the bounds). The "
              "three take turns add by add; each add is followed by a query. Medians "
              f"of {args.rounds} adds each.", "",
              "| images | images per add | add ms, lazy | query after, lazy ms "

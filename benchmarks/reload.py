@@ -6,7 +6,9 @@ Caltech-101 image and saves, ``--repeats`` times; after each save the reader
 loads the folder again sharing what did not change with its previous state
 (``Index.load(folder, previous=reader)``, what the service's workers do), and a
 fresh load (``Index.load(folder)``) is timed beside it. Each load is followed by
-``warm_up`` (the weights a first query needs), as the service does. The writer's
+``warm_up`` (what a first query needs), as the service does: after a fresh load,
+the idf and every image's norm; after a reload, bounds on the norms of the
+segments shared with a state that knew them, and the new segments' norms. The writer's
 save is timed too (one new segment and the manifest: the vocabulary is in the
 folder already).
 
@@ -86,7 +88,8 @@ def main(argv=None) -> int:
             rows.append(measure(folder, images, Path(scratch)))
             print(json.dumps(rows[-1]), flush=True)
     lines = ["# A reader reloading after another process's save", "",
-             f"`{meta['command']}` on {meta['date']} ({meta['machine']}).", "",
+             f"`{meta['command']}` on {meta['date']} ({meta['machine']}; code "
+             f"{meta['code']}).", "",
              f"Medians of {args.repeats} rounds: a writer adds one image and saves; a "
              "reader then loads the folder sharing what did not change with its "
              "previous state (`Index.load(folder, previous=reader)`, as the "
@@ -100,9 +103,13 @@ def main(argv=None) -> int:
     lines += [f"| {r['images']:,} | {r['segments']} | {r['fresh_load_ms']} | "
               f"{r['shared_reload_ms']} | {r['shared_warm_up_ms']} | "
               f"{r['fresh_over_shared']}x | {r['save_ms']} |" for r in rows]
-    lines += ["", "The warm-up computes the weights a first query needs (idf and "
-              "each image's norm) over the whole index: every add changes them, as "
-              "the collection's size is in every idf.", "",
+    lines += ["", "The warm-up computes what a first query needs. Every add changes "
+              "each image's norm, as the collection's size is in every idf: after "
+              "a fresh load, they are computed, a pass over every posting; after "
+              "a reload, the segments shared with the previous state (which knew "
+              "their norms) bound them instead, and only the new segments are "
+              "computed (a query then computes exactly the few norms that can "
+              "reach its best).", "",
               "Wall-clock on a shared machine: compare within one run."]
     write_results(RESULTS, "reload", {**meta, "repeats": args.repeats, "rows": rows},
                   "\n".join(lines) + "\n")

@@ -158,8 +158,8 @@ def run_size(args, n: int) -> dict:
     out["verify50_ms"] = median_ms(verify)
 
     # grow by 100 and save, ten times: a new segment (merged with the small ones
-    # before it one time in ten) and the manifest; the next query computes the
-    # idf and norms of the state it finds
+    # before it one time in ten) and the manifest; the next query computes what
+    # the state it finds needs
     adds = []
     for r in range(args.adds):
         items, names = synthetic(rng, frequency, 100, args.words_per_image,
@@ -249,10 +249,13 @@ def write_results(args, argv, rows):
              "Caltech-101 SIFT features (20,000 words); queries are real Caltech-101 "
              "images, their words given (assigning them is the column \"assign "
              "words\", apart). Medians over the queries. \"1st query\" includes "
-             "computing the idf and the norms of the loaded state, once; so does "
-             "the first query after a change (Index.warm_changes is False, the "
-             "default: \"add 100 + save\" does not include them, \"query after "
-             "change\" does; see grow.md). Adding 100 is repeated " + str(args.adds) +
+             "computing the idf and the norms of the loaded state, once. The first "
+             "query after a change computes what that state needs: bounds on the "
+             "norms from those of the state before, the new segments' norms, and "
+             "exactly those of the images that can reach its best "
+             "(Index.warm_changes is False, the default: \"add 100 + save\" does "
+             "not include it, \"query after change\" does; see grow.md). Adding "
+             "100 is repeated " + str(args.adds) +
              " times: the "
              "median, and the slowest (which merges small segments). \"load, "
              "hashed\" hashes what scoring reads; \"check_integrity\" then hashes "

@@ -1122,7 +1122,9 @@ class Index:
 
     def warm_up(self) -> Index:
         """Compute now what the first query of the current state would: the idf
-        and the norms; and, once per process for each kind of features, search a
+        and the norms, or bounds on them from the state before
+        (:meth:`cvsearch.store.Store.prepare`); and, once per process for each
+        kind of features, search a
         synthetic picture, so that numba compiles (or loads from its cache) the
         loops a search runs: seconds on a fresh install, else paid by the first
         searches (a service calls this at start-up, so its first user does not
@@ -1130,7 +1132,7 @@ class Index:
         store = self._current().store
         if not len(store):
             return self
-        store.weights()
+        store.prepare()
         kind = repr(sorted(self.extractor.feature_params().items()))
         with _WARMED_LOCK:
             if kind in _WARMED:

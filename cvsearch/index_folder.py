@@ -168,7 +168,9 @@ def read_index(cls, path, manifest: dict, verify: bool, previous=None):
         segments.append(segment)
         saved[id(segment)] = (segment, meta)
     store = Store(index.n_words, index.pyramid_levels, index.power,
-                  tf_power=index.tf_power, segments=segments, next_id=next_id)
+                  tf_power=index.tf_power, segments=segments, next_id=next_id,
+                  reference=_reference_from(previous, index, segments)
+                  if shared_segments else None)
     if manifest.get("deleted") is not None:
         entry = manifest["deleted"]
         removed = np.asarray(storage.map_npy(directory, entry, "deleted",
@@ -196,6 +198,18 @@ def _entry_key(meta) -> str | None:
         return json.dumps(meta, sort_keys=True)
     except (TypeError, ValueError):
         return None  # malformed: _load_segment names the problem
+
+
+def _reference_from(previous, index, segments):
+    """What ``previous``'s current state knows of the norms of ``segments``
+    it lends (see :meth:`Store._reference_for`), so ``index``, being loaded,
+    bounds them instead of a pass over every posting; None if it weighs them
+    otherwise (another power, tf_power or pyramid)."""
+    old = previous._store
+    if old is None or (old.power, old.tf_power, old.levels) != (
+            index.power, index.tf_power, index.pyramid_levels):
+        return None
+    return old._reference_for(segments)
 
 
 def _names_carried_over(previous, store) -> dict | None:

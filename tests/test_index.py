@@ -630,10 +630,18 @@ def test_changes_in_a_row_cost_their_own_images_not_the_index(trained_index,
     assert np.array_equal(scores, expected[0]) and np.array_equal(ids, expected[1])
 
 
-def test_warm_changes_publishes_each_state_with_its_norms(trained_index, image_files):
+@pytest.mark.parametrize("bounded", [False, True])
+def test_warm_changes_publishes_each_state_with_its_norms(trained_index, image_files,
+                                                          monkeypatch, bounded):
     """With warm_changes (what the service sets), an add's state is visible only
-    with its idf and norms computed (or bounds on the norms, from the state
-    before), so a query beside it never computes them."""
+    with its idf and norms computed (or bounds on the norms from the state
+    before, where they cost less: at a large scale), so a query beside it never
+    computes them."""
+    from cvsearch import store as store_module
+
+    if bounded:
+        monkeypatch.setattr(store_module, "BOUND_SEGMENT_COST", 0)
+        monkeypatch.setattr(store_module, "BOUND_ROW_COST", 0)
     words = trained_index.image_words(image_files[:4])
     index = Index(FeatureExtractor("sift", max_side=1024), n_words=400)
     index.vocabulary = trained_index.vocabulary
@@ -643,7 +651,7 @@ def test_warm_changes_publishes_each_state_with_its_norms(trained_index, image_f
         index.add([words[i]], names=[f"image {i}"])
         store = index._current().store
         assert store._weights is not None or store._plan
-    assert store._plan  # bounded, from the state before
+    assert bool(store._plan) == bounded  # from the state before
     index.remove([0])
     store = index._current().store
     assert store._weights is not None or store._plan

@@ -122,6 +122,40 @@ def test_a_load_given_the_previous_index_reads_only_what_changed(
                         results(fresh, queries, rerank=8))
 
 
+@pytest.mark.parametrize("reweighted", [False, True])
+def test_a_reload_bounds_the_norms_of_the_segments_it_shares(
+        trained_index, saved, image_files, images, monkeypatch, reweighted):
+    """A reader whose state's norms were computed reloads after another
+    process's add and removal: the segments it shares keep their sums of
+    squares, so the new state bounds their norms instead of a pass over every
+    posting (each query computes only those that can reach its best), and
+    answers as a fresh load to the bit. Saved under another tf_power, the same
+    segments weigh otherwise: nothing is carried over, and the pass runs."""
+    from cvsearch import store as store_module
+
+    # small segments: bounds used, and exact norms computed row by row, as at
+    # a large scale
+    monkeypatch.setattr(store_module, "BOUND_SEGMENT_COST", 0)
+    monkeypatch.setattr(store_module, "BOUND_ROW_COST", 0)
+    monkeypatch.setattr(store_module, "EXACT_ROWS_SHARE", 1.0)
+    first = Index.load(saved).warm_up()
+    writer = Index.load(saved)
+    writer.add([image_files[0]], names=["one more"])
+    writer.remove([3])
+    if reweighted:
+        writer.tf_power = 0.5
+    writer.save(saved)
+    again = Index.load(saved, previous=first).warm_up()
+    store = again._current().store
+    assert store.segments[0] is first._current().store.segments[0]
+    assert (store._weights is not None) == reweighted
+    assert bool(store._plan) != reweighted
+    fresh = Index.load(saved)
+    queries = [warped(images[i], 25, 0.9)[0] for i in (0, 5)]
+    assert_same_results(results(again, queries, rerank=8),
+                        results(fresh, queries, rerank=8))
+
+
 def test_a_reload_finds_every_name_after_merges_and_removals(trained_index, saved,
                                                               image_files):
     """The reader's table from names to ids, carried over from its previous
