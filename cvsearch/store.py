@@ -1188,24 +1188,25 @@ class Store:
                     if r is not None)
         if not rows or known * 2 < rows:  # most would be computed whole anyway
             return None
+        # what bounding would cost, in postings of the pass: the new segments
+        # whole, and per bounded one its fixed cost, its rows and the postings
+        # summed exactly (twice) within budget; first without the last, which
+        # needs how the weights moved
+        cost = float(sum(
+            len(s.post_rows) if r is None else BOUND_SEGMENT_COST + BOUND_ROW_COST * len(s)
+            for s, r in zip(self.segments, self._reference)))
+        if cost * 2 > self._postings:
+            return None
         idf_power = self.idf_weights().idf_power
         # how each column's weight moved, once per earlier weighting (the
         # segments of one earlier state share theirs)
         moves = {id(r[0]): _moves(r[0], idf_power) for r in self._reference
                  if r is not None}
-        # what bounding would cost, in postings of the pass: the new segments
-        # whole, and per bounded one its fixed cost, its rows and the postings
-        # summed exactly (twice) within budget
-        cost = 0.0
         for segment, reference in zip(self.segments, self._reference):
-            postings = len(segment.post_rows)
-            if reference is None:
-                cost += postings
-                continue
-            wide = moves[id(reference[0])][3]
-            read = np.diff(np.asarray(segment.post_indptr))[wide].sum()
-            cost += (BOUND_SEGMENT_COST + BOUND_ROW_COST * len(segment)
-                     + 2 * min(read, BOUND_POSTINGS * postings))
+            if reference is not None:
+                read = np.diff(np.asarray(segment.post_indptr))[
+                    moves[id(reference[0])][3]].sum()
+                cost += 2 * min(read, BOUND_POSTINGS * len(segment.post_rows))
         if cost * 2 > self._postings:
             return None
 
