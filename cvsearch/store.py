@@ -697,21 +697,33 @@ def _column_squares(indptr, rows, tf, columns, weight, other, table, n):
     return squares, others
 
 
-def _moves(old_power: np.ndarray, idf_power: np.ndarray):
+class _Moves:
     """How each column's weight moved from ``old_power`` to ``idf_power``:
     ``ratio`` (new / old) ** 2 (1 where either is 0), ``spread`` |log ratio|
     (inf where one of them is 0 and the other is not), ``both`` (neither is 0),
     and ``wide``, the columns whose spread passes :data:`BOUND_SPREAD`
-    (increasing)."""
-    old, new = old_power.astype(np.float64), idf_power.astype(np.float64)
-    both = (old > 0) & (new > 0)
-    ratio = np.ones(len(new))
-    ratio[both] = (new[both] / old[both]) ** 2
-    spread = np.zeros(len(new))
-    spread[both] = np.abs(np.log(ratio[both]))
-    # a weight from or to 0 bounds nothing by a ratio: summed exactly
-    spread[(old > 0) != (new > 0)] = np.inf
-    return ratio, spread, both, np.flatnonzero(spread > BOUND_SPREAD)
+    (increasing); computed once for every segment bounded from ``old_power``."""
+
+    def __init__(self, old_power: np.ndarray, idf_power: np.ndarray):
+        old, new = old_power.astype(np.float64), idf_power.astype(np.float64)
+        self.both = (old > 0) & (new > 0)
+        self.ratio = np.ones(len(new))
+        self.ratio[self.both] = (new[self.both] / old[self.both]) ** 2
+        self.spread = np.zeros(len(new))
+        self.spread[self.both] = np.abs(np.log(self.ratio[self.both]))
+        # a weight from or to 0 bounds nothing by a ratio: summed exactly
+        self.spread[(old > 0) != (new > 0)] = np.inf
+        self.wide = np.flatnonzero(self.spread > BOUND_SPREAD)
+        self._lock = threading.Lock()
+        self._widest = None
+
+    def widest(self) -> np.ndarray:
+        """``wide``, the widest first (sorted once, when a segment needs it)."""
+        with self._lock:
+            if self._widest is None:
+                # (which columns are summed exactly only moves the bounds)
+                self._widest = self.wide[np.argsort(-self.spread[self.wide])]
+            return self._widest
 
 
 def _live(parts) -> int:
@@ -753,6 +765,9 @@ BOUND_POSTINGS = 0.125
 #: and the rows); bounds are used only where they cost under half the pass.
 BOUND_SEGMENT_COST = 300_000
 BOUND_ROW_COST = 10
+#: A posting summed exactly costs this many of the pass's (two sums, and the
+#: columns' postings read apart).
+BOUND_READ_COST = 4
 #: Columns whose weight moved by more than this (in log of the squared ratio)
 #: are summed exactly, within BOUND_POSTINGS; the others bound the rest.
 BOUND_SPREAD = 1e-3
@@ -1190,8 +1205,8 @@ class Store:
             return None
         # what bounding would cost, in postings of the pass: the new segments
         # whole, and per bounded one its fixed cost, its rows and the postings
-        # summed exactly (twice) within budget; first without the last, which
-        # needs how the weights moved
+        # summed exactly within budget; first without the last, which needs
+        # how the weights moved
         cost = float(sum(
             len(s.post_rows) if r is None else BOUND_SEGMENT_COST + BOUND_ROW_COST * len(s)
             for s, r in zip(self.segments, self._reference)))
@@ -1200,13 +1215,13 @@ class Store:
         idf_power = self.idf_weights().idf_power
         # how each column's weight moved, once per earlier weighting (the
         # segments of one earlier state share theirs)
-        moves = {id(r[0]): _moves(r[0], idf_power) for r in self._reference
+        moves = {id(r[0]): _Moves(r[0], idf_power) for r in self._reference
                  if r is not None}
         for segment, reference in zip(self.segments, self._reference):
             if reference is not None:
                 read = np.diff(np.asarray(segment.post_indptr))[
-                    moves[id(reference[0])][3]].sum()
-                cost += 2 * min(read, BOUND_POSTINGS * len(segment.post_rows))
+                    moves[id(reference[0])].wide].sum()
+                cost += BOUND_READ_COST * min(read, BOUND_POSTINGS * len(segment.post_rows))
         if cost * 2 > self._postings:
             return None
 
@@ -1225,7 +1240,7 @@ class Store:
     def _bounds(self, index: int, reference, idf_power, moves) -> _Bounds | None:
         """Bounds on segment ``index``'s inverse norms under ``idf_power``, from
         its sums of squares under an earlier one (``reference``, and ``moves``:
-        :func:`_moves` between the two); None if they would read more than
+        :class:`_Moves` between the two); None if they would read more than
         :data:`BOUND_POSTINGS` of its postings.
 
         A row's sum of squares is over its columns c of (t_c w_c) ** 2. The
@@ -1237,22 +1252,21 @@ class Store:
         between the least and the greatest of those ratios."""
         segment = self.segments[index]
         old_power, old_squares = reference
-        ratio, spread, both, wide = moves
         postings = np.diff(np.asarray(segment.post_indptr))
         held = postings > 0  # this segment's columns
-        wide = wide[held[wide]]
+        exact = moves.wide[held[moves.wide]]
         budget = BOUND_POSTINGS * len(segment.post_rows)
-        exact = wide
-        if postings[wide].sum() > budget:  # the widest first, within budget
-            wide = wide[np.argsort(-spread[wide], kind="stable")]
-            within = int(np.searchsorted(np.cumsum(postings[wide]), budget, "right"))
-            if np.isinf(spread[wide[within]]):
+        if postings[exact].sum() > budget:  # the widest first, within budget
+            widest = moves.widest()
+            widest = widest[held[widest]]
+            within = int(np.searchsorted(np.cumsum(postings[widest]), budget, "right"))
+            if np.isinf(moves.spread[widest[within]]):
                 return None
-            exact = np.sort(wide[:within])
-        rest = both & held
+            exact = np.sort(widest[:within])
+        rest = moves.both & held
         rest[exact] = False
-        low, high = ((float(ratio[rest].min()), float(ratio[rest].max())) if rest.any()
-                     else (1.0, 1.0))
+        ratio = moves.ratio[rest]
+        low, high = (float(ratio.min()), float(ratio.max())) if len(ratio) else (1.0, 1.0)
         before, after = self._column_squares(segment, exact, old_power, idf_power)
         others = old_squares - before  # the other columns' part, old
         pad = SUM_SLACK * old_squares
@@ -1319,8 +1333,11 @@ class Store:
             # or loaded from its cache, milliseconds): have the scoring loop's
             # ready now rather than in the first query of this state
             warm = _compiled(_accumulate, self._postings)
-            warm(indptr, rows, tf, np.zeros(0, np.int64), np.zeros(0, np.float32), table,
-                 0)
+            none, weight = np.zeros(0, np.int64), np.zeros(0, np.float32)
+            warm(indptr, rows, tf, none, weight, table, 0)
+            # and the loop that bounds a changed state's norms from these
+            _compiled(_column_squares, self._postings)(indptr, rows, tf, none, weight,
+                                                       weight, table, 0)
         else:
             columns = np.repeat(np.arange(self.n_columns), np.diff(indptr))
             values = self._tf_power(tf) * idf_power[columns]
