@@ -642,6 +642,7 @@ def test_warm_changes_publishes_each_state_with_its_norms(trained_index, image_f
     if bounded:
         monkeypatch.setattr(store_module, "BOUND_SEGMENT_COST", 0)
         monkeypatch.setattr(store_module, "BOUND_ROW_COST", 0)
+        monkeypatch.setattr(store_module, "BOUND_READ_COST", 0)
     words = trained_index.image_words(image_files[:4])
     index = Index(FeatureExtractor("sift", max_side=1024), n_words=400)
     index.vocabulary = trained_index.vocabulary

@@ -137,6 +137,7 @@ def test_a_reload_bounds_the_norms_of_the_segments_it_shares(
     # a large scale
     monkeypatch.setattr(store_module, "BOUND_SEGMENT_COST", 0)
     monkeypatch.setattr(store_module, "BOUND_ROW_COST", 0)
+    monkeypatch.setattr(store_module, "BOUND_READ_COST", 0)
     monkeypatch.setattr(store_module, "EXACT_ROWS_SHARE", 1.0)
     first = Index.load(saved).warm_up()
     writer = Index.load(saved)

@@ -489,6 +489,7 @@ def test_a_changed_state_answers_as_one_whose_norms_were_all_computed(
             mock.patch.object(store_module, "BOUND_POSTINGS", read), \
             mock.patch.object(store_module, "BOUND_SEGMENT_COST", 0), \
             mock.patch.object(store_module, "BOUND_ROW_COST", 0), \
+            mock.patch.object(store_module, "BOUND_READ_COST", 0), \
             mock.patch.object(store_module, "EXACT_ROWS_SHARE", rows_share):
         for action, seed in steps:
             rng = np.random.default_rng(seed)
@@ -523,10 +524,12 @@ def test_a_small_change_costs_its_own_segment_and_a_few_rows_not_a_pass(monkeypa
     and answers as that pass would."""
     from cvsearch import store as store_module
 
-    # as at a large scale, where a segment's fixed cost and its rows' (images
-    # of hundreds of words) are small beside the pass
+    # as at a large scale, where a segment's fixed cost, its rows' (images of
+    # hundreds of words) and the columns read (one more image moves the weights
+    # of a million by little) are small beside the pass
     monkeypatch.setattr(store_module, "BOUND_SEGMENT_COST", 0)
     monkeypatch.setattr(store_module, "BOUND_ROW_COST", 0)
+    monkeypatch.setattr(store_module, "BOUND_READ_COST", 0)
     rng = np.random.default_rng(3)
     images = []
     for i in range(600):  # a vocabulary of 2,000 words, each image 30 of them
@@ -575,6 +578,7 @@ def test_bounded_norms_give_the_best_of_computed_ones_over_many_histories(monkey
     # small stores: bounds cost more than the pass, which would be chosen
     monkeypatch.setattr(store_module, "BOUND_SEGMENT_COST", 0)
     monkeypatch.setattr(store_module, "BOUND_ROW_COST", 0)
+    monkeypatch.setattr(store_module, "BOUND_READ_COST", 0)
     bounded = []
     scores_of = store_module._Bounds.scores
     monkeypatch.setattr(store_module._Bounds, "scores", lambda self, *a: (
