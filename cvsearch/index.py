@@ -1124,11 +1124,10 @@ class Index:
         """Compute now what the first query of the current state would: the idf
         and the norms, or bounds on them from the state before
         (:meth:`cvsearch.store.Store.prepare`); and, once per process for each
-        kind of features, search a
-        synthetic picture, so that numba compiles (or loads from its cache) the
-        loops a search runs: seconds on a fresh install, else paid by the first
-        searches (a service calls this at start-up, so its first user does not
-        wait). Returns self."""
+        kind of features, search a synthetic picture, so that numba compiles
+        (or loads from its cache) the loops a search runs: seconds on a fresh
+        install, else paid by the first searches (a service calls this at
+        start-up, so its first user does not wait). Returns self."""
         store = self._current().store
         if not len(store):
             return self

@@ -1377,7 +1377,9 @@ class Store:
 
         Each segment keeps its own ``m`` best while it is scored (on the thread
         pool), and only those are merged: no score vector of the whole index is
-        built or sorted.
+        built or sorted. Where the state's norms are bounded (:meth:`_norm_plan`),
+        the segments are scored twice over: bounds first, then exactly the
+        images whose upper bound reaches the m-th best lower bound of all.
 
         Parameters
         ----------
