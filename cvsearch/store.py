@@ -787,24 +787,27 @@ NO_BOUND = np.float32(1e30)
 class _Bounds:
     """One segment's inverse norms in a changed state, known within bounds
     (``lo <= inverse norm <= hi``, float32 (n,)), and exactly for the rows a
-    query needed (computed from their own postings, as the pass would)."""
+    query needed (computed from their own postings, as the pass would). It
+    holds no reference to its store (which holds it), so a state is freed as
+    soon as it is dropped."""
 
-    def __init__(self, store, index: int, lo, hi, idf_power):
-        self.store, self.index = store, index
+    def __init__(self, index: int, lo, hi, idf_power):
+        self.index = index
         self.lo, self.hi, self.idf_power = lo, hi, idf_power
         self.exact = np.full(len(lo), np.nan, np.float32)
         self._lock = threading.Lock()
 
-    def inverse(self, rows: np.ndarray) -> np.ndarray:
-        """Exact inverse norms of ``rows`` (int64), float32."""
+    def inverse(self, store, rows: np.ndarray) -> np.ndarray:
+        """Exact inverse norms of ``rows`` (int64) of this segment of ``store``,
+        float32."""
         with self._lock:
             missing = rows[np.isnan(self.exact[rows])]
             if len(missing) > EXACT_ROWS_SHARE * len(self.exact):  # the pass costs less
-                segment = self.store.segments[self.index]
-                self.exact[:] = self.store._norms(segment, None, self.idf_power)[0]
+                segment = store.segments[self.index]
+                self.exact[:] = store._norms(segment, None, self.idf_power)[0]
             elif len(missing):
-                self.exact[missing] = self.store._rows_inverse(self.index, missing,
-                                                               self.idf_power)
+                self.exact[missing] = store._rows_inverse(self.index, missing,
+                                                          self.idf_power)
             return self.exact[rows]
 
     def bounds(self, sums: np.ndarray, mask):
@@ -812,14 +815,14 @@ class _Bounds:
         :meth:`Store._finish` of exact norms would give them), float32 (n,)."""
         return Store._finish(sums, self.lo, mask), Store._finish(sums, self.hi, mask)
 
-    def scores(self, sums: np.ndarray, mask, upper: np.ndarray, floor):
+    def scores(self, store, sums: np.ndarray, mask, upper: np.ndarray, floor):
         """The rows whose ``upper`` bound reaches ``floor`` (int64, increasing)
         and their scores, computed with exact norms (float32)."""
         chosen = np.flatnonzero(upper >= floor)
         # a row that shares no column with the query scores 0 whatever its norm
         shared = sums[chosen] > 0
         inverse = self.lo[chosen]
-        inverse[shared] = self.inverse(chosen[shared])
+        inverse[shared] = self.inverse(store, chosen[shared])
         return chosen, Store._finish(sums[chosen], inverse,
                                      None if mask is None else mask[chosen])
 
@@ -1277,7 +1280,7 @@ class Store:
         lo = np.where(positive, inverse_of_squares(most), np.float32(0))
         hi = np.full(len(segment), NO_BOUND, np.float32)
         hi[positive] = inverse_of_squares(least[positive])
-        return _Bounds(self, index, lo, hi, idf_power)
+        return _Bounds(index, lo, hi, idf_power)
 
     def _column_squares(self, segment: Segment, columns: np.ndarray, *powers):
         """Per row of ``segment``, its sum of squares over ``columns`` only under
@@ -1434,7 +1437,7 @@ class Store:
                 # only the rows that can reach the best (increasing, so ties
                 # still go to the smaller id)
                 sums, _, upper, _ = parts[index]
-                rows, part = norms.scores(sums, self.deleted[index], upper, floor)
+                rows, part = norms.scores(self, sums, self.deleted[index], upper, floor)
             else:
                 part = parts[index][1]
             if where is not None and where[0] == index:

@@ -608,3 +608,41 @@ def test_bounded_norms_give_the_best_of_computed_ones_over_many_histories(monkey
             assert np.array_equal(scores, expected[0]), history
             assert np.array_equal(ids, expected[1]), history
     assert len(bounded) > 300  # segment scorings from bounds
+
+
+def test_a_bounded_state_answers_threads_at_once_and_is_freed_when_dropped(
+        monkeypatch):
+    """Eight threads query one bounded state at once (each needing exact norms
+    that another may be computing): every answer is the one of the same state
+    with every norm computed. A dropped state is freed at once, without
+    waiting for the garbage collector (its bounds do not refer back to it)."""
+    import functools
+    import gc
+    import weakref
+    from concurrent.futures import ThreadPoolExecutor
+
+    from cvsearch import store as store_module
+
+    for name in ("BOUND_SEGMENT_COST", "BOUND_ROW_COST", "BOUND_READ_COST"):
+        monkeypatch.setattr(store_module, name, 0)
+    monkeypatch.setattr(store_module, "EXACT_ROWS_SHARE", 1.0)  # row by row
+    images = random_images(300, seed=4)
+    store = store_of([images[:100], images[100:200], images[200:]])
+    store.weights()
+    changed, _ = store.add(*zip(*random_images(1, seed=5)))
+    changed = changed.remove([7])
+    queries = random_images(16, seed=8)
+    expected = [_best_of(_weighed_anew(changed), q, 5) for q in queries]
+    ask = functools.partial(_best_of, changed, m=5)
+    with ThreadPoolExecutor(8) as pool:
+        answers = list(pool.map(ask, queries))
+    assert changed._weights is None and changed._plan
+    for (scores, ids), (want_scores, want_ids) in zip(answers, expected):
+        assert np.array_equal(scores, want_scores) and np.array_equal(ids, want_ids)
+    gc.disable()
+    try:
+        dropped = weakref.ref(changed)
+        del changed, ask, pool
+        assert dropped() is None
+    finally:
+        gc.enable()
