@@ -161,12 +161,7 @@ class Index:
                  power: float = 1.0, pyramid_levels: int = 0,
                  tf_power: float = DEFAULT_TF_POWER, **vocabulary_params):
         self._lock = threading.RLock()
-        #: Compute a changed state's idf and norms before it becomes visible, so a
-        #: query running beside an add or a remove never computes them (``cvsearch
-        #: serve`` sets it). False (the default): the first query of a changed
-        #: state computes them, once; adds and removes in a row then cost their
-        #: own images only, not a pass over the whole index each.
-        self.warm_changes = False
+        self.warm_changes = False  # see the class docstring; cvsearch serve sets it
         self._origin = None  # storage.Origin this index was loaded from or saved to
         self._saved_store = None  # the state that _origin's folder holds
         self.lineage = storage.new_lineage()  # kept by every save of this index
