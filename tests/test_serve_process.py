@@ -33,28 +33,39 @@ def free_port() -> int:
 
 
 class Server:
-    """``python -m cvsearch serve`` in a child process, up when /health answers."""
+    """``python -m cvsearch serve`` in a child process, up when each of its
+    ``workers`` has answered /health (``self.workers``: their process ids)."""
 
-    def __init__(self, index_dir, *extra, cwd=None, env=None):
+    def __init__(self, index_dir, *extra, workers=1, cwd=None, env=None):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         # a file, not a pipe: a pipe nobody reads fills up and blocks the server
         self.log = tempfile.TemporaryFile()
         self.process = subprocess.Popen(
             [sys.executable, "-m", "cvsearch", "serve", str(index_dir), "--port",
-             str(self.port), "--token", TOKEN, "-q", *extra],
+             str(self.port), "--token", TOKEN, "--workers", str(workers), "-q", *extra],
             cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=self.log)
-        deadline = time.monotonic() + 60
+        # Each worker listens once it has loaded the index: on a busy machine the
+        # second can start seconds after the first answers, and until then every
+        # connection goes to the first (CI once saw 60 requests in a row answered
+        # by one of two workers). A new connection each: either worker accepts it.
+        self.workers = set()
+        deadline = time.monotonic() + 90
         while True:
             try:
-                if httpx.get(self.url + "/health", timeout=2).status_code == 200:
-                    return
+                answer = httpx.get(self.url + "/health", timeout=5)
+                if answer.status_code == 200:
+                    self.workers.add(answer.json()["worker"])
+                    if len(self.workers) == workers:
+                        return
             except httpx.TransportError:
                 pass
             if self.process.poll() is not None or time.monotonic() > deadline:
                 self.stop()
-                raise RuntimeError("the server did not start: " + self.errors()[-2000:])
-            time.sleep(0.2)
+                raise RuntimeError(
+                    f"the server did not start ({len(self.workers)} of {workers} "
+                    "workers answered): " + self.errors()[-2000:])
+            time.sleep(0.05 if self.workers else 0.2)
 
     def errors(self) -> str:
         """What the server wrote on stderr (with -q, only errors)."""
@@ -136,7 +147,7 @@ def test_several_workers_see_each_others_writes(index_dir):
     """With --workers 2, an add through one process is saved under the folder's
     lock and every worker answers with it a moment later (each reloads when the
     saved generation changes, checked once a second)."""
-    server = Server(index_dir, "--workers", "2")
+    server = Server(index_dir, workers=2)
     try:
         with httpx.Client(base_url=server.url, timeout=60) as client:
             auth = {"Authorization": f"Bearer {TOKEN}"}
@@ -183,17 +194,17 @@ def test_one_client_connection_reaches_every_worker(index_dir):
     is accepted by whichever worker is free (kept alive, a connection stays with
     the worker that accepted it: all 320 searches of benchmarks/serve.py's 16
     clients once went to one of two workers)."""
-    server = Server(index_dir, "--workers", "2")
+    server = Server(index_dir, workers=2)  # both workers serve
     try:
         workers = set()
         with httpx.Client(base_url=server.url, timeout=30) as client:
-            for _ in range(60):
+            deadline = time.monotonic() + 60
+            while len(workers) < 2 and time.monotonic() < deadline:
                 answer = client.get("/health")
                 assert answer.headers["connection"] == "close"
                 workers.add(answer.json()["worker"])
-                if len(workers) == 2:
-                    break
-        assert len(workers) == 2
+                time.sleep(0.02)
+        assert workers == server.workers
     finally:
         server.stop()
 
@@ -205,14 +216,10 @@ def test_workers_end_when_the_server_is_killed(index_dir, tmp_path):
     the folder in which they shared their recent queries is gone."""
     temporary = tmp_path / "temporary"
     temporary.mkdir()
-    server = Server(index_dir, "--workers", "2",
+    server = Server(index_dir, workers=2,
                     env={**os.environ, "TMPDIR": str(temporary)})
-    workers = set()
+    workers = server.workers  # both answered
     try:
-        for _ in range(60):  # a new connection each: both workers answer
-            workers.add(httpx.get(server.url + "/health", timeout=30).json()["worker"])
-            if len(workers) == 2:
-                break
         assert len(workers) == 2
         server.kill()
         deadline = time.monotonic() + 60
