@@ -65,17 +65,26 @@ def start_server(folder: Path, port: int, workers: int, log: Path):
          "--token", TOKEN, "--workers", str(workers), "-q"],
         stdout=subprocess.DEVNULL, stderr=open(log, "wb"))
     url = f"http://127.0.0.1:{port}"
+    # Up once every worker has answered: each listens after it has loaded the
+    # index, and until the last does, the others take every search (a new
+    # connection each time, so that any worker may accept it).
+    answered = set()
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         try:
-            if httpx.get(url + "/health", timeout=2).status_code == 200:
-                return process, url
+            answer = httpx.get(url + "/health", timeout=2)
+            if answer.status_code == 200:
+                answered.add(answer.json()["worker"])
+                if len(answered) == workers:
+                    return process, url
         except httpx.TransportError:
-            time.sleep(0.3)
+            pass
         if process.poll() is not None:
             break
+        time.sleep(0.05 if answered else 0.3)
     process.kill()
-    raise RuntimeError("the server did not start: " + log.read_text()[-2000:])
+    raise RuntimeError(f"the server did not start ({len(answered)} of {workers} "
+                       "workers answered): " + log.read_text()[-2000:])
 
 
 def percentile(values, q) -> float:
