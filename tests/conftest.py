@@ -8,12 +8,15 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from hypothesis import settings
+from hypothesis import HealthCheck, settings
 
 # Hypothesis: the same examples on every CI run (a failure there is reproducible);
-# fresh random ones on a developer's machine.
-settings.register_profile("ci", derandomize=True, print_blob=True)
-settings.load_profile("ci" if os.environ.get("CI") else "default")
+# fresh random ones on a developer's machine. Neither fails a test for taking
+# long, to run or to draw its examples: that depends on how busy the machine is.
+_UNTIMED = dict(deadline=None, suppress_health_check=[HealthCheck.too_slow])
+settings.register_profile("ci", derandomize=True, print_blob=True, **_UNTIMED)
+settings.register_profile("local", **_UNTIMED)
+settings.load_profile("ci" if os.environ.get("CI") else "local")
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 UKBENCH = SHARED / "ukbench56"

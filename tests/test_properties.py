@@ -302,7 +302,8 @@ _ARCHIVE = _caltech_zip()
 
 
 @settings(max_examples=EXAMPLES, deadline=None,
-          suppress_health_check=[HealthCheck.function_scoped_fixture])
+          suppress_health_check=[HealthCheck.function_scoped_fixture,
+                                 HealthCheck.too_slow])
 @given(body=mutated(_ARCHIVE))
 def test_mutated_archives_unpack_or_are_refused(server, scratch, body):
     """Corrupt zips and tarballs (with a checksum that matches them, as with a
