@@ -235,6 +235,25 @@ def test_every_save_of_an_index_keeps_its_lineage(saved, image_files, tmp_path):
     assert storage.read_identity(tmp_path / "another").lineage != first.lineage
 
 
+def _wait_until_open(pid: int, path, seconds: float = 60) -> None:
+    """Return once process ``pid`` holds ``path`` open (Linux's /proc; elsewhere,
+    after half a second)."""
+    descriptors = f"/proc/{pid}/fd"
+    if not os.path.isdir(descriptors):
+        time.sleep(0.5)
+        return
+    path, deadline = os.path.realpath(path), time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        for fd in os.listdir(descriptors):
+            try:
+                if os.readlink(os.path.join(descriptors, fd)) == path:
+                    return
+            except OSError:  # closed meanwhile
+                pass
+        time.sleep(0.01)
+    raise AssertionError(f"process {pid} did not open {path} in {seconds} s")
+
+
 def test_a_writer_waiting_on_a_swapped_folder_locks_the_new_one(saved, tmp_path):
     """A writer blocked on the lock file of a folder that is then replaced
     (``rm -rf X; mv Y X``) must not count the old file's lock as the folder's:
@@ -249,7 +268,9 @@ def test_a_writer_waiting_on_a_swapped_folder_locks_the_new_one(saved, tmp_path)
         waiter = subprocess.Popen([sys.executable, "-c", code, str(saved)],
                                   stdout=subprocess.PIPE, text=True)
         assert waiter.stdout.readline() == "waiting\n"
-        time.sleep(0.5)  # it is blocked on the old lock file now
+        # it waits on the old lock file now (it holds it open), however busy
+        # the machine
+        _wait_until_open(waiter.pid, saved / storage.LOCK_FILE)
         shutil.rmtree(saved)
         shutil.move(str(replacement), str(saved))
         new_lock = storage.writer_lock(saved)
