@@ -46,9 +46,10 @@ class Server:
              str(self.port), "--token", TOKEN, "--workers", str(workers), "-q", *extra],
             cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=self.log)
         # Each worker listens once it has loaded the index: on a busy machine the
-        # second can start seconds after the first answers, and until then every
-        # connection goes to the first (CI once saw 60 requests in a row answered
-        # by one of two workers). A new connection each: either worker accepts it.
+        # second can start well after the first answers (half a second here, with
+        # three busy loops on two cores), and until then every connection goes to
+        # the first (CI once saw 60 requests in a row answered by one of two
+        # workers). A new connection each: either worker accepts it.
         self.workers = set()
         deadline = time.monotonic() + 90
         while True:
