@@ -411,8 +411,7 @@ class Segment(NamedTuple):
         offsets = np.asarray(self.kp_offsets)
         lo = offsets[rows].astype(np.int64)
         sizes = offsets[rows + 1].astype(np.int64) - lo
-        ends = np.cumsum(sizes)
-        total = int(ends[-1]) if len(ends) else 0
+        total = int(sizes.sum())
         shapes = np.asarray(self.shapes)[rows].astype(np.int64)  # (height, width)
         gather = _compiled(_gather_images, total, COMPILED_KEYPOINTS)
         if gather is not None:  # one pass instead of a dozen numpy ones
@@ -423,7 +422,7 @@ class Segment(NamedTuple):
                    shapes[:, ::-1].astype(np.float64), _SHAPE_SIZES, _SHAPE_ANGLES,
                    SHAPE_UNKNOWN, keypoints, words)
         else:
-            at = np.arange(total) + np.repeat(lo - ends + sizes, sizes)
+            at = _runs(lo, sizes)
             # np.take of plain views: indexing a memory map with an array of rows
             # costs far more, and slices of a memmap-typed result add up
             kp_shape = (np.take(np.asarray(self.kp_shape), at) if len(self.kp_shape)
@@ -461,9 +460,7 @@ class Segment(NamedTuple):
         offsets = np.asarray(self.kp_offsets)
         lo = offsets[rows]
         sizes = offsets[rows + 1] - lo
-        ends = np.cumsum(sizes)
-        at = np.arange(int(ends[-1]) if len(ends) else 0) + np.repeat(lo - ends + sizes,
-                                                                      sizes)
+        at = _runs(lo, sizes)
         words = np.take(np.asarray(self.kp_words), at).astype(np.int64)
         n_columns = n_words * pyramid_size(levels)
         if levels == 0:  # a keypoint's column is its word: counted directly
@@ -476,10 +473,9 @@ class Segment(NamedTuple):
             return indptr, post_rows, tf.astype(np.int64)
         shapes = np.asarray(self.shapes)[rows]
         width_height = np.repeat(shapes[:, ::-1], sizes, axis=0).astype(np.float64)
-        counts = _postings(words, np.take(np.asarray(self.kp_xy).reshape(-1, 2), at,
-                                          axis=0),
-                           width_height, shapes, np.concatenate([[0], ends]), n_words,
-                           levels)
+        kp_xy = np.take(np.asarray(self.kp_xy).reshape(-1, 2), at, axis=0)
+        counts = _postings(words, kp_xy, width_height, shapes,
+                           np.concatenate([[0], np.cumsum(sizes)]), n_words, levels)
         return (counts.indptr.astype(np.int64), counts.indices.astype(np.int64),
                 counts.data.astype(np.int64))
 
@@ -505,6 +501,16 @@ class Segment(NamedTuple):
 SHAPE_SECTORS = 16
 SHAPE_MIN_LOG2 = -10.0
 SHAPE_UNKNOWN = 0xFF
+
+
+def _runs(starts: np.ndarray, sizes: np.ndarray) -> np.ndarray:
+    """``concatenate([arange(a, a + n) for a, n in zip(starts, sizes)])``, int64:
+    the positions of several runs of a flat array (an image's keypoints, a
+    column's postings), one run after another."""
+    sizes = np.asarray(sizes, np.int64)
+    ends = np.cumsum(sizes)
+    return (np.arange(int(ends[-1]) if len(ends) else 0)
+            + np.repeat(np.asarray(starts, np.int64) - ends + sizes, sizes))
 
 
 def _postings(words, kp_xy, width_height, shapes, offsets, n_words: int, levels: int):
@@ -1293,8 +1299,7 @@ class Store:
             return kernel(indptr, rows, tf, columns, powers[0][columns],
                           powers[1][columns], self._tf_table(tf.dtype), len(segment))
         lo, hi = indptr[columns], indptr[columns + 1]
-        at = (np.arange(int((hi - lo).sum()))
-              + np.repeat(lo - np.cumsum(hi - lo) + (hi - lo), hi - lo))
+        at = _runs(lo, hi - lo)
         counts = self._tf_power(tf[at])
         return tuple(np.bincount(
             rows[at], minlength=len(segment),
